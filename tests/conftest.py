@@ -1,0 +1,118 @@
+"""Shared fixtures: real Kafka and PostgreSQL (see tests/services.py), SQLite, names.
+
+Session fixtures
+  kafka_bootstrap      "host:port" of a working broker (transactions enabled)
+  postgres_server_url  SQLAlchemy URL of a PostgreSQL server's maintenance database
+Function fixtures
+  postgres_url         SQLAlchemy URL of a fresh, empty PostgreSQL database (dropped after)
+  sqlite_url           SQLAlchemy URL of a fresh SQLite file in tmp_path
+  source_url           sqlite_url or postgres_url; tests using it run once per backend
+                       (narrow with
+                       @pytest.mark.parametrize("source_url", ["sqlite"], indirect=True))
+  unique               short unique name prefix, e.g. "t1a2b3c4d5e", for topics and groups
+
+A service that cannot be had fails the tests that need it (never skips).
+Tests using Kafka / PostgreSQL get the ``kafka`` / ``postgres`` markers
+automatically, so ``pytest -m "not kafka and not postgres"`` runs without services.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tests import services
+
+KAFKA_FIXTURES = {"kafka_bootstrap"}
+POSTGRES_FIXTURES = {"postgres_server_url", "postgres_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & KAFKA_FIXTURES:
+            item.add_marker(pytest.mark.kafka)
+        if names & POSTGRES_FIXTURES:
+            item.add_marker(pytest.mark.postgres)
+
+
+def _start(start: Callable[[], services.Service], what: str) -> services.Service:
+    try:
+        return start()
+    except services.ServiceError as exc:
+        error = str(exc)
+    pytest.fail(f"no {what} for the tests: {error}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    service = _start(services.start_kafka, "Kafka broker")
+    try:
+        yield service.address
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    service = _start(services.start_postgres, "PostgreSQL server")
+    try:
+        yield service.address
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def _postgres_admin(postgres_server_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(
+        postgres_server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(_postgres_admin: sa.Engine, unique: str) -> Iterator[str]:
+    name = f"qs_{unique}"
+    with _postgres_admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(_postgres_admin.url).set(database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with _postgres_admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'source.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def source_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    msg = f"source_url: unknown backend {request.param!r} (use 'sqlite' or 'postgres')"
+    raise ValueError(msg)
+
+
+@pytest.fixture
+def unique() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,253 @@
+"""Start and stop the real services the tests need (plain functions, no fixtures).
+
+Kafka, in this order of preference:
+  1. ``KAFKA_BOOTSTRAP_SERVERS`` (an external cluster; not started or stopped here),
+  2. testcontainers' KafkaContainer when a Docker engine answers,
+  3. a local broker from Apache Kafka's jars via ``scripts/kafka-local.sh``.
+``QUEUESTREAM_TEST_KAFKA=local|docker`` forces 2 or 3.
+
+PostgreSQL:
+  1. ``QUEUESTREAM_TEST_POSTGRES_URL`` (an external server),
+  2. a throwaway cluster via ``scripts/postgres-local.sh``.
+
+Locally started services get free ports and fresh temporary directories, and
+are told the pid of this process: they stop by themselves when it goes away,
+even if pytest is killed before its finalizers run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka-local.sh"
+PG_SCRIPT = REPO_ROOT / "scripts" / "postgres-local.sh"
+
+KAFKA_START_TIMEOUT = 90  # seconds, readiness wait inside kafka-local.sh
+PG_START_TIMEOUT = 60  # seconds, readiness wait inside postgres-local.sh
+DOCKER_PING_TIMEOUT = 3  # seconds
+
+
+class ServiceError(RuntimeError):
+    """A service could not be provided; the message says what to do."""
+
+
+@dataclass
+class Service:
+    """A running service: ``address`` is a bootstrap string or a SQLAlchemy URL."""
+
+    address: str
+    description: str
+    _stop: Callable[[], None] | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            stop, self._stop = self._stop, None
+            stop()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that are free on 127.0.0.1 right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _run_script(
+    args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            args,
+            env=env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        msg = (
+            f"{' '.join(args)} did not finish within {timeout:g}s\n"
+            f"stdout:\n{_text(exc.stdout)}\nstderr:\n{_text(exc.stderr)}"
+        )
+        raise ServiceError(msg) from exc
+
+
+def _text(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
+
+
+def _script_failed(what: str, proc: subprocess.CompletedProcess[str], hint: str) -> ServiceError:
+    return ServiceError(
+        f"{what} failed (exit {proc.returncode}).\n{hint}\n"
+        f"--- stdout ---\n{proc.stdout}--- stderr ---\n{proc.stderr}"
+    )
+
+
+# ------------------------------------------------------------------ Kafka --
+
+
+def docker_available(timeout: float = DOCKER_PING_TIMEOUT) -> bool:
+    """True when a Docker engine answers a ping within ``timeout`` seconds."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def start_kafka() -> Service:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        return Service(external, f"external Kafka at {external} (KAFKA_BOOTSTRAP_SERVERS)")
+    mode = os.environ.get("QUEUESTREAM_TEST_KAFKA", "auto")
+    if mode not in {"auto", "docker", "local"}:
+        msg = f"QUEUESTREAM_TEST_KAFKA must be auto, docker or local, not {mode!r}"
+        raise ServiceError(msg)
+    if mode != "local" and docker_available():
+        return start_kafka_container()
+    if mode == "docker":
+        msg = (
+            "QUEUESTREAM_TEST_KAFKA=docker, but no Docker engine answers. Start Docker, "
+            "or unset QUEUESTREAM_TEST_KAFKA to use a local broker from the Kafka jars."
+        )
+        raise ServiceError(msg)
+    return start_local_kafka()
+
+
+def start_kafka_container() -> Service:
+    from testcontainers.community.kafka import KafkaContainer
+
+    image = os.environ.get("QUEUESTREAM_TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:7.6.0")
+    container = (
+        KafkaContainer(image)
+        .with_kraft()
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_NUM_PARTITIONS", "4")
+        .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+        .with_env("KAFKA_NUM_PARTITIONS", "1")
+    )
+    try:
+        container.start(timeout=KAFKA_START_TIMEOUT)
+    except Exception as exc:
+        with contextlib.suppress(Exception):  # best effort cleanup after a failed start
+            container.stop()
+        msg = (
+            f"the Kafka container ({image}) did not start: {exc}. Set "
+            "QUEUESTREAM_TEST_KAFKA=local to use the jar broker instead."
+        )
+        raise ServiceError(msg) from exc
+    bootstrap = container.get_bootstrap_server()
+    return Service(bootstrap, f"Kafka container {image} at {bootstrap}", container.stop)
+
+
+def start_local_kafka() -> Service:
+    if shutil.which("java") is None:
+        msg = (
+            "no Kafka broker for the tests: KAFKA_BOOTSTRAP_SERVERS is not set, no Docker "
+            "engine answers, and `java` is not installed for the local jar broker. Install "
+            "Java 17+ (apt-get install -y openjdk-17-jre-headless) and run "
+            "`scripts/kafka-local.sh fetch`, or point KAFKA_BOOTSTRAP_SERVERS at a broker."
+        )
+        raise ServiceError(msg)
+    state_dir = Path(tempfile.mkdtemp(prefix="queuestream-kafka-"))
+    port, controller_port = free_ports(2)
+    env = dict(os.environ)
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    env.update(
+        KAFKA_PORT=str(port),
+        KAFKA_CONTROLLER_PORT=str(controller_port),
+        KAFKA_STATE_DIR=str(state_dir),
+        KAFKA_DATA_DIR=str(state_dir / "data"),
+        KAFKA_START_TIMEOUT=str(KAFKA_START_TIMEOUT),
+        KAFKA_OWNER_PID=str(os.getpid()),
+    )
+    # up also fetches the jars when missing (Maven Central), hence the margin.
+    proc = _run_script([str(KAFKA_SCRIPT), "up"], env, KAFKA_START_TIMEOUT + 300)
+    if proc.returncode != 0:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        err = _script_failed(
+            "scripts/kafka-local.sh up",
+            proc,
+            "Run `scripts/kafka-local.sh fetch` first if the jars are missing, "
+            "or set KAFKA_BOOTSTRAP_SERVERS to use an existing broker.",
+        )
+        raise err
+
+    def stop() -> None:
+        try:
+            _run_script([str(KAFKA_SCRIPT), "down"], env, 90)
+        finally:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+    bootstrap = f"127.0.0.1:{port}"
+    return Service(bootstrap, f"local jar Kafka broker at {bootstrap} ({state_dir})", stop)
+
+
+# ------------------------------------------------------------- PostgreSQL --
+
+
+def start_postgres() -> Service:
+    external = os.environ.get("QUEUESTREAM_TEST_POSTGRES_URL")
+    if external:
+        return Service(external, "external PostgreSQL (QUEUESTREAM_TEST_POSTGRES_URL)")
+    return start_local_postgres()
+
+
+def start_local_postgres() -> Service:
+    (port,) = free_ports(1)
+    # /tmp: reachable by the `postgres` account when running as root; the script
+    # chowns the directory. Keep the path short (Unix socket path limit).
+    state_dir = Path(tempfile.mkdtemp(prefix="qs-pg-", dir="/tmp"))
+    env = dict(os.environ)
+    env.update(
+        PGPORT_LOCAL=str(port),
+        PG_STATE_DIR=str(state_dir),
+        PG_START_TIMEOUT=str(PG_START_TIMEOUT),
+        PG_FSYNC="off",
+        PG_OWNER_PID=str(os.getpid()),
+    )
+    proc = _run_script([str(PG_SCRIPT), "up"], env, PG_START_TIMEOUT + 60)
+    if proc.returncode != 0:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        err = _script_failed(
+            "scripts/postgres-local.sh up",
+            proc,
+            "Install the server with `scripts/postgres-local.sh install` (as root), "
+            "or set QUEUESTREAM_TEST_POSTGRES_URL=postgresql+psycopg://user@host:port/db.",
+        )
+        raise err
+
+    def stop() -> None:
+        try:
+            _run_script([str(PG_SCRIPT), "down"], env, 90)
+        finally:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    return Service(url, f"local PostgreSQL at 127.0.0.1:{port} ({state_dir})", stop)
