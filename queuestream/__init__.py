@@ -1,1 +1,7 @@
-"""placeholder"""
+"""queuestream: a sync database's queue snapshot as Avro change events on Kafka."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,2 +1,251 @@
+"""The ``queuestream`` command. Thin: it parses flags, builds settings, calls the library.
+
+Every queuestream error is printed as ``Type: message`` and exits 1; ``--traceback``
+shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from queuestream.errors import ConfigurationError, QueuestreamError
+from queuestream.settings import Settings, load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Change events from an Exigo-style sync database's queue snapshot to Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _State:
+    config: Path | None = None
+    overrides: dict[str, Any] = {}  # noqa: RUF012
+    traceback: bool = False
+
+
+_state = _State()
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML settings file (also QUEUESTREAM_CONFIG).", show_default=False),
+]
+
+
+@app.callback()
+def _global(
+    config: ConfigOpt = None,
+    source: Annotated[str | None, typer.Option(help="Sync database URL (QUEUESTREAM_SOURCE_URL).")] = None,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS).")
+    ] = None,
+    topic_prefix: Annotated[str | None, typer.Option(help="Topic prefix (default exigo).")] = None,
+    registry_url: Annotated[
+        str | None, typer.Option(help="Schema registry URL (SCHEMA_REGISTRY_URL).")
+    ] = None,
+    source_timezone: Annotated[
+        str | None, typer.Option(help="IANA zone the source stamps dates in.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings only.")] = False,
+    traceback: Annotated[bool, typer.Option(help="Show tracebacks of errors.")] = False,
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    _state.config = config
+    _state.traceback = traceback
+    _state.overrides = {
+        "source_url": source,
+        "kafka_bootstrap_servers": bootstrap_servers,
+        "topic_prefix": topic_prefix,
+        "schema_registry_url": registry_url,
+        "source_timezone": source_timezone,
+    }
+
+
+def _settings(**more: Any) -> Settings:
+    return load_settings(_state.config, **{**_state.overrides, **more})
+
+
+def _parse_since(text: str | None, settings: Settings) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        for fmt in ("%m/%d/%Y", "%m/%d/%Y %H:%M"):
+            try:
+                value = datetime.strptime(text, fmt)  # noqa: DTZ007 - zone applied below
+                break
+            except ValueError:
+                continue
+        else:
+            msg = f"--since {text!r} is not a date: use 2017-01-01, 2017-01-01T08:00 or 1/1/2017"
+            raise ConfigurationError(msg) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=settings.zone)
+    return value.astimezone(UTC)
+
+
+@app.command()
+def sim(
+    actions: Annotated[int, typer.Option(help="Business actions to perform.")] = 500,
+    rate: Annotated[float | None, typer.Option(help="Actions per second (default: flat out).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same changes.")] = 42,
+    per_transaction: Annotated[int, typer.Option(help="Actions per source transaction.")] = 1,
+    with_queue_procedure: Annotated[
+        bool, typer.Option(help="PostgreSQL: also install an Exigo-like queue.refresh procedure.")
+    ] = False,
+) -> None:
+    """Generate customers, orders, payments, shipping and cancellations in the sync database."""
+    from queuestream.databases import create_engine
+    from queuestream.producer.simulator import Simulator
+
+    settings = _settings()
+    engine = create_engine(settings.source_url)
+    simulator = Simulator(engine, settings.zone, seed=seed)
+    if with_queue_procedure:
+        from queuestream.producer.queue_procedure import install_queue_procedure
+
+        install_queue_procedure(engine, settings.queue_schema)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err_console, transient=True, disable=not err_console.is_terminal,
+    ) as bar:
+        task = bar.add_task("simulating", total=actions)
+        stats = simulator.run(
+            actions, rate=rate, per_transaction=per_transaction,
+            on_progress=lambda n: bar.advance(task, n),
+        )
+    engine.dispose()
+    done = ", ".join(f"{n} {a.replace('_', ' ')}" for a, n in stats.actions.items() if n)
+    console.print(f"simulated {stats.total} actions ({done}); {stats.rows_written} rows written")
+
+
+def _print_results(results: list[Any], as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps([r.as_dict() for r in results]))
+        return
+    if not results:
+        console.print("nothing to publish")
+    for result in results:
+        window = (
+            f"{result.window_start:%Y-%m-%d %H:%M:%S} → {result.window_end:%Y-%m-%d %H:%M:%S} UTC"
+            if result.window_start and result.window_end
+            else "queue tables"
+        )
+        label = " (republished after a crash)" if result.recovered else ""
+        console.print(f"refresh {result.refresh_id}{label}: {window}, {result.events} events "
+                      f"in {result.seconds:.2f}s")
+        for table, count in result.counts.items():
+            ops = ", ".join(
+                f"{k.split('.')[1]} {v}" for k, v in sorted(result.op_counts.items())
+                if k.startswith(f"{table}.")
+            )
+            console.print(f"  {table:<18} {count:>8}" + (f"  ({ops})" if ops else ""))
+        if result.overlap_skipped:
+            console.print(f"  overlap duplicates skipped: {result.overlap_skipped}")
+
+
+@app.command()
+def refresh(
+    since: Annotated[
+        str | None, typer.Option(help="Re-sync everything changed since this date, once.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run one refresh: freeze the changes, publish them in one Kafka transaction."""
+    from queuestream.producer.refresh import Refresher
+
+    settings = _settings()
+    refresher = Refresher(settings)
+    try:
+        results = refresher.refresh(_parse_since(since, settings))
+    finally:
+        refresher.close()
+    _print_results(results, as_json)
+
+
+@app.command()
+def produce(
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 10.0,
+    since: Annotated[str | None, typer.Option(help="Start date for the first refresh only.")] = None,
+    max_refreshes: Annotated[
+        int | None, typer.Option(help="Stop after this many refreshes (default: run until stopped).")
+    ] = None,
+) -> None:
+    """Refresh every INTERVAL seconds. SIGTERM finishes the refresh in hand and exits."""
+    from queuestream.producer.refresh import ProduceLoop, Refresher
+
+    settings = _settings()
+    refresher = Refresher(settings)
+    loop = ProduceLoop(refresher, interval)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logging.getLogger(__name__).info("signal %d: finishing the refresh in hand", signum)
+        loop.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    try:
+        done = loop.run(_parse_since(since, settings), max_refreshes)
+    finally:
+        refresher.close()
+    console.print(f"stopped after {done} refreshes")
+
+
+@app.command()
+def demo(
+    actions: Annotated[int, typer.Option(help="Simulated actions before the refresh.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Simulate activity, refresh once, and show what reached Kafka."""
+    from queuestream.demo import run_demo
+
+    run_demo(_settings(), actions=actions, seed=seed, console=console)
+
+
 def main() -> None:
-    print("hi")
+    try:
+        app(standalone_mode=False)
+    except QueuestreamError as exc:
+        if _state.traceback:
+            err_console.print_exception()
+        err_console.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

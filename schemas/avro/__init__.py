@@ -1,1 +1,13 @@
-"""placeholder"""
+"""The event contract as data: one .avsc file per key and value, and the codec that reads them."""
+
+from __future__ import annotations
+
+from queuestream.schemas.avro.codec import (
+    SCHEMA_DIR,
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    load_schema,
+    schema_names,
+)
+
+__all__ = ["SCHEMA_DIR", "SINGLE_OBJECT_MAGIC", "AvroCodec", "load_schema", "schema_names"]

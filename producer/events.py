@@ -1,0 +1,135 @@
+"""Turning a changed row into a Debezium-shaped change event (key, value, partition).
+
+The value is ``{before, after, source, op, ts_ms, transaction}``; ``after`` is
+the row after sensitive columns were handled. The queue snapshot holds the row
+as it is now, so ``before`` is null; ``op`` is ``c`` when the row was created
+inside the window, ``u`` otherwise, and ``r`` for a re-sync from a start date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from queuestream import __version__
+from queuestream.errors import EncodingError
+from queuestream.producer.partitioning import CustomerPartitioner
+from queuestream.producer.sensitive import ColumnPolicy
+from queuestream.producer.source_reader import ChangedRow
+from queuestream.schemas.avro import AvroCodec, load_schema
+from queuestream.tables import TableSpec
+
+__all__ = ["EncodedEvent", "EventBuilder", "RefreshContext"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshContext:
+    refresh_id: str
+    prefix: str
+    database: str
+    window_start: datetime | None
+    window_end: datetime | None
+    resync: bool
+
+
+@dataclass(slots=True)
+class EncodedEvent:
+    key: bytes
+    value: bytes
+    partition: int
+    op: str
+    version: datetime  # ModifiedDate, aware
+
+
+def _timestamp_columns(table: str) -> list[str]:
+    envelope = load_schema(f"{table}.value")
+    before = next(f for f in envelope["fields"] if f["name"] == "before")
+    record = next(b for b in before["type"] if isinstance(b, dict))
+    names = []
+    for field in record["fields"]:
+        branches = field["type"] if isinstance(field["type"], list) else [field["type"]]
+        if any(isinstance(b, dict) and b.get("logicalType") == "timestamp-micros" for b in branches):
+            names.append(field["name"])
+    return names
+
+
+class EventBuilder:
+    """Builds and encodes the events of one table within one refresh."""
+
+    def __init__(
+        self,
+        spec: TableSpec,
+        context: RefreshContext,
+        codec: AvroCodec,
+        policy: ColumnPolicy,
+        partitioner: CustomerPartitioner,
+        zone: ZoneInfo,
+    ) -> None:
+        self.spec = spec
+        self.context = context
+        self.partitioner = partitioner
+        self.zone = zone
+        self._encode_key = codec.encoder(spec.name, "key")
+        self._encode_value = codec.encoder(spec.name, "value")
+        self._sensitive: Callable[[dict[str, Any]], None] | None = policy.for_table(spec.name)
+        self._timestamps = _timestamp_columns(spec.name)
+        self._source = {
+            "version": __version__,
+            "connector": "queuestream",
+            "name": context.prefix,
+            "snapshot": "true" if context.resync else "false",
+            "db": context.database,
+            "schema": None,
+            "table": spec.source,
+            "system": "exigo",
+            "refresh_id": context.refresh_id,
+            "window_start": context.window_start,
+            "window_end": context.window_end,
+        }
+        self._published_ms = int(datetime.now(UTC).timestamp() * 1000)
+        self.count = 0
+
+    def build(self, changed: ChangedRow, total_order: int) -> EncodedEvent:
+        row = changed.row
+        zone = self.zone
+        for column in self._timestamps:
+            value = row[column]
+            if value is not None:
+                row[column] = value.replace(tzinfo=zone)
+        version: datetime = row["ModifiedDate"]
+        key_values = {k: row[k] for k in self.spec.key}
+        try:
+            key = self._encode_key(key_values)
+        except EncodingError as exc:
+            raise EncodingError(exc.reason, table=self.spec.name, key=key_values, column=exc.column) from exc
+        if self.context.resync:
+            op = "r"
+        elif self.context.window_start is not None and row["CreatedDate"] >= self.context.window_start:
+            op = "c"
+        else:
+            op = "u"
+        if self._sensitive is not None:
+            self._sensitive(row)
+        self.count += 1
+        envelope = {
+            "before": None,
+            "after": row,
+            "source": {**self._source, "ts_ms": int((version - _EPOCH).total_seconds() * 1000)},
+            "op": op,
+            "ts_ms": self._published_ms,
+            "transaction": {
+                "id": self.context.refresh_id,
+                "total_order": total_order,
+                "data_collection_order": self.count,
+            },
+        }
+        try:
+            value = self._encode_value(envelope)
+        except EncodingError as exc:
+            raise EncodingError(exc.reason, table=self.spec.name, key=key_values, column=exc.column) from exc
+        return EncodedEvent(key, value, self.partitioner(changed.customer_id), op, version)

@@ -1,0 +1,104 @@
+"""The producer's committed progress, read back from the batches topic.
+
+The END marker of each refresh carries the watermark (and the overlap digests,
+and in procedure mode the fingerprint of the queue tables published). It is
+written in the same Kafka transaction as the refresh's events, so the progress
+read here with ``read_committed`` is exactly the progress of what consumers can
+see: there is no second store to disagree with Kafka (promise 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from queuestream.errors import BrokerUnavailableError
+from queuestream.kafka_clients import batches_topic, consumer_config
+from queuestream.producer.watermark import Progress
+from queuestream.schemas.avro import AvroCodec
+from queuestream.settings import Settings
+
+__all__ = ["read_progress"]
+
+log = logging.getLogger(__name__)
+
+_STEP = 200
+_TIMEOUT = 30.0
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def read_progress(settings: Settings, codec: AvroCodec) -> Progress:
+    """The last committed END marker of this producer, or empty progress.
+
+    Call it after the transactional producer's init_transactions(), which aborts
+    any transaction a crashed predecessor left open, so that the log end is stable.
+    """
+    topic = batches_topic(settings)
+    producer = settings.effective_transactional_id
+    consumer = Consumer(
+        consumer_config(
+            settings,
+            group_id=f"queuestream-progress-{uuid.uuid4().hex}",
+            **{"enable.partition.eof": True},
+        )
+    )
+    try:
+        partition = TopicPartition(topic, 0)
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT)
+        except KafkaException as exc:
+            msg = f"cannot read {topic} at {settings.kafka_bootstrap_servers}: {exc.args[0].str()}"
+            raise BrokerUnavailableError(msg) from None
+        end = high
+        while end > low:
+            start = max(low, end - _STEP)
+            found = _last_end_marker(consumer, codec, partition, start, end, producer)
+            if found is not None:
+                return found
+            end = start
+        return Progress()
+    finally:
+        consumer.close()
+
+
+def _last_end_marker(
+    consumer: Consumer,
+    codec: AvroCodec,
+    partition: TopicPartition,
+    start: int,
+    end: int,
+    producer: str,
+) -> Progress | None:
+    consumer.assign([TopicPartition(partition.topic, 0, start if start > 0 else OFFSET_BEGINNING)])
+    found: Progress | None = None
+    while True:
+        message = consumer.poll(_TIMEOUT)
+        if message is None:
+            msg = f"timed out reading {partition.topic} between offsets {start} and {end}"
+            raise BrokerUnavailableError(msg)
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                break
+            msg = f"cannot read {partition.topic}: {error.str()}"
+            raise BrokerUnavailableError(msg)
+        offset = message.offset()
+        if offset is not None and offset >= end:
+            break
+        key = codec.decode("batches", "key", message.key())
+        value = codec.decode("batches", "value", message.value())
+        if key is None or value is None or key["producer"] != producer or value["status"] != "END":
+            continue
+        found = Progress(
+            refresh_id=value["refresh_id"],
+            watermark=_aware(value["window_end"]),
+            overlap_seen=Progress.unpack_digests(value["overlap_seen"]),
+            snapshot_fingerprint=value["snapshot_fingerprint"],
+        )
+    return found

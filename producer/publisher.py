@@ -1,0 +1,101 @@
+"""Kafka transactions: all events of one refresh and its END marker commit together.
+
+The producer is idempotent and transactional (``transactional.id``), so a
+restarted producer fences its predecessor and aborts what that one left open;
+consumers reading with ``read_committed`` see a refresh whole or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from queuestream.errors import BrokerUnavailableError, FatalError, FencedError
+from queuestream.kafka_clients import transactional_producer
+from queuestream.settings import Settings
+
+__all__ = ["Send", "TransactionalPublisher"]
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, bytes, bytes, int], None]
+
+_INIT_TIMEOUT = 60.0
+_COMMIT_TIMEOUT = 60.0
+
+
+class TransactionalPublisher:
+    """Runs a function that sends messages inside one Kafka transaction."""
+
+    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+        self.settings = settings
+        self.producer = producer or transactional_producer(settings)
+        try:
+            self.producer.init_transactions(_INIT_TIMEOUT)
+        except KafkaException as exc:
+            raise self._error(exc, "initialise transactions") from None
+
+    def _error(self, exc: KafkaException, doing: str) -> Exception:
+        error: KafkaError = exc.args[0]
+        where = f"Kafka at {self.settings.kafka_bootstrap_servers}"
+        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                            KafkaError.INVALID_PRODUCER_EPOCH):
+            return FencedError(
+                f"another producer with transactional id {self.settings.effective_transactional_id!r} "
+                "took over; stop one of them (or give each its own transactional_id)"
+            )
+        if error.fatal():
+            return FatalError(f"{where}: fatal error while trying to {doing}: {error.str()}")
+        return BrokerUnavailableError(
+            f"{where}: could not {doing}: {error.str()}; nothing was committed and the "
+            "watermark did not move"
+        )
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int) -> None:
+        produce = self.producer.produce
+        while True:
+            try:
+                produce(topic, value, key, partition)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: let librdkafka send
+
+    def transaction(self, body: Callable[[Send], None]) -> None:
+        """Run ``body(send)`` in one transaction; commit, or abort and raise."""
+        try:
+            self.producer.begin_transaction()
+        except KafkaException as exc:
+            raise self._error(exc, "begin a transaction") from None
+        try:
+            body(self.send)
+        except BaseException:
+            self._abort()
+            raise
+        self._commit()
+
+    def _commit(self) -> None:
+        deadline = time.monotonic() + _COMMIT_TIMEOUT * 2
+        while True:
+            try:
+                self.producer.commit_transaction(_COMMIT_TIMEOUT)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.retriable() and time.monotonic() < deadline:
+                    log.warning("commit not acknowledged yet (%s); retrying", error.str())
+                    continue
+                if error.txn_requires_abort() or error.retriable():
+                    self._abort()
+                raise self._error(exc, "commit the refresh") from None
+
+    def _abort(self) -> None:
+        try:
+            self.producer.abort_transaction(_COMMIT_TIMEOUT)
+        except KafkaException as exc:
+            log.warning("abort not acknowledged: %s", exc.args[0].str())
+
+    def close(self) -> None:
+        self.producer.flush(10)

@@ -1,0 +1,321 @@
+"""One refresh cycle, and the produce loop.
+
+A refresh freezes the changed rows, publishes BEGIN, every event and END in
+one Kafka transaction, and only then takes the END's watermark as its progress.
+Whatever fails before the commit leaves the watermark where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from queuestream.databases import create_engine
+from queuestream.errors import RetriableError
+from queuestream.kafka_clients import batches_topic, ensure_topics
+from queuestream.producer.events import EventBuilder, RefreshContext
+from queuestream.producer.partitioning import CustomerPartitioner
+from queuestream.producer.progress import read_progress
+from queuestream.producer.publisher import Send, TransactionalPublisher
+from queuestream.producer.sensitive import ColumnPolicy
+from queuestream.producer.source_reader import ChangedRow, FrozenSnapshot, SourceReader
+from queuestream.producer.watermark import (
+    OverlapFilter,
+    Progress,
+    Window,
+    WindowPlanner,
+    change_digest,
+)
+from queuestream.schemas.avro import AvroCodec
+from queuestream.settings import Settings
+from queuestream.tables import TABLES, TableSpec, topic_for
+
+__all__ = ["ProduceLoop", "RefreshResult", "Refresher", "new_refresh_id"]
+
+log = logging.getLogger(__name__)
+
+
+def new_refresh_id() -> str:
+    """Sortable and unique: ``20261123T101500123456Z-3f9a1c2b``."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class RefreshResult:
+    refresh_id: str
+    mode: str
+    window_start: datetime | None
+    window_end: datetime | None
+    counts: dict[str, int] = field(default_factory=dict)
+    op_counts: dict[str, int] = field(default_factory=dict)
+    overlap_skipped: int = 0
+    recovered: bool = False
+    seconds: float = 0.0
+
+    @property
+    def events(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "refresh_id": self.refresh_id,
+            "mode": self.mode,
+            "window_start": self.window_start.isoformat() if self.window_start else None,
+            "window_end": self.window_end.isoformat() if self.window_end else None,
+            "events": self.events,
+            "counts": self.counts,
+            "op_counts": self.op_counts,
+            "overlap_skipped": self.overlap_skipped,
+            "recovered": self.recovered,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Refresher:
+    """Publishes refreshes of one sync database to one topic prefix."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or create_engine(settings.source_url)
+        self.reader = SourceReader(self.engine, settings)
+        self.reader.ensure_schema()
+        self.codec = AvroCodec.from_url(settings.topic_prefix, settings.schema_registry_url)
+        self.policy = ColumnPolicy(
+            settings.sensitive_columns,
+            settings.hash_key.get_secret_value().encode() if settings.hash_key else None,
+        )
+        self.partitions = ensure_topics(settings)
+        self.partitioner = CustomerPartitioner(self.partitions)
+        self.publisher = TransactionalPublisher(settings)
+        self.progress: Progress = read_progress(settings, self.codec)
+        self.overlap = timedelta(seconds=settings.overlap_seconds)
+        self.planner = WindowPlanner(timedelta(hours=settings.first_window_hours), self.overlap)
+        self._batch_key = self.codec.encode(
+            "batches", "key", {"producer": settings.effective_transactional_id}
+        )
+        self._database = make_url(settings.source_url).database or ""
+        log.info(
+            "producer %s ready: watermark %s, %d partitions",
+            settings.effective_transactional_id,
+            self.progress.watermark.isoformat() if self.progress.watermark else "none (first refresh)",
+            self.partitions,
+        )
+
+    # -- public -------------------------------------------------------------------
+    def refresh(self, since: datetime | None = None) -> list[RefreshResult]:
+        """One cycle. Procedure mode may first republish a snapshot a crash left unpublished."""
+        if self.settings.refresh_mode == "procedure":
+            return self._procedure_cycle(since)
+        return [self._watermark_cycle(since)]
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.engine.dispose()
+
+    # -- watermark mode -----------------------------------------------------------
+    def _watermark_cycle(self, since: datetime | None) -> RefreshResult:
+        window = self.planner.plan(self.progress, self.reader.safe_end(), since)
+        with self.reader.frozen() as snapshot:
+
+            def rows(spec: TableSpec) -> Iterator[ChangedRow]:
+                return snapshot.changed_rows(spec, window.read_from, window.end)
+
+            return self._publish_with_retries(lambda: self._publish(rows, window, None))
+
+    # -- procedure mode -------------------------------------------------------------
+    def _procedure_cycle(self, since: datetime | None) -> list[RefreshResult]:
+        results = []
+        pending = self._publish_queue_tables(recovered=True)
+        if pending is not None:
+            log.warning(
+                "republished refresh %s: the queue tables held a snapshot that was never "
+                "committed to Kafka (a crash before publishing finished)",
+                pending.refresh_id,
+            )
+            results.append(pending)
+        self.reader.run_refresh_statement(since)
+        fresh = self._publish_queue_tables(recovered=False)
+        if fresh is not None:
+            results.append(fresh)
+        return results
+
+    def _publish_queue_tables(self, recovered: bool) -> RefreshResult | None:
+        with self.reader.frozen() as snapshot:
+            fingerprint, count = snapshot.queue_fingerprint()
+            if count == 0 or fingerprint == self.progress.snapshot_fingerprint:
+                return None
+            result = self._publish_with_retries(
+                lambda: self._publish(snapshot.queue_rows, None, fingerprint)
+            )
+        result.recovered = recovered
+        return result
+
+    # -- publishing -------------------------------------------------------------------
+    def _publish_with_retries(self, attempt: Any) -> RefreshResult:
+        attempts = self.settings.publish_attempts
+        for number in range(1, attempts + 1):
+            try:
+                result: RefreshResult = attempt()
+                return result
+            except RetriableError as exc:
+                if number == attempts:
+                    raise
+                delay = self.settings.retry_backoff_seconds * 2 ** (number - 1)
+                log.warning("publish attempt %d/%d failed: %s; retrying in %.1fs",
+                            number, attempts, exc, delay)
+                time.sleep(delay)
+        msg = "unreachable"
+        raise AssertionError(msg)
+
+    def _publish(
+        self,
+        rows: Any,
+        window: Window | None,
+        fingerprint: str | None,
+    ) -> RefreshResult:
+        started = time.monotonic()
+        mode = self.settings.refresh_mode
+        context = RefreshContext(
+            refresh_id=new_refresh_id(),
+            prefix=self.settings.topic_prefix,
+            database=self._database,
+            window_start=window.start if window else None,
+            window_end=window.end if window else None,
+            resync=bool(window and window.resync),
+        )
+        result = RefreshResult(context.refresh_id, mode, context.window_start, context.window_end)
+        overlap = OverlapFilter.for_window(window, self.progress, self.overlap) if window else None
+        ops: Counter[str] = Counter()
+        batches = batches_topic(self.settings)
+        zone = self.settings.zone
+        prefix = self.settings.topic_prefix
+
+        def body(send: Send) -> None:
+            send(batches, self._batch_key, self._marker("BEGIN", context, window), 0)
+            total = 0
+            for spec in TABLES:
+                builder = EventBuilder(spec, context, self.codec, self.policy, self.partitioner, zone)
+                topic = topic_for(prefix, spec.name)
+                for changed in rows(spec):
+                    if overlap is not None:
+                        version = changed.row["ModifiedDate"].replace(tzinfo=zone)
+                        if overlap.needs_digest(version):
+                            key = tuple(changed.row[k] for k in spec.key)
+                            if not overlap.admit(change_digest(spec.name, key, version), version):
+                                continue
+                    total += 1
+                    event = builder.build(changed, total)
+                    send(topic, event.key, event.value, event.partition)
+                    ops[f"{spec.name}.{event.op}"] += 1
+                result.counts[spec.name] = builder.count
+            result.op_counts = dict(ops)
+            result.overlap_skipped = overlap.skipped if overlap else 0
+            end = self._marker(
+                "END",
+                context,
+                window,
+                counts=result.counts,
+                op_counts=result.op_counts,
+                fingerprint=fingerprint,
+                overlap_seen=overlap.packed() if overlap else None,
+            )
+            send(batches, self._batch_key, end, 0)
+
+        self.publisher.transaction(body)
+        # Committed: only now does the progress move.
+        self.progress = Progress(
+            refresh_id=context.refresh_id,
+            watermark=window.end if window else self.progress.watermark,
+            overlap_seen=frozenset(
+                Progress.unpack_digests(overlap.packed()) if overlap else self.progress.overlap_seen
+            ),
+            snapshot_fingerprint=fingerprint or self.progress.snapshot_fingerprint,
+        )
+        result.seconds = time.monotonic() - started
+        log.info(
+            "refresh %s committed: %d events (%s)%s in %.2fs, watermark %s",
+            result.refresh_id,
+            result.events,
+            ", ".join(f"{t} {n}" for t, n in result.counts.items() if n) or "no changes",
+            f", {result.overlap_skipped} overlap duplicates skipped" if result.overlap_skipped else "",
+            result.seconds,
+            result.window_end.isoformat() if result.window_end else "n/a",
+        )
+        return result
+
+    def _marker(
+        self,
+        status: str,
+        context: RefreshContext,
+        window: Window | None,
+        *,
+        counts: dict[str, int] | None = None,
+        op_counts: dict[str, int] | None = None,
+        fingerprint: str | None = None,
+        overlap_seen: bytes | None = None,
+    ) -> bytes:
+        counts = counts or {}
+        return self.codec.encode(
+            "batches",
+            "value",
+            {
+                "status": status,
+                "refresh_id": context.refresh_id,
+                "ts_ms": int(datetime.now(UTC).timestamp() * 1000),
+                "mode": self.settings.refresh_mode,
+                "window_start": context.window_start,
+                "window_end": context.window_end,
+                "since_override": window.since_override if window else None,
+                "event_count": sum(counts.values()),
+                "counts": counts,
+                "op_counts": op_counts or {},
+                "snapshot_fingerprint": fingerprint,
+                "overlap_seen": overlap_seen,
+            },
+        )
+
+
+class ProduceLoop:
+    """``queuestream produce``: refresh every ``interval`` seconds until stopped.
+
+    ``stop()`` (wired to SIGTERM/SIGINT by the CLI) lets the refresh in hand
+    finish and commit, then the loop exits.
+    """
+
+    def __init__(self, refresher: Refresher, interval: float, max_backoff: float = 60.0) -> None:
+        self.refresher = refresher
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, since: datetime | None = None, max_refreshes: int | None = None) -> int:
+        done = 0
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.refresher.refresh(since)
+                since = None  # the override applies once
+                failures = 0
+                done += 1
+                wait = self.interval
+            except RetriableError as exc:
+                failures += 1
+                wait = min(self.max_backoff, self.refresher.settings.retry_backoff_seconds * 2**failures)
+                log.error("refresh failed (%s); the watermark did not move; retrying in %.0fs", exc, wait)
+            if max_refreshes is not None and done >= max_refreshes:
+                break
+            self._stop.wait(wait)
+        return done

@@ -1,0 +1,216 @@
+"""Reading the sync database: a safe upper bound, then a frozen snapshot of changed rows.
+
+Two modes (``refresh_mode``):
+
+* ``watermark``: queuestream freezes the snapshot itself. The changed rows of all
+  six tables are read in one REPEATABLE READ transaction (on SQLite, one read
+  transaction in WAL mode), which stays open until Kafka has committed the
+  refresh: the snapshot cannot change while it is published.
+* ``procedure``: the source has its own refresh (Exigo's ``EXEC queue.Refresh``)
+  that fills ``queue.*`` tables; queuestream runs the configured statement and
+  reads those tables as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from queuestream.databases import is_postgres, unavailable
+from queuestream.errors import ConfigurationError
+from queuestream.producer.source_models import Base, create_source_schema
+from queuestream.settings import Settings
+from queuestream.tables import TABLES, TableSpec
+
+__all__ = ["ChangedRow", "FrozenSnapshot", "SourceReader", "to_aware", "to_source_local"]
+
+log = logging.getLogger(__name__)
+
+_FETCH = 5000
+
+
+def to_aware(value: datetime, zone: ZoneInfo) -> datetime:
+    """A naive source timestamp (local to ``zone``) as an aware UTC datetime."""
+    return value.replace(tzinfo=zone).astimezone(UTC)
+
+
+def to_source_local(value: datetime, zone: ZoneInfo) -> datetime:
+    """An aware datetime as the naive local time the source stamps with."""
+    return value.astimezone(zone).replace(tzinfo=None)
+
+
+@dataclass(slots=True)
+class ChangedRow:
+    row: dict[str, Any]
+    customer_id: int
+
+
+_IN_FLIGHT_SQL = sa.text(
+    """
+    SELECT clock_timestamp() AS now,
+           (SELECT min(xact_start) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend' AND xact_start IS NOT NULL) AS oldest,
+           (SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend' AND state IS NULL) AS hidden
+    """
+)
+
+
+class SourceReader:
+    """Access to the sync database for one producer."""
+
+    def __init__(self, engine: sa.Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.zone = settings.zone
+        self._warned_hidden = False
+
+    def ensure_schema(self) -> None:
+        if self.settings.refresh_mode == "watermark":
+            create_source_schema(self.engine)
+
+    def safe_end(self) -> datetime:
+        """A bound before which every change is already visible (aware, UTC).
+
+        Computed *before* the snapshot is taken, so that no transaction in flight
+        now can commit a row stamped below it that the snapshot misses.
+        """
+        if is_postgres(self.engine):
+            try:
+                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    now, oldest, hidden = conn.execute(_IN_FLIGHT_SQL).one()
+            except sa.exc.OperationalError as exc:
+                raise unavailable(exc, self.engine) from None
+            if hidden and not self._warned_hidden:
+                self._warned_hidden = True
+                log.warning(
+                    "%d sessions of other users are hidden from pg_stat_activity; their "
+                    "transactions cannot bound the watermark, so it stays settle_seconds behind "
+                    "(GRANT pg_read_all_stats to this user to fix)",
+                    hidden,
+                )
+            bound = now if oldest is None else min(now, oldest)
+            bound -= timedelta(seconds=self.settings.pg_clock_allowance_seconds)
+            if hidden:
+                bound = min(bound, now - timedelta(seconds=self.settings.settle_seconds))
+            return bound.astimezone(UTC)
+        return datetime.now(UTC) - timedelta(seconds=self.settings.settle_seconds)
+
+    @contextmanager
+    def frozen(self) -> Iterator[FrozenSnapshot]:
+        """An open read transaction whose view of the data does not change."""
+        try:
+            conn = self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise unavailable(exc, self.engine) from None
+        try:
+            if is_postgres(self.engine):
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                if is_postgres(self.engine):
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                yield FrozenSnapshot(conn, self.settings)
+        finally:
+            conn.close()
+
+    def run_refresh_statement(self, since: datetime | None) -> None:
+        """Procedure mode: run the source's own refresh and commit it."""
+        if since is None:
+            statement, params = self.settings.refresh_statement, {}
+        else:
+            statement = self.settings.refresh_since_statement
+            params = {"since": to_source_local(since, self.zone)}
+        log.info("running the source's refresh: %s %s", statement, params or "")
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(statement), params)
+        except sa.exc.OperationalError as exc:
+            raise unavailable(exc, self.engine) from None
+        except sa.exc.DBAPIError as exc:
+            msg = f"the refresh statement {statement!r} failed: {exc.orig}; check refresh_statement"
+            raise ConfigurationError(msg) from None
+
+
+class FrozenSnapshot:
+    """Rows of one refresh, read inside one snapshot transaction."""
+
+    def __init__(self, conn: sa.Connection, settings: Settings) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.zone = settings.zone
+        queue_md = sa.MetaData(schema=settings.queue_schema)
+        self._queue_tables = {
+            spec.name: Base.metadata.tables[spec.source].to_metadata(queue_md) for spec in TABLES
+        }
+
+    def _base(self, spec: TableSpec) -> sa.Table:
+        return Base.metadata.tables[spec.source]
+
+    def _select(self, spec: TableSpec, table: sa.Table) -> sa.Select[Any]:
+        orders = Base.metadata.tables["Orders"]
+        if spec.partition_via_order:
+            customer = (
+                sa.select(orders.c.CustomerID)
+                .where(orders.c.OrderID == table.c.OrderID)
+                .scalar_subquery()
+            )
+        else:
+            customer = table.c[spec.customer_column or "CustomerID"]
+        return sa.select(*table.c, customer.label("__customer_id")).order_by(
+            table.c.ModifiedDate, *(table.c[k] for k in spec.key)
+        )
+
+    def _stream(self, spec: TableSpec, query: sa.Select[Any]) -> Iterator[ChangedRow]:
+        result = self.conn.execution_options(yield_per=_FETCH).execute(query)
+        names = list(result.keys())
+        for values in result:
+            row = dict(zip(names, values, strict=True))
+            customer = row.pop("__customer_id")
+            if customer is None:
+                customer = 0  # an order line whose order is gone: partition 0, still published
+            yield ChangedRow(row, int(customer))
+
+    def changed_rows(self, spec: TableSpec, read_from: datetime, end: datetime) -> Iterator[ChangedRow]:
+        """Watermark mode: rows of ``spec`` with read_from <= ModifiedDate < end."""
+        table = self._base(spec)
+        query = self._select(spec, table).where(
+            table.c.ModifiedDate >= to_source_local(read_from, self.zone),
+            table.c.ModifiedDate < to_source_local(end, self.zone),
+        )
+        return self._stream(spec, query)
+
+    def queue_rows(self, spec: TableSpec) -> Iterator[ChangedRow]:
+        """Procedure mode: every row of ``queue.<Table>``."""
+        return self._stream(spec, self._select(spec, self._queue_tables[spec.name]))
+
+    def queue_fingerprint(self) -> tuple[str, int]:
+        """Digest and row count of the queue tables' keys and versions."""
+        digest = hashlib.sha256()
+        count = 0
+        for spec in TABLES:
+            table = self._queue_tables[spec.name]
+            query = sa.select(*(table.c[k] for k in spec.key), table.c.ModifiedDate).order_by(
+                *(table.c[k] for k in spec.key)
+            )
+            try:
+                rows = self.conn.execute(query)
+            except sa.exc.ProgrammingError as exc:
+                msg = (
+                    f"cannot read {table.fullname}: {exc.orig}; procedure mode needs the "
+                    f"source's queue tables in schema {self.settings.queue_schema!r}"
+                )
+                raise ConfigurationError(msg) from None
+            for row in rows:
+                digest.update(f"{spec.name}|{tuple(row)!r}\n".encode())
+                count += 1
+        return digest.hexdigest(), count

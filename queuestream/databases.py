@@ -1,0 +1,74 @@
+"""SQLAlchemy engines for the sync database and the targets (SQLite or PostgreSQL).
+
+SQLite engines run in WAL mode and start every transaction with an explicit
+BEGIN, so that a read transaction is a real snapshot (pysqlite otherwise opens
+transactions only before writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from queuestream.errors import ConfigurationError, DatabaseUnavailableError
+
+__all__ = ["create_engine", "describe_url", "is_postgres", "unavailable"]
+
+
+def is_postgres(engine: sa.Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def describe_url(url: str | sa.URL) -> str:
+    """The URL without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """An engine for ``url``; creates a SQLite file's folder if needed."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        msg = f"invalid database URL {url!r}: {exc}"
+        raise ConfigurationError(msg) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
+        _sqlite_snapshot_transactions(engine)
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+    msg = f"unsupported database {backend!r} in {describe_url(parsed)}: use sqlite:/// or postgresql://"
+    raise ConfigurationError(msg)
+
+
+def _sqlite_snapshot_transactions(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def unavailable(exc: sa.exc.DBAPIError, engine: sa.Engine) -> DatabaseUnavailableError:
+    """Wrap a connection failure in an error that says which database and what to do."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    msg = (
+        f"database {describe_url(engine.url)} is unreachable ({reason}); "
+        "nothing was committed, retry when it is back"
+    )
+    return DatabaseUnavailableError(msg)

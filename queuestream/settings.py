@@ -1,0 +1,230 @@
+"""One validated settings object per process.
+
+Every setting has a default (a constant below), can be overridden from the
+environment as ``QUEUESTREAM_<NAME>`` (``KAFKA_BOOTSTRAP_SERVERS`` and
+``SCHEMA_REGISTRY_URL`` are read too), from a TOML file named by ``--config``
+or ``QUEUESTREAM_CONFIG``, and from command-line flags, which win.
+
+Kafka client options pass through untouched as librdkafka keys:
+``kafka = {"linger.ms" = "20"}`` in the file, or
+``QUEUESTREAM_KAFKA='{"linger.ms": "20"}'`` in the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from queuestream.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_BOOTSTRAP_SERVERS",
+    "DEFAULT_SENSITIVE_COLUMNS",
+    "DEFAULT_SOURCE_URL",
+    "ColumnAction",
+    "Settings",
+    "load_settings",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE_URL = "sqlite:///var/exigo-sync.db"
+DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
+DEFAULT_TOPIC_PREFIX = "exigo"
+DEFAULT_PARTITIONS = 6
+DEFAULT_FIRST_WINDOW_HOURS = 24.0
+DEFAULT_SETTLE_SECONDS = 5.0
+DEFAULT_PG_CLOCK_ALLOWANCE_SECONDS = 1.0
+DEFAULT_OVERLAP_SECONDS = 2.0
+DEFAULT_REFRESH_STATEMENT = "EXEC queue.Refresh"
+DEFAULT_REFRESH_SINCE_STATEMENT = "EXEC queue.Refresh :since"
+
+ColumnAction = Literal["exclude", "mask", "hash"]
+
+#: Payment account numbers never leave the source in clear unless configured otherwise.
+DEFAULT_SENSITIVE_COLUMNS: dict[str, dict[str, ColumnAction]] = {
+    "customer_accounts": {
+        "PrimaryCreditCardNumberDisplay": "mask",
+        "BankAccountNumber": "mask",
+        "BankRoutingNumber": "mask",
+    },
+}
+
+
+class Settings(BaseSettings):
+    """Settings shared by every queuestream command."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QUEUESTREAM_",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- source ---------------------------------------------------------------
+    source_url: str = Field(
+        DEFAULT_SOURCE_URL,
+        description="SQLAlchemy URL of the sync database (SQLite file or PostgreSQL).",
+    )
+    source_timezone: str = Field(
+        "UTC",
+        description="IANA time zone the source stamps CreatedDate/ModifiedDate in "
+        "(Exigo stamps local time), e.g. America/Chicago.",
+    )
+    refresh_mode: Literal["watermark", "procedure"] = Field(
+        "watermark",
+        description="'watermark': queuestream freezes the changed rows itself; "
+        "'procedure': run the source's own refresh statement and read its queue tables.",
+    )
+    refresh_statement: str = Field(
+        DEFAULT_REFRESH_STATEMENT,
+        description="Procedure mode: the statement that fills the queue tables.",
+    )
+    refresh_since_statement: str = Field(
+        DEFAULT_REFRESH_SINCE_STATEMENT,
+        description="Procedure mode: the statement used with --since (bind :since).",
+    )
+    queue_schema: str = Field("queue", description="Procedure mode: schema of the queue tables.")
+    first_window_hours: float = Field(
+        DEFAULT_FIRST_WINDOW_HOURS, gt=0, description="The first refresh takes this many hours."
+    )
+    settle_seconds: float = Field(
+        DEFAULT_SETTLE_SECONDS,
+        ge=0,
+        description="Where in-flight transactions cannot be seen (SQLite), the watermark "
+        "stays this far behind the database clock.",
+    )
+    pg_clock_allowance_seconds: float = Field(
+        DEFAULT_PG_CLOCK_ALLOWANCE_SECONDS,
+        ge=0,
+        description="PostgreSQL: margin for writers whose clock lags the server's.",
+    )
+    overlap_seconds: float = Field(
+        DEFAULT_OVERLAP_SECONDS,
+        ge=0,
+        description="Each window re-reads this much before the watermark; rows already "
+        "published are de-duplicated.",
+    )
+
+    # --- kafka ----------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        DEFAULT_BOOTSTRAP_SERVERS,
+        validation_alias=AliasChoices(
+            "kafka_bootstrap_servers",
+            "QUEUESTREAM_KAFKA_BOOTSTRAP_SERVERS",
+            "KAFKA_BOOTSTRAP_SERVERS",
+        ),
+        description="Kafka bootstrap servers.",
+    )
+    kafka: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka options, passed through untouched.",
+    )
+    topic_prefix: str = Field(DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, description="Partitions per change topic.")
+    replication_factor: int = Field(1, ge=1)
+    retention_ms: int = Field(-1, description="Change topic retention; -1 keeps history.")
+    transactional_id: str | None = Field(
+        None, description="Producer transactional id (default: queuestream-<topic_prefix>)."
+    )
+    transaction_timeout_ms: int = Field(300_000, ge=1000)
+    schema_registry_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "schema_registry_url", "QUEUESTREAM_SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_URL"
+        ),
+        description="Confluent-compatible schema registry; unset: Avro single-object encoding.",
+    )
+    publish_attempts: int = Field(
+        3, ge=1, description="Attempts to publish one refresh before giving up."
+    )
+    retry_backoff_seconds: float = Field(2.0, ge=0)
+
+    # --- sensitive columns -----------------------------------------------------
+    sensitive_columns: dict[str, dict[str, ColumnAction]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SENSITIVE_COLUMNS.items()},
+        description="Per table, column -> exclude | mask | hash, applied before publishing.",
+    )
+    hash_key: SecretStr | None = Field(
+        None, description="Key for HMAC-SHA256 of hashed columns (recommended)."
+    )
+
+    @field_validator("source_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            msg = f"unknown time zone {value!r}: use an IANA name such as 'Europe/Amsterdam'"
+            raise ValueError(msg) from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.source_timezone)
+
+    @property
+    def effective_transactional_id(self) -> str:
+        return self.transactional_id or f"queuestream-{self.topic_prefix}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("QUEUESTREAM_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; flags (``overrides`` that are not None) win over everything.
+
+    Raises ConfigurationError with every invalid setting named.
+    """
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    previous = os.environ.get("QUEUESTREAM_CONFIG")
+    if config_file is not None:
+        if not config_file.is_file():
+            msg = f"config file {config_file} does not exist"
+            raise ConfigurationError(msg)
+        os.environ["QUEUESTREAM_CONFIG"] = str(config_file)
+    try:
+        settings = Settings(**flags)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        msg = f"invalid settings: {problems}"
+        raise ConfigurationError(msg) from None
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop("QUEUESTREAM_CONFIG", None)
+            else:
+                os.environ["QUEUESTREAM_CONFIG"] = previous
+    from_env = sorted(
+        name
+        for name in Settings.model_fields
+        if f"QUEUESTREAM_{name.upper()}" in os.environ
+    )
+    if from_env:
+        log.info("settings from the environment: %s", ", ".join(from_env))
+    return settings
