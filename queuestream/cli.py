@@ -121,7 +121,7 @@ def sim(
     from queuestream.producer.simulator import Simulator
 
     settings = _settings()
-    engine = create_engine(settings.source_url)
+    engine = create_engine(settings.source_url, writer=True)
     simulator = Simulator(engine, settings.zone, seed=seed)
     if with_queue_procedure:
         from queuestream.producer.queue_procedure import install_queue_procedure

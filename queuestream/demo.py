@@ -54,9 +54,11 @@ def read_refresh_events(
 
 
 def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -> None:
-    engine = create_engine(settings.source_url)
     console.rule("1. simulate activity in the sync database")
-    stats = Simulator(engine, settings.zone, seed=seed).run(actions, per_transaction=10)
+    writer = create_engine(settings.source_url, writer=True)
+    stats = Simulator(writer, settings.zone, seed=seed).run(actions, per_transaction=10)
+    writer.dispose()
+    engine = create_engine(settings.source_url)
     console.print(f"{settings.source_url}: {stats.total} actions, {stats.rows_written} rows written")
 
     if engine.dialect.name != "postgresql" and settings.settle_seconds:

@@ -1,0 +1,88 @@
+"""The Avro codec: single-object framing, caching, and errors that name the column."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from queuestream.errors import DecodeError, EncodingError
+from queuestream.schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, load_schema, schema_names
+from queuestream.tables import TABLES
+
+codec = AvroCodec("exigo")
+
+
+def _order(**overrides: Any) -> dict[str, Any]:
+    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    row = {
+        "OrderID": 10, "CustomerID": 3, "OrderStatusID": 2, "OrderTypeID": 1, "OrderDate": now,
+        "CurrencyCode": "usd", "WarehouseID": 1, "ShipMethodID": 1, "SubTotal": Decimal("10.00"),
+        "TaxTotal": Decimal("0.73"), "ShippingTotal": Decimal("7.95"), "Total": Decimal("18.68"),
+        "CreatedDate": now, "ModifiedDate": now,
+    }
+    row.update(overrides)
+    return row
+
+
+def _envelope(after: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "before": None, "after": after, "op": "c", "ts_ms": 1,
+        "source": {"version": "0", "connector": "queuestream", "name": "exigo", "ts_ms": 1,
+                   "db": "x", "table": "Orders", "system": "exigo", "refresh_id": "r1"},
+    }
+
+
+def test_every_table_has_a_key_and_value_schema() -> None:
+    names = set(schema_names())
+    for spec in TABLES:
+        assert {f"{spec.name}.key", f"{spec.name}.value"} <= names
+    assert {"batches.key", "batches.value"} <= names
+
+
+def test_single_object_header_is_the_little_endian_fingerprint() -> None:
+    data = codec.encode("orders", "key", {"OrderID": 5})
+    canonical = to_parsing_canonical_form(load_schema("orders.key"))
+    assert data[:2] == SINGLE_OBJECT_MAGIC
+    assert data[2:10] == bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+    assert codec.decode("orders", "key", data) == {"OrderID": 5}
+
+
+def test_value_round_trip_keeps_decimals_exact_and_times_aware() -> None:
+    value = codec.decode("orders", "value", codec.encode("orders", "value", _envelope(_order())))
+    assert value is not None
+    assert value["after"]["Total"] == Decimal("18.68")
+    assert value["after"]["OrderDate"] == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    assert value["after"]["TrackingNumber1"] is None
+
+
+@pytest.mark.parametrize(
+    ("override", "column", "reason"),
+    [
+        ({"Total": Decimal("123456789012345678.00")}, "Total", "precision"),
+        ({"CurrencyCode": "\ud800"}, "CurrencyCode", "surrogates"),
+        ({"CustomerID": None}, "CustomerID", "NULL"),
+    ],
+)
+def test_encoding_errors_name_the_column(override: dict[str, Any], column: str, reason: str) -> None:
+    with pytest.raises(EncodingError) as caught:
+        codec.encode("orders", "value", _envelope(_order(**override)))
+    assert caught.value.column == column
+    assert caught.value.table == "orders"
+    assert reason in str(caught.value)
+
+
+def test_decode_errors_keep_the_raw_bytes() -> None:
+    with pytest.raises(DecodeError) as caught:
+        codec.decode("orders", "value", b"not avro at all")
+    assert caught.value.raw == b"not avro at all"
+    unknown = SINGLE_OBJECT_MAGIC + b"\x00" * 8 + b"\x02"
+    with pytest.raises(DecodeError, match="unknown schema fingerprint"):
+        codec.decode("orders", "key", unknown)
+
+
+def test_tombstones_decode_to_none() -> None:
+    assert codec.decode("orders", "value", None) is None

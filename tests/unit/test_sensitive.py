@@ -1,0 +1,65 @@
+"""Promise 8: exclude, mask or hash columns before they leave the source."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+
+from queuestream.errors import ConfigurationError
+from queuestream.producer.sensitive import ColumnPolicy, mask
+from queuestream.settings import DEFAULT_SENSITIVE_COLUMNS
+
+
+def test_account_numbers_are_masked_by_default() -> None:
+    apply = ColumnPolicy(DEFAULT_SENSITIVE_COLUMNS).for_table("customer_accounts")
+    assert apply is not None
+    row = {"CustomerID": 7, "BankAccountNumber": "1234567890", "BankRoutingNumber": "021000021",
+           "PrimaryCreditCardNumberDisplay": "4111111111111111", "PrimaryBillingName": "Ann"}
+    apply(row)
+    assert row["BankAccountNumber"] == "******7890"
+    assert row["PrimaryCreditCardNumberDisplay"] == "************1111"
+    assert row["BankRoutingNumber"] == "*****0021"
+    assert row["PrimaryBillingName"] == "Ann"
+
+
+def test_exclude_and_keyed_hash() -> None:
+    policy = ColumnPolicy(
+        {"customers": {"Email": "hash", "Phone": "exclude"}}, hash_key=b"secret"
+    )
+    apply = policy.for_table("customers")
+    assert apply is not None
+    row = {"CustomerID": 1, "Email": "a@example.com", "Phone": "+1-555"}
+    apply(row)
+    assert row["Phone"] is None
+    assert row["Email"] == hmac.new(b"secret", b"a@example.com", hashlib.sha256).hexdigest()
+    assert policy.for_table("orders") is None
+
+
+def test_nulls_stay_null() -> None:
+    apply = ColumnPolicy({"customers": {"Email": "mask"}}).for_table("customers")
+    assert apply is not None
+    row = {"Email": None}
+    apply(row)
+    assert row["Email"] is None
+
+
+def test_mask_short_values() -> None:
+    assert mask("123") == "***"
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"nope": {"X": "mask"}}, "unknown table"),
+        ({"customers": {"Nope": "mask"}}, "no column 'Nope'"),
+        ({"customers": {"FirstName": "exclude"}}, "not nullable"),
+        ({"customers": {"CustomerTypeID": "mask"}}, "not text"),
+        ({"customers": {"CustomerID": "hash"}}, "part of the key"),
+        ({"customers": {"Email": "shred"}}, "unknown action"),
+    ],
+)
+def test_bad_rules_say_what_to_do(rules: dict[str, dict[str, str]], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ColumnPolicy(rules)

@@ -1,0 +1,82 @@
+"""Promise 1's window logic, without a database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from queuestream.producer.watermark import (
+    OverlapFilter,
+    Progress,
+    WindowPlanner,
+    change_digest,
+)
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+planner = WindowPlanner(first_window=timedelta(hours=24), overlap=timedelta(seconds=2))
+
+
+def test_first_refresh_takes_the_last_24_hours() -> None:
+    window = planner.plan(Progress(), safe_end=T0)
+    assert window.start == T0 - timedelta(hours=24)
+    assert window.read_from == window.start
+    assert window.end == T0
+
+
+def test_next_refresh_starts_at_the_watermark_and_rereads_the_overlap() -> None:
+    window = planner.plan(Progress(watermark=T0), safe_end=T0 + timedelta(minutes=1))
+    assert window.start == T0
+    assert window.read_from == T0 - timedelta(seconds=2)
+    assert window.end == T0 + timedelta(minutes=1)
+
+
+def test_since_overrides_once_and_is_a_resync() -> None:
+    since = datetime(2017, 1, 1, tzinfo=UTC)
+    window = planner.plan(Progress(watermark=T0), safe_end=T0, since=since)
+    assert (window.start, window.read_from, window.resync) == (since, since, True)
+    after = planner.plan(Progress(watermark=window.end), safe_end=T0 + timedelta(seconds=30))
+    assert after.start == window.end
+    assert not after.resync
+
+
+def test_watermark_never_moves_backwards() -> None:
+    window = planner.plan(Progress(watermark=T0), safe_end=T0 - timedelta(seconds=30))
+    assert window.end == T0
+
+
+def test_naive_times_are_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        planner.plan(Progress(), safe_end=datetime(2026, 1, 1))  # noqa: DTZ001
+
+
+def test_overlap_is_deduplicated_not_dropped() -> None:
+    first = planner.plan(Progress(), safe_end=T0)
+    f1 = OverlapFilter.for_window(first, Progress(), timedelta(seconds=2))
+    published_late = T0 - timedelta(seconds=1)  # inside the next overlap
+    d_published = change_digest("orders", (1,), published_late)
+    assert f1.admit(d_published, published_late)
+    progress = Progress(watermark=first.end, overlap_seen=Progress.unpack_digests(f1.packed()))
+
+    second = planner.plan(progress, safe_end=T0 + timedelta(seconds=10))
+    f2 = OverlapFilter.for_window(second, progress, timedelta(seconds=2))
+    # Re-read in the overlap: already published, skipped.
+    assert f2.needs_digest(published_late)
+    assert not f2.admit(d_published, published_late)
+    # A late arrival stamped inside the overlap that nobody published: kept.
+    late = T0 - timedelta(seconds=1, microseconds=5)
+    assert f2.admit(change_digest("orders", (2,), late), late)
+    # A new version of the same row is a different change: kept.
+    newer = T0 + timedelta(seconds=1)
+    assert f2.admit(change_digest("orders", (1,), newer), newer)
+    assert f2.skipped == 1
+
+
+def test_rows_sharing_the_end_timestamp_wait_for_the_next_window() -> None:
+    # The window is half-open [start, end): a row stamped exactly at end is not in it,
+    # so it cannot be lost by moving the watermark to end.
+    window = planner.plan(Progress(watermark=T0), safe_end=T0 + timedelta(seconds=5))
+    stamp = window.end
+    assert not (window.read_from <= stamp < window.end)
+    nxt = planner.plan(Progress(watermark=window.end), safe_end=stamp + timedelta(seconds=5))
+    assert nxt.start <= stamp < nxt.end
