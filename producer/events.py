@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from queuestream import __version__
-from queuestream.errors import EncodingError
 from queuestream.producer.partitioning import CustomerPartitioner
 from queuestream.producer.sensitive import ColumnPolicy
 from queuestream.producer.source_reader import ChangedRow
 from queuestream.schemas.avro import AvroCodec, load_schema
+
+from queuestream import __version__
+from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
 
 __all__ = ["EncodedEvent", "EventBuilder", "RefreshContext"]
@@ -53,7 +54,9 @@ def _timestamp_columns(table: str) -> list[str]:
     names = []
     for field in record["fields"]:
         branches = field["type"] if isinstance(field["type"], list) else [field["type"]]
-        if any(isinstance(b, dict) and b.get("logicalType") == "timestamp-micros" for b in branches):
+        if any(
+            isinstance(b, dict) and b.get("logicalType") == "timestamp-micros" for b in branches
+        ):
             names.append(field["name"])
     return names
 
@@ -106,10 +109,15 @@ class EventBuilder:
         try:
             key = self._encode_key(key_values)
         except EncodingError as exc:
-            raise EncodingError(exc.reason, table=self.spec.name, key=key_values, column=exc.column) from exc
+            raise EncodingError(
+                exc.reason, table=self.spec.name, key=key_values, column=exc.column
+            ) from exc
         if self.context.resync:
             op = "r"
-        elif self.context.window_start is not None and row["CreatedDate"] >= self.context.window_start:
+        elif (
+            self.context.window_start is not None
+            and row["CreatedDate"] >= self.context.window_start
+        ):
             op = "c"
         else:
             op = "u"
@@ -131,5 +139,7 @@ class EventBuilder:
         try:
             value = self._encode_value(envelope)
         except EncodingError as exc:
-            raise EncodingError(exc.reason, table=self.spec.name, key=key_values, column=exc.column) from exc
+            raise EncodingError(
+                exc.reason, table=self.spec.name, key=key_values, column=exc.column
+            ) from exc
         return EncodedEvent(key, value, self.partitioner(changed.customer_id), op, version)

@@ -14,11 +14,11 @@ import uuid
 from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from queuestream.producer.watermark import Progress
+from queuestream.schemas.avro import AvroCodec
 
 from queuestream.errors import BrokerUnavailableError
 from queuestream.kafka_clients import batches_topic, consumer_config
-from queuestream.producer.watermark import Progress
-from queuestream.schemas.avro import AvroCodec
 from queuestream.settings import Settings
 
 __all__ = ["read_progress"]

@@ -41,11 +41,15 @@ class TransactionalPublisher:
     def _error(self, exc: KafkaException, doing: str) -> Exception:
         error: KafkaError = exc.args[0]
         where = f"Kafka at {self.settings.kafka_bootstrap_servers}"
-        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                            KafkaError.INVALID_PRODUCER_EPOCH):
+        if error.code() in (
+            KafkaError._FENCED,
+            KafkaError.PRODUCER_FENCED,
+            KafkaError.INVALID_PRODUCER_EPOCH,
+        ):
             return FencedError(
-                f"another producer with transactional id {self.settings.effective_transactional_id!r} "
-                "took over; stop one of them (or give each its own transactional_id)"
+                f"another producer with transactional id "
+                f"{self.settings.effective_transactional_id!r} took over; stop one of them "
+                "(or give each its own transactional_id)"
             )
         if error.fatal():
             return FatalError(f"{where}: fatal error while trying to {doing}: {error.str()}")

@@ -17,7 +17,7 @@ from queuestream.databases import is_postgres
 from queuestream.errors import ConfigurationError
 from queuestream.tables import TABLES
 
-__all__ = ["PROCEDURE_STATEMENT", "PROCEDURE_SINCE_STATEMENT", "install_queue_procedure"]
+__all__ = ["PROCEDURE_SINCE_STATEMENT", "PROCEDURE_STATEMENT", "install_queue_procedure"]
 
 PROCEDURE_STATEMENT = "CALL {schema}.refresh()"
 PROCEDURE_SINCE_STATEMENT = "CALL {schema}.refresh(:since)"
@@ -31,7 +31,8 @@ def install_queue_procedure(engine: sa.Engine, schema: str = "queue") -> None:
         f"""
         DROP TABLE IF EXISTS {schema}."{t.source}";
         CREATE TABLE {schema}."{t.source}" AS
-          SELECT * FROM public."{t.source}" WHERE "ModifiedDate" >= v_from AND "ModifiedDate" < v_to;"""
+          SELECT * FROM public."{t.source}"
+           WHERE "ModifiedDate" >= v_from AND "ModifiedDate" < v_to;"""
         for t in TABLES
     )
     body = f"""

@@ -18,17 +18,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
-from queuestream.databases import create_engine
-from queuestream.errors import RetriableError
-from queuestream.kafka_clients import batches_topic, ensure_topics
 from queuestream.producer.events import EventBuilder, RefreshContext
 from queuestream.producer.partitioning import CustomerPartitioner
 from queuestream.producer.progress import read_progress
 from queuestream.producer.publisher import Send, TransactionalPublisher
 from queuestream.producer.sensitive import ColumnPolicy
-from queuestream.producer.source_reader import ChangedRow, FrozenSnapshot, SourceReader
+from queuestream.producer.source_reader import ChangedRow, SourceReader
 from queuestream.producer.watermark import (
     OverlapFilter,
     Progress,
@@ -37,6 +32,11 @@ from queuestream.producer.watermark import (
     change_digest,
 )
 from queuestream.schemas.avro import AvroCodec
+from sqlalchemy.engine import make_url
+
+from queuestream.databases import create_engine
+from queuestream.errors import RetriableError
+from queuestream.kafka_clients import batches_topic, ensure_topics
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec, topic_for
 
@@ -107,7 +107,9 @@ class Refresher:
         log.info(
             "producer %s ready: watermark %s, %d partitions",
             settings.effective_transactional_id,
-            self.progress.watermark.isoformat() if self.progress.watermark else "none (first refresh)",
+            self.progress.watermark.isoformat()
+            if self.progress.watermark
+            else "none (first refresh)",
             self.partitions,
         )
 
@@ -128,7 +130,10 @@ class Refresher:
         with self.reader.frozen() as snapshot:
 
             def rows(spec: TableSpec) -> Iterator[ChangedRow]:
-                return snapshot.changed_rows(spec, window.read_from, window.end)
+                found: Iterator[ChangedRow] = snapshot.changed_rows(
+                    spec, window.read_from, window.end
+                )
+                return found
 
             return self._publish_with_retries(lambda: self._publish(rows, window, None))
 
@@ -171,8 +176,13 @@ class Refresher:
                 if number == attempts:
                     raise
                 delay = self.settings.retry_backoff_seconds * 2 ** (number - 1)
-                log.warning("publish attempt %d/%d failed: %s; retrying in %.1fs",
-                            number, attempts, exc, delay)
+                log.warning(
+                    "publish attempt %d/%d failed: %s; retrying in %.1fs",
+                    number,
+                    attempts,
+                    exc,
+                    delay,
+                )
                 time.sleep(delay)
         msg = "unreachable"
         raise AssertionError(msg)
@@ -204,7 +214,9 @@ class Refresher:
             send(batches, self._batch_key, self._marker("BEGIN", context, window), 0)
             total = 0
             for spec in TABLES:
-                builder = EventBuilder(spec, context, self.codec, self.policy, self.partitioner, zone)
+                builder = EventBuilder(
+                    spec, context, self.codec, self.policy, self.partitioner, zone
+                )
                 topic = topic_for(prefix, spec.name)
                 for changed in rows(spec):
                     if overlap is not None:
@@ -247,7 +259,9 @@ class Refresher:
             result.refresh_id,
             result.events,
             ", ".join(f"{t} {n}" for t, n in result.counts.items() if n) or "no changes",
-            f", {result.overlap_skipped} overlap duplicates skipped" if result.overlap_skipped else "",
+            f", {result.overlap_skipped} overlap duplicates skipped"
+            if result.overlap_skipped
+            else "",
             result.seconds,
             result.window_end.isoformat() if result.window_end else "n/a",
         )
@@ -265,7 +279,7 @@ class Refresher:
         overlap_seen: bytes | None = None,
     ) -> bytes:
         counts = counts or {}
-        return self.codec.encode(
+        marker: bytes = self.codec.encode(
             "batches",
             "value",
             {
@@ -283,6 +297,7 @@ class Refresher:
                 "overlap_seen": overlap_seen,
             },
         )
+        return marker
 
 
 class ProduceLoop:
@@ -313,8 +328,12 @@ class ProduceLoop:
                 wait = self.interval
             except RetriableError as exc:
                 failures += 1
-                wait = min(self.max_backoff, self.refresher.settings.retry_backoff_seconds * 2**failures)
-                log.error("refresh failed (%s); the watermark did not move; retrying in %.0fs", exc, wait)
+                wait = min(
+                    self.max_backoff, self.refresher.settings.retry_backoff_seconds * 2**failures
+                )
+                log.error(  # noqa: TRY400 - the message says it all; no traceback for outages
+                    "refresh failed (%s); the watermark did not move; retrying in %.0fs", exc, wait
+                )
             if max_refreshes is not None and done >= max_refreshes:
                 break
             self._stop.wait(wait)

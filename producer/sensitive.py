@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from queuestream.errors import ConfigurationError
 from queuestream.schemas.avro import load_schema
+
+from queuestream.errors import ConfigurationError
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["ColumnPolicy", "mask"]
@@ -99,7 +100,9 @@ class ColumnPolicy:
             return lambda value: (
                 None if value is None else hashlib.sha256(str(value).encode()).hexdigest()
             )
-        msg = f"sensitive_columns: {table}.{column}: unknown action {action!r} (exclude, mask, hash)"
+        msg = (
+            f"sensitive_columns: {table}.{column}: unknown action {action!r} (exclude, mask, hash)"
+        )
         raise ConfigurationError(msg)
 
     def for_table(self, table: str) -> Callable[[dict[str, Any]], None] | None:

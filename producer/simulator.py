@@ -20,27 +20,69 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-
 from queuestream.producer.source_models import Base, create_source_schema
 
 __all__ = ["ACTIONS", "SimStats", "Simulator"]
 
 log = logging.getLogger(__name__)
 
-_FIRST = ["Ava", "Liam", "Noah", "Emma", "Olivia", "Mia", "Lucas", "Sofia", "Mateo", "Zoe",
-          "Ethan", "Isla", "Hugo", "Lena", "Omar", "Yuki", "Priya", "Chen", "Anna", "Jonas"]
-_LAST = ["Smith", "Garcia", "Müller", "Nguyen", "Rossi", "Kowalski", "Jansen", "Silva",
-         "Dubois", "Tanaka", "Okafor", "Larsen", "Novak", "Cohen", "Patel", "O'Brien"]
-_CITIES = [("Dallas", "TX", "75201", "US"), ("Provo", "UT", "84601", "US"),
-           ("Irvine", "CA", "92602", "US"), ("Toronto", "ON", "M5H 2N2", "CA"),
-           ("Utrecht", "UT", "3511", "NL"), ("Leeds", "", "LS1 4AP", "GB")]
+_FIRST = [
+    "Ava",
+    "Liam",
+    "Noah",
+    "Emma",
+    "Olivia",
+    "Mia",
+    "Lucas",
+    "Sofia",
+    "Mateo",
+    "Zoe",
+    "Ethan",
+    "Isla",
+    "Hugo",
+    "Lena",
+    "Omar",
+    "Yuki",
+    "Priya",
+    "Chen",
+    "Anna",
+    "Jonas",
+]
+_LAST = [
+    "Smith",
+    "Garcia",
+    "Müller",
+    "Nguyen",
+    "Rossi",
+    "Kowalski",
+    "Jansen",
+    "Silva",
+    "Dubois",
+    "Tanaka",
+    "Okafor",
+    "Larsen",
+    "Novak",
+    "Cohen",
+    "Patel",
+    "O'Brien",
+]
+_CITIES = [
+    ("Dallas", "TX", "75201", "US"),
+    ("Provo", "UT", "84601", "US"),
+    ("Irvine", "CA", "92602", "US"),
+    ("Toronto", "ON", "M5H 2N2", "CA"),
+    ("Utrecht", "UT", "3511", "NL"),
+    ("Leeds", "", "LS1 4AP", "GB"),
+]
 _STREETS = ["Main St", "Oak Ave", "Maple Dr", "Cedar Ln", "Elm St", "Pine Rd", "Lake Blvd"]
-_ITEMS = [("KIT-100", "Starter kit", Decimal("49.9500"), Decimal("1.2500")),
-          ("VIT-30", "Vitamin pack, 30 days", Decimal("34.5000"), Decimal("0.4000")),
-          ("PRO-1KG", "Protein, 1 kg", Decimal("39.0000"), Decimal("1.0000")),
-          ("TEA-20", "Herbal tea, 20 bags", Decimal("12.7500"), Decimal("0.1000")),
-          ("OIL-15", "Essential oil, 15 ml", Decimal("19.9900"), Decimal("0.0500")),
-          ("BAR-12", "Snack bars, 12", Decimal("24.0000"), Decimal("0.7200"))]
+_ITEMS = [
+    ("KIT-100", "Starter kit", Decimal("49.9500"), Decimal("1.2500")),
+    ("VIT-30", "Vitamin pack, 30 days", Decimal("34.5000"), Decimal("0.4000")),
+    ("PRO-1KG", "Protein, 1 kg", Decimal("39.0000"), Decimal("1.0000")),
+    ("TEA-20", "Herbal tea, 20 bags", Decimal("12.7500"), Decimal("0.1000")),
+    ("OIL-15", "Essential oil, 15 ml", Decimal("19.9900"), Decimal("0.0500")),
+    ("BAR-12", "Snack bars, 12", Decimal("24.0000"), Decimal("0.7200")),
+]
 _CENTS = Decimal("0.01")
 _TAX_RATE = Decimal("0.0725")
 PENDING, ACCEPTED, PRINTED, SHIPPED, CANCELED = 2, 8, 9, 10, 5
@@ -89,6 +131,7 @@ class Simulator:
 
     def _load_state(self) -> None:
         with self.engine.connect() as conn:
+
             def top(table: str, column: str) -> int:
                 value = conn.execute(sa.select(sa.func.max(self.t[table].c[column]))).scalar()
                 return int(value or 0)
@@ -97,14 +140,19 @@ class Simulator:
             self.next_order = top("Orders", "OrderID") + 1
             self.next_payment = top("Payments", "PaymentID") + 1
             self.customers = [
-                r[0] for r in conn.execute(
-                    sa.select(self.t["Customers"].c.CustomerID).order_by(self.t["Customers"].c.CustomerID)
+                r[0]
+                for r in conn.execute(
+                    sa.select(self.t["Customers"].c.CustomerID).order_by(
+                        self.t["Customers"].c.CustomerID
+                    )
                 )
             ]
             orders = self.t["Orders"]
             self.open_orders: dict[int, tuple[int, int, Decimal, Decimal]] = {}
             for oid, status, cid, total in conn.execute(
-                sa.select(orders.c.OrderID, orders.c.OrderStatusID, orders.c.CustomerID, orders.c.Total)
+                sa.select(
+                    orders.c.OrderID, orders.c.OrderStatusID, orders.c.CustomerID, orders.c.Total
+                )
                 .where(orders.c.OrderStatusID.in_([PENDING, ACCEPTED, PRINTED]))
                 .order_by(orders.c.OrderID)
             ):
@@ -119,7 +167,7 @@ class Simulator:
         stop: threading.Event | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> SimStats:
-        """Perform ``actions`` actions, ``per_transaction`` to a commit, at most ``rate`` a second."""
+        """Perform ``actions`` actions, ``per_transaction`` a commit, ``rate`` a second at most."""
         started = time.monotonic()
         done = 0
         while done < actions and not (stop and stop.is_set()):
@@ -163,7 +211,10 @@ class Simulator:
         city, state, zipcode, country = self.rng.choice(_CITIES)
         return {
             "Address1": f"{self.rng.randint(1, 9999)} {self.rng.choice(_STREETS)}",
-            "City": city, "State": state, "Zip": zipcode, "Country": country,
+            "City": city,
+            "State": state,
+            "Zip": zipcode,
+            "Country": country,
         }
 
     def _new_customer(self, conn: sa.Connection) -> None:
@@ -175,31 +226,70 @@ class Simulator:
         email = f"{first}.{last}.{cid}@example.com".lower().replace("'", "")
         phone = f"+1-555-{self.rng.randint(1000, 9999)}"
         stamps = {"CreatedDate": now, "ModifiedDate": now}
-        self._insert(conn, "Customers", [{
-            "CustomerID": cid, "FirstName": first, "LastName": last, "Company": None,
-            "CustomerTypeID": self.rng.choice([1, 2, 3]), "CustomerStatusID": 1,
-            "Email": email, "Phone": phone, "MainAddress1": addr["Address1"], "MainAddress2": None,
-            "MainCity": addr["City"], "MainState": addr["State"], "MainZip": addr["Zip"],
-            "MainCountry": addr["Country"], "CurrencyCode": "usd" if addr["Country"] == "US" else "eur",
-            "LanguageID": 0,
-            "EnrollerID": self.rng.choice(self.customers) if self.customers else None,
-            "BirthDate": None, **stamps,
-        }])
-        self._insert(conn, "CustomerSites", [{
-            "CustomerID": cid, "WebAlias": f"{first.lower()}{cid}", "FirstName": first,
-            "LastName": last, "Company": None, "Email": email, "Phone": phone,
-            **addr, "Address2": None, **stamps,
-        }])
-        self._insert(conn, "CustomerAccounts", [{
-            "CustomerID": cid,
-            "PrimaryCreditCardNumberDisplay": f"4111111111{self.rng.randint(100000, 999999)}",
-            "PrimaryCreditCardType": 1, "PrimaryCreditCardExpirationMonth": self.rng.randint(1, 12),
-            "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),
-            "PrimaryBillingName": f"{first} {last}",
-            "BankAccountNumber": str(self.rng.randint(10**9, 10**10 - 1)),
-            "BankRoutingNumber": str(self.rng.randint(10**8, 10**9 - 1)),
-            "BankNameOnAccount": f"{first} {last}", "BankAccountType": 1, **stamps,
-        }])
+        self._insert(
+            conn,
+            "Customers",
+            [
+                {
+                    "CustomerID": cid,
+                    "FirstName": first,
+                    "LastName": last,
+                    "Company": None,
+                    "CustomerTypeID": self.rng.choice([1, 2, 3]),
+                    "CustomerStatusID": 1,
+                    "Email": email,
+                    "Phone": phone,
+                    "MainAddress1": addr["Address1"],
+                    "MainAddress2": None,
+                    "MainCity": addr["City"],
+                    "MainState": addr["State"],
+                    "MainZip": addr["Zip"],
+                    "MainCountry": addr["Country"],
+                    "CurrencyCode": "usd" if addr["Country"] == "US" else "eur",
+                    "LanguageID": 0,
+                    "EnrollerID": self.rng.choice(self.customers) if self.customers else None,
+                    "BirthDate": None,
+                    **stamps,
+                }
+            ],
+        )
+        self._insert(
+            conn,
+            "CustomerSites",
+            [
+                {
+                    "CustomerID": cid,
+                    "WebAlias": f"{first.lower()}{cid}",
+                    "FirstName": first,
+                    "LastName": last,
+                    "Company": None,
+                    "Email": email,
+                    "Phone": phone,
+                    **addr,
+                    "Address2": None,
+                    **stamps,
+                }
+            ],
+        )
+        self._insert(
+            conn,
+            "CustomerAccounts",
+            [
+                {
+                    "CustomerID": cid,
+                    "PrimaryCreditCardNumberDisplay": f"4111{self.rng.randint(10**11, 10**12 - 1)}",
+                    "PrimaryCreditCardType": 1,
+                    "PrimaryCreditCardExpirationMonth": self.rng.randint(1, 12),
+                    "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),
+                    "PrimaryBillingName": f"{first} {last}",
+                    "BankAccountNumber": str(self.rng.randint(10**9, 10**10 - 1)),
+                    "BankRoutingNumber": str(self.rng.randint(10**8, 10**9 - 1)),
+                    "BankNameOnAccount": f"{first} {last}",
+                    "BankAccountType": 1,
+                    **stamps,
+                }
+            ],
+        )
         self.customers.append(cid)
 
     def _new_order(self, conn: sa.Connection) -> None:
@@ -216,26 +306,60 @@ class Simulator:
             line_tax = (total * _TAX_RATE).quantize(_CENTS)
             subtotal += total
             tax += line_tax
-            lines.append({
-                "OrderID": oid, "OrderLine": line, "ItemCode": code, "ItemDescription": desc,
-                "Quantity": qty, "PriceEach": price, "PriceTotal": total, "Tax": line_tax,
-                "WeightEach": weight, "CreatedDate": now, "ModifiedDate": now,
-            })
+            lines.append(
+                {
+                    "OrderID": oid,
+                    "OrderLine": line,
+                    "ItemCode": code,
+                    "ItemDescription": desc,
+                    "Quantity": qty,
+                    "PriceEach": price,
+                    "PriceTotal": total,
+                    "Tax": line_tax,
+                    "WeightEach": weight,
+                    "CreatedDate": now,
+                    "ModifiedDate": now,
+                }
+            )
         shipping = Decimal("7.95") if subtotal < 100 else Decimal(0)
         total = subtotal + tax + shipping
         ship_to = self._address() if self.rng.random() < 0.7 else {}
-        self._insert(conn, "Orders", [{
-            "OrderID": oid, "CustomerID": cid, "OrderStatusID": PENDING,
-            "OrderTypeID": self.rng.choice([1, 1, 1, 4]), "OrderDate": now, "CurrencyCode": "usd",
-            "WarehouseID": 1, "ShipMethodID": self.rng.choice([1, 2]),
-            "SubTotal": subtotal, "TaxTotal": tax, "ShippingTotal": shipping, "Total": total,
-            "FirstName": None, "LastName": None, "Company": None,
-            "Address1": ship_to.get("Address1"), "Address2": None, "City": ship_to.get("City"),
-            "State": ship_to.get("State"), "Zip": ship_to.get("Zip"),
-            "Country": ship_to.get("Country"), "Email": None, "Phone": None,
-            "TrackingNumber1": None, "ShippedDate": None, "Notes": None,
-            "CreatedDate": now, "ModifiedDate": now,
-        }])
+        self._insert(
+            conn,
+            "Orders",
+            [
+                {
+                    "OrderID": oid,
+                    "CustomerID": cid,
+                    "OrderStatusID": PENDING,
+                    "OrderTypeID": self.rng.choice([1, 1, 1, 4]),
+                    "OrderDate": now,
+                    "CurrencyCode": "usd",
+                    "WarehouseID": 1,
+                    "ShipMethodID": self.rng.choice([1, 2]),
+                    "SubTotal": subtotal,
+                    "TaxTotal": tax,
+                    "ShippingTotal": shipping,
+                    "Total": total,
+                    "FirstName": None,
+                    "LastName": None,
+                    "Company": None,
+                    "Address1": ship_to.get("Address1"),
+                    "Address2": None,
+                    "City": ship_to.get("City"),
+                    "State": ship_to.get("State"),
+                    "Zip": ship_to.get("Zip"),
+                    "Country": ship_to.get("Country"),
+                    "Email": None,
+                    "Phone": None,
+                    "TrackingNumber1": None,
+                    "ShippedDate": None,
+                    "Notes": None,
+                    "CreatedDate": now,
+                    "ModifiedDate": now,
+                }
+            ],
+        )
         self._insert(conn, "OrderDetails", lines)
         self.open_orders[oid] = (PENDING, cid, total, Decimal(0))
 
@@ -252,12 +376,25 @@ class Simulator:
         amount = remaining if self.rng.random() < 0.8 else (remaining / 2).quantize(_CENTS)
         pid = self.next_payment
         self.next_payment += 1
-        self._insert(conn, "Payments", [{
-            "PaymentID": pid, "CustomerID": cid, "OrderID": oid, "PaymentTypeID": 1,
-            "PaymentDate": now, "Amount": amount, "CurrencyCode": "usd",
-            "AuthorizationCode": f"AUTH{self.rng.randint(100000, 999999)}", "Memo": None,
-            "CreatedDate": now, "ModifiedDate": now,
-        }])
+        self._insert(
+            conn,
+            "Payments",
+            [
+                {
+                    "PaymentID": pid,
+                    "CustomerID": cid,
+                    "OrderID": oid,
+                    "PaymentTypeID": 1,
+                    "PaymentDate": now,
+                    "Amount": amount,
+                    "CurrencyCode": "usd",
+                    "AuthorizationCode": f"AUTH{self.rng.randint(100000, 999999)}",
+                    "Memo": None,
+                    "CreatedDate": now,
+                    "ModifiedDate": now,
+                }
+            ],
+        )
         self.open_orders[oid] = (status, cid, total, paid + amount)
         return None
 
@@ -279,25 +416,47 @@ class Simulator:
         now = self._clock()
         oid = self._pick_open_order()
         del self.open_orders[oid]
-        self._update(conn, "Orders", self.t["Orders"].c.OrderID == oid,
-                     {"OrderStatusID": CANCELED, "ModifiedDate": now})
+        self._update(
+            conn,
+            "Orders",
+            self.t["Orders"].c.OrderID == oid,
+            {"OrderStatusID": CANCELED, "ModifiedDate": now},
+        )
 
     def _address_edit(self, conn: sa.Connection) -> None:
         now = self._clock()
         cid = self.rng.choice(self.customers)
         addr = self._address()
-        self._update(conn, "Customers", self.t["Customers"].c.CustomerID == cid, {
-            "MainAddress1": addr["Address1"], "MainCity": addr["City"], "MainState": addr["State"],
-            "MainZip": addr["Zip"], "MainCountry": addr["Country"], "ModifiedDate": now,
-        })
-        self._update(conn, "CustomerSites", self.t["CustomerSites"].c.CustomerID == cid,
-                     {**addr, "ModifiedDate": now})
+        self._update(
+            conn,
+            "Customers",
+            self.t["Customers"].c.CustomerID == cid,
+            {
+                "MainAddress1": addr["Address1"],
+                "MainCity": addr["City"],
+                "MainState": addr["State"],
+                "MainZip": addr["Zip"],
+                "MainCountry": addr["Country"],
+                "ModifiedDate": now,
+            },
+        )
+        self._update(
+            conn,
+            "CustomerSites",
+            self.t["CustomerSites"].c.CustomerID == cid,
+            {**addr, "ModifiedDate": now},
+        )
 
     def _card_update(self, conn: sa.Connection) -> None:
         now = self._clock()
         cid = self.rng.choice(self.customers)
-        self._update(conn, "CustomerAccounts", self.t["CustomerAccounts"].c.CustomerID == cid, {
-            "PrimaryCreditCardNumberDisplay": f"5500000000{self.rng.randint(100000, 999999)}",
-            "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),
-            "ModifiedDate": now,
-        })
+        self._update(
+            conn,
+            "CustomerAccounts",
+            self.t["CustomerAccounts"].c.CustomerID == cid,
+            {
+                "PrimaryCreditCardNumberDisplay": f"5500000000{self.rng.randint(100000, 999999)}",
+                "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),
+                "ModifiedDate": now,
+            },
+        )

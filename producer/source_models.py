@@ -166,8 +166,6 @@ class Payment(_Stamped, Base):
     Memo: Mapped[str | None] = mapped_column(sa.String(200))
 
 
-
-
 def source_table(name: str) -> sa.Table:
     """The base table behind a contract table name such as ``order_details``."""
     spec = next(t for t in TABLES if t.name == name)

@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from queuestream.producer.source_models import Base, create_source_schema
 
 from queuestream.databases import is_postgres, unavailable
 from queuestream.errors import ConfigurationError
-from queuestream.producer.source_models import Base, create_source_schema
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec
 
@@ -103,7 +103,7 @@ class SourceReader:
             bound -= timedelta(seconds=self.settings.pg_clock_allowance_seconds)
             if hidden:
                 bound = min(bound, now - timedelta(seconds=self.settings.settle_seconds))
-            return bound.astimezone(UTC)
+            return cast("datetime", bound).astimezone(UTC)
         return datetime.now(UTC) - timedelta(seconds=self.settings.settle_seconds)
 
     @contextmanager
@@ -154,10 +154,11 @@ class FrozenSnapshot:
         }
 
     def _base(self, spec: TableSpec) -> sa.Table:
-        return Base.metadata.tables[spec.source]
+        return cast("sa.Table", Base.metadata.tables[spec.source])
 
     def _select(self, spec: TableSpec, table: sa.Table) -> sa.Select[Any]:
         orders = Base.metadata.tables["Orders"]
+        customer: sa.ColumnElement[Any]
         if spec.partition_via_order:
             customer = (
                 sa.select(orders.c.CustomerID)
@@ -180,7 +181,9 @@ class FrozenSnapshot:
                 customer = 0  # an order line whose order is gone: partition 0, still published
             yield ChangedRow(row, int(customer))
 
-    def changed_rows(self, spec: TableSpec, read_from: datetime, end: datetime) -> Iterator[ChangedRow]:
+    def changed_rows(
+        self, spec: TableSpec, read_from: datetime, end: datetime
+    ) -> Iterator[ChangedRow]:
         """Watermark mode: rows of ``spec`` with read_from <= ModifiedDate < end."""
         table = self._base(spec)
         query = self._select(spec, table).where(

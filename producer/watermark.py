@@ -80,7 +80,9 @@ class WindowPlanner:
             if since.tzinfo is None:
                 msg = "since must be timezone-aware"
                 raise ValueError(msg)
-            return Window(start=since, end=max(safe_end, since), read_from=since, since_override=since)
+            return Window(
+                start=since, end=max(safe_end, since), read_from=since, since_override=since
+            )
         if progress.watermark is None:
             start = safe_end - self.first_window
             return Window(start=start, end=safe_end, read_from=start)

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-from rich.table import Table
 
 from queuestream.errors import ConfigurationError, QueuestreamError
 from queuestream.settings import Settings, load_settings
@@ -45,14 +44,18 @@ _state = _State()
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", help="TOML settings file (also QUEUESTREAM_CONFIG).", show_default=False),
+    typer.Option(
+        "--config", help="TOML settings file (also QUEUESTREAM_CONFIG).", show_default=False
+    ),
 ]
 
 
 @app.callback()
 def _global(
     config: ConfigOpt = None,
-    source: Annotated[str | None, typer.Option(help="Sync database URL (QUEUESTREAM_SOURCE_URL).")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Sync database URL (QUEUESTREAM_SOURCE_URL).")
+    ] = None,
     bootstrap_servers: Annotated[
         str | None, typer.Option(help="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS).")
     ] = None,
@@ -109,7 +112,9 @@ def _parse_since(text: str | None, settings: Settings) -> datetime | None:
 @app.command()
 def sim(
     actions: Annotated[int, typer.Option(help="Business actions to perform.")] = 500,
-    rate: Annotated[float | None, typer.Option(help="Actions per second (default: flat out).")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Actions per second (default: flat out).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same changes.")] = 42,
     per_transaction: Annotated[int, typer.Option(help="Actions per source transaction.")] = 1,
     with_queue_procedure: Annotated[
@@ -128,12 +133,19 @@ def sim(
 
         install_queue_procedure(engine, settings.queue_schema)
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=err_console, transient=True, disable=not err_console.is_terminal,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
     ) as bar:
         task = bar.add_task("simulating", total=actions)
         stats = simulator.run(
-            actions, rate=rate, per_transaction=per_transaction,
+            actions,
+            rate=rate,
+            per_transaction=per_transaction,
             on_progress=lambda n: bar.advance(task, n),
         )
     engine.dispose()
@@ -154,11 +166,14 @@ def _print_results(results: list[Any], as_json: bool) -> None:
             else "queue tables"
         )
         label = " (republished after a crash)" if result.recovered else ""
-        console.print(f"refresh {result.refresh_id}{label}: {window}, {result.events} events "
-                      f"in {result.seconds:.2f}s")
+        console.print(
+            f"refresh {result.refresh_id}{label}: {window}, {result.events} events "
+            f"in {result.seconds:.2f}s"
+        )
         for table, count in result.counts.items():
             ops = ", ".join(
-                f"{k.split('.')[1]} {v}" for k, v in sorted(result.op_counts.items())
+                f"{k.split('.')[1]} {v}"
+                for k, v in sorted(result.op_counts.items())
                 if k.startswith(f"{table}.")
             )
             console.print(f"  {table:<18} {count:>8}" + (f"  ({ops})" if ops else ""))
@@ -188,9 +203,12 @@ def refresh(
 @app.command()
 def produce(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 10.0,
-    since: Annotated[str | None, typer.Option(help="Start date for the first refresh only.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Start date for the first refresh only.")
+    ] = None,
     max_refreshes: Annotated[
-        int | None, typer.Option(help="Stop after this many refreshes (default: run until stopped).")
+        int | None,
+        typer.Option(help="Stop after this many refreshes (default: run until stopped)."),
     ] = None,
 ) -> None:
     """Refresh every INTERVAL seconds. SIGTERM finishes the refresh in hand and exits."""

@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer
 from rich.console import Console
 from rich.table import Table
 
@@ -26,8 +26,11 @@ def read_refresh_events(
     settings: Settings, codec: AvroCodec, refresh_id: str, expected: int, timeout: float = 30.0
 ) -> list[tuple[str, int, dict[str, Any], dict[str, Any]]]:
     """Committed events of one refresh: (table, partition, key, value)."""
-    consumer = Consumer(consumer_config(settings, f"queuestream-demo-{uuid.uuid4().hex}",
-                                        **{"enable.partition.eof": True}))
+    consumer = Consumer(
+        consumer_config(
+            settings, f"queuestream-demo-{uuid.uuid4().hex}", **{"enable.partition.eof": True}
+        )
+    )
     topics = change_topics(settings)
     consumer.subscribe(topics)
     tables = {f"{settings.topic_prefix}.{t.name}": t.name for t in TABLES}
@@ -38,16 +41,14 @@ def read_refresh_events(
             message = consumer.poll(1.0)
             if message is None:
                 continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                continue
-            table = tables[message.topic()]
+            if message.error() is not None:
+                continue  # end-of-partition events
+            table = tables[str(message.topic())]
             value = codec.decode(table, "value", message.value())
             if value is None or value["source"]["refresh_id"] != refresh_id:
                 continue
             key = codec.decode(table, "key", message.key())
-            found.append((table, message.partition(), key or {}, value))
+            found.append((table, int(message.partition() or 0), key or {}, value))
     finally:
         consumer.close()
     return found
@@ -59,7 +60,9 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
     stats = Simulator(writer, settings.zone, seed=seed).run(actions, per_transaction=10)
     writer.dispose()
     engine = create_engine(settings.source_url)
-    console.print(f"{settings.source_url}: {stats.total} actions, {stats.rows_written} rows written")
+    console.print(
+        f"{settings.source_url}: {stats.total} actions, {stats.rows_written} rows written"
+    )
 
     if engine.dialect.name != "postgresql" and settings.settle_seconds:
         # Rows younger than the settle delay wait for the next window: let them settle.

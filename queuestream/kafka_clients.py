@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from queuestream.errors import BrokerUnavailableError, ConfigurationError
@@ -74,10 +74,19 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         **extra,
     }
     config.update({"isolation.level": "read_committed", "enable.auto.commit": False})
-    for key in ("transactional.id", "linger.ms", "batch.num.messages", "batch.size",
-                "compression.type", "queue.buffering.max.messages",
-                "queue.buffering.max.kbytes", "message.timeout.ms", "acks",
-                "enable.idempotence", "transaction.timeout.ms"):
+    for key in (
+        "transactional.id",
+        "linger.ms",
+        "batch.num.messages",
+        "batch.size",
+        "compression.type",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes",
+        "message.timeout.ms",
+        "acks",
+        "enable.idempotence",
+        "transaction.timeout.ms",
+    ):
         config.pop(key, None)  # producer-only keys from settings.kafka
     return config
 

@@ -221,9 +221,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             else:
                 os.environ["QUEUESTREAM_CONFIG"] = previous
     from_env = sorted(
-        name
-        for name in Settings.model_fields
-        if f"QUEUESTREAM_{name.upper()}" in os.environ
+        name for name in Settings.model_fields if f"QUEUESTREAM_{name.upper()}" in os.environ
     )
     if from_env:
         log.info("settings from the environment: %s", ", ".join(from_env))

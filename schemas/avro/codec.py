@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -199,8 +199,9 @@ class AvroCodec:
         try:
             writer = self._writer_schema(data, reader)
             offset = 10 if data[:2] == SINGLE_OBJECT_MAGIC else 5
-            record: dict[str, Any] = fastavro.schemaless_reader(
-                io.BytesIO(data[offset:]), writer.parsed, reader.parsed
+            record = cast(
+                "dict[str, Any]",
+                fastavro.schemaless_reader(io.BytesIO(data[offset:]), writer.parsed, reader.parsed),
             )
         except DecodeError:
             raise
