@@ -1,1 +1,5 @@
-"""placeholder"""
+"""Consumers: the runtime shared by every target, and the sample targets (to come)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

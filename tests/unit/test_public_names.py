@@ -1,0 +1,32 @@
+"""Every module states its public names in __all__, and each of them exists."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+PACKAGES = ["queuestream", "queuestream.producer", "queuestream.consumers", "queuestream.schemas"]
+
+
+def _modules() -> list[str]:
+    found = set(PACKAGES)
+    for package_name in PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.walk_packages(package.__path__, f"{package_name}."):
+            if not info.name.rsplit(".", 1)[-1].startswith("_"):
+                found.add(info.name)
+    return sorted(found)
+
+
+MODULES = _modules()
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_is_declared_and_resolves(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    missing = [n for n in exported if not hasattr(module, n)]
+    assert not missing, f"{name}.__all__ names missing objects: {missing}"
