@@ -1,0 +1,112 @@
+"""The queuestream command as a user runs it: sim, refresh --json, produce and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from queuestream.databases import create_engine
+from queuestream.producer.source_models import Base
+from tests.helpers import wait_for
+from tests.integration.kafka_readback import committed_changes
+
+COMMAND = [sys.executable, "-m", "queuestream.cli"]
+RUN_TIMEOUT = 120
+
+
+def _env(source_url: str, bootstrap: str, prefix: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "QUEUESTREAM_SOURCE_URL": source_url,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "QUEUESTREAM_TOPIC_PREFIX": prefix,
+        "QUEUESTREAM_SETTLE_SECONDS": "0",
+        "QUEUESTREAM_PARTITIONS": "3",
+    }
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+        check=False, stdin=subprocess.DEVNULL,
+    )
+
+
+def _content(url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, without the clock-dependent columns."""
+    engine = create_engine(url)
+    content = {}
+    with engine.connect() as conn:
+        for name, table in Base.metadata.tables.items():
+            columns = [c for c in table.c if not isinstance(c.type, sa.DateTime)]
+            content[name] = [
+                tuple(r) for r in conn.execute(sa.select(*columns).order_by(*table.primary_key))
+            ]
+    engine.dispose()
+    return content
+
+
+def test_sim_is_reproducible(source_url: str, tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    env = {**os.environ}
+    first = _run(["--source", source_url, "sim", "--actions", "200", "--seed", "5"], env)
+    assert first.returncode == 0, first.stderr
+    assert "simulated 200 actions" in first.stdout
+    second = _run(["--source", other, "sim", "--actions", "200", "--seed", "5"], env)
+    assert second.returncode == 0, second.stderr
+    a, b = _content(source_url), _content(other)
+    assert a == b
+    assert len(a["Customers"]) > 10 and len(a["OrderDetails"]) > len(a["Orders"]) > 10
+    statuses = {row[2] for row in a["Orders"]}
+    assert {2, 5, 10} <= statuses  # pending, canceled and shipped orders exist
+
+
+def test_refresh_json_then_nothing_new(sqlite_url: str, kafka_bootstrap: str, unique: str) -> None:
+    env = _env(sqlite_url, kafka_bootstrap, unique)
+    assert _run(["sim", "--actions", "100"], env).returncode == 0
+    done = _run(["refresh", "--json"], env)
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)
+    changes, _ = committed_changes(kafka_bootstrap, unique)
+    assert result["events"] == sum(changes.values()) > 0
+    again = _run(["refresh", "--json"], env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)[0]["events"] == 0
+
+
+def test_produce_stops_cleanly_on_sigterm(sqlite_url: str, kafka_bootstrap: str, unique: str) -> None:
+    env = _env(sqlite_url, kafka_bootstrap, unique)
+    assert _run(["sim", "--actions", "100"], env).returncode == 0
+    process = subprocess.Popen(
+        [*COMMAND, "produce", "--interval", "0.5"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: sum(committed_changes(kafka_bootstrap, unique, timeout=20)[0].values()) > 0,
+            timeout=60, interval=0.5, message="the producer published its first refresh",
+            ignore=(KeyError,),
+        )
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "stopped after" in out
+    changes, _ = committed_changes(kafka_bootstrap, unique)
+    assert max(changes.values()) == 1
+
+
+def test_errors_print_type_and_message_without_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "QUEUESTREAM_SOURCE_TIMEZONE": "Nowhere/Land"}
+    done = _run(["refresh"], env)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("ConfigurationError: invalid settings: source_timezone")
+    assert "Traceback" not in done.stderr
