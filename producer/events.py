@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from queuestream.producer.partitioning import CustomerPartitioner
 from queuestream.producer.sensitive import ColumnPolicy
 from queuestream.producer.source_reader import ChangedRow
-from queuestream.schemas.avro import AvroCodec, load_schema
+from queuestream.schemas.avro import AvroCodec, row_schema
 
 from queuestream import __version__
 from queuestream.errors import EncodingError
@@ -26,6 +26,7 @@ from queuestream.tables import TableSpec
 __all__ = ["EncodedEvent", "EventBuilder", "RefreshContext"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +49,10 @@ class EncodedEvent:
 
 
 def _timestamp_columns(table: str) -> list[str]:
-    envelope = load_schema(f"{table}.value")
-    before = next(f for f in envelope["fields"] if f["name"] == "before")
-    record = next(b for b in before["type"] if isinstance(b, dict))
     names = []
-    for field in record["fields"]:
+    for field in row_schema(table)["fields"]:
         branches = field["type"] if isinstance(field["type"], list) else [field["type"]]
-        if any(
-            isinstance(b, dict) and b.get("logicalType") == "timestamp-micros" for b in branches
-        ):
+        if any(isinstance(b, dict) and b.get("logicalType") == "timestamp-micros" for b in branches):
             names.append(field["name"])
     return names
 
@@ -78,10 +74,9 @@ class EventBuilder:
         self.partitioner = partitioner
         self.zone = zone
         self._encode_key = codec.encoder(spec.name, "key")
-        self._encode_value = codec.encoder(spec.name, "value")
         self._sensitive: Callable[[dict[str, Any]], None] | None = policy.for_table(spec.name)
         self._timestamps = _timestamp_columns(spec.name)
-        self._source = {
+        source = {
             "version": __version__,
             "connector": "queuestream",
             "name": context.prefix,
@@ -94,7 +89,8 @@ class EventBuilder:
             "window_start": context.window_start,
             "window_end": context.window_end,
         }
-        self._published_ms = int(datetime.now(UTC).timestamp() * 1000)
+        published_ms = int(datetime.now(UTC).timestamp() * 1000)
+        self._envelope = codec.envelope_encoder(spec.name, source, published_ms, context.refresh_id)
         self.count = 0
 
     def build(self, changed: ChangedRow, total_order: int) -> EncodedEvent:
@@ -124,20 +120,9 @@ class EventBuilder:
         if self._sensitive is not None:
             self._sensitive(row)
         self.count += 1
-        envelope = {
-            "before": None,
-            "after": row,
-            "source": {**self._source, "ts_ms": int((version - _EPOCH).total_seconds() * 1000)},
-            "op": op,
-            "ts_ms": self._published_ms,
-            "transaction": {
-                "id": self.context.refresh_id,
-                "total_order": total_order,
-                "data_collection_order": self.count,
-            },
-        }
+        source_ts_ms = (version - _EPOCH) // _MILLISECOND
         try:
-            value = self._encode_value(envelope)
+            value = self._envelope.encode(row, op, source_ts_ms, total_order, self.count)
         except EncodingError as exc:
             raise EncodingError(
                 exc.reason, table=self.spec.name, key=key_values, column=exc.column

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from queuestream.schemas.avro import load_schema
+from queuestream.schemas.avro import row_schema
 
 from queuestream.errors import ConfigurationError
 from queuestream.tables import TABLES_BY_NAME
@@ -33,10 +33,7 @@ def mask(value: str, keep: int = 4) -> str:
 
 
 def _row_fields(table: str) -> dict[str, Any]:
-    envelope = load_schema(f"{table}.value")
-    before = next(f for f in envelope["fields"] if f["name"] == "before")
-    record = next(b for b in before["type"] if isinstance(b, dict))
-    return {f["name"]: f["type"] for f in record["fields"]}
+    return {f["name"]: f["type"] for f in row_schema(table)["fields"]}
 
 
 class ColumnPolicy:

@@ -6,8 +6,18 @@ from queuestream.schemas.avro.codec import (
     SCHEMA_DIR,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
+    EnvelopeEncoder,
     load_schema,
+    row_schema,
     schema_names,
 )
 
-__all__ = ["SCHEMA_DIR", "SINGLE_OBJECT_MAGIC", "AvroCodec", "load_schema", "schema_names"]
+__all__ = [
+    "SCHEMA_DIR",
+    "SINGLE_OBJECT_MAGIC",
+    "AvroCodec",
+    "EnvelopeEncoder",
+    "load_schema",
+    "row_schema",
+    "schema_names",
+]

@@ -26,7 +26,15 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from queuestream.errors import DecodeError, EncodingError, SchemaError
 
-__all__ = ["SCHEMA_DIR", "SINGLE_OBJECT_MAGIC", "AvroCodec", "load_schema", "schema_names"]
+__all__ = [
+    "SCHEMA_DIR",
+    "SINGLE_OBJECT_MAGIC",
+    "AvroCodec",
+    "EnvelopeEncoder",
+    "load_schema",
+    "row_schema",
+    "schema_names",
+]
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -133,6 +141,7 @@ class AvroCodec:
         self.prefix = prefix
         self.registry = registry
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
+        self._headers: dict[str, bytes] = {}
         self._by_fingerprint: dict[bytes, _Schema] = {}
         for stem in schema_names():
             parsed = _schema(stem)
@@ -164,10 +173,7 @@ class AvroCodec:
 
     def _make_encoder(self, table: str, field: str) -> Callable[[dict[str, Any]], bytes]:
         schema = _schema(f"{table}.{field}")
-        if self.registry is not None:
-            body = self._registry_serializer(table, field, schema)
-        else:
-            body = _body_writer(schema, schema.header)
+        body = _body_writer(schema, self.header(table, field))
 
         def encode(record: dict[str, Any]) -> bytes:
             try:
@@ -178,14 +184,30 @@ class AvroCodec:
 
         return encode
 
-    def _registry_serializer(
-        self, table: str, field: str, schema: _Schema
-    ) -> Callable[[dict[str, Any]], bytes]:
-        from confluent_kafka.schema_registry import Schema
+    def header(self, table: str, field: str) -> bytes:
+        """The bytes before the Avro body: single-object header or Confluent framing."""
+        stem = f"{table}.{field}"
+        found = self._headers.get(stem)
+        if found is None:
+            schema = _schema(stem)
+            if self.registry is None:
+                found = schema.header
+            else:
+                from confluent_kafka.schema_registry import Schema
 
-        subject = f"{self.prefix}.{table}-{field}"
-        schema_id = self.registry.register_schema(subject, Schema(json.dumps(schema.json), "AVRO"))
-        return _body_writer(schema, bytes([_CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big"))
+                subject = f"{self.prefix}.{table}-{field}"
+                schema_id = self.registry.register_schema(
+                    subject, Schema(json.dumps(schema.json), "AVRO")
+                )
+                found = bytes([_CONFLUENT_MAGIC]) + int(schema_id).to_bytes(4, "big")
+            self._headers[stem] = found
+        return found
+
+    def envelope_encoder(
+        self, table: str, source: dict[str, Any], published_ms: int, transaction_id: str
+    ) -> EnvelopeEncoder:
+        """A fast encoder of ``table``'s change events for one refresh (see EnvelopeEncoder)."""
+        return EnvelopeEncoder(table, self.header(table, "value"), source, published_ms, transaction_id)
 
     # -- decoding ---------------------------------------------------------------
     def decode(self, table: str, field: str, data: bytes | None) -> dict[str, Any] | None:
@@ -256,3 +278,129 @@ def _body_writer(schema: _Schema, header: bytes) -> Callable[[dict[str, Any]], b
         return buffer.getvalue()
 
     return write
+
+
+def row_schema(table: str) -> dict[str, Any]:
+    """The row record (``Value``) inside ``table``'s envelope schema."""
+    envelope = load_schema(f"{table}.value")
+    before = next(f for f in envelope["fields"] if f["name"] == "before")
+    return cast("dict[str, Any]", next(b for b in before["type"] if isinstance(b, dict)))
+
+
+def _long(value: int) -> bytes:
+    """Avro's zig-zag varint encoding of a long."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    return _long(len(data)) + data
+
+
+_ENVELOPE_FIELDS = ["before", "after", "source", "op", "ts_ms", "transaction"]
+_SOURCE_TS_FIELD = "ts_ms"
+
+
+class EnvelopeEncoder:
+    """Encodes change-event values of one table within one refresh, fast.
+
+    Avro's binary encoding of a record is the concatenation of its fields'
+    encodings, so the envelope is assembled from parts: ``before`` (null), the
+    union branch of ``after`` and the row written by fastavro against the row
+    record alone (no union resolution), the ``source`` block whose only varying
+    field is ``ts_ms`` (its other fields are encoded once per refresh), ``op``,
+    ``ts_ms`` and ``transaction``. The result is byte-identical to encoding the
+    whole envelope with fastavro (a unit test checks), at a third of the cost.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        header: bytes,
+        source: dict[str, Any],
+        published_ms: int,
+        transaction_id: str,
+    ) -> None:
+        envelope = load_schema(f"{table}.value")
+        names = [f["name"] for f in envelope["fields"]]
+        if names != _ENVELOPE_FIELDS:
+            msg = f"{table}.value.avsc: envelope fields {names}, expected {_ENVELOPE_FIELDS}"
+            raise SchemaError(msg)
+        self.table = table
+        self._row_json = row_schema(table)
+        self._row = fastavro.parse_schema(self._row_json, named_schemas={})
+        source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
+        prefix, suffix, seen_ts = bytearray(), bytearray(), False
+        for field in source_fields["fields"]:
+            if field["name"] == _SOURCE_TS_FIELD:
+                seen_ts = True
+                continue
+            part = io.BytesIO()
+            fastavro.schemaless_writer(
+                part, fastavro.parse_schema(field["type"], named_schemas={}), source.get(field["name"])
+            )
+            (suffix if seen_ts else prefix).extend(part.getvalue())
+        # header, before=null (branch 0), after=row (branch 1)
+        self._head = header + b"\x00\x02"
+        self._source_prefix = bytes(prefix)
+        self._source_suffix = bytes(suffix)
+        self._published = b"\x02" + _long(published_ms)  # ts_ms: branch 1 (long)
+        self._transaction = b"\x02" + _string(transaction_id)  # branch 1 (Transaction)
+        self._ops = {op: _string(op) for op in ("c", "u", "d", "r")}
+        self._buffer = io.BytesIO()
+        self._decimals = [
+            (f["name"], t["precision"], t.get("scale", 0))
+            for f in self._row_json["fields"]
+            for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
+            if isinstance(t, dict) and t.get("logicalType") == "decimal"
+        ]
+
+    def _check_decimals(self, row: dict[str, Any]) -> None:
+        """fastavro checks the digits written, not the magnitude (1E+30 passes): check it."""
+        for name, precision, scale in self._decimals:
+            value = row.get(name)
+            if value is not None and value.is_finite() and value.adjusted() + 1 + scale > precision:
+                reason = (
+                    f"{value} does not fit decimal({precision},{scale}): at most "
+                    f"{precision - scale} digits before the point"
+                )
+                raise EncodingError(reason, table=self.table, column=name)
+
+    def encode(
+        self,
+        row: dict[str, Any],
+        op: str,
+        source_ts_ms: int,
+        total_order: int,
+        data_collection_order: int,
+    ) -> bytes:
+        if self._decimals:
+            self._check_decimals(row)
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        try:
+            fastavro.schemaless_writer(buffer, self._row, row)
+        except (ValueError, TypeError, UnicodeError, AttributeError, KeyError) as exc:
+            column, reason = _field_error(self._row_json, row)
+            raise EncodingError(reason, table=self.table, column=column) from exc
+        return b"".join(
+            (
+                self._head,
+                buffer.getvalue(),
+                self._source_prefix,
+                _long(source_ts_ms),
+                self._source_suffix,
+                self._ops[op],
+                self._published,
+                self._transaction,
+                _long(total_order),
+                _long(data_collection_order),
+            )
+        )

@@ -91,7 +91,7 @@ def test_produce_stops_cleanly_on_sigterm(sqlite_url: str, kafka_bootstrap: str,
         wait_for(
             lambda: sum(committed_changes(kafka_bootstrap, unique, timeout=20)[0].values()) > 0,
             timeout=60, interval=0.5, message="the producer published its first refresh",
-            ignore=(KeyError,),
+            ignore=(KeyError, AssertionError),
         )
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)

@@ -19,10 +19,20 @@ codec = AvroCodec("exigo")
 def _order(**overrides: Any) -> dict[str, Any]:
     now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     row = {
-        "OrderID": 10, "CustomerID": 3, "OrderStatusID": 2, "OrderTypeID": 1, "OrderDate": now,
-        "CurrencyCode": "usd", "WarehouseID": 1, "ShipMethodID": 1, "SubTotal": Decimal("10.00"),
-        "TaxTotal": Decimal("0.73"), "ShippingTotal": Decimal("7.95"), "Total": Decimal("18.68"),
-        "CreatedDate": now, "ModifiedDate": now,
+        "OrderID": 10,
+        "CustomerID": 3,
+        "OrderStatusID": 2,
+        "OrderTypeID": 1,
+        "OrderDate": now,
+        "CurrencyCode": "usd",
+        "WarehouseID": 1,
+        "ShipMethodID": 1,
+        "SubTotal": Decimal("10.00"),
+        "TaxTotal": Decimal("0.73"),
+        "ShippingTotal": Decimal("7.95"),
+        "Total": Decimal("18.68"),
+        "CreatedDate": now,
+        "ModifiedDate": now,
     }
     row.update(overrides)
     return row
@@ -30,9 +40,20 @@ def _order(**overrides: Any) -> dict[str, Any]:
 
 def _envelope(after: dict[str, Any]) -> dict[str, Any]:
     return {
-        "before": None, "after": after, "op": "c", "ts_ms": 1,
-        "source": {"version": "0", "connector": "queuestream", "name": "exigo", "ts_ms": 1,
-                   "db": "x", "table": "Orders", "system": "exigo", "refresh_id": "r1"},
+        "before": None,
+        "after": after,
+        "op": "c",
+        "ts_ms": 1,
+        "source": {
+            "version": "0",
+            "connector": "queuestream",
+            "name": "exigo",
+            "ts_ms": 1,
+            "db": "x",
+            "table": "Orders",
+            "system": "exigo",
+            "refresh_id": "r1",
+        },
     }
 
 
@@ -67,7 +88,9 @@ def test_value_round_trip_keeps_decimals_exact_and_times_aware() -> None:
         ({"CustomerID": None}, "CustomerID", "NULL"),
     ],
 )
-def test_encoding_errors_name_the_column(override: dict[str, Any], column: str, reason: str) -> None:
+def test_encoding_errors_name_the_column(
+    override: dict[str, Any], column: str, reason: str
+) -> None:
     with pytest.raises(EncodingError) as caught:
         codec.encode("orders", "value", _envelope(_order(**override)))
     assert caught.value.column == column
@@ -86,3 +109,43 @@ def test_decode_errors_keep_the_raw_bytes() -> None:
 
 def test_tombstones_decode_to_none() -> None:
     assert codec.decode("orders", "value", None) is None
+
+
+SOURCE = {
+    "version": "0.1.0",
+    "connector": "queuestream",
+    "name": "exigo",
+    "snapshot": "false",
+    "db": "sync",
+    "schema": None,
+    "table": "Orders",
+    "system": "exigo",
+    "refresh_id": "r-1",
+    "window_start": datetime(2026, 11, 22, tzinfo=UTC),
+    "window_end": None,
+}
+
+
+def test_envelope_encoder_is_byte_identical_to_a_full_encode() -> None:
+    source = SOURCE
+    fast = codec.envelope_encoder(
+        "orders", source, published_ms=1_795_000_000_000, transaction_id="r-1"
+    )
+    row = _order(TrackingNumber1="1Z999", Notes="ünïcode")
+    full = {
+        "before": None,
+        "after": row,
+        "op": "u",
+        "ts_ms": 1_795_000_000_000,
+        "source": {**source, "ts_ms": 1_795_000_000_123},
+        "transaction": {"id": "r-1", "total_order": 70_000, "data_collection_order": 3},
+    }
+    expected = codec.encode("orders", "value", full)
+    assert fast.encode(row, "u", 1_795_000_000_123, 70_000, 3) == expected
+
+
+def test_envelope_encoder_names_the_column() -> None:
+    fast = codec.envelope_encoder("orders", SOURCE, 0, "r")
+    with pytest.raises(EncodingError) as caught:
+        fast.encode(_order(Total=Decimal("1e30")), "c", 0, 1, 1)
+    assert caught.value.column == "Total"
