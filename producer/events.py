@@ -27,6 +27,7 @@ __all__ = ["EncodedEvent", "EventBuilder", "RefreshContext"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
+_TIMESTAMP = "timestamp-micros"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,9 @@ def _timestamp_columns(table: str) -> list[str]:
     names = []
     for field in row_schema(table)["fields"]:
         branches = field["type"] if isinstance(field["type"], list) else [field["type"]]
-        if any(isinstance(b, dict) and b.get("logicalType") == "timestamp-micros" for b in branches):
+        if any(
+            isinstance(b, dict) and b.get("logicalType") == "timestamp-micros" for b in branches
+        ):
             names.append(field["name"])
     return names
 

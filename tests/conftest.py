@@ -3,6 +3,8 @@
 Session fixtures
   kafka_bootstrap      "host:port" of a working broker (transactions enabled)
   postgres_server_url  SQLAlchemy URL of a PostgreSQL server's maintenance database
+  schema_registry_url  base URL of a Confluent-compatible schema registry
+                       (SCHEMA_REGISTRY_URL, else a local Apicurio started for the session)
 Function fixtures
   postgres_url         SQLAlchemy URL of a fresh, empty PostgreSQL database (dropped after)
   sqlite_url           SQLAlchemy URL of a fresh SQLite file in tmp_path
@@ -61,6 +63,15 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     service = _start(services.start_postgres, "PostgreSQL server")
+    try:
+        yield service.address
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    service = _start(services.start_schema_registry, "schema registry")
     try:
         yield service.address
     finally:

@@ -10,6 +10,11 @@ PostgreSQL:
   1. ``QUEUESTREAM_TEST_POSTGRES_URL`` (an external server),
   2. a throwaway cluster via ``scripts/postgres-local.sh``.
 
+Schema registry (Confluent-compatible):
+  1. ``SCHEMA_REGISTRY_URL`` (an external registry),
+  2. Apicurio Registry built from Maven Central by ``scripts/registry-local.sh``
+     (in-memory storage: every start is empty).
+
 Locally started services get free ports and fresh temporary directories, and
 are told the pid of this process: they stop by themselves when it goes away,
 even if pytest is killed before its finalizers run.
@@ -30,9 +35,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka-local.sh"
 PG_SCRIPT = REPO_ROOT / "scripts" / "postgres-local.sh"
+REGISTRY_SCRIPT = REPO_ROOT / "scripts" / "registry-local.sh"
 
 KAFKA_START_TIMEOUT = 90  # seconds, readiness wait inside kafka-local.sh
 PG_START_TIMEOUT = 60  # seconds, readiness wait inside postgres-local.sh
+REGISTRY_FETCH_TIMEOUT = 1200  # seconds, a cold Maven build of the registry (~30 s usually)
+REGISTRY_START_TIMEOUT = 90  # seconds, readiness wait inside registry-local.sh
 DOCKER_PING_TIMEOUT = 3  # seconds
 
 
@@ -251,3 +259,55 @@ def start_local_postgres() -> Service:
 
     url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     return Service(url, f"local PostgreSQL at 127.0.0.1:{port} ({state_dir})", stop)
+
+
+# -------------------------------------------------------- schema registry --
+
+
+def start_schema_registry() -> Service:
+    external = os.environ.get("SCHEMA_REGISTRY_URL")
+    if external:
+        return Service(external, f"external schema registry at {external} (SCHEMA_REGISTRY_URL)")
+    return start_local_schema_registry()
+
+
+def start_local_schema_registry() -> Service:
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    if missing:
+        msg = (
+            f"no schema registry for the tests: SCHEMA_REGISTRY_URL is not set and "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed to "
+            "build and run the local one. Install Java 17+ and Maven (apt-get install -y "
+            "openjdk-17-jre-headless maven) and run `scripts/registry-local.sh fetch`, or point "
+            "SCHEMA_REGISTRY_URL at a Confluent-compatible registry."
+        )
+        raise ServiceError(msg)
+    (port,) = free_ports(1)
+    env = dict(os.environ)
+    env.update(
+        REGISTRY_PORT=str(port),
+        REGISTRY_START_TIMEOUT=str(REGISTRY_START_TIMEOUT),
+        REGISTRY_OWNER_PID=str(os.getpid()),
+    )
+    # A no-op once built; a cold build resolves from Maven Central, hence its own timeout.
+    proc = _run_script([str(REGISTRY_SCRIPT), "fetch"], env, REGISTRY_FETCH_TIMEOUT)
+    if proc.returncode != 0:
+        raise _script_failed(
+            "scripts/registry-local.sh fetch",
+            proc,
+            f"The build log is {REPO_ROOT / 'var' / 'registry' / 'fetch.log'}. "
+            "Or set SCHEMA_REGISTRY_URL to use an existing registry.",
+        )
+    proc = _run_script([str(REGISTRY_SCRIPT), "up"], env, REGISTRY_START_TIMEOUT + 60)
+    if proc.returncode != 0:
+        raise _script_failed(
+            "scripts/registry-local.sh up",
+            proc,
+            "Or set SCHEMA_REGISTRY_URL to use an existing registry.",
+        )
+    url = proc.stdout.strip().splitlines()[-1]
+
+    def stop() -> None:
+        _run_script([str(REGISTRY_SCRIPT), "down"], env, 90)
+
+    return Service(url, f"local Apicurio schema registry at {url}", stop)

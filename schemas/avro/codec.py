@@ -207,7 +207,9 @@ class AvroCodec:
         self, table: str, source: dict[str, Any], published_ms: int, transaction_id: str
     ) -> EnvelopeEncoder:
         """A fast encoder of ``table``'s change events for one refresh (see EnvelopeEncoder)."""
-        return EnvelopeEncoder(table, self.header(table, "value"), source, published_ms, transaction_id)
+        return EnvelopeEncoder(
+            table, self.header(table, "value"), source, published_ms, transaction_id
+        )
 
     # -- decoding ---------------------------------------------------------------
     def decode(self, table: str, field: str, data: bytes | None) -> dict[str, Any] | None:
@@ -343,7 +345,9 @@ class EnvelopeEncoder:
                 continue
             part = io.BytesIO()
             fastavro.schemaless_writer(
-                part, fastavro.parse_schema(field["type"], named_schemas={}), source.get(field["name"])
+                part,
+                fastavro.parse_schema(field["type"], named_schemas={}),
+                source.get(field["name"]),
             )
             (suffix if seen_ts else prefix).extend(part.getvalue())
         # header, before=null (branch 0), after=row (branch 1)

@@ -1,4 +1,8 @@
-"""Reading back what consumers see: every committed change event of a topic prefix."""
+"""Reading back what consumers see: committed messages of whole topics, from offset 0.
+
+``committed_messages`` uses nothing but confluent_kafka (the independent-decoder tests
+rely on that); ``committed_changes`` decodes change events with queuestream's codec.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,56 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from queuestream.schemas.avro import AvroCodec
 from queuestream.tables import TABLES
 
-__all__ = ["Change", "committed_changes"]
+__all__ = ["Change", "committed_changes", "committed_messages"]
 
 Change = tuple[str, tuple[Any, ...], Any]  # (table, key values, ModifiedDate)
+
+
+def committed_messages(
+    bootstrap: str, topics: list[str], *, isolation: str = "read_committed", timeout: float = 60.0
+) -> list[Message]:
+    """Every message of every partition of ``topics`` up to the current log end, in read order."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"readback-{uuid.uuid4().hex}",
+        "isolation.level": isolation,
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+    })
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        assignments = []
+        for topic in topics:
+            if topic not in metadata.topics or metadata.topics[topic].error is not None:
+                msg = f"topic {topic} does not exist"
+                raise AssertionError(msg)
+            for partition in metadata.topics[topic].partitions:
+                assignments.append(TopicPartition(topic, partition, 0))
+        consumer.assign(assignments)
+        pending = {(tp.topic, tp.partition) for tp in assignments}
+        messages: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                msg = f"timed out after {timeout:g}s reading back: still waiting on {sorted(pending)}"
+                raise AssertionError(msg)
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard((message.topic(), message.partition()))
+                    continue
+                raise AssertionError(str(message.error()))
+            messages.append(message)
+        return messages
+    finally:
+        consumer.close()
 
 
 def committed_changes(
@@ -26,44 +72,14 @@ def committed_changes(
     partitions, in the order read.
     """
     codec = AvroCodec(prefix)
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"readback-{uuid.uuid4().hex}",
-        "isolation.level": isolation,
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })
-    try:
-        metadata = consumer.list_topics(timeout=10)
-        assignments = []
-        for spec in TABLES:
-            topic = f"{prefix}.{spec.name}"
-            for partition in metadata.topics[topic].partitions:
-                assignments.append(TopicPartition(topic, partition, 0))
-        consumer.assign(assignments)
-        pending = {(tp.topic, tp.partition) for tp in assignments}
-        changes: Counter[Change] = Counter()
-        values: list[tuple[str, int, dict[str, Any]]] = []
-        tables = {f"{prefix}.{t.name}": t for t in TABLES}
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                msg = f"timed out reading back {prefix}.*: still waiting on {sorted(pending)}"
-                raise AssertionError(msg)
-            message = consumer.poll(1.0)
-            if message is None:
-                continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard((message.topic(), message.partition()))
-                    continue
-                raise AssertionError(str(message.error()))
-            spec = tables[message.topic()]
-            value = codec.decode(spec.name, "value", message.value())
-            assert value is not None
-            after = value["after"]
-            changes[(spec.name, tuple(after[k] for k in spec.key), after["ModifiedDate"])] += 1
-            values.append((spec.name, message.partition(), value))
-        return changes, values
-    finally:
-        consumer.close()
+    tables = {f"{prefix}.{t.name}": t for t in TABLES}
+    changes: Counter[Change] = Counter()
+    values: list[tuple[str, int, dict[str, Any]]] = []
+    for message in committed_messages(bootstrap, list(tables), isolation=isolation, timeout=timeout):
+        spec = tables[message.topic()]
+        value = codec.decode(spec.name, "value", message.value())
+        assert value is not None
+        after = value["after"]
+        changes[(spec.name, tuple(after[k] for k in spec.key), after["ModifiedDate"])] += 1
+        values.append((spec.name, message.partition(), value))
+    return changes, values
