@@ -14,18 +14,27 @@ VENV_STAMP := $(VENV)/.queuestream-installed
 KAFKA_JARS_STAMP := .cache/kafka/lib/.complete
 LINT_PATHS := queuestream producer consumers schemas
 PYTEST_ARGS ?=
+# make bench: its own broker (port BENCH_KAFKA_PORT) with the full JIT (kafka-local.sh's
+# default -XX:TieredStopAtLevel=1 starts fast but caps broker throughput), arguments
+# for bench/producer.py in BENCH_ARGS, e.g. make bench BENCH_ARGS="--rows 50000 --json"
+BENCH_KAFKA_PORT ?= 9192
+BENCH_KAFKA_HEAP_OPTS ?= -Xms512m -Xmx1g
+BENCH_KAFKA_JVM_OPTS ?= -XX:+UseParallelGC -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true
+BENCH_ARGS ?=
 
-.PHONY: help venv kafka-jars kafka-up kafka-down kafka-status pg-up pg-down test demo bench lint clean distclean
+.PHONY: help venv kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-kafka-up bench-kafka-down lint clean distclean
 
 help:
 	@echo "make venv        create .venv and install queuestream[test,dev] (editable)"
-	@echo "make test        run the test suite (starts its own Kafka and PostgreSQL)"
+	@echo "make test        run the test suite (starts its own Kafka, PostgreSQL and schema registry)"
 	@echo "make kafka-up    start a local Kafka broker on 127.0.0.1:\$${KAFKA_PORT:-9092}"
 	@echo "make kafka-down  stop it"
 	@echo "make pg-up       start a local PostgreSQL on 127.0.0.1:\$${PGPORT_LOCAL:-55432}"
 	@echo "make pg-down     stop it"
 	@echo "make demo        run 'queuestream demo' against the local broker"
-	@echo "make bench       run bench/producer.py against local Kafka and PostgreSQL"
+	@echo "make bench       run bench/producer.py against a local broker on \$${BENCH_KAFKA_PORT:-9192} (full JIT)"
+	@echo "                 and the local PostgreSQL; options in BENCH_ARGS (see bench/producer.py --help)"
+	@echo "make bench-kafka-down  stop the benchmark's broker"
 	@echo "make lint        ruff + mypy"
 	@echo "make clean       stop local services, remove var/ and tool caches (keeps .venv, .cache)"
 	@echo "make distclean   clean + remove .venv and .cache"
@@ -42,6 +51,10 @@ venv: $(VENV_STAMP)
 kafka-jars:
 	@scripts/kafka-local.sh fetch
 
+# scripts/registry-local.sh fetch builds the schema registry once (Maven Central, ~30-60 s cold).
+registry-jar:
+	@scripts/registry-local.sh fetch
+
 kafka-up:
 	@scripts/kafka-local.sh up
 
@@ -57,14 +70,22 @@ pg-up:
 pg-down:
 	@scripts/postgres-local.sh down
 
-test: venv kafka-jars
+test: venv kafka-jars registry-jar
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv kafka-up
-	$(VENV)/bin/queuestream demo
+	KAFKA_BOOTSTRAP_SERVERS="$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$${KAFKA_PORT:-9092}}" $(VENV)/bin/queuestream demo
 
-bench: venv kafka-up pg-up
-	$(VPY) bench/producer.py
+# A broker already running on BENCH_KAFKA_PORT is reused as it is (JVM flags included).
+bench-kafka-up: kafka-jars
+	@KAFKA_PORT=$(BENCH_KAFKA_PORT) KAFKA_HEAP_OPTS="$(BENCH_KAFKA_HEAP_OPTS)" \
+		KAFKA_JVM_OPTS="$(BENCH_KAFKA_JVM_OPTS)" scripts/kafka-local.sh up
+
+bench-kafka-down:
+	@KAFKA_PORT=$(BENCH_KAFKA_PORT) scripts/kafka-local.sh down
+
+bench: venv bench-kafka-up pg-up
+	KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) bench/producer.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -73,6 +94,7 @@ lint: venv
 clean:
 	@for d in var/kafka/*/; do [ -d "$$d" ] || continue; KAFKA_PORT="$$(basename "$$d")" scripts/kafka-local.sh down || true; done
 	@for d in var/postgres/*/; do [ -d "$$d" ] || continue; PGPORT_LOCAL="$$(basename "$$d")" scripts/postgres-local.sh down || true; done
+	@for d in var/registry/*/; do [ -d "$$d" ] || continue; REGISTRY_PORT="$$(basename "$$d")" scripts/registry-local.sh down || true; done
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache build dist
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
 

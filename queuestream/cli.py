@@ -30,8 +30,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class _State:
@@ -73,6 +73,11 @@ def _global(
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # librdkafka repeats connection failures many times a second; the errors that matter
+    # reach the user as queuestream errors. Its log shows with --verbose.
+    logging.getLogger("queuestream.librdkafka").setLevel(
+        logging.DEBUG if verbose else logging.CRITICAL
     )
     _state.config = config
     _state.traceback = traceback

@@ -19,6 +19,7 @@ from queuestream.tables import BATCHES, TABLES, topic_for
 
 __all__ = [
     "BATCH_MESSAGE_MAX_BYTES",
+    "LIBRDKAFKA_LOGGER",
     "admin_client",
     "batches_topic",
     "change_topics",
@@ -35,8 +36,12 @@ BATCH_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 _ADMIN_TIMEOUT = 15.0
 
 
+#: librdkafka's own log lines go here instead of straight to stderr.
+LIBRDKAFKA_LOGGER = logging.getLogger("queuestream.librdkafka")
+
+
 def _base(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka_bootstrap_servers}
+    return {"bootstrap.servers": settings.kafka_bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
