@@ -275,7 +275,7 @@ def start_local_schema_registry() -> Service:
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     if missing:
         msg = (
-            f"no schema registry for the tests: SCHEMA_REGISTRY_URL is not set and "
+            "SCHEMA_REGISTRY_URL is not set and "
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed to "
             "build and run the local one. Install Java 17+ and Maven (apt-get install -y "
             "openjdk-17-jre-headless maven) and run `scripts/registry-local.sh fetch`, or point "
@@ -292,22 +292,25 @@ def start_local_schema_registry() -> Service:
     # A no-op once built; a cold build resolves from Maven Central, hence its own timeout.
     proc = _run_script([str(REGISTRY_SCRIPT), "fetch"], env, REGISTRY_FETCH_TIMEOUT)
     if proc.returncode != 0:
-        raise _script_failed(
+        err = _script_failed(
             "scripts/registry-local.sh fetch",
             proc,
             f"The build log is {REPO_ROOT / 'var' / 'registry' / 'fetch.log'}. "
             "Or set SCHEMA_REGISTRY_URL to use an existing registry.",
         )
+        raise err
     proc = _run_script([str(REGISTRY_SCRIPT), "up"], env, REGISTRY_START_TIMEOUT + 60)
     if proc.returncode != 0:
-        raise _script_failed(
+        err = _script_failed(
             "scripts/registry-local.sh up",
             proc,
             "Or set SCHEMA_REGISTRY_URL to use an existing registry.",
         )
+        raise err
     url = proc.stdout.strip().splitlines()[-1]
 
     def stop() -> None:
-        _run_script([str(REGISTRY_SCRIPT), "down"], env, 90)
+        if _run_script([str(REGISTRY_SCRIPT), "down"], env, 90).returncode == 0:
+            shutil.rmtree(REPO_ROOT / "var" / "registry" / str(port), ignore_errors=True)
 
     return Service(url, f"local Apicurio schema registry at {url}", stop)

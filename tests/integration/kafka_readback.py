@@ -12,8 +12,9 @@ from collections import Counter
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
-
 from queuestream.schemas.avro import AvroCodec
+
+from queuestream.settings import Settings
 from queuestream.tables import TABLES
 
 __all__ = ["Change", "committed_changes", "committed_messages"]
@@ -47,7 +48,7 @@ def committed_messages(
         deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:
-                msg = f"timed out after {timeout:g}s reading back: still waiting on {sorted(pending)}"
+                msg = f"timed out after {timeout:g}s reading back; waiting on {sorted(pending)}"
                 raise AssertionError(msg)
             message = consumer.poll(1.0)
             if message is None:
@@ -69,13 +70,15 @@ def committed_changes(
     """All change events under ``prefix`` up to the current log end.
 
     Returns a Counter of (table, key, version) and the decoded values with their
-    partitions, in the order read.
+    partitions, in the order read. Decodes with the schema registry the environment
+    names (SCHEMA_REGISTRY_URL), as the producers under test encode with it.
     """
-    codec = AvroCodec(prefix)
+    codec = AvroCodec.from_url(prefix, Settings().schema_registry_url)
     tables = {f"{prefix}.{t.name}": t for t in TABLES}
     changes: Counter[Change] = Counter()
     values: list[tuple[str, int, dict[str, Any]]] = []
-    for message in committed_messages(bootstrap, list(tables), isolation=isolation, timeout=timeout):
+    messages = committed_messages(bootstrap, list(tables), isolation=isolation, timeout=timeout)
+    for message in messages:
         spec = tables[message.topic()]
         value = codec.decode(spec.name, "value", message.value())
         assert value is not None

@@ -1,29 +1,31 @@
-"""confluent-kafka's SchemaRegistryClient + AvroSerializer against a real registry.
+"""Schema registry mode against a real registry: the client, and queuestream's wire format.
 
-The registry is Apicurio Registry's Confluent-compatible API (/apis/ccompat/v7), started by
-scripts/registry-local.sh on a free port of its own for this test session (in-memory storage,
-stopped afterwards). Set SCHEMA_REGISTRY_URL to use an already running registry instead.
-Skipped when neither that variable is set nor java and mvn are available.
+The registry is the session fixture ``schema_registry_url`` (tests/conftest.py): Apicurio
+Registry's Confluent-compatible API (/apis/ccompat/v7) built and started by
+scripts/registry-local.sh (in-memory storage, stopped afterwards), or SCHEMA_REGISTRY_URL.
+Without either (no java/mvn), these tests fail: CI never skips a service.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections import Counter
+from typing import Any
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
+from queuestream.producer.refresh import Refresher
+from queuestream.producer.simulator import Simulator
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "registry-local.sh"
+from queuestream.databases import create_engine
+from queuestream.settings import Settings
+from queuestream.tables import TABLES, topic_for
+from tests.integration.kafka_readback import committed_messages
+
+READ_TIMEOUT = 30.0  # seconds to read the topics back to their ends
 
 SCHEMA_V1 = (
     '{"type":"record","name":"OrderChanged","namespace":"queuestream.test","fields":['
@@ -38,47 +40,9 @@ SCHEMA_V2 = SCHEMA_V1.replace(
 SCHEMA_BAD = SCHEMA_V1.replace('"type":"int"', '"type":"string"')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _script(cmd: str, timeout: float, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        ["bash", str(SCRIPT), cmd],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"registry-local.sh {cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def registry_url() -> Iterator[str]:
-    env_url = os.environ.get("SCHEMA_REGISTRY_URL")
-    if env_url:
-        yield env_url
-        return
-    if not (shutil.which("java") and shutil.which("mvn")):
-        pytest.skip("no SCHEMA_REGISTRY_URL and no java/mvn to start a local registry")
-    env = {**os.environ, "REGISTRY_PORT": str(_free_port()), "REGISTRY_OWNER_PID": str(os.getpid())}
-    _script("fetch", timeout=1200, env=env)
-    url = _script("up", timeout=180, env=env).splitlines()[-1]
-    try:
-        yield url
-    finally:
-        _script("down", timeout=60, env=env)
-
-
 @pytest.fixture
-def client(registry_url: str) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": registry_url})
+def client(schema_registry_url: str) -> SchemaRegistryClient:
+    return SchemaRegistryClient({"url": schema_registry_url})
 
 
 @pytest.fixture
@@ -87,7 +51,7 @@ def topic() -> str:
 
 
 def test_serialize_roundtrip_uses_confluent_framing(
-    client: SchemaRegistryClient, registry_url: str, topic: str
+    client: SchemaRegistryClient, schema_registry_url: str, topic: str
 ) -> None:
     ctx = SerializationContext(topic, MessageField.VALUE)
     serializer = AvroSerializer(client, SCHEMA_V1, conf={"auto.register.schemas": True})
@@ -100,7 +64,7 @@ def test_serialize_roundtrip_uses_confluent_framing(
     assert int.from_bytes(payload[1:5], "big") == registered.schema_id
 
     # A fresh client (empty cache) must fetch the writer schema by id from the registry.
-    fresh = SchemaRegistryClient({"url": registry_url})
+    fresh = SchemaRegistryClient({"url": schema_registry_url})
     assert AvroDeserializer(fresh)(payload, ctx) == {"id": "o-1", "qty": 3}
 
 
@@ -125,3 +89,74 @@ def test_register_lookup_and_compatibility(client: SchemaRegistryClient, topic: 
     assert client.delete_subject(subject) == [1, 2]
     client.delete_subject(subject, permanent=True)
     assert subject not in client.get_subjects()
+
+
+def test_refresher_publishes_confluent_framed_events(
+    schema_registry_url: str, kafka_bootstrap: str, sqlite_url: str, unique: str
+) -> None:
+    settings = Settings(
+        source_url=sqlite_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=unique,
+        partitions=2,
+        settle_seconds=0,
+        schema_registry_url=schema_registry_url,
+    )
+    writer = create_engine(sqlite_url, writer=True)
+    try:
+        Simulator(writer, settings.zone, seed=7).run(200, per_transaction=20)
+    finally:
+        writer.dispose()
+    refresher = Refresher(settings)
+    try:
+        (result,) = refresher.refresh()
+    finally:
+        refresher.close()
+
+    # Every topic's key and value schema is registered under TopicNameStrategy subjects.
+    registry = SchemaRegistryClient({"url": schema_registry_url})
+    names = [t.name for t in TABLES] + ["batches"]
+    subjects = set(registry.get_subjects())
+    schema_ids: dict[tuple[str, str], int] = {}
+    for name in names:
+        for field in ("key", "value"):
+            subject = f"{topic_for(unique, name)}-{field}"
+            assert subject in subjects
+            schema_ids[(topic_for(unique, name), field)] = registry.get_latest_version(
+                subject
+            ).schema_id
+
+    # Confluent framing on every key and value; a fresh deserializer (empty cache) fetches
+    # each writer schema from the registry by the id in the frame.
+    deserialize = AvroDeserializer(SchemaRegistryClient({"url": schema_registry_url}))
+    topics = {topic_for(unique, name): name for name in names}
+    counts: Counter[str] = Counter()
+    markers: list[dict[str, Any]] = []
+    for message in committed_messages(kafka_bootstrap, list(topics), timeout=READ_TIMEOUT):
+        topic, name = message.topic(), topics[message.topic()]
+        decoded = {}
+        for field, data, kind in (
+            ("key", message.key(), MessageField.KEY),
+            ("value", message.value(), MessageField.VALUE),
+        ):
+            assert data is not None
+            assert data[0] == 0, f"{topic} {field}: magic byte {data[0]}"
+            assert int.from_bytes(data[1:5], "big") == schema_ids[(topic, field)]
+            decoded[field] = deserialize(data, SerializationContext(topic, kind))
+        key, value = decoded["key"], decoded["value"]
+        if name == "batches":
+            assert key == {"producer": f"queuestream-{unique}"}
+            markers.append(value)
+            continue
+        spec = next(t for t in TABLES if t.name == name)
+        assert value["source"]["refresh_id"] == result.refresh_id
+        assert value["source"]["table"] == spec.source
+        assert value["op"] in {"c", "u", "r"}
+        assert key == {k: value["after"][k] for k in spec.key}
+        counts[name] += 1
+
+    assert dict(counts) == {t: n for t, n in result.counts.items() if n}
+    assert all(result.counts.values()), f"every table's schemas exercised: {result.counts}"
+    assert [m["status"] for m in markers] == ["BEGIN", "END"]
+    assert all(m["refresh_id"] == result.refresh_id for m in markers)
+    assert markers[1]["counts"] == result.counts
