@@ -10,6 +10,7 @@ see: there is no second store to disagree with Kafka (promise 2).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 
 _STEP = 200
 _TIMEOUT = 30.0
+#: Errors while a topic created a moment ago still has no leader: wait, they pass.
+_NOT_READY = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._UNKNOWN_TOPIC,
+})
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -50,11 +59,18 @@ def read_progress(settings: Settings, codec: AvroCodec) -> Progress:
     )
     try:
         partition = TopicPartition(topic, 0)
-        try:
-            low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT)
-        except KafkaException as exc:
-            msg = f"cannot read {topic} at {settings.kafka_bootstrap_servers}: {exc.args[0].str()}"
-            raise BrokerUnavailableError(msg) from None
+        deadline = time.monotonic() + _TIMEOUT
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT)
+                break
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.code() in _NOT_READY and time.monotonic() < deadline:
+                    time.sleep(0.1)  # the topic was just created; its leader is on the way
+                    continue
+                msg = f"cannot read {topic} at {settings.kafka_bootstrap_servers}: {error.str()}"
+                raise BrokerUnavailableError(msg) from None
         end = high
         while end > low:
             start = max(low, end - _STEP)

@@ -59,3 +59,9 @@ def install_queue_procedure(engine: sa.Engine, schema: str = "queue") -> None:
             f"CREATE TABLE IF NOT EXISTS {schema}.refresh_state (last_refresh timestamp)"
         )
         conn.exec_driver_sql(body)
+        # Exigo's queue tables always exist; empty until the first refresh fills them.
+        for t in TABLES:
+            conn.exec_driver_sql(
+                f'CREATE TABLE IF NOT EXISTS {schema}."{t.source}" AS '
+                f'SELECT * FROM public."{t.source}" WITH NO DATA'
+            )

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -149,18 +149,20 @@ class Refresher:
             )
             results.append(pending)
         self.reader.run_refresh_statement(since)
-        fresh = self._publish_queue_tables(recovered=False)
+        fresh = self._publish_queue_tables(recovered=False, since=since)
         if fresh is not None:
             results.append(fresh)
         return results
 
-    def _publish_queue_tables(self, recovered: bool) -> RefreshResult | None:
+    def _publish_queue_tables(
+        self, recovered: bool, since: datetime | None = None
+    ) -> RefreshResult | None:
         with self.reader.frozen() as snapshot:
             fingerprint, count = snapshot.queue_fingerprint()
             if count == 0 or fingerprint == self.progress.snapshot_fingerprint:
                 return None
             result = self._publish_with_retries(
-                lambda: self._publish(snapshot.queue_rows, None, fingerprint)
+                lambda: self._publish(snapshot.queue_rows, None, fingerprint, since)
             )
         result.recovered = recovered
         return result
@@ -192,7 +194,9 @@ class Refresher:
         rows: Any,
         window: Window | None,
         fingerprint: str | None,
+        since: datetime | None = None,
     ) -> RefreshResult:
+        """``since``: procedure mode's start-date override (watermark mode: ``window``)."""
         started = time.monotonic()
         mode = self.settings.refresh_mode
         context = RefreshContext(
@@ -201,7 +205,7 @@ class Refresher:
             database=self._database,
             window_start=window.start if window else None,
             window_end=window.end if window else None,
-            resync=bool(window and window.resync),
+            resync=bool(window.resync if window else since),
         )
         result = RefreshResult(context.refresh_id, mode, context.window_start, context.window_end)
         overlap = OverlapFilter.for_window(window, self.progress, self.overlap) if window else None
@@ -211,7 +215,7 @@ class Refresher:
         prefix = self.settings.topic_prefix
 
         def body(send: Send) -> None:
-            send(batches, self._batch_key, self._marker("BEGIN", context, window), 0)
+            send(batches, self._batch_key, self._marker("BEGIN", context, window, since=since), 0)
             total = 0
             for spec in TABLES:
                 builder = EventBuilder(
@@ -240,6 +244,7 @@ class Refresher:
                 op_counts=result.op_counts,
                 fingerprint=fingerprint,
                 overlap_seen=overlap.packed() if overlap else None,
+                since=since,
             )
             send(batches, self._batch_key, end, 0)
 
@@ -277,6 +282,7 @@ class Refresher:
         op_counts: dict[str, int] | None = None,
         fingerprint: str | None = None,
         overlap_seen: bytes | None = None,
+        since: datetime | None = None,
     ) -> bytes:
         counts = counts or {}
         marker: bytes = self.codec.encode(
@@ -289,7 +295,7 @@ class Refresher:
                 "mode": self.settings.refresh_mode,
                 "window_start": context.window_start,
                 "window_end": context.window_end,
-                "since_override": window.since_override if window else None,
+                "since_override": window.since_override if window else since,
                 "event_count": sum(counts.values()),
                 "counts": counts,
                 "op_counts": op_counts or {},
@@ -303,13 +309,23 @@ class Refresher:
 class ProduceLoop:
     """``queuestream produce``: refresh every ``interval`` seconds until stopped.
 
+    The refresher is built inside the loop, so a broker or database that is down
+    at start-up is waited for like an outage later on: retried with backoff.
     ``stop()`` (wired to SIGTERM/SIGINT by the CLI) lets the refresh in hand
     finish and commit, then the loop exits.
     """
 
-    def __init__(self, refresher: Refresher, interval: float, max_backoff: float = 60.0) -> None:
-        self.refresher = refresher
+    def __init__(
+        self,
+        make_refresher: Callable[[], Refresher],
+        interval: float,
+        backoff: float = 2.0,
+        max_backoff: float = 60.0,
+    ) -> None:
+        self.make_refresher = make_refresher
+        self.refresher: Refresher | None = None
         self.interval = interval
+        self.backoff = backoff
         self.max_backoff = max_backoff
         self._stop = threading.Event()
 
@@ -319,22 +335,28 @@ class ProduceLoop:
     def run(self, since: datetime | None = None, max_refreshes: int | None = None) -> int:
         done = 0
         failures = 0
-        while not self._stop.is_set():
-            try:
-                self.refresher.refresh(since)
-                since = None  # the override applies once
-                failures = 0
-                done += 1
-                wait = self.interval
-            except RetriableError as exc:
-                failures += 1
-                wait = min(
-                    self.max_backoff, self.refresher.settings.retry_backoff_seconds * 2**failures
-                )
-                log.error(  # noqa: TRY400 - the message says it all; no traceback for outages
-                    "refresh failed (%s); the watermark did not move; retrying in %.0fs", exc, wait
-                )
-            if max_refreshes is not None and done >= max_refreshes:
-                break
-            self._stop.wait(wait)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self.refresher is None:
+                        self.refresher = self.make_refresher()
+                    self.refresher.refresh(since)
+                    since = None  # the override applies once
+                    failures = 0
+                    done += 1
+                    wait = self.interval
+                except RetriableError as exc:
+                    failures += 1
+                    wait = min(self.max_backoff, self.backoff * 2**failures)
+                    log.error(  # noqa: TRY400 - the message says it all; no traceback for outages
+                        "refresh failed (%s); the watermark did not move; retrying in %.0fs",
+                        exc,
+                        wait,
+                    )
+                if max_refreshes is not None and done >= max_refreshes:
+                    break
+                self._stop.wait(wait)
+        finally:
+            if self.refresher is not None:
+                self.refresher.close()
         return done

@@ -220,8 +220,9 @@ def produce(
     from queuestream.producer.refresh import ProduceLoop, Refresher
 
     settings = _settings()
-    refresher = Refresher(settings)
-    loop = ProduceLoop(refresher, interval)
+    loop = ProduceLoop(
+        lambda: Refresher(settings), interval, backoff=settings.retry_backoff_seconds
+    )
 
     def _stop(signum: int, _frame: Any) -> None:
         logging.getLogger(__name__).info("signal %d: finishing the refresh in hand", signum)
@@ -230,10 +231,7 @@ def produce(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-    try:
-        done = loop.run(_parse_since(since, settings), max_refreshes)
-    finally:
-        refresher.close()
+    done = loop.run(_parse_since(since, settings), max_refreshes)
     console.print(f"stopped after {done} refreshes")
 
 

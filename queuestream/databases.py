@@ -56,6 +56,9 @@ def _sqlite_snapshot_transactions(engine: sa.Engine, begin: str) -> None:
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        # Text that is not UTF-8 reads as lone surrogates instead of failing the whole
+        # query, so the codec can name the table, key and column that hold it.
+        dbapi_connection.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")

@@ -26,13 +26,15 @@ def committed_messages(
     bootstrap: str, topics: list[str], *, isolation: str = "read_committed", timeout: float = 60.0
 ) -> list[Message]:
     """Every message of every partition of ``topics`` up to the current log end, in read order."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"readback-{uuid.uuid4().hex}",
-        "isolation.level": isolation,
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"readback-{uuid.uuid4().hex}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     try:
         metadata = consumer.list_topics(timeout=10)
         assignments = []

@@ -33,8 +33,13 @@ def _env(source_url: str, bootstrap: str, prefix: str) -> dict[str, str]:
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*COMMAND, *args], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-        check=False, stdin=subprocess.DEVNULL,
+        [*COMMAND, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -80,17 +85,25 @@ def test_refresh_json_then_nothing_new(sqlite_url: str, kafka_bootstrap: str, un
     assert json.loads(again.stdout)[0]["events"] == 0
 
 
-def test_produce_stops_cleanly_on_sigterm(sqlite_url: str, kafka_bootstrap: str, unique: str) -> None:
+def test_produce_stops_cleanly_on_sigterm(
+    sqlite_url: str, kafka_bootstrap: str, unique: str
+) -> None:
     env = _env(sqlite_url, kafka_bootstrap, unique)
     assert _run(["sim", "--actions", "100"], env).returncode == 0
     process = subprocess.Popen(
-        [*COMMAND, "produce", "--interval", "0.5"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        [*COMMAND, "produce", "--interval", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     try:
         wait_for(
             lambda: sum(committed_changes(kafka_bootstrap, unique, timeout=20)[0].values()) > 0,
-            timeout=60, interval=0.5, message="the producer published its first refresh",
+            timeout=60,
+            interval=0.5,
+            message="the producer published its first refresh",
             ignore=(KeyError, AssertionError),
         )
         process.send_signal(signal.SIGTERM)

@@ -22,11 +22,26 @@ WRITERS_RUN_SECONDS = 6.0
 
 def _customer(cid: int, stamp: datetime) -> dict[str, Any]:
     return {
-        "CustomerID": cid, "FirstName": "F", "LastName": f"L{cid}", "Company": None,
-        "CustomerTypeID": 1, "CustomerStatusID": 1, "Email": None, "Phone": None,
-        "MainAddress1": None, "MainAddress2": None, "MainCity": None, "MainState": None,
-        "MainZip": None, "MainCountry": None, "CurrencyCode": "usd", "LanguageID": 0,
-        "EnrollerID": None, "BirthDate": None, "CreatedDate": stamp, "ModifiedDate": stamp,
+        "CustomerID": cid,
+        "FirstName": "F",
+        "LastName": f"L{cid}",
+        "Company": None,
+        "CustomerTypeID": 1,
+        "CustomerStatusID": 1,
+        "Email": None,
+        "Phone": None,
+        "MainAddress1": None,
+        "MainAddress2": None,
+        "MainCity": None,
+        "MainState": None,
+        "MainZip": None,
+        "MainCountry": None,
+        "CurrencyCode": "usd",
+        "LanguageID": 0,
+        "EnrollerID": None,
+        "BirthDate": None,
+        "CreatedDate": stamp,
+        "ModifiedDate": stamp,
     }
 
 

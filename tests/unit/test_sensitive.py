@@ -15,8 +15,13 @@ from queuestream.settings import DEFAULT_SENSITIVE_COLUMNS
 def test_account_numbers_are_masked_by_default() -> None:
     apply = ColumnPolicy(DEFAULT_SENSITIVE_COLUMNS).for_table("customer_accounts")
     assert apply is not None
-    row = {"CustomerID": 7, "BankAccountNumber": "1234567890", "BankRoutingNumber": "021000021",
-           "PrimaryCreditCardNumberDisplay": "4111111111111111", "PrimaryBillingName": "Ann"}
+    row = {
+        "CustomerID": 7,
+        "BankAccountNumber": "1234567890",
+        "BankRoutingNumber": "021000021",
+        "PrimaryCreditCardNumberDisplay": "4111111111111111",
+        "PrimaryBillingName": "Ann",
+    }
     apply(row)
     assert row["BankAccountNumber"] == "******7890"
     assert row["PrimaryCreditCardNumberDisplay"] == "************1111"
@@ -25,9 +30,7 @@ def test_account_numbers_are_masked_by_default() -> None:
 
 
 def test_exclude_and_keyed_hash() -> None:
-    policy = ColumnPolicy(
-        {"customers": {"Email": "hash", "Phone": "exclude"}}, hash_key=b"secret"
-    )
+    policy = ColumnPolicy({"customers": {"Email": "hash", "Phone": "exclude"}}, hash_key=b"secret")
     apply = policy.for_table("customers")
     assert apply is not None
     row = {"CustomerID": 1, "Email": "a@example.com", "Phone": "+1-555"}
