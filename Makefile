@@ -85,7 +85,7 @@ bench-kafka-down:
 	@KAFKA_PORT=$(BENCH_KAFKA_PORT) scripts/kafka-local.sh down
 
 bench: venv bench-kafka-up pg-up
-	KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) bench/producer.py $(BENCH_ARGS)
+	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) bench/producer.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

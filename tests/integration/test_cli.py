@@ -123,3 +123,10 @@ def test_errors_print_type_and_message_without_traceback(tmp_path: Path) -> None
     assert done.returncode == 1
     assert done.stderr.strip().startswith("ConfigurationError: invalid settings: source_timezone")
     assert "Traceback" not in done.stderr
+
+
+def test_usage_errors_show_usage() -> None:
+    done = _run(["sim", "--bogus"], {**os.environ})
+    assert done.returncode == 2
+    assert "No such option: --bogus" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,26 @@
+# queuestream: the `queuestream` command (sim, refresh, produce, demo).
+#   docker build -t queuestream .
+#   docker run --rm queuestream --help
+# docker-compose.yml runs it twice: a simulator and a producer.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+# What pyproject.toml packages: queuestream, producer, consumers, schemas (package-dir).
+COPY pyproject.toml README.md ./
+COPY queuestream ./queuestream
+COPY producer ./producer
+COPY consumers ./consumers
+COPY schemas ./schemas
+# confluent-kafka and psycopg[binary] come as manylinux wheels (librdkafka and libpq inside).
+RUN pip install . \
+    && useradd --create-home --uid 10001 queuestream
+
+USER queuestream
+WORKDIR /home/queuestream
+ENTRYPOINT ["queuestream"]
+CMD ["--help"]
