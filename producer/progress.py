@@ -29,13 +29,15 @@ log = logging.getLogger(__name__)
 _STEP = 200
 _TIMEOUT = 30.0
 #: Errors while a topic created a moment ago still has no leader: wait, they pass.
-_NOT_READY = frozenset({
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._UNKNOWN_PARTITION,
-    KafkaError._UNKNOWN_TOPIC,
-})
+_NOT_READY = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -50,6 +52,13 @@ def read_progress(settings: Settings, codec: AvroCodec) -> Progress:
     """
     topic = batches_topic(settings)
     producer = settings.effective_transactional_id
+    # The log end including commit markers: a read_committed consumer reports the last
+    # stable offset instead, which trails a just-committed refresh until the broker has
+    # written its markers, and reading only that far could miss the newest END.
+    probe = Consumer(
+        consumer_config(settings, group_id=f"queuestream-progress-{uuid.uuid4().hex}")
+        | {"isolation.level": "read_uncommitted"}
+    )
     consumer = Consumer(
         consumer_config(
             settings,
@@ -62,7 +71,7 @@ def read_progress(settings: Settings, codec: AvroCodec) -> Progress:
         deadline = time.monotonic() + _TIMEOUT
         while True:
             try:
-                low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT)
+                low, high = probe.get_watermark_offsets(partition, timeout=_TIMEOUT)
                 break
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -78,8 +87,18 @@ def read_progress(settings: Settings, codec: AvroCodec) -> Progress:
             if found is not None:
                 return found
             end = start
+        if low > 0:
+            log.warning(
+                "%s starts at offset %d and holds no END marker of producer %s: its progress "
+                "was deleted (retention?). Starting over from the first window; use "
+                "--since DATE to re-sync further back",
+                topic,
+                low,
+                producer,
+            )
         return Progress()
     finally:
+        probe.close()
         consumer.close()
 
 
@@ -101,7 +120,10 @@ def _last_end_marker(
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
-                break
+                [position] = consumer.position([TopicPartition(partition.topic, 0)])
+                if position.offset >= end:
+                    break
+                continue  # at the last stable offset: the commit markers are on the way
             msg = f"cannot read {partition.topic}: {error.str()}"
             raise BrokerUnavailableError(msg)
         offset = message.offset()

@@ -13,7 +13,12 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from queuestream.errors import BrokerUnavailableError, FatalError, FencedError
+from queuestream.errors import (
+    BrokerUnavailableError,
+    CommitOutcomeUnknownError,
+    FatalError,
+    FencedError,
+)
 from queuestream.kafka_clients import transactional_producer
 from queuestream.settings import Settings
 
@@ -81,6 +86,8 @@ class TransactionalPublisher:
         self._commit()
 
     def _commit(self) -> None:
+        """Commit; a retriable failure is resumed by calling commit again, never aborted
+        (the commit may already be in progress on the broker)."""
         deadline = time.monotonic() + _COMMIT_TIMEOUT * 2
         while True:
             try:
@@ -88,18 +95,33 @@ class TransactionalPublisher:
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if error.retriable() and time.monotonic() < deadline:
-                    log.warning("commit not acknowledged yet (%s); retrying", error.str())
-                    continue
-                if error.txn_requires_abort() or error.retriable():
+                if error.retriable():
+                    if time.monotonic() < deadline:
+                        log.warning("commit not acknowledged yet (%s); retrying", error.str())
+                        continue
+                    raise self._unknown(error) from None
+                if error.txn_requires_abort():
                     self._abort()
                 raise self._error(exc, "commit the refresh") from None
 
+    def _unknown(self, error: KafkaError) -> CommitOutcomeUnknownError:
+        return CommitOutcomeUnknownError(
+            f"Kafka at {self.settings.kafka_bootstrap_servers} did not confirm the commit "
+            f"({error.str()}); whether the refresh committed is unknown, so the producer "
+            "restarts and reads back its committed watermark"
+        )
+
     def _abort(self) -> None:
-        try:
-            self.producer.abort_transaction(_COMMIT_TIMEOUT)
-        except KafkaException as exc:
-            log.warning("abort not acknowledged: %s", exc.args[0].str())
+        deadline = time.monotonic() + _COMMIT_TIMEOUT * 2
+        while True:
+            try:
+                self.producer.abort_transaction(_COMMIT_TIMEOUT)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.retriable() and time.monotonic() < deadline:
+                    continue
+                raise self._unknown(error) from None
 
     def close(self) -> None:
         self.producer.flush(10)

@@ -35,7 +35,7 @@ from queuestream.schemas.avro import AvroCodec
 from sqlalchemy.engine import make_url
 
 from queuestream.databases import create_engine
-from queuestream.errors import RetriableError
+from queuestream.errors import CommitOutcomeUnknownError, RetriableError
 from queuestream.kafka_clients import batches_topic, ensure_topics
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec, topic_for
@@ -87,6 +87,14 @@ class Refresher:
     def __init__(self, settings: Settings, engine: sa.Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or create_engine(settings.source_url)
+        self.publisher: TransactionalPublisher | None = None
+        try:
+            self._start(settings)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, settings: Settings) -> None:
         self.reader = SourceReader(self.engine, settings)
         self.reader.ensure_schema()
         self.codec = AvroCodec.from_url(settings.topic_prefix, settings.schema_registry_url)
@@ -121,7 +129,8 @@ class Refresher:
         return [self._watermark_cycle(since)]
 
     def close(self) -> None:
-        self.publisher.close()
+        if self.publisher is not None:
+            self.publisher.close()
         self.engine.dispose()
 
     # -- watermark mode -----------------------------------------------------------
@@ -174,6 +183,8 @@ class Refresher:
             try:
                 result: RefreshResult = attempt()
                 return result
+            except CommitOutcomeUnknownError:
+                raise  # only a new producer can tell what committed
             except RetriableError as exc:
                 if number == attempts:
                     raise
@@ -248,6 +259,7 @@ class Refresher:
             )
             send(batches, self._batch_key, end, 0)
 
+        assert self.publisher is not None  # set by _start
         self.publisher.transaction(body)
         # Committed: only now does the progress move.
         self.progress = Progress(
@@ -346,6 +358,9 @@ class ProduceLoop:
                     done += 1
                     wait = self.interval
                 except RetriableError as exc:
+                    # Start over with a new producer: it settles any open transaction
+                    # and reads the committed progress back, so nothing is assumed.
+                    self._discard()
                     failures += 1
                     wait = min(self.max_backoff, self.backoff * 2**failures)
                     log.error(  # noqa: TRY400 - the message says it all; no traceback for outages
@@ -357,6 +372,13 @@ class ProduceLoop:
                     break
                 self._stop.wait(wait)
         finally:
-            if self.refresher is not None:
-                self.refresher.close()
+            self._discard()
         return done
+
+    def _discard(self) -> None:
+        if self.refresher is not None:
+            try:
+                self.refresher.close()
+            except Exception:  # closing after an outage may fail too
+                log.debug("closing the refresher failed", exc_info=True)
+            self.refresher = None

@@ -56,9 +56,14 @@ class ChangedRow:
 _IN_FLIGHT_SQL = sa.text(
     """
     SELECT clock_timestamp() AS now,
-           (SELECT min(xact_start) FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND backend_type = 'client backend' AND xact_start IS NOT NULL) AS oldest,
+           least(
+             (SELECT min(xact_start) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                 AND backend_type NOT IN ('autovacuum worker', 'walsender')
+                 AND xact_start IS NOT NULL),
+             (SELECT min(prepared) FROM pg_prepared_xacts
+               WHERE database = current_database())
+           ) AS oldest,
            (SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND pid <> pg_backend_pid()
                AND backend_type = 'client backend' AND state IS NULL) AS hidden
@@ -172,13 +177,19 @@ class FrozenSnapshot:
         )
 
     def _stream(self, spec: TableSpec, query: sa.Select[Any]) -> Iterator[ChangedRow]:
+        try:
+            yield from self._rows(query)
+        except sa.exc.OperationalError as exc:
+            raise unavailable(exc, self.conn.engine) from None
+
+    def _rows(self, query: sa.Select[Any]) -> Iterator[ChangedRow]:
         result = self.conn.execution_options(yield_per=_FETCH).execute(query)
         names = list(result.keys())
         for values in result:
             row = dict(zip(names, values, strict=True))
             customer = row.pop("__customer_id")
             if customer is None:
-                customer = 0  # an order line whose order is gone: partition 0, still published
+                customer = 0  # an order line whose order is gone: CustomerID 0's partition
             yield ChangedRow(row, int(customer))
 
     def changed_rows(

@@ -10,6 +10,8 @@
     │   └── DecodeError              consumer: bytes cannot be decoded (keeps the raw message)
     ├── RetriableError               a dependency is unavailable; the same call may succeed later
     │   ├── BrokerUnavailableError   Kafka cannot be reached or did not acknowledge
+    │   │   └── CommitOutcomeUnknownError  a commit was not confirmed either way: restart
+    │   │                                  the producer, which reads back what committed
     │   └── DatabaseUnavailableError the source or target database cannot be reached
     └── FatalError                   stop: continuing could lose or duplicate data
         └── FencedError              another producer with the same transactional id took over
@@ -21,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "BrokerUnavailableError",
+    "CommitOutcomeUnknownError",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "DecodeError",
@@ -95,6 +98,12 @@ class RetriableError(QueuestreamError):
 
 class BrokerUnavailableError(RetriableError):
     """Kafka could not be reached, or did not acknowledge in time."""
+
+
+class CommitOutcomeUnknownError(BrokerUnavailableError):
+    """Kafka neither confirmed nor refused a commit. Retrying with the same producer
+    could publish twice: a new producer settles the transaction (init_transactions)
+    and reads the committed progress back."""
 
 
 class DatabaseUnavailableError(RetriableError):

@@ -150,7 +150,8 @@ def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> int:
         num_partitions=1,
         replication_factor=settings.replication_factor,
         config={
-            "retention.ms": retention,
+            # The END markers hold the producer's progress: never deleted by age.
+            "retention.ms": "-1",
             "cleanup.policy": "delete",
             "max.message.bytes": str(BATCH_MESSAGE_MAX_BYTES + 65_536),
         },

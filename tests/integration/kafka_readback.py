@@ -21,6 +21,8 @@ __all__ = ["Change", "committed_changes", "committed_messages"]
 
 Change = tuple[str, tuple[Any, ...], Any]  # (table, key values, ModifiedDate)
 
+MARKER_GRACE_SECONDS = 3.0
+
 
 def committed_messages(
     bootstrap: str, topics: list[str], *, isolation: str = "read_committed", timeout: float = 60.0
@@ -44,20 +46,52 @@ def committed_messages(
                 raise AssertionError(msg)
             for partition in metadata.topics[topic].partitions:
                 assignments.append(TopicPartition(topic, partition, 0))
+        # The log ends now, commit markers included: commit_transaction() returns before
+        # the markers reach every partition, so a read_committed consumer can hit its end
+        # (the last stable offset) just short of a refresh that did commit.
+        probe = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"readback-{uuid.uuid4().hex}",
+                "isolation.level": "read_uncommitted",
+            }
+        )  # a read_committed consumer would report the last stable offset instead
+        try:
+            ends = {
+                (tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1]
+                for tp in assignments
+            }
+        finally:
+            probe.close()
         consumer.assign(assignments)
         pending = {(tp.topic, tp.partition) for tp in assignments}
+        first_eof: dict[tuple[str, int], float] = {}
         messages: list[Message] = []
         deadline = time.monotonic() + timeout
+
+        def settled(where: tuple[str, int]) -> bool:
+            [position] = consumer.position([TopicPartition(*where)])
+            if position.offset >= ends[where]:
+                return True
+            # Still short: markers on the way, or a transaction still open (never waited for).
+            return time.monotonic() - first_eof[where] > MARKER_GRACE_SECONDS
+
         while pending:
             if time.monotonic() > deadline:
                 msg = f"timed out after {timeout:g}s reading back; waiting on {sorted(pending)}"
                 raise AssertionError(msg)
-            message = consumer.poll(1.0)
+            message = consumer.poll(0.2)
             if message is None:
+                pending -= {
+                    where for where in list(pending) if where in first_eof and settled(where)
+                }
                 continue
             if message.error():
                 if message.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard((message.topic(), message.partition()))
+                    where = (str(message.topic()), int(message.partition() or 0))
+                    first_eof.setdefault(where, time.monotonic())
+                    if settled(where):
+                        pending.discard(where)
                     continue
                 raise AssertionError(str(message.error()))
             messages.append(message)
