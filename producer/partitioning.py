@@ -10,6 +10,8 @@ number of their topics, whatever the wire format.
 
 from __future__ import annotations
 
+from queuestream.schemas.avro import encode_long
+
 __all__ = ["CustomerPartitioner", "customer_key_bytes", "murmur2", "partition_for"]
 
 _M = 0x5BD1E995
@@ -48,13 +50,8 @@ def partition_for(data: bytes, partitions: int) -> int:
 
 def customer_key_bytes(customer_id: int) -> bytes:
     """Avro binary of ``{"CustomerID": customer_id}`` (a zig-zag varint)."""
-    n = (customer_id << 1) ^ (customer_id >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    data: bytes = encode_long(customer_id)
+    return data
 
 
 class CustomerPartitioner:

@@ -31,6 +31,7 @@ __all__ = [
     "SINGLE_OBJECT_MAGIC",
     "AvroCodec",
     "EnvelopeEncoder",
+    "encode_long",
     "load_schema",
     "row_schema",
     "schema_names",
@@ -289,7 +290,7 @@ def row_schema(table: str) -> dict[str, Any]:
     return cast("dict[str, Any]", next(b for b in before["type"] if isinstance(b, dict)))
 
 
-def _long(value: int) -> bytes:
+def encode_long(value: int) -> bytes:
     """Avro's zig-zag varint encoding of a long."""
     n = (value << 1) ^ (value >> 63)
     out = bytearray()
@@ -302,7 +303,7 @@ def _long(value: int) -> bytes:
 
 def _string(value: str) -> bytes:
     data = value.encode()
-    return _long(len(data)) + data
+    return encode_long(len(data)) + data
 
 
 _ENVELOPE_FIELDS = ["before", "after", "source", "op", "ts_ms", "transaction"]
@@ -354,7 +355,7 @@ class EnvelopeEncoder:
         self._head = header + b"\x00\x02"
         self._source_prefix = bytes(prefix)
         self._source_suffix = bytes(suffix)
-        self._published = b"\x02" + _long(published_ms)  # ts_ms: branch 1 (long)
+        self._published = b"\x02" + encode_long(published_ms)  # ts_ms: branch 1 (long)
         self._transaction = b"\x02" + _string(transaction_id)  # branch 1 (Transaction)
         self._ops = {op: _string(op) for op in ("c", "u", "d", "r")}
         self._buffer = io.BytesIO()
@@ -399,12 +400,12 @@ class EnvelopeEncoder:
                 self._head,
                 buffer.getvalue(),
                 self._source_prefix,
-                _long(source_ts_ms),
+                encode_long(source_ts_ms),
                 self._source_suffix,
                 self._ops[op],
                 self._published,
                 self._transaction,
-                _long(total_order),
-                _long(data_collection_order),
+                encode_long(total_order),
+                encode_long(data_collection_order),
             )
         )
