@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from queuestream.settings import Settings, load_settings
 
 T = TypeVar("T")
 
@@ -37,3 +39,16 @@ def wait_for(
             msg = f"timed out after {timeout:g}s waiting for: {message} (last result: {last!r})"
             raise AssertionError(msg)
         time.sleep(interval)
+
+
+def producer_settings(url: str, bootstrap: str, prefix: str, **more: Any) -> Settings:
+    """Settings for a test's own producer: its own topics and transactional id."""
+    values: dict[str, Any] = {
+        "source_url": url,
+        "kafka_bootstrap_servers": bootstrap,
+        "topic_prefix": prefix,
+        "transactional_id": f"{prefix}-producer",
+        "partitions": 3,
+        **more,
+    }
+    return load_settings(None, **values)

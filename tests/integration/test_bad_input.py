@@ -18,15 +18,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-
-from queuestream.databases import create_engine
-from queuestream.errors import BrokerUnavailableError, EncodingError
 from queuestream.producer.progress import read_progress
 from queuestream.producer.refresh import Refresher
 from queuestream.producer.simulator import Simulator
 from queuestream.producer.source_models import Base
 from queuestream.schemas.avro import AvroCodec
+
+from queuestream.databases import create_engine
+from queuestream.errors import BrokerUnavailableError, EncodingError
 from queuestream.settings import Settings, load_settings
+from tests.helpers import producer_settings
 from tests.integration.kafka_readback import committed_changes
 from tests.integration.source_versions import assert_exactly_once, source_versions
 from tests.services import free_ports
@@ -87,15 +88,7 @@ def _now() -> datetime:
 
 
 def _settings(url: str, bootstrap: str, prefix: str) -> Settings:
-    return load_settings(
-        None,
-        source_url=url,
-        kafka_bootstrap_servers=bootstrap,
-        topic_prefix=prefix,
-        transactional_id=f"{prefix}-producer",
-        partitions=3,
-        settle_seconds=0,  # no writer runs during a refresh
-    )
+    return producer_settings(url, bootstrap, prefix, settle_seconds=0)  # no concurrent writer
 
 
 def _codec(settings: Settings) -> AvroCodec:

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import sqlalchemy as sa
+from queuestream.producer.source_models import Base
 
 from queuestream.databases import create_engine
-from queuestream.producer.source_models import Base
 from tests.helpers import wait_for
 from tests.integration.kafka_readback import committed_changes
 

@@ -30,10 +30,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-from queuestream.databases import create_engine, is_postgres
 from queuestream.producer.simulator import Simulator
 from queuestream.schemas.avro import AvroCodec
+
+from queuestream.databases import create_engine, is_postgres
 from queuestream.settings import Settings
 from queuestream.tables import TABLES
 from tests.helpers import wait_for

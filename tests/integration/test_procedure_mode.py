@@ -16,14 +16,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
-from queuestream.databases import create_engine
 from queuestream.producer.queue_procedure import install_queue_procedure
 from queuestream.producer.refresh import Refresher, RefreshResult
 from queuestream.producer.simulator import Simulator
-from queuestream.settings import Settings, load_settings
+from sqlalchemy.engine import make_url
+
+from queuestream.databases import create_engine
+from queuestream.settings import Settings
 from queuestream.tables import TABLES
+from tests.helpers import producer_settings
 from tests.integration.kafka_readback import Change, committed_changes
 from tests.integration.source_versions import assert_exactly_once, source_versions
 
@@ -69,13 +70,10 @@ class Source:
 
 
 def _settings(url: str, bootstrap: str, prefix: str) -> Settings:
-    return load_settings(
-        None,
-        source_url=url,
-        kafka_bootstrap_servers=bootstrap,
-        topic_prefix=prefix,
-        transactional_id=f"{prefix}-producer",
-        partitions=3,
+    return producer_settings(
+        url,
+        bootstrap,
+        prefix,
         refresh_mode="procedure",
         refresh_statement="CALL queue.refresh()",
         refresh_since_statement="CALL queue.refresh(:since)",

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from queuestream.schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, load_schema, schema_names
 
 from queuestream.errors import DecodeError, EncodingError
-from queuestream.schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, load_schema, schema_names
 from queuestream.tables import TABLES
 
 codec = AvroCodec("exigo")

@@ -6,7 +6,6 @@ import io
 
 import fastavro
 import pytest
-
 from queuestream.producer.partitioning import (
     CustomerPartitioner,
     customer_key_bytes,

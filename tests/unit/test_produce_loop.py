@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from queuestream.errors import BrokerUnavailableError
 from queuestream.producer.refresh import ProduceLoop
+
+from queuestream.errors import BrokerUnavailableError
 
 
 class FakeRefresher:

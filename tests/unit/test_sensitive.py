@@ -6,9 +6,9 @@ import hashlib
 import hmac
 
 import pytest
+from queuestream.producer.sensitive import ColumnPolicy, mask
 
 from queuestream.errors import ConfigurationError
-from queuestream.producer.sensitive import ColumnPolicy, mask
 from queuestream.settings import DEFAULT_SENSITIVE_COLUMNS
 
 
