@@ -265,9 +265,7 @@ class Refresher:
         self.progress = Progress(
             refresh_id=context.refresh_id,
             watermark=window.end if window else self.progress.watermark,
-            overlap_seen=frozenset(
-                Progress.unpack_digests(overlap.packed()) if overlap else self.progress.overlap_seen
-            ),
+            overlap_seen=frozenset(overlap.recorded) if overlap else self.progress.overlap_seen,
             snapshot_fingerprint=fingerprint or self.progress.snapshot_fingerprint,
         )
         result.seconds = time.monotonic() - started
