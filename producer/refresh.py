@@ -112,6 +112,17 @@ class Refresher:
             "batches", "key", {"producer": settings.effective_transactional_id}
         )
         self._database = make_url(settings.source_url).database or ""
+        year = datetime.now(UTC).year
+        if (
+            datetime(year, 1, 1, tzinfo=settings.zone).utcoffset()
+            != datetime(year, 7, 1, tzinfo=settings.zone).utcoffset()
+        ):
+            log.warning(
+                "source_timezone %s observes daylight saving time: changes stamped in the "
+                "repeated hour when clocks go back can be missed or published twice; have "
+                "the source stamp UTC where possible",
+                settings.source_timezone,
+            )
         log.info(
             "producer %s ready: watermark %s, %d partitions",
             settings.effective_transactional_id,
