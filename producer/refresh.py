@@ -58,6 +58,7 @@ class RefreshResult:
     window_end: datetime | None
     counts: dict[str, int] = field(default_factory=dict)
     op_counts: dict[str, int] = field(default_factory=dict)
+    partition_counts: dict[str, int] = field(default_factory=dict)
     overlap_skipped: int = 0
     recovered: bool = False
     seconds: float = 0.0
@@ -232,6 +233,7 @@ class Refresher:
         result = RefreshResult(context.refresh_id, mode, context.window_start, context.window_end)
         overlap = OverlapFilter.for_window(window, self.progress, self.overlap) if window else None
         ops: Counter[str] = Counter()
+        placed: Counter[str] = Counter()
         batches = batches_topic(self.settings)
         zone = self.settings.zone
         prefix = self.settings.topic_prefix
@@ -255,8 +257,10 @@ class Refresher:
                     event = builder.build(changed, total)
                     send(topic, event.key, event.value, event.partition)
                     ops[f"{spec.name}.{event.op}"] += 1
+                    placed[f"{spec.name}:{event.partition}"] += 1
                 result.counts[spec.name] = builder.count
             result.op_counts = dict(ops)
+            result.partition_counts = dict(placed)
             result.overlap_skipped = overlap.skipped if overlap else 0
             end = self._marker(
                 "END",
@@ -264,6 +268,7 @@ class Refresher:
                 window,
                 counts=result.counts,
                 op_counts=result.op_counts,
+                partition_counts=result.partition_counts,
                 fingerprint=fingerprint,
                 overlap_seen=overlap.packed() if overlap else None,
                 since=since,
@@ -301,6 +306,7 @@ class Refresher:
         *,
         counts: dict[str, int] | None = None,
         op_counts: dict[str, int] | None = None,
+        partition_counts: dict[str, int] | None = None,
         fingerprint: str | None = None,
         overlap_seen: bytes | None = None,
         since: datetime | None = None,
@@ -320,6 +326,7 @@ class Refresher:
                 "event_count": sum(counts.values()),
                 "counts": counts,
                 "op_counts": op_counts or {},
+                "partition_counts": partition_counts or {},
                 "snapshot_fingerprint": fingerprint,
                 "overlap_seen": overlap_seen,
             },

@@ -1,0 +1,136 @@
+"""Reconciliation: does a target hold exactly what the source says it should?
+
+Each target describes, per table, the rows it expects from the source database
+(computed straight from the source tables, not from events) and the rows it
+holds. Both sides are :class:`TableImage` objects: key -> (version, compared
+values), plus the names of money columns among them. The report compares row
+counts, sums of the money columns and a checksum of keys, versions and values,
+and names a few differing keys so that a mismatch can be looked up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["Reconciliation", "TableCheck", "TableImage", "compare"]
+
+_SAMPLE = 5
+
+
+@dataclass
+class TableImage:
+    """Rows of one table: key -> values, in ``columns`` order (money columns by name)."""
+
+    columns: tuple[str, ...]
+    money: tuple[str, ...] = ()
+    rows: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict)
+
+    def add(self, key: tuple[Any, ...], values: Mapping[str, Any]) -> None:
+        self.rows[key] = tuple(_canonical(values[c]) for c in self.columns)
+
+    def sums(self) -> dict[str, Decimal]:
+        found: dict[str, Decimal] = {}
+        for name in self.money:
+            i = self.columns.index(name)
+            found[name] = sum(
+                (Decimal(r[i]) for r in self.rows.values() if r[i] is not None), Decimal(0)
+            )
+        return found
+
+    def checksum(self) -> str:
+        digest = hashlib.sha256()
+        for key in sorted(self.rows, key=repr):
+            digest.update(repr((key, self.rows[key])).encode())
+        return digest.hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")  # 12.30 and 12.3 are the same amount
+    return value
+
+
+@dataclass
+class TableCheck:
+    table: str
+    expected_rows: int
+    actual_rows: int
+    expected_sums: dict[str, Decimal]
+    actual_sums: dict[str, Decimal]
+    expected_checksum: str
+    actual_checksum: str
+    missing: list[tuple[Any, ...]]  # expected, not in the target (a sample)
+    unexpected: list[tuple[Any, ...]]  # in the target, not expected (a sample)
+    different: list[tuple[Any, ...]]  # in both, with other values (a sample)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.expected_rows == self.actual_rows
+            and self.expected_sums == self.actual_sums
+            and self.expected_checksum == self.actual_checksum
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "ok": self.ok,
+            "rows": {"expected": self.expected_rows, "actual": self.actual_rows},
+            "sums": {
+                name: {
+                    "expected": str(self.expected_sums[name]),
+                    "actual": str(self.actual_sums.get(name)),
+                }
+                for name in self.expected_sums
+            },
+            "checksum": {"expected": self.expected_checksum, "actual": self.actual_checksum},
+            "missing": [list(k) for k in self.missing],
+            "unexpected": [list(k) for k in self.unexpected],
+            "different": [list(k) for k in self.different],
+        }
+
+
+@dataclass
+class Reconciliation:
+    target: str
+    checks: list[TableCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "ok": self.ok, "tables": [c.as_dict() for c in self.checks]}
+
+
+def compare(
+    target: str,
+    expected: Mapping[str, TableImage],
+    actual: Mapping[str, TableImage],
+    order: Sequence[str] | None = None,
+) -> Reconciliation:
+    checks = []
+    for name in order or list(expected):
+        want, have = expected[name], actual[name]
+        missing = [k for k in want.rows if k not in have.rows]
+        unexpected = [k for k in have.rows if k not in want.rows]
+        different = [k for k in want.rows if k in have.rows and want.rows[k] != have.rows[k]]
+        checks.append(
+            TableCheck(
+                table=name,
+                expected_rows=len(want.rows),
+                actual_rows=len(have.rows),
+                expected_sums=want.sums(),
+                actual_sums=have.sums(),
+                expected_checksum=want.checksum(),
+                actual_checksum=have.checksum(),
+                missing=sorted(missing, key=repr)[:_SAMPLE],
+                unexpected=sorted(unexpected, key=repr)[:_SAMPLE],
+                different=sorted(different, key=repr)[:_SAMPLE],
+            )
+        )
+    return Reconciliation(target, checks)

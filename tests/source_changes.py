@@ -1,0 +1,71 @@
+"""Change events made straight from a source database's rows, with no Kafka.
+
+Unit tests of the targets feed these to ``Target.apply``: the same shape the
+runtime decodes from the topics (aware UTC timestamps, exact decimals, the
+source version in microseconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from datetime import UTC
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from queuestream.consumers.changes import Change, version_of
+from queuestream.producer.source_models import source_table
+
+from queuestream.tables import TABLES_BY_NAME
+
+__all__ = ["change", "source_changes"]
+
+_offsets = itertools.count()
+
+
+def change(
+    table: str,
+    row: Mapping[str, Any],
+    *,
+    op: str = "u",
+    refresh_id: str = "test-refresh",
+    partition: int = 0,
+) -> Change:
+    """A change of ``table`` whose ``after`` is ``row`` (timestamps already aware)."""
+    spec = TABLES_BY_NAME[table]
+    key = {k: row[k] for k in spec.key}
+    return Change(
+        table=table,
+        op=op,
+        key=key,
+        row=None if op == "d" else dict(row),
+        version=version_of(row["ModifiedDate"]),
+        refresh_id=refresh_id,
+        topic=f"test.{table}",
+        partition=partition,
+        offset=next(_offsets),
+        timestamp_ms=0,
+        raw_key=None,
+        raw_value=None,
+    )
+
+
+def source_changes(
+    engine: sa.Engine, zone: ZoneInfo, tables: tuple[str, ...]
+) -> dict[str, list[Change]]:
+    """Every current row of ``tables`` as an upsert change, in ModifiedDate order."""
+    found: dict[str, list[Change]] = {}
+    with engine.connect() as conn:
+        for name in tables:
+            table = source_table(name)
+            timestamps = [c.name for c in table.columns if isinstance(c.type, sa.DateTime)]
+            rows = []
+            for record in conn.execute(sa.select(table).order_by(table.c.ModifiedDate)):
+                row = dict(record._mapping)
+                for column in timestamps:
+                    if row[column] is not None:
+                        row[column] = row[column].replace(tzinfo=zone).astimezone(UTC)
+                rows.append(change(name, row))
+            found[name] = rows
+    return found
