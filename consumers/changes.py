@@ -72,16 +72,16 @@ def decode_change(
     where = f"{topic}[{partition}]@{offset}"
     if raw_value is None:
         msg = f"{where}: a tombstone (null value) is not a change event"
-        raise DecodeError(msg, table=table)
+        raise DecodeError(msg, table=table, raw=raw_value)
     key = codec.decode(table, "key", raw_key)
     envelope = codec.decode(table, "value", raw_value)
     if key is None or envelope is None:  # pragma: no cover - decode returns None only for None
         msg = f"{where}: empty key or value"
-        raise DecodeError(msg, table=table)
+        raise DecodeError(msg, table=table, raw=raw_value)
     op = envelope.get("op")
     if op not in _OPS:
         msg = f"{where}: unknown op {op!r}"
-        raise DecodeError(msg, table=table, key=key, column="op")
+        raise DecodeError(msg, table=table, raw=raw_value, key=key, column="op")
     row = envelope.get("after")
     source = envelope.get("source") or {}
     if op == "d":
@@ -92,14 +92,14 @@ def decode_change(
     else:
         if row is None:
             msg = f"{where}: op {op!r} without an 'after' row"
-            raise DecodeError(msg, table=table, key=key, column="after")
+            raise DecodeError(msg, table=table, raw=raw_value, key=key, column="after")
         version = version_of(row["ModifiedDate"])
     spec = _SPECS.get(table)
     if spec is not None and row is not None:
         mismatch = [c for c in spec.key if row.get(c) != key.get(c)]
         if mismatch:
             msg = f"{where}: key and row disagree"
-            raise DecodeError(msg, table=table, key=key, column=mismatch[0])
+            raise DecodeError(msg, table=table, raw=raw_value, key=key, column=mismatch[0])
     return Change(
         table=table,
         op=op,

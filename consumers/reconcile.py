@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -51,6 +52,10 @@ class TableImage:
 def _canonical(value: Any) -> Any:
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")  # 12.30 and 12.3 are the same amount
+    if isinstance(value, datetime):
+        # SQLite hands back naive UTC, PostgreSQL aware: compare the instants.
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC).isoformat()
     return value
 
 

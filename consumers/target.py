@@ -193,18 +193,48 @@ def upsert_versioned(
     Each row must hold every column it sets and ``version_column``. Rows whose stored
     version is the same or newer are left alone. Returns the keys that changed.
     ``rows`` must not repeat a key (see :func:`latest_per_key`).
+
+    On PostgreSQL the rows travel as one array per column, turned back into rows by
+    ``unnest``: one short statement instead of multi-row VALUES pages with thousands
+    of placeholders (about 3x faster). The arrays have unbounded element types
+    (text, numeric), so the assignment to each column still refuses what does not fit.
     """
     if not rows:
         return []
     columns = list(rows[0])
-    insert = _insert(connection, table)
+    insert: Any
+    if connection.dialect.name == "postgresql":
+        arrays = [
+            sa.bindparam(
+                f"{name}_values",
+                [row[name] for row in rows],
+                type_=postgresql.ARRAY(_element_type(table.c[name])),
+            )
+            for name in columns
+        ]
+        incoming = sa.func.unnest(*arrays).table_valued(*columns).render_derived(name="incoming")
+        insert = postgresql.insert(table).from_select(
+            columns, sa.select(*(incoming.c[name] for name in columns))
+        )
+        parameters: Any = None
+    else:
+        insert = _insert(connection, table)
+        parameters = list(rows)
     statement = insert.on_conflict_do_update(
         index_elements=[table.c[k] for k in key],
         set_={c: insert.excluded[c] for c in columns if c not in key},
         where=table.c[version_column] < insert.excluded[version_column],
     ).returning(*(table.c[k] for k in key))
-    result = connection.execute(statement, list(rows))
+    result = connection.execute(statement, parameters)
     return [tuple(r) for r in result]
+
+
+def _element_type(column: sa.Column[Any]) -> sa.types.TypeEngine[Any]:
+    if isinstance(column.type, Money | sa.Numeric):
+        return sa.Numeric(asdecimal=True)
+    if isinstance(column.type, sa.String):
+        return sa.Text()
+    return column.type
 
 
 def delete_versioned(
@@ -243,7 +273,10 @@ def check_length(change: Change, column: str, limit: int) -> str | None:
     """The text in ``column`` if it fits ``limit`` characters, else a RecordError naming it."""
     assert change.row is not None
     value = change.row.get(column)
+    if value is not None and not isinstance(value, str):
+        msg = f"expected text, got {type(value).__name__}"
+        raise RecordError(msg, table=change.table, key=dict(change.key), column=column)
     if value is not None and len(value) > limit:
         msg = f"{len(value)} characters do not fit the target column of {limit}"
         raise RecordError(msg, table=change.table, key=dict(change.key), column=column)
-    return value  # type: ignore[no-any-return]
+    return value

@@ -240,10 +240,145 @@ def demo(
     actions: Annotated[int, typer.Option(help="Simulated actions before the refresh.")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
-    """Simulate activity, refresh once, and show what reached Kafka."""
+    """Simulate, refresh into Kafka, apply to both sample targets, verify them."""
     from queuestream.demo import run_demo
 
     run_demo(_settings(), actions=actions, seed=seed, console=console)
+
+
+TargetArg = Annotated[str, typer.Argument(help="The sample target: accounting or shipping.")]
+TargetUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="Target database URL (default sqlite:///var/<target>.db).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def consume(
+    target: TargetArg,
+    target_url: TargetUrlOpt = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Consumer group (default queuestream-<prefix>-<target>).", show_default=False
+        ),
+    ] = None,
+    max_errors: Annotated[
+        int | None,
+        typer.Option(
+            help="Continue on the first N events that cannot be applied (to <topic>.dlq); "
+            "one more stops the consumer. Default 0.",
+            show_default=False,
+        ),
+    ] = None,
+    until_idle: Annotated[
+        bool, typer.Option(help="Stop once everything committed so far is applied.")
+    ] = False,
+) -> None:
+    """Apply the change events to a target as a member of a consumer group.
+
+    SIGTERM finishes the batch in hand, commits it and leaves the group.
+    """
+    from queuestream.consumers import target_named
+    from queuestream.consumers.runtime import BatchOutcome, ConsumerRuntime
+
+    settings = _settings(target_url=target_url, consumer_group=group, max_errors=max_errors)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logging.getLogger(__name__).info("signal %d: finishing the batch in hand", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def _batch(outcome: BatchOutcome) -> None:
+        for entry in outcome.entries:
+            console.print(f"refresh {entry.refresh_id}: {entry.summary()}", highlight=False)
+
+    runtime = ConsumerRuntime(
+        settings, target_named(target), until_idle=until_idle, stop=stop, on_batch=_batch
+    )
+    stats = runtime.run()
+    console.print(
+        f"{target}: {stats.refreshes} refreshes in {stats.batches} batches, "
+        f"synchronized {stats.rows} rows, {stats.errors} errors, {stats.stale} stale events "
+        f"({stats.seconds:.1f}s)",
+        highlight=False,
+    )
+
+
+@app.command()
+def verify(
+    target: TargetArg,
+    target_url: TargetUrlOpt = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Sync database URL.", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Reconcile a target with the source: row counts, money sums, checksums.
+
+    Exits 1 when anything differs.
+    """
+    from rich.table import Table
+
+    from queuestream.consumers.verify import verify as run_verify
+
+    more: dict[str, Any] = {"target_url": target_url}
+    if source is not None:
+        more["source_url"] = source
+    report = run_verify(_settings(**more), target)
+    if as_json:
+        console.print_json(json.dumps(report.as_dict()))
+    else:
+        table = Table(title=f"{target}: target vs source")
+        for column in (
+            "table",
+            "rows (target/source)",
+            "sums (target/source)",
+            "checksum",
+            "result",
+        ):
+            table.add_column(column)
+        for check in report.checks:
+            sums = "; ".join(
+                f"{name} {check.actual_sums.get(name)}/{value}"
+                for name, value in check.expected_sums.items()
+            )
+            same = check.expected_checksum == check.actual_checksum
+            table.add_row(
+                check.table,
+                f"{check.actual_rows}/{check.expected_rows}",
+                sums or "-",
+                check.actual_checksum
+                if same
+                else f"{check.actual_checksum} != {check.expected_checksum}",
+                "[green]equal[/]" if check.ok else "[bold red]DIFFERENT[/]",
+            )
+        console.print(table)
+        for check in report.checks:
+            for label, keys in (
+                ("missing in target", check.missing),
+                ("not in source", check.unexpected),
+                ("different", check.different),
+            ):
+                if keys:
+                    console.print(
+                        f"  {check.table}: {label}: {', '.join(map(str, keys))}", highlight=False
+                    )
+        console.print(
+            f"{target}: [green]verified equal to the source[/]"
+            if report.ok
+            else f"{target}: [bold red]differs from the source[/]"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""``queuestream demo``: the main job end to end on the embedded defaults."""
+"""``queuestream demo``: the main job end to end on the embedded defaults.
+
+Simulate activity, refresh it into Kafka, read it back, apply it to the accounting
+and shipping targets, and verify both against the source.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from confluent_kafka import Consumer
 from rich.console import Console
 from rich.table import Table
 
+from queuestream.consumers import TARGET_NAMES, target_named
+from queuestream.consumers.runtime import ConsumerRuntime
+from queuestream.consumers.verify import verify
 from queuestream.databases import create_engine
 from queuestream.kafka_clients import change_topics, consumer_config
 from queuestream.producer.refresh import Refresher, RefreshResult
@@ -55,6 +62,7 @@ def read_refresh_events(
 
 
 def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -> None:
+    """Simulate, refresh, read back, apply to both sample targets, verify them."""
     console.rule("1. simulate activity in the sync database")
     writer = create_engine(settings.source_url, writer=True)
     stats = Simulator(writer, settings.zone, seed=seed).run(actions, per_transaction=10)
@@ -83,6 +91,49 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
 
     console.rule("3. read back what a read_committed consumer sees")
     events = read_refresh_events(settings, refresher.codec, result.refresh_id, result.events)
+    _show_events(settings, events, console)
+    verdict = "all" if len(events) == result.events else f"only {len(events)} of"
+    console.print(f"[bold]{verdict} {result.events} events of the refresh were read back[/]")
+    if len(events) != result.events:
+        raise SystemExit(1)
+
+    console.rule("4. apply to the sample targets (consumer groups, until idle)")
+    for name in TARGET_NAMES:
+        runtime = ConsumerRuntime(settings, target_named(name), until_idle=True)
+        with console.status(f"{name}: consuming as group {runtime.group}"):
+            done = runtime.run()
+        console.print(
+            f"{name} ({settings.target_url_for(name)}): {done.refreshes} refreshes, "
+            f"synchronized {done.rows} rows, {done.errors} errors, {done.stale} stale events",
+            highlight=False,
+        )
+
+    console.rule("5. verify: each target against the source")
+    failed = []
+    for name in TARGET_NAMES:
+        report = verify(settings, name)
+        table = Table("table", "rows", "checksum", "result", title=name)
+        for check in report.checks:
+            table.add_row(
+                check.table,
+                f"{check.actual_rows}/{check.expected_rows}",
+                check.actual_checksum,
+                "[green]equal[/]" if check.ok else "[bold red]DIFFERENT[/]",
+            )
+        console.print(table)
+        if not report.ok:
+            failed.append(name)
+    if failed:
+        console.print(f"[bold red]{', '.join(failed)} differ from the source[/]")
+        raise SystemExit(1)
+    console.print("[bold green]both targets verified equal to the source[/]")
+
+
+def _show_events(
+    settings: Settings,
+    events: list[tuple[str, int, dict[str, Any], dict[str, Any]]],
+    console: Console,
+) -> None:
     table = Table("topic", "events", "ops", "partitions used")
     per_table: dict[str, Counter[str]] = {}
     partitions: dict[str, set[int]] = {}
@@ -106,7 +157,3 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
             f"CustomerID {after['CustomerID']}, card {after['PrimaryCreditCardNumberDisplay']}, "
             f"bank {after['BankAccountNumber']}"
         )
-    verdict = "all" if len(events) == result.events else f"only {len(events)} of"
-    console.print(f"[bold]{verdict} {result.events} events of the refresh were read back[/]")
-    if len(events) != result.events:
-        raise SystemExit(1)

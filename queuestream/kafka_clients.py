@@ -25,6 +25,7 @@ __all__ = [
     "change_topics",
     "consumer_config",
     "ensure_topics",
+    "idempotent_producer",
     "producer_config",
     "transactional_producer",
 ]
@@ -94,6 +95,20 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
     ):
         config.pop(key, None)  # producer-only keys from settings.kafka
     return config
+
+
+def idempotent_producer(settings: Settings) -> Producer:
+    """A plain (non-transactional) producer that writes each message once, e.g. dead letters."""
+    config: dict[str, Any] = {**_base(settings), "linger.ms": 5, **settings.kafka}
+    for key in (
+        "transactional.id",
+        "transaction.timeout.ms",
+        "isolation.level",
+        "enable.auto.commit",
+    ):
+        config.pop(key, None)
+    config.update({"enable.idempotence": True, "acks": "all"})
+    return Producer(config)
 
 
 def admin_client(settings: Settings) -> AdminClient:

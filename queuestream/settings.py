@@ -150,6 +150,34 @@ class Settings(BaseSettings):
     )
     retry_backoff_seconds: float = Field(2.0, ge=0)
 
+    # --- consumers --------------------------------------------------------------
+    target_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of a consumer's target database "
+        "(default: sqlite:///var/<target>.db).",
+    )
+    consumer_group: str | None = Field(
+        None, description="Consumer group id (default: queuestream-<topic_prefix>-<target>)."
+    )
+    max_errors: int = Field(
+        0,
+        ge=0,
+        description="Error budget: continue on the first N events that cannot be applied "
+        "(each goes to <topic>.dlq); one more stops the consumer.",
+    )
+    idle_seconds: float = Field(
+        3.0, gt=0, description="--until-idle: stop after this long with nothing to apply."
+    )
+    target_retry_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait between attempts while the target is down."
+    )
+    marker_margin_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How far before an event the consumer looks for its refresh's END "
+        "marker (allows for clock steps on the producer's host).",
+    )
+
     # --- sensitive columns -----------------------------------------------------
     sensitive_columns: dict[str, dict[str, ColumnAction]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SENSITIVE_COLUMNS.items()},
@@ -172,6 +200,12 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.source_timezone)
+
+    def target_url_for(self, target: str) -> str:
+        return self.target_url or f"sqlite:///var/{target}.db"
+
+    def group_for(self, target: str) -> str:
+        return self.consumer_group or f"queuestream-{self.topic_prefix}-{target}"
 
     @property
     def effective_transactional_id(self) -> str:

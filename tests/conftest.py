@@ -90,23 +90,36 @@ def _postgres_admin(postgres_server_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def postgres_url(_postgres_admin: sa.Engine, unique: str) -> Iterator[str]:
-    name = f"qs_{unique}"
-    with _postgres_admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
+def postgres_database(_postgres_admin: sa.Engine, unique: str) -> Iterator[Callable[[str], str]]:
+    """A factory of fresh PostgreSQL databases (``suffix`` names each); dropped afterwards."""
+    created: list[str] = []
+
+    def make(suffix: str) -> str:
+        name = f"qs_{unique}_{suffix}"
+        with _postgres_admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        created.append(name)
         url = make_url(_postgres_admin.url).set(database=name)
-        yield url.render_as_string(hide_password=False)
+        return url.render_as_string(hide_password=False)
+
+    try:
+        yield make
     finally:
         with _postgres_admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in created:
+                conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_database: Callable[[str], str]) -> str:
+    return postgres_database("source")
 
 
 @pytest.fixture

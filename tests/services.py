@@ -55,6 +55,8 @@ class Service:
     address: str
     description: str
     _stop: Callable[[], None] | None = field(default=None, repr=False)
+    #: For outage tests: run a control command of the service's script ("down", "up").
+    control: Callable[[str], None] | None = field(default=None, repr=False)
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -257,8 +259,14 @@ def start_local_postgres() -> Service:
         finally:
             shutil.rmtree(state_dir, ignore_errors=True)
 
+    def control(command: str) -> None:
+        done = _run_script([str(PG_SCRIPT), command], env, PG_START_TIMEOUT + 60)
+        if done.returncode != 0:
+            msg = f"scripts/postgres-local.sh {command}"
+            raise _script_failed(msg, done, "see its output")
+
     url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    return Service(url, f"local PostgreSQL at 127.0.0.1:{port} ({state_dir})", stop)
+    return Service(url, f"local PostgreSQL at 127.0.0.1:{port} ({state_dir})", stop, control)
 
 
 # -------------------------------------------------------- schema registry --

@@ -1,0 +1,225 @@
+"""Batch-consistent apply: holding events until a refresh is whole on our partitions.
+
+Events arrive partition by partition, in any interleaving. A refresh is *ready*
+when its END marker is known and, for every partition this instance owns, it
+holds as many of the refresh's events as the marker counts there, or the
+partition has already moved on to a later refresh (a replay that started in the
+middle of one). Ready refreshes are applied in the order the producer committed
+them (the END markers' order) and never past one that is not ready, so the
+offsets stored with a batch never skip unapplied events.
+
+Messages that cannot be decoded have no refresh. They ride with the next batch
+that covers later offsets of their partition, or, when nothing else is waiting on
+that partition and it is read to its end, form a batch of their own: either way
+they reach the dead-letter topic (or stop the consumer) before their offset is
+stored.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from queuestream.consumers.changes import Change
+from queuestream.consumers.markers import EndMarker
+
+from queuestream.errors import RecordError
+from queuestream.tables import TABLES
+
+__all__ = ["Assembler", "Batch", "Poison", "Slot"]
+
+Slot = tuple[str, int]  # (table, partition)
+UNDECODABLE = "-"
+
+_ORDER = {t.name: i for i, t in enumerate(TABLES)}
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A message that could not be decoded."""
+
+    table: str
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    raw_key: bytes | None
+    raw_value: bytes | None
+    error: RecordError
+
+
+@dataclass
+class _Held:
+    refresh_id: str
+    changes: dict[Slot, list[Change]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.changes.values())
+
+
+@dataclass
+class Batch:
+    """Refreshes (whole on our partitions) and undecodable messages, applied in one transaction."""
+
+    refreshes: list[tuple[str, dict[Slot, list[Change]]]]
+    poison: list[Poison]
+
+    @property
+    def events(self) -> int:
+        return sum(len(v) for _, slots in self.refreshes for v in slots.values()) + len(self.poison)
+
+    def tables(self, refresh: dict[Slot, list[Change]]) -> dict[str, list[Change]]:
+        """A refresh's changes by table, in foreign-key order, offsets ascending per partition."""
+        by_table: dict[str, list[Change]] = defaultdict(list)
+        for (table, _), changes in sorted(
+            refresh.items(), key=lambda kv: (_ORDER[kv[0][0]], kv[0][1])
+        ):
+            by_table[table].extend(changes)
+        return by_table
+
+    def slots(self) -> set[Slot]:
+        found = {slot for _, refresh in self.refreshes for slot in refresh}
+        found.update((p.table, p.partition) for p in self.poison)
+        return found
+
+
+class Assembler:
+    """Holds decoded events per refresh and says which refreshes are ready."""
+
+    def __init__(self, max_batch_events: int = 50_000) -> None:
+        self.max_batch_events = max_batch_events
+        self._held: dict[str, _Held] = {}
+        self._poison: dict[Slot, list[Poison]] = defaultdict(list)
+        self._last: dict[Slot, str] = {}  # refresh of the last event read per slot
+
+    # -- intake -------------------------------------------------------------------
+    def add(self, change: Change) -> None:
+        slot = (change.table, change.partition)
+        held = self._held.get(change.refresh_id)
+        if held is None:
+            held = self._held[change.refresh_id] = _Held(change.refresh_id)
+        held.changes[slot].append(change)
+        self._last[slot] = change.refresh_id
+
+    def add_poison(self, poison: Poison) -> None:
+        self._poison[(poison.table, poison.partition)].append(poison)
+
+    def revoke(self, slots: Iterable[Slot]) -> None:
+        """Forget what was read from partitions this instance no longer owns."""
+        gone = set(slots)
+        for refresh_id in list(self._held):
+            held = self._held[refresh_id]
+            for slot in gone & set(held.changes):
+                del held.changes[slot]
+            if not held.changes:
+                del self._held[refresh_id]
+        for slot in gone:
+            self._poison.pop(slot, None)
+            self._last.pop(slot, None)
+
+    # -- state ----------------------------------------------------------------------
+    @property
+    def empty(self) -> bool:
+        return not self._held and not any(self._poison.values())
+
+    @property
+    def held_events(self) -> int:
+        return sum(h.size for h in self._held.values()) + sum(len(p) for p in self._poison.values())
+
+    def pending_refreshes(self) -> list[str]:
+        return list(self._held)
+
+    def busy_slots(self) -> set[Slot]:
+        return {slot for h in self._held.values() for slot, v in h.changes.items() if v}
+
+    # -- readiness ------------------------------------------------------------------
+    def _order(self, ends: dict[str, EndMarker]) -> list[str]:
+        unknown = 1 << 62
+        return sorted(self._held, key=lambda r: (ends[r].offset if r in ends else unknown, r))
+
+    def _passed(self, slot: Slot, end: EndMarker, ends: dict[str, EndMarker]) -> bool:
+        """Has ``slot`` moved on to a refresh committed after ``end``'s?"""
+        last = self._last.get(slot)
+        if last is None or last == end.refresh_id:
+            return False
+        later = ends.get(last)
+        return later is None or later.offset > end.offset
+
+    def _whole(
+        self, held: _Held, end: EndMarker, owned: set[Slot], ends: dict[str, EndMarker]
+    ) -> bool:
+        for slot in owned:
+            expected = end.expected(*slot)
+            if expected is None or expected == 0:
+                continue
+            have = len(held.changes.get(slot, ()))
+            if have >= expected or self._passed(slot, end, ends):
+                continue
+            if have + len(self._poison.get(slot, ())) >= expected:
+                continue  # the missing ones could not be decoded; they ride along as poison
+            return False
+        return True
+
+    def ready(
+        self, ends: dict[str, EndMarker], owned: set[Slot], at_end: set[Slot]
+    ) -> Batch | None:
+        """The next batch to apply, or None. ``at_end``: owned slots read to their end."""
+        refreshes: list[tuple[str, dict[Slot, list[Change]]]] = []
+        size = 0
+        for refresh_id in self._order(ends):
+            end = ends.get(refresh_id)
+            held = self._held[refresh_id]
+            if end is None or not self._whole(held, end, owned, ends):
+                break
+            if refreshes and size + held.size > self.max_batch_events:
+                break
+            refreshes.append((refresh_id, dict(held.changes)))
+            size += held.size
+        poison = self._poison_for(refreshes, at_end)
+        if not refreshes and not poison:
+            return None
+        return Batch(refreshes, poison)
+
+    def _poison_for(
+        self, refreshes: list[tuple[str, dict[Slot, list[Change]]]], at_end: set[Slot]
+    ) -> list[Poison]:
+        reach: dict[Slot, int] = {}
+        for _, slots in refreshes:
+            for slot, changes in slots.items():
+                if changes:
+                    reach[slot] = max(reach.get(slot, -1), changes[-1].offset)
+        taken_refreshes = {r for r, _ in refreshes}
+        still_busy = {
+            slot
+            for r, h in self._held.items()
+            if r not in taken_refreshes
+            for slot, v in h.changes.items()
+            if v
+        }
+        found: list[Poison] = []
+        for slot, items in self._poison.items():
+            if slot in reach:
+                found.extend(p for p in items if p.offset < reach[slot])
+            elif slot not in still_busy and slot in at_end:
+                found.extend(items)  # nothing else waits on this partition: apply on its own
+        return found
+
+    def done(self, batch: Batch) -> None:
+        """Forget what ``batch`` applied (after it committed)."""
+        for refresh_id, slots in batch.refreshes:
+            held = self._held.get(refresh_id)
+            if held is None:
+                continue
+            for slot in slots:
+                held.changes.pop(slot, None)
+            if not held.changes:
+                del self._held[refresh_id]
+        applied = {(p.table, p.partition, p.offset) for p in batch.poison}
+        for slot in list(self._poison):
+            self._poison[slot] = [
+                p for p in self._poison[slot] if (p.table, p.partition, p.offset) not in applied
+            ]
+            if not self._poison[slot]:
+                del self._poison[slot]

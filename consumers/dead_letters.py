@@ -1,0 +1,181 @@
+"""Dead letters and the error budget (promise 6, the seeds' "continue on first N errors").
+
+An event that cannot be decoded or applied goes to ``<topic>.dlq`` (for example
+``exigo.orders.dlq``) with its original key and value and the reason in headers,
+named like Kafka Connect's dead-letter headers so existing tooling reads them:
+
+==================================  ==========================================
+``queuestream.errors.topic``        original topic
+``queuestream.errors.partition``    original partition
+``queuestream.errors.offset``       original offset
+``queuestream.errors.class``        error class, e.g. ``DecodeError``
+``queuestream.errors.message``      what went wrong, naming table, key, column
+``queuestream.errors.table`` ...    table, key (JSON), column when known
+``queuestream.errors.target``       the target and consumer group that refused it
+==================================  ==========================================
+
+The dead letters of a batch are flushed before the batch commits in the target:
+a crash in between sends them again (at least once; the original topic,
+partition and offset in the headers identify duplicates). Past the budget the
+consumer stops and commits nothing of the batch that went over it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+from queuestream.errors import BrokerUnavailableError, FatalError, RecordError
+from queuestream.kafka_clients import admin_client, idempotent_producer
+from queuestream.settings import Settings
+
+__all__ = ["DeadLetter", "DeadLetters", "ErrorBudget", "ErrorBudgetExceededError", "dlq_topic"]
+
+log = logging.getLogger(__name__)
+
+_FLUSH_TIMEOUT = 30.0
+_ADMIN_TIMEOUT = 15.0
+HEADER = "queuestream.errors."
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    raw_key: bytes | None
+    raw_value: bytes | None
+    error: RecordError
+
+    def describe(self) -> str:
+        where = f"{self.topic}[{self.partition}]@{self.offset}"
+        return f"{where}: {type(self.error).__name__}: {self.error}"
+
+
+class ErrorBudgetExceededError(FatalError):
+    """More events failed than ``--max-errors`` allows; the failing batch was not committed."""
+
+
+class ErrorBudget:
+    """Counts failed events over the life of a consumer against ``max_errors``."""
+
+    def __init__(self, max_errors: int) -> None:
+        self.max_errors = max_errors
+        self.spent = 0
+
+    def check(self, letters: list[DeadLetter], refreshes: list[str]) -> None:
+        """Raise if ``letters`` do not fit in what is left of the budget."""
+        if not letters or self.spent + len(letters) <= self.max_errors:
+            return
+        first = letters[0]
+        which = ", ".join(refreshes) or "undecodable events"
+        msg = (
+            f"{self.spent + len(letters)} failed events exceed the error budget of "
+            f"{self.max_errors} (--max-errors); nothing of the batch ({which}) was committed. "
+            f"First: {first.describe()}. Fix the cause, or raise --max-errors to send such "
+            "events to the dead-letter topic and go on."
+        )
+        raise ErrorBudgetExceededError(msg)
+
+    def spend(self, letters: list[DeadLetter]) -> None:
+        """Count ``letters`` once their batch committed."""
+        self.spent += len(letters)
+
+
+class DeadLetters:
+    """Publishes failed events to their dead-letter topics and waits for the broker."""
+
+    def __init__(self, settings: Settings, target: str, group: str) -> None:
+        self.settings = settings
+        self.target = target
+        self.group = group
+        self._producer: Producer | None = None
+        self._created: set[str] = set()
+
+    def _ensure(self, topics: set[str]) -> None:
+        missing = topics - self._created
+        if not missing:
+            return
+        admin = admin_client(self.settings)
+        new = [
+            NewTopic(
+                t,
+                num_partitions=1,
+                replication_factor=self.settings.replication_factor,
+                config={"retention.ms": "-1"},
+            )
+            for t in sorted(missing)
+        ]
+        for topic, future in admin.create_topics(new, operation_timeout=_ADMIN_TIMEOUT).items():
+            try:
+                future.result()
+                log.info("created dead-letter topic %s", topic)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    msg = f"cannot create dead-letter topic {topic}: {exc.args[0].str()}"
+                    raise BrokerUnavailableError(msg) from None
+        self._created |= missing
+
+    def _headers(self, letter: DeadLetter) -> list[tuple[str, str | bytes | None]]:
+        error = letter.error
+        headers: dict[str, Any] = {
+            "topic": letter.topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+            "timestamp": letter.timestamp_ms,
+            "class": type(error).__name__,
+            "message": str(error),
+            "reason": error.reason,
+            "table": error.table,
+            "target": self.target,
+            "group": self.group,
+        }
+        if error.key is not None:
+            headers["key"] = json.dumps(error.key, default=str, sort_keys=True)
+        if error.column is not None:
+            headers["column"] = error.column
+        return [(HEADER + k, str(v).encode()) for k, v in headers.items()]
+
+    def publish(self, letters: list[DeadLetter]) -> None:
+        """Send ``letters`` and wait until the broker has every one."""
+        if not letters:
+            return
+        self._ensure({dlq_topic(letter.topic) for letter in letters})
+        if self._producer is None:
+            self._producer = idempotent_producer(self.settings)
+        failures: list[str] = []
+
+        def delivered(err: KafkaError | None, _message: Any) -> None:
+            if err is not None:
+                failures.append(err.str())
+
+        for letter in letters:
+            self._producer.produce(
+                dlq_topic(letter.topic),
+                key=letter.raw_key,
+                value=letter.raw_value,
+                headers=self._headers(letter),
+                on_delivery=delivered,
+            )
+            log.warning("dead letter: %s", letter.describe())
+        remaining = self._producer.flush(_FLUSH_TIMEOUT)
+        if remaining or failures:
+            reason = (
+                failures[0] if failures else f"{remaining} not acknowledged in {_FLUSH_TIMEOUT:g}s"
+            )
+            msg = f"cannot write dead letters ({reason}); the batch was not committed: retrying"
+            raise BrokerUnavailableError(msg)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(_FLUSH_TIMEOUT)

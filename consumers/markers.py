@@ -1,0 +1,136 @@
+"""The END markers of the batches topic, read beside the change topics.
+
+A refresh's END marker says how many events it put on each partition of each
+change topic. The consumer applies a refresh once it holds all of the events
+on the partitions it owns, so a target never shows an order without its lines.
+
+The reader is a plain (group-less, never committing) read_committed consumer of
+the one-partition batches topic. It does not start at the beginning: the first
+time it needs a refresh it looks up, with Kafka's offsets-for-times, the first
+marker written ``marker_margin_seconds`` before the event that needs it (END is
+written after every event of its refresh, so it is found reading forward), and
+moves back the same way when an older refresh is needed (after a rebalance or a
+replay).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from queuestream.schemas.avro import AvroCodec
+
+from queuestream.errors import BrokerUnavailableError, DecodeError
+from queuestream.kafka_clients import batches_topic, consumer_config
+from queuestream.settings import Settings
+
+__all__ = ["EndMarker", "EndMarkers"]
+
+log = logging.getLogger(__name__)
+
+_LOOKUP_TIMEOUT = 10.0
+_KEEP = 100_000  # END markers kept in memory (about 3 days of refreshes every 3 s)
+
+
+@dataclass(frozen=True, slots=True)
+class EndMarker:
+    refresh_id: str
+    offset: int  # in the batches topic: refreshes commit in this order
+    ts_ms: int
+    event_count: int
+    partition_counts: dict[str, int] = field(default_factory=dict)  # "<table>:<partition>"
+
+    def expected(self, table: str, partition: int) -> int | None:
+        """Events on ``table``'s ``partition``; None when the marker does not say (old producer)."""
+        if not self.partition_counts and self.event_count:
+            return None
+        return self.partition_counts.get(f"{table}:{partition}", 0)
+
+
+class EndMarkers:
+    """Finds and keeps the END markers that pending refreshes need."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec, group: str) -> None:
+        self.codec = codec
+        self.topic = batches_topic(settings)
+        self.margin_ms = int(settings.marker_margin_seconds * 1000)
+        self.ends: dict[str, EndMarker] = {}
+        self._from_ms: int | None = None  # markers from this time on are being read
+        self._consumer = Consumer(
+            consumer_config(settings, f"{group}.markers", **{"enable.partition.eof": False})
+        )
+
+    def need(self, event_ts_ms: int) -> None:
+        """Make sure markers from ``event_ts_ms`` minus the margin on are read."""
+        wanted = max(0, event_ts_ms - self.margin_ms)
+        if self._from_ms is not None and self._from_ms <= wanted:
+            return
+        self._seek(wanted)
+
+    def _seek(self, from_ms: int) -> None:
+        try:
+            found = self._consumer.offsets_for_times(
+                [TopicPartition(self.topic, 0, from_ms)], timeout=_LOOKUP_TIMEOUT
+            )
+        except KafkaException as exc:
+            msg = f"cannot look up batch markers in {self.topic}: {exc.args[0]}"
+            raise BrokerUnavailableError(msg) from None
+        offset = found[0].offset if found and found[0].offset >= 0 else OFFSET_END
+        log.debug(
+            "reading batch markers of %s from offset %s (time %d)", self.topic, offset, from_ms
+        )
+        self._consumer.assign([TopicPartition(self.topic, 0, offset)])
+        self._from_ms = from_ms
+
+    def poll(self) -> int:
+        """Read the markers that have arrived; returns how many END markers were new."""
+        if self._from_ms is None:
+            return 0
+        found = 0
+        while True:
+            messages = self._consumer.consume(num_messages=500, timeout=0)
+            if not messages:
+                self._prune()
+                return found
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("batch markers: %s", error.str())
+                    continue
+                try:
+                    marker = self.codec.decode("batches", "value", message.value())
+                except DecodeError as exc:
+                    log.warning(
+                        "skipping an undecodable batch marker at offset %d: %s",
+                        message.offset(),
+                        exc,
+                    )
+                    continue
+                if marker is None or marker["status"] != "END":
+                    continue
+                refresh_id = marker["refresh_id"]
+                if refresh_id not in self.ends:
+                    found += 1
+                self.ends[refresh_id] = EndMarker(
+                    refresh_id=refresh_id,
+                    offset=message.offset() or 0,
+                    ts_ms=message.timestamp()[1],
+                    event_count=marker["event_count"],
+                    partition_counts=dict(marker.get("partition_counts") or {}),
+                )
+
+    def get(self, refresh_id: str) -> EndMarker | None:
+        return self.ends.get(refresh_id)
+
+    def _prune(self) -> None:
+        """Keep the newest markers only; needing an older one later seeks back for it."""
+        if len(self.ends) <= _KEEP:
+            return
+        newest = sorted(self.ends.values(), key=lambda e: e.offset)[-(_KEEP // 2) :]
+        self.ends = {e.refresh_id: e for e in newest}
+        self._from_ms = max(self._from_ms or 0, newest[0].ts_ms)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,129 @@
+"""Consumed offsets kept in the target database (promise 3).
+
+The offsets a target has applied live in the target, in ``queuestream_offsets``,
+and change in the same database transaction as the rows. On partition assignment
+a consumer resumes from there, not from the group offsets in Kafka (those are
+committed afterwards, for lag tools, and may lag behind after a crash).
+
+Within a batch's transaction :func:`lock` takes the rows of the batch's partitions
+(SELECT ... FOR UPDATE on PostgreSQL; SQLite writers are serialised by BEGIN
+IMMEDIATE). Events below the stored offset were applied already, by this
+instance before a crash or by another member of the group before a rebalance:
+the runtime drops them. That makes two members that briefly own the same
+partition safe: whichever commits second applies only what is new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+__all__ = ["OFFSETS", "TopicPartition", "load", "lock", "save", "stored_offsets"]
+
+TopicPartition = tuple[str, int]
+
+_metadata = sa.MetaData()
+
+OFFSETS = sa.Table(
+    "queuestream_offsets",
+    _metadata,
+    sa.Column("target", sa.String(50), primary_key=True, comment="accounting or shipping"),
+    sa.Column("topic", sa.String(249), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column(
+        "next_offset",
+        sa.BigInteger,
+        nullable=False,
+        comment="the offset of the next event to apply (last applied + 1)",
+    ),
+    sa.Column("consumer_group", sa.String(255), nullable=False, comment="who applied last"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    comment="Offsets applied to this target; committed with the rows they produced.",
+)
+
+
+def create(connection: sa.Connection) -> None:
+    _metadata.create_all(connection)
+
+
+def load(
+    connection: sa.Connection, target: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Stored next offsets of ``partitions`` (those never applied are absent)."""
+    wanted = set(partitions)
+    if not wanted:
+        return {}
+    topics = {t for t, _ in wanted}
+    rows = connection.execute(
+        sa.select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+            OFFSETS.c.target == target, OFFSETS.c.topic.in_(topics)
+        )
+    )
+    return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+
+
+def stored_offsets(connection: sa.Connection, target: str) -> dict[TopicPartition, int]:
+    """Every stored next offset of ``target``."""
+    rows = connection.execute(
+        sa.select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+            OFFSETS.c.target == target
+        )
+    )
+    return {(t, p): o for t, p, o in rows}
+
+
+def lock(
+    connection: sa.Connection, target: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Lock the offset rows of ``partitions`` for this transaction and return them."""
+    wanted = sorted(set(partitions))
+    if not wanted:
+        return {}
+    query = sa.select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+        OFFSETS.c.target == target,
+        sa.tuple_(OFFSETS.c.topic, OFFSETS.c.partition).in_(wanted),
+    )
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {(t, p): o for t, p, o in connection.execute(query)}
+
+
+def save(
+    connection: sa.Connection,
+    target: str,
+    group: str,
+    offsets: Mapping[TopicPartition, int],
+    before: Mapping[TopicPartition, int],
+) -> None:
+    """Store ``offsets`` (next offsets) where they move forward from ``before``."""
+    now = datetime.now(UTC)
+    inserts = []
+    for (topic, partition), offset in offsets.items():
+        previous = before.get((topic, partition))
+        if previous is None:
+            inserts.append(
+                {
+                    "target": target,
+                    "topic": topic,
+                    "partition": partition,
+                    "next_offset": offset,
+                    "consumer_group": group,
+                    "updated_at": now,
+                }
+            )
+        elif offset > previous:
+            connection.execute(
+                sa.update(OFFSETS)
+                .where(
+                    OFFSETS.c.target == target,
+                    OFFSETS.c.topic == topic,
+                    OFFSETS.c.partition == partition,
+                )
+                .values(next_offset=offset, consumer_group=group, updated_at=now)
+            )
+    if inserts:
+        # A concurrent first insert of the same partition fails this transaction on the
+        # primary key: the runtime retries, and then finds the row and filters by it.
+        connection.execute(sa.insert(OFFSETS), inserts)

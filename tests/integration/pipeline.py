@@ -1,0 +1,111 @@
+"""The whole pipeline in a test: a source, a producer, consumers, a target, verify.
+
+In-process and small: each step is the library call the command runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from queuestream.consumers import sync_log as sync_log_table
+from queuestream.consumers import target_named
+from queuestream.consumers.reconcile import Reconciliation
+from queuestream.consumers.runtime import ConsumerRuntime, RunStats
+from queuestream.consumers.verify import verify
+from queuestream.producer.refresh import Refresher, RefreshResult
+from queuestream.producer.simulator import Simulator
+from queuestream.producer.source_models import create_source_schema
+
+from queuestream.databases import create_engine
+from queuestream.settings import Settings
+from tests.helpers import producer_settings
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """A source database, its topics (``prefix``) and targets, for one test."""
+
+    def __init__(self, source_url: str, bootstrap: str, prefix: str, **more: Any) -> None:
+        self.source_url = source_url
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.more = {
+            "settle_seconds": 0.2,
+            "idle_seconds": 1.5,
+            "retry_backoff_seconds": 0.5,
+            **more,
+        }
+        self.source = create_engine(source_url, writer=True)
+        create_source_schema(self.source)
+        self._seed = 0
+
+    def settings(self, **more: Any) -> Settings:
+        return producer_settings(
+            self.source_url, self.bootstrap, self.prefix, **{**self.more, **more}
+        )
+
+    def simulate(self, actions: int, per_transaction: int = 20) -> None:
+        self._seed += 1
+        settings = self.settings()
+        Simulator(self.source, settings.zone, seed=self._seed).run(
+            actions, per_transaction=per_transaction
+        )
+
+    def refresh(self) -> list[RefreshResult]:
+        """One refresh of everything simulated so far (waits out the settle time)."""
+        time.sleep(self.settings().settle_seconds + 0.1)
+        refresher = Refresher(self.settings(), self.source)
+        try:
+            return refresher.refresh()
+        finally:
+            refresher.close()
+
+    def runtime(self, target: str, target_url: str, **more: Any) -> ConsumerRuntime:
+        settings = self.settings(target_url=target_url, **more)
+        return ConsumerRuntime(settings, target_named(target), until_idle=True)
+
+    def consume(self, target: str, target_url: str, **more: Any) -> RunStats:
+        """Apply everything committed so far (until idle), in this process."""
+        return self.runtime(target, target_url, **more).run()
+
+    def verify(self, target: str, target_url: str) -> Reconciliation:
+        return verify(self.settings(target_url=target_url), target)
+
+    def sync_log(self, target: str, target_url: str) -> list[dict[str, Any]]:
+        engine = create_engine(target_url)
+        try:
+            with engine.connect() as conn:
+                return sync_log_table.read(conn, target)
+        finally:
+            engine.dispose()
+
+    def close(self) -> None:
+        self.source.dispose()
+
+
+def run_in_thread(runtime: ConsumerRuntime) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``runtime`` until its ``stop`` is set; errors are collected, not lost."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            runtime.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, name=f"consumer-{runtime.target.name}", daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1"))]
+    finally:
+        engine.dispose()

@@ -1,0 +1,140 @@
+"""Batch assembly: a refresh is applied only when it is whole on the owned partitions."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from queuestream.consumers.assembly import Assembler, Poison
+from queuestream.consumers.changes import Change
+from queuestream.consumers.markers import EndMarker
+
+from queuestream.errors import DecodeError
+
+_offsets: dict[tuple[str, int], itertools.count[int]] = {}
+
+
+def _change(
+    refresh: str, table: str, partition: int, key: int, offset: int | None = None
+) -> Change:
+    counter = _offsets.setdefault((table, partition), itertools.count())
+    return Change(
+        table=table,
+        op="u",
+        key={"id": key},
+        row={"id": key},
+        version=1,
+        refresh_id=refresh,
+        topic=f"x.{table}",
+        partition=partition,
+        offset=next(counter) if offset is None else offset,
+        timestamp_ms=0,
+        raw_key=None,
+        raw_value=None,
+    )
+
+
+def _end(refresh: str, offset: int, **counts: Any) -> EndMarker:
+    partition_counts = {k.replace("_p", ":"): v for k, v in counts.items()}
+    return EndMarker(refresh, offset, 0, sum(counts.values()), partition_counts)
+
+
+OWNED = {("orders", 0), ("order_details", 0)}
+
+
+def setup_function() -> None:
+    _offsets.clear()
+
+
+def test_waits_for_the_end_marker_and_for_every_counted_event() -> None:
+    assembler = Assembler()
+    assembler.add(_change("r1", "orders", 0, 1))
+    assert assembler.ready({}, OWNED, set()) is None  # no END yet
+    ends = {"r1": _end("r1", 5, orders_p0=1, order_details_p0=2, order_details_p1=7)}
+    assert assembler.ready(ends, OWNED, set()) is None  # lines still missing
+    assembler.add(_change("r1", "order_details", 0, 1))
+    assert assembler.ready(ends, OWNED, set()) is None
+    assembler.add(_change("r1", "order_details", 0, 2))
+    batch = assembler.ready(ends, OWNED, set())  # partition 1 is not ours: not awaited
+    assert batch is not None
+    assert [r for r, _ in batch.refreshes] == ["r1"]
+    tables = batch.tables(batch.refreshes[0][1])
+    assert list(tables) == ["orders", "order_details"]  # foreign-key order
+    assembler.done(batch)
+    assert assembler.empty
+
+
+def test_refreshes_apply_in_commit_order_and_never_past_an_incomplete_one() -> None:
+    assembler = Assembler()
+    assembler.add(_change("r1", "orders", 0, 1))
+    assembler.add(_change("r2", "orders", 0, 2))
+    ends = {
+        "r1": _end("r1", 10, orders_p0=1, order_details_p0=1),
+        "r2": _end("r2", 20, orders_p0=1),
+    }
+    # r1 misses a line: r2 (complete) must wait behind it.
+    assert assembler.ready(ends, OWNED, set()) is None
+    assembler.add(_change("r1", "order_details", 0, 1))
+    batch = assembler.ready(ends, OWNED, set())
+    assert batch is not None
+    assert [r for r, _ in batch.refreshes] == ["r1", "r2"]
+
+
+def test_a_partition_that_moved_on_has_nothing_more_of_a_refresh() -> None:
+    # A replay that starts in the middle of r1: r1's first events are not re-read.
+    assembler = Assembler()
+    assembler.add(_change("r1", "orders", 0, 1, offset=7))
+    assembler.add(_change("r2", "orders", 0, 2, offset=9))
+    ends = {"r1": _end("r1", 10, orders_p0=3), "r2": _end("r2", 20, orders_p0=1)}
+    batch = assembler.ready(ends, {("orders", 0)}, set())
+    assert batch is not None
+    assert [r for r, _ in batch.refreshes] == ["r1", "r2"]
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    assembler = Assembler()
+    assembler.add(_change("r1", "orders", 0, 1))
+    assembler.add(_change("r1", "orders", 1, 2))
+    assembler.revoke({("orders", 1)})
+    ends = {"r1": _end("r1", 1, orders_p0=1, orders_p1=1)}
+    batch = assembler.ready(ends, {("orders", 0)}, set())
+    assert batch is not None
+    assert list(batch.refreshes[0][1]) == [("orders", 0)]
+
+
+def _poison(partition: int, offset: int) -> Poison:
+    error = DecodeError("not Avro", table="orders", raw=b"junk")
+    return Poison("orders", "x.orders", partition, offset, 0, None, b"junk", error)
+
+
+def test_undecodable_messages_ride_with_the_batch_that_passes_them() -> None:
+    assembler = Assembler()
+    assembler.add_poison(_poison(0, 3))
+    assembler.add(_change("r1", "orders", 0, 1, offset=5))
+    batch = assembler.ready({"r1": _end("r1", 1, orders_p0=1)}, {("orders", 0)}, set())
+    assert batch is not None
+    assert [p.offset for p in batch.poison] == [3]
+    assembler.done(batch)
+    assert assembler.empty
+
+
+def test_undecodable_messages_alone_wait_for_the_end_of_their_partition() -> None:
+    assembler = Assembler()
+    assembler.add_poison(_poison(0, 3))
+    assert assembler.ready({}, {("orders", 0)}, set()) is None
+    batch = assembler.ready({}, {("orders", 0)}, {("orders", 0)})
+    assert batch is not None
+    assert batch.refreshes == []
+    assert [p.offset for p in batch.poison] == [3]
+
+
+def test_batches_stop_growing_at_the_size_limit_but_keep_a_refresh_whole() -> None:
+    assembler = Assembler(max_batch_events=3)
+    for i in range(4):
+        assembler.add(_change("r1", "orders", 0, i))
+    assembler.add(_change("r2", "orders", 0, 9))
+    ends = {"r1": _end("r1", 1, orders_p0=4), "r2": _end("r2", 2, orders_p0=1)}
+    batch = assembler.ready(ends, {("orders", 0)}, set())
+    assert batch is not None
+    assert [r for r, _ in batch.refreshes] == ["r1"]
+    assert batch.events == 4
