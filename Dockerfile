@@ -1,7 +1,7 @@
-# queuestream: the `queuestream` command (sim, refresh, produce, demo).
+# queuestream: the `queuestream` command (sim, refresh, produce, consume, verify, demo).
 #   docker build -t queuestream .
 #   docker run --rm queuestream --help
-# docker-compose.yml runs it twice: a simulator and a producer.
+# docker-compose.yml runs it four times: a simulator, a producer and two consumers.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

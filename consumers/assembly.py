@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from queuestream.consumers.changes import Change
+from queuestream.consumers.dead_letters import DeadLetter
 from queuestream.consumers.markers import EndMarker
 
-from queuestream.errors import RecordError
 from queuestream.tables import TABLES
 
 __all__ = ["Assembler", "Batch", "Poison", "Slot"]
@@ -35,18 +36,12 @@ UNDECODABLE = "-"
 _ORDER = {t.name: i for i, t in enumerate(TABLES)}
 
 
-@dataclass(frozen=True, slots=True)
-class Poison:
-    """A message that could not be decoded."""
+#: A message that could not be decoded: it waits here as the dead letter it will be.
+Poison: TypeAlias = DeadLetter
 
-    table: str
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    raw_key: bytes | None
-    raw_value: bytes | None
-    error: RecordError
+
+def _slot(poison: Poison) -> Slot:
+    return (poison.error.table, poison.partition)
 
 
 @dataclass
@@ -81,7 +76,7 @@ class Batch:
 
     def slots(self) -> set[Slot]:
         found = {slot for _, refresh in self.refreshes for slot in refresh}
-        found.update((p.table, p.partition) for p in self.poison)
+        found.update(_slot(p) for p in self.poison)
         return found
 
 
@@ -93,6 +88,10 @@ class Assembler:
         self._held: dict[str, _Held] = {}
         self._poison: dict[Slot, list[Poison]] = defaultdict(list)
         self._last: dict[Slot, str] = {}  # refresh of the last event read per slot
+        # Refresh of the last event applied on a slot before it was assigned to us (read
+        # back from the target's stored offset): that refresh and earlier ones are done
+        # there, and their events are not read again.
+        self._through: dict[Slot, str] = {}
 
     # -- intake -------------------------------------------------------------------
     def add(self, change: Change) -> None:
@@ -103,8 +102,12 @@ class Assembler:
         held.changes[slot].append(change)
         self._last[slot] = change.refresh_id
 
+    def applied_through(self, slot: Slot, refresh_id: str) -> None:
+        """``slot``'s events up to those of ``refresh_id`` were applied (by anyone)."""
+        self._through[slot] = refresh_id
+
     def add_poison(self, poison: Poison) -> None:
-        self._poison[(poison.table, poison.partition)].append(poison)
+        self._poison[_slot(poison)].append(poison)
 
     def revoke(self, slots: Iterable[Slot]) -> None:
         """Forget what was read from partitions this instance no longer owns."""
@@ -118,6 +121,7 @@ class Assembler:
         for slot in gone:
             self._poison.pop(slot, None)
             self._last.pop(slot, None)
+            self._through.pop(slot, None)
 
     # -- state ----------------------------------------------------------------------
     @property
@@ -147,6 +151,12 @@ class Assembler:
         later = ends.get(last)
         return later is None or later.offset > end.offset
 
+    def _done_before(self, slot: Slot, end: EndMarker, ends: dict[str, EndMarker]) -> bool:
+        """Were ``end``'s events on ``slot`` applied before we were assigned ``slot``?"""
+        through = self._through.get(slot)
+        marker = ends.get(through) if through is not None else None
+        return marker is not None and marker.offset >= end.offset
+
     def _whole(
         self, held: _Held, end: EndMarker, owned: set[Slot], ends: dict[str, EndMarker]
     ) -> bool:
@@ -155,7 +165,11 @@ class Assembler:
             if expected is None or expected == 0:
                 continue
             have = len(held.changes.get(slot, ()))
-            if have >= expected or self._passed(slot, end, ends):
+            if (
+                have >= expected
+                or self._passed(slot, end, ends)
+                or self._done_before(slot, end, ends)
+            ):
                 continue
             if have + len(self._poison.get(slot, ())) >= expected:
                 continue  # the missing ones could not be decoded; they ride along as poison
@@ -216,10 +230,10 @@ class Assembler:
                 held.changes.pop(slot, None)
             if not held.changes:
                 del self._held[refresh_id]
-        applied = {(p.table, p.partition, p.offset) for p in batch.poison}
+        applied = {(p.topic, p.partition, p.offset) for p in batch.poison}
         for slot in list(self._poison):
             self._poison[slot] = [
-                p for p in self._poison[slot] if (p.table, p.partition, p.offset) not in applied
+                p for p in self._poison[slot] if (p.topic, p.partition, p.offset) not in applied
             ]
             if not self._poison[slot]:
                 del self._poison[slot]

@@ -73,8 +73,13 @@ def decode_change(
     if raw_value is None:
         msg = f"{where}: a tombstone (null value) is not a change event"
         raise DecodeError(msg, table=table, raw=raw_value)
-    key = codec.decode(table, "key", raw_key)
-    envelope = codec.decode(table, "value", raw_value)
+    try:
+        key = codec.decode(table, "key", raw_key)
+        envelope = codec.decode(table, "value", raw_value)
+    except DecodeError as exc:  # the codec names the schema ("orders.key"); say the table
+        field = "key" if exc.table.endswith(".key") else "value"
+        msg = f"{where}: {exc.reason}"
+        raise DecodeError(msg, table=table, raw=raw_value, column=field) from exc
     if key is None or envelope is None:  # pragma: no cover - decode returns None only for None
         msg = f"{where}: empty key or value"
         raise DecodeError(msg, table=table, raw=raw_value)

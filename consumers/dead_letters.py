@@ -27,11 +27,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from queuestream.errors import BrokerUnavailableError, FatalError, RecordError
-from queuestream.kafka_clients import admin_client, idempotent_producer
+from queuestream.kafka_clients import admin_client, create_topics, idempotent_producer
 from queuestream.settings import Settings
 
 __all__ = ["DeadLetter", "DeadLetters", "ErrorBudget", "ErrorBudgetExceededError", "dlq_topic"]
@@ -39,7 +39,6 @@ __all__ = ["DeadLetter", "DeadLetters", "ErrorBudget", "ErrorBudgetExceededError
 log = logging.getLogger(__name__)
 
 _FLUSH_TIMEOUT = 30.0
-_ADMIN_TIMEOUT = 15.0
 HEADER = "queuestream.errors."
 
 
@@ -106,24 +105,18 @@ class DeadLetters:
         missing = topics - self._created
         if not missing:
             return
-        admin = admin_client(self.settings)
-        new = [
-            NewTopic(
-                t,
-                num_partitions=1,
-                replication_factor=self.settings.replication_factor,
-                config={"retention.ms": "-1"},
-            )
-            for t in sorted(missing)
-        ]
-        for topic, future in admin.create_topics(new, operation_timeout=_ADMIN_TIMEOUT).items():
-            try:
-                future.result()
-                log.info("created dead-letter topic %s", topic)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    msg = f"cannot create dead-letter topic {topic}: {exc.args[0].str()}"
-                    raise BrokerUnavailableError(msg) from None
+        create_topics(
+            admin_client(self.settings),
+            [
+                NewTopic(
+                    t,
+                    num_partitions=1,
+                    replication_factor=self.settings.replication_factor,
+                    config={"retention.ms": "-1"},
+                )
+                for t in sorted(missing)
+            ],
+        )
         self._created |= missing
 
     def _headers(self, letter: DeadLetter) -> list[tuple[str, str | bytes | None]]:

@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 _CONSUME_BATCH = 10_000
 _CONSUME_TIMEOUT = 0.2
 _COMMIT_TIMEOUT = 10.0
+#: PostgreSQL advisory lock that serialises creating the target's tables: members of a
+#: group starting together would otherwise collide in the catalog (UniqueViolation).
+_SCHEMA_LOCK = 0x71736368656D61  # "qschema"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ class ConsumerRuntime:
         self._owned: set[Slot] = set()
         self._at_end: set[Slot] = set()
         self._unresolved: set[Slot] = set()  # assigned while the target was down
+        self._read_back: dict[Slot, int] = {}  # slot -> stored offset, read from one before
         self._assigned_once = False
         self._paused = False
 
@@ -137,6 +141,8 @@ class ConsumerRuntime:
     def _prepare_target(self) -> None:
         with self._database():
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
                 self.target.create_schema(conn)
                 offsets.create(conn)
                 sync_log.create(conn)
@@ -268,9 +274,12 @@ class ConsumerRuntime:
                 log.warning("Kafka: %s", error.str())
             return
         table = self.tables[topic]
-        partition = message.partition()
+        partition = message.partition() or 0
+        offset = message.offset() or 0
         self._at_end.discard((table, partition))
         _, timestamp_ms = message.timestamp()
+        floor = self._read_back.pop((table, partition), None)
+        read_back = floor is not None and offset < floor
         try:
             change = decode_change(
                 self.codec,
@@ -283,12 +292,13 @@ class ConsumerRuntime:
                 raw_value=message.value(),
             )
         except DecodeError as exc:
+            if read_back:
+                return  # applied (or dead-lettered) before; nothing to learn from it
             self.assembler.add_poison(
-                Poison(
-                    table,
+                DeadLetter(
                     topic,
                     partition,
-                    message.offset(),
+                    message.offset() or 0,
                     timestamp_ms,
                     message.key(),
                     message.value(),
@@ -298,6 +308,11 @@ class ConsumerRuntime:
             return
         assert self._markers is not None
         self._markers.need(timestamp_ms)
+        if read_back:
+            # The last event applied here before we owned the partition: it is not applied
+            # again, but its refresh and every earlier one are done on this partition.
+            self.assembler.applied_through((table, partition), change.refresh_id)
+            return
         self.assembler.add(change)
 
     # -- rebalancing ------------------------------------------------------------------
@@ -321,7 +336,7 @@ class ConsumerRuntime:
             self._unresolved |= slots
             return
         for tp in partitions:
-            tp.offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+            tp.offset = self._start_offset(tp.topic, tp.partition, stored)
         consumer.assign(partitions)
         if self._paused:
             consumer.pause(partitions)
@@ -332,9 +347,29 @@ class ConsumerRuntime:
         self._owned -= slots
         self._at_end -= slots
         self._unresolved -= slots
+        for slot in slots:
+            self._read_back.pop(slot, None)
         self.assembler.revoke(slots)
         if partitions:
             log.info("revoked %s", _describe(partitions))
+
+    def _start_offset(self, topic: str, partition: int, stored: dict[tuple[str, int], int]) -> int:
+        """Where to read a partition from: one before the target's stored offset.
+
+        Only the events from the stored offset on are applied. The one before it was
+        applied already (by us before a restart, or by another member before a
+        rebalance); reading it tells which refresh the partition got to, so that the
+        refreshes up to that one count as done there. Without it, a refresh still held
+        for other partitions would wait for an event of a later refresh on this one,
+        which may never come.
+        """
+        offset = stored.get((topic, partition))
+        if offset is None:
+            return OFFSET_BEGINNING
+        if offset > 0:
+            self._read_back[(self.tables[topic], partition)] = offset
+            return offset - 1
+        return offset
 
     def _load_offsets(self, slots: set[Slot]) -> dict[tuple[str, int], int]:
         with self._database(), self.engine.connect() as conn:
@@ -353,7 +388,7 @@ class ConsumerRuntime:
         partitions = []
         for table, partition in sorted(self._unresolved):
             topic = self.topics[table]
-            tp = TopicPartition(topic, partition, stored.get((topic, partition), OFFSET_BEGINNING))
+            tp = TopicPartition(topic, partition, self._start_offset(topic, partition, stored))
             self._consumer.seek(tp)
             partitions.append(tp)
         if not self._paused:
@@ -444,18 +479,7 @@ class ConsumerRuntime:
                 p for p in batch.poison if p.offset >= applied_before.get((p.topic, p.partition), 0)
             ]
             if poison:
-                letters.extend(
-                    DeadLetter(
-                        p.topic,
-                        p.partition,
-                        p.offset,
-                        p.timestamp_ms,
-                        p.raw_key,
-                        p.raw_value,
-                        p.error,
-                    )
-                    for p in poison
-                )
+                letters.extend(poison)
                 for p in poison:
                     key = (p.topic, p.partition)
                     reach[key] = max(reach.get(key, -1), p.offset)
@@ -481,6 +505,23 @@ class ConsumerRuntime:
         """Apply one refresh; on a data error, find the events that cause it one by one."""
         changes = {t: by_table.get(t, []) for t in self.target.tables}
         report = ApplyReport()
+        failed = self._try_apply(conn, changes, report)
+        if failed is None:
+            return report
+        log.warning("a refresh failed as a whole (%s): applying its events one by one", failed)
+        report = ApplyReport()
+        for table in self.target.tables:
+            for change in changes[table]:
+                single = {t: [change] if t == table else [] for t in self.target.tables}
+                failed = self._try_apply(conn, single, report)
+                if failed is not None:
+                    report.reject(change, RecordError(failed, table=table, key=dict(change.key)))
+        return report
+
+    def _try_apply(
+        self, conn: sa.Connection, changes: dict[str, list[Change]], report: ApplyReport
+    ) -> str | None:
+        """Apply within a savepoint; a data error rolls it back and is returned, not raised."""
         savepoint = conn.begin_nested()
         try:
             self.target.apply(conn, changes, report)
@@ -488,32 +529,9 @@ class ConsumerRuntime:
             savepoint.rollback()
             if _is_outage(exc):
                 raise
-            log.warning(
-                "a refresh failed as a whole (%s): applying its events one by one", _reason(exc)
-            )
-            return self._apply_one_by_one(conn, changes)
+            return _reason(exc)
         savepoint.commit()
-        return report
-
-    def _apply_one_by_one(
-        self, conn: sa.Connection, changes: dict[str, list[Change]]
-    ) -> ApplyReport:
-        report = ApplyReport()
-        for table in self.target.tables:
-            for change in changes[table]:
-                single = {t: [change] if t == table else [] for t in self.target.tables}
-                savepoint = conn.begin_nested()
-                try:
-                    self.target.apply(conn, single, report)
-                except sa.exc.DBAPIError as exc:
-                    savepoint.rollback()
-                    if _is_outage(exc):
-                        raise
-                    error = RecordError(_reason(exc), table=table, key=dict(change.key))
-                    report.reject(change, error)
-                else:
-                    savepoint.commit()
-        return report
+        return None
 
     def _commit_to_group(self, next_offsets: dict[tuple[str, int], int]) -> None:
         """After the target committed: tell Kafka too (for lag tools; the target rules)."""

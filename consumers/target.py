@@ -43,6 +43,7 @@ __all__ = [
     "latest_per_key",
     "ordered_tables",
     "upsert_versioned",
+    "version_column",
 ]
 
 
@@ -148,6 +149,16 @@ class Target(ABC):
     @abstractmethod
     def actual(self, target: sa.Connection) -> dict[str, TableImage]:
         """What this target holds, in the same shape as :meth:`expected`."""
+
+
+def version_column() -> sa.Column[int]:
+    """The ``source_version`` column every derived row carries."""
+    return sa.Column(
+        "source_version",
+        sa.BigInteger,
+        nullable=False,
+        comment="source ModifiedDate, microseconds since 1970-01-01 UTC; only newer replaces",
+    )
 
 
 def ordered_tables(names: Iterable[str]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,6 +93,18 @@ def _global(
 
 def _settings(**more: Any) -> Settings:
     return load_settings(_state.config, **{**_state.overrides, **more})
+
+
+def _on_stop_signals(stop: Callable[[], None], doing: str) -> None:
+    """SIGTERM and Ctrl-C call ``stop``: the command finishes what it holds, then exits."""
+
+    def _handler(signum: int, _frame: Any) -> None:
+        logging.getLogger(__name__).info("signal %d: %s", signum, doing)
+        stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
 
 
 def _parse_since(text: str | None, settings: Settings) -> datetime | None:
@@ -224,13 +237,7 @@ def produce(
         lambda: Refresher(settings), interval, backoff=settings.retry_backoff_seconds
     )
 
-    def _stop(signum: int, _frame: Any) -> None:
-        logging.getLogger(__name__).info("signal %d: finishing the refresh in hand", signum)
-        loop.stop()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+    _on_stop_signals(loop.stop, "finishing the refresh in hand")
     done = loop.run(_parse_since(since, settings), max_refreshes)
     console.print(f"stopped after {done} refreshes")
 
@@ -288,14 +295,7 @@ def consume(
 
     settings = _settings(target_url=target_url, consumer_group=group, max_errors=max_errors)
     stop = threading.Event()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        logging.getLogger(__name__).info("signal %d: finishing the batch in hand", signum)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+    _on_stop_signals(stop.set, "finishing the batch in hand")
 
     def _batch(outcome: BatchOutcome) -> None:
         for entry in outcome.entries:

@@ -24,6 +24,7 @@ __all__ = [
     "batches_topic",
     "change_topics",
     "consumer_config",
+    "create_topics",
     "ensure_topics",
     "idempotent_producer",
     "producer_config",
@@ -139,6 +140,18 @@ def _describe(admin: AdminClient, settings: Settings) -> dict[str, int]:
     return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
 
 
+def create_topics(admin: AdminClient, topics: list[NewTopic]) -> None:
+    """Create ``topics``; one that already exists is fine (another client made it)."""
+    for topic, future in admin.create_topics(topics, operation_timeout=_ADMIN_TIMEOUT).items():
+        try:
+            future.result()
+            log.info("created topic %s", topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                msg = f"cannot create topic {topic}: {exc.args[0].str()}"
+                raise BrokerUnavailableError(msg) from None
+
+
 def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> int:
     """Create the change topics and the batches topic where missing.
 
@@ -173,14 +186,7 @@ def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> int:
     )
     missing = [new for topic, new in wanted.items() if topic not in existing]
     if missing:
-        for topic, future in admin.create_topics(missing, operation_timeout=_ADMIN_TIMEOUT).items():
-            try:
-                future.result()
-                log.info("created topic %s", topic)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    msg = f"cannot create topic {topic}: {exc.args[0].str()}"
-                    raise BrokerUnavailableError(msg) from None
+        create_topics(admin, missing)
         existing = _describe(admin, settings)
     counts = {topic: existing.get(topic) for topic in change_topics(settings)}
     if len(set(counts.values())) > 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,9 +19,20 @@ from queuestream.producer.source_models import source_table
 
 from queuestream.tables import TABLES_BY_NAME
 
-__all__ = ["change", "source_changes"]
+__all__ = ["SteppingClock", "change", "source_changes"]
 
 _offsets = itertools.count()
+
+
+class SteppingClock:
+    """Naive source-local time advancing one millisecond per reading: reproducible."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start.replace(tzinfo=None)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
 
 
 def change(

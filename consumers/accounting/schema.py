@@ -31,7 +31,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import sqlalchemy as sa
-from queuestream.consumers.target import Money
+from queuestream.consumers.target import Money, version_column
 
 __all__ = [
     "CUSTOMER_BALANCES",
@@ -54,15 +54,6 @@ STATUS_VOID = "void"
 _ZERO = Decimal(0)
 
 
-def _version() -> sa.Column[int]:
-    return sa.Column(
-        "source_version",
-        sa.BigInteger,
-        nullable=False,
-        comment="source ModifiedDate, microseconds since 1970-01-01 UTC; only newer replaces",
-    )
-
-
 LEDGER_ACCOUNTS = sa.Table(
     "ledger_accounts",
     METADATA,
@@ -75,7 +66,7 @@ LEDGER_ACCOUNTS = sa.Table(
     ),
     sa.Column("currency", sa.String(3), nullable=False, comment="ISO 4217, upper case"),
     sa.Column("email", sa.String(100), comment="Customers.Email"),
-    _version(),
+    version_column(),
     comment="One ledger account per customer (from Customers).",
 )
 
@@ -117,7 +108,7 @@ INVOICES = sa.Table(
         default=_ZERO,
         comment="total - amount_paid; 0 when void (maintained); negative means overpaid",
     ),
-    _version(),
+    version_column(),
     comment="One invoice per order (from Orders).",
 )
 
@@ -132,7 +123,7 @@ INVOICE_LINES = sa.Table(
     sa.Column("unit_price", Money(16, 4), nullable=False, comment="OrderDetails.PriceEach"),
     sa.Column("amount", Money(16, 2), nullable=False, comment="OrderDetails.PriceTotal"),
     sa.Column("tax", Money(16, 2), nullable=False, comment="OrderDetails.Tax"),
-    _version(),
+    version_column(),
     comment="One line per order line (from OrderDetails).",
 )
 
@@ -154,7 +145,7 @@ PAYMENTS = sa.Table(
     sa.Column("amount", Money(16, 2), nullable=False),
     sa.Column("currency", sa.String(3), nullable=False, comment="ISO 4217, upper case"),
     sa.Column("authorization_code", sa.String(50)),
-    _version(),
+    version_column(),
     comment="One row per payment (from Payments).",
 )
 

@@ -8,7 +8,6 @@ and nothing of the failing batch is committed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,15 +22,6 @@ from queuestream.databases import create_engine
 from queuestream.tables import topic_for
 from tests.integration.kafka_readback import committed_messages
 from tests.integration.pipeline import Pipeline
-
-
-@pytest.fixture
-def pipeline(sqlite_url: str, kafka_bootstrap: str, unique: str) -> Iterator[Pipeline]:
-    pipe = Pipeline(sqlite_url, kafka_bootstrap, unique)
-    try:
-        yield pipe
-    finally:
-        pipe.close()
 
 
 def _spoil_currencies(pipeline: Pipeline, count: int) -> list[int]:

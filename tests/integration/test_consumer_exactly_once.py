@@ -8,7 +8,7 @@ commit neither loses nor repeats anything.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,15 +24,6 @@ from tests.integration.kafka_readback import committed_messages
 from tests.integration.pipeline import Pipeline
 
 TARGETS = ["accounting", "shipping"]
-
-
-@pytest.fixture
-def pipeline(sqlite_url: str, kafka_bootstrap: str, unique: str) -> Iterator[Pipeline]:
-    pipe = Pipeline(sqlite_url, kafka_bootstrap, unique)
-    try:
-        yield pipe
-    finally:
-        pipe.close()
 
 
 def _snapshot(url: str, target: str) -> dict[str, list[tuple[object, ...]]]:

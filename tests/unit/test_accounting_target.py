@@ -35,7 +35,7 @@ from queuestream.producer.simulator import Simulator
 from queuestream.producer.source_models import create_source_schema, source_table
 
 from queuestream.databases import create_engine
-from tests.source_changes import change, source_changes
+from tests.source_changes import SteppingClock, change, source_changes
 
 ZONE = ZoneInfo("UTC")
 SEED = 11
@@ -45,24 +45,13 @@ T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 CANCELED = 5
 
 
-class _Clock:
-    """Naive source-local time advancing one millisecond per reading: reproducible."""
-
-    def __init__(self) -> None:
-        self.now = T0.replace(tzinfo=None)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
-
-
 @dataclass
 class _Run:
     """A simulated source, an accounting target, and the batches applied so far."""
 
     source: sa.Engine
     target: sa.Engine
-    clock: _Clock
+    clock: SteppingClock
     accounting: AccountingTarget = field(default_factory=AccountingTarget)
     batches: list[dict[str, list[Change]]] = field(default_factory=list)
     reports: list[ApplyReport] = field(default_factory=list)
@@ -96,7 +85,7 @@ def _simulate(source_url: str, target_url: str, seed: int = SEED) -> _Run:
     """Run the simulator in rounds, applying what each round changed as one batch."""
     source = create_engine(source_url, writer=True)
     create_source_schema(source)
-    clock = _Clock()
+    clock = SteppingClock(T0)
     run = _Run(source, create_engine(target_url), clock)
     with run.target.begin() as conn:
         run.accounting.create_schema(conn)
@@ -347,7 +336,7 @@ def _payment(
 
 def _empty_target(url: str) -> _Run:
     engine = create_engine(url)
-    run = _Run(engine, engine, _Clock())
+    run = _Run(engine, engine, SteppingClock(T0))
     with run.target.begin() as conn:
         run.accounting.create_schema(conn)
     return run

@@ -104,7 +104,7 @@ def test_revoked_partitions_are_forgotten() -> None:
 
 def _poison(partition: int, offset: int) -> Poison:
     error = DecodeError("not Avro", table="orders", raw=b"junk")
-    return Poison("orders", "x.orders", partition, offset, 0, None, b"junk", error)
+    return Poison("x.orders", partition, offset, 0, None, b"junk", error)
 
 
 def test_undecodable_messages_ride_with_the_batch_that_passes_them() -> None:

@@ -285,15 +285,29 @@ def test_the_queuestream_services_reach_the_stack_by_service_name() -> None:
         s for s in _queuestream_services().values() if _subcommand(_command(s))[0] == "produce"
     )
     env = _environment(producer)
-    for svc in _queuestream_services().values():
-        source = urlsplit(_environment(svc)["QUEUESTREAM_SOURCE_URL"])
-        assert source.scheme.startswith("postgresql"), source
-        assert source.hostname in services
-        assert str(services[source.hostname]["image"]).startswith("postgres:")
-        db_env = _environment(services[source.hostname])
-        assert source.path.lstrip("/") == db_env.get("POSTGRES_DB", db_env.get("POSTGRES_USER"))
+    for name, svc in _queuestream_services().items():
+        svc_env = _environment(svc)
+        consumer = _subcommand(_command(svc))[0] == "consume"
+        url = svc_env["QUEUESTREAM_TARGET_URL" if consumer else "QUEUESTREAM_SOURCE_URL"]
+        database = urlsplit(url)
+        assert database.scheme.startswith("postgresql"), database
+        assert database.hostname in services
+        assert str(services[database.hostname]["image"]).startswith("postgres:")
+        db_env = _environment(services[database.hostname])
+        if consumer:
+            # a target database is made by the init script the postgres service mounts
+            init = [v for v in services[database.hostname].get("volumes", []) if "initdb.d" in v]
+            assert init, f"{name}: nothing creates the target database"
+            script = (ROOT / init[0].split(":")[0]).read_text(encoding="utf-8")
+            assert f"CREATE DATABASE {database.path.lstrip('/')};" in script
+            for shared in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL"):
+                assert svc_env.get(shared) == env[shared], f"{name}: {shared} as the producer's"
+        else:
+            assert database.path.lstrip("/") == db_env.get(
+                "POSTGRES_DB", db_env.get("POSTGRES_USER")
+            )
         if db_env.get("POSTGRES_USER"):
-            assert source.username == db_env["POSTGRES_USER"]
+            assert database.username == db_env["POSTGRES_USER"]
 
     host, port = env["KAFKA_BOOTSTRAP_SERVERS"].split(",")[0].rsplit(":", 1)
     assert host in services and str(services[host]["image"]).startswith("apache/kafka:")
