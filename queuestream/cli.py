@@ -383,7 +383,10 @@ def verify(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except QueuestreamError as exc:
         if _state.traceback:
             err_console.print_exception()

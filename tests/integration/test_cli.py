@@ -130,3 +130,37 @@ def test_usage_errors_show_usage() -> None:
     assert done.returncode == 2
     assert "No such option: --bogus" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_consume_and_verify_from_the_command_line(
+    sqlite_url: str, kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    env = _env(sqlite_url, kafka_bootstrap, unique)
+    env["QUEUESTREAM_IDLE_SECONDS"] = "1"
+    target = f"sqlite:///{tmp_path / 'shipping.db'}"
+    assert _run(["sim", "--actions", "300", "--seed", "5"], env).returncode == 0
+    assert _run(["refresh"], env).returncode == 0
+
+    empty = _run(["verify", "shipping", "--target", target], env)
+    assert empty.returncode == 1
+    assert "ConfigurationError" in empty.stderr
+    assert "queuestream consume shipping" in empty.stderr, "says what to do"
+
+    consumed = _run(["consume", "shipping", "--target", target, "--until-idle"], env)
+    assert consumed.returncode == 0, consumed.stderr
+    assert "synchronized" in consumed.stdout and "0 errors" in consumed.stdout
+
+    verified = _run(["verify", "shipping", "--target", target, "--json"], env)
+    assert verified.returncode == 0, verified.stdout
+    report = json.loads(verified.stdout)
+    assert report["ok"] is True
+    assert {t["table"] for t in report["tables"]} >= {"shipments", "shipment_lines"}
+
+    engine = create_engine(target)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE order_lines SET quantity = quantity + 1 WHERE line = 1"))
+    engine.dispose()
+    tampered = _run(["verify", "shipping", "--target", target], env)
+    assert tampered.returncode == 1, tampered.stdout
+    assert "DIFFERENT" in tampered.stdout
+    assert "differs from the source" in tampered.stdout
