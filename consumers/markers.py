@@ -66,7 +66,9 @@ class EndMarkers:
         wanted = max(0, event_ts_ms - self.margin_ms)
         if self._from_ms is not None and self._from_ms <= wanted:
             return
-        self._seek(wanted)
+        # Events of other partitions come a little out of time order: look back a second
+        # margin, so that they do not each cost a look-up (a round trip to the broker).
+        self._seek(max(0, wanted - self.margin_ms))
 
     def _seek(self, from_ms: int) -> None:
         try:

@@ -162,10 +162,14 @@ class ConsumerRuntime:
     def _retrying(self, what: str, attempt: Callable[[], None]) -> bool:
         """Run ``attempt`` until it succeeds or ``stop`` is set; False when stopped."""
         delay = self.settings.retry_backoff_seconds
+        failed = False
         while not self.stop.is_set():
             try:
                 attempt()
             except RetriableError as exc:
+                if not failed:
+                    failed = True
+                    self.stats.outages += 1
                 log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
                 self._idle_wait(delay)
                 delay = min(max(delay * 2, 0.5), self.settings.target_retry_max_seconds)
@@ -341,6 +345,9 @@ class ConsumerRuntime:
         if self._paused:
             consumer.pause(partitions)
         log.info("assigned %s", _describe(partitions))
+        # A member that died between the target commit and the Kafka commit left the
+        # group's offsets behind the target's: bring them level for the lag tools.
+        self._commit_to_group(stored)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         slots = self._slots(partitions)

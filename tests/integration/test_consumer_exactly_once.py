@@ -119,8 +119,9 @@ def test_a_crash_between_the_target_commit_and_the_kafka_commit_repeats_nothing(
     group = runtime.group
     topics = list(runtime.tables)
 
-    def crash(_self: ConsumerRuntime, _offsets: dict[tuple[str, int], int]) -> None:
-        raise Crash
+    def crash(_self: ConsumerRuntime, applied: dict[tuple[str, int], int]) -> None:
+        if applied:
+            raise Crash
 
     monkeypatch.setattr(ConsumerRuntime, "_commit_to_group", crash)
     with pytest.raises(Crash):

@@ -1,0 +1,539 @@
+#!/usr/bin/env python
+"""Consumer throughput: rows applied per second into PostgreSQL by one consumer instance.
+
+The benchmark
+
+1. fills a SQLite source (a temporary file) with about ``--rows`` changed rows
+   across the six tables, written by ``queuestream.producer.simulator.Simulator``,
+   and publishes them in ONE refresh (a ``Refresher``) to a fresh topic prefix
+   (``--partitions`` per topic, default 6). Every target consumes that same refresh;
+2. for each target of ``--targets`` (accounting, shipping), runs ONE
+   ``ConsumerRuntime`` (a fresh consumer group, ``until_idle=True``) into a fresh
+   PostgreSQL database and measures
+
+   - **end to end**: events / seconds from ``runtime.run()`` until the last batch
+     committed (includes creating the target's tables, the group join and the
+     partition assignment; excludes the idle wait before it stops);
+   - **apply**: events / seconds from the first change event fetched (the first
+     decoded change handed to the runtime's Assembler) until the last batch
+     committed: fetching the rest, decoding, assembling and the target
+     transaction(s). ``batch seconds`` is the part inside the runtime's apply
+     (``BatchOutcome.seconds``: target SQL and mapping, offsets, sync log, the
+     group commit).
+
+   *events* are the refresh's change events on the topics the target consumes
+   (``Target.tables``): the source rows it applies, one event per row;
+3. measures the **ceiling**, without Kafka and without the consumer: exactly the
+   rows the consumer left in its target tables are read back and written into
+   empty copies of the same tables (``Target.create_schema`` on another fresh
+   database) in one transaction, timed from begin to commit, by plain SQLAlchemy
+   Core executemany INSERTs (``--ceiling insert``, the default: SQLAlchemy hands
+   them to psycopg 3's ``executemany``, one prepared INSERT a row, pipelined) or by
+   psycopg ``COPY ... FROM STDIN`` (``--ceiling copy``). The ceiling's rows/s counts the
+   same events over the ceiling's seconds, so the ratio consumer/ceiling (apply
+   rows/s over ceiling rows/s) is the ceiling's time over the consumer's: how close
+   the consumer comes to merely writing its result;
+4. checks the target against the source (``queuestream.consumers.verify.verify``)
+   and fails the run when they differ.
+
+Optional: ``--breakdown`` reads the target's committed messages back from Kafka
+(timed: fetch), decodes them with ``decode_change`` (timed: decode) and applies
+them with ``Target.apply`` in one transaction to another fresh database (timed:
+target apply, i.e. mapping in Python plus SQL), to split the time between Kafka,
+decoding and the target; ``--profile DIR`` runs one more consumer per target (fresh
+group and database) under pyinstrument (cProfile when pyinstrument is not installed)
+and writes the report to DIR.
+
+    .venv/bin/python bench/consumers.py                  # both targets, 100,000 rows
+    .venv/bin/python bench/consumers.py --rows 20000 --targets shipping --json
+    .venv/bin/python bench/consumers.py --breakdown --profile var/bench-profile
+
+Kafka: ``--bootstrap-servers``, else ``KAFKA_BOOTSTRAP_SERVERS``, else
+``scripts/kafka-local.sh bootstrap``. PostgreSQL: ``--postgres-url`` (a server's
+maintenance database), else ``scripts/postgres-local.sh url``. The databases are
+dropped and the topics deleted at the end (``--keep-topics`` keeps the topics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from queuestream.consumers import TARGET_NAMES, target_named
+from queuestream.consumers.assembly import Assembler, Batch, Slot
+from queuestream.consumers.changes import Change, decode_change
+from queuestream.consumers.runtime import BatchOutcome, ConsumerRuntime
+from queuestream.consumers.target import ApplyReport, Target
+from queuestream.consumers.verify import verify
+from queuestream.schemas.avro import AvroCodec
+
+from queuestream.errors import QueuestreamError
+from queuestream.settings import Settings
+from queuestream.tables import topic_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # bench/common.py: bench/ is not a package, this folder is on sys.path
+
+GOAL_ROWS_PER_SECOND = 20_000  # the issue's target, per consumer instance, into PostgreSQL
+CEILINGS = ("insert", "copy")
+_CEILING_NAMES = {
+    "insert": "SQLAlchemy Core executemany INSERT (psycopg pipeline)",
+    "copy": "psycopg COPY FROM STDIN",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``--targets`` becomes a list, ``--kafka`` a dict."""
+    p = argparse.ArgumentParser(
+        prog="bench/consumers.py",
+        description="Rows applied per second into PostgreSQL by one consumer instance, "
+        "with the plain-INSERT ceiling for the same target rows.",
+    )
+    common.add_common_arguments(
+        p,
+        each=("--targets", TARGET_NAMES),
+        rows=100_000,
+        breakdown_help="also time fetch, decode and Target.apply separately, without the runtime",
+        profile_help="run one more consumer per target under a profiler; reports go to DIR",
+        kafka_help="librdkafka option for the refresh's producer and the consumer alike "
+        "(settings.kafka), e.g. --kafka fetch.min.bytes=1048576; repeatable",
+    )
+    p.add_argument(
+        "--ceiling",
+        choices=CEILINGS,
+        default="insert",
+        help="how the ceiling writes the target rows: insert (SQLAlchemy Core executemany) "
+        "or copy (psycopg COPY) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=1.0,
+        help="the consumer stops after this long with nothing to apply; not part of any "
+        "timing (default: %(default)s)",
+    )
+    args = p.parse_args(argv)
+    common.check_common_arguments(p, args)
+    if args.idle_seconds <= 0:
+        p.error("--idle-seconds must be positive")
+    return args
+
+
+# --------------------------------------------------------------- the run --
+
+
+@dataclass
+class Run:
+    """One target's figures; seconds here, rates (events per second) in :meth:`as_dict`."""
+
+    target: str
+    events: int  # change events on the target's topics: the source rows it applies
+    rows_applied: int = 0  # target rows the runtime changed (RunStats.rows)
+    stale: int = 0
+    batches: int = 0
+    seconds: float = 0.0  # run() -> last batch committed
+    apply_seconds: float = 0.0  # first event fetched -> last batch committed
+    batch_seconds: float = 0.0  # sum of BatchOutcome.seconds
+    target_rows: dict[str, int] = field(default_factory=dict)
+    ceiling_method: str = ""
+    ceiling_seconds: float | None = None
+    fetch_seconds: float | None = None
+    decode_seconds: float | None = None
+    target_apply_seconds: float | None = None
+    verified: bool = False
+    profile: str | None = None
+
+    def rate(self, seconds: float | None) -> float | None:
+        """Events per second over ``seconds``."""
+        return round(self.events / seconds, 1) if seconds else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields, with every rate, and the ratios consumer/ceiling.
+
+        ``ceiling_rows_per_second`` counts the consumer's events over the ceiling's
+        seconds (the consumer's unit), so ``ratio`` (apply) and ``ratio_end_to_end``
+        are the ceiling's seconds over the consumer's.
+        """
+        data = asdict(self)
+        data["target_rows_total"] = total = sum(self.target_rows.values())
+        for name in ("", "apply_", "ceiling_", "fetch_", "decode_", "target_apply_"):
+            data[f"{name}rows_per_second"] = self.rate(data[f"{name}seconds"])
+        ceiling = self.ceiling_seconds
+        data["ceiling_target_rows_per_second"] = round(total / ceiling, 1) if ceiling else None
+        data["ratio"] = round(ceiling / self.apply_seconds, 4) if ceiling else None
+        data["ratio_end_to_end"] = round(ceiling / self.seconds, 4) if ceiling else None
+        return data
+
+
+class _FirstChange(Assembler):
+    """The runtime's Assembler, noting when the first change arrived and how many did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: float | None = None
+        self.changes = 0
+
+    def add(self, change: Change) -> None:
+        if self.first is None:
+            self.first = time.monotonic()
+        self.changes += 1
+        super().add(change)
+
+
+@dataclass
+class _Consumed:
+    started: float
+    first_change: float | None
+    changes: int
+    batches: list[tuple[float, BatchOutcome]]  # (when on_batch ran, the outcome)
+    rows_applied: int
+    stale: int
+    errors: int
+
+
+def consume(settings: Settings, name: str, deadline: common.Deadline) -> _Consumed:
+    """Run one consumer of ``name`` until idle (or the deadline) and note the times."""
+    batches: list[tuple[float, BatchOutcome]] = []
+    engine = common.writer_engine(settings.target_url_for(name))
+    stop = threading.Event()
+    timer = threading.Timer(max(deadline.left(), 0.0), stop.set)
+    timer.daemon = True
+    try:
+        runtime = ConsumerRuntime(
+            settings,
+            target_named(name),
+            engine=engine,
+            until_idle=True,
+            stop=stop,
+            on_batch=lambda outcome: batches.append((time.monotonic(), outcome)),
+        )
+        first = _FirstChange()
+        runtime.assembler = first
+        timer.start()
+        started = time.monotonic()
+        stats = runtime.run()
+    except QueuestreamError as exc:
+        msg = f"{name}: the consumer failed: {type(exc).__name__}: {exc}"
+        raise common.BenchError(msg) from exc
+    finally:
+        timer.cancel()
+        engine.dispose()
+    if stop.is_set():
+        deadline.check(f"consuming into {name}")
+    return _Consumed(
+        started, first.first, first.changes, batches, stats.rows, stats.stale, stats.errors
+    )
+
+
+def count_target_rows(target: Target, url: str) -> dict[str, int]:
+    engine = common.writer_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                for t in target.metadata.sorted_tables
+            }
+    finally:
+        engine.dispose()
+
+
+def check_verified(settings: Settings, name: str) -> None:
+    """Fail the run unless the target equals what the source says it should hold."""
+    try:
+        reconciliation = verify(settings, name)
+    except QueuestreamError as exc:
+        msg = f"{name}: verify failed: {type(exc).__name__}: {exc}"
+        raise common.BenchError(msg) from exc
+    if not reconciliation.ok:
+        wrong = [c.as_dict() for c in reconciliation.checks if not c.ok]
+        msg = f"{name}: the target differs from the source: {wrong}"
+        raise common.BenchError(msg)
+
+
+# ---------------------------------------------------------------- ceiling --
+
+
+def _insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    conn.execute(sa.insert(table), rows)
+
+
+def _copy_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0])
+    names = ", ".join(f'"{c}"' for c in columns)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])
+
+
+def ceiling(target: Target, consumer_url: str, server_url: str, method: str) -> float:
+    """Write the consumer's target rows again into empty copies of its tables; seconds."""
+    tables = target.metadata.sorted_tables
+    source = common.writer_engine(consumer_url)
+    try:
+        with source.connect() as conn:
+            rows = {
+                t.name: [dict(r) for r in conn.execute(sa.select(t)).mappings()] for t in tables
+            }
+    finally:
+        source.dispose()
+    write = _copy_rows if method == "copy" else _insert_rows
+    with common.postgres_database(server_url) as url:
+        engine = common.writer_engine(url)
+        try:
+            with engine.begin() as conn:
+                target.create_schema(conn)
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                for table in tables:
+                    if rows[table.name]:
+                        write(conn, table, rows[table.name])
+            seconds = time.perf_counter() - started
+        finally:
+            engine.dispose()
+        written = count_target_rows(target, url)
+    wanted = {name: len(r) for name, r in rows.items()}
+    if written != wanted:
+        msg = f"{target.name} ceiling: wrote {written}, expected {wanted}"
+        raise common.BenchError(msg)
+    return seconds
+
+
+# -------------------------------------------------------------- breakdown --
+
+
+def breakdown(
+    target: Target, settings: Settings, server_url: str, deadline: common.Deadline
+) -> tuple[float, float, float, int]:
+    """(fetch, decode, target apply) seconds and the events, without the runtime."""
+    prefix = settings.topic_prefix
+    tables = {topic_for(prefix, t): t for t in target.tables}
+    started = time.perf_counter()
+    found = common.read_committed(settings.kafka_bootstrap_servers, list(tables), deadline)
+    fetch_seconds = time.perf_counter() - started
+
+    codec = AvroCodec.from_url(prefix, settings.schema_registry_url)
+    started = time.perf_counter()
+    slots: dict[Slot, list[Change]] = {}
+    for (topic, partition), records in found.items():
+        table = tables[topic]
+        decode = functools.partial(decode_change, codec, table, topic=topic, partition=partition)
+        slots[(table, partition)] = [
+            decode(offset=offset, timestamp_ms=ms, raw_key=key, raw_value=value)
+            for offset, ms, key, value in records
+        ]
+    by_table = Batch([], []).tables(slots)  # the runtime's order: foreign keys, partitions
+    decode_seconds = time.perf_counter() - started
+    changes = {t: by_table.get(t, []) for t in target.tables}
+
+    with common.postgres_database(server_url) as url:
+        engine = common.writer_engine(url)
+        try:
+            with engine.begin() as conn:
+                target.create_schema(conn)
+            report = ApplyReport()
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                target.apply(conn, changes, report)
+            apply_seconds = time.perf_counter() - started
+        finally:
+            engine.dispose()
+    if report.rejected:
+        msg = f"{target.name} breakdown: {len(report.rejected)} changes rejected"
+        raise common.BenchError(msg)
+    return fetch_seconds, decode_seconds, apply_seconds, sum(len(v) for v in slots.values())
+
+
+# -------------------------------------------------------------------- main --
+
+
+def measure(
+    name: str,
+    settings: Settings,
+    events: int,
+    args: argparse.Namespace,
+    deadline: common.Deadline,
+    progress: common.Progress,
+) -> Run:
+    """One consumer of ``name`` into a fresh database, its ceiling and verification."""
+    server = str(args.postgres_url)
+    target = target_named(name)
+    item = Run(name, events)
+    with common.postgres_database(server) as url:
+        consumer_settings = settings.model_copy(
+            update={"target_url": url, "consumer_group": f"bench-{uuid.uuid4().hex[:8]}-{name}"}
+        )
+        progress(f"{name}: consuming {events:,} events into a fresh database")
+        consumed = consume(consumer_settings, name, deadline)
+        if consumed.changes != events or not consumed.batches or consumed.first_change is None:
+            msg = (
+                f"{name}: the consumer took {consumed.changes:,} of {events:,} events in "
+                f"{len(consumed.batches)} batches"
+            )
+            raise common.BenchError(msg)
+        if consumed.errors:
+            msg = f"{name}: {consumed.errors} events could not be applied"
+            raise common.BenchError(msg)
+        last = consumed.batches[-1][0]
+        item.seconds = last - consumed.started
+        item.apply_seconds = last - consumed.first_change
+        item.batch_seconds = sum(outcome.seconds for _, outcome in consumed.batches)
+        item.batches = len(consumed.batches)
+        item.rows_applied, item.stale = consumed.rows_applied, consumed.stale
+        item.target_rows = count_target_rows(target, url)
+        progress(
+            f"{name}: {events:,} events in {item.seconds:.2f}s end to end = "
+            f"{item.rate(item.seconds):,.0f} rows/s; apply {item.apply_seconds:.2f}s = "
+            f"{item.rate(item.apply_seconds):,.0f} rows/s ({item.batches} batches, "
+            f"{item.batch_seconds:.2f}s in them)"
+        )
+
+        progress(f"{name}: verifying the target against the source")
+        check_verified(consumer_settings, name)
+        item.verified = True
+
+        deadline.check(f"{name} ceiling")
+        item.ceiling_method = _CEILING_NAMES[args.ceiling]
+        item.ceiling_seconds = ceiling(target, url, server, args.ceiling)
+        progress(
+            f"{name}: ceiling ({args.ceiling}) {sum(item.target_rows.values()):,} target rows "
+            f"in {item.ceiling_seconds:.2f}s = {item.rate(item.ceiling_seconds):,.0f} rows/s"
+        )
+
+    if args.breakdown:
+        deadline.check(f"{name} breakdown")
+        fetch, decode, apply, decoded = breakdown(target, settings, server, deadline)
+        if decoded != events:
+            msg = f"{name} breakdown: read back {decoded:,} events, expected {events:,}"
+            raise common.BenchError(msg)
+        item.fetch_seconds, item.decode_seconds, item.target_apply_seconds = fetch, decode, apply
+        progress(f"{name}: fetch {fetch:.2f}s, decode {decode:.2f}s, Target.apply {apply:.2f}s")
+
+    if args.profile:
+        deadline.check(f"{name} profile")
+        with common.postgres_database(server) as url:
+            profile_settings = settings.model_copy(
+                update={
+                    "target_url": url,
+                    "consumer_group": f"bench-{uuid.uuid4().hex[:8]}-{name}-profile",
+                }
+            )
+            item.profile = common.profiled(
+                lambda: consume(profile_settings, name, deadline), args.profile, f"consume-{name}"
+            )
+        progress(f"{name}: profile in {item.profile}")
+    return item
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    runs: list[Run] = []
+    with common.session(args) as started, common.sqlite_database() as source_url:
+        deadline, progress = started.deadline, started.progress
+        args.postgres_url = common.resolve_postgres(args)
+        with common.postgres_database(args.postgres_url):
+            pass  # reachable: fail now rather than after the simulation
+        progress(f"simulating {args.rows:,} rows into SQLite")
+        generation = common.simulate(source_url, "sqlite", args.rows, args, deadline, progress)
+        progress(
+            f"{generation.rows:,} rows in {generation.seconds:.1f}s "
+            f"({generation.rows_per_second:,.0f} rows/s)"
+        )
+        prefix = started.prefixes.new("sqlite", "consumers")
+        settings = common.bench_settings(
+            source_url, started.bootstrap, prefix, args, idle_seconds=args.idle_seconds
+        )
+        progress(f"refresh to {prefix}.*")
+        result, refresh_seconds = common.timed_refresh(settings)
+        progress(f"{result.events:,} events in {refresh_seconds:.2f}s")
+        for name in args.targets:
+            deadline.check(f"starting the {name} consumer")
+            events = sum(result.counts.get(t, 0) for t in target_named(name).tables)
+            runs.append(measure(name, settings, events, args, deadline, progress))
+
+    return {
+        "rows_requested": args.rows,
+        "generation": {
+            **asdict(generation),
+            "rows_per_second": round(generation.rows_per_second, 1),
+        },
+        "refresh": {
+            "prefix": prefix,
+            "events": result.events,
+            "counts": dict(result.counts),
+            "seconds": round(refresh_seconds, 3),
+        },
+        "ceiling": _CEILING_NAMES[args.ceiling],
+        "runs": [r.as_dict() for r in runs],
+        "goal_rows_per_second": GOAL_ROWS_PER_SECOND,
+        "environment": common.environment(started.bootstrap, args),
+    }
+
+
+_COLUMNS = (
+    ("target", "{target}"),
+    ("events", "{events:,}"),
+    ("e2e s", "{seconds:.2f}"),
+    ("e2e rows/s", "{rows_per_second:,.0f}"),
+    ("apply s", "{apply_seconds:.2f}"),
+    ("rows/s", "{apply_rows_per_second:,.0f}"),
+    ("ceiling", "{ceiling_rows_per_second:,.0f}"),
+    ("ratio", "{ratio:.2f}"),
+)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    common.print_runs(
+        "queuestream consumers: one instance into PostgreSQL",
+        _COLUMNS,
+        report["runs"],
+        caption="rows/s: events (source rows) per second; apply: first event fetched to last "
+        "commit; e2e: run() to last commit; ceiling: the same events over the plain-insert "
+        "time; ratio: apply rows/s over ceiling",
+    )
+    g, refresh = report["generation"], report["refresh"]
+    common.out.print(
+        f"source: {g['rows']:,} rows in SQLite by the simulator in {g['seconds']:.1f}s; "
+        f"one refresh of {refresh['events']:,} events in {refresh['seconds']:.2f}s"
+    )
+    for r in report["runs"]:
+        common.out.print(
+            f"{r['target']}: {r['batches']} batches, {r['batch_seconds']:.2f}s inside them; "
+            f"{r['rows_applied']:,} target rows changed, {r['stale']:,} stale; verified "
+            f"{'ok' if r['verified'] else 'NOT ok'}; ceiling ({report['ceiling']}) "
+            f"{r['target_rows_total']:,} target rows in {r['ceiling_seconds']:.2f}s "
+            f"({r['ceiling_target_rows_per_second']:,.0f} target rows/s)"
+        )
+        if r["decode_seconds"] is not None:
+            common.out.print(
+                f"{r['target']} breakdown, no runtime: fetch {r['fetch_seconds']:.2f}s, "
+                f"decode {r['decode_seconds']:.2f}s "
+                f"({r['decode_rows_per_second']:,.0f}/s), Target.apply "
+                f"{r['target_apply_seconds']:.2f}s ({r['target_apply_rows_per_second']:,.0f}/s)"
+            )
+        if r["profile"]:
+            common.out.print(f"{r['target']} profile: {r['profile']}")
+    common.out.print(common.environment_line(report["environment"], "Kafka options"))
+    goal = report["goal_rows_per_second"]
+    for r in report["runs"]:
+        verdict = "meets" if r["apply_rows_per_second"] >= goal else "below"
+        common.out.print(
+            f"goal ≥ {goal:,} rows/s for {r['target']}: {verdict} "
+            f"(apply {r['apply_rows_per_second']:,.0f}, end to end {r['rows_per_second']:,.0f})"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main_with(parse_args(argv), run, print_table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Promise 5 in the consumers, against a real broker: the target database goes down.
+
+The target is a PostgreSQL server of its own, stopped and started again while the
+producer keeps publishing (rounds of simulate + refresh in the test thread) and a
+consumer runtime runs in a thread. While the target is down the runtime commits
+nothing (not to the target, not to the Kafka group), reports the outage and keeps
+running; once the target is back it catches up. Nothing is lost, nothing is applied
+twice: each refresh shows in the target's sync log exactly once, and the sync log's
+offset ranges never overlap. Also when the target is already down as the consumer
+starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import Consumer, TopicPartition
+from queuestream.consumers import offsets, target_named
+from queuestream.consumers.runtime import ConsumerRuntime
+from sqlalchemy.engine import make_url
+
+from queuestream.databases import create_engine
+from queuestream.errors import ConfigurationError
+from tests import services
+from tests.helpers import wait_for
+from tests.integration.pipeline import Pipeline, run_in_thread
+
+TARGETS = ["accounting", "shipping"]
+PARTITIONS = 3
+#: Bounds of the waits below (seconds).
+SETTLED_TIMEOUT = 30
+OUTAGE_SEEN_TIMEOUT = 30
+CATCH_UP_TIMEOUT = 60
+STOP_TIMEOUT = 30
+#: The target stays down at least this long (the producer publishes meanwhile).
+DOWN_SECONDS = 4.0
+
+
+@pytest.fixture(scope="module")
+def target_server() -> Iterator[services.Service]:
+    """A PostgreSQL server of the module's own, so that it can be stopped and started."""
+    try:
+        server = services.start_local_postgres()
+    except services.ServiceError as exc:
+        pytest.fail(f"no PostgreSQL server for the outage tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Target:
+    """A fresh database on ``target_server``, and the server's down/up switch."""
+
+    def __init__(self, server: services.Service, name: str) -> None:
+        assert server.control is not None
+        self._control = server.control
+        admin = sa.create_engine(
+            server.address, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+        )
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        finally:
+            admin.dispose()
+        self.url = make_url(server.address).set(database=name).render_as_string(False)
+
+    def stop_server(self) -> None:
+        self._control("down")
+
+    def start_server(self) -> None:
+        self._control("up")  # idempotent
+
+
+@pytest.fixture
+def pipeline(sqlite_url: str, kafka_bootstrap: str, unique: str) -> Iterator[Pipeline]:
+    pipe = Pipeline(sqlite_url, kafka_bootstrap, unique, partitions=PARTITIONS)
+    try:
+        yield pipe
+    finally:
+        pipe.close()
+
+
+@pytest.fixture
+def target_db(target_server: services.Service, unique: str) -> Iterator[Target]:
+    target = Target(target_server, f"qs_{unique}_target")
+    try:
+        yield target
+    finally:
+        target.start_server()  # for the next test, whatever happened in this one
+
+
+class ConsumerThread:
+    """A ConsumerRuntime in a thread, stopped by its ``stop`` event (as by SIGTERM)."""
+
+    def __init__(self, pipeline: Pipeline, target: str, url: str) -> None:
+        settings = pipeline.settings(
+            target_url=url, retry_backoff_seconds=0.3, target_retry_max_seconds=2.0
+        )
+        self.stop = threading.Event()
+        self.runtime = ConsumerRuntime(
+            settings, target_named(target), until_idle=False, stop=self.stop
+        )
+        self.thread, self.errors = run_in_thread(self.runtime)
+
+    def assert_healthy(self) -> None:
+        assert not self.errors, f"the consumer failed: {self.errors!r}"
+        assert self.thread.is_alive(), "the consumer thread ended by itself"
+
+    def finish(self) -> None:
+        """Set ``stop`` (SIGTERM) and wait for the thread; checked by ``assert_finished``."""
+        self.stop.set()
+        self.thread.join(timeout=STOP_TIMEOUT)
+        self.runtime.engine.dispose()
+
+    def assert_finished(self) -> None:
+        assert not self.thread.is_alive(), f"the consumer did not stop in {STOP_TIMEOUT}s"
+        assert not self.errors, f"the consumer failed: {self.errors!r}"
+
+
+class Rounds:
+    """Source activity and refreshes, collecting the refreshes with events for a target."""
+
+    def __init__(self, pipeline: Pipeline, target: str) -> None:
+        self.pipeline = pipeline
+        self.tables = set(target_named(target).tables)
+        self.published: list[str] = []
+
+    def run(self, actions: int = 40) -> None:
+        self.pipeline.simulate(actions, per_transaction=5)
+        for result in self.pipeline.refresh():
+            if any(result.counts.get(t, 0) for t in self.tables):
+                self.published.append(result.refresh_id)
+
+
+def _group_offsets(runtime: ConsumerRuntime) -> dict[tuple[str, int], int]:
+    """The offsets committed to the runtime's Kafka group."""
+    settings = runtime.settings
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": runtime.group,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        wanted = [TopicPartition(t, p) for t in runtime.tables for p in range(PARTITIONS)]
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in consumer.committed(wanted, timeout=10)
+            if tp.offset >= 0
+        }
+    finally:
+        consumer.close()
+
+
+def _stored_offsets(url: str, target: str) -> dict[tuple[str, int], int]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return offsets.stored_offsets(conn, target)
+    finally:
+        engine.dispose()
+
+
+def _wait_verified(pipeline: Pipeline, target: str, url: str, consumer: ConsumerThread) -> None:
+    last: list[Any] = []
+
+    def verified() -> bool:
+        consumer.assert_healthy()
+        report = pipeline.verify(target, url)
+        last[:] = [report]
+        return report.ok
+
+    try:
+        wait_for(
+            verified,
+            timeout=CATCH_UP_TIMEOUT,
+            interval=0.5,
+            message=f"{target} equals the source (verify)",
+            # The server may still be starting; the consumer may not have created the schema.
+            ignore=(sa.exc.DBAPIError, ConfigurationError),
+        )
+    except AssertionError:
+        print(f"last verify report: {last[0].as_dict() if last else None}")
+        raise
+
+
+def _assert_each_refresh_once(
+    pipeline: Pipeline, target: str, url: str, published: list[str]
+) -> list[dict[str, Any]]:
+    entries = pipeline.sync_log(target, url)
+    applied = Counter(e["refresh_id"] for e in entries)
+    assert published, "the producer published nothing for the target"
+    assert {r: applied[r] for r in published} == dict.fromkeys(published, 1), (
+        f"refreshes not applied exactly once: {applied}"
+    )
+    assert set(applied) == set(published), "the sync log names refreshes never published"
+    spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for entry in entries:
+        for topic, partitions in entry["offsets"].items():
+            for partition, (first, last) in partitions.items():
+                spans.setdefault((topic, int(partition)), []).append((first, last))
+    for where, ranges in spans.items():
+        for a, b in pairwise(sorted(ranges)):
+            assert a[1] < b[0], f"{where}: offset ranges {a} and {b} overlap"
+    return entries
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_target_going_down_mid_stream_loses_and_repeats_nothing(
+    pipeline: Pipeline, target_db: Target, target: str
+) -> None:
+    started = time.monotonic()
+    rounds = Rounds(pipeline, target)
+    rounds.run()
+    consumer = ConsumerThread(pipeline, target, target_db.url)
+    timings: dict[str, float] = {}
+    try:
+        # Everything published so far applied, and its offsets in Kafka too: nothing is
+        # in flight when the target goes down.
+        _wait_verified(pipeline, target, target_db.url, consumer)
+
+        def settled() -> dict[tuple[str, int], int]:
+            found = _group_offsets(consumer.runtime)
+            return found if found == _stored_offsets(target_db.url, target) else {}
+
+        committed = wait_for(
+            settled, timeout=SETTLED_TIMEOUT, message="the group offsets reach the target's"
+        )
+        batches = consumer.runtime.stats.batches
+        assert batches >= 1
+        assert consumer.runtime.stats.outages == 0
+
+        target_db.stop_server()
+        down_at = time.monotonic()
+        timings["down"] = down_at - started
+
+        def publishing_while_down() -> bool:
+            rounds.run()
+            consumer.assert_healthy()
+            return consumer.runtime.stats.outages >= 1
+
+        wait_for(
+            publishing_while_down,
+            timeout=OUTAGE_SEEN_TIMEOUT,
+            message="the consumer reports the outage",
+        )
+        timings["outage seen"] = time.monotonic() - started
+        while time.monotonic() - down_at < DOWN_SECONDS:
+            rounds.run()
+        consumer.assert_healthy()
+        assert consumer.runtime.stats.batches == batches, "a batch was applied while down"
+        assert _group_offsets(consumer.runtime) == committed, "offsets moved while down"
+        assert consumer.runtime.stats.outages >= 1
+
+        target_db.start_server()
+        timings["up"] = time.monotonic() - started
+        rounds.run()
+        _wait_verified(pipeline, target, target_db.url, consumer)
+        timings["verified"] = time.monotonic() - started
+    finally:
+        consumer.finish()
+    consumer.assert_finished()
+
+    stats = consumer.runtime.stats
+    assert stats.batches > batches
+    _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
+    assert _group_offsets(consumer.runtime) == _stored_offsets(target_db.url, target)
+    print(f"{target}: {len(rounds.published)} refreshes, {stats}; timings {timings}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_consumer_started_while_the_target_is_down_catches_up(
+    pipeline: Pipeline, target_db: Target, target: str
+) -> None:
+    started = time.monotonic()
+    rounds = Rounds(pipeline, target)
+    rounds.run()
+    target_db.stop_server()
+    down_at = time.monotonic()
+    consumer = ConsumerThread(pipeline, target, target_db.url)
+    timings: dict[str, float] = {}
+    try:
+        while time.monotonic() - down_at < DOWN_SECONDS:
+            rounds.run()
+            consumer.assert_healthy()
+        consumer.assert_healthy()
+        assert consumer.runtime.stats.batches == 0
+        assert _group_offsets(consumer.runtime) == {}
+
+        target_db.start_server()
+        timings["up"] = time.monotonic() - started
+        rounds.run()
+        _wait_verified(pipeline, target, target_db.url, consumer)
+        timings["verified"] = time.monotonic() - started
+    finally:
+        consumer.finish()
+    consumer.assert_finished()
+
+    stats = consumer.runtime.stats
+    assert stats.batches >= 1
+    _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
+    assert _group_offsets(consumer.runtime) == _stored_offsets(target_db.url, target)
+    print(f"{target}: {len(rounds.published)} refreshes, {stats}; timings {timings}")
