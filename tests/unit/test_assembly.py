@@ -138,3 +138,16 @@ def test_batches_stop_growing_at_the_size_limit_but_keep_a_refresh_whole() -> No
     assert batch is not None
     assert [r for r, _ in batch.refreshes] == ["r1"]
     assert batch.events == 4
+
+
+def test_a_partition_read_back_from_the_target_counts_as_done_up_to_its_refresh() -> None:
+    # We took over orders:0 where another member had applied r1 already; we read only
+    # its last applied event back. r1 is still held for our other partition.
+    assembler = Assembler()
+    assembler.add(_change("r1", "order_details", 0, 1))
+    ends = {"r1": _end("r1", 10, orders_p0=2, order_details_p0=1)}
+    assert assembler.ready(ends, OWNED, set()) is None  # orders:0 looks incomplete
+    assembler.applied_through(("orders", 0), "r1")
+    batch = assembler.ready(ends, OWNED, set())
+    assert batch is not None
+    assert [r for r, _ in batch.refreshes] == ["r1"]
