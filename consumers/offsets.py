@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 __all__ = ["OFFSETS", "TopicPartition", "load", "lock", "save", "stored_offsets"]
 
@@ -75,12 +76,35 @@ def stored_offsets(connection: sa.Connection, target: str) -> dict[TopicPartitio
 
 
 def lock(
-    connection: sa.Connection, target: str, partitions: Iterable[TopicPartition]
+    connection: sa.Connection, target: str, group: str, partitions: Iterable[TopicPartition]
 ) -> dict[TopicPartition, int]:
-    """Lock the offset rows of ``partitions`` for this transaction and return them."""
+    """Lock the offset rows of ``partitions`` for this transaction and return them.
+
+    Rows missing are inserted first (next offset 0, "nothing applied") with ON
+    CONFLICT DO NOTHING, so two members that both see a partition for the first time
+    queue on the same row instead of one failing on the primary key.
+    """
     wanted = sorted(set(partitions))
     if not wanted:
         return {}
+    now = datetime.now(UTC)
+    insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(
+        OFFSETS
+    )
+    connection.execute(
+        insert.on_conflict_do_nothing(),
+        [
+            {
+                "target": target,
+                "topic": topic,
+                "partition": partition,
+                "next_offset": 0,
+                "consumer_group": group,
+                "updated_at": now,
+            }
+            for topic, partition in wanted
+        ],
+    )
     query = sa.select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
         OFFSETS.c.target == target,
         sa.tuple_(OFFSETS.c.topic, OFFSETS.c.partition).in_(wanted),
@@ -97,23 +121,13 @@ def save(
     offsets: Mapping[TopicPartition, int],
     before: Mapping[TopicPartition, int],
 ) -> None:
-    """Store ``offsets`` (next offsets) where they move forward from ``before``."""
+    """Store ``offsets`` (next offsets) where they move forward from ``before``.
+
+    The rows exist and are locked: :func:`lock` came first in this transaction.
+    """
     now = datetime.now(UTC)
-    inserts = []
     for (topic, partition), offset in offsets.items():
-        previous = before.get((topic, partition))
-        if previous is None:
-            inserts.append(
-                {
-                    "target": target,
-                    "topic": topic,
-                    "partition": partition,
-                    "next_offset": offset,
-                    "consumer_group": group,
-                    "updated_at": now,
-                }
-            )
-        elif offset > previous:
+        if offset > before.get((topic, partition), 0):
             connection.execute(
                 sa.update(OFFSETS)
                 .where(
@@ -123,7 +137,3 @@ def save(
                 )
                 .values(next_offset=offset, consumer_group=group, updated_at=now)
             )
-    if inserts:
-        # A concurrent first insert of the same partition fails this transaction on the
-        # primary key: the runtime retries, and then finds the row and filters by it.
-        connection.execute(sa.insert(OFFSETS), inserts)

@@ -453,7 +453,7 @@ class ConsumerRuntime:
         entries: list[SyncEntry] = []
         letters: list[DeadLetter] = []
         with self._database(), self.engine.begin() as conn:
-            applied_before = offsets.lock(conn, self.target.name, partitions)
+            applied_before = offsets.lock(conn, self.target.name, self.group, partitions)
             reach: dict[tuple[str, int], int] = {}
             for refresh_id, slots in batch.refreshes:
                 refresh_started = time.monotonic()
