@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from queuestream.schemas.avro import AvroCodec
 
 from queuestream.settings import Settings
@@ -22,6 +22,18 @@ __all__ = ["Change", "committed_changes", "committed_messages"]
 Change = tuple[str, tuple[Any, ...], Any]  # (table, key values, ModifiedDate)
 
 MARKER_GRACE_SECONDS = 3.0
+
+
+def _log_end(probe: Consumer, tp: TopicPartition, attempts: int = 5) -> int:
+    """The partition's high watermark; a leader moving under load is retried."""
+    for attempt in range(attempts):
+        try:
+            return int(probe.get_watermark_offsets(tp, timeout=10)[1])
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError  # pragma: no cover - the loop returns or raises
 
 
 def committed_messages(
@@ -57,10 +69,7 @@ def committed_messages(
             }
         )  # a read_committed consumer would report the last stable offset instead
         try:
-            ends = {
-                (tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1]
-                for tp in assignments
-            }
+            ends = {(tp.topic, tp.partition): _log_end(probe, tp) for tp in assignments}
         finally:
             probe.close()
         consumer.assign(assignments)
