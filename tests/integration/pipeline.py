@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
+from confluent_kafka import Consumer, TopicPartition
+from queuestream.consumers import offsets, target_named
 from queuestream.consumers import sync_log as sync_log_table
-from queuestream.consumers import target_named
 from queuestream.consumers.reconcile import Reconciliation
 from queuestream.consumers.runtime import ConsumerRuntime, RunStats
 from queuestream.consumers.verify import verify
@@ -100,6 +102,34 @@ def run_in_thread(runtime: ConsumerRuntime) -> tuple[threading.Thread, list[Base
     thread = threading.Thread(target=body, name=f"consumer-{runtime.target.name}", daemon=True)
     thread.start()
     return thread, errors
+
+
+def group_offsets(
+    bootstrap: str, group: str, topics: Iterable[str], partitions: int
+) -> dict[tuple[str, int], int]:
+    """The offsets committed to a Kafka consumer group (partitions never committed: absent)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        wanted = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in consumer.committed(wanted, timeout=10)
+            if tp.offset >= 0
+        }
+    finally:
+        consumer.close()
+
+
+def stored_offsets(url: str, target: str) -> dict[tuple[str, int], int]:
+    """The offsets a target database holds (``queuestream_offsets``)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return offsets.stored_offsets(conn, target)
+    finally:
+        engine.dispose()
 
 
 def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:

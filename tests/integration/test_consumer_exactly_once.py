@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from queuestream.consumers import offsets, target_named
 from queuestream.consumers.runtime import ConsumerRuntime
 
@@ -21,7 +21,7 @@ from queuestream.databases import create_engine
 from queuestream.tables import topic_for
 from tests.helpers import wait_for
 from tests.integration.kafka_readback import committed_messages
-from tests.integration.pipeline import Pipeline
+from tests.integration.pipeline import Pipeline, group_offsets
 
 TARGETS = ["accounting", "shipping"]
 
@@ -84,23 +84,6 @@ def test_redelivered_and_stale_events_change_nothing(
     assert pipeline.verify(target, url).ok
 
 
-def _group_offsets(
-    bootstrap: str, group: str, topics: list[str], partitions: int
-) -> dict[tuple[str, int], int]:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
-    try:
-        wanted = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-        return {
-            (tp.topic, tp.partition): tp.offset
-            for tp in consumer.committed(wanted, timeout=10)
-            if tp.offset >= 0
-        }
-    finally:
-        consumer.close()
-
-
 class Crash(Exception):
     """Stands for the process dying right after the target committed."""
 
@@ -132,7 +115,7 @@ def test_a_crash_between_the_target_commit_and_the_kafka_commit_repeats_nothing(
     with engine.connect() as conn:
         stored = offsets.stored_offsets(conn, "accounting")
     assert stored, "the target committed the batch"
-    assert _group_offsets(kafka_bootstrap, group, topics, 3) == {}, "Kafka never heard of it"
+    assert group_offsets(kafka_bootstrap, group, topics, 3) == {}, "Kafka never heard of it"
     applied = [e["refresh_id"] for e in pipeline.sync_log("accounting", url)]
 
     pipeline.simulate(200)
@@ -148,7 +131,7 @@ def test_a_crash_between_the_target_commit_and_the_kafka_commit_repeats_nothing(
         stored = offsets.stored_offsets(conn, "accounting")
     engine.dispose()
     wait_for(
-        lambda: _group_offsets(kafka_bootstrap, group, topics, 3) == stored,
+        lambda: group_offsets(kafka_bootstrap, group, topics, 3) == stored,
         timeout=15,
         message="the group's offsets in Kafka catch up with the target's",
     )

@@ -35,8 +35,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from confluent_kafka import Consumer, TopicPartition
-from queuestream.consumers import offsets, sync_log, target_named
+from queuestream.consumers import sync_log, target_named
 from queuestream.consumers.verify import verify
 from queuestream.producer.simulator import Simulator
 from queuestream.producer.source_models import create_source_schema
@@ -45,6 +44,7 @@ from queuestream.databases import create_engine
 from queuestream.tables import topic_for
 from tests.helpers import producer_settings, wait_for
 from tests.integration.kafka_readback import committed_messages
+from tests.integration.pipeline import group_offsets, stored_offsets
 
 COMMAND = [sys.executable, "-m", "queuestream.cli"]
 TARGET = "accounting"
@@ -119,30 +119,6 @@ def _ranges(entries: list[dict[str, Any]]) -> dict[Where, list[tuple[Range, dict
             for partition, (first, last) in partitions.items():
                 found[(topic, int(partition))].append(((first, last), entry))
     return found
-
-
-def _group_offsets(bootstrap: str, group: str, topics: list[str]) -> dict[Where, int]:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
-    try:
-        wanted = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-        return {
-            (tp.topic, tp.partition): tp.offset
-            for tp in consumer.committed(wanted, timeout=10)
-            if tp.offset >= 0
-        }
-    finally:
-        consumer.close()
-
-
-def _stored_offsets(url: str) -> dict[Where, int]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return offsets.stored_offsets(conn, TARGET)
-    finally:
-        engine.dispose()
 
 
 def test_a_group_that_loses_a_member_mid_stream_applies_everything_once(
@@ -339,9 +315,9 @@ def test_a_group_that_loses_a_member_mid_stream_applies_everything_once(
     assert taken_over, f"none of the killed member's partitions {sorted(victims)} got more events"
 
     # Kafka's group offsets (for lag tools) end where the target's own offsets are.
-    stored = _stored_offsets(target_url)
+    stored = stored_offsets(target_url, TARGET)
     assert stored == {w: last + 1 for w, last in last_event.items()}
-    assert _group_offsets(kafka_bootstrap, group, topics) == stored
+    assert group_offsets(kafka_bootstrap, group, topics, PARTITIONS) == stored
     print(
         f"{len(events)} events, {len(entries)} sync-log rows by "
         f"{ {m: len(v) for m, v in by_member.items()} }; "

@@ -21,16 +21,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Consumer, TopicPartition
-from queuestream.consumers import offsets, target_named
+from queuestream.consumers import target_named
 from queuestream.consumers.runtime import ConsumerRuntime
 from sqlalchemy.engine import make_url
 
-from queuestream.databases import create_engine
 from queuestream.errors import ConfigurationError
 from tests import services
 from tests.helpers import wait_for
-from tests.integration.pipeline import Pipeline, run_in_thread
+from tests.integration.pipeline import Pipeline, group_offsets, run_in_thread, stored_offsets
 
 TARGETS = ["accounting", "shipping"]
 PARTITIONS = 3
@@ -142,32 +140,8 @@ class Rounds:
 
 def _group_offsets(runtime: ConsumerRuntime) -> dict[tuple[str, int], int]:
     """The offsets committed to the runtime's Kafka group."""
-    settings = runtime.settings
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": runtime.group,
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        wanted = [TopicPartition(t, p) for t in runtime.tables for p in range(PARTITIONS)]
-        return {
-            (tp.topic, tp.partition): tp.offset
-            for tp in consumer.committed(wanted, timeout=10)
-            if tp.offset >= 0
-        }
-    finally:
-        consumer.close()
-
-
-def _stored_offsets(url: str, target: str) -> dict[tuple[str, int], int]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return offsets.stored_offsets(conn, target)
-    finally:
-        engine.dispose()
+    bootstrap = runtime.settings.kafka_bootstrap_servers
+    return group_offsets(bootstrap, runtime.group, runtime.tables, PARTITIONS)
 
 
 def _wait_verified(pipeline: Pipeline, target: str, url: str, consumer: ConsumerThread) -> None:
@@ -230,7 +204,7 @@ def test_the_target_going_down_mid_stream_loses_and_repeats_nothing(
 
         def settled() -> dict[tuple[str, int], int]:
             found = _group_offsets(consumer.runtime)
-            return found if found == _stored_offsets(target_db.url, target) else {}
+            return found if found == stored_offsets(target_db.url, target) else {}
 
         committed = wait_for(
             settled, timeout=SETTLED_TIMEOUT, message="the group offsets reach the target's"
@@ -273,7 +247,7 @@ def test_the_target_going_down_mid_stream_loses_and_repeats_nothing(
     stats = consumer.runtime.stats
     assert stats.batches > batches
     _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
-    assert _group_offsets(consumer.runtime) == _stored_offsets(target_db.url, target)
+    assert _group_offsets(consumer.runtime) == stored_offsets(target_db.url, target)
     print(f"{target}: {len(rounds.published)} refreshes, {stats}; timings {timings}")
 
 
@@ -308,5 +282,5 @@ def test_a_consumer_started_while_the_target_is_down_catches_up(
     stats = consumer.runtime.stats
     assert stats.batches >= 1
     _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
-    assert _group_offsets(consumer.runtime) == _stored_offsets(target_db.url, target)
+    assert _group_offsets(consumer.runtime) == stored_offsets(target_db.url, target)
     print(f"{target}: {len(rounds.published)} refreshes, {stats}; timings {timings}")
