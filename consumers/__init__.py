@@ -3,8 +3,9 @@
 ``runtime`` (the consumer group member), ``assembly`` (batch-consistent apply),
 ``markers`` (END markers), ``offsets`` (offsets kept in the target), ``sync_log``,
 ``dead_letters`` (dead-letter topics and the error budget), ``target`` (what a
-target implements), ``reconcile`` (``queuestream verify``), and the sample
-targets ``accounting/`` and ``shipping/``.
+target implements), ``reconcile`` (``queuestream verify``), ``replay`` (move a
+group to a time or offsets), ``rebuild`` (a target as of a point in time), and the sample targets
+``accounting/`` and ``shipping/``.
 """
 
 from __future__ import annotations

@@ -138,6 +138,17 @@ class Assembler:
     def busy_slots(self) -> set[Slot]:
         return {slot for h in self._held.values() for slot, v in h.changes.items() if v}
 
+    def first_held(self) -> dict[Slot, int]:
+        """Per slot, the offset of the first event held (read, not applied yet)."""
+        first: dict[Slot, int] = {}
+        waiting = [v for h in self._held.values() for v in h.changes.items()]
+        waiting += list(self._poison.items())
+        for slot, items in waiting:
+            if items:
+                offset = min(item.offset for item in items)
+                first[slot] = min(first.get(slot, offset), offset)
+        return first
+
     # -- readiness ------------------------------------------------------------------
     def _order(self, ends: dict[str, EndMarker]) -> list[str]:
         unknown = 1 << 62

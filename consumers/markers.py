@@ -51,8 +51,13 @@ class EndMarker:
 class EndMarkers:
     """Finds and keeps the END markers that pending refreshes need."""
 
-    def __init__(self, settings: Settings, codec: AvroCodec, group: str) -> None:
+    def __init__(
+        self, settings: Settings, codec: AvroCodec, group: str, *, until_ms: int | None = None
+    ) -> None:
         self.codec = codec
+        #: END markers stamped after this are ignored: their refreshes committed too late
+        #: for a rebuild as of that moment (None: every marker counts).
+        self.until_ms = until_ms
         self.topic = batches_topic(settings)
         self.margin_ms = int(settings.marker_margin_seconds * 1000)
         self.ends: dict[str, EndMarker] = {}
@@ -112,6 +117,8 @@ class EndMarkers:
                     continue
                 if marker is None or marker["status"] != "END":
                     continue
+                if self.until_ms is not None and message.timestamp()[1] > self.until_ms:
+                    continue
                 refresh_id = marker["refresh_id"]
                 if refresh_id not in self.ends:
                     found += 1
@@ -122,6 +129,16 @@ class EndMarkers:
                     event_count=marker["event_count"],
                     partition_counts=dict(marker.get("partition_counts") or {}),
                 )
+
+    def read_through(self, offset: int) -> bool:
+        """Have the markers before ``offset`` of the batches topic been read?"""
+        if self._from_ms is None:
+            return False
+        try:
+            [position] = self._consumer.position([TopicPartition(self.topic, 0)])
+        except KafkaException:
+            return False
+        return position.offset >= offset
 
     def get(self, refresh_id: str) -> EndMarker | None:
         return self.ends.get(refresh_id)

@@ -17,6 +17,10 @@ When the target database is unreachable, nothing is committed: the runtime
 pauses its partitions, retries with backoff and goes on when the target is back.
 On partition assignment it resumes from the offsets stored in the target. On
 SIGTERM (``stop``) it finishes the batch in hand, commits and leaves the group.
+
+A bounded run (:class:`StopAt`, used by ``queuestream rebuild``) owns every
+partition without joining the group, applies only the refreshes committed up to a
+moment, commits nothing to Kafka, and stops there.
 """
 
 from __future__ import annotations
@@ -58,10 +62,11 @@ from queuestream.errors import (
     RetriableError,
 )
 from queuestream.kafka_clients import consumer_config, ensure_topics
+from queuestream.metrics import ConsumerMetrics
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
 
-__all__ = ["BatchOutcome", "ConsumerRuntime", "RunStats"]
+__all__ = ["BatchOutcome", "ConsumerRuntime", "RunStats", "StopAt"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,22 @@ class BatchOutcome:
 
     entries: list[SyncEntry]
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopAt:
+    """Apply only what had committed at a moment, then stop (``queuestream rebuild``).
+
+    ``offsets``: per change-topic partition, the first offset not to apply (the first
+    message stamped after the moment). ``until_ms``: refreshes whose END marker is
+    stamped later are not applied, even where their events come earlier.
+    ``markers_end``: the batches-topic offset up to which END markers are read before
+    the runtime may conclude that what it still holds belongs to later refreshes.
+    """
+
+    offsets: dict[tuple[str, int], int]
+    until_ms: int
+    markers_end: int
 
 
 @dataclass
@@ -112,6 +133,8 @@ class ConsumerRuntime:
         until_idle: bool = False,
         stop: threading.Event | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
+        metrics: ConsumerMetrics | None = None,
+        stop_at: StopAt | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
@@ -120,6 +143,8 @@ class ConsumerRuntime:
         self.until_idle = until_idle
         self.stop = stop or threading.Event()
         self.on_batch = on_batch
+        self.metrics = metrics
+        self.stop_at = stop_at
         self.member = f"{socket.gethostname()}:{os.getpid()}"
         self.codec = AvroCodec.from_url(settings.topic_prefix, settings.schema_registry_url)
         self.tables = {topic_for(settings.topic_prefix, t): t for t in target.tables}
@@ -181,6 +206,7 @@ class ConsumerRuntime:
         """Wait, keeping the group membership alive (rebalance callbacks still run)."""
         deadline = time.monotonic() + seconds
         while not self.stop.is_set():
+            self._observe()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -199,11 +225,13 @@ class ConsumerRuntime:
             return self.stats
         if not self._retrying("Kafka", self._check_topics):
             return self.stats
-        self._markers = EndMarkers(self.settings, self.codec, self.group)
+        until_ms = self.stop_at.until_ms if self.stop_at else None
+        self._markers = EndMarkers(self.settings, self.codec, self.group, until_ms=until_ms)
         self._consumer = Consumer(
             consumer_config(
                 self.settings,
-                self.group,
+                # A bounded run owns every partition and joins no group (see _assign_all).
+                f"{self.group}.rebuild" if self.stop_at else self.group,
                 **{
                     "enable.partition.eof": True,
                     "partition.assignment.strategy": "range",
@@ -212,12 +240,15 @@ class ConsumerRuntime:
                 },
             )
         )
-        self._consumer.subscribe(
-            list(self.tables),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
+        if self.stop_at is not None:
+            self._assign_all()
+        else:
+            self._consumer.subscribe(
+                list(self.tables),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
         log.info(
             "consumer %s of group %s applying %s to %s",
             self.member,
@@ -244,10 +275,15 @@ class ConsumerRuntime:
             ):
                 self._take(message)
             self._markers.poll()
+            self._observe()
             batch = self.assembler.ready(self._markers.ends, self._owned, self._at_end)
             if batch is not None:
                 idle_since = None
                 self._apply_until_done(batch)
+                continue
+            if self.stop_at is not None:
+                if self._reached_stop():
+                    return
                 continue
             if self.until_idle and self._idle():
                 idle_since = idle_since or time.monotonic()
@@ -265,6 +301,41 @@ class ConsumerRuntime:
             and self._owned <= self._at_end
         )
 
+    def _reached_stop(self) -> bool:
+        """Bounded run: every partition read to its stop and every END marker up to it known."""
+        assert self._markers is not None and self.stop_at is not None
+        if not self._assigned_once or self._unresolved or not self._owned <= self._at_end:
+            return False
+        if not self.assembler.empty and not self._markers.read_through(self.stop_at.markers_end):
+            return False
+        if not self.assembler.empty:
+            log.info(
+                "stopping at the point in time: %d events of %d refreshes committed later "
+                "are not applied",
+                self.assembler.held_events,
+                len(self.assembler.pending_refreshes()),
+            )
+        return True
+
+    def _assign_all(self) -> None:
+        """Bounded run: take every partition of the target's topics, without a group."""
+        assert self._consumer is not None and self.stop_at is not None
+        partitions = [TopicPartition(t, p) for t, p in sorted(self.stop_at.offsets)]
+        self._on_assign(self._consumer, partitions)
+
+    def _past_stop(self, topic: str, partition: int, offset: int) -> bool:
+        """Bounded run: is ``offset`` at or past the partition's stop? Then it is at its end."""
+        if self.stop_at is None:
+            return False
+        if offset < self.stop_at.offsets.get((topic, partition), offset + 1):
+            return False
+        slot = (self.tables[topic], partition)
+        if slot not in self._at_end:
+            self._at_end.add(slot)
+            if self._consumer is not None:
+                self._consumer.pause([TopicPartition(topic, partition)])
+        return True
+
     def _take(self, message: Message) -> None:
         error = message.error()
         topic = message.topic() or ""
@@ -280,6 +351,8 @@ class ConsumerRuntime:
         table = self.tables[topic]
         partition = message.partition() or 0
         offset = message.offset() or 0
+        if self._past_stop(topic, partition, offset):
+            return
         self._at_end.discard((table, partition))
         _, timestamp_ms = message.timestamp()
         floor = self._read_back.pop((table, partition), None)
@@ -342,6 +415,8 @@ class ConsumerRuntime:
         for tp in partitions:
             tp.offset = self._start_offset(tp.topic, tp.partition, stored)
         consumer.assign(partitions)
+        for tp in partitions:
+            self._past_stop(tp.topic, tp.partition, max(tp.offset, 0))
         if self._paused:
             consumer.pause(partitions)
         log.info("assigned %s", _describe(partitions))
@@ -357,6 +432,7 @@ class ConsumerRuntime:
         for slot in slots:
             self._read_back.pop(slot, None)
         self.assembler.revoke(slots)
+        self._observe()  # metrics: no lag for partitions no longer owned
         if partitions:
             log.info("revoked %s", _describe(partitions))
 
@@ -500,6 +576,8 @@ class ConsumerRuntime:
                     )
             self.budget.check(letters, [e.refresh_id for e in entries])
             self.dead_letters.publish(letters)
+            if self.metrics is not None:
+                self.metrics.dead_letters(letters)
             next_offsets = {tp: last + 1 for tp, last in reach.items()}
             offsets.save(conn, self.target.name, self.group, next_offsets, applied_before)
             if entries:
@@ -541,8 +619,11 @@ class ConsumerRuntime:
         return None
 
     def _commit_to_group(self, next_offsets: dict[tuple[str, int], int]) -> None:
-        """After the target committed: tell Kafka too (for lag tools; the target rules)."""
-        if not next_offsets or self._consumer is None:
+        """After the target committed: tell Kafka too (for lag tools; the target rules).
+
+        A bounded run (rebuild) is no member of the group: it commits nothing to Kafka.
+        """
+        if not next_offsets or self._consumer is None or self.stop_at is not None:
             return
         partitions = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
         try:
@@ -574,8 +655,26 @@ class ConsumerRuntime:
                 entry.events_stale,
                 entry.duration_ms,
             )
+        if self.metrics is not None:
+            self.metrics.batch(outcome)
+            self._observe()
         if self.on_batch is not None:
             self.on_batch(outcome)
+
+    def _observe(self) -> None:
+        """Metrics: the outage count, and the lag of every owned partition.
+
+        Called on every turn of the loop, while waiting and after each batch. The lag
+        is the cached log end minus the first offset held unapplied (else the position).
+        """
+        if self.metrics is None:
+            return
+        self.metrics.outages_so_far(self.stats.outages)
+        if self._consumer is None:
+            return
+        held = {(self.topics[t], p): o for (t, p), o in self.assembler.first_held().items()}
+        owned = {(self.topics[t], p) for t, p in self._owned - self._unresolved}
+        self.metrics.observe_lag(self._consumer, owned, held)
 
     def _close(self) -> None:
         if self._consumer is not None:

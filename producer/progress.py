@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from queuestream.producer.watermark import Progress
@@ -22,7 +24,7 @@ from queuestream.errors import BrokerUnavailableError
 from queuestream.kafka_clients import batches_topic, consumer_config
 from queuestream.settings import Settings
 
-__all__ = ["read_progress"]
+__all__ = ["CommittedEnd", "read_last_end", "read_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,56 @@ def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class CommittedEnd:
+    """A committed END marker as it lies in the batches topic."""
+
+    producer: str  # the key: the transactional id of the producer that wrote it
+    offset: int
+    timestamp_ms: int  # the message's timestamp: when the producer wrote the marker
+    value: dict[str, Any]  # the decoded marker (schemas/avro/batches.value.avsc)
+
+
 def read_progress(settings: Settings, codec: AvroCodec) -> Progress:
     """The last committed END marker of this producer, or empty progress.
 
     Call it after the transactional producer's init_transactions(), which aborts
     any transaction a crashed predecessor left open, so that the log end is stable.
     """
-    topic = batches_topic(settings)
     producer = settings.effective_transactional_id
+    found, low = _read_last_end(settings, codec, producer)
+    if found is not None:
+        value = found.value
+        return Progress(
+            refresh_id=value["refresh_id"],
+            watermark=_aware(value["window_end"]),
+            overlap_seen=Progress.unpack_digests(value["overlap_seen"]),
+            snapshot_fingerprint=value["snapshot_fingerprint"],
+        )
+    if low > 0:
+        log.warning(
+            "%s starts at offset %d and holds no END marker of producer %s: its progress "
+            "was deleted (retention?). Starting over from the first window; use "
+            "--since DATE to re-sync further back",
+            batches_topic(settings),
+            low,
+            producer,
+        )
+    return Progress()
+
+
+def read_last_end(
+    settings: Settings, codec: AvroCodec, producer: str | None = None
+) -> CommittedEnd | None:
+    """The last committed END marker of ``producer`` (of any producer when None), or None."""
+    return _read_last_end(settings, codec, producer)[0]
+
+
+def _read_last_end(
+    settings: Settings, codec: AvroCodec, producer: str | None
+) -> tuple[CommittedEnd | None, int]:
+    """The last committed END marker and the batches topic's oldest retained offset."""
+    topic = batches_topic(settings)
     # The log end including commit markers: a read_committed consumer reports the last
     # stable offset instead, which trails a just-committed refresh until the broker has
     # written its markers, and reading only that far could miss the newest END.
@@ -85,18 +129,9 @@ def read_progress(settings: Settings, codec: AvroCodec) -> Progress:
             start = max(low, end - _STEP)
             found = _last_end_marker(consumer, codec, partition, start, end, producer)
             if found is not None:
-                return found
+                return found, low
             end = start
-        if low > 0:
-            log.warning(
-                "%s starts at offset %d and holds no END marker of producer %s: its progress "
-                "was deleted (retention?). Starting over from the first window; use "
-                "--since DATE to re-sync further back",
-                topic,
-                low,
-                producer,
-            )
-        return Progress()
+        return None, low
     finally:
         probe.close()
         consumer.close()
@@ -108,10 +143,10 @@ def _last_end_marker(
     partition: TopicPartition,
     start: int,
     end: int,
-    producer: str,
-) -> Progress | None:
+    producer: str | None,
+) -> CommittedEnd | None:
     consumer.assign([TopicPartition(partition.topic, 0, start if start > 0 else OFFSET_BEGINNING)])
-    found: Progress | None = None
+    found: CommittedEnd | None = None
     while True:
         message = consumer.poll(_TIMEOUT)
         if message is None:
@@ -131,12 +166,14 @@ def _last_end_marker(
             break
         key = codec.decode("batches", "key", message.key())
         value = codec.decode("batches", "value", message.value())
-        if key is None or value is None or key["producer"] != producer or value["status"] != "END":
+        if key is None or value is None or value["status"] != "END":
             continue
-        found = Progress(
-            refresh_id=value["refresh_id"],
-            watermark=_aware(value["window_end"]),
-            overlap_seen=Progress.unpack_digests(value["overlap_seen"]),
-            snapshot_fingerprint=value["snapshot_fingerprint"],
+        if producer is not None and key["producer"] != producer:
+            continue
+        found = CommittedEnd(
+            producer=key["producer"],
+            offset=offset or 0,
+            timestamp_ms=message.timestamp()[1],
+            value=value,
         )
     return found

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from queuestream.producer.events import EventBuilder, RefreshContext
@@ -40,7 +40,7 @@ from queuestream.kafka_clients import batches_topic, ensure_topics
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec, topic_for
 
-__all__ = ["ProduceLoop", "RefreshResult", "Refresher", "new_refresh_id"]
+__all__ = ["ProduceLoop", "RefreshObserver", "RefreshResult", "Refresher", "new_refresh_id"]
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,19 @@ class Refresher:
         return marker
 
 
+class RefreshObserver(Protocol):
+    """What a produce loop reports, e.g. to :class:`queuestream.metrics.ProducerMetrics`."""
+
+    def started(self, watermark: datetime | None) -> None:
+        """A refresher is ready; ``watermark`` is the progress it read back."""
+
+    def refreshed(self, result: RefreshResult) -> None:
+        """A refresh committed."""
+
+    def failed(self, error: BaseException) -> None:
+        """A refresh failed and will be retried."""
+
+
 class ProduceLoop:
     """``queuestream produce``: refresh every ``interval`` seconds until stopped.
 
@@ -349,8 +362,10 @@ class ProduceLoop:
         interval: float,
         backoff: float = 2.0,
         max_backoff: float = 60.0,
+        observer: RefreshObserver | None = None,
     ) -> None:
         self.make_refresher = make_refresher
+        self.observer = observer
         self.refresher: Refresher | None = None
         self.interval = interval
         self.backoff = backoff
@@ -368,7 +383,12 @@ class ProduceLoop:
                 try:
                     if self.refresher is None:
                         self.refresher = self.make_refresher()
-                    self.refresher.refresh(since)
+                        if self.observer is not None:
+                            self.observer.started(self.refresher.progress.watermark)
+                    results = self.refresher.refresh(since)
+                    if self.observer is not None:
+                        for result in results:
+                            self.observer.refreshed(result)
                     since = None  # the override applies once
                     failures = 0
                     done += 1
@@ -376,6 +396,8 @@ class ProduceLoop:
                 except RetriableError as exc:
                     # Start over with a new producer: it settles any open transaction
                     # and reads the committed progress back, so nothing is assumed.
+                    if self.observer is not None:
+                        self.observer.failed(exc)
                     self._discard()
                     failures += 1
                     wait = min(self.max_backoff, self.backoff * 2**failures)

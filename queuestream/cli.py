@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -107,9 +107,21 @@ def _on_stop_signals(stop: Callable[[], None], doing: str) -> None:
         signal.signal(signal.SIGINT, _handler)
 
 
-def _parse_since(text: str | None, settings: Settings) -> datetime | None:
-    if text is None:
-        return None
+def _progress() -> Progress:
+    """A progress bar on stderr, shown on a terminal only."""
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+
+
+def _parse_time(text: str, zone: tzinfo | None, option: str) -> datetime:
+    """An ISO date-time (or 1/1/2017 [08:00]); without a zone it is in ``zone`` (None: local)."""
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
@@ -120,11 +132,19 @@ def _parse_since(text: str | None, settings: Settings) -> datetime | None:
             except ValueError:
                 continue
         else:
-            msg = f"--since {text!r} is not a date: use 2017-01-01, 2017-01-01T08:00 or 1/1/2017"
+            msg = (
+                f"{option} {text!r} is not a date: use 2017-01-01, 2017-01-01T08:00, "
+                "2017-01-01T08:00:00+02:00 or 1/1/2017"
+            )
             raise ConfigurationError(msg) from None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=settings.zone)
+        value = value.replace(tzinfo=zone) if zone is not None else value.astimezone()
     return value.astimezone(UTC)
+
+
+def _parse_since(text: str | None, settings: Settings) -> datetime | None:
+    """``--since``: a time in the source's zone (the one its ModifiedDate is stamped in)."""
+    return None if text is None else _parse_time(text, settings.zone, "--since")
 
 
 @app.command()
@@ -150,15 +170,7 @@ def sim(
         from queuestream.producer.queue_procedure import install_queue_procedure
 
         install_queue_procedure(engine, settings.queue_schema)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    ) as bar:
+    with _progress() as bar:
         task = bar.add_task("simulating", total=actions)
         stats = simulator.run(
             actions,
@@ -218,6 +230,16 @@ def refresh(
     _print_results(results, as_json)
 
 
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics "
+        "(QUEUESTREAM_METRICS_PORT; the address is metrics_host). 0: none.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def produce(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 10.0,
@@ -228,17 +250,24 @@ def produce(
         int | None,
         typer.Option(help="Stop after this many refreshes (default: run until stopped)."),
     ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Refresh every INTERVAL seconds. SIGTERM finishes the refresh in hand and exits."""
+    from queuestream.metrics import ProducerMetrics, metrics_server
     from queuestream.producer.refresh import ProduceLoop, Refresher
 
-    settings = _settings()
+    settings = _settings(metrics_port=metrics_port)
+    metrics = ProducerMetrics()
     loop = ProduceLoop(
-        lambda: Refresher(settings), interval, backoff=settings.retry_backoff_seconds
+        lambda: Refresher(settings),
+        interval,
+        backoff=settings.retry_backoff_seconds,
+        observer=metrics,
     )
 
     _on_stop_signals(loop.stop, "finishing the refresh in hand")
-    done = loop.run(_parse_since(since, settings), max_refreshes)
+    with metrics_server(metrics.registry, settings.metrics_port, settings.metrics_host):
+        done = loop.run(_parse_since(since, settings), max_refreshes)
     console.print(f"stopped after {done} refreshes")
 
 
@@ -285,6 +314,7 @@ def consume(
     until_idle: Annotated[
         bool, typer.Option(help="Stop once everything committed so far is applied.")
     ] = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Apply the change events to a target as a member of a consumer group.
 
@@ -292,8 +322,15 @@ def consume(
     """
     from queuestream.consumers import target_named
     from queuestream.consumers.runtime import BatchOutcome, ConsumerRuntime
+    from queuestream.metrics import ConsumerMetrics, metrics_server
 
-    settings = _settings(target_url=target_url, consumer_group=group, max_errors=max_errors)
+    settings = _settings(
+        target_url=target_url,
+        consumer_group=group,
+        max_errors=max_errors,
+        metrics_port=metrics_port,
+    )
+    metrics = ConsumerMetrics(target)
     stop = threading.Event()
     _on_stop_signals(stop.set, "finishing the batch in hand")
 
@@ -302,9 +339,15 @@ def consume(
             console.print(f"refresh {entry.refresh_id}: {entry.summary()}", highlight=False)
 
     runtime = ConsumerRuntime(
-        settings, target_named(target), until_idle=until_idle, stop=stop, on_batch=_batch
+        settings,
+        target_named(target),
+        until_idle=until_idle,
+        stop=stop,
+        on_batch=_batch,
+        metrics=metrics,
     )
-    stats = runtime.run()
+    with metrics_server(metrics.registry, settings.metrics_port, settings.metrics_host):
+        stats = runtime.run()
     console.print(
         f"{target}: {stats.refreshes} refreshes in {stats.batches} batches, "
         f"synchronized {stats.rows} rows, {stats.errors} errors, {stats.stale} stale events "
@@ -379,6 +422,261 @@ def verify(
         )
     if not report.ok:
         raise typer.Exit(1)
+
+
+TimeHelp = "ISO date-time; without a zone, this machine's local time (as kafka-consumer-groups)."
+
+
+@app.command()
+def replay(
+    group: Annotated[str, typer.Option(help="The consumer group to move.", show_default=False)],
+    to_datetime: Annotated[
+        str | None, typer.Option(help=f"Move to the first event at or after this time. {TimeHelp}")
+    ] = None,
+    by_duration: Annotated[
+        str | None, typer.Option(help="Move back this long from now: PT2H30M, 2h30m, 45m, 1d.")
+    ] = None,
+    to_earliest: Annotated[
+        bool, typer.Option(help="Move to the oldest retained offsets.")
+    ] = False,
+    to_offsets: Annotated[
+        Path | None,
+        typer.Option(help="CSV of topic,partition,offset lines (kafka-consumer-groups --export)."),
+    ] = None,
+    topics: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Topics (or table names) to move; repeat or comma-separate. "
+            "Default: those the group has offsets on.",
+            show_default=False,
+        ),
+    ] = None,
+    target_url: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="A sample target's database: its stored offsets move too (the sample "
+            "consumers resume from those).",
+            show_default=False,
+        ),
+    ] = None,
+    execute: Annotated[
+        bool, typer.Option(help="Move the offsets. Without it: a dry run that prints the plan.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Do not refuse while the group has active members.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Move a consumer group's offsets to a time, the earliest offsets or given offsets.
+
+    A dry run unless --execute: it prints, per topic and partition, the current and the
+    new offset. It refuses while the group has active members unless --force.
+    """
+    from queuestream.consumers.replay import (
+        ReplaySpec,
+        execute_replay,
+        parse_duration,
+        plan_replay,
+        read_offsets_file,
+    )
+
+    settings = _settings()
+    moment = None if to_datetime is None else _parse_time(to_datetime, None, "--to-datetime")
+    spec = ReplaySpec(
+        to_datetime=moment,
+        by_duration=None if by_duration is None else parse_duration(by_duration),
+        to_earliest=to_earliest,
+        to_offsets=None if to_offsets is None else read_offsets_file(to_offsets),
+    )
+    names = [t.strip() for item in topics or [] for t in item.split(",") if t.strip()]
+    plan = plan_replay(settings, group, spec, topics=names or None, target_url=target_url)
+    if execute:
+        plan = execute_replay(settings, plan, force=force)
+    if as_json:
+        console.print_json(json.dumps(plan.as_dict()))
+        return
+    _print_replay(plan)
+
+
+def _print_replay(plan: Any) -> None:
+    from rich.table import Table
+
+    from queuestream.databases import describe_url
+
+    members = f", {len(plan.members)} active member(s)" if plan.members else ", no active members"
+    table = Table(title=f"group {plan.group} ({plan.state}{members}) {plan.destination}")
+    table.add_column("topic", no_wrap=True)
+    for column in ("part", "group at"):
+        table.add_column(column, justify="right")
+    if plan.target_url is not None:
+        table.add_column("target at", justify="right")
+    for column in ("new", "change", "retained"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for move in plan.moves:
+        row = [
+            move.topic,
+            str(move.partition),
+            "-" if move.group_offset is None else str(move.group_offset),
+        ]
+        if plan.target_url is not None:
+            row.append("-" if move.target_offset is None else str(move.target_offset))
+        delta = move.delta
+        row += [
+            str(move.new_offset),
+            "-" if delta is None else f"{delta:+d}",
+            f"{move.low}..{move.high}",
+        ]
+        table.add_row(*row)
+    console.print(table)
+    where = f" (and those stored in {describe_url(plan.target_url)})" if plan.target_url else ""
+    if plan.executed:
+        console.print(f"moved {len(plan.moves)} partitions of group {plan.group}{where}")
+    else:
+        console.print(
+            f"dry run: nothing moved. Add --execute to move the offsets of group "
+            f"{plan.group}{where}."
+        )
+    if plan.target_url is None and any(
+        plan.group == _settings().group_for(name) for name in ("accounting", "shipping")
+    ):
+        err_console.print(
+            f"note: {plan.group} is a sample target's group, which resumes from the offsets "
+            "stored in its database: pass --target URL to move those too"
+        )
+
+
+@app.command()
+def rebuild(
+    target: TargetArg,
+    target_url: Annotated[
+        str,
+        typer.Option("--target", help="A NEW, empty database to build.", show_default=False),
+    ],
+    as_of: Annotated[str, typer.Option(help=f"The point in time. {TimeHelp}")],
+) -> None:
+    """Build a fresh target as it was at a point in time, from the earliest offsets.
+
+    Applies every refresh committed at or before --as-of, then stops. The new target
+    keeps its offsets: `consume --target NEW_URL` later goes on from there.
+    """
+    from queuestream.consumers.rebuild import plan_rebuild
+    from queuestream.consumers.rebuild import rebuild as run_rebuild
+    from queuestream.consumers.runtime import BatchOutcome
+
+    settings = _settings(target_url=target_url)
+    moment = _parse_time(as_of, None, "--as-of")
+    plan = plan_rebuild(settings, target, moment)
+    console.print(
+        f"rebuilding {target} as of {moment.isoformat()} into {plan.target_url}: "
+        f"{plan.events} offsets to read",
+        highlight=False,
+    )
+    with _progress() as bar:
+        task = bar.add_task("offsets read", total=plan.events)
+
+        def _batch(outcome: BatchOutcome) -> None:
+            read = sum(
+                last - first + 1
+                for entry in outcome.entries
+                for spans in entry.offsets.values()
+                for first, last in spans.values()
+            )
+            bar.advance(task, read)
+
+        stats = run_rebuild(settings, plan, on_batch=_batch)
+    console.print(
+        f"{target} as of {moment.isoformat()}: {stats.refreshes} refreshes, "
+        f"synchronized {stats.rows} rows, {stats.errors} errors ({stats.seconds:.1f}s)",
+        highlight=False,
+    )
+
+
+@app.command()
+def monitor(
+    once: Annotated[bool, typer.Option(help="Print one snapshot and exit.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one snapshot as JSON (implies --once).")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between snapshots.")] = 5.0,
+    group: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this consumer group (repeatable).", show_default=False),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(help="Exit 2 when a group's lag is over --max-lag / --max-lag-seconds."),
+    ] = False,
+    max_lag: Annotated[
+        int | None,
+        typer.Option(help="Most messages a group may lag on a partition.", show_default=False),
+    ] = None,
+    max_lag_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Oldest a group's first unconsumed message may be, in seconds.",
+            show_default=False,
+        ),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve the view as a web page at HOST:PORT (e.g. 127.0.0.1:8080), "
+            "with /snapshot.json.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Topics, consumer groups and their lag, the last batch, dead letters: live.
+
+    --check exits 2 naming each group and partition over the limits.
+    """
+    from queuestream.monitor import LagLimits, SnapshotCollector, SnapshotFeed, breaches
+    from queuestream.monitor.terminal import live, render
+    from queuestream.monitor.web import MonitorServer, parse_address
+
+    settings = _settings()
+    groups = tuple(group or ())
+    limits = LagLimits(max_lag, max_lag_seconds)
+    if check and limits.empty:
+        msg = "--check needs a limit: --max-lag N and/or --max-lag-seconds S"
+        raise ConfigurationError(msg)
+    if once or as_json or check:
+        collector = SnapshotCollector(settings, groups=groups)
+        try:
+            snapshot = collector.collect()
+        finally:
+            collector.close()
+        if as_json:
+            console.print_json(json.dumps(snapshot.as_dict()))
+        elif not check:
+            console.print(render(snapshot, limits))
+        if check:
+            out = err_console if as_json else console
+            found = breaches(snapshot, limits, groups)
+            for breach in found:
+                out.print(f"LAG {breach.describe()}", highlight=False)
+            if found:
+                raise typer.Exit(2)
+            out.print(f"ok: {len(snapshot.groups)} consumer groups within the limits")
+        return
+    feed = SnapshotFeed(lambda: SnapshotCollector(settings, groups=groups), interval)
+    stop = threading.Event()
+    _on_stop_signals(stop.set, "stopping the monitor")
+    server = None
+    feed.start()
+    try:
+        if http is not None:
+            server = MonitorServer(parse_address(http), feed, limits, interval).start()
+            err_console.print(f"monitor page at {server.url}", highlight=False)
+        if http is None or console.is_terminal:
+            live(feed, console, limits, stop)
+        else:
+            stop.wait()
+    finally:
+        if server is not None:
+            server.stop()
+        feed.stop()
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ DEFAULT_PG_CLOCK_ALLOWANCE_SECONDS = 1.0
 DEFAULT_OVERLAP_SECONDS = 2.0
 DEFAULT_REFRESH_STATEMENT = "EXEC queue.Refresh"
 DEFAULT_REFRESH_SINCE_STATEMENT = "EXEC queue.Refresh :since"
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 ColumnAction = Literal["exclude", "mask", "hash"]
 
@@ -176,6 +177,20 @@ class Settings(BaseSettings):
         gt=0,
         description="How far before an event the consumer looks for its refresh's END "
         "marker (allows for clock steps on the producer's host).",
+    )
+
+    # --- metrics ----------------------------------------------------------------
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="produce / consume: serve Prometheus metrics at "
+        "http://<metrics_host>:<port>/metrics; 0 or unset: no metrics server.",
+    )
+    metrics_host: str = Field(
+        DEFAULT_METRICS_HOST,
+        min_length=1,
+        description="Address the metrics server listens on (0.0.0.0: every interface).",
     )
 
     # --- sensitive columns -----------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -52,3 +55,33 @@ def producer_settings(url: str, bootstrap: str, prefix: str, **more: Any) -> Set
         **more,
     }
     return load_settings(None, **values)
+
+
+#: The queuestream command as a user runs it, from this interpreter's environment.
+CLI = [sys.executable, "-m", "queuestream.cli"]
+CLI_TIMEOUT = 180  # seconds for one command
+
+
+def run_cli(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``queuestream ARGS`` to its end (no stdin) and return what it printed."""
+    return subprocess.run(
+        [*CLI, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def cli_env(bootstrap: str, prefix: str, **more: str) -> dict[str, str]:
+    """The environment of a command talking to ``bootstrap`` about topics ``prefix.*``."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "QUEUESTREAM_TOPIC_PREFIX": prefix,
+        **more,
+    }

@@ -322,3 +322,43 @@ def start_local_schema_registry() -> Service:
             shutil.rmtree(REPO_ROOT / "var" / "registry" / str(port), ignore_errors=True)
 
     return Service(url, f"local Apicurio schema registry at {url}", stop)
+
+
+# ------------------------------------------------------------ Kafka tools --
+
+KAFKA_TOOL_TIMEOUT = 120  # seconds: a JVM start plus the request
+
+
+def kafka_tool(name: str, *args: str) -> str:
+    """Run one of Apache Kafka's own command-line tools (e.g. ``kafka-consumer-groups``).
+
+    The tools come from the kafka-tools jar beside the broker's (``scripts/kafka-local.sh
+    tool``); the output is returned, a non-zero exit raises ServiceError with it.
+    """
+    proc = _run_script(
+        [str(KAFKA_SCRIPT), "tool", name, *args], dict(os.environ), KAFKA_TOOL_TIMEOUT
+    )
+    if proc.returncode != 0:
+        what = f"kafka-local.sh tool {name}"
+        raise _script_failed(what, proc, "Is the broker up?")
+    return proc.stdout
+
+
+def consumer_group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int | None]:
+    """A group's committed offsets as Kafka's ``kafka-consumer-groups --describe`` shows them."""
+    out = kafka_tool(
+        "kafka-consumer-groups", "--bootstrap-server", bootstrap, "--describe", "--group", group
+    )
+    found: dict[tuple[str, int], int | None] = {}
+    header: list[str] | None = None
+    for line in out.splitlines():
+        cells = line.split()
+        if cells[:3] == ["GROUP", "TOPIC", "PARTITION"]:
+            header = cells
+            continue
+        if header is None or len(cells) < 4 or cells[0] != group:
+            continue
+        row = dict(zip(header, cells, strict=False))
+        current = row["CURRENT-OFFSET"]
+        found[(row["TOPIC"], int(row["PARTITION"]))] = None if current == "-" else int(current)
+    return found

@@ -6,41 +6,29 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import sqlalchemy as sa
 from queuestream.producer.source_models import Base
 
 from queuestream.databases import create_engine
-from tests.helpers import wait_for
+from tests.helpers import CLI as COMMAND
+from tests.helpers import cli_env, run_cli, wait_for
 from tests.integration.kafka_readback import committed_changes
-
-COMMAND = [sys.executable, "-m", "queuestream.cli"]
-RUN_TIMEOUT = 120
 
 
 def _env(source_url: str, bootstrap: str, prefix: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "QUEUESTREAM_SOURCE_URL": source_url,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "QUEUESTREAM_TOPIC_PREFIX": prefix,
-        "QUEUESTREAM_SETTLE_SECONDS": "0",
-        "QUEUESTREAM_PARTITIONS": "3",
-    }
+    return cli_env(
+        bootstrap,
+        prefix,
+        QUEUESTREAM_SOURCE_URL=source_url,
+        QUEUESTREAM_SETTLE_SECONDS="0",
+        QUEUESTREAM_PARTITIONS="3",
+    )
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(args, env)
 
 
 def _content(url: str) -> dict[str, list[tuple[object, ...]]]:

@@ -36,7 +36,7 @@ from queuestream.schemas.avro import AvroCodec
 from queuestream.databases import create_engine, is_postgres
 from queuestream.settings import Settings
 from queuestream.tables import TABLES
-from tests.helpers import wait_for
+from tests.helpers import run_cli, wait_for
 from tests.integration.kafka_readback import committed_changes
 from tests.integration.source_versions import assert_exactly_once, source_versions
 
@@ -256,15 +256,7 @@ def test_sigkill_at_any_point_loses_nothing_and_duplicates_nothing(
         _simulate(source_url, 500, seed=4)
 
         # Restart once more and let it finish one refresh.
-        done = subprocess.run(
-            [*COMMAND, "refresh", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        done = run_cli(["refresh", "--json"], env, RUN_TIMEOUT)
         assert done.returncode == 0, done.stderr
         [final] = json.loads(done.stdout)
         assert final["events"] > 0
