@@ -135,6 +135,10 @@ class Assembler:
     def pending_refreshes(self) -> list[str]:
         return list(self._held)
 
+    def needed_refreshes(self) -> set[str]:
+        """Refreshes held: their END markers are needed to apply them."""
+        return set(self._held)
+
     def busy_slots(self) -> set[Slot]:
         return {slot for h in self._held.values() for slot, v in h.changes.items() if v}
 

@@ -16,6 +16,7 @@ replay).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
@@ -58,6 +59,9 @@ class EndMarkers:
         #: END markers stamped after this are ignored: their refreshes committed too late
         #: for a rebuild as of that moment (None: every marker counts).
         self.until_ms = until_ms
+        #: The refreshes whose markers are still needed (set by the runtime): never pruned.
+        self.needed: Callable[[], set[str]] = set
+        self.keep = _KEEP
         self.topic = batches_topic(settings)
         self.margin_ms = int(settings.marker_margin_seconds * 1000)
         self.ends: dict[str, EndMarker] = {}
@@ -96,6 +100,10 @@ class EndMarkers:
             return 0
         found = 0
         while True:
+            if len(self.ends) >= self.keep:
+                self._prune()
+                if len(self.ends) >= self.keep:
+                    return found  # all still needed: read on once some are applied
             messages = self._consumer.consume(num_messages=500, timeout=0)
             if not messages:
                 self._prune()
@@ -144,12 +152,27 @@ class EndMarkers:
         return self.ends.get(refresh_id)
 
     def _prune(self) -> None:
-        """Keep the newest markers only; needing an older one later seeks back for it."""
-        if len(self.ends) <= _KEEP:
+        """Forget markers older than every one still needed (keeping the newest half).
+
+        A marker is needed while its refresh is held (``needed``); markers after the
+        oldest held one belong to refreshes whose events are still to come: a rebuild
+        reading a long history reads markers far ahead of the events. When all are
+        needed, :meth:`poll` stops reading until refreshes are applied. Needing a
+        forgotten one later seeks back for it.
+        """
+        if len(self.ends) <= self.keep:
             return
-        newest = sorted(self.ends.values(), key=lambda e: e.offset)[-(_KEEP // 2) :]
-        self.ends = {e.refresh_id: e for e in newest}
-        self._from_ms = max(self._from_ms or 0, newest[0].ts_ms)
+        needed = self.needed() & set(self.ends)
+        by_offset = sorted(self.ends.values(), key=lambda e: e.offset)
+        floor = min((self.ends[r].offset for r in needed), default=None)
+        cut = max(0, len(by_offset) - self.keep // 2)
+        if floor is not None:
+            cut = min(cut, next(i for i, e in enumerate(by_offset) if e.offset >= floor))
+        if cut == 0:
+            return
+        kept = by_offset[cut:]
+        self.ends = {e.refresh_id: e for e in kept}
+        self._from_ms = max(self._from_ms or 0, kept[0].ts_ms)
 
     def close(self) -> None:
         self._consumer.close()

@@ -6,11 +6,14 @@ new offset. Without ``--execute`` that is all it does (a dry run). With it:
 
 1. it refuses while the group has active members (unless ``--force``): Kafka's
    coordinator only lets a client that is no member move an empty group's offsets,
-   and a running member would carry on from where it is anyway;
-2. it moves the group's offsets in Kafka (AdminClient.alter_consumer_group_offsets,
-   the same offsets ``kafka-consumer-groups`` shows);
-3. for a sample target, it moves the offsets stored in the target database too, in
-   one transaction: the sample consumers resume from those, not from Kafka's.
+   and a running member would carry on from where it is anyway. ``--force`` skips
+   this check only; Kafka still refuses while members are alive, and then nothing
+   has moved;
+2. for a sample target, it moves the offsets stored in the target database, in one
+   transaction: the sample consumers resume from those, not from Kafka's, and bring
+   the group's offsets level with them on assignment;
+3. it moves the group's offsets in Kafka (AdminClient.alter_consumer_group_offsets,
+   the same offsets ``kafka-consumer-groups`` shows).
 
 New offsets are clamped into the retained log (oldest retained offset .. log end).
 Times resolve with offsets-for-times (:mod:`.positions`): the first message
@@ -152,10 +155,15 @@ def read_offsets_file(path: Path) -> dict[Partition, int]:
             continue
         try:
             topic, partition, offset = (cell.strip() for cell in row)
-            found[(topic, int(partition))] = int(offset)
+            key, value = (topic, int(partition)), int(offset)
         except ValueError:
             msg = f"{path} line {number}: {','.join(row)!r} is not 'topic,partition,offset'"
             raise ConfigurationError(msg) from None
+        if value < 0 or key in found:
+            why = "a negative offset" if value < 0 else f"{topic}[{partition}] a second time"
+            msg = f"{path} line {number}: {why}; give each partition once, with an offset >= 0"
+            raise ConfigurationError(msg)
+        found[key] = value
     if not found:
         msg = f"{path} holds no offsets (expected lines 'topic,partition,offset')"
         raise ConfigurationError(msg)
@@ -340,11 +348,13 @@ def _new_offsets(
     if spec.to_earliest:
         return {p: b.low for p, b in bounds.items()}
     assert spec.to_offsets is not None
-    unknown = sorted(f"{t}[{p}]" for t, p in spec.to_offsets if (t, p) not in bounds)
+    topics = {t for t, _ in bounds}
+    wanted = {tp: o for tp, o in spec.to_offsets.items() if tp[0] in topics}
+    unknown = sorted(f"{t}[{p}]" for t, p in wanted if (t, p) not in bounds)
     if unknown:
         msg = f"the offsets file names partitions that do not exist: {', '.join(unknown)}"
         raise ConfigurationError(msg)
-    return {p: bounds[p].clamp(o) for p, o in spec.to_offsets.items()}
+    return {p: bounds[p].clamp(o) for p, o in wanted.items()}
 
 
 def execute_replay(settings: Settings, plan: ReplayPlan, *, force: bool = False) -> ReplayPlan:
@@ -358,9 +368,23 @@ def execute_replay(settings: Settings, plan: ReplayPlan, *, force: bool = False)
             "stop them first (their offsets would win), or pass --force"
         )
         raise ConfigurationError(msg)
-    _alter_group(admin, plan, members)
-    if plan.target_url is not None:
+    if plan.target_url is not None and not members:
+        # The target first: the sample consumers resume from it, and on assignment they
+        # bring the group's offsets in Kafka level with it, should the next step fail.
         _move_target(plan)
+        try:
+            _alter_group(admin, plan, members)
+        except ConfigurationError as exc:
+            msg = (
+                f"{exc} The offsets stored in {describe_url(plan.target_url)} did move: the "
+                "sample consumers resume from those and bring the group level when they start"
+            )
+            raise ConfigurationError(msg) from None
+    else:
+        # With live members (--force) Kafka likely refuses: then nothing has moved.
+        _alter_group(admin, plan, members)
+        if plan.target_url is not None:
+            _move_target(plan)
     plan.state, plan.members, plan.executed = described.state, members, True
     log.info("moved %d partitions of group %s %s", len(plan.moves), plan.group, plan.destination)
     return plan
@@ -422,9 +446,11 @@ def _move_target(plan: ReplayPlan) -> None:
                 rows,
             )
     except sa.exc.DBAPIError as exc:
+        lines = " ".join(f"{m.topic},{m.partition},{m.new_offset}" for m in plan.moves)
         msg = (
-            f"the group's offsets moved in Kafka, but those in {describe_url(plan.target_url)} "
-            f"did not ({_first_line(exc)}): run the same replay again once the target is back"
+            f"cannot move the offsets stored in {describe_url(plan.target_url)} "
+            f"({_first_line(exc)}); once the target is back, replay again with --to-offsets "
+            f"of a file holding these lines: {lines}"
         )
         raise DatabaseUnavailableError(msg) from None
     finally:

@@ -227,6 +227,7 @@ class ConsumerRuntime:
             return self.stats
         until_ms = self.stop_at.until_ms if self.stop_at else None
         self._markers = EndMarkers(self.settings, self.codec, self.group, until_ms=until_ms)
+        self._markers.needed = self.assembler.needed_refreshes
         self._consumer = Consumer(
             consumer_config(
                 self.settings,
@@ -518,6 +519,8 @@ class ConsumerRuntime:
             self._consumer.pause(assignment)
         else:
             waiting = {(self.topics[t], p) for t, p in self._unresolved}
+            if self.stop_at is not None:  # partitions at their stop stay paused
+                waiting |= {(self.topics[t], p) for t, p in self._at_end}
             self._consumer.resume(
                 [tp for tp in assignment if (tp.topic, tp.partition) not in waiting]
             )

@@ -436,9 +436,7 @@ def replay(
     by_duration: Annotated[
         str | None, typer.Option(help="Move back this long from now: PT2H30M, 2h30m, 45m, 1d.")
     ] = None,
-    to_earliest: Annotated[
-        bool, typer.Option(help="Move to the oldest retained offsets.")
-    ] = False,
+    to_earliest: Annotated[bool, typer.Option(help="Move to the oldest retained offsets.")] = False,
     to_offsets: Annotated[
         Path | None,
         typer.Option(help="CSV of topic,partition,offset lines (kafka-consumer-groups --export)."),
@@ -464,7 +462,11 @@ def replay(
         bool, typer.Option(help="Move the offsets. Without it: a dry run that prints the plan.")
     ] = False,
     force: Annotated[
-        bool, typer.Option(help="Do not refuse while the group has active members.")
+        bool,
+        typer.Option(
+            help="Skip the check for active members. Kafka itself still refuses to move "
+            "a group whose members are alive; then nothing moves."
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
@@ -557,18 +559,20 @@ def rebuild(
 ) -> None:
     """Build a fresh target as it was at a point in time, from the earliest offsets.
 
-    Applies every refresh committed at or before --as-of, then stops. The new target
-    keeps its offsets: `consume --target NEW_URL` later goes on from there.
+    Applies every refresh whose END marker was written at or before --as-of, then
+    stops. The new target keeps its offsets: `consume --target NEW_URL` later goes on
+    from there.
     """
     from queuestream.consumers.rebuild import plan_rebuild
     from queuestream.consumers.rebuild import rebuild as run_rebuild
     from queuestream.consumers.runtime import BatchOutcome
+    from queuestream.databases import describe_url
 
     settings = _settings(target_url=target_url)
     moment = _parse_time(as_of, None, "--as-of")
     plan = plan_rebuild(settings, target, moment)
     console.print(
-        f"rebuilding {target} as of {moment.isoformat()} into {plan.target_url}: "
+        f"rebuilding {target} as of {moment.isoformat()} into {describe_url(plan.target_url)}: "
         f"{plan.events} offsets to read",
         highlight=False,
     )

@@ -73,6 +73,7 @@ COUNT_LIMIT = 100_000
 RATE_WINDOW_SECONDS = 60
 _ADMIN_TIMEOUT = 15.0
 _READ_TIMEOUT = 10.0  # for reading all unconsumed messages of one snapshot
+_ROUND_MIN_SECONDS = 2.0
 _DLQ_SUFFIX = ".dlq"
 
 
@@ -399,12 +400,11 @@ class LagLimits:
         found = []
         if self.max_messages is not None and lag.lag_messages > self.max_messages:
             found.append(f"{lag.lag_messages} messages > {self.max_messages}")
-        if (
-            self.max_seconds is not None
-            and lag.lag_seconds is not None
-            and lag.lag_seconds > self.max_seconds
-        ):
-            found.append(f"{lag.lag_seconds:.1f} s > {self.max_seconds:g} s")
+        if self.max_seconds is not None and lag.lag_messages > 0:
+            if lag.lag_seconds is None:
+                found.append("age unknown (its first unconsumed message was not reached)")
+            elif lag.lag_seconds > self.max_seconds:
+                found.append(f"{lag.lag_seconds:.1f} s > {self.max_seconds:g} s")
         return found
 
 
@@ -647,9 +647,12 @@ class SnapshotCollector:
                     break
             else:
                 rounds.append({(topic, partition): UnconsumedTally(start, stable_end)})
-        deadline = time.monotonic() + _READ_TIMEOUT
+        # Each round (a partition is read once per round) gets its share of the budget,
+        # at least _ROUND_MIN_SECONDS: enough to reach every first unconsumed message,
+        # which tells whether a group is caught up and how old its lag is.
+        share = max(_ROUND_MIN_SECONDS, _READ_TIMEOUT / max(1, len(rounds)))
         for tallies in rounds:
-            self._read_round(tallies, deadline)
+            self._read_round(tallies, time.monotonic() + share)
             for (topic, partition), tally in tallies.items():
                 found[(topic, partition, tally.start)] = tally.result()
         return found
@@ -679,9 +682,8 @@ class SnapshotCollector:
                         reader.pause([TopicPartition(*key)])
             if pending:
                 log.warning(
-                    "%d partitions not read to their end in %.0f s: their lag is estimated",
+                    "%d partitions not read to their end in time: their lag is estimated",
                     len(pending),
-                    _READ_TIMEOUT,
                 )
         finally:
             # A paused partition would stay paused when it is assigned again.

@@ -9,6 +9,7 @@ continues with the ordinary consumer and catches up with the source.
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from queuestream.consumers import markers
+from queuestream.consumers.rebuild import plan_rebuild, rebuild
+from queuestream.consumers.runtime import RunStats
 
 from queuestream.databases import create_engine
 from tests.helpers import cli_env, run_cli
@@ -90,3 +94,32 @@ def test_rebuild_refuses_a_database_that_holds_a_target(pipeline: Pipeline, tmp_
     done = _rebuild(pipeline, "accounting", live, "2020-01-01T00:00Z")
     assert done.returncode == 1
     assert "new, empty database" in done.stderr
+
+
+def test_rebuild_of_a_long_history_keeps_the_markers_it_needs(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More refreshes than END markers kept in memory: the reader waits, nothing is lost."""
+    monkeypatch.setattr(markers, "_KEEP", 2)
+    live = f"sqlite:///{tmp_path / 'live.db'}"
+    for _ in range(6):
+        pipeline.simulate(25)
+        pipeline.refresh()
+    pipeline.consume("accounting", live)
+    time.sleep(0.05)
+    t1 = datetime.now(UTC)
+    captured = _content(live)
+    time.sleep(0.05)
+    pipeline.simulate(25)
+    pipeline.refresh()
+
+    rebuilt = f"sqlite:///{tmp_path / 'rebuilt.db'}"
+    settings = pipeline.settings(target_url=rebuilt)
+    plan = plan_rebuild(settings, "accounting", t1)
+    outcome: list[RunStats] = []
+    thread = threading.Thread(target=lambda: outcome.append(rebuild(settings, plan)), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the rebuild did not finish"
+    assert outcome[0].refreshes == 6
+    assert _content(rebuilt) == captured

@@ -154,6 +154,20 @@ def test_replay_to_offsets_file_without_target(pipeline: Pipeline, tmp_path: Pat
         (orders, 2): high[(orders, 2)],  # beyond the log end: clamped to it
     }
 
+    # --topics picks lines out of a file that names other topics too.
+    payments = f"{pipeline.prefix}.payments"
+    file.write_text(f"{orders},0,0\n{payments},0,0\n{payments},1,0\n")
+    args = ["replay", "--group", group, "--to-offsets", str(file), "--topics", "payments"]
+    done = _cli(pipeline, *args, "--execute")
+    assert done.returncode == 0, done.stderr
+    assert consumer_group_offsets(pipeline.bootstrap, group) == {
+        (orders, 0): 1,
+        (orders, 1): 2,
+        (orders, 2): high[(orders, 2)],
+        (payments, 0): 0,
+        (payments, 1): 0,
+    }
+
 
 def test_replay_refuses_a_group_with_active_members(pipeline: Pipeline, tmp_path: Path) -> None:
     target = f"sqlite:///{tmp_path / 'accounting.db'}"

@@ -118,7 +118,9 @@ def test_rates_from_offsets_for_times() -> None:
 # --- limits ---------------------------------------------------------------------
 
 
-def _snapshot(lag_messages: int = 5, lag_seconds: float = 42.0, name: str = GROUP) -> Snapshot:
+def _snapshot(
+    lag_messages: int = 5, lag_seconds: float | None = 42.0, name: str = GROUP
+) -> Snapshot:
     orders = TopicInfo(
         "exigo.orders",
         "changes",
@@ -270,3 +272,10 @@ def test_server_serves_the_feed_and_stops() -> None:
     assert collector.closed
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{server.url}", timeout=2)
+
+
+def test_check_on_age_flags_lag_whose_age_is_unknown() -> None:
+    unknown = _snapshot(lag_messages=5, lag_seconds=None)
+    [breach] = breaches(unknown, LagLimits(max_seconds=30))
+    assert "age unknown" in breach.describe()
+    assert breaches(_snapshot(lag_messages=0, lag_seconds=None), LagLimits(max_seconds=30)) == []

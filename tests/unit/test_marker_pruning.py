@@ -1,0 +1,43 @@
+"""END markers kept in memory: pruning never forgets the marker of a refresh still held."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from queuestream.consumers.markers import EndMarker, EndMarkers
+from queuestream.schemas.avro import AvroCodec
+
+from queuestream.settings import load_settings
+
+
+@pytest.fixture
+def markers() -> Iterator[EndMarkers]:
+    # The consumer is never used here: nothing connects to this address.
+    settings = load_settings(None, kafka_bootstrap_servers="127.0.0.1:9")
+    found = EndMarkers(settings, AvroCodec.from_url("exigo", None), "group")
+    found.keep = 4
+    found._from_ms = 0
+    found.ends = {f"r{i}": EndMarker(f"r{i}", i, 1000 * i, 1) for i in range(8)}
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def test_without_held_refreshes_the_newest_half_is_kept(markers: EndMarkers) -> None:
+    markers._prune()
+    assert sorted(markers.ends) == ["r6", "r7"]
+    assert markers._from_ms == 6000  # an older marker needed later is sought again
+
+
+def test_the_oldest_held_refresh_and_all_after_it_are_kept(markers: EndMarkers) -> None:
+    markers.needed = lambda: {"r2", "r5"}
+    markers._prune()
+    assert sorted(markers.ends) == [f"r{i}" for i in range(2, 8)]
+
+
+def test_nothing_is_pruned_when_the_oldest_is_held(markers: EndMarkers) -> None:
+    markers.needed = lambda: {"r0"}
+    markers._prune()
+    assert len(markers.ends) == 8
