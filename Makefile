@@ -22,7 +22,7 @@ BENCH_KAFKA_HEAP_OPTS ?= -Xms512m -Xmx1g
 BENCH_KAFKA_JVM_OPTS ?= -XX:+UseParallelGC -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true
 BENCH_ARGS ?=
 
-.PHONY: help venv kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-kafka-up bench-kafka-down lint clean distclean
+.PHONY: help venv kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-kafka-up bench-kafka-down lint clean distclean
 
 help:
 	@echo "make venv        create .venv and install queuestream[test,dev] (editable)"
@@ -35,6 +35,7 @@ help:
 	@echo "make bench       run bench/producer.py against a local broker on \$${BENCH_KAFKA_PORT:-9192} (full JIT)"
 	@echo "                 and the local PostgreSQL; options in BENCH_ARGS (see bench/producer.py --help)"
 	@echo "make bench-consumers  run bench/consumers.py the same way (rows applied/s into PostgreSQL)"
+	@echo "make bench-recovery   run bench/recovery.py the same way (rebuild vs consumer, monitor, replay)"
 	@echo "make bench-kafka-down  stop the benchmark's broker"
 	@echo "make lint        ruff + mypy"
 	@echo "make clean       stop local services, remove var/ and tool caches (keeps .venv, .cache)"
@@ -90,6 +91,9 @@ bench: venv bench-kafka-up pg-up
 
 bench-consumers: venv bench-kafka-up pg-up
 	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) bench/consumers.py $(BENCH_ARGS)
+
+bench-recovery: venv bench-kafka-up pg-up
+	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) bench/recovery.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

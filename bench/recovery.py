@@ -1,0 +1,235 @@
+#!/usr/bin/env python
+"""Point-in-time recovery and monitoring: how fast a target is rebuilt, how long a look takes.
+
+The benchmark
+
+1. fills a SQLite source with about ``--rows`` changed rows (the simulator) and
+   publishes them in ``--refreshes`` refreshes to a fresh topic prefix;
+2. for each target of ``--targets``, applies every event with the ordinary consumer
+   (``ConsumerRuntime``, a fresh group, until idle) into a fresh PostgreSQL
+   database: that is the **ceiling**, the same runtime doing the same work as a
+   member of a group; then **rebuilds** the target as of now into another fresh
+   database (``queuestream.consumers.rebuild``: stop offsets looked up, every
+   partition owned without a group, stops at the point in time). Both are timed
+   from the start of ``run()`` to its return and both targets are verified against
+   the source. The ratio is the consumer's seconds over the rebuild's;
+3. times one ``queuestream monitor`` snapshot (``SnapshotCollector.collect``) with
+   the consumer's group caught up, then ``queuestream replay --to-earliest`` of that
+   group (plan, then execute), then a snapshot again with the group lagging every
+   event (which the monitor reads to count and age).
+
+    .venv/bin/python bench/recovery.py                       # 50,000 rows, 5 refreshes
+    .venv/bin/python bench/recovery.py --rows 20000 --targets accounting --json
+
+Kafka and PostgreSQL as for bench/consumers.py (``make bench-recovery`` starts both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from queuestream.consumers import TARGET_NAMES, target_named
+from queuestream.consumers.rebuild import plan_rebuild, rebuild
+from queuestream.consumers.replay import ReplaySpec, execute_replay, plan_replay
+
+from queuestream.errors import QueuestreamError
+from queuestream.monitor.snapshot import SnapshotCollector
+from queuestream.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # bench/common.py: bench/ is not a package, this folder is on sys.path
+
+import consumers as consumer_bench  # bench/consumers.py: consume() and check_verified()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/recovery.py",
+        description="Rebuild as of a point in time vs the ordinary consumer of the same "
+        "events; monitor snapshot and replay times.",
+    )
+    common.add_common_arguments(
+        p,
+        each=("--targets", TARGET_NAMES),
+        rows=50_000,
+        breakdown_help="(not used here)",
+        profile_help="(not used here)",
+        kafka_help="librdkafka option for every client (settings.kafka); repeatable",
+    )
+    p.add_argument(
+        "--refreshes",
+        type=int,
+        default=5,
+        help="refreshes the rows are published in (default: %(default)s)",
+    )
+    args = p.parse_args(argv)
+    common.check_common_arguments(p, args)
+    if args.refreshes < 1:
+        p.error("--refreshes must be at least 1")
+    return args
+
+
+@dataclass
+class Run:
+    target: str
+    events: int
+    consume_seconds: float = 0.0
+    rebuild_seconds: float = 0.0
+    rebuild_plan_seconds: float = 0.0
+    refreshes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["consume_rows_per_second"] = round(self.events / self.consume_seconds, 1)
+        data["rebuild_rows_per_second"] = round(self.events / self.rebuild_seconds, 1)
+        data["ratio"] = round(self.consume_seconds / self.rebuild_seconds, 3)
+        return data
+
+
+def _timed_snapshot(settings: Settings, group: str) -> tuple[float, int]:
+    """Seconds for one monitor snapshot, and the group's lag in messages then."""
+    collector = SnapshotCollector(settings, groups=[group])
+    try:
+        started = time.perf_counter()
+        snapshot = collector.collect()
+        seconds = time.perf_counter() - started
+    finally:
+        collector.close()
+    found = snapshot.group(group)
+    return seconds, 0 if found is None else found.lag_messages
+
+
+def measure(
+    name: str, settings: Settings, events: int, args: argparse.Namespace, session: common.Session
+) -> tuple[Run, dict[str, Any]]:
+    deadline, progress = session.deadline, session.progress
+    item = Run(name, events)
+    group = f"bench-{uuid.uuid4().hex[:8]}-{name}"
+    with common.postgres_database(str(args.postgres_url)) as url:
+        live = settings.model_copy(update={"target_url": url, "consumer_group": group})
+        progress(f"{name}: consuming {events:,} events into a fresh database (the ceiling)")
+        consumed = consumer_bench.consume(live, name, deadline)
+        item.consume_seconds = consumed.batches[-1][0] - consumed.started
+        consumer_bench.check_verified(live, name)
+        progress(f"{name}: consumed in {item.consume_seconds:.2f}s; rebuilding as of now")
+
+        with common.postgres_database(str(args.postgres_url)) as rebuilt_url:
+            rebuilt = settings.model_copy(update={"target_url": rebuilt_url})
+            started = time.perf_counter()
+            try:
+                plan = plan_rebuild(rebuilt, name, datetime.now(UTC))
+                planned = time.perf_counter()
+                stats = rebuild(rebuilt, plan)
+            except QueuestreamError as exc:
+                msg = f"{name}: rebuild failed: {type(exc).__name__}: {exc}"
+                raise common.BenchError(msg) from exc
+            item.rebuild_seconds = time.perf_counter() - started
+            item.rebuild_plan_seconds = planned - started
+            item.refreshes = stats.refreshes
+            consumer_bench.check_verified(rebuilt, name)
+        progress(f"{name}: rebuilt in {item.rebuild_seconds:.2f}s ({stats.refreshes} refreshes)")
+
+        caught_up_seconds, caught_up_lag = _timed_snapshot(settings, group)
+        started = time.perf_counter()
+        replay = plan_replay(live, group, ReplaySpec(to_earliest=True), target_url=url)
+        plan_seconds = time.perf_counter() - started
+        execute_replay(live, replay)
+        execute_seconds = time.perf_counter() - started - plan_seconds
+        lagging_seconds, lagging_lag = _timed_snapshot(settings, group)
+    looks = {
+        "target": name,
+        "snapshot_caught_up_seconds": round(caught_up_seconds, 3),
+        "lag_caught_up": caught_up_lag,
+        "replay_plan_seconds": round(plan_seconds, 3),
+        "replay_execute_seconds": round(execute_seconds, 3),
+        "replay_partitions": len(replay.moves),
+        "snapshot_lagging_seconds": round(lagging_seconds, 3),
+        "lag_lagging": lagging_lag,
+    }
+    progress(
+        f"{name}: monitor snapshot {caught_up_seconds:.2f}s caught up, {lagging_seconds:.2f}s "
+        f"lagging {lagging_lag:,} messages; replay plan {plan_seconds:.2f}s, "
+        f"execute {execute_seconds:.2f}s"
+    )
+    return item, looks
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    runs: list[Run] = []
+    looks: list[dict[str, Any]] = []
+    with common.session(args) as started, common.sqlite_database() as source_url:
+        deadline, progress = started.deadline, started.progress
+        args.postgres_url = common.resolve_postgres(args)
+        prefix = started.prefixes.new("sqlite", "recovery")
+        settings = common.bench_settings(source_url, started.bootstrap, prefix, args)
+        counts: dict[str, int] = {}
+        for i in range(1, args.refreshes + 1):
+            common.simulate(
+                source_url, "sqlite", args.rows * i // args.refreshes, args, deadline, progress
+            )
+            result, seconds = common.timed_refresh(settings)
+            for table, n in result.counts.items():
+                counts[table] = counts.get(table, 0) + n
+            progress(f"refresh {i}/{args.refreshes}: {result.events:,} events in {seconds:.2f}s")
+        settings = settings.model_copy(update={"idle_seconds": 1.0})
+        for name in args.targets:
+            deadline.check(f"measuring {name}")
+            tables = target_named(name).tables
+            events = sum(counts.get(t, 0) for t in tables)
+            item, look = measure(name, settings, events, args, started)
+            runs.append(item)
+            looks.append(look)
+    return {
+        "rows_requested": args.rows,
+        "refreshes": args.refreshes,
+        "events": sum(counts.values()),
+        "runs": [r.as_dict() for r in runs],
+        "looks": looks,
+        "environment": common.environment(started.bootstrap, args),
+    }
+
+
+_COLUMNS = (
+    ("target", "{target}"),
+    ("events", "{events:,}"),
+    ("refreshes", "{refreshes}"),
+    ("consume s", "{consume_seconds:.2f}"),
+    ("consume rows/s", "{consume_rows_per_second:,.0f}"),
+    ("rebuild s", "{rebuild_seconds:.2f}"),
+    ("rebuild rows/s", "{rebuild_rows_per_second:,.0f}"),
+    ("ratio", "{ratio:.2f}"),
+)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    common.print_runs(
+        "queuestream rebuild as of now vs the ordinary consumer, into PostgreSQL",
+        _COLUMNS,
+        report["runs"],
+        caption="consume: ConsumerRuntime (fresh group) until idle = the ceiling; rebuild: "
+        "plan_rebuild + rebuild; ratio: consume seconds over rebuild seconds",
+    )
+    for look in report["looks"]:
+        common.out.print(
+            f"{look['target']}: monitor snapshot {look['snapshot_caught_up_seconds']:.2f}s "
+            f"(caught up, lag {look['lag_caught_up']}), "
+            f"{look['snapshot_lagging_seconds']:.2f}s (lagging {look['lag_lagging']:,}); "
+            f"replay --to-earliest of {look['replay_partitions']} partitions: plan "
+            f"{look['replay_plan_seconds']:.2f}s, execute {look['replay_execute_seconds']:.2f}s"
+        )
+    common.out.print(common.environment_line(report["environment"], "Kafka options"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main_with(parse_args(argv), run, print_table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
