@@ -159,12 +159,20 @@ class Assembler:
         return sorted(self._held, key=lambda r: (ends[r].offset if r in ends else unknown, r))
 
     def _passed(self, slot: Slot, end: EndMarker, ends: dict[str, EndMarker]) -> bool:
-        """Has ``slot`` moved on to a refresh committed after ``end``'s?"""
+        """Has ``slot`` moved on to a refresh committed after ``end``'s?
+
+        When the last refresh read there has no marker in ``ends``, its marker is either
+        not read yet (a later refresh) or was forgotten long ago (an earlier one, on a
+        partition that has been quiet since): refresh ids start with their start time,
+        so the ids tell which.
+        """
         last = self._last.get(slot)
         if last is None or last == end.refresh_id:
             return False
         later = ends.get(last)
-        return later is None or later.offset > end.offset
+        if later is None:
+            return bool(last > end.refresh_id)
+        return bool(later.offset > end.offset)
 
     def _done_before(self, slot: Slot, end: EndMarker, ends: dict[str, EndMarker]) -> bool:
         """Were ``end``'s events on ``slot`` applied before we were assigned ``slot``?"""

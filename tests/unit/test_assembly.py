@@ -91,6 +91,20 @@ def test_a_partition_that_moved_on_has_nothing_more_of_a_refresh() -> None:
     assert [r for r, _ in batch.refreshes] == ["r1", "r2"]
 
 
+def test_a_quiet_partition_whose_last_marker_was_forgotten_still_waits() -> None:
+    # orders[0] last saw r1, long ago; r1's END was pruned from memory since. r5 counts an
+    # event on orders[0] that has not arrived yet: r5 must wait for it.
+    assembler = Assembler()
+    assembler.add(_change("r1", "orders", 0, 1, offset=3))
+    assembler.done(assembler.ready({"r1": _end("r1", 1, orders_p0=1)}, {("orders", 0)}, set()))
+    assembler.add(_change("r5", "order_details", 0, 1, offset=40))
+    ends = {"r5": _end("r5", 50, orders_p0=1, order_details_p0=1)}
+    assert assembler.ready(ends, OWNED, set()) is None
+    assembler.add(_change("r5", "orders", 0, 2, offset=4))
+    batch = assembler.ready(ends, OWNED, set())
+    assert batch is not None and [r for r, _ in batch.refreshes] == ["r5"]
+
+
 def test_revoked_partitions_are_forgotten() -> None:
     assembler = Assembler()
     assembler.add(_change("r1", "orders", 0, 1))

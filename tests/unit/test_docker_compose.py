@@ -287,7 +287,12 @@ def test_the_queuestream_services_reach_the_stack_by_service_name() -> None:
     env = _environment(producer)
     for name, svc in _queuestream_services().items():
         svc_env = _environment(svc)
-        consumer = _subcommand(_command(svc))[0] == "consume"
+        subcommand = _subcommand(_command(svc))[0]
+        if subcommand == "monitor":  # Kafka only: the topics and groups the others use
+            for shared in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL"):
+                assert svc_env.get(shared) == env[shared], f"{name}: {shared} as the producer's"
+            continue
+        consumer = subcommand == "consume"
         url = svc_env["QUEUESTREAM_TARGET_URL" if consumer else "QUEUESTREAM_SOURCE_URL"]
         database = urlsplit(url)
         assert database.scheme.startswith("postgresql"), database
