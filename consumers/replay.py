@@ -57,6 +57,7 @@ from queuestream.kafka_offsets import (
     partitions_of,
     to_ms,
 )
+from queuestream.kafka_reading import MessageCounter
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, topic_for
 
@@ -198,6 +199,8 @@ class ReplayPlan:
     moves: list[OffsetMove]
     target_url: str | None = None
     target_names: list[str] = field(default_factory=list)
+    #: Events that forward moves jump over: the group would never be given them.
+    skipped: dict[Partition, int] = field(default_factory=dict)
     executed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -209,6 +212,7 @@ class ReplayPlan:
             "target": describe_url(self.target_url) if self.target_url else None,
             "target_names": self.target_names,
             "executed": self.executed,
+            "skipped_events": sum(self.skipped.values()),
             "partitions": [asdict(m) | {"delta": m.delta} for m in self.moves],
         }
 
@@ -335,7 +339,28 @@ def plan_replay(
         moves=moves,
         target_url=target_url,
         target_names=names,
+        skipped=_skipped(settings, moves),
     )
+
+
+def _skipped(settings: Settings, moves: list[OffsetMove]) -> dict[Partition, int]:
+    """Events between the current and the new offset of each forward move.
+
+    Offsets are not events (transaction markers take offsets too), so they are read.
+    """
+    forward = {
+        (m.topic, m.partition, m.current): m.new_offset
+        for m in moves
+        if m.current is not None and m.new_offset > m.current
+    }
+    if not forward:
+        return {}
+    counter = MessageCounter(settings, "queuestream-replay")
+    try:
+        counted = counter.count(forward)
+    finally:
+        counter.close()
+    return {(t, p): found.count for (t, p, _), found in counted.items() if found.count}
 
 
 def _new_offsets(

@@ -150,7 +150,10 @@ class ConsumerRuntime:
         self.tables = {topic_for(settings.topic_prefix, t): t for t in target.tables}
         self.topics = {t: topic for topic, t in self.tables.items()}
         self.budget = ErrorBudget(settings.max_errors)
-        self.dead_letters = DeadLetters(settings, target.name, self.group)
+        # A rebuild that meets a poison event again writes it again, marked as its own.
+        self.dead_letters = DeadLetters(
+            settings, target.name, f"{self.group}.rebuild" if stop_at else self.group
+        )
         self.assembler = Assembler()
         self.stats = RunStats()
         self._consumer: Consumer | None = None

@@ -293,6 +293,16 @@ TargetUrlOpt = Annotated[
 ]
 
 
+MaxErrorsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Continue on the first N events that cannot be applied (to <topic>.dlq); "
+        "one more stops the consumer. Default 0.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def consume(
     target: TargetArg,
@@ -303,14 +313,7 @@ def consume(
             help="Consumer group (default queuestream-<prefix>-<target>).", show_default=False
         ),
     ] = None,
-    max_errors: Annotated[
-        int | None,
-        typer.Option(
-            help="Continue on the first N events that cannot be applied (to <topic>.dlq); "
-            "one more stops the consumer. Default 0.",
-            show_default=False,
-        ),
-    ] = None,
+    max_errors: MaxErrorsOpt = None,
     until_idle: Annotated[
         bool, typer.Option(help="Stop once everything committed so far is applied.")
     ] = False,
@@ -531,6 +534,13 @@ def _print_replay(plan: Any) -> None:
         ]
         table.add_row(*row)
     console.print(table)
+    if plan.skipped:
+        where = ", ".join(f"{t}[{p}] {n}" for (t, p), n in sorted(plan.skipped.items()))
+        err_console.print(
+            f"[bold yellow]warning[/]: moving forward skips {sum(plan.skipped.values())} "
+            f"events that the group was not given yet ({where})",
+            highlight=False,
+        )
     where = f" (and those stored in {describe_url(plan.target_url)})" if plan.target_url else ""
     if plan.executed:
         console.print(f"moved {len(plan.moves)} partitions of group {plan.group}{where}")
@@ -556,6 +566,7 @@ def rebuild(
         typer.Option("--target", help="A NEW, empty database to build.", show_default=False),
     ],
     as_of: Annotated[str, typer.Option(help=f"The point in time. {TimeHelp}")],
+    max_errors: MaxErrorsOpt = None,
 ) -> None:
     """Build a fresh target as it was at a point in time, from the earliest offsets.
 
@@ -568,8 +579,13 @@ def rebuild(
     from queuestream.consumers.runtime import BatchOutcome
     from queuestream.databases import describe_url
 
-    settings = _settings(target_url=target_url)
+    settings = _settings(target_url=target_url, max_errors=max_errors)
     moment = _parse_time(as_of, None, "--as-of")
+    if moment > datetime.now(UTC):
+        err_console.print(
+            f"note: --as-of {moment.isoformat()} is in the future: the rebuild stops at what "
+            "is committed now"
+        )
     plan = plan_rebuild(settings, target, moment)
     console.print(
         f"rebuilding {target} as of {moment.isoformat()} into {describe_url(plan.target_url)}: "

@@ -12,41 +12,35 @@ produced in Kafka transactions, so every partition a refresh wrote ends with a
 commit marker: a caught-up group's committed offset sits one (or more) below
 the log end. Lag is therefore not ``end - committed``: a read_committed reader
 starts at the committed offset and counts the messages a member would still be
-given. None before the end: the group is caught up (0 messages, 0 s).
-Otherwise the lag in seconds is the age of the first unconsumed message, which
-keeps growing while a group is stopped. Up to ``COUNT_LIMIT`` messages per
-partition are counted one by one; beyond that, or past the read timeout, the
-rest is estimated from offsets and the figure is marked as not exact.
+given (:class:`~queuestream.kafka_reading.MessageCounter`). None before the
+end: the group is caught up (0 messages, 0 s). Otherwise the lag in seconds is
+the age of the first unconsumed message, which keeps growing while a group is
+stopped. Very large lags are estimated past a limit and marked as not exact.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
-    Consumer,
     IsolationLevel,
-    KafkaError,
     KafkaException,
-    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from queuestream.errors import BrokerUnavailableError
-from queuestream.kafka_clients import admin_client, batches_topic, change_topics, consumer_config
+from queuestream.kafka_clients import admin_client, batches_topic, change_topics
 from queuestream.kafka_offsets import describe_groups, group_offsets, list_groups, list_offsets
+from queuestream.kafka_reading import MessageCounter, Unconsumed
 from queuestream.producer.progress import read_last_end
 from queuestream.schemas.avro import AvroCodec
 from queuestream.settings import Settings
 
 __all__ = [
-    "COUNT_LIMIT",
     "RATE_WINDOW_SECONDS",
     "Breach",
     "DeadLetterInfo",
@@ -58,8 +52,6 @@ __all__ = [
     "Snapshot",
     "SnapshotCollector",
     "TopicInfo",
-    "Unconsumed",
-    "UnconsumedTally",
     "breaches",
     "messages_since",
     "partition_lag",
@@ -67,13 +59,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Messages counted one by one per partition; more unconsumed ones are estimated.
-COUNT_LIMIT = 100_000
 #: Message rates are the messages of this last stretch of time, from offsets-for-times.
 RATE_WINDOW_SECONDS = 60
 _ADMIN_TIMEOUT = 15.0
-_READ_TIMEOUT = 10.0  # for reading all unconsumed messages of one snapshot
-_ROUND_MIN_SECONDS = 2.0
 _DLQ_SUFFIX = ".dlq"
 
 
@@ -145,16 +133,6 @@ class TopicInfo:
             "rate_per_second": round(self.rate_per_second, 3),
             "oldest_time": _iso(self.oldest_time),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Unconsumed:
-    """What a read_committed reader found from a group's committed offset on."""
-
-    count: int  # messages (exact, or estimated when ``exact`` is False)
-    first_offset: int | None = None
-    first_ms: int | None = None  # timestamp of the first unconsumed message
-    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,48 +315,6 @@ def partition_lag(
     )
 
 
-class UnconsumedTally:
-    """Counts the messages a reader gets on one partition from ``start`` to ``stable_end``."""
-
-    def __init__(self, start: int, stable_end: int, limit: int = COUNT_LIMIT) -> None:
-        self.start = start
-        self.stable_end = stable_end
-        self.limit = limit
-        self.count = 0
-        self.next_offset = start
-        self.first: tuple[int, int] | None = None  # (offset, timestamp ms)
-        self.done = start >= stable_end
-        self._exact = True
-
-    def add(self, offset: int, timestamp_ms: int) -> None:
-        """A message the reader got (offsets past the stable end came later: not counted)."""
-        if self.done:
-            return
-        if offset >= self.stable_end:
-            self.done = True
-            return
-        if self.first is None:
-            self.first = (offset, timestamp_ms)
-        self.count += 1
-        self.next_offset = offset + 1
-        if self.count >= self.limit and self.next_offset < self.stable_end:
-            self.done, self._exact = True, False
-
-    def at_end(self) -> None:
-        """The reader reached the end of what is committed on the partition."""
-        if not self.done:
-            self.done = True
-            self.next_offset = max(self.next_offset, self.stable_end)
-
-    def result(self) -> Unconsumed:
-        exact = self._exact and self.done
-        count = self.count if exact else self.count + max(0, self.stable_end - self.next_offset)
-        first_offset, first_ms = self.first if self.first is not None else (None, None)
-        if not exact and first_offset is None and count:
-            first_offset = self.next_offset
-        return Unconsumed(count, first_offset, first_ms, exact)
-
-
 # --- alerting ----------------------------------------------------------------------
 
 
@@ -458,17 +394,10 @@ class SnapshotCollector:
         )
         self.groups = tuple(groups)
         self._admin: AdminClient = admin_client(settings)
-        self._reader = Consumer(
-            consumer_config(
-                settings,
-                f"queuestream-monitor-{uuid.uuid4().hex}",
-                # the end of a partition is reported at once rather than after a long poll
-                **{"enable.partition.eof": True, "fetch.wait.max.ms": 50},
-            )
-        )
+        self._counter = MessageCounter(settings, "queuestream-monitor")
 
     def close(self) -> None:
-        self._reader.close()
+        self._counter.close()
 
     # -- one snapshot --
 
@@ -608,7 +537,7 @@ class SnapshotCollector:
             (topic, p, start): by_name[topic].partitions[p].stable_end
             for (topic, p, _), start in starts.items()
         }
-        unconsumed = self._read_unconsumed(wanted)
+        unconsumed = self._counter.count(wanted)
         groups = []
         for name in sorted(committed):
             lags = tuple(
@@ -626,69 +555,6 @@ class SnapshotCollector:
             state, members = described.get(name, ("unknown", 0))
             groups.append(GroupInfo(name, state, members, lags))
         return tuple(groups)
-
-    def _read_unconsumed(
-        self, wanted: dict[tuple[str, int, int], int]
-    ) -> dict[tuple[str, int, int], Unconsumed]:
-        """Read from each (topic, partition, start) to its stable end with read_committed.
-
-        One partition can be wanted from several starts (one per group): each round
-        reads every partition from at most one of them.
-        """
-        rounds: list[dict[tuple[str, int], UnconsumedTally]] = []
-        found: dict[tuple[str, int, int], Unconsumed] = {}
-        for (topic, partition, start), stable_end in sorted(wanted.items()):
-            if start >= stable_end:
-                found[(topic, partition, start)] = Unconsumed(0)
-                continue
-            for tallies in rounds:
-                if (topic, partition) not in tallies:
-                    tallies[(topic, partition)] = UnconsumedTally(start, stable_end)
-                    break
-            else:
-                rounds.append({(topic, partition): UnconsumedTally(start, stable_end)})
-        # Each round (a partition is read once per round) gets its share of the budget,
-        # at least _ROUND_MIN_SECONDS: enough to reach every first unconsumed message,
-        # which tells whether a group is caught up and how old its lag is.
-        share = max(_ROUND_MIN_SECONDS, _READ_TIMEOUT / max(1, len(rounds)))
-        for tallies in rounds:
-            self._read_round(tallies, time.monotonic() + share)
-            for (topic, partition), tally in tallies.items():
-                found[(topic, partition, tally.start)] = tally.result()
-        return found
-
-    def _read_round(self, tallies: dict[tuple[str, int], UnconsumedTally], deadline: float) -> None:
-        reader = self._reader
-        reader.assign([TopicPartition(t, p, tally.start) for (t, p), tally in tallies.items()])
-        pending = set(tallies)
-        try:
-            while pending and time.monotonic() < deadline:
-                wait = max(0.0, min(0.5, deadline - time.monotonic()))
-                for message in reader.consume(num_messages=10_000, timeout=wait):
-                    key = (message.topic() or "", message.partition() or 0)
-                    tally = tallies.get(key)
-                    if tally is None or tally.done:
-                        continue
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            tally.at_end()
-                        else:
-                            log.warning("reading %s[%d]: %s", key[0], key[1], error.str())
-                    else:
-                        tally.add(message.offset() or 0, message.timestamp()[1])
-                    if tally.done:
-                        pending.discard(key)
-                        reader.pause([TopicPartition(*key)])
-            if pending:
-                log.warning(
-                    "%d partitions not read to their end in time: their lag is estimated",
-                    len(pending),
-                )
-        finally:
-            # A paused partition would stay paused when it is assigned again.
-            reader.resume([TopicPartition(t, p) for t, p in tallies])
-            reader.unassign()
 
     def _last_batch(self, taken_at: datetime) -> LastBatch | None:
         found = read_last_end(self.settings, self.codec, self.settings.transactional_id)

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from queuestream.databases import create_engine
 from tests.helpers import cli_env, run_cli, wait_for
+from tests.integration.kafka_readback import committed_messages
 from tests.integration.pipeline import Pipeline, run_in_thread, stored_offsets
 from tests.services import consumer_group_offsets
 
@@ -81,6 +82,15 @@ def test_replay_to_datetime_moves_group_and_target(pipeline: Pipeline, tmp_path:
     before = consumer_group_offsets(pipeline.bootstrap, group)
     expected = _offsets_for_time(pipeline, middle)
     assert any(before[p] != expected[p] for p in expected), "the third refresh moved nothing"
+
+    # Caught up, the group sits below the log end (commit markers): nothing to skip there.
+    ahead = _cli(
+        pipeline, "replay", "--group", group, "--to-datetime", "2999-01-01T00:00Z", "--json"
+    )
+    assert ahead.returncode == 0, ahead.stderr
+    planned_ahead = json.loads(ahead.stdout)
+    assert any(r["new_offset"] > r["group_offset"] for r in planned_ahead["partitions"])
+    assert planned_ahead["skipped_events"] == 0
 
     # Dry run: the plan, and nothing moves.
     args = ["replay", "--group", group, "--to-datetime", middle.isoformat(), "--target", target]
@@ -153,6 +163,19 @@ def test_replay_to_offsets_file_without_target(pipeline: Pipeline, tmp_path: Pat
         (orders, 1): 2,
         (orders, 2): high[(orders, 2)],  # beyond the log end: clamped to it
     }
+
+    # A forward move counts the events it would skip; commit markers are not events.
+    args = ["replay", "--group", group, "--to-datetime", "2999-01-01T00:00Z", "--topics", orders]
+    ahead = _cli(pipeline, *args, "--json")
+    assert ahead.returncode == 0, ahead.stderr
+    starts = {0: 1, 1: 2, 2: high[(orders, 2)]}
+    unread = [
+        m
+        for m in committed_messages(pipeline.bootstrap, [orders])
+        if m.offset() >= starts[m.partition()]
+    ]
+    assert unread
+    assert json.loads(ahead.stdout)["skipped_events"] == len(unread)
 
     # --topics picks lines out of a file that names other topics too.
     payments = f"{pipeline.prefix}.payments"

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from queuestream.errors import ConfigurationError
+from queuestream.kafka_reading import Unconsumed, UnconsumedTally
 from queuestream.monitor.feed import FeedState, SnapshotFeed
 from queuestream.monitor.snapshot import (
     GroupInfo,
@@ -21,8 +22,6 @@ from queuestream.monitor.snapshot import (
     PartitionLag,
     Snapshot,
     TopicInfo,
-    Unconsumed,
-    UnconsumedTally,
     breaches,
     messages_since,
     partition_lag,
