@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.check_common_arguments(p, args)
     if args.refreshes < 1:
         p.error("--refreshes must be at least 1")
+    if args.breakdown or args.profile:
+        p.error("--breakdown and --profile are not measured here (see bench/consumers.py)")
     return args
 
 

@@ -143,14 +143,16 @@ class Assembler:
         return {slot for h in self._held.values() for slot, v in h.changes.items() if v}
 
     def first_held(self) -> dict[Slot, int]:
-        """Per slot, the offset of the first event held (read, not applied yet)."""
+        """Per slot, the offset of the first event held (read, not applied yet).
+
+        Each list holds its slot's items in the order they were read: offsets ascend.
+        """
         first: dict[Slot, int] = {}
         waiting = [v for h in self._held.values() for v in h.changes.items()]
         waiting += list(self._poison.items())
         for slot, items in waiting:
             if items:
-                offset = min(item.offset for item in items)
-                first[slot] = min(first.get(slot, offset), offset)
+                first[slot] = min(first.get(slot, items[0].offset), items[0].offset)
         return first
 
     # -- readiness ------------------------------------------------------------------

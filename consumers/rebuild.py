@@ -46,7 +46,6 @@ class RebuildPlan:
     as_of: datetime
     stop: StopAt
     events: int  # offsets to read up to the stop (transaction markers included)
-    first_offsets: dict[tuple[str, int], int]
 
 
 def plan_rebuild(settings: Settings, target: str, as_of: datetime) -> RebuildPlan:
@@ -59,13 +58,12 @@ def plan_rebuild(settings: Settings, target: str, as_of: datetime) -> RebuildPla
     admin = admin_client(settings)
     topics = [topic_for(settings.topic_prefix, t) for t in spec.tables]
     partitions = partitions_of(admin, topics)
-    bounds = log_bounds(admin, partitions)
+    batches = (batches_topic(settings), 0)
+    bounds = log_bounds(admin, [*partitions, batches])
     # The first message stamped after T: everything before it was written at or before T.
     stop = offsets_at(admin, moment_ms + 1, bounds)
-    batches = (batches_topic(settings), 0)
-    batch_bounds = log_bounds(admin, [batches])
-    markers_end = offsets_at(admin, moment_ms + 1, batch_bounds)[batches]
-    trimmed = sorted(f"{t}[{p}]" for (t, p), b in bounds.items() if b.low > 0)
+    markers_end = stop.pop(batches)
+    trimmed = sorted(f"{t}[{p}]" for t, p in partitions if bounds[(t, p)].low > 0)
     if trimmed:
         log.warning(
             "retention has deleted the oldest events of %s: the rebuild starts where they "
@@ -78,7 +76,6 @@ def plan_rebuild(settings: Settings, target: str, as_of: datetime) -> RebuildPla
         as_of=as_of,
         stop=StopAt(offsets=stop, until_ms=moment_ms, markers_end=markers_end),
         events=sum(max(0, stop[p] - bounds[p].low) for p in partitions),
-        first_offsets={p: bounds[p].low for p in partitions},
     )
 
 

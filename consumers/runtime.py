@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 _CONSUME_BATCH = 10_000
 _CONSUME_TIMEOUT = 0.2
 _COMMIT_TIMEOUT = 10.0
+_LAG_EVERY = 1.0  # seconds between lag updates (metrics) while the loop turns
 #: PostgreSQL advisory lock that serialises creating the target's tables: members of a
 #: group starting together would otherwise collide in the catalog (UniqueViolation).
 _SCHEMA_LOCK = 0x71736368656D61  # "qschema"
@@ -164,6 +165,7 @@ class ConsumerRuntime:
         self._read_back: dict[Slot, int] = {}  # slot -> stored offset, read from one before
         self._assigned_once = False
         self._paused = False
+        self._lag_observed = -_LAG_EVERY  # monotonic time of the last lag update (metrics)
 
     # -- set-up ---------------------------------------------------------------------
     def _prepare_target(self) -> None:
@@ -197,7 +199,7 @@ class ConsumerRuntime:
             except RetriableError as exc:
                 if not failed:
                     failed = True
-                    self.stats.outages += 1
+                    self._outage()
                 log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
                 self._idle_wait(delay)
                 delay = min(max(delay * 2, 0.5), self.settings.target_retry_max_seconds)
@@ -436,7 +438,7 @@ class ConsumerRuntime:
         for slot in slots:
             self._read_back.pop(slot, None)
         self.assembler.revoke(slots)
-        self._observe()  # metrics: no lag for partitions no longer owned
+        self._observe(force=True)  # metrics: no lag for partitions no longer owned
         if partitions:
             log.info("revoked %s", _describe(partitions))
 
@@ -492,7 +494,7 @@ class ConsumerRuntime:
                 outcome = self._apply(batch)
             except RetriableError as exc:
                 if not self._paused:
-                    self.stats.outages += 1
+                    self._outage()
                     self._pause(True)
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 self._idle_wait(delay)
@@ -663,21 +665,30 @@ class ConsumerRuntime:
             )
         if self.metrics is not None:
             self.metrics.batch(outcome)
-            self._observe()
+            self._observe(force=True)
         if self.on_batch is not None:
             self.on_batch(outcome)
 
-    def _observe(self) -> None:
-        """Metrics: the outage count, and the lag of every owned partition.
+    def _outage(self) -> None:
+        """The target (or Kafka) became unreachable: the run waits and retries."""
+        self.stats.outages += 1
+        if self.metrics is not None:
+            self.metrics.outage()
 
-        Called on every turn of the loop, while waiting and after each batch. The lag
-        is the cached log end minus the first offset held unapplied (else the position).
+    def _observe(self, *, force: bool = False) -> None:
+        """Metrics: the lag of every owned partition.
+
+        The loop and the waits call it on every turn, so it runs at most once every
+        ``_LAG_EVERY`` seconds there; after a batch and a revocation it runs at once.
+        The lag is the cached log end minus the first offset held unapplied (else the
+        position).
         """
-        if self.metrics is None:
+        if self.metrics is None or self._consumer is None:
             return
-        self.metrics.outages_so_far(self.stats.outages)
-        if self._consumer is None:
+        now = time.monotonic()
+        if not force and now - self._lag_observed < _LAG_EVERY:
             return
+        self._lag_observed = now
         held = {(self.topics[t], p): o for (t, p), o in self.assembler.first_held().items()}
         owned = {(self.topics[t], p) for t, p in self._owned - self._unresolved}
         self.metrics.observe_lag(self._consumer, owned, held)

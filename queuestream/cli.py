@@ -501,10 +501,10 @@ def replay(
     if as_json:
         console.print_json(json.dumps(plan.as_dict()))
         return
-    _print_replay(plan)
+    _print_replay(plan, settings)
 
 
-def _print_replay(plan: Any) -> None:
+def _print_replay(plan: Any, settings: Settings) -> None:
     from rich.table import Table
 
     from queuestream.databases import describe_url
@@ -550,7 +550,7 @@ def _print_replay(plan: Any) -> None:
             f"{plan.group}{where}."
         )
     if plan.target_url is None and any(
-        plan.group == _settings().group_for(name) for name in ("accounting", "shipping")
+        plan.group == settings.group_for(name) for name in ("accounting", "shipping")
     ):
         err_console.print(
             f"note: {plan.group} is a sample target's group, which resumes from the offsets "

@@ -166,7 +166,6 @@ class ConsumerMetrics:
     def __init__(self, target: str, registry: CollectorRegistry | None = None) -> None:
         self.target = target
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._outages_seen = 0
         self._lag_keys: set[tuple[str, int]] = set()
         self.applied = Counter(
             "queuestream_events_applied",
@@ -232,11 +231,9 @@ class ConsumerMetrics:
         for letter in letters:
             self.dead_letters_written.labels(self.target, letter.topic).inc()
 
-    def outages_so_far(self, total: int) -> None:
-        """The runtime's outage count (``RunStats.outages``); the counter catches up."""
-        if total > self._outages_seen:
-            self.outages.labels(self.target).inc(total - self._outages_seen)
-            self._outages_seen = total
+    def outage(self) -> None:
+        """The target (or Kafka) became unreachable and the consumer waits."""
+        self.outages.labels(self.target).inc()
 
     def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
         """The lag of every owned partition; partitions not named (revoked) are removed."""

@@ -146,9 +146,8 @@ def test_applied_rows_stale_errors_and_dead_letters() -> None:
     assert value(dead, {**target, "topic": "x.orders"}) == 2
     assert value(dead, {**target, "topic": "x.payments"}) == 1
 
-    metrics.outages_so_far(0)
-    metrics.outages_so_far(2)
-    metrics.outages_so_far(2)
+    metrics.outage()
+    metrics.outage()
     assert value("queuestream_target_outages_total", target) == 2
 
 
