@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# What pyproject.toml packages: queuestream, producer, consumers, schemas (package-dir).
+# What pyproject.toml packages: the import packages queuestream, producer, consumers, schemas.
 COPY pyproject.toml README.md ./
 COPY queuestream ./queuestream
 COPY producer ./producer

@@ -12,7 +12,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.queuestream-installed
 KAFKA_JARS_STAMP := .cache/kafka/lib/.complete
-LINT_PATHS := queuestream producer consumers schemas
+LINT_PATHS := queuestream producer consumers schemas bench tests
+MYPY_PATHS := queuestream producer consumers schemas bench
 PYTEST_ARGS ?=
 # make bench: its own broker (port BENCH_KAFKA_PORT) with the full JIT (kafka-local.sh's
 # default -XX:TieredStopAtLevel=1 starts fast but caps broker throughput), arguments
@@ -87,17 +88,18 @@ bench-kafka-down:
 	@KAFKA_PORT=$(BENCH_KAFKA_PORT) scripts/kafka-local.sh down
 
 bench: venv bench-kafka-up pg-up
-	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) bench/producer.py $(BENCH_ARGS)
+	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) -m bench.producer $(BENCH_ARGS)
 
 bench-consumers: venv bench-kafka-up pg-up
-	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) bench/consumers.py $(BENCH_ARGS)
+	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) -m bench.consumers $(BENCH_ARGS)
 
 bench-recovery: venv bench-kafka-up pg-up
-	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) bench/recovery.py $(BENCH_ARGS)
+	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) -m bench.recovery $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/mypy $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy $(MYPY_PATHS)
 
 clean:
 	@for d in var/kafka/*/; do [ -d "$$d" ] || continue; KAFKA_PORT="$$(basename "$$d")" scripts/kafka-local.sh down || true; done

@@ -38,13 +38,13 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import libversion as librdkafka_version
-from queuestream.producer.refresh import Refresher, RefreshResult
-from queuestream.producer.simulator import Simulator
-from queuestream.producer.source_models import Base
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from producer.refresh import Refresher, RefreshResult
+from producer.simulator import Simulator
+from producer.source_models import Base
 from queuestream.databases import create_engine
 from queuestream.kafka_clients import admin_client, ensure_topics
 from queuestream.settings import Settings, load_settings

@@ -4,7 +4,7 @@
 The benchmark
 
 1. fills a SQLite source (a temporary file) with about ``--rows`` changed rows
-   across the six tables, written by ``queuestream.producer.simulator.Simulator``,
+   across the six tables, written by ``producer.simulator.Simulator``,
    and publishes them in ONE refresh (a ``Refresher``) to a fresh topic prefix
    (``--partitions`` per topic, default 6). Every target consumes that same refresh;
 2. for each target of ``--targets`` (accounting, shipping), runs ONE
@@ -33,7 +33,7 @@ The benchmark
    same events over the ceiling's seconds, so the ratio consumer/ceiling (apply
    rows/s over ceiling rows/s) is the ceiling's time over the consumer's: how close
    the consumer comes to merely writing its result;
-4. checks the target against the source (``queuestream.consumers.verify.verify``)
+4. checks the target against the source (``consumers.verify.verify``)
    and fails the run when they differ.
 
 Optional: ``--breakdown`` reads the target's committed messages back from Kafka
@@ -44,9 +44,9 @@ decoding and the target; ``--profile DIR`` runs one more consumer per target (fr
 group and database) under pyinstrument (cProfile when pyinstrument is not installed)
 and writes the report to DIR.
 
-    .venv/bin/python bench/consumers.py                  # both targets, 100,000 rows
-    .venv/bin/python bench/consumers.py --rows 20000 --targets shipping --json
-    .venv/bin/python bench/consumers.py --breakdown --profile var/bench-profile
+    .venv/bin/python -m bench.consumers                  # both targets, 100,000 rows
+    .venv/bin/python -m bench.consumers --rows 20000 --targets shipping --json
+    .venv/bin/python -m bench.consumers --breakdown --profile var/bench-profile
 
 Kafka: ``--bootstrap-servers``, else ``KAFKA_BOOTSTRAP_SERVERS``, else
 ``scripts/kafka-local.sh bootstrap``. PostgreSQL: ``--postgres-url`` (a server's
@@ -63,24 +63,21 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from queuestream.consumers import TARGET_NAMES, target_named
-from queuestream.consumers.assembly import Assembler, Batch, Slot
-from queuestream.consumers.changes import Change, decode_change
-from queuestream.consumers.runtime import BatchOutcome, ConsumerRuntime
-from queuestream.consumers.target import ApplyReport, Target
-from queuestream.consumers.verify import verify
-from queuestream.schemas.avro import AvroCodec
 
+from bench import common
+from consumers import TARGET_NAMES, target_named
+from consumers.assembly import Assembler, Batch, Slot
+from consumers.changes import Change, decode_change
+from consumers.runtime import BatchOutcome, ConsumerRuntime
+from consumers.target import ApplyReport, Target
+from consumers.verify import verify
 from queuestream.errors import QueuestreamError
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # bench/common.py: bench/ is not a package, this folder is on sys.path
+from schemas.avro import AvroCodec
 
 GOAL_ROWS_PER_SECOND = 20_000  # the issue's target, per consumer instance, into PostgreSQL
 CEILINGS = ("insert", "copy")
@@ -93,7 +90,7 @@ _CEILING_NAMES = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; ``--targets`` becomes a list, ``--kafka`` a dict."""
     p = argparse.ArgumentParser(
-        prog="bench/consumers.py",
+        prog="python -m bench.consumers",
         description="Rows applied per second into PostgreSQL by one consumer instance, "
         "with the plain-INSERT ceiling for the same target rows.",
     )

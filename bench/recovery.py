@@ -9,7 +9,7 @@ The benchmark
    (``ConsumerRuntime``, a fresh group, until idle) into a fresh PostgreSQL
    database: that is the **ceiling**, the same runtime doing the same work as a
    member of a group; then **rebuilds** the target as of now into another fresh
-   database (``queuestream.consumers.rebuild``: stop offsets looked up, every
+   database (``consumers.rebuild``: stop offsets looked up, every
    partition owned without a group, stops at the point in time). Both are timed
    from the start of ``run()`` to its return and both targets are verified against
    the source. The ratio is the consumer's seconds over the rebuild's;
@@ -18,8 +18,8 @@ The benchmark
    group (plan, then execute), then a snapshot again with the group lagging every
    event (which the monitor reads to count and age).
 
-    .venv/bin/python bench/recovery.py                       # 50,000 rows, 5 refreshes
-    .venv/bin/python bench/recovery.py --rows 20000 --targets accounting --json
+    .venv/bin/python -m bench.recovery                       # 50,000 rows, 5 refreshes
+    .venv/bin/python -m bench.recovery --rows 20000 --targets accounting --json
 
 Kafka and PostgreSQL as for bench/consumers.py (``make bench-recovery`` starts both).
 """
@@ -32,26 +32,21 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from queuestream.consumers import TARGET_NAMES, target_named
-from queuestream.consumers.rebuild import plan_rebuild, rebuild
-from queuestream.consumers.replay import ReplaySpec, execute_replay, plan_replay
-
+from bench import common
+from bench import consumers as consumer_bench
+from consumers import TARGET_NAMES, target_named
+from consumers.rebuild import plan_rebuild, rebuild
+from consumers.replay import ReplaySpec, execute_replay, plan_replay
 from queuestream.errors import QueuestreamError
 from queuestream.monitor.snapshot import SnapshotCollector
 from queuestream.settings import Settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # bench/common.py: bench/ is not a package, this folder is on sys.path
-
-import consumers as consumer_bench  # bench/consumers.py: consume() and check_verified()
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="bench/recovery.py",
+        prog="python -m bench.recovery",
         description="Rebuild as of a point in time vs the ordinary consumer of the same "
         "events; monitor snapshot and replay times.",
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from queuestream.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from queuestream.consumers.target import Target
+    from consumers.target import Target
 
 __all__ = ["TARGET_NAMES", "target_named"]
 
@@ -25,11 +25,11 @@ TARGET_NAMES = ("accounting", "shipping")
 def target_named(name: str) -> Target:
     """The sample target called ``name``."""
     if name == "accounting":
-        from queuestream.consumers.accounting import AccountingTarget
+        from consumers.accounting import AccountingTarget
 
         return AccountingTarget()
     if name == "shipping":
-        from queuestream.consumers.shipping import ShippingTarget
+        from consumers.shipping import ShippingTarget
 
         return ShippingTarget()
     msg = f"unknown target {name!r}: use one of {', '.join(TARGET_NAMES)}"

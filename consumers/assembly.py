@@ -18,14 +18,13 @@ stored.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from queuestream.consumers.changes import Change
-from queuestream.consumers.dead_letters import DeadLetter
-from queuestream.consumers.markers import EndMarker
-
+from consumers.changes import Change
+from consumers.dead_letters import DeadLetter
+from consumers.markers import EndMarker
 from queuestream.tables import TABLES
 
 __all__ = ["Assembler", "Batch", "Poison", "Slot"]
@@ -148,8 +147,10 @@ class Assembler:
         Each list holds its slot's items in the order they were read: offsets ascend.
         """
         first: dict[Slot, int] = {}
-        waiting = [v for h in self._held.values() for v in h.changes.items()]
-        waiting += list(self._poison.items())
+        waiting: list[tuple[Slot, Sequence[Change | DeadLetter]]] = [
+            v for h in self._held.values() for v in h.changes.items()
+        ]
+        waiting += self._poison.items()
         for slot, items in waiting:
             if items:
                 first[slot] = min(first.get(slot, items[0].offset), items[0].offset)

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from queuestream.schemas.avro import AvroCodec
-
 from queuestream.errors import DecodeError
 from queuestream.tables import TABLES
+from schemas.avro import AvroCodec
 
 __all__ = ["Change", "decode_change", "version_of"]
 

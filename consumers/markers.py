@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
-from queuestream.schemas.avro import AvroCodec
 
 from queuestream.errors import BrokerUnavailableError, DecodeError
 from queuestream.kafka_clients import batches_topic, consumer_config
 from queuestream.settings import Settings
+from schemas.avro import AvroCodec
 
 __all__ = ["EndMarker", "EndMarkers"]
 

@@ -7,7 +7,7 @@ history (``retention.ms`` -1), so nothing before T is missing.
 
 The stop offsets are looked up with offsets-for-times (:mod:`.positions`): per
 partition, the first message stamped after T. The run is the ordinary consumer
-runtime in bounded mode (:class:`~queuestream.consumers.runtime.StopAt`): it owns
+runtime in bounded mode (:class:`~consumers.runtime.StopAt`): it owns
 every partition without joining the group, applies whole refreshes in commit
 order with the same exactly-once bookkeeping, and commits nothing to Kafka. The
 rebuilt target holds the offsets it applied, so ``queuestream consume --target
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from queuestream.consumers import offsets, target_named
-from queuestream.consumers.runtime import BatchOutcome, ConsumerRuntime, RunStats, StopAt
 
+from consumers import offsets, target_named
+from consumers.runtime import BatchOutcome, ConsumerRuntime, RunStats, StopAt
 from queuestream.databases import create_engine, describe_url
 from queuestream.errors import ConfigurationError
 from queuestream.kafka_clients import admin_client, batches_topic, ensure_topics

@@ -38,9 +38,9 @@ from typing import Any
 import sqlalchemy as sa
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from queuestream.consumers import TARGET_NAMES, offsets
 from sqlalchemy.dialects import postgresql, sqlite
 
+from consumers import TARGET_NAMES, offsets
 from queuestream.databases import create_engine, describe_url
 from queuestream.errors import (
     ConfigurationError,

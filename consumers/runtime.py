@@ -44,15 +44,14 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from queuestream.consumers import offsets, sync_log
-from queuestream.consumers.assembly import UNDECODABLE, Assembler, Batch, Poison, Slot
-from queuestream.consumers.changes import Change, decode_change
-from queuestream.consumers.dead_letters import DeadLetter, DeadLetters, ErrorBudget
-from queuestream.consumers.markers import EndMarkers
-from queuestream.consumers.sync_log import SyncEntry
-from queuestream.consumers.target import ApplyReport, Target
-from queuestream.schemas.avro import AvroCodec
 
+from consumers import offsets, sync_log
+from consumers.assembly import UNDECODABLE, Assembler, Batch, Poison, Slot
+from consumers.changes import Change, decode_change
+from consumers.dead_letters import DeadLetter, DeadLetters, ErrorBudget
+from consumers.markers import EndMarkers
+from consumers.sync_log import SyncEntry
+from consumers.target import ApplyReport, Target
 from queuestream.databases import create_engine, describe_url, unavailable
 from queuestream.errors import (
     DatabaseUnavailableError,
@@ -65,6 +64,7 @@ from queuestream.kafka_clients import consumer_config, ensure_topics
 from queuestream.metrics import ConsumerMetrics
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
+from schemas.avro import AvroCodec
 
 __all__ = ["BatchOutcome", "ConsumerRuntime", "RunStats", "StopAt"]
 
@@ -347,7 +347,7 @@ class ConsumerRuntime:
         topic = message.topic() or ""
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF and topic in self.tables:
-                self._at_end.add((self.tables[topic], message.partition()))
+                self._at_end.add((self.tables[topic], message.partition() or 0))
             elif error.fatal():
                 msg = f"Kafka consumer failed: {error.str()}"
                 raise FatalError(msg)
@@ -369,7 +369,7 @@ class ConsumerRuntime:
                 table,
                 topic=topic,
                 partition=partition,
-                offset=message.offset(),
+                offset=offset,
                 timestamp_ms=timestamp_ms,
                 raw_key=message.key(),
                 raw_value=message.value(),

@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.consumers.changes import Change
-from queuestream.consumers.reconcile import TableImage
 from sqlalchemy.dialects import postgresql, sqlite
 
+from consumers.changes import Change
+from consumers.reconcile import TableImage
 from queuestream.errors import RecordError
 from queuestream.tables import TABLES
 
@@ -143,7 +143,7 @@ class Target(ABC):
         """What this target should hold, computed straight from the source tables.
 
         ``zone`` is the source's time zone (its timestamps are naive local time).
-        Keys are this target's table names; see :mod:`queuestream.consumers.reconcile`.
+        Keys are this target's table names; see :mod:`consumers.reconcile`.
         """
 
     @abstractmethod

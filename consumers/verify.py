@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from queuestream.consumers import target_named
-from queuestream.consumers.reconcile import Reconciliation, compare
 
+from consumers import target_named
+from consumers.reconcile import Reconciliation, compare
 from queuestream.databases import create_engine, describe_url, unavailable
 from queuestream.errors import ConfigurationError
 from queuestream.settings import Settings

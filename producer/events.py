@@ -14,14 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from queuestream.producer.partitioning import CustomerPartitioner
-from queuestream.producer.sensitive import ColumnPolicy
-from queuestream.producer.source_reader import ChangedRow
-from queuestream.schemas.avro import AvroCodec, row_schema
-
+from producer.partitioning import CustomerPartitioner
+from producer.sensitive import ColumnPolicy
+from producer.source_reader import ChangedRow
 from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
+from schemas.avro import AvroCodec, row_schema
 
 __all__ = ["EncodedEvent", "EventBuilder", "RefreshContext"]
 

@@ -10,7 +10,7 @@ number of their topics, whatever the wire format.
 
 from __future__ import annotations
 
-from queuestream.schemas.avro import encode_long
+from schemas.avro import encode_long
 
 __all__ = ["CustomerPartitioner", "customer_key_bytes", "murmur2", "partition_for"]
 

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from queuestream.producer.watermark import Progress
-from queuestream.schemas.avro import AvroCodec
 
+from producer.watermark import Progress
 from queuestream.errors import BrokerUnavailableError
 from queuestream.kafka_clients import batches_topic, consumer_config
 from queuestream.settings import Settings
+from schemas.avro import AvroCodec
 
 __all__ = ["CommittedEnd", "read_last_end", "read_progress"]
 

@@ -18,27 +18,27 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from queuestream.producer.events import EventBuilder, RefreshContext
-from queuestream.producer.partitioning import CustomerPartitioner
-from queuestream.producer.progress import read_progress
-from queuestream.producer.publisher import Send, TransactionalPublisher
-from queuestream.producer.sensitive import ColumnPolicy
-from queuestream.producer.source_reader import ChangedRow, SourceReader
-from queuestream.producer.watermark import (
+from sqlalchemy.engine import make_url
+
+from producer.events import EventBuilder, RefreshContext
+from producer.partitioning import CustomerPartitioner
+from producer.progress import read_progress
+from producer.publisher import Send, TransactionalPublisher
+from producer.sensitive import ColumnPolicy
+from producer.source_reader import ChangedRow, SourceReader
+from producer.watermark import (
     OverlapFilter,
     Progress,
     Window,
     WindowPlanner,
     change_digest,
 )
-from queuestream.schemas.avro import AvroCodec
-from sqlalchemy.engine import make_url
-
 from queuestream.databases import create_engine
 from queuestream.errors import CommitOutcomeUnknownError, RetriableError
 from queuestream.kafka_clients import batches_topic, ensure_topics
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec, topic_for
+from schemas.avro import AvroCodec
 
 __all__ = ["ProduceLoop", "RefreshObserver", "RefreshResult", "Refresher", "new_refresh_id"]
 

@@ -14,10 +14,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from queuestream.schemas.avro import row_schema
-
 from queuestream.errors import ConfigurationError
 from queuestream.tables import TABLES_BY_NAME
+from schemas.avro import row_schema
 
 __all__ = ["ColumnPolicy", "mask"]
 

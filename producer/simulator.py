@@ -20,7 +20,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.producer.source_models import Base, create_source_schema
+
+from producer.source_models import Base, create_source_schema
 
 __all__ = ["ACTIONS", "SimStats", "Simulator"]
 

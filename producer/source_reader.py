@@ -23,8 +23,8 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.producer.source_models import Base, create_source_schema
 
+from producer.source_models import Base, create_source_schema
 from queuestream.databases import is_postgres, unavailable
 from queuestream.errors import ConfigurationError
 from queuestream.settings import Settings
@@ -159,7 +159,7 @@ class FrozenSnapshot:
         }
 
     def _base(self, spec: TableSpec) -> sa.Table:
-        return cast("sa.Table", Base.metadata.tables[spec.source])
+        return Base.metadata.tables[spec.source]
 
     def _select(self, spec: TableSpec, table: sa.Table) -> sa.Select[Any]:
         orders = Base.metadata.tables["Orders"]

@@ -160,14 +160,14 @@ def sim(
     ] = False,
 ) -> None:
     """Generate customers, orders, payments, shipping and cancellations in the sync database."""
+    from producer.simulator import Simulator
     from queuestream.databases import create_engine
-    from queuestream.producer.simulator import Simulator
 
     settings = _settings()
     engine = create_engine(settings.source_url, writer=True)
     simulator = Simulator(engine, settings.zone, seed=seed)
     if with_queue_procedure:
-        from queuestream.producer.queue_procedure import install_queue_procedure
+        from producer.queue_procedure import install_queue_procedure
 
         install_queue_procedure(engine, settings.queue_schema)
     with _progress() as bar:
@@ -219,7 +219,7 @@ def refresh(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run one refresh: freeze the changes, publish them in one Kafka transaction."""
-    from queuestream.producer.refresh import Refresher
+    from producer.refresh import Refresher
 
     settings = _settings()
     refresher = Refresher(settings)
@@ -253,8 +253,8 @@ def produce(
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Refresh every INTERVAL seconds. SIGTERM finishes the refresh in hand and exits."""
+    from producer.refresh import ProduceLoop, Refresher
     from queuestream.metrics import ProducerMetrics, metrics_server
-    from queuestream.producer.refresh import ProduceLoop, Refresher
 
     settings = _settings(metrics_port=metrics_port)
     metrics = ProducerMetrics()
@@ -323,8 +323,8 @@ def consume(
 
     SIGTERM finishes the batch in hand, commits it and leaves the group.
     """
-    from queuestream.consumers import target_named
-    from queuestream.consumers.runtime import BatchOutcome, ConsumerRuntime
+    from consumers import target_named
+    from consumers.runtime import BatchOutcome, ConsumerRuntime
     from queuestream.metrics import ConsumerMetrics, metrics_server
 
     settings = _settings(
@@ -374,7 +374,7 @@ def verify(
     """
     from rich.table import Table
 
-    from queuestream.consumers.verify import verify as run_verify
+    from consumers.verify import verify as run_verify
 
     more: dict[str, Any] = {"target_url": target_url}
     if source is not None:
@@ -478,7 +478,7 @@ def replay(
     A dry run unless --execute: it prints, per topic and partition, the current and the
     new offset. It refuses while the group has active members unless --force.
     """
-    from queuestream.consumers.replay import (
+    from consumers.replay import (
         ReplaySpec,
         execute_replay,
         parse_duration,
@@ -574,9 +574,9 @@ def rebuild(
     stops. The new target keeps its offsets: `consume --target NEW_URL` later goes on
     from there.
     """
-    from queuestream.consumers.rebuild import plan_rebuild
-    from queuestream.consumers.rebuild import rebuild as run_rebuild
-    from queuestream.consumers.runtime import BatchOutcome
+    from consumers.rebuild import plan_rebuild
+    from consumers.rebuild import rebuild as run_rebuild
+    from consumers.runtime import BatchOutcome
     from queuestream.databases import describe_url
 
     settings = _settings(target_url=target_url, max_errors=max_errors)

@@ -15,16 +15,16 @@ from confluent_kafka import Consumer
 from rich.console import Console
 from rich.table import Table
 
-from queuestream.consumers import TARGET_NAMES, target_named
-from queuestream.consumers.runtime import ConsumerRuntime
-from queuestream.consumers.verify import verify
+from consumers import TARGET_NAMES, target_named
+from consumers.runtime import ConsumerRuntime
+from consumers.verify import verify
+from producer.refresh import Refresher, RefreshResult
+from producer.simulator import Simulator
 from queuestream.databases import create_engine
 from queuestream.kafka_clients import change_topics, consumer_config
-from queuestream.producer.refresh import Refresher, RefreshResult
-from queuestream.producer.simulator import Simulator
-from queuestream.schemas.avro import AvroCodec
 from queuestream.settings import Settings
 from queuestream.tables import TABLES
+from schemas.avro import AvroCodec
 
 __all__ = ["read_refresh_events", "run_demo"]
 

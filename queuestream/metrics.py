@@ -57,9 +57,9 @@ from prometheus_client.registry import Collector
 from queuestream.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from queuestream.consumers.dead_letters import DeadLetter
-    from queuestream.consumers.runtime import BatchOutcome
-    from queuestream.producer.refresh import RefreshResult
+    from consumers.dead_letters import DeadLetter
+    from consumers.runtime import BatchOutcome
+    from producer.refresh import RefreshResult
 
 __all__ = ["DURATION_BUCKETS", "ConsumerMetrics", "ProducerMetrics", "metrics_server"]
 

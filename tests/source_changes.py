@@ -14,9 +14,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.consumers.changes import Change, version_of
-from queuestream.producer.source_models import source_table
 
+from consumers.changes import Change, version_of
+from producer.source_models import source_table
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["SteppingClock", "change", "source_changes"]

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from queuestream.consumers.accounting.target import AccountingTarget
+from consumers.accounting.target import AccountingTarget
 
 __all__ = ["AccountingTarget"]

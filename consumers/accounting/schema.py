@@ -17,7 +17,7 @@ are derived from several source rows and recomputed by the target at the end of 
 batch for what the batch touched. ``customer_balances.source_version`` is the
 newest ``source_version`` among the invoices and payments summed into the row.
 
-Money is exact: :class:`~queuestream.consumers.target.Money` is NUMERIC on
+Money is exact: :class:`~consumers.target.Money` is NUMERIC on
 PostgreSQL and integer minor units on SQLite, so SUM() stays exact on both.
 
 There are no foreign keys between these tables on purpose: the instances of a
@@ -31,7 +31,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import sqlalchemy as sa
-from queuestream.consumers.target import Money, version_column
+
+from consumers.target import Money, version_column
 
 __all__ = [
     "CUSTOMER_BALANCES",

@@ -9,7 +9,7 @@ OrderDetails   -> invoice_lines      (order_id, line)
 Payments       -> payments           payment_id
 (maintained)      customer_balances  (customer_id, currency)
 
-See :mod:`queuestream.consumers.accounting.schema` for the columns.
+See :mod:`consumers.accounting.schema` for the columns.
 
 How a batch is applied (:meth:`AccountingTarget.apply`), table by table in
 foreign-key order:
@@ -63,7 +63,9 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.consumers.accounting.schema import (
+from sqlalchemy.dialects import postgresql
+
+from consumers.accounting.schema import (
     CUSTOMER_BALANCES,
     INVOICE_LINES,
     INVOICES,
@@ -73,9 +75,9 @@ from queuestream.consumers.accounting.schema import (
     STATUS_OPEN,
     STATUS_VOID,
 )
-from queuestream.consumers.changes import Change, version_of
-from queuestream.consumers.reconcile import TableImage
-from queuestream.consumers.target import (
+from consumers.changes import Change, version_of
+from consumers.reconcile import TableImage
+from consumers.target import (
     ApplyReport,
     Money,
     Target,
@@ -85,10 +87,8 @@ from queuestream.consumers.target import (
     latest_per_key,
     upsert_versioned,
 )
-from queuestream.producer.source_models import source_table
-from queuestream.producer.source_reader import to_aware
-from sqlalchemy.dialects import postgresql
-
+from producer.source_models import source_table
+from producer.source_reader import to_aware
 from queuestream.errors import RecordError
 from queuestream.tables import TABLES_BY_NAME
 

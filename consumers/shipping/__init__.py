@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from queuestream.consumers.shipping.target import ShippingTarget
+from consumers.shipping.target import ShippingTarget
 
 __all__ = ["ShippingTarget"]

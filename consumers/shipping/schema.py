@@ -14,7 +14,7 @@ epoch (UTC). Writes only replace a row with a newer version, so a redelivered or
 older event changes nothing.
 
 ``shipments`` is derived by the target at the end of each batch for the orders the
-batch changed (see :mod:`queuestream.consumers.shipping.target` for the rules);
+batch changed (see :mod:`consumers.shipping.target` for the rules);
 ``shipments.source_version`` is the version of the order it was derived from.
 
 ``shipment_lines`` is a VIEW, not a table: the lines of a shipment are its order's
@@ -26,7 +26,7 @@ METADATA; see :func:`create_view`); :data:`SHIPMENT_LINES` is a table object to 
 it with.
 
 Money-like amounts (quantities, weights) are exact:
-:class:`~queuestream.consumers.target.Money` is NUMERIC on PostgreSQL and integer
+:class:`~consumers.target.Money` is NUMERIC on PostgreSQL and integer
 units of the scale on SQLite. Instants are stored in UTC.
 
 There are no foreign keys between these tables on purpose: the instances of a
@@ -39,7 +39,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from queuestream.consumers.target import Money, version_column
+
+from consumers.target import Money, version_column
 
 __all__ = [
     "METADATA",

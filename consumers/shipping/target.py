@@ -9,7 +9,7 @@ OrderDetails   -> order_lines      (order_id, line)    (mirror)
 (derived)         shipments        order_id
 (view)            shipment_lines   (order_id, line)    shipments JOIN order_lines
 
-See :mod:`queuestream.consumers.shipping.schema` for the columns.
+See :mod:`consumers.shipping.schema` for the columns.
 
 How a batch is applied (:meth:`ShippingTarget.apply`), inside the runtime's
 transaction:
@@ -116,9 +116,11 @@ from typing import Any, ClassVar, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.consumers.changes import Change, version_of
-from queuestream.consumers.reconcile import TableImage
-from queuestream.consumers.shipping.schema import (
+from sqlalchemy.dialects import postgresql, sqlite
+
+from consumers.changes import Change, version_of
+from consumers.reconcile import TableImage
+from consumers.shipping.schema import (
     METADATA,
     OPEN_STATUSES,
     ORDER_HEADERS,
@@ -136,7 +138,7 @@ from queuestream.consumers.shipping.schema import (
     STATUS_SHIPPED,
     full_name,
 )
-from queuestream.consumers.target import (
+from consumers.target import (
     ApplyReport,
     Money,
     Target,
@@ -145,10 +147,8 @@ from queuestream.consumers.target import (
     latest_per_key,
     upsert_versioned,
 )
-from queuestream.producer.source_models import ORDER_STATUS, source_table
-from queuestream.producer.source_reader import to_aware
-from sqlalchemy.dialects import postgresql, sqlite
-
+from producer.source_models import ORDER_STATUS, source_table
+from producer.source_reader import to_aware
 from queuestream.errors import RecordError
 from queuestream.tables import TABLES_BY_NAME
 
@@ -810,7 +810,7 @@ class ShippingTarget(Target):
         v = SHIPMENT_LINES.c
         query = sa.select(SHIPMENT_LINES).where(v.shipment_status != STATUS_CANCELED)
         for r in target.execute(query):
-            images["shipment_lines"].add((r.order_id, r.line), r._mapping)
+            images["shipment_lines"].add((r.order_id, r.line), dict(r._mapping))
         return images
 
 

@@ -32,13 +32,13 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
+from producer.progress import read_last_end
 from queuestream.errors import BrokerUnavailableError
 from queuestream.kafka_clients import admin_client, batches_topic, change_topics
 from queuestream.kafka_offsets import describe_groups, group_offsets, list_groups, list_offsets
 from queuestream.kafka_reading import MessageCounter, Unconsumed
-from queuestream.producer.progress import read_last_end
-from queuestream.schemas.avro import AvroCodec
 from queuestream.settings import Settings
+from schemas.avro import AvroCodec
 
 __all__ = [
     "RATE_WINDOW_SECONDS",

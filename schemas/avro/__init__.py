@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from queuestream.schemas.avro.codec import (
+from schemas.avro.codec import (
     SCHEMA_DIR,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,

@@ -12,10 +12,10 @@ from collections import Counter
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from queuestream.schemas.avro import AvroCodec
 
 from queuestream.settings import Settings
 from queuestream.tables import TABLES
+from schemas.avro import AvroCodec
 
 __all__ = ["Change", "committed_changes", "committed_messages"]
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
-from queuestream.consumers import offsets, target_named
-from queuestream.consumers import sync_log as sync_log_table
-from queuestream.consumers.reconcile import Reconciliation
-from queuestream.consumers.runtime import ConsumerRuntime, RunStats
-from queuestream.consumers.verify import verify
-from queuestream.producer.refresh import Refresher, RefreshResult
-from queuestream.producer.simulator import Simulator
-from queuestream.producer.source_models import create_source_schema
 
+from consumers import offsets, target_named
+from consumers import sync_log as sync_log_table
+from consumers.reconcile import Reconciliation
+from consumers.runtime import ConsumerRuntime, RunStats
+from consumers.verify import verify
+from producer.refresh import Refresher, RefreshResult
+from producer.simulator import Simulator
+from producer.source_models import create_source_schema
 from queuestream.databases import create_engine
 from queuestream.settings import Settings
 from tests.helpers import producer_settings

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from queuestream.producer.source_models import Base
 
+from producer.source_models import Base
 from queuestream.tables import TABLES
 from tests.integration.kafka_readback import Change
 

@@ -18,15 +18,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from queuestream.producer.progress import read_progress
-from queuestream.producer.refresh import Refresher
-from queuestream.producer.simulator import Simulator
-from queuestream.producer.source_models import Base
-from queuestream.schemas.avro import AvroCodec
 
+from producer.progress import read_progress
+from producer.refresh import Refresher
+from producer.simulator import Simulator
+from producer.source_models import Base
 from queuestream.databases import create_engine
 from queuestream.errors import BrokerUnavailableError, EncodingError
 from queuestream.settings import Settings, load_settings
+from schemas.avro import AvroCodec
 from tests.helpers import producer_settings
 from tests.integration.kafka_readback import committed_changes
 from tests.integration.source_versions import assert_exactly_once, source_versions

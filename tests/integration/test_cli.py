@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import sqlalchemy as sa
-from queuestream.producer.source_models import Base
 
+from producer.source_models import Base
 from queuestream.databases import create_engine
 from tests.helpers import CLI as COMMAND
 from tests.helpers import cli_env, run_cli, wait_for

@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
-from queuestream.consumers import offsets
-from queuestream.consumers.dead_letters import ErrorBudgetExceededError, dlq_topic
 
+from consumers import offsets
+from consumers.dead_letters import ErrorBudgetExceededError, dlq_topic
 from queuestream.databases import create_engine
 from queuestream.tables import topic_for
 from tests.integration.kafka_readback import committed_messages

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import Producer
-from queuestream.consumers import offsets, target_named
-from queuestream.consumers.runtime import ConsumerRuntime
 
+from consumers import offsets, target_named
+from consumers.runtime import ConsumerRuntime
 from queuestream.databases import create_engine
 from queuestream.tables import topic_for
 from tests.helpers import wait_for

@@ -35,11 +35,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.consumers import sync_log, target_named
-from queuestream.consumers.verify import verify
-from queuestream.producer.simulator import Simulator
-from queuestream.producer.source_models import create_source_schema
 
+from consumers import sync_log, target_named
+from consumers.verify import verify
+from producer.simulator import Simulator
+from producer.source_models import create_source_schema
 from queuestream.databases import create_engine
 from queuestream.tables import topic_for
 from tests.helpers import producer_settings, wait_for

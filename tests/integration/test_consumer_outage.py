@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from queuestream.consumers import target_named
-from queuestream.consumers.runtime import ConsumerRuntime
 from sqlalchemy.engine import make_url
 
+from consumers import target_named
+from consumers.runtime import ConsumerRuntime
 from queuestream.errors import ConfigurationError
 from tests import services
 from tests.helpers import wait_for

@@ -30,12 +30,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-from queuestream.producer.simulator import Simulator
-from queuestream.schemas.avro import AvroCodec
 
+from producer.simulator import Simulator
 from queuestream.databases import create_engine, is_postgres
 from queuestream.settings import Settings
 from queuestream.tables import TABLES
+from schemas.avro import AvroCodec
 from tests.helpers import run_cli, wait_for
 from tests.integration.kafka_readback import committed_changes
 from tests.integration.source_versions import assert_exactly_once, source_versions

@@ -153,9 +153,8 @@ def test_spec_fingerprint_byte_order() -> None:
 
 def _produce_one_refresh(sqlite_url: str, kafka_bootstrap: str, prefix: str) -> Any:
     """The producing side, queuestream's own: simulate activity, run one refresh."""
-    from queuestream.producer.refresh import Refresher
-    from queuestream.producer.simulator import Simulator
-
+    from producer.refresh import Refresher
+    from producer.simulator import Simulator
     from queuestream.databases import create_engine
     from queuestream.settings import Settings
 
@@ -367,7 +366,7 @@ class _SampleMaker:
 def test_schema_round_trips_through_a_real_topic(
     stem: str, kafka_bootstrap: str, unique: str
 ) -> None:
-    from queuestream.schemas.avro import AvroCodec
+    from schemas.avro import AvroCodec
 
     table, field = stem.split(".")
     sample = _SampleMaker(stem).value(_schema_files()[stem])

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from queuestream.producer.refresh import Refresher
-from queuestream.producer.source_models import Base, create_source_schema
 
+from producer.refresh import Refresher
+from producer.source_models import Base, create_source_schema
 from queuestream.databases import create_engine, is_postgres
 from queuestream.settings import load_settings
 from tests.integration.kafka_readback import Change, committed_changes

@@ -16,11 +16,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.producer.queue_procedure import install_queue_procedure
-from queuestream.producer.refresh import Refresher, RefreshResult
-from queuestream.producer.simulator import Simulator
 from sqlalchemy.engine import make_url
 
+from producer.queue_procedure import install_queue_procedure
+from producer.refresh import Refresher, RefreshResult
+from producer.simulator import Simulator
 from queuestream.databases import create_engine
 from queuestream.settings import Settings
 from queuestream.tables import TABLES

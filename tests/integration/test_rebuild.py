@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from queuestream.consumers import markers
-from queuestream.consumers.rebuild import plan_rebuild, rebuild
-from queuestream.consumers.runtime import RunStats
 
+from consumers import markers
+from consumers.rebuild import plan_rebuild, rebuild
+from consumers.runtime import RunStats
 from queuestream.databases import create_engine
 from tests.helpers import cli_env, run_cli
 from tests.integration.pipeline import Pipeline, stored_offsets

@@ -17,9 +17,9 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
-from queuestream.producer.refresh import Refresher
-from queuestream.producer.simulator import Simulator
 
+from producer.refresh import Refresher
+from producer.simulator import Simulator
 from queuestream.databases import create_engine
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, topic_for

@@ -20,20 +20,20 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from queuestream.consumers.accounting import AccountingTarget
-from queuestream.consumers.accounting.schema import (
+
+from consumers.accounting import AccountingTarget
+from consumers.accounting.schema import (
     CUSTOMER_BALANCES,
     INVOICE_LINES,
     INVOICES,
     LEDGER_ACCOUNTS,
     PAYMENTS,
 )
-from queuestream.consumers.changes import Change
-from queuestream.consumers.reconcile import Reconciliation, compare
-from queuestream.consumers.target import ApplyReport
-from queuestream.producer.simulator import Simulator
-from queuestream.producer.source_models import create_source_schema, source_table
-
+from consumers.changes import Change
+from consumers.reconcile import Reconciliation, compare
+from consumers.target import ApplyReport
+from producer.simulator import Simulator
+from producer.source_models import create_source_schema, source_table
 from queuestream.databases import create_engine
 from tests.source_changes import SteppingClock, change, source_changes
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from queuestream.consumers.changes import Change
-from queuestream.consumers.reconcile import TableImage
-from queuestream.consumers.runtime import ConsumerRuntime
-from queuestream.consumers.target import ApplyReport, Target, upsert_versioned
 
+from consumers.changes import Change
+from consumers.reconcile import TableImage
+from consumers.runtime import ConsumerRuntime
+from consumers.target import ApplyReport, Target, upsert_versioned
 from queuestream.databases import create_engine
 from queuestream.settings import load_settings
 from tests.source_changes import change

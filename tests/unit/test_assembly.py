@@ -5,10 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from queuestream.consumers.assembly import Assembler, Poison
-from queuestream.consumers.changes import Change
-from queuestream.consumers.markers import EndMarker
-
+from consumers.assembly import Assembler, Poison
+from consumers.changes import Change
+from consumers.markers import EndMarker
 from queuestream.errors import DecodeError
 
 _offsets: dict[tuple[str, int], itertools.count[int]] = {}

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-from queuestream.schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, load_schema, schema_names
 
 from queuestream.errors import DecodeError, EncodingError
 from queuestream.tables import TABLES
+from schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, load_schema, schema_names
 
 codec = AvroCodec("exigo")
 

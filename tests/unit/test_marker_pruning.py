@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from queuestream.consumers.markers import EndMarker, EndMarkers
-from queuestream.schemas.avro import AvroCodec
 
+from consumers.markers import EndMarker, EndMarkers
 from queuestream.settings import load_settings
+from schemas.avro import AvroCodec
 
 
 @pytest.fixture

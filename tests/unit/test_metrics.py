@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
-from queuestream.consumers.assembly import Assembler
-from queuestream.consumers.changes import Change
-from queuestream.consumers.dead_letters import DeadLetter
-from queuestream.consumers.runtime import BatchOutcome
-from queuestream.consumers.sync_log import SyncEntry
-from queuestream.producer.refresh import ProduceLoop, RefreshResult
 
+from consumers.assembly import Assembler
+from consumers.changes import Change
+from consumers.dead_letters import DeadLetter
+from consumers.runtime import BatchOutcome
+from consumers.sync_log import SyncEntry
+from producer.refresh import ProduceLoop, RefreshResult
 from queuestream.errors import BrokerUnavailableError, ConfigurationError, DecodeError
 from queuestream.metrics import ConsumerMetrics, ProducerMetrics, metrics_server
 from queuestream.settings import load_settings

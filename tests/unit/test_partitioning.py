@@ -6,13 +6,14 @@ import io
 
 import fastavro
 import pytest
-from queuestream.producer.partitioning import (
+
+from producer.partitioning import (
     CustomerPartitioner,
     customer_key_bytes,
     murmur2,
     partition_for,
 )
-from queuestream.schemas.avro import load_schema
+from schemas.avro import load_schema
 
 # Vectors from Kafka's UtilsTest.testMurmur2 (checked against Utils.murmur2 of kafka-clients 4.3.1).
 KAFKA_VECTORS = {

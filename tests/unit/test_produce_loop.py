@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from queuestream.producer.refresh import ProduceLoop
-
+from producer.refresh import ProduceLoop
 from queuestream.errors import BrokerUnavailableError
 
 
@@ -19,7 +18,8 @@ class FakeRefresher:
         self.calls.append(since)
         if self.failures:
             self.failures -= 1
-            raise BrokerUnavailableError("broker down")
+            msg = "broker down"
+            raise BrokerUnavailableError(msg)
         return []
 
     def close(self) -> None:
@@ -33,7 +33,8 @@ def test_broker_down_at_start_up_is_retried() -> None:
     def make() -> Any:
         attempts.append(1)
         if len(attempts) < 3:
-            raise BrokerUnavailableError("Kafka at 127.0.0.1:1 is unreachable")
+            msg = "Kafka at 127.0.0.1:1 is unreachable"
+            raise BrokerUnavailableError(msg)
         return fake
 
     loop = ProduceLoop(make, interval=0, backoff=0.001)

@@ -7,7 +7,7 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ["queuestream", "queuestream.producer", "queuestream.consumers", "queuestream.schemas"]
+PACKAGES = ["queuestream", "producer", "consumers", "schemas"]
 
 
 def _modules() -> list[str]:

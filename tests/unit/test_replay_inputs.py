@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from queuestream.consumers.replay import ReplaySpec, parse_duration, read_offsets_file
 
+from consumers.replay import ReplaySpec, parse_duration, read_offsets_file
 from queuestream.errors import ConfigurationError
 from queuestream.kafka_offsets import LogBounds
 

@@ -6,8 +6,8 @@ import hashlib
 import hmac
 
 import pytest
-from queuestream.producer.sensitive import ColumnPolicy, mask
 
+from producer.sensitive import ColumnPolicy, mask
 from queuestream.errors import ConfigurationError
 from queuestream.settings import DEFAULT_SENSITIVE_COLUMNS
 

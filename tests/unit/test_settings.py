@@ -33,7 +33,7 @@ def test_environment_file_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_invalid_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUEUESTREAM_SOURCE_TIMEZONE", "Mars/Olympus")
-    with pytest.raises(ConfigurationError, match="source_timezone.*IANA"):
+    with pytest.raises(ConfigurationError, match=r"source_timezone.*IANA"):
         load_settings()
 
 

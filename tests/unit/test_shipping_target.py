@@ -20,20 +20,20 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from queuestream.consumers.changes import Change, version_of
-from queuestream.consumers.reconcile import Reconciliation, compare
-from queuestream.consumers.shipping import ShippingTarget
-from queuestream.consumers.shipping.schema import (
+
+from consumers.changes import Change, version_of
+from consumers.reconcile import Reconciliation, compare
+from consumers.shipping import ShippingTarget
+from consumers.shipping.schema import (
     ORDER_HEADERS,
     ORDER_LINES,
     SHIP_TO_SITES,
     SHIPMENT_LINES,
     SHIPMENTS,
 )
-from queuestream.consumers.target import ApplyReport
-from queuestream.producer.simulator import Simulator
-from queuestream.producer.source_models import create_source_schema, source_table
-
+from consumers.target import ApplyReport
+from producer.simulator import Simulator
+from producer.source_models import create_source_schema, source_table
 from queuestream.databases import create_engine
 from tests.source_changes import SteppingClock, change, source_changes
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from queuestream.producer.watermark import (
+
+from producer.watermark import (
     OverlapFilter,
     Progress,
     WindowPlanner,
