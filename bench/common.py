@@ -44,10 +44,10 @@ from sqlalchemy.engine import make_url
 
 from producer.refresh import Refresher, RefreshResult
 from producer.simulator import Simulator
-from producer.source_models import Base
 from queuestream.databases import create_engine
 from queuestream.kafka_clients import admin_client, ensure_topics
 from queuestream.settings import Settings, load_settings
+from queuestream.sync_schema import Base
 from queuestream.tables import BATCHES, TABLES, topic_for
 
 __all__ = [

@@ -78,10 +78,10 @@ from bench.common import (
     writer_engine,
 )
 from producer.publisher import TransactionalPublisher
-from producer.source_models import Base, create_source_schema
 from queuestream.databases import create_engine
 from queuestream.kafka_clients import producer_config
 from queuestream.settings import Settings
+from queuestream.sync_schema import Base, create_source_schema
 from queuestream.tables import BATCHES, TABLES, topic_for
 
 BACKENDS = ("postgres", "sqlite")

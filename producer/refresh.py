@@ -36,6 +36,7 @@ from producer.watermark import (
 from queuestream.databases import create_engine
 from queuestream.errors import CommitOutcomeUnknownError, RetriableError
 from queuestream.kafka_clients import batches_topic, ensure_topics
+from queuestream.retry import Backoff, Outage, retry
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec, topic_for
 from schemas.avro import AvroCodec
@@ -43,6 +44,9 @@ from schemas.avro import AvroCodec
 __all__ = ["ProduceLoop", "RefreshObserver", "RefreshResult", "Refresher", "new_refresh_id"]
 
 log = logging.getLogger(__name__)
+
+#: The produce loop's default: the first retry after 2 s, then up to a minute apart.
+_LOOP_BACKOFF = Backoff(first=2.0, maximum=60.0)
 
 
 def new_refresh_id() -> str:
@@ -97,7 +101,7 @@ class Refresher:
 
     def _start(self, settings: Settings) -> None:
         self.reader = SourceReader(self.engine, settings)
-        self.reader.ensure_schema()
+        self.reader.check_schema()
         self.codec = AvroCodec.from_url(settings.topic_prefix, settings.schema_registry_url)
         self.policy = ColumnPolicy(
             settings.sensitive_columns,
@@ -189,28 +193,22 @@ class Refresher:
         return result
 
     # -- publishing -------------------------------------------------------------------
-    def _publish_with_retries(self, attempt: Any) -> RefreshResult:
-        attempts = self.settings.publish_attempts
-        for number in range(1, attempts + 1):
-            try:
-                result: RefreshResult = attempt()
-                return result
-            except CommitOutcomeUnknownError:
-                raise  # only a new producer can tell what committed
-            except RetriableError as exc:
-                if number == attempts:
-                    raise
-                delay = self.settings.retry_backoff_seconds * 2 ** (number - 1)
-                log.warning(
-                    "publish attempt %d/%d failed: %s; retrying in %.1fs",
-                    number,
-                    attempts,
-                    exc,
-                    delay,
-                )
-                time.sleep(delay)
-        msg = "unreachable"
-        raise AssertionError(msg)
+    def _publish_with_retries(self, attempt: Callable[[], RefreshResult]) -> RefreshResult:
+        def pause(seconds: float) -> bool:
+            time.sleep(seconds)
+            return True
+
+        outage = Outage("publishing the refresh", self.settings.backoff)
+        result = retry(
+            attempt,
+            outage,
+            pause,
+            # Only a new producer can tell what committed: that is the produce loop's work.
+            unless=(CommitOutcomeUnknownError,),
+            max_attempts=self.settings.publish_attempts,
+        )
+        assert result is not None  # pause never stops
+        return result
 
     def _publish(
         self,
@@ -360,8 +358,7 @@ class ProduceLoop:
         self,
         make_refresher: Callable[[], Refresher],
         interval: float,
-        backoff: float = 2.0,
-        max_backoff: float = 60.0,
+        backoff: Backoff = _LOOP_BACKOFF,
         observer: RefreshObserver | None = None,
     ) -> None:
         self.make_refresher = make_refresher
@@ -369,7 +366,6 @@ class ProduceLoop:
         self.refresher: Refresher | None = None
         self.interval = interval
         self.backoff = backoff
-        self.max_backoff = max_backoff
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -377,7 +373,7 @@ class ProduceLoop:
 
     def run(self, since: datetime | None = None, max_refreshes: int | None = None) -> int:
         done = 0
-        failures = 0
+        outage = Outage("the refresh (the watermark does not move meanwhile)", self.backoff)
         try:
             while not self._stop.is_set():
                 try:
@@ -390,7 +386,7 @@ class ProduceLoop:
                         for result in results:
                             self.observer.refreshed(result)
                     since = None  # the override applies once
-                    failures = 0
+                    outage.succeeded()
                     done += 1
                     wait = self.interval
                 except RetriableError as exc:
@@ -399,13 +395,7 @@ class ProduceLoop:
                     if self.observer is not None:
                         self.observer.failed(exc)
                     self._discard()
-                    failures += 1
-                    wait = min(self.max_backoff, self.backoff * 2**failures)
-                    log.error(  # noqa: TRY400 - the message says it all; no traceback for outages
-                        "refresh failed (%s); the watermark did not move; retrying in %.0fs",
-                        exc,
-                        wait,
-                    )
+                    wait = outage.failed(exc)
                 if max_refreshes is not None and done >= max_refreshes:
                     break
                 self._stop.wait(wait)

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from producer.source_models import Base, create_source_schema
+from queuestream.sync_schema import Base, create_source_schema
 
 __all__ = ["ACTIONS", "SimStats", "Simulator"]
 

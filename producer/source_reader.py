@@ -20,31 +20,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from producer.source_models import Base, create_source_schema
-from queuestream.databases import is_postgres, unavailable
-from queuestream.errors import ConfigurationError
+from queuestream.databases import describe_url, is_postgres, unavailable
+from queuestream.errors import ConfigurationError, SourceSchemaError
 from queuestream.settings import Settings
+from queuestream.sync_schema import Base, to_source_local
 from queuestream.tables import TABLES, TableSpec
 
-__all__ = ["ChangedRow", "FrozenSnapshot", "SourceReader", "to_aware", "to_source_local"]
+__all__ = ["ChangedRow", "FrozenSnapshot", "SourceReader"]
 
 log = logging.getLogger(__name__)
 
 _FETCH = 5000
-
-
-def to_aware(value: datetime, zone: ZoneInfo) -> datetime:
-    """A naive source timestamp (local to ``zone``) as an aware UTC datetime."""
-    return value.replace(tzinfo=zone).astimezone(UTC)
-
-
-def to_source_local(value: datetime, zone: ZoneInfo) -> datetime:
-    """An aware datetime as the naive local time the source stamps with."""
-    return value.astimezone(zone).replace(tzinfo=None)
 
 
 @dataclass(slots=True)
@@ -71,6 +60,38 @@ _IN_FLIGHT_SQL = sa.text(
 )
 
 
+def _check_table(
+    inspector: sa.Inspector,
+    schema: str | None,
+    table: sa.Table,
+    engine: sa.Engine,
+    mode: str,
+) -> None:
+    where = describe_url(engine.url)
+    name = table.name if schema is None else f"{schema}.{table.name}"
+    if not inspector.has_table(table.name, schema=schema):
+        hint = (
+            "procedure mode reads the queue tables that the source's refresh procedure fills"
+            if schema is not None
+            else "point --source (QUEUESTREAM_SOURCE_URL) at the sync database, or run "
+            "'queuestream sim' to create a simulated one"
+        )
+        msg = f"the sync database {where} has no table {name} ({mode} mode reads it): {hint}"
+        raise SourceSchemaError(msg)
+    present = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+    folded = {c.lower(): c for c in present}
+    for column in table.columns:
+        if column.name in present:
+            continue
+        near = folded.get(column.name.lower())
+        also = f" (it has {near!r}: names must match exactly)" if near else ""
+        msg = (
+            f"table {name} of the sync database {where} has no column {column.name}{also}; "
+            "queuestream reads the Exigo sync schema's columns (see queuestream/sync_schema.py)"
+        )
+        raise SourceSchemaError(msg)
+
+
 class SourceReader:
     """Access to the sync database for one producer."""
 
@@ -80,9 +101,22 @@ class SourceReader:
         self.zone = settings.zone
         self._warned_hidden = False
 
-    def ensure_schema(self) -> None:
-        if self.settings.refresh_mode == "watermark":
-            create_source_schema(self.engine)
+    def check_schema(self) -> None:
+        """Stop with one line naming the first table or column the refresh needs but the
+        source lacks. queuestream never creates or alters anything in the sync database
+        (only ``queuestream sim`` builds a simulated one)."""
+        try:
+            inspector = sa.inspect(self.engine)
+            needed: list[tuple[str | None, sa.Table]] = [
+                (None, Base.metadata.tables[spec.source]) for spec in TABLES
+            ]
+            if self.settings.refresh_mode == "procedure":
+                queue = self.settings.queue_schema
+                needed += [(queue, Base.metadata.tables[spec.source]) for spec in TABLES]
+            for schema, table in needed:
+                _check_table(inspector, schema, table, self.engine, self.settings.refresh_mode)
+        except sa.exc.OperationalError as exc:
+            raise unavailable(exc, self.engine) from None
 
     def safe_end(self) -> datetime:
         """A bound before which every change is already visible (aware, UTC).

@@ -261,7 +261,7 @@ def produce(
     loop = ProduceLoop(
         lambda: Refresher(settings),
         interval,
-        backoff=settings.retry_backoff_seconds,
+        backoff=settings.backoff,
         observer=metrics,
     )
 

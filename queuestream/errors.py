@@ -4,6 +4,7 @@
 
     QueuestreamError                 root: the CLI prints "Type: message" and exits 1
     ├── ConfigurationError           fix a setting or a flag, then run again
+    │   └── SourceSchemaError        the sync database lacks a table or column the refresh reads
     ├── SchemaError                  the Avro contract and the data model disagree
     ├── RecordError                  one row or event cannot be handled; names table, key, column
     │   ├── EncodingError            producer: a value cannot be encoded (the refresh fails)
@@ -34,6 +35,7 @@ __all__ = [
     "RecordError",
     "RetriableError",
     "SchemaError",
+    "SourceSchemaError",
 ]
 
 
@@ -43,6 +45,10 @@ class QueuestreamError(Exception):
 
 class ConfigurationError(QueuestreamError):
     """A setting is missing or invalid; the message says which and what to do."""
+
+
+class SourceSchemaError(ConfigurationError):
+    """The sync database lacks a table or a column that the refresh reads."""
 
 
 class SchemaError(QueuestreamError):

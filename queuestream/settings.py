@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from queuestream.errors import ConfigurationError
+from queuestream.retry import Backoff
 
 __all__ = [
     "DEFAULT_BOOTSTRAP_SERVERS",
@@ -215,6 +216,11 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.source_timezone)
+
+    @property
+    def backoff(self) -> Backoff:
+        """How long to wait between attempts while a database or the broker is down."""
+        return Backoff(first=self.retry_backoff_seconds, maximum=self.target_retry_max_seconds)
 
     def target_url_for(self, target: str) -> str:
         return self.target_url or f"sqlite:///var/{target}.db"

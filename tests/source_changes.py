@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from consumers.changes import Change, version_of
-from producer.source_models import source_table
+from queuestream.sync_schema import source_table
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["SteppingClock", "change", "source_changes"]

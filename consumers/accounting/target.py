@@ -87,9 +87,8 @@ from consumers.target import (
     latest_per_key,
     upsert_versioned,
 )
-from producer.source_models import source_table
-from producer.source_reader import to_aware
 from queuestream.errors import RecordError
+from queuestream.sync_schema import source_table, to_aware
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["CANCELED", "AccountingTarget"]

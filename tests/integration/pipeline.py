@@ -20,9 +20,9 @@ from consumers.runtime import ConsumerRuntime, RunStats
 from consumers.verify import verify
 from producer.refresh import Refresher, RefreshResult
 from producer.simulator import Simulator
-from producer.source_models import create_source_schema
 from queuestream.databases import create_engine
 from queuestream.settings import Settings
+from queuestream.sync_schema import create_source_schema
 from tests.helpers import producer_settings
 
 __all__ = ["Pipeline"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from producer.source_models import Base
+from queuestream.sync_schema import Base
 from queuestream.tables import TABLES
 from tests.integration.kafka_readback import Change
 

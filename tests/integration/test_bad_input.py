@@ -22,10 +22,10 @@ import sqlalchemy as sa
 from producer.progress import read_progress
 from producer.refresh import Refresher
 from producer.simulator import Simulator
-from producer.source_models import Base
 from queuestream.databases import create_engine
 from queuestream.errors import BrokerUnavailableError, EncodingError
 from queuestream.settings import Settings, load_settings
+from queuestream.sync_schema import Base
 from schemas.avro import AvroCodec
 from tests.helpers import producer_settings
 from tests.integration.kafka_readback import committed_changes

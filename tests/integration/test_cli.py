@@ -10,8 +10,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from producer.source_models import Base
 from queuestream.databases import create_engine
+from queuestream.sync_schema import Base
 from tests.helpers import CLI as COMMAND
 from tests.helpers import cli_env, run_cli, wait_for
 from tests.integration.kafka_readback import committed_changes
@@ -152,3 +152,36 @@ def test_consume_and_verify_from_the_command_line(
     assert tampered.returncode == 1, tampered.stdout
     assert "DIFFERENT" in tampered.stdout
     assert "differs from the source" in tampered.stdout
+
+
+def test_refresh_never_writes_the_source_and_names_what_is_missing(tmp_path: Path) -> None:
+    """The producer is read-only on the sync database: no table is created for it, and
+    a missing table or column stops ``refresh`` with one line naming it."""
+    empty = tmp_path / "empty.db"
+    url = f"sqlite:///{empty}"
+    sa.create_engine(url).connect().close()  # an existing, empty database
+    env = {**os.environ, "QUEUESTREAM_SOURCE_URL": url, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    result = _run(["refresh"], env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1:] == [
+        f"SourceSchemaError: the sync database sqlite:///{empty} has no table Customers "
+        "(watermark mode reads it): point --source (QUEUESTREAM_SOURCE_URL) at the sync "
+        "database, or run 'queuestream sim' to create a simulated one"
+    ]
+    with sa.create_engine(url).connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []  # nothing was created
+
+    # A sync database whose Orders lack a column the refresh reads.
+    engine = sa.create_engine(url)
+    tables = [t for n, t in Base.metadata.tables.items() if n != "Orders"]
+    Base.metadata.create_all(engine, tables=tables)
+    with engine.begin() as conn:
+        conn.exec_driver_sql('CREATE TABLE "Orders" ("OrderID" INTEGER PRIMARY KEY)')
+    engine.dispose()
+    result = _run(["refresh"], env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("SourceSchemaError: table Orders of the sync database")
+    assert "has no column CustomerID" in last
+    assert "Traceback" not in result.stderr

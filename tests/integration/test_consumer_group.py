@@ -39,8 +39,8 @@ import sqlalchemy as sa
 from consumers import sync_log, target_named
 from consumers.verify import verify
 from producer.simulator import Simulator
-from producer.source_models import create_source_schema
 from queuestream.databases import create_engine
+from queuestream.sync_schema import create_source_schema
 from queuestream.tables import topic_for
 from tests.helpers import producer_settings, wait_for
 from tests.integration.kafka_readback import committed_messages

@@ -10,9 +10,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from producer.refresh import Refresher
-from producer.source_models import Base, create_source_schema
 from queuestream.databases import create_engine, is_postgres
 from queuestream.settings import load_settings
+from queuestream.sync_schema import Base, create_source_schema
 from tests.integration.kafka_readback import Change, committed_changes
 
 CUSTOMERS = Base.metadata.tables["Customers"]

@@ -18,6 +18,7 @@ from consumers.sync_log import SyncEntry
 from producer.refresh import ProduceLoop, RefreshResult
 from queuestream.errors import BrokerUnavailableError, ConfigurationError, DecodeError
 from queuestream.metrics import ConsumerMetrics, ProducerMetrics, metrics_server
+from queuestream.retry import Backoff
 from queuestream.settings import load_settings
 from tests.services import free_ports
 
@@ -99,7 +100,7 @@ def test_the_produce_loop_reports_to_its_observer() -> None:
     metrics = ProducerMetrics()
     value = metrics.registry.get_sample_value
     fake: Any = _FakeRefresher(failures=2)
-    loop = ProduceLoop(lambda: fake, interval=0, backoff=0.001, observer=metrics)
+    loop = ProduceLoop(lambda: fake, interval=0, backoff=Backoff(0.001, 0.01), observer=metrics)
     assert loop.run(max_refreshes=3) == 3
     assert value("queuestream_refresh_errors_total", {"error": "BrokerUnavailableError"}) == 2
     assert value("queuestream_refreshes_total") == 3

@@ -6,6 +6,7 @@ from typing import Any
 
 from producer.refresh import ProduceLoop
 from queuestream.errors import BrokerUnavailableError
+from queuestream.retry import Backoff
 
 
 class FakeRefresher:
@@ -37,7 +38,7 @@ def test_broker_down_at_start_up_is_retried() -> None:
             raise BrokerUnavailableError(msg)
         return fake
 
-    loop = ProduceLoop(make, interval=0, backoff=0.001)
+    loop = ProduceLoop(make, interval=0, backoff=Backoff(0.001, 0.01))
     assert loop.run(max_refreshes=2) == 2
     assert len(attempts) == 3
     assert fake.closed
@@ -45,7 +46,7 @@ def test_broker_down_at_start_up_is_retried() -> None:
 
 def test_outage_during_refreshes_is_retried_and_since_applies_once() -> None:
     fake = FakeRefresher(failures=2)
-    loop = ProduceLoop(lambda: fake, interval=0, backoff=0.001)
+    loop = ProduceLoop(lambda: fake, interval=0, backoff=Backoff(0.001, 0.01))
     assert loop.run(since="2017-01-01", max_refreshes=2) == 2  # type: ignore[arg-type]
     # the override is kept through the failed attempts and dropped after the first success
     assert fake.calls == ["2017-01-01", "2017-01-01", "2017-01-01", None]

@@ -33,8 +33,8 @@ from consumers.shipping.schema import (
 )
 from consumers.target import ApplyReport
 from producer.simulator import Simulator
-from producer.source_models import create_source_schema, source_table
 from queuestream.databases import create_engine
+from queuestream.sync_schema import create_source_schema, source_table
 from tests.source_changes import SteppingClock, change, source_changes
 
 ZONE = ZoneInfo("UTC")

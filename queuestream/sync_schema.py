@@ -1,5 +1,8 @@
 """The Exigo-style sync database: SQLAlchemy models of the six queue tables.
 
+Shared: the producer reads these tables, the consumers' reconciliation compares
+targets with them, and the simulator (only it) creates and writes them.
+
 Columns follow Exigo's sync database (CustomerID, OrderStatusID, money as exact
 decimals, ship-to address on the order, CreatedDate/ModifiedDate on every row).
 Dates are stored naive, in the source's local time zone, as Exigo does; the
@@ -8,8 +11,9 @@ Dates are stored naive, in the source's local time zone, as Exigo does; the
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -27,6 +31,8 @@ __all__ = [
     "Payment",
     "create_source_schema",
     "source_table",
+    "to_aware",
+    "to_source_local",
 ]
 
 #: Exigo's OrderStatusID values.
@@ -171,6 +177,16 @@ def source_table(name: str) -> sa.Table:
     spec = next(t for t in TABLES if t.name == name)
     table = Base.metadata.tables[spec.source]
     return table
+
+
+def to_aware(value: datetime, zone: ZoneInfo) -> datetime:
+    """A naive source timestamp (local to ``zone``) as an aware UTC datetime."""
+    return value.replace(tzinfo=zone).astimezone(UTC)
+
+
+def to_source_local(value: datetime, zone: ZoneInfo) -> datetime:
+    """An aware datetime as the naive local time the source stamps with."""
+    return value.astimezone(zone).replace(tzinfo=None)
 
 
 def create_source_schema(engine: sa.Engine) -> None:
