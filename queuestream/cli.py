@@ -253,8 +253,9 @@ def produce(
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Refresh every INTERVAL seconds. SIGTERM finishes the refresh in hand and exits."""
+    from producer.metrics import ProducerMetrics
     from producer.refresh import ProduceLoop, Refresher
-    from queuestream.metrics import ProducerMetrics, metrics_server
+    from queuestream.metrics import metrics_server
 
     settings = _settings(metrics_port=metrics_port)
     metrics = ProducerMetrics()
@@ -324,8 +325,9 @@ def consume(
     SIGTERM finishes the batch in hand, commits it and leaves the group.
     """
     from consumers import target_named
+    from consumers.metrics import ConsumerMetrics
     from consumers.runtime import BatchOutcome, ConsumerRuntime
-    from queuestream.metrics import ConsumerMetrics, metrics_server
+    from queuestream.metrics import metrics_server
 
     settings = _settings(
         target_url=target_url,
