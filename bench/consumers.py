@@ -57,34 +57,29 @@ dropped and the topics deleted at the end (``--keep-topics`` keeps the topics).
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-import threading
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
-from bench import common
+from bench.consumer_breakdown import breakdown
+from bench.consumer_ceiling import CEILING_NAMES, CEILINGS, ceiling
+from bench.consuming import check_verified, consume, count_target_rows
+from bench.environment import environment, environment_line
+from bench.errors import BenchError, Deadline
+from bench.options import add_common_arguments, check_common_arguments
+from bench.output import Progress, out, print_runs
+from bench.profiling import profiled
+from bench.scratch import postgres_database, sqlite_database
+from bench.services import bench_settings, resolve_postgres
+from bench.session import main_with, session
+from bench.source import simulate, timed_refresh
 from consumers import TARGET_NAMES, target_named
-from consumers.assembly import Assembler, Batch, Slot
-from consumers.changes import Change, decode_change
-from consumers.runtime import BatchOutcome, ConsumerRuntime
-from consumers.target import ApplyReport, Target
-from consumers.verify import verify
-from queuestream.errors import QueuestreamError
 from queuestream.settings import Settings
-from queuestream.tables import topic_for
-from schemas.avro import AvroCodec
+
+__all__ = ["GOAL_ROWS_PER_SECOND", "Run", "main", "measure", "parse_args", "print_table", "run"]
 
 GOAL_ROWS_PER_SECOND = 20_000  # the issue's target, per consumer instance, into PostgreSQL
-CEILINGS = ("insert", "copy")
-_CEILING_NAMES = {
-    "insert": "SQLAlchemy Core executemany INSERT (psycopg pipeline)",
-    "copy": "psycopg COPY FROM STDIN",
-}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Rows applied per second into PostgreSQL by one consumer instance, "
         "with the plain-INSERT ceiling for the same target rows.",
     )
-    common.add_common_arguments(
+    add_common_arguments(
         p,
         each=("--targets", TARGET_NAMES),
         rows=100_000,
@@ -118,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "timing (default: %(default)s)",
     )
     args = p.parse_args(argv)
-    common.check_common_arguments(p, args)
+    check_common_arguments(p, args)
     if args.idle_seconds <= 0:
         p.error("--idle-seconds must be positive")
     return args
@@ -170,186 +165,6 @@ class Run:
         return data
 
 
-class _FirstChange(Assembler):
-    """The runtime's Assembler, noting when the first change arrived and how many did."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.first: float | None = None
-        self.changes = 0
-
-    def add(self, change: Change) -> None:
-        if self.first is None:
-            self.first = time.monotonic()
-        self.changes += 1
-        super().add(change)
-
-
-@dataclass
-class _Consumed:
-    started: float
-    first_change: float | None
-    changes: int
-    batches: list[tuple[float, BatchOutcome]]  # (when on_batch ran, the outcome)
-    rows_applied: int
-    stale: int
-    errors: int
-
-
-def consume(settings: Settings, name: str, deadline: common.Deadline) -> _Consumed:
-    """Run one consumer of ``name`` until idle (or the deadline) and note the times."""
-    batches: list[tuple[float, BatchOutcome]] = []
-    engine = common.writer_engine(settings.target_url_for(name))
-    stop = threading.Event()
-    timer = threading.Timer(max(deadline.left(), 0.0), stop.set)
-    timer.daemon = True
-    try:
-        runtime = ConsumerRuntime(
-            settings,
-            target_named(name),
-            engine=engine,
-            until_idle=True,
-            stop=stop,
-            on_batch=lambda outcome: batches.append((time.monotonic(), outcome)),
-        )
-        first = _FirstChange()
-        runtime.assembler = first
-        timer.start()
-        started = time.monotonic()
-        stats = runtime.run()
-    except QueuestreamError as exc:
-        msg = f"{name}: the consumer failed: {type(exc).__name__}: {exc}"
-        raise common.BenchError(msg) from exc
-    finally:
-        timer.cancel()
-        engine.dispose()
-    if stop.is_set():
-        deadline.check(f"consuming into {name}")
-    return _Consumed(
-        started, first.first, first.changes, batches, stats.rows, stats.stale, stats.errors
-    )
-
-
-def count_target_rows(target: Target, url: str) -> dict[str, int]:
-    engine = common.writer_engine(url)
-    try:
-        with engine.connect() as conn:
-            return {
-                t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
-                for t in target.metadata.sorted_tables
-            }
-    finally:
-        engine.dispose()
-
-
-def check_verified(settings: Settings, name: str) -> None:
-    """Fail the run unless the target equals what the source says it should hold."""
-    try:
-        reconciliation = verify(settings, name)
-    except QueuestreamError as exc:
-        msg = f"{name}: verify failed: {type(exc).__name__}: {exc}"
-        raise common.BenchError(msg) from exc
-    if not reconciliation.ok:
-        wrong = [c.as_dict() for c in reconciliation.checks if not c.ok]
-        msg = f"{name}: the target differs from the source: {wrong}"
-        raise common.BenchError(msg)
-
-
-# ---------------------------------------------------------------- ceiling --
-
-
-def _insert_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    conn.execute(sa.insert(table), rows)
-
-
-def _copy_rows(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    columns = list(rows[0])
-    names = ", ".join(f'"{c}"' for c in columns)
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row([row[c] for c in columns])
-
-
-def ceiling(target: Target, consumer_url: str, server_url: str, method: str) -> float:
-    """Write the consumer's target rows again into empty copies of its tables; seconds."""
-    tables = target.metadata.sorted_tables
-    source = common.writer_engine(consumer_url)
-    try:
-        with source.connect() as conn:
-            rows = {
-                t.name: [dict(r) for r in conn.execute(sa.select(t)).mappings()] for t in tables
-            }
-    finally:
-        source.dispose()
-    write = _copy_rows if method == "copy" else _insert_rows
-    with common.postgres_database(server_url) as url:
-        engine = common.writer_engine(url)
-        try:
-            with engine.begin() as conn:
-                target.create_schema(conn)
-            started = time.perf_counter()
-            with engine.begin() as conn:
-                for table in tables:
-                    if rows[table.name]:
-                        write(conn, table, rows[table.name])
-            seconds = time.perf_counter() - started
-        finally:
-            engine.dispose()
-        written = count_target_rows(target, url)
-    wanted = {name: len(r) for name, r in rows.items()}
-    if written != wanted:
-        msg = f"{target.name} ceiling: wrote {written}, expected {wanted}"
-        raise common.BenchError(msg)
-    return seconds
-
-
-# -------------------------------------------------------------- breakdown --
-
-
-def breakdown(
-    target: Target, settings: Settings, server_url: str, deadline: common.Deadline
-) -> tuple[float, float, float, int]:
-    """(fetch, decode, target apply) seconds and the events, without the runtime."""
-    prefix = settings.topic_prefix
-    tables = {topic_for(prefix, t): t for t in target.tables}
-    started = time.perf_counter()
-    found = common.read_committed(settings.kafka_bootstrap_servers, list(tables), deadline)
-    fetch_seconds = time.perf_counter() - started
-
-    codec = AvroCodec.from_url(prefix, settings.schema_registry_url)
-    started = time.perf_counter()
-    slots: dict[Slot, list[Change]] = {}
-    for (topic, partition), records in found.items():
-        table = tables[topic]
-        decode = functools.partial(decode_change, codec, table, topic=topic, partition=partition)
-        slots[(table, partition)] = [
-            decode(offset=offset, timestamp_ms=ms, raw_key=key, raw_value=value)
-            for offset, ms, key, value in records
-        ]
-    by_table = Batch([], []).tables(slots)  # the runtime's order: foreign keys, partitions
-    decode_seconds = time.perf_counter() - started
-    changes = {t: by_table.get(t, []) for t in target.tables}
-
-    with common.postgres_database(server_url) as url:
-        engine = common.writer_engine(url)
-        try:
-            with engine.begin() as conn:
-                target.create_schema(conn)
-            report = ApplyReport()
-            started = time.perf_counter()
-            with engine.begin() as conn:
-                target.apply(conn, changes, report)
-            apply_seconds = time.perf_counter() - started
-        finally:
-            engine.dispose()
-    if report.rejected:
-        msg = f"{target.name} breakdown: {len(report.rejected)} changes rejected"
-        raise common.BenchError(msg)
-    return fetch_seconds, decode_seconds, apply_seconds, sum(len(v) for v in slots.values())
-
-
 # -------------------------------------------------------------------- main --
 
 
@@ -358,14 +173,14 @@ def measure(
     settings: Settings,
     events: int,
     args: argparse.Namespace,
-    deadline: common.Deadline,
-    progress: common.Progress,
+    deadline: Deadline,
+    progress: Progress,
 ) -> Run:
     """One consumer of ``name`` into a fresh database, its ceiling and verification."""
     server = str(args.postgres_url)
     target = target_named(name)
     item = Run(name, events)
-    with common.postgres_database(server) as url:
+    with postgres_database(server) as url:
         consumer_settings = settings.model_copy(
             update={"target_url": url, "consumer_group": f"bench-{uuid.uuid4().hex[:8]}-{name}"}
         )
@@ -376,10 +191,10 @@ def measure(
                 f"{name}: the consumer took {consumed.changes:,} of {events:,} events in "
                 f"{len(consumed.batches)} batches"
             )
-            raise common.BenchError(msg)
+            raise BenchError(msg)
         if consumed.errors:
             msg = f"{name}: {consumed.errors} events could not be applied"
-            raise common.BenchError(msg)
+            raise BenchError(msg)
         last = consumed.batches[-1][0]
         item.seconds = last - consumed.started
         item.apply_seconds = last - consumed.first_change
@@ -399,7 +214,7 @@ def measure(
         item.verified = True
 
         deadline.check(f"{name} ceiling")
-        item.ceiling_method = _CEILING_NAMES[args.ceiling]
+        item.ceiling_method = CEILING_NAMES[args.ceiling]
         item.ceiling_seconds = ceiling(target, url, server, args.ceiling)
         progress(
             f"{name}: ceiling ({args.ceiling}) {sum(item.target_rows.values()):,} target rows "
@@ -411,20 +226,20 @@ def measure(
         fetch, decode, apply, decoded = breakdown(target, settings, server, deadline)
         if decoded != events:
             msg = f"{name} breakdown: read back {decoded:,} events, expected {events:,}"
-            raise common.BenchError(msg)
+            raise BenchError(msg)
         item.fetch_seconds, item.decode_seconds, item.target_apply_seconds = fetch, decode, apply
         progress(f"{name}: fetch {fetch:.2f}s, decode {decode:.2f}s, Target.apply {apply:.2f}s")
 
     if args.profile:
         deadline.check(f"{name} profile")
-        with common.postgres_database(server) as url:
+        with postgres_database(server) as url:
             profile_settings = settings.model_copy(
                 update={
                     "target_url": url,
                     "consumer_group": f"bench-{uuid.uuid4().hex[:8]}-{name}-profile",
                 }
             )
-            item.profile = common.profiled(
+            item.profile = profiled(
                 lambda: consume(profile_settings, name, deadline), args.profile, f"consume-{name}"
             )
         progress(f"{name}: profile in {item.profile}")
@@ -433,23 +248,23 @@ def measure(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[Run] = []
-    with common.session(args) as started, common.sqlite_database() as source_url:
+    with session(args) as started, sqlite_database() as source_url:
         deadline, progress = started.deadline, started.progress
-        args.postgres_url = common.resolve_postgres(args)
-        with common.postgres_database(args.postgres_url):
+        args.postgres_url = resolve_postgres(args)
+        with postgres_database(args.postgres_url):
             pass  # reachable: fail now rather than after the simulation
         progress(f"simulating {args.rows:,} rows into SQLite")
-        generation = common.simulate(source_url, "sqlite", args.rows, args, deadline, progress)
+        generation = simulate(source_url, "sqlite", args.rows, args, deadline, progress)
         progress(
             f"{generation.rows:,} rows in {generation.seconds:.1f}s "
             f"({generation.rows_per_second:,.0f} rows/s)"
         )
         prefix = started.prefixes.new("sqlite", "consumers")
-        settings = common.bench_settings(
+        settings = bench_settings(
             source_url, started.bootstrap, prefix, args, idle_seconds=args.idle_seconds
         )
         progress(f"refresh to {prefix}.*")
-        result, refresh_seconds = common.timed_refresh(settings)
+        result, refresh_seconds = timed_refresh(settings)
         progress(f"{result.events:,} events in {refresh_seconds:.2f}s")
         for name in args.targets:
             deadline.check(f"starting the {name} consumer")
@@ -468,10 +283,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "counts": dict(result.counts),
             "seconds": round(refresh_seconds, 3),
         },
-        "ceiling": _CEILING_NAMES[args.ceiling],
+        "ceiling": CEILING_NAMES[args.ceiling],
         "runs": [r.as_dict() for r in runs],
         "goal_rows_per_second": GOAL_ROWS_PER_SECOND,
-        "environment": common.environment(started.bootstrap, args),
+        "environment": environment(started.bootstrap, args),
     }
 
 
@@ -488,7 +303,7 @@ _COLUMNS = (
 
 
 def print_table(report: dict[str, Any]) -> None:
-    common.print_runs(
+    print_runs(
         "queuestream consumers: one instance into PostgreSQL",
         _COLUMNS,
         report["runs"],
@@ -497,12 +312,12 @@ def print_table(report: dict[str, Any]) -> None:
         "time; ratio: apply rows/s over ceiling",
     )
     g, refresh = report["generation"], report["refresh"]
-    common.out.print(
+    out.print(
         f"source: {g['rows']:,} rows in SQLite by the simulator in {g['seconds']:.1f}s; "
         f"one refresh of {refresh['events']:,} events in {refresh['seconds']:.2f}s"
     )
     for r in report["runs"]:
-        common.out.print(
+        out.print(
             f"{r['target']}: {r['batches']} batches, {r['batch_seconds']:.2f}s inside them; "
             f"{r['rows_applied']:,} target rows changed, {r['stale']:,} stale; verified "
             f"{'ok' if r['verified'] else 'NOT ok'}; ceiling ({report['ceiling']}) "
@@ -510,26 +325,26 @@ def print_table(report: dict[str, Any]) -> None:
             f"({r['ceiling_target_rows_per_second']:,.0f} target rows/s)"
         )
         if r["decode_seconds"] is not None:
-            common.out.print(
+            out.print(
                 f"{r['target']} breakdown, no runtime: fetch {r['fetch_seconds']:.2f}s, "
                 f"decode {r['decode_seconds']:.2f}s "
                 f"({r['decode_rows_per_second']:,.0f}/s), Target.apply "
                 f"{r['target_apply_seconds']:.2f}s ({r['target_apply_rows_per_second']:,.0f}/s)"
             )
         if r["profile"]:
-            common.out.print(f"{r['target']} profile: {r['profile']}")
-    common.out.print(common.environment_line(report["environment"], "Kafka options"))
+            out.print(f"{r['target']} profile: {r['profile']}")
+    out.print(environment_line(report["environment"], "Kafka options"))
     goal = report["goal_rows_per_second"]
     for r in report["runs"]:
         verdict = "meets" if r["apply_rows_per_second"] >= goal else "below"
-        common.out.print(
+        out.print(
             f"goal ≥ {goal:,} rows/s for {r['target']}: {verdict} "
             f"(apply {r['apply_rows_per_second']:,.0f}, end to end {r['rows_per_second']:,.0f})"
         )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.main_with(parse_args(argv), run, print_table)
+    return main_with(parse_args(argv), run, print_table)
 
 
 if __name__ == "__main__":

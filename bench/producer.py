@@ -42,47 +42,21 @@ import argparse
 import contextlib
 import logging
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import sqlalchemy as sa
-from confluent_kafka import Producer
+from bench.environment import environment, environment_line
+from bench.errors import BenchError
+from bench.options import add_common_arguments, check_common_arguments
+from bench.output import out, print_runs
+from bench.producer_breakdown import encode_only_pass, profiled_refresh, read_only_pass
+from bench.producer_ceiling import ceiling, read_back
+from bench.scratch import postgres_database, sqlite_database
+from bench.services import bench_settings, resolve_postgres
+from bench.session import main_with, session
+from bench.source import Generation, copy_rows, simulate, timed_refresh
 
-from bench.common import (
-    SOURCE_TABLES,
-    BenchError,
-    Deadline,
-    Generation,
-    add_common_arguments,
-    bench_settings,
-    check_common_arguments,
-    count_rows,
-    environment,
-    environment_line,
-    main_with,
-    new_refresher,
-    out,
-    postgres_database,
-    print_runs,
-    profiled,
-    read_committed,
-    ready_topics,
-    resolve_postgres,
-    session,
-    simulate,
-    sqlite_database,
-    timed_refresh,
-    writer_engine,
-)
-from producer.publisher import TransactionalPublisher
-from queuestream.databases import create_engine
-from queuestream.kafka_clients import producer_config
-from queuestream.settings import Settings
-from queuestream.sync_schema import Base, create_source_schema
-from queuestream.tables import BATCHES, TABLES, topic_for
+__all__ = ["BACKENDS", "GOAL_EVENTS_PER_SECOND", "Run", "main", "parse_args", "print_table", "run"]
 
 BACKENDS = ("postgres", "sqlite")
 GOAL_EVENTS_PER_SECOND = 50_000  # the issue's target for PostgreSQL
@@ -121,32 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------- source databases --
-
-
-def copy_rows(source_url: str, target_url: str, backend: str, deadline: Deadline) -> Generation:
-    """Bulk-copy the six tables (fresh target), keeping every value and timestamp."""
-    source = create_engine(source_url)
-    target = writer_engine(target_url)
-    started = time.perf_counter()
-    try:
-        create_source_schema(target)
-        with source.connect() as src, target.begin() as dst:
-            for name in SOURCE_TABLES:
-                table = Base.metadata.tables[name]
-                result = src.execution_options(yield_per=10_000).execute(sa.select(table))
-                for chunk in result.mappings().partitions():
-                    deadline.check(f"copying rows into {backend}")
-                    dst.execute(sa.insert(table), [dict(r) for r in chunk])
-        seconds = time.perf_counter() - started
-        per_table = count_rows(target)
-    finally:
-        source.dispose()
-        target.dispose()
-    return Generation(backend, "copy", sum(per_table.values()), seconds, 0, per_table)
-
-
-# ---------------------------------------------------------------- refresh --
+# ----------------------------------------------------------------- figures --
 
 
 @dataclass
@@ -189,114 +138,6 @@ class Run:
             secs = data[f"{key}_seconds"]
             data[f"{key}_events_per_second"] = round(self.events / secs, 1) if secs else None
         return data
-
-
-class _NoKafka:
-    """Stands in for TransactionalPublisher: runs the body with a send that drops messages."""
-
-    def __init__(self) -> None:
-        self.messages = 0
-
-    def transaction(self, body: Callable[[Callable[[str, bytes, bytes, int], None]], None]) -> None:
-        def send(_topic: str, _key: bytes, _value: bytes, _partition: int) -> None:
-            self.messages += 1
-
-        body(send)
-
-    def close(self) -> None:
-        pass
-
-
-def encode_only_pass(settings: Settings) -> float:
-    """The refresh without Kafka: snapshot, read, overlap, build and encode; send is a no-op."""
-    refresher = new_refresher(settings)
-    real = refresher.publisher
-    refresher.publisher = cast("TransactionalPublisher", _NoKafka())  # duck-typed stand-in
-    try:
-        started = time.perf_counter()
-        refresher.refresh()
-        return time.perf_counter() - started
-    finally:
-        refresher.publisher = real
-        refresher.close()
-
-
-def read_only_pass(settings: Settings) -> tuple[float, int]:
-    """Only the rows: the same snapshot queries, rows turned into dicts, nothing built."""
-    refresher = new_refresher(settings)
-    try:
-        started = time.perf_counter()
-        window = refresher.planner.plan(refresher.progress, refresher.reader.safe_end())
-        count = 0
-        with refresher.reader.frozen() as snapshot:
-            for spec in TABLES:
-                for _row in snapshot.changed_rows(spec, window.read_from, window.end):
-                    count += 1
-        return time.perf_counter() - started, count
-    finally:
-        refresher.close()
-
-
-def profiled_refresh(settings: Settings, folder: Path, backend: str) -> str:
-    refresher = new_refresher(settings)
-    try:
-        return profiled(refresher.refresh, folder, f"refresh-{backend}")
-    finally:
-        refresher.close()
-
-
-# ---------------------------------------------------------------- ceiling --
-
-Message = tuple[str, int, bytes | None, bytes | None]  # (topic suffix, partition, key, value)
-
-
-def read_back(bootstrap: str, prefix: str, deadline: Deadline) -> list[Message]:
-    """Every committed message under ``prefix``, in a produce-like order.
-
-    BEGIN marker, then each table in refresh order with its partitions
-    interleaved (each partition keeps its own order), then END.
-    """
-    suffixes = [spec.name for spec in TABLES] + [BATCHES]
-    found = read_committed(bootstrap, [topic_for(prefix, s) for s in suffixes], deadline)
-
-    def messages(suffix: str, topic: str, partition: int) -> list[Message]:
-        return [(suffix, partition, key, value) for _, _, key, value in found[(topic, partition)]]
-
-    batches = messages(BATCHES, topic_for(prefix, BATCHES), 0)
-    ordered: list[Message] = batches[:1]
-    for spec in TABLES:
-        topic = topic_for(prefix, spec.name)
-        streams = [messages(spec.name, t, p) for t, p in sorted(found) if t == topic]
-        longest = max((len(s) for s in streams), default=0)
-        for i in range(longest):
-            ordered.extend(s[i] for s in streams if i < len(s))
-    ordered.extend(batches[1:])
-    return ordered
-
-
-def ceiling(messages: list[Message], settings: Settings) -> float:
-    """Produce ``messages`` with a plain transactional Producer; seconds begin -> commit."""
-    ready_topics(settings)
-    producer = Producer(producer_config(settings))
-    producer.init_transactions(60)
-    prefix = settings.topic_prefix
-    topics = {suffix: topic_for(prefix, suffix) for suffix in [t.name for t in TABLES] + [BATCHES]}
-    produce = producer.produce
-    poll = producer.poll
-    started = time.perf_counter()
-    producer.begin_transaction()
-    for suffix, partition, key, value in messages:
-        topic = topics[suffix]
-        while True:
-            try:
-                produce(topic, value, key, partition)
-                break
-            except BufferError:
-                poll(0.05)
-    producer.commit_transaction(120)
-    seconds = time.perf_counter() - started
-    producer.flush(10)
-    return seconds
 
 
 # -------------------------------------------------------------------- main --

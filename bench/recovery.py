@@ -34,14 +34,23 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import common
-from bench import consumers as consumer_bench
+from bench.consuming import check_verified, consume
+from bench.environment import environment, environment_line
+from bench.errors import BenchError
+from bench.options import add_common_arguments, check_common_arguments
+from bench.output import out, print_runs
+from bench.scratch import postgres_database, sqlite_database
+from bench.services import bench_settings, resolve_postgres
+from bench.session import Session, main_with, session
+from bench.source import simulate, timed_refresh
 from consumers import TARGET_NAMES, target_named
 from consumers.rebuild import plan_rebuild, rebuild
 from consumers.replay import ReplaySpec, execute_replay, plan_replay
 from queuestream.errors import QueuestreamError
 from queuestream.monitor.snapshot import SnapshotCollector
 from queuestream.settings import Settings
+
+__all__ = ["Run", "main", "measure", "parse_args", "print_table", "run"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Rebuild as of a point in time vs the ordinary consumer of the same "
         "events; monitor snapshot and replay times.",
     )
-    common.add_common_arguments(
+    add_common_arguments(
         p,
         each=("--targets", TARGET_NAMES),
         rows=50_000,
@@ -65,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="refreshes the rows are published in (default: %(default)s)",
     )
     args = p.parse_args(argv)
-    common.check_common_arguments(p, args)
+    check_common_arguments(p, args)
     if args.refreshes < 1:
         p.error("--refreshes must be at least 1")
     if args.breakdown or args.profile:
@@ -104,20 +113,20 @@ def _timed_snapshot(settings: Settings, group: str) -> tuple[float, int]:
 
 
 def measure(
-    name: str, settings: Settings, events: int, args: argparse.Namespace, session: common.Session
+    name: str, settings: Settings, events: int, args: argparse.Namespace, bench_session: Session
 ) -> tuple[Run, dict[str, Any]]:
-    deadline, progress = session.deadline, session.progress
+    deadline, progress = bench_session.deadline, bench_session.progress
     item = Run(name, events)
     group = f"bench-{uuid.uuid4().hex[:8]}-{name}"
-    with common.postgres_database(str(args.postgres_url)) as url:
+    with postgres_database(str(args.postgres_url)) as url:
         live = settings.model_copy(update={"target_url": url, "consumer_group": group})
         progress(f"{name}: consuming {events:,} events into a fresh database (the ceiling)")
-        consumed = consumer_bench.consume(live, name, deadline)
+        consumed = consume(live, name, deadline)
         item.consume_seconds = consumed.batches[-1][0] - consumed.started
-        consumer_bench.check_verified(live, name)
+        check_verified(live, name)
         progress(f"{name}: consumed in {item.consume_seconds:.2f}s; rebuilding as of now")
 
-        with common.postgres_database(str(args.postgres_url)) as rebuilt_url:
+        with postgres_database(str(args.postgres_url)) as rebuilt_url:
             rebuilt = settings.model_copy(update={"target_url": rebuilt_url})
             started = time.perf_counter()
             try:
@@ -126,11 +135,11 @@ def measure(
                 stats = rebuild(rebuilt, plan)
             except QueuestreamError as exc:
                 msg = f"{name}: rebuild failed: {type(exc).__name__}: {exc}"
-                raise common.BenchError(msg) from exc
+                raise BenchError(msg) from exc
             item.rebuild_seconds = time.perf_counter() - started
             item.rebuild_plan_seconds = planned - started
             item.refreshes = stats.refreshes
-            consumer_bench.check_verified(rebuilt, name)
+            check_verified(rebuilt, name)
         progress(f"{name}: rebuilt in {item.rebuild_seconds:.2f}s ({stats.refreshes} refreshes)")
 
         caught_up_seconds, caught_up_lag = _timed_snapshot(settings, group)
@@ -161,17 +170,17 @@ def measure(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[Run] = []
     looks: list[dict[str, Any]] = []
-    with common.session(args) as started, common.sqlite_database() as source_url:
+    with session(args) as started, sqlite_database() as source_url:
         deadline, progress = started.deadline, started.progress
-        args.postgres_url = common.resolve_postgres(args)
+        args.postgres_url = resolve_postgres(args)
         prefix = started.prefixes.new("sqlite", "recovery")
-        settings = common.bench_settings(source_url, started.bootstrap, prefix, args)
+        settings = bench_settings(source_url, started.bootstrap, prefix, args)
         counts: dict[str, int] = {}
         for i in range(1, args.refreshes + 1):
-            common.simulate(
+            simulate(
                 source_url, "sqlite", args.rows * i // args.refreshes, args, deadline, progress
             )
-            result, seconds = common.timed_refresh(settings)
+            result, seconds = timed_refresh(settings)
             for table, n in result.counts.items():
                 counts[table] = counts.get(table, 0) + n
             progress(f"refresh {i}/{args.refreshes}: {result.events:,} events in {seconds:.2f}s")
@@ -189,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "events": sum(counts.values()),
         "runs": [r.as_dict() for r in runs],
         "looks": looks,
-        "environment": common.environment(started.bootstrap, args),
+        "environment": environment(started.bootstrap, args),
     }
 
 
@@ -206,7 +215,7 @@ _COLUMNS = (
 
 
 def print_table(report: dict[str, Any]) -> None:
-    common.print_runs(
+    print_runs(
         "queuestream rebuild as of now vs the ordinary consumer, into PostgreSQL",
         _COLUMNS,
         report["runs"],
@@ -214,18 +223,18 @@ def print_table(report: dict[str, Any]) -> None:
         "plan_rebuild + rebuild; ratio: consume seconds over rebuild seconds",
     )
     for look in report["looks"]:
-        common.out.print(
+        out.print(
             f"{look['target']}: monitor snapshot {look['snapshot_caught_up_seconds']:.2f}s "
             f"(caught up, lag {look['lag_caught_up']}), "
             f"{look['snapshot_lagging_seconds']:.2f}s (lagging {look['lag_lagging']:,}); "
             f"replay --to-earliest of {look['replay_partitions']} partitions: plan "
             f"{look['replay_plan_seconds']:.2f}s, execute {look['replay_execute_seconds']:.2f}s"
         )
-    common.out.print(common.environment_line(report["environment"], "Kafka options"))
+    out.print(environment_line(report["environment"], "Kafka options"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.main_with(parse_args(argv), run, print_table)
+    return main_with(parse_args(argv), run, print_table)
 
 
 if __name__ == "__main__":

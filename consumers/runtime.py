@@ -50,6 +50,7 @@ from consumers.assembly import UNDECODABLE, Assembler, Batch, Poison, Slot
 from consumers.changes import Change, decode_change
 from consumers.dead_letters import DeadLetter, DeadLetters, ErrorBudget
 from consumers.markers import EndMarkers
+from consumers.metrics import ConsumerMetrics
 from consumers.sync_log import SyncEntry
 from consumers.target import ApplyReport, Target
 from queuestream.databases import create_engine, describe_url, unavailable
@@ -61,7 +62,6 @@ from queuestream.errors import (
     RetriableError,
 )
 from queuestream.kafka_clients import consumer_config, ensure_topics
-from queuestream.metrics import ConsumerMetrics
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
 from schemas.avro import AvroCodec

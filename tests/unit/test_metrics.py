@@ -13,11 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumers.assembly import Assembler
 from consumers.changes import Change
 from consumers.dead_letters import DeadLetter
+from consumers.metrics import ConsumerMetrics
 from consumers.runtime import BatchOutcome
 from consumers.sync_log import SyncEntry
+from producer.metrics import ProducerMetrics
 from producer.refresh import ProduceLoop, RefreshResult
 from queuestream.errors import BrokerUnavailableError, ConfigurationError, DecodeError
-from queuestream.metrics import ConsumerMetrics, ProducerMetrics, metrics_server
+from queuestream.metrics import metrics_server
 from queuestream.retry import Backoff
 from queuestream.settings import load_settings
 from tests.services import free_ports

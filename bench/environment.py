@@ -1,0 +1,76 @@
+"""Where a figure was measured: the machine, the versions, the broker, the commit.
+
+Every report carries :func:`environment`; the readable output ends with
+:func:`environment_line`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import libversion as librdkafka_version
+
+from bench.services import REPO_ROOT
+
+__all__ = ["broker_jvm_flags", "environment", "environment_line", "git_describe"]
+
+
+def broker_jvm_flags(bootstrap: str) -> str | None:
+    """The broker's JVM flags, when it runs from scripts/kafka-local.sh in this checkout."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if host not in ("127.0.0.1", "localhost"):
+        return None
+    pid_file = REPO_ROOT / "var" / "kafka" / port / "kafka.pid"
+    try:
+        cmdline = Path(f"/proc/{pid_file.read_text().strip()}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    flags = [a.decode() for a in cmdline if a.startswith((b"-XX:", b"-Xm"))]
+    return " ".join(flags)
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+
+
+def git_describe() -> str | None:
+    """The commit measured, with "+dirty" when the work tree has changes."""
+    try:
+        head = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.strip() + ("+dirty" if dirty.strip() else "")
+
+
+def environment(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Where a figure was measured: machine, versions, broker, options."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "librdkafka": librdkafka_version()[0],
+        "bootstrap_servers": bootstrap,
+        "broker_jvm_flags": broker_jvm_flags(bootstrap),
+        "partitions": args.partitions,
+        "kafka_options": args.kafka,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "git": git_describe(),
+    }
+
+
+def environment_line(env: dict[str, Any], kafka_label: str) -> str:
+    """:func:`environment` as one line for the readable output."""
+    return (
+        f"{env['cpus']} CPUs (load {env['load_average'][0]:.2f}), Python {env['python']}, "
+        f"librdkafka {env['librdkafka']}, {env['partitions']} partitions, "
+        f"queuestream {env['git']}, broker {env['bootstrap_servers']}"
+        + (f" ({env['broker_jvm_flags']})" if env["broker_jvm_flags"] else "")
+        + (f", {kafka_label} {env['kafka_options']}" if env["kafka_options"] else "")
+    )

@@ -1,0 +1,131 @@
+"""The producer's Prometheus metrics, fed by the produce loop.
+
+``queuestream produce --metrics-port P`` (or ``QUEUESTREAM_METRICS_PORT``) serves
+them at ``http://<metrics_host>:P/metrics`` through :func:`queuestream.metrics.metrics_server`;
+``metrics_host`` defaults to 127.0.0.1. :class:`ProducerMetrics` observes a
+``ProduceLoop`` (``observer=``):
+
+==============================================  =============================================
+``queuestream_events_published_total``          events committed to Kafka, by ``table``, ``op``
+``queuestream_refreshes_total``                 refreshes committed
+``queuestream_refresh_duration_seconds``        histogram: snapshot to Kafka commit
+``queuestream_refresh_errors_total``            failed refreshes (retried), by ``error`` class
+``queuestream_watermark_timestamp_seconds``     the committed watermark (Unix time)
+``queuestream_watermark_age_seconds``           now minus the watermark, computed when scraped:
+                                                it grows while the producer is stuck
+==============================================  =============================================
+
+The two watermark gauges are absent until the watermark is known (read back at
+start, or after the first refresh); procedure mode has no watermark. Every
+metrics object has its own registry, so several loops (or tests) in one process
+never share figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from queuestream.metrics import DURATION_BUCKETS
+
+if TYPE_CHECKING:
+    from producer.refresh import RefreshResult
+
+__all__ = ["ProducerMetrics"]
+
+
+class ProducerMetrics:
+    """The producer's figures. It observes a ``ProduceLoop`` (``observer=``)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._clock = clock
+        self._watermark: datetime | None = None
+        self.published = Counter(
+            "queuestream_events_published",
+            "Change events committed to Kafka, by source table and op (c, u, d, r).",
+            ["table", "op"],
+            registry=self.registry,
+        )
+        self.refreshes = Counter(
+            "queuestream_refreshes",
+            "Refreshes committed to Kafka (with or without events).",
+            registry=self.registry,
+        )
+        self.refresh_duration = Histogram(
+            "queuestream_refresh_duration_seconds",
+            "Duration of a committed refresh, from the frozen snapshot to the Kafka commit.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.refresh_errors = Counter(
+            "queuestream_refresh_errors",
+            "Refreshes that failed and are retried (the watermark did not move), by error class.",
+            ["error"],
+            registry=self.registry,
+        )
+        self.registry.register(_WatermarkCollector(self))
+
+    @property
+    def watermark(self) -> datetime | None:
+        """The committed watermark, once known."""
+        return self._watermark
+
+    def started(self, watermark: datetime | None) -> None:
+        """A refresher is ready, with the watermark it read back from Kafka."""
+        if watermark is not None:
+            self._watermark = watermark
+
+    def refreshed(self, result: RefreshResult) -> None:
+        """A refresh committed."""
+        self.refreshes.inc()
+        self.refresh_duration.observe(result.seconds)
+        for name, count in result.op_counts.items():
+            table, _, op = name.rpartition(".")
+            self.published.labels(table, op).inc(count)
+        if result.window_end is not None:
+            self._watermark = result.window_end
+
+    def failed(self, error: BaseException) -> None:
+        """A refresh failed; the loop retries it."""
+        self.refresh_errors.labels(type(error).__name__).inc()
+
+    def watermark_families(self) -> Iterator[Metric]:
+        """The watermark gauges as of now; none while the watermark is unknown."""
+        watermark = self._watermark
+        if watermark is None:
+            return
+        stamp = watermark.timestamp()
+        yield GaugeMetricFamily(
+            "queuestream_watermark_timestamp_seconds",
+            "The producer's committed watermark as Unix time: changes before it are published.",
+            value=stamp,
+        )
+        yield GaugeMetricFamily(
+            "queuestream_watermark_age_seconds",
+            "Seconds between now and the committed watermark (grows while the producer is stuck).",
+            value=self._clock() - stamp,
+        )
+
+
+class _WatermarkCollector(Collector):
+    """Computes the watermark gauges when scraped (absent while the watermark is unknown)."""
+
+    def __init__(self, metrics: ProducerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._metrics.watermark_families())
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # computed on every scrape: not checked for duplicates up front

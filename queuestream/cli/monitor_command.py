@@ -1,0 +1,105 @@
+"""``queuestream monitor``: topics, groups and lag, once, live in the terminal or as a web page.
+
+The command only chooses the mode and wires the pieces of :mod:`queuestream.monitor`
+(collector, feed, terminal view, web server); they draw the view themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+import typer
+
+from queuestream.cli.options import command_settings
+from queuestream.cli.output import console, err_console, print_json
+from queuestream.cli.signals import on_stop_signals
+from queuestream.errors import ConfigurationError
+
+__all__ = ["monitor"]
+
+
+def monitor(
+    once: Annotated[bool, typer.Option(help="Print one snapshot and exit.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one snapshot as JSON (implies --once).")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between snapshots.")] = 5.0,
+    group: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this consumer group (repeatable).", show_default=False),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(help="Exit 2 when a group's lag is over --max-lag / --max-lag-seconds."),
+    ] = False,
+    max_lag: Annotated[
+        int | None,
+        typer.Option(help="Most messages a group may lag on a partition.", show_default=False),
+    ] = None,
+    max_lag_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Oldest a group's first unconsumed message may be, in seconds.",
+            show_default=False,
+        ),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve the view as a web page at HOST:PORT (e.g. 127.0.0.1:8080), "
+            "with /snapshot.json.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Topics, consumer groups and their lag, the last batch, dead letters: live.
+
+    --check exits 2 naming each group and partition over the limits.
+    """
+    from queuestream.monitor import LagLimits, SnapshotCollector, SnapshotFeed, breaches
+    from queuestream.monitor.terminal import live, render
+    from queuestream.monitor.web import MonitorServer, parse_address
+
+    settings = command_settings()
+    groups = tuple(group or ())
+    limits = LagLimits(max_lag, max_lag_seconds)
+    if check and limits.empty:
+        msg = "--check needs a limit: --max-lag N and/or --max-lag-seconds S"
+        raise ConfigurationError(msg)
+    if once or as_json or check:
+        collector = SnapshotCollector(settings, groups=groups)
+        try:
+            snapshot = collector.collect()
+        finally:
+            collector.close()
+        if as_json:
+            print_json(snapshot.as_dict())
+        elif not check:
+            console.print(render(snapshot, limits))
+        if check:
+            out = err_console if as_json else console
+            found = breaches(snapshot, limits, groups)
+            for breach in found:
+                out.print(f"LAG {breach.describe()}", highlight=False)
+            if found:
+                raise typer.Exit(2)
+            out.print(f"ok: {len(snapshot.groups)} consumer groups within the limits")
+        return
+    feed = SnapshotFeed(lambda: SnapshotCollector(settings, groups=groups), interval)
+    stop = threading.Event()
+    on_stop_signals(stop.set, "stopping the monitor")
+    server = None
+    feed.start()
+    try:
+        if http is not None:
+            server = MonitorServer(parse_address(http), feed, limits, interval).start()
+            err_console.print(f"monitor page at {server.url}", highlight=False)
+        if http is None or console.is_terminal:
+            live(feed, console, limits, stop)
+        else:
+            stop.wait()
+    finally:
+        if server is not None:
+            server.stop()
+        feed.stop()
