@@ -17,11 +17,19 @@ from queuestream.settings import Settings
 from queuestream.tables import TABLES
 from schemas.avro import AvroCodec
 
-__all__ = ["Change", "committed_changes", "committed_messages"]
+__all__ = ["Change", "committed_changes", "committed_messages", "located"]
 
 Change = tuple[str, tuple[Any, ...], Any]  # (table, key values, ModifiedDate)
 
 MARKER_GRACE_SECONDS = 3.0
+
+
+def located(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a message read from Kafka (never None there:
+    confluent_kafka types them optional for messages being produced)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None, message
+    return topic, partition, offset
 
 
 def _log_end(probe: Consumer, tp: TopicPartition, attempts: int = 5) -> int:
@@ -95,14 +103,15 @@ def committed_messages(
                     where for where in list(pending) if where in first_eof and settled(where)
                 }
                 continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    where = (str(message.topic()), int(message.partition() or 0))
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    where = located(message)[:2]
                     first_eof.setdefault(where, time.monotonic())
                     if settled(where):
                         pending.discard(where)
                     continue
-                raise AssertionError(str(message.error()))
+                raise AssertionError(str(error))
             messages.append(message)
         return messages
     finally:
@@ -124,10 +133,11 @@ def committed_changes(
     values: list[tuple[str, int, dict[str, Any]]] = []
     messages = committed_messages(bootstrap, list(tables), isolation=isolation, timeout=timeout)
     for message in messages:
-        spec = tables[message.topic()]
+        topic, partition, _ = located(message)
+        spec = tables[topic]
         value = codec.decode(spec.name, "value", message.value())
         assert value is not None
         after = value["after"]
         changes[(spec.name, tuple(after[k] for k in spec.key), after["ModifiedDate"])] += 1
-        values.append((spec.name, message.partition(), value))
+        values.append((spec.name, partition, value))
     return changes, values

@@ -211,7 +211,7 @@ def monitor_server(pipeline: Pipeline) -> Iterator[str]:
     def answers() -> bool:
         assert process.poll() is None, f"monitor exited: {process.communicate()}"
         with urllib.request.urlopen(f"{url}snapshot.json", timeout=5) as response:
-            return json.load(response)["snapshot"] is not None  # type: ignore[no-any-return]
+            return json.load(response)["snapshot"] is not None
 
     try:
         wait_for(answers, SERVER_START_TIMEOUT, 0.2, "the monitor's page", ignore=(OSError,))
