@@ -72,7 +72,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """In CI (CI=true) a skipped test fails the run: every test must really run there."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if os.environ.get("CI") == "true" and reporter is not None and reporter.stats.get("skipped"):
+    if os.environ.get("CI") != "true" or reporter is None or hasattr(session.config, "workerinput"):
+        return
+    skipped = reporter.stats.get("skipped", [])
+    if skipped:
+        reporter.ensure_newline()
+        reporter.write_line(f"CI=true: {len(skipped)} skipped, but every test must run in CI")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
