@@ -163,7 +163,8 @@ def test_stopped_group_lags_by_the_new_events_and_check_fails(
     assert _lags(group) == lags
     assert group["lag_seconds"] > first.lag_seconds
     assert data["last_batch"]["refresh_id"] == result.refresh_id
-    assert data["last_batch"]["counts"] == snapshot.last_batch.counts  # type: ignore[union-attr]
+    assert snapshot.last_batch is not None
+    assert data["last_batch"]["counts"] == snapshot.last_batch.counts
     assert data["prefix"] == pipeline.prefix
 
 
