@@ -26,6 +26,9 @@ through the environment: the variables above (a registry started here goes in
 would switch every producer under test to the registry's framing). A service
 that could not be started is handed over as its error, so that the tests that
 need it fail with the reason (they never skip).
+
+(A little over 400 lines: each service's start, its hand-over to the workers and
+the Kafka tools the tests read it with read best in one place.)
 """
 
 from __future__ import annotations
