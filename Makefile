@@ -13,7 +13,10 @@ VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.queuestream-installed
 KAFKA_JARS_STAMP := .cache/kafka/lib/.complete
 LINT_PATHS := queuestream producer consumers schemas bench tests
-MYPY_PATHS := queuestream producer consumers schemas bench
+MYPY_PATHS := queuestream producer consumers schemas bench tests
+# make test: pytest-xdist workers (the tests mostly wait on Kafka and the databases, so
+# more workers than cores pay off); the slowest tests are listed at the end of each run.
+PYTEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 # make bench: its own broker (port BENCH_KAFKA_PORT) with the full JIT (kafka-local.sh's
 # default -XX:TieredStopAtLevel=1 starts fast but caps broker throughput), arguments
@@ -23,11 +26,14 @@ BENCH_KAFKA_HEAP_OPTS ?= -Xms512m -Xmx1g
 BENCH_KAFKA_JVM_OPTS ?= -XX:+UseParallelGC -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true
 BENCH_ARGS ?=
 
-.PHONY: help venv kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-kafka-up bench-kafka-down lint clean distclean
+.PHONY: help venv test-deps kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-kafka-up bench-kafka-down lint clean distclean
 
 help:
 	@echo "make venv        create .venv and install queuestream[test,dev] (editable)"
-	@echo "make test        run the test suite (starts its own Kafka, PostgreSQL and schema registry)"
+	@echo "make test        run the test suite (starts its own Kafka, PostgreSQL and schema registry;"
+	@echo "                 installs missing system packages first, see make test-deps)"
+	@echo "make test-deps   install what the tests need and is missing (Java, Maven, PostgreSQL,"
+	@echo "                 Chromium; scripts/test-deps.sh, as CI does)"
 	@echo "make kafka-up    start a local Kafka broker on 127.0.0.1:\$${KAFKA_PORT:-9092}"
 	@echo "make kafka-down  stop it"
 	@echo "make pg-up       start a local PostgreSQL on 127.0.0.1:\$${PGPORT_LOCAL:-55432}"
@@ -49,6 +55,11 @@ $(VENV_STAMP): pyproject.toml
 	@touch $@
 
 venv: $(VENV_STAMP)
+
+# System packages (Java, Maven, PostgreSQL, Chromium, ...): installed when missing (root or
+# sudo -n), else it stops with the command to run. .ci/run uses the same script.
+test-deps:
+	@scripts/test-deps.sh
 
 # scripts/kafka-local.sh fetch is a no-op once the pinned jars are present.
 kafka-jars:
@@ -73,8 +84,9 @@ pg-up:
 pg-down:
 	@scripts/postgres-local.sh down
 
-test: venv kafka-jars registry-jar
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+# Prerequisites in this order: the system packages before the jars (Java, Maven).
+test: test-deps venv kafka-jars registry-jar
+	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 demo: venv kafka-up
 	KAFKA_BOOTSTRAP_SERVERS="$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$${KAFKA_PORT:-9092}}" $(VENV)/bin/queuestream demo

@@ -5,7 +5,9 @@ BEGIN, so that a read transaction is a real snapshot (pysqlite otherwise opens
 transactions only before writes). Engines that write (``writer=True``) begin
 with BEGIN IMMEDIATE: the write lock is taken first, so a writer never fails to
 upgrade a stale read (SQLITE_BUSY_SNAPSHOT ignores busy_timeout), and the
-timestamps it takes inside its transaction are close to its commit.
+timestamps it takes inside its transaction are close to its commit. A statement
+waits up to 30 s for another connection's lock (the URL's ``?timeout=SECONDS``,
+as for sqlite3.connect, sets another wait).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from sqlalchemy.engine import make_url
 from queuestream.errors import ConfigurationError, DatabaseUnavailableError
 
 __all__ = ["create_engine", "describe_url", "is_postgres", "unavailable"]
+
+SQLITE_BUSY_TIMEOUT = 30.0  # seconds a statement waits for another connection's lock
 
 
 def is_postgres(engine: sa.Engine) -> bool:
@@ -41,8 +45,9 @@ def create_engine(url: str, *, writer: bool = False, **kwargs: Any) -> sa.Engine
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
-        _sqlite_snapshot_transactions(engine, "BEGIN IMMEDIATE" if writer else "BEGIN")
+        timeout = _busy_timeout(parsed)
+        engine = sa.create_engine(parsed, connect_args={"timeout": timeout}, **kwargs)
+        _sqlite_snapshot_transactions(engine, "BEGIN IMMEDIATE" if writer else "BEGIN", timeout)
         return engine
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
@@ -52,7 +57,18 @@ def create_engine(url: str, *, writer: bool = False, **kwargs: Any) -> sa.Engine
     raise ConfigurationError(msg)
 
 
-def _sqlite_snapshot_transactions(engine: sa.Engine, begin: str) -> None:
+def _busy_timeout(url: sa.URL) -> float:
+    value = url.query.get("timeout")
+    if value is None:
+        return SQLITE_BUSY_TIMEOUT
+    try:
+        return float(value if isinstance(value, str) else value[-1])
+    except ValueError:
+        msg = f"invalid timeout {value!r} in {describe_url(url)}: give seconds, e.g. ?timeout=5"
+        raise ConfigurationError(msg) from None
+
+
+def _sqlite_snapshot_transactions(engine: sa.Engine, begin: str, timeout: float) -> None:
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
@@ -61,7 +77,7 @@ def _sqlite_snapshot_transactions(engine: sa.Engine, begin: str) -> None:
         dbapi_connection.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

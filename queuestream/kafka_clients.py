@@ -130,7 +130,7 @@ def batches_topic(settings: Settings) -> str:
 
 def _describe(admin: AdminClient, settings: Settings) -> dict[str, int]:
     try:
-        metadata = admin.list_topics(timeout=_ADMIN_TIMEOUT)
+        metadata = admin.list_topics(timeout=settings.broker_timeout_seconds)
     except KafkaException as exc:
         msg = (
             f"Kafka at {settings.kafka_bootstrap_servers} is unreachable ({exc.args[0]}); "

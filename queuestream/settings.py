@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE_URL = "sqlite:///var/exigo-sync.db"
 DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
+DEFAULT_BROKER_TIMEOUT_SECONDS = 15.0
 DEFAULT_TOPIC_PREFIX = "exigo"
 DEFAULT_PARTITIONS = 6
 DEFAULT_FIRST_WINDOW_HOURS = 24.0
@@ -127,6 +128,12 @@ class Settings(BaseSettings):
             "KAFKA_BOOTSTRAP_SERVERS",
         ),
         description="Kafka bootstrap servers.",
+    )
+    broker_timeout_seconds: float = Field(
+        DEFAULT_BROKER_TIMEOUT_SECONDS,
+        gt=0,
+        description="How long the broker may take to answer a metadata request before "
+        "the command stops with BrokerUnavailableError.",
     )
     kafka: dict[str, str] = Field(
         default_factory=dict,

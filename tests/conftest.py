@@ -16,10 +16,16 @@ Function fixtures
 A service that cannot be had fails the tests that need it (never skips).
 Tests using Kafka / PostgreSQL get the ``kafka`` / ``postgres`` markers
 automatically, so ``pytest -m "not kafka and not postgres"`` runs without services.
+
+With pytest-xdist (``pytest -n N``, as ``make test`` runs it) the controller starts
+one broker, one PostgreSQL and one registry before the workers exist (only PostgreSQL
+when every path asked for is under tests/unit), and stops them at the end; the workers'
+session fixtures find them in the environment (``services.start_shared``).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +38,52 @@ from tests import services
 
 KAFKA_FIXTURES = {"kafka_bootstrap"}
 POSTGRES_FIXTURES = {"postgres_server_url", "postgres_url"}
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+_SHARED = pytest.StashKey[list[services.Service]]()
+
+
+def _starts_workers(config: pytest.Config) -> bool:
+    """This process is a pytest-xdist controller, about to start its workers."""
+    return (
+        not hasattr(config, "workerinput")
+        and config.getoption("dist", "no") != "no"
+        and bool(config.getoption("tx", None))
+        and not config.getoption("collectonly")
+    )
+
+
+def _shared_services(config: pytest.Config) -> tuple[str, ...]:
+    """What the tests asked for need: a few unit tests use PostgreSQL, and only that."""
+    paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    if paths and all(path.is_relative_to(UNIT_TESTS) for path in paths):
+        return ("postgres",)
+    return ("kafka", "postgres", "registry")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _starts_workers(config):
+        config.stash[_SHARED] = services.start_shared(_shared_services(config))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    services.stop_all(config.stash.get(_SHARED, []))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In CI (CI=true) a skipped test fails the run: every test must really run there."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if os.environ.get("CI") != "true" or reporter is None or hasattr(session.config, "workerinput"):
+        return
+    skipped = reporter.stats.get("skipped", [])
+    if skipped:
+        reporter.ensure_newline()
+        reporter.write_line(f"CI=true: {len(skipped)} skipped, but every test must run in CI")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    shared = config.stash.get(_SHARED, [])
+    return [f"shared with the workers: {service.description}" for service in shared]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,16 +18,29 @@ Schema registry (Confluent-compatible):
 Locally started services get free ports and fresh temporary directories, and
 are told the pid of this process: they stop by themselves when it goes away,
 even if pytest is killed before its finalizers run.
+
+Under pytest-xdist (``make test`` runs ``pytest -n``) the services are started
+once, by the controller process (``start_shared``), and handed to the workers
+through the environment: the variables above (a registry started here goes in
+``QUEUESTREAM_TEST_SCHEMA_REGISTRY_URL`` instead of ``SCHEMA_REGISTRY_URL``, which
+would switch every producer under test to the registry's framing). A service
+that could not be started is handed over as its error, so that the tests that
+need it fail with the reason (they never skip).
+
+(A little over 400 lines: each service's start, its hand-over to the workers and
+the Kafka tools the tests read it with read best in one place.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +129,7 @@ def _script_failed(what: str, proc: subprocess.CompletedProcess[str], hint: str)
 # ------------------------------------------------------------------ Kafka --
 
 
-def docker_available(timeout: float = DOCKER_PING_TIMEOUT) -> bool:
+def docker_available(timeout: int = DOCKER_PING_TIMEOUT) -> bool:
     """True when a Docker engine answers a ping within ``timeout`` seconds."""
     try:
         import docker
@@ -131,6 +144,7 @@ def docker_available(timeout: float = DOCKER_PING_TIMEOUT) -> bool:
 
 
 def start_kafka() -> Service:
+    _raise_if_failed_for_all("kafka")
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         return Service(external, f"external Kafka at {external} (KAFKA_BOOTSTRAP_SERVERS)")
@@ -223,6 +237,7 @@ def start_local_kafka() -> Service:
 
 
 def start_postgres() -> Service:
+    _raise_if_failed_for_all("postgres")
     external = os.environ.get("QUEUESTREAM_TEST_POSTGRES_URL")
     if external:
         return Service(external, "external PostgreSQL (QUEUESTREAM_TEST_POSTGRES_URL)")
@@ -273,9 +288,13 @@ def start_local_postgres() -> Service:
 
 
 def start_schema_registry() -> Service:
+    _raise_if_failed_for_all("registry")
     external = os.environ.get("SCHEMA_REGISTRY_URL")
     if external:
         return Service(external, f"external schema registry at {external} (SCHEMA_REGISTRY_URL)")
+    shared = os.environ.get(SHARED_REGISTRY_VARIABLE)
+    if shared:
+        return Service(shared, f"schema registry at {shared} ({SHARED_REGISTRY_VARIABLE})")
     return start_local_schema_registry()
 
 
@@ -322,6 +341,65 @@ def start_local_schema_registry() -> Service:
             shutil.rmtree(REPO_ROOT / "var" / "registry" / str(port), ignore_errors=True)
 
     return Service(url, f"local Apicurio schema registry at {url}", stop)
+
+
+# ----------------------------------------------- once per pytest-xdist run --
+
+#: Where a registry started by the xdist controller is handed to the workers.
+SHARED_REGISTRY_VARIABLE = "QUEUESTREAM_TEST_SCHEMA_REGISTRY_URL"
+#: Each service's starter, and the variable through which its address is handed over.
+_SHARED: dict[str, tuple[Callable[[], Service], str]] = {
+    "kafka": (start_kafka, "KAFKA_BOOTSTRAP_SERVERS"),
+    "postgres": (start_postgres, "QUEUESTREAM_TEST_POSTGRES_URL"),
+    "registry": (start_schema_registry, SHARED_REGISTRY_VARIABLE),
+}
+
+
+def _failed_variable(kind: str) -> str:
+    return f"QUEUESTREAM_TEST_{kind.upper()}_FAILED"
+
+
+def _raise_if_failed_for_all(kind: str) -> None:
+    """A service the xdist controller could not start fails here, with its reason."""
+    error = os.environ.get(_failed_variable(kind))
+    if error:
+        raise ServiceError(error)
+
+
+def start_shared(kinds: tuple[str, ...] = tuple(_SHARED)) -> list[Service]:
+    """Start ``kinds`` of service ("kafka", "postgres", "registry") side by side, for this
+    process's children (pytest-xdist's workers): each address, or the error that stopped
+    its start, goes into ``os.environ``. Returns what to stop at the end (``stop_all``)."""
+    outcomes: dict[str, Service | str] = {}
+
+    def start(kind: str) -> None:
+        try:
+            outcomes[kind] = _SHARED[kind][0]()
+        except Exception as exc:  # handed to the tests that need it, as their failure
+            outcomes[kind] = str(exc) if isinstance(exc, ServiceError) else repr(exc)
+
+    _side_by_side([functools.partial(start, kind) for kind in kinds])
+    started = []
+    for kind, outcome in outcomes.items():
+        if isinstance(outcome, Service):
+            os.environ[_SHARED[kind][1]] = outcome.address
+            started.append(outcome)
+        else:
+            os.environ[_failed_variable(kind)] = outcome
+    return started
+
+
+def stop_all(started: list[Service]) -> None:
+    """Stop services side by side (each stop waits for its process to end)."""
+    _side_by_side([service.stop for service in started])
+
+
+def _side_by_side(calls: list[Callable[[], None]]) -> None:
+    threads = [threading.Thread(target=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 # ------------------------------------------------------------ Kafka tools --

@@ -1,7 +1,8 @@
 """Reading back what consumers see: committed messages of whole topics, from offset 0.
 
 ``committed_messages`` uses nothing but confluent_kafka (the independent-decoder tests
-rely on that); ``committed_changes`` decodes change events with queuestream's codec.
+rely on that); ``committed_changes`` decodes change events with queuestream's codec;
+``wait_until_readable`` waits for a committed refresh's markers to reach every partition.
 """
 
 from __future__ import annotations
@@ -11,17 +12,65 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
+from queuestream.kafka_offsets import list_offsets, partitions_of
 from queuestream.settings import Settings
 from queuestream.tables import TABLES
 from schemas.avro import AvroCodec
+from tests.helpers import wait_for
 
-__all__ = ["Change", "committed_changes", "committed_messages"]
+__all__ = [
+    "Change",
+    "committed_changes",
+    "committed_messages",
+    "located",
+    "wait_until_readable",
+]
 
 Change = tuple[str, tuple[Any, ...], Any]  # (table, key values, ModifiedDate)
 
 MARKER_GRACE_SECONDS = 3.0
+READABLE_TIMEOUT = 30.0  # seconds for commit markers to reach every partition
+
+
+def located(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a message read from Kafka (never None there:
+    confluent_kafka types them optional for messages being produced)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None, message
+    return topic, partition, offset
+
+
+def wait_until_readable(bootstrap: str, topics: list[str]) -> None:
+    """Wait until read_committed readers can read every partition of ``topics`` to its end.
+
+    commit_transaction() returns before the commit markers reach every partition; until
+    they do, a read_committed reader stops (at the last stable offset) short of events
+    that are committed. Polls the last stable offsets until they equal the log ends.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+    wanted = dict.fromkeys(partitions_of(admin, topics), latest)
+
+    def ends(isolation: IsolationLevel) -> dict[tuple[str, int], int]:
+        found = list_offsets(admin, wanted, "log end", isolation)
+        return {where: info.offset for where, info in found.items()}
+
+    wait_for(
+        lambda: ends(IsolationLevel.READ_COMMITTED) == ends(IsolationLevel.READ_UNCOMMITTED),
+        timeout=READABLE_TIMEOUT,
+        interval=0.02,
+        message=f"commit markers on every partition of {', '.join(topics)}",
+    )
 
 
 def _log_end(probe: Consumer, tp: TopicPartition, attempts: int = 5) -> int:
@@ -47,6 +96,7 @@ def committed_messages(
             "isolation.level": isolation,
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,  # an empty fetch (the end: EOF) answers at once
         }
     )
     try:
@@ -95,14 +145,15 @@ def committed_messages(
                     where for where in list(pending) if where in first_eof and settled(where)
                 }
                 continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    where = (str(message.topic()), int(message.partition() or 0))
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    where = located(message)[:2]
                     first_eof.setdefault(where, time.monotonic())
                     if settled(where):
                         pending.discard(where)
                     continue
-                raise AssertionError(str(message.error()))
+                raise AssertionError(str(error))
             messages.append(message)
         return messages
     finally:
@@ -124,10 +175,11 @@ def committed_changes(
     values: list[tuple[str, int, dict[str, Any]]] = []
     messages = committed_messages(bootstrap, list(tables), isolation=isolation, timeout=timeout)
     for message in messages:
-        spec = tables[message.topic()]
+        topic, partition, _ = located(message)
+        spec = tables[topic]
         value = codec.decode(spec.name, "value", message.value())
         assert value is not None
         after = value["after"]
         changes[(spec.name, tuple(after[k] for k in spec.key), after["ModifiedDate"])] += 1
-        values.append((spec.name, message.partition(), value))
+        values.append((spec.name, partition, value))
     return changes, values

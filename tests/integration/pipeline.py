@@ -1,12 +1,16 @@
 """The whole pipeline in a test: a source, a producer, consumers, a target, verify.
 
 In-process and small: each step is the library call the command runs.
+
+Nothing writes the source while a refresh runs (``simulate`` commits before ``refresh``
+starts), so the watermark may reach the clock: no settle delay to wait out. A refresh
+returns once its events are readable (commit markers landed), so that a consumer run
+until idle right after it finds them; its idle grace is then short.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,9 +25,11 @@ from consumers.verify import verify
 from producer.refresh import Refresher, RefreshResult
 from producer.simulator import Simulator
 from queuestream.databases import create_engine
+from queuestream.kafka_clients import batches_topic, change_topics
 from queuestream.settings import Settings
 from queuestream.sync_schema import create_source_schema
 from tests.helpers import producer_settings
+from tests.integration.kafka_readback import wait_until_readable
 
 __all__ = ["Pipeline"]
 
@@ -36,8 +42,8 @@ class Pipeline:
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.more = {
-            "settle_seconds": 0.2,
-            "idle_seconds": 1.5,
+            "settle_seconds": 0,
+            "idle_seconds": 0.5,
             "retry_backoff_seconds": 0.5,
             **more,
         }
@@ -58,13 +64,15 @@ class Pipeline:
         )
 
     def refresh(self) -> list[RefreshResult]:
-        """One refresh of everything simulated so far (waits out the settle time)."""
-        time.sleep(self.settings().settle_seconds + 0.1)
-        refresher = Refresher(self.settings(), self.source)
+        """One refresh of everything simulated so far, readable when this returns."""
+        settings = self.settings()
+        refresher = Refresher(settings, self.source)
         try:
-            return refresher.refresh()
+            results = refresher.refresh()
         finally:
             refresher.close()
+        wait_until_readable(self.bootstrap, [*change_topics(settings), batches_topic(settings)])
+        return results
 
     def runtime(self, target: str, target_url: str, **more: Any) -> ConsumerRuntime:
         settings = self.settings(target_url=target_url, **more)

@@ -35,7 +35,7 @@ def source_versions(engine: sa.Engine, modified_from: datetime | None = None) ->
 def latest_stamp(engine: sa.Engine) -> datetime:
     """The newest ModifiedDate in the source, aware UTC."""
     with engine.connect() as conn:
-        stamps = [
+        stamps: list[datetime | None] = [
             conn.execute(
                 sa.select(sa.func.max(Base.metadata.tables[s.source].c.ModifiedDate))
             ).scalar_one()

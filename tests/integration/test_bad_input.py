@@ -25,7 +25,7 @@ from producer.simulator import Simulator
 from queuestream.databases import create_engine
 from queuestream.errors import BrokerUnavailableError, EncodingError
 from queuestream.settings import Settings, load_settings
-from queuestream.sync_schema import Base
+from queuestream.sync_schema import Base, create_source_schema
 from schemas.avro import AvroCodec
 from tests.helpers import producer_settings
 from tests.integration.kafka_readback import committed_changes
@@ -33,8 +33,9 @@ from tests.integration.source_versions import assert_exactly_once, source_versio
 from tests.services import free_ports
 
 COMMAND = [sys.executable, "-m", "queuestream.cli"]
-#: kafka_clients waits this long for metadata before declaring the broker unreachable.
-ADMIN_TIMEOUT = 15.0
+#: How long the broker may take to answer (broker_timeout_seconds, 15 s by default)
+#: before the refresh declares it unreachable: the tests below wait it out.
+ADMIN_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -175,13 +176,24 @@ def test_unencodable_value_fails_the_refresh_and_holds_the_watermark(
     engine.dispose()
 
 
+def _sync_database(url: str) -> None:
+    """An empty sync database: the refresh checks its tables before it talks to Kafka."""
+    engine = create_engine(url, writer=True)
+    try:
+        create_source_schema(engine)
+    finally:
+        engine.dispose()
+
+
 def test_unreachable_broker_raises_broker_unavailable_quickly(sqlite_url: str, unique: str) -> None:
+    _sync_database(sqlite_url)
     (port,) = free_ports(1)
     settings = load_settings(
         None,
         source_url=sqlite_url,
         kafka_bootstrap_servers=f"127.0.0.1:{port}",
         topic_prefix=unique,
+        broker_timeout_seconds=ADMIN_TIMEOUT,
     )
     started = time.monotonic()
     with pytest.raises(BrokerUnavailableError) as caught:
@@ -196,12 +208,17 @@ def test_unreachable_broker_raises_broker_unavailable_quickly(sqlite_url: str, u
 def test_unreachable_broker_through_the_command(
     sqlite_url: str, unique: str, tmp_path: Path
 ) -> None:
+    _sync_database(sqlite_url)
     (port,) = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QUEUESTREAM_", "KAFKA_"))}
+    config = tmp_path / "queuestream.toml"
+    config.write_text(f"broker_timeout_seconds = {ADMIN_TIMEOUT}\n")
     started = time.monotonic()
     done = subprocess.run(
         [
             *COMMAND,
+            "--config",
+            str(config),
             "--source",
             sqlite_url,
             "--bootstrap-servers",

@@ -124,7 +124,7 @@ def test_consume_and_verify_from_the_command_line(
     sqlite_url: str, kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
     env = _env(sqlite_url, kafka_bootstrap, unique)
-    env["QUEUESTREAM_IDLE_SECONDS"] = "1"
+    env["QUEUESTREAM_IDLE_SECONDS"] = "0.5"
     target = f"sqlite:///{tmp_path / 'shipping.db'}"
     assert _run(["sim", "--actions", "300", "--seed", "5"], env).returncode == 0
     assert _run(["refresh"], env).returncode == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from consumers import offsets
@@ -45,8 +45,15 @@ def _spoil_currencies(pipeline: Pipeline, count: int) -> list[int]:
     return ids
 
 
-def _headers(message: object) -> dict[str, str]:
-    return {k: v.decode() for k, v in (message.headers() or [])}  # type: ignore[attr-defined]
+def _headers(message: Message) -> dict[str, str]:
+    """A consumed message's headers: confluent_kafka reads them as (name, bytes) pairs."""
+    headers = message.headers() or []
+    assert isinstance(headers, list), headers
+    found = {}
+    for name, value in headers:
+        assert isinstance(value, bytes), (name, value)
+        found[name] = value.decode()
+    return found
 
 
 def test_poison_within_the_budget_goes_to_the_dead_letter_topic(

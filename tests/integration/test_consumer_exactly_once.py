@@ -20,7 +20,7 @@ from consumers.runtime import ConsumerRuntime
 from queuestream.databases import create_engine
 from queuestream.tables import topic_for
 from tests.helpers import wait_for
-from tests.integration.kafka_readback import committed_messages
+from tests.integration.kafka_readback import committed_messages, located
 from tests.integration.pipeline import Pipeline, group_offsets
 
 TARGETS = ["accounting", "shipping"]
@@ -52,9 +52,8 @@ def _republish(bootstrap: str, unique: str, topics: list[str]) -> int:
     producer.init_transactions(30)
     producer.begin_transaction()
     for message in messages:
-        producer.produce(
-            message.topic(), key=message.key(), value=message.value(), partition=message.partition()
-        )
+        topic, partition, _ = located(message)
+        producer.produce(topic, key=message.key(), value=message.value(), partition=partition)
     producer.commit_transaction(30)
     return len(messages)
 

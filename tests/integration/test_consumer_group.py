@@ -43,7 +43,7 @@ from queuestream.databases import create_engine
 from queuestream.sync_schema import create_source_schema
 from queuestream.tables import topic_for
 from tests.helpers import producer_settings, wait_for
-from tests.integration.kafka_readback import committed_messages
+from tests.integration.kafka_readback import committed_messages, located
 from tests.integration.pipeline import group_offsets, stored_offsets
 
 COMMAND = [sys.executable, "-m", "queuestream.cli"]
@@ -284,8 +284,8 @@ def test_a_group_that_loses_a_member_mid_stream_applies_everything_once(
     assert len(events) > 200, "the stream was meant to carry a few hundred events"
     last_event: dict[Where, int] = {}
     for message in events:
-        where = (str(message.topic()), int(message.partition() or 0))
-        offset = int(message.offset() or 0)
+        topic, partition, offset = located(message)
+        where = (topic, partition)
         last_event[where] = max(last_event.get(where, -1), offset)
         covering = [r for r, _ in ranges.get(where, []) if r[0] <= offset <= r[1]]
         assert len(covering) == 1, f"{where} offset {offset} is in sync-log ranges {covering}"

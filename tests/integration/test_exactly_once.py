@@ -25,8 +25,9 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -37,12 +38,13 @@ from queuestream.settings import Settings
 from queuestream.tables import TABLES
 from schemas.avro import AvroCodec
 from tests.helpers import run_cli, wait_for
-from tests.integration.kafka_readback import committed_changes
+from tests.integration.kafka_readback import committed_changes, located
 from tests.integration.source_versions import assert_exactly_once, source_versions
 
 COMMAND = [sys.executable, "-m", "queuestream.cli"]
 UTC_ZONE = ZoneInfo("UTC")
 RUN_TIMEOUT = 120
+T = TypeVar("T")
 
 #: Simulated actions (≈2 rows each) before the first start, per backend: enough for a
 #: first refresh of ≈1-2 s, so that a kill can land inside it.
@@ -85,12 +87,13 @@ class TopicWatcher:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    self._at_end.add((message.topic(), message.partition()))
+                    self._at_end.add(located(message)[:2])
                     continue
                 msg = f"watching {self.prefix}.*: {error.str()}"
                 raise AssertionError(msg)
-            self._at_end.discard((message.topic(), message.partition()))
-            table = message.topic()[len(self.prefix) + 1 :]
+            topic, partition, _ = located(message)
+            self._at_end.discard((topic, partition))
+            table = topic[len(self.prefix) + 1 :]
             value = self.codec.decode(table, "value", message.value())
             assert value is not None
             if table == "batches":
@@ -101,8 +104,13 @@ class TopicWatcher:
     def drain(self, timeout: float = 60.0) -> TopicWatcher:
         """Poll until every partition has reported its end."""
         wanted = {(tp.topic, tp.partition) for tp in self.partitions}
+
+        def at_end() -> bool:
+            self.poll()
+            return wanted <= self._at_end
+
         wait_for(
-            lambda: self.poll() or wanted <= self._at_end,
+            at_end,
             timeout=timeout,
             interval=0,
             message=f"reading {self.prefix}.* to its end",
@@ -111,6 +119,11 @@ class TopicWatcher:
 
     def ids(self, status: str) -> list[str]:
         return [m["refresh_id"] for m in self.markers if m["status"] == status]
+
+    def ended(self) -> list[str]:
+        """Poll, then the ids of the refreshes with an END."""
+        self.poll()
+        return self.ids("END")
 
     def open_refresh(self, not_in: set[str]) -> str | None:
         """A refresh with a BEGIN and at least one change event, but no END yet."""
@@ -151,6 +164,15 @@ class ProducerProcess:
         assert self.process.poll() is None, (
             f"the producer exited ({self.process.returncode}):\n{self.log.read_text()}"
         )
+
+    def running_and(self, condition: Callable[[], T]) -> Callable[[], T]:
+        """For wait_for: ``condition``, failing at once if the producer has exited."""
+
+        def check() -> T:
+            self.assert_running()
+            return condition()
+
+        return check
 
     def cleanup(self) -> None:
         if self.process.poll() is None:
@@ -199,7 +221,7 @@ def test_sigkill_at_any_point_loses_nothing_and_duplicates_nothing(
         # (a) Killed before publishing anything: it has created its topics, no BEGIN yet.
         producer = start()
         wait_for(
-            lambda: producer.assert_running() or "created topic" in log.read_text(),
+            producer.running_and(lambda: "created topic" in log.read_text()),
             timeout=60,
             interval=0.005,
             message="the producer created its topics",
@@ -214,11 +236,12 @@ def test_sigkill_at_any_point_loses_nothing_and_duplicates_nothing(
         # (b) Killed inside the first refresh's transaction.
         producer = start()
         killed_first = wait_for(
-            lambda: producer.assert_running() or uncommitted.open_refresh(set()),
+            producer.running_and(lambda: uncommitted.open_refresh(set())),
             timeout=60,
             interval=0,
             message="(b) a BEGIN and events of an uncommitted refresh",
         )
+        assert killed_first is not None  # wait_for returns a truthy result
         producer.sigkill()
         timings["(b) kill"] = time.monotonic() - started
 
@@ -229,7 +252,7 @@ def test_sigkill_at_any_point_loses_nothing_and_duplicates_nothing(
         watchers.append(committed)
         producer = start()
         wait_for(
-            lambda: producer.assert_running() or committed.poll() or committed.ids("END"),
+            producer.running_and(committed.ended),
             timeout=90,
             interval=0,
             message="(c) the END of a committed refresh",
@@ -245,11 +268,12 @@ def test_sigkill_at_any_point_loses_nothing_and_duplicates_nothing(
         seen = {killed_first, *committed.ids("END"), *uncommitted.ids("BEGIN")}
         producer = start()
         killed_later = wait_for(
-            lambda: producer.assert_running() or uncommitted.open_refresh(seen),
+            producer.running_and(lambda: uncommitted.open_refresh(seen)),
             timeout=60,
             interval=0,
             message="(b2) a BEGIN and events of a later open refresh",
         )
+        assert killed_later is not None
         producer.sigkill()
         timings["(b2) kill"] = time.monotonic() - started
 

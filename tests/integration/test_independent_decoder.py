@@ -20,6 +20,7 @@ import sqlite3
 import string
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
@@ -33,7 +34,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from tests.integration.kafka_readback import committed_messages
+from tests.integration.kafka_readback import committed_messages, located
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "avro"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -212,14 +213,15 @@ def test_every_event_decodes_with_fastavro_and_the_schema_files(
     events: dict[str, list[tuple[int, int, dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     markers: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
     for message in messages:
-        table = topics[message.topic()]
+        topic, partition, _ = located(message)
+        table = topics[topic]
         key = decoder.decode(message.key(), f"{table}.key")
         value = decoder.decode(message.value(), f"{table}.value")
         _, timestamp = message.timestamp()
         if table == "batches":
             markers.append((timestamp, key, value))
         else:
-            events[table].append((message.partition(), timestamp, key, value))
+            events[table].append((partition, timestamp, key, value))
 
     # ---- counts: one event per changed row, as the refresh reported and END says ----
     read_counts = {table: len(events[table]) for table in SOURCE_TABLE}
@@ -362,9 +364,19 @@ class _SampleMaker:
         raise AssertionError(msg)
 
 
+@pytest.fixture(scope="module")
+def idempotent_producer(kafka_bootstrap: str) -> Iterator[Producer]:
+    """One producer for every round trip: an idempotent producer's start takes ~0.5 s."""
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    try:
+        yield producer
+    finally:
+        producer.flush(ADMIN_TIMEOUT)
+
+
 @pytest.mark.parametrize("stem", sorted(_schema_files()))
 def test_schema_round_trips_through_a_real_topic(
-    stem: str, kafka_bootstrap: str, unique: str
+    stem: str, kafka_bootstrap: str, unique: str, idempotent_producer: Producer
 ) -> None:
     from schemas.avro import AvroCodec
 
@@ -377,9 +389,8 @@ def test_schema_round_trips_through_a_real_topic(
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     new = NewTopic(topic, num_partitions=1, replication_factor=1)
     admin.create_topics([new], operation_timeout=ADMIN_TIMEOUT)[topic].result(ADMIN_TIMEOUT)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
-    producer.produce(topic, key=uuid.uuid4().bytes, value=encoded)
-    assert producer.flush(ADMIN_TIMEOUT) == 0, "the sample was not delivered"
+    idempotent_producer.produce(topic, key=uuid.uuid4().bytes, value=encoded)
+    assert idempotent_producer.flush(ADMIN_TIMEOUT) == 0, "the sample was not delivered"
 
     (message,) = committed_messages(kafka_bootstrap, [topic], timeout=READ_TIMEOUT)
     assert message.value() == encoded

@@ -231,7 +231,9 @@ def test_consumer_metrics_match_the_sync_log_and_show_lag(
     pipeline: Pipeline, kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
     target_path = tmp_path / "accounting.db"
-    target_url = f"sqlite:///{target_path}"
+    # A write waits 1 s (not SQLite's 30 s) for the lock this test takes below, then the
+    # consumer counts an outage and retries, observing its lag between the attempts.
+    target_url = f"sqlite:///{target_path}?timeout=1"
     pipeline.simulate(150)
     pipeline.refresh()
     [port] = free_ports(1)

@@ -163,7 +163,8 @@ def test_stopped_group_lags_by_the_new_events_and_check_fails(
     assert _lags(group) == lags
     assert group["lag_seconds"] > first.lag_seconds
     assert data["last_batch"]["refresh_id"] == result.refresh_id
-    assert data["last_batch"]["counts"] == snapshot.last_batch.counts  # type: ignore[union-attr]
+    assert snapshot.last_batch is not None
+    assert data["last_batch"]["counts"] == snapshot.last_batch.counts
     assert data["prefix"] == pipeline.prefix
 
 
@@ -211,7 +212,7 @@ def monitor_server(pipeline: Pipeline) -> Iterator[str]:
     def answers() -> bool:
         assert process.poll() is None, f"monitor exited: {process.communicate()}"
         with urllib.request.urlopen(f"{url}snapshot.json", timeout=5) as response:
-            return json.load(response)["snapshot"] is not None  # type: ignore[no-any-return]
+            return json.load(response)["snapshot"] is not None
 
     try:
         wait_for(answers, SERVER_START_TIMEOUT, 0.2, "the monitor's page", ignore=(OSError,))

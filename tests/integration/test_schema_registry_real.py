@@ -23,7 +23,7 @@ from producer.simulator import Simulator
 from queuestream.databases import create_engine
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, topic_for
-from tests.integration.kafka_readback import committed_messages
+from tests.integration.kafka_readback import committed_messages, located
 
 READ_TIMEOUT = 30.0  # seconds to read the topics back to their ends
 
@@ -122,9 +122,9 @@ def test_refresher_publishes_confluent_framed_events(
         for field in ("key", "value"):
             subject = f"{topic_for(unique, name)}-{field}"
             assert subject in subjects
-            schema_ids[(topic_for(unique, name), field)] = registry.get_latest_version(
-                subject
-            ).schema_id
+            schema_id = registry.get_latest_version(subject).schema_id
+            assert schema_id is not None
+            schema_ids[(topic_for(unique, name), field)] = schema_id
 
     # Confluent framing on every key and value; a fresh deserializer (empty cache) fetches
     # each writer schema from the registry by the id in the frame.
@@ -133,7 +133,8 @@ def test_refresher_publishes_confluent_framed_events(
     counts: Counter[str] = Counter()
     markers: list[dict[str, Any]] = []
     for message in committed_messages(kafka_bootstrap, list(topics), timeout=READ_TIMEOUT):
-        topic, name = message.topic(), topics[message.topic()]
+        topic = located(message)[0]
+        name = topics[topic]
         decoded = {}
         for field, data, kind in (
             ("key", message.key(), MessageField.KEY),

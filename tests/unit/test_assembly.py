@@ -95,7 +95,9 @@ def test_a_quiet_partition_whose_last_marker_was_forgotten_still_waits() -> None
     # event on orders[0] that has not arrived yet: r5 must wait for it.
     assembler = Assembler()
     assembler.add(_change("r1", "orders", 0, 1, offset=3))
-    assembler.done(assembler.ready({"r1": _end("r1", 1, orders_p0=1)}, {("orders", 0)}, set()))
+    first = assembler.ready({"r1": _end("r1", 1, orders_p0=1)}, {("orders", 0)}, set())
+    assert first is not None
+    assembler.done(first)
     assembler.add(_change("r5", "order_details", 0, 1, offset=40))
     ends = {"r5": _end("r5", 50, orders_p0=1, order_details_p0=1)}
     assert assembler.ready(ends, OWNED, set()) is None

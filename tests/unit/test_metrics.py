@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.assembly import Assembler
@@ -173,9 +173,10 @@ def test_two_runtimes_in_one_process_keep_their_own_figures() -> None:
     )
 
 
-class _FakeConsumer:
+class _FakeConsumer(Consumer):
     """Positions and cached log ends, as confluent_kafka's Consumer reports them."""
 
+    # No Consumer.__init__: no configuration, no broker.
     def __init__(self, positions: dict[tuple[str, int], int], ends: dict[tuple[str, int], int]):
         self.positions = positions
         self.ends = ends
@@ -188,9 +189,11 @@ class _FakeConsumer:
             for tp in partitions
         ]
 
-    def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
         assert cached, "no broker round trip"
-        return 0, self.ends.get((tp.topic, tp.partition), -1001)
+        return 0, self.ends.get((partition.topic, partition.partition), -1001)
 
 
 def test_lag_per_owned_partition_and_revoked_ones_removed() -> None:
@@ -208,13 +211,13 @@ def test_lag_per_owned_partition_and_revoked_ones_removed() -> None:
     )
     owned = {("x.orders", 0), ("x.orders", 1), ("x.orders", 2), ("x.orders", 3)}
     # partition 2: read to its end, but events from offset 1 on are held, not applied
-    metrics.observe_lag(consumer, owned, {("x.orders", 2): 1})  # type: ignore[arg-type]
+    metrics.observe_lag(consumer, owned, {("x.orders", 2): 1})
     assert lag("x.orders", 0) == 0  # read to its end (past the commit marker), nothing held
     assert lag("x.orders", 1) == 5
     assert lag("x.orders", 2) == 2
     assert lag("x.orders", 3) is None, "no position yet: left out"
 
-    metrics.observe_lag(consumer, {("x.orders", 1)}, {})  # type: ignore[arg-type]
+    metrics.observe_lag(consumer, {("x.orders", 1)}, {})
     assert lag("x.orders", 1) == 5
     assert lag("x.orders", 0) is None and lag("x.orders", 2) is None, "revoked: removed"
     metrics.forget_lag()

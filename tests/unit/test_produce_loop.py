@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
 
-from producer.refresh import ProduceLoop
+from producer.refresh import ProduceLoop, Refresher, RefreshResult
+from producer.watermark import Progress
 from queuestream.errors import BrokerUnavailableError
 from queuestream.retry import Backoff
 
 
-class FakeRefresher:
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.calls: list[Any] = []
-        self.closed = False
+class FakeRefresher(Refresher):
+    """A Refresher with no source and no broker: each refresh fails ``failures`` times."""
 
-    def refresh(self, since: Any = None) -> list[Any]:
+    def __init__(self, failures: int) -> None:  # no super().__init__: nothing to connect
+        self.failures = failures
+        self.calls: list[datetime | None] = []
+        self.closed = False
+        self.progress = Progress()
+
+    def refresh(self, since: datetime | None = None) -> list[RefreshResult]:
         self.calls.append(since)
         if self.failures:
             self.failures -= 1
@@ -31,7 +35,7 @@ def test_broker_down_at_start_up_is_retried() -> None:
     attempts = []
     fake = FakeRefresher(failures=0)
 
-    def make() -> Any:
+    def make() -> Refresher:
         attempts.append(1)
         if len(attempts) < 3:
             msg = "Kafka at 127.0.0.1:1 is unreachable"
@@ -47,9 +51,10 @@ def test_broker_down_at_start_up_is_retried() -> None:
 def test_outage_during_refreshes_is_retried_and_since_applies_once() -> None:
     fake = FakeRefresher(failures=2)
     loop = ProduceLoop(lambda: fake, interval=0, backoff=Backoff(0.001, 0.01))
-    assert loop.run(since="2017-01-01", max_refreshes=2) == 2  # type: ignore[arg-type]
+    since = datetime(2017, 1, 1, tzinfo=UTC)
+    assert loop.run(since=since, max_refreshes=2) == 2
     # the override is kept through the failed attempts and dropped after the first success
-    assert fake.calls == ["2017-01-01", "2017-01-01", "2017-01-01", None]
+    assert fake.calls == [since, since, since, None]
 
 
 def test_stop_ends_the_loop() -> None:
