@@ -36,8 +36,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from queuestream.metrics import DURATION_BUCKETS
 
 if TYPE_CHECKING:
+    from consumers.batch_apply import BatchOutcome
     from consumers.dead_letters import DeadLetter
-    from consumers.runtime import BatchOutcome
 
 __all__ = ["ConsumerMetrics"]
 

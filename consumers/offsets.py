@@ -5,23 +5,28 @@ and change in the same database transaction as the rows. On partition assignment
 a consumer resumes from there, not from the group offsets in Kafka (those are
 committed afterwards, for lag tools, and may lag behind after a crash).
 
-Within a batch's transaction :func:`lock` takes the rows of the batch's partitions
-(SELECT ... FOR UPDATE on PostgreSQL; SQLite writers are serialised by BEGIN
-IMMEDIATE). Events below the stored offset were applied already, by this
-instance before a crash or by another member of the group before a rebalance:
-the runtime drops them. That makes two members that briefly own the same
-partition safe: whichever commits second applies only what is new.
+Everything the runtime does with them goes through one small interface,
+:class:`OffsetStore` (the idea of Debezium's ``OffsetBackingStore``): ``load``
+where to resume, ``lock`` the rows of a batch's partitions, ``save`` the next
+offsets. Within a batch's transaction :meth:`OffsetStore.lock` takes the rows of
+the batch's partitions (SELECT ... FOR UPDATE on PostgreSQL; SQLite writers are
+serialised by BEGIN IMMEDIATE). Events below the stored offset were applied
+already, by this instance before a crash or by another member of the group
+before a rebalance: batch apply (:mod:`.batch_apply`) drops them. That makes two
+members that briefly own the same partition safe: whichever commits second
+applies only what is new.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-__all__ = ["OFFSETS", "TopicPartition", "load", "lock", "save", "stored_offsets"]
+__all__ = ["OFFSETS", "OffsetStore", "TopicPartition", "create", "stored_offsets"]
 
 TopicPartition = tuple[str, int]
 
@@ -49,22 +54,6 @@ def create(connection: sa.Connection) -> None:
     _metadata.create_all(connection)
 
 
-def load(
-    connection: sa.Connection, target: str, partitions: Iterable[TopicPartition]
-) -> dict[TopicPartition, int]:
-    """Stored next offsets of ``partitions`` (those never applied are absent)."""
-    wanted = set(partitions)
-    if not wanted:
-        return {}
-    topics = {t for t, _ in wanted}
-    rows = connection.execute(
-        sa.select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
-            OFFSETS.c.target == target, OFFSETS.c.topic.in_(topics)
-        )
-    )
-    return {(t, p): o for t, p, o in rows if (t, p) in wanted}
-
-
 def stored_offsets(connection: sa.Connection, target: str) -> dict[TopicPartition, int]:
     """Every stored next offset of ``target``."""
     rows = connection.execute(
@@ -75,65 +64,89 @@ def stored_offsets(connection: sa.Connection, target: str) -> dict[TopicPartitio
     return {(t, p): o for t, p, o in rows}
 
 
-def lock(
-    connection: sa.Connection, target: str, group: str, partitions: Iterable[TopicPartition]
-) -> dict[TopicPartition, int]:
-    """Lock the offset rows of ``partitions`` for this transaction and return them.
+@dataclass(frozen=True, slots=True)
+class OffsetStore:
+    """The offsets ``group`` applies to ``target``.
 
-    Rows missing are inserted first (next offset 0, "nothing applied") with ON
-    CONFLICT DO NOTHING, so two members that both see a partition for the first time
-    queue on the same row instead of one failing on the primary key.
+    Every method works inside the caller's transaction (the connection it is given),
+    so the offsets commit or roll back with the rows they were applied with.
     """
-    wanted = sorted(set(partitions))
-    if not wanted:
-        return {}
-    now = datetime.now(UTC)
-    insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(
-        OFFSETS
-    )
-    connection.execute(
-        insert.on_conflict_do_nothing(),
-        [
-            {
-                "target": target,
-                "topic": topic,
-                "partition": partition,
-                "next_offset": 0,
-                "consumer_group": group,
-                "updated_at": now,
-            }
-            for topic, partition in wanted
-        ],
-    )
-    query = sa.select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
-        OFFSETS.c.target == target,
-        sa.tuple_(OFFSETS.c.topic, OFFSETS.c.partition).in_(wanted),
-    )
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return {(t, p): o for t, p, o in connection.execute(query)}
 
+    target: str
+    group: str
 
-def save(
-    connection: sa.Connection,
-    target: str,
-    group: str,
-    offsets: Mapping[TopicPartition, int],
-    before: Mapping[TopicPartition, int],
-) -> None:
-    """Store ``offsets`` (next offsets) where they move forward from ``before``.
-
-    The rows exist and are locked: :func:`lock` came first in this transaction.
-    """
-    now = datetime.now(UTC)
-    for (topic, partition), offset in offsets.items():
-        if offset > before.get((topic, partition), 0):
-            connection.execute(
-                sa.update(OFFSETS)
-                .where(
-                    OFFSETS.c.target == target,
-                    OFFSETS.c.topic == topic,
-                    OFFSETS.c.partition == partition,
-                )
-                .values(next_offset=offset, consumer_group=group, updated_at=now)
+    def load(
+        self, connection: sa.Connection, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Stored next offsets of ``partitions`` (those never applied are absent)."""
+        wanted = set(partitions)
+        if not wanted:
+            return {}
+        topics = {t for t, _ in wanted}
+        rows = connection.execute(
+            sa.select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+                OFFSETS.c.target == self.target, OFFSETS.c.topic.in_(topics)
             )
+        )
+        return {(t, p): o for t, p, o in rows if (t, p) in wanted}
+
+    def lock(
+        self, connection: sa.Connection, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Lock the offset rows of ``partitions`` for this transaction and return them.
+
+        Rows missing are inserted first (next offset 0, "nothing applied") with ON
+        CONFLICT DO NOTHING, so two members that both see a partition for the first
+        time queue on the same row instead of one failing on the primary key.
+        """
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return {}
+        now = datetime.now(UTC)
+        insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(
+            OFFSETS
+        )
+        connection.execute(
+            insert.on_conflict_do_nothing(),
+            [
+                {
+                    "target": self.target,
+                    "topic": topic,
+                    "partition": partition,
+                    "next_offset": 0,
+                    "consumer_group": self.group,
+                    "updated_at": now,
+                }
+                for topic, partition in wanted
+            ],
+        )
+        query = sa.select(OFFSETS.c.topic, OFFSETS.c.partition, OFFSETS.c.next_offset).where(
+            OFFSETS.c.target == self.target,
+            sa.tuple_(OFFSETS.c.topic, OFFSETS.c.partition).in_(wanted),
+        )
+        if connection.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return {(t, p): o for t, p, o in connection.execute(query)}
+
+    def save(
+        self,
+        connection: sa.Connection,
+        offsets: Mapping[TopicPartition, int],
+        before: Mapping[TopicPartition, int],
+    ) -> None:
+        """Store ``offsets`` (next offsets) where they move forward from ``before``.
+
+        The rows exist and are locked: :meth:`lock` came first in this transaction.
+        """
+        now = datetime.now(UTC)
+        for (topic, partition), offset in offsets.items():
+            if offset > before.get((topic, partition), 0):
+                connection.execute(
+                    sa.update(OFFSETS)
+                    .where(
+                        OFFSETS.c.target == self.target,
+                        OFFSETS.c.topic == topic,
+                        OFFSETS.c.partition == partition,
+                    )
+                    .values(next_offset=offset, consumer_group=self.group, updated_at=now)
+                )

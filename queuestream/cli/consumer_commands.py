@@ -23,7 +23,7 @@ from queuestream.cli.output import console
 from queuestream.cli.signals import on_stop_signals
 
 if TYPE_CHECKING:
-    from consumers.runtime import BatchOutcome
+    from consumers.batch_apply import BatchOutcome
 
 __all__ = ["consume", "verify"]
 

@@ -23,7 +23,7 @@ from queuestream.cli.options import (
 from queuestream.cli.output import console, err_console, progress_bar
 
 if TYPE_CHECKING:
-    from consumers.runtime import BatchOutcome
+    from consumers.batch_apply import BatchOutcome
 
 __all__ = ["rebuild", "replay"]
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from confluent_kafka import Producer
 
 from consumers import offsets, target_named
-from consumers.runtime import ConsumerRuntime
+from consumers.ownership import Ownership
 from queuestream.databases import create_engine
 from queuestream.tables import topic_for
 from tests.helpers import wait_for
@@ -101,11 +101,11 @@ def test_a_crash_between_the_target_commit_and_the_kafka_commit_repeats_nothing(
     group = runtime.group
     topics = list(runtime.tables)
 
-    def crash(_self: ConsumerRuntime, applied: dict[tuple[str, int], int]) -> None:
+    def crash(_self: Ownership, applied: dict[tuple[str, int], int]) -> None:
         if applied:
             raise Crash
 
-    monkeypatch.setattr(ConsumerRuntime, "_commit_to_group", crash)
+    monkeypatch.setattr(Ownership, "commit", crash)
     with pytest.raises(Crash):
         runtime.run()
     monkeypatch.undo()

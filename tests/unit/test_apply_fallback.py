@@ -9,12 +9,11 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from consumers.batch_apply import apply_refresh
 from consumers.changes import Change
 from consumers.reconcile import TableImage
-from consumers.runtime import ConsumerRuntime
 from consumers.target import ApplyReport, Target, upsert_versioned
 from queuestream.databases import create_engine
-from queuestream.settings import load_settings
 from tests.source_changes import change
 
 _metadata = sa.MetaData()
@@ -61,7 +60,6 @@ class _Strict(Target):
 def test_one_refused_event_does_not_refuse_its_refresh(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'strict.db'}"
     engine = create_engine(url, writer=True)
-    runtime = ConsumerRuntime(load_settings(None, target_url=url), _Strict(), engine=engine)
     stamp = datetime(2026, 1, 1, tzinfo=UTC)
     changes = [
         change("payments", {"PaymentID": i, "Amount": amount, "ModifiedDate": stamp})
@@ -69,7 +67,7 @@ def test_one_refused_event_does_not_refuse_its_refresh(tmp_path: Path) -> None:
     ]
     with engine.begin() as conn:
         _metadata.create_all(conn)
-        report = runtime._apply_refresh(conn, {"payments": changes})
+        report = apply_refresh(conn, _Strict(), {"payments": changes})
 
     assert report.applied["paid.u"] == 2
     (refused,) = report.rejected

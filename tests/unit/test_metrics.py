@@ -11,10 +11,10 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.assembly import Assembler
+from consumers.batch_apply import BatchOutcome
 from consumers.changes import Change
 from consumers.dead_letters import DeadLetter
 from consumers.metrics import ConsumerMetrics
-from consumers.runtime import BatchOutcome
 from consumers.sync_log import SyncEntry
 from producer.metrics import ProducerMetrics
 from producer.refresh import ProduceLoop, RefreshResult

@@ -1,0 +1,95 @@
+"""Kafka messages in: each one becomes a held change, poison, or a note about its partition.
+
+Step 1 of the consumer's loop (:mod:`.runtime`). A message from a change topic is
+decoded into a :class:`~consumers.changes.Change` and held by the
+:class:`~consumers.assembly.Assembler` until its refresh is whole. What else a
+message can be:
+
+- the end of a partition (for now): noted by :class:`~consumers.ownership.Ownership`;
+- past a bounded run's stop: ignored;
+- the event before the target's stored offset, read back only to learn which
+  refresh the partition got to (see :meth:`Ownership.start_offset
+  <consumers.ownership.Ownership.start_offset>`): not applied again;
+- undecodable: held as poison, bound for the dead-letter topic (promise 6);
+- a fatal Kafka error: the consumer stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from confluent_kafka import KafkaError, Message
+
+from consumers.assembly import Assembler
+from consumers.changes import decode_change
+from consumers.dead_letters import DeadLetter
+from consumers.markers import EndMarkers
+from consumers.ownership import Ownership
+from queuestream.errors import DecodeError, FatalError
+from schemas.avro import AvroCodec
+
+__all__ = ["Intake"]
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    """Takes the messages of the change topics ``tables`` (topic -> table)."""
+
+    def __init__(
+        self,
+        codec: AvroCodec,
+        tables: Mapping[str, str],
+        ownership: Ownership,
+        assembler: Assembler,
+        markers: EndMarkers,
+    ) -> None:
+        self.codec = codec
+        self.tables = tables
+        self.ownership = ownership
+        self.assembler = assembler
+        self.markers = markers
+
+    def take(self, message: Message) -> None:
+        topic = message.topic() or ""
+        partition = message.partition() or 0
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF and topic in self.tables:
+                self.ownership.reached_end(topic, partition)
+            elif error.fatal():
+                msg = f"Kafka consumer failed: {error.str()}"
+                raise FatalError(msg)
+            else:
+                log.warning("Kafka: %s", error.str())
+            return
+        offset = message.offset() or 0
+        if not self.ownership.arrived(topic, partition, offset):
+            return
+        read_back = self.ownership.read_back(topic, partition, offset)
+        _, timestamp_ms = message.timestamp()
+        key, value = message.key(), message.value()
+        try:
+            change = decode_change(
+                self.codec,
+                self.tables[topic],
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                timestamp_ms=timestamp_ms,
+                raw_key=key,
+                raw_value=value,
+            )
+        except DecodeError as exc:
+            if not read_back:  # else: applied (or dead-lettered) before
+                poison = DeadLetter(topic, partition, offset, timestamp_ms, key, value, exc)
+                self.assembler.add_poison(poison)
+            return
+        self.markers.need(timestamp_ms)
+        if read_back:
+            # The last event applied here before we owned the partition: it is not applied
+            # again, but its refresh and every earlier one are done on this partition.
+            self.assembler.applied_through((change.table, partition), change.refresh_id)
+            return
+        self.assembler.add(change)
