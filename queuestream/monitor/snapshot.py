@@ -32,7 +32,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from producer.progress import read_last_end
+from queuestream.batches import read_last_end
 from queuestream.errors import BrokerUnavailableError
 from queuestream.kafka_clients import admin_client, batches_topic, change_topics
 from queuestream.kafka_offsets import describe_groups, group_offsets, list_groups, list_offsets
@@ -557,24 +557,21 @@ class SnapshotCollector:
         return tuple(groups)
 
     def _last_batch(self, taken_at: datetime) -> LastBatch | None:
-        found = read_last_end(self.settings, self.codec, self.settings.transactional_id)
-        if found is None:
+        end = read_last_end(self.settings, self.codec, self.settings.transactional_id).marker
+        if end is None:
             return None
-        value = found.value
-        watermark = value.get("window_end")
-        watermark = None if watermark is None else watermark.astimezone(UTC)
-        window_start = value.get("window_start")
+        watermark = end.window_end
         return LastBatch(
-            refresh_id=value["refresh_id"],
-            producer=found.producer,
-            mode=value.get("mode") or "",
-            committed_at=_from_ms(found.timestamp_ms) or taken_at,
-            event_count=int(value.get("event_count") or 0),
-            counts={k: int(v) for k, v in (value.get("counts") or {}).items()},
-            window_start=None if window_start is None else window_start.astimezone(UTC),
+            refresh_id=end.refresh_id,
+            producer=end.producer,
+            mode=end.mode or "",
+            committed_at=_from_ms(end.timestamp_ms) or taken_at,
+            event_count=end.event_count,
+            counts=dict(end.counts),
+            window_start=end.window_start,
             watermark=watermark,
             watermark_age_seconds=None
             if watermark is None
             else max(0.0, (taken_at - watermark).total_seconds()),
-            offset=found.offset,
+            offset=end.offset,
         )
