@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from queuestream.monitor.snapshot import GroupInfo, LagLimits, Snapshot, SnapshotCollector, breaches
+from queuestream.monitor import GroupInfo, LagLimits, Snapshot, SnapshotCollector, breaches
 from tests.helpers import wait_for
 from tests.integration.pipeline import Pipeline
 from tests.services import REPO_ROOT, free_ports
