@@ -47,7 +47,7 @@ from consumers import TARGET_NAMES, target_named
 from consumers.rebuild import plan_rebuild, rebuild
 from consumers.replay import ReplaySpec, execute_replay, plan_replay
 from queuestream.errors import QueuestreamError
-from queuestream.monitor.snapshot import SnapshotCollector
+from queuestream.monitor import SnapshotCollector
 from queuestream.settings import Settings
 
 __all__ = ["Run", "main", "measure", "parse_args", "print_table", "run"]

@@ -1,28 +1,27 @@
-"""The END markers of the batches topic, read beside the change topics.
+"""The END markers a consumer needs, followed in the batches topic beside the change topics.
 
 A refresh's END marker says how many events it put on each partition of each
 change topic. The consumer applies a refresh once it holds all of the events
 on the partitions it owns, so a target never shows an order without its lines.
 
-The reader is a plain (group-less, never committing) read_committed consumer of
-the one-partition batches topic. It does not start at the beginning: the first
-time it needs a refresh it looks up, with Kafka's offsets-for-times, the first
-marker written ``marker_margin_seconds`` before the event that needs it (END is
-written after every event of its refresh, so it is found reading forward), and
-moves back the same way when an older refresh is needed (after a rebalance or a
-replay).
+Markers are read with :class:`queuestream.batches.BatchesReader` (the one reader
+of the batches topic), which does not start at the beginning: the first time a
+refresh is needed it looks up, with Kafka's offsets-for-times, the first marker
+written ``marker_margin_seconds`` before the event that needs it (END is written
+after every event of its refresh, so it is found reading forward), and moves
+back the same way when an older refresh is needed (after a rebalance or a
+replay). What this module adds is the consumer's bookkeeping: which markers to
+keep in memory, and when to look back. ``EndMarker`` is
+:class:`queuestream.batches.EndMarker`, named here for the assembly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
-
-from queuestream.errors import BrokerUnavailableError, DecodeError
-from queuestream.kafka_clients import batches_topic, consumer_config
+from queuestream.batches import BatchesReader, EndMarker
 from queuestream.settings import Settings
 from schemas.avro import AvroCodec
 
@@ -30,23 +29,7 @@ __all__ = ["EndMarker", "EndMarkers"]
 
 log = logging.getLogger(__name__)
 
-_LOOKUP_TIMEOUT = 10.0
 _KEEP = 100_000  # END markers kept in memory (about 3 days of refreshes every 3 s)
-
-
-@dataclass(frozen=True, slots=True)
-class EndMarker:
-    refresh_id: str
-    offset: int  # in the batches topic: refreshes commit in this order
-    ts_ms: int
-    event_count: int
-    partition_counts: dict[str, int] = field(default_factory=dict)  # "<table>:<partition>"
-
-    def expected(self, table: str, partition: int) -> int | None:
-        """Events on ``table``'s ``partition``; None when the marker does not say (old producer)."""
-        if not self.partition_counts and self.event_count:
-            return None
-        return self.partition_counts.get(f"{table}:{partition}", 0)
 
 
 class EndMarkers:
@@ -55,20 +38,16 @@ class EndMarkers:
     def __init__(
         self, settings: Settings, codec: AvroCodec, group: str, *, until_ms: int | None = None
     ) -> None:
-        self.codec = codec
         #: END markers stamped after this are ignored: their refreshes committed too late
         #: for a rebuild as of that moment (None: every marker counts).
         self.until_ms = until_ms
         #: The refreshes whose markers are still needed (set by the runtime): never pruned.
         self.needed: Callable[[], set[str]] = set
         self.keep = _KEEP
-        self.topic = batches_topic(settings)
         self.margin_ms = int(settings.marker_margin_seconds * 1000)
         self.ends: dict[str, EndMarker] = {}
         self._from_ms: int | None = None  # markers from this time on are being read
-        self._consumer = Consumer(
-            consumer_config(settings, f"{group}.markers", **{"enable.partition.eof": False})
-        )
+        self._reader = BatchesReader.open(settings, codec, f"{group}.markers")
 
     def need(self, event_ts_ms: int) -> None:
         """Make sure markers from ``event_ts_ms`` minus the margin on are read."""
@@ -80,18 +59,7 @@ class EndMarkers:
         self._seek(max(0, wanted - self.margin_ms))
 
     def _seek(self, from_ms: int) -> None:
-        try:
-            found = self._consumer.offsets_for_times(
-                [TopicPartition(self.topic, 0, from_ms)], timeout=_LOOKUP_TIMEOUT
-            )
-        except KafkaException as exc:
-            msg = f"cannot look up batch markers in {self.topic}: {exc.args[0]}"
-            raise BrokerUnavailableError(msg) from None
-        offset = found[0].offset if found and found[0].offset >= 0 else OFFSET_END
-        log.debug(
-            "reading batch markers of %s from offset %s (time %d)", self.topic, offset, from_ms
-        )
-        self._consumer.assign([TopicPartition(self.topic, 0, offset)])
+        self._reader.seek_time(from_ms)
         self._from_ms = from_ms
 
     def poll(self) -> int:
@@ -104,49 +72,24 @@ class EndMarkers:
                 self._prune()
                 if len(self.ends) >= self.keep:
                     return found  # all still needed: read on once some are applied
-            messages = self._consumer.consume(num_messages=500, timeout=0)
-            if not messages:
+            ends = self._reader.read(500)
+            if ends is None:
                 self._prune()
                 return found
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("batch markers: %s", error.str())
+            for end in ends:
+                if self.until_ms is not None and end.timestamp_ms > self.until_ms:
                     continue
-                try:
-                    marker = self.codec.decode("batches", "value", message.value())
-                except DecodeError as exc:
-                    log.warning(
-                        "skipping an undecodable batch marker at offset %d: %s",
-                        message.offset(),
-                        exc,
-                    )
-                    continue
-                if marker is None or marker["status"] != "END":
-                    continue
-                if self.until_ms is not None and message.timestamp()[1] > self.until_ms:
-                    continue
-                refresh_id = marker["refresh_id"]
-                if refresh_id not in self.ends:
+                if end.refresh_id not in self.ends:
                     found += 1
-                self.ends[refresh_id] = EndMarker(
-                    refresh_id=refresh_id,
-                    offset=message.offset() or 0,
-                    ts_ms=message.timestamp()[1],
-                    event_count=marker["event_count"],
-                    partition_counts=dict(marker.get("partition_counts") or {}),
-                )
+                # The overlap digests are the producer's alone, and can be megabytes.
+                self.ends[end.refresh_id] = dataclasses.replace(end, overlap_seen=None)
 
     def read_through(self, offset: int) -> bool:
         """Have the markers before ``offset`` of the batches topic been read?"""
         if self._from_ms is None:
             return False
-        try:
-            [position] = self._consumer.position([TopicPartition(self.topic, 0)])
-        except KafkaException:
-            return False
-        return position.offset >= offset
+        position = self._reader.position()
+        return position is not None and position >= offset
 
     def get(self, refresh_id: str) -> EndMarker | None:
         return self.ends.get(refresh_id)
@@ -172,7 +115,7 @@ class EndMarkers:
             return
         kept = by_offset[cut:]
         self.ends = {e.refresh_id: e for e in kept}
-        self._from_ms = max(self._from_ms or 0, kept[0].ts_ms)
+        self._from_ms = max(self._from_ms or 0, kept[0].timestamp_ms)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()

@@ -33,6 +33,7 @@ from producer.watermark import (
     WindowPlanner,
     change_digest,
 )
+from queuestream.batches import BeginMarker, TablePartition, encode_batch_key, encode_marker
 from queuestream.databases import create_engine
 from queuestream.errors import CommitOutcomeUnknownError, RetriableError
 from queuestream.kafka_clients import batches_topic, ensure_topics
@@ -62,7 +63,7 @@ class RefreshResult:
     window_end: datetime | None
     counts: dict[str, int] = field(default_factory=dict)
     op_counts: dict[str, int] = field(default_factory=dict)
-    partition_counts: dict[str, int] = field(default_factory=dict)
+    partition_counts: dict[TablePartition, int] = field(default_factory=dict)
     overlap_skipped: int = 0
     recovered: bool = False
     seconds: float = 0.0
@@ -113,9 +114,7 @@ class Refresher:
         self.progress: Progress = read_progress(settings, self.codec)
         self.overlap = timedelta(seconds=settings.overlap_seconds)
         self.planner = WindowPlanner(timedelta(hours=settings.first_window_hours), self.overlap)
-        self._batch_key = self.codec.encode(
-            "batches", "key", {"producer": settings.effective_transactional_id}
-        )
+        self._batch_key = encode_batch_key(self.codec, settings.effective_transactional_id)
         self._database = make_url(settings.source_url).database or ""
         year = datetime.now(UTC).year
         if (
@@ -231,13 +230,20 @@ class Refresher:
         result = RefreshResult(context.refresh_id, mode, context.window_start, context.window_end)
         overlap = OverlapFilter.for_window(window, self.progress, self.overlap) if window else None
         ops: Counter[str] = Counter()
-        placed: Counter[str] = Counter()
+        placed: Counter[TablePartition] = Counter()
         batches = batches_topic(self.settings)
         zone = self.settings.zone
         prefix = self.settings.topic_prefix
 
         def body(send: Send) -> None:
-            send(batches, self._batch_key, self._marker("BEGIN", context, window, since=since), 0)
+            begin = BeginMarker(
+                context.refresh_id,
+                mode,
+                context.window_start,
+                context.window_end,
+                since_override=window.since_override if window else since,
+            )
+            send(batches, self._batch_key, encode_marker(self.codec, begin), 0)
             total = 0
             for spec in TABLES:
                 builder = EventBuilder(
@@ -255,23 +261,19 @@ class Refresher:
                     event = builder.build(changed, total)
                     send(topic, event.key, event.value, event.partition)
                     ops[f"{spec.name}.{event.op}"] += 1
-                    placed[f"{spec.name}:{event.partition}"] += 1
+                    placed[(spec.name, event.partition)] += 1
                 result.counts[spec.name] = builder.count
             result.op_counts = dict(ops)
             result.partition_counts = dict(placed)
             result.overlap_skipped = overlap.skipped if overlap else 0
-            end = self._marker(
-                "END",
-                context,
-                window,
+            end = begin.end(
                 counts=result.counts,
                 op_counts=result.op_counts,
                 partition_counts=result.partition_counts,
-                fingerprint=fingerprint,
+                snapshot_fingerprint=fingerprint,
                 overlap_seen=overlap.packed() if overlap else None,
-                since=since,
             )
-            send(batches, self._batch_key, end, 0)
+            send(batches, self._batch_key, encode_marker(self.codec, end), 0)
 
         assert self.publisher is not None  # set by _start
         self.publisher.transaction(body)
@@ -295,41 +297,6 @@ class Refresher:
             result.window_end.isoformat() if result.window_end else "n/a",
         )
         return result
-
-    def _marker(
-        self,
-        status: str,
-        context: RefreshContext,
-        window: Window | None,
-        *,
-        counts: dict[str, int] | None = None,
-        op_counts: dict[str, int] | None = None,
-        partition_counts: dict[str, int] | None = None,
-        fingerprint: str | None = None,
-        overlap_seen: bytes | None = None,
-        since: datetime | None = None,
-    ) -> bytes:
-        counts = counts or {}
-        marker: bytes = self.codec.encode(
-            "batches",
-            "value",
-            {
-                "status": status,
-                "refresh_id": context.refresh_id,
-                "ts_ms": int(datetime.now(UTC).timestamp() * 1000),
-                "mode": self.settings.refresh_mode,
-                "window_start": context.window_start,
-                "window_end": context.window_end,
-                "since_override": window.since_override if window else since,
-                "event_count": sum(counts.values()),
-                "counts": counts,
-                "op_counts": op_counts or {},
-                "partition_counts": partition_counts or {},
-                "snapshot_fingerprint": fingerprint,
-                "overlap_seen": overlap_seen,
-            },
-        )
-        return marker
 
 
 class RefreshObserver(Protocol):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
@@ -34,10 +34,12 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from queuestream.errors import BrokerUnavailableError, ConfigurationError
 
 __all__ = [
+    "ADMIN_TIMEOUT",
     "GroupState",
     "LogBounds",
     "Partition",
     "describe_groups",
+    "from_ms",
     "group_offsets",
     "list_groups",
     "list_offsets",
@@ -77,6 +79,11 @@ def to_ms(moment: datetime) -> int:
         msg = f"{moment.isoformat()} has no time zone; give one (e.g. 2026-11-29T10:00:00+00:00)"
         raise ConfigurationError(msg)
     return int(moment.timestamp() * 1000)
+
+
+def from_ms(ms: int | None) -> datetime | None:
+    """The aware datetime of a Kafka timestamp in ms; None when there is none (or it is < 0)."""
+    return None if ms is None or ms < 0 else datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _result(future: Future[Any], what: str) -> Any:

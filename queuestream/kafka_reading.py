@@ -4,7 +4,7 @@ Events are produced in Kafka transactions, so offsets are not messages: every
 partition a refresh wrote ends with a commit marker, and aborted messages take
 offsets too. "How many events lie between offset A and offset B" is therefore
 answered by reading, with read_committed, from A up to B: the monitor counts a
-group's lag this way (``queuestream/monitor/snapshot.py``), and replay counts the
+group's lag this way (``queuestream/monitor/lag.py``), and replay counts the
 events a forward move would skip (``consumers/replay.py``).
 
 Up to ``COUNT_LIMIT`` messages per partition are counted one by one; beyond that,

@@ -1,23 +1,22 @@
 """``queuestream monitor``: topics, consumer groups and their lag, the last batch, dead letters.
 
-``snapshot`` collects one snapshot from Kafka (the one place lag is computed),
-``feed`` keeps collecting it in a thread, ``terminal`` and ``web`` show it.
+``snapshot`` is the data (one snapshot, in dataclasses, and its JSON);
+``collector`` collects one from Kafka with ``topics`` (figures per partition)
+and ``lag`` (the one place lag is computed); ``alerts`` checks lag limits;
+``feed`` keeps collecting in a thread, ``terminal`` and ``web`` show it.
 """
 
 from __future__ import annotations
 
+from queuestream.monitor.alerts import Breach, LagLimits, breaches
+from queuestream.monitor.collector import SnapshotCollector
 from queuestream.monitor.feed import FeedState, SnapshotFeed
-from queuestream.monitor.snapshot import (
-    Breach,
-    LagLimits,
-    Snapshot,
-    SnapshotCollector,
-    breaches,
-)
+from queuestream.monitor.snapshot import GroupInfo, Snapshot
 
 __all__ = [
     "Breach",
     "FeedState",
+    "GroupInfo",
     "LagLimits",
     "Snapshot",
     "SnapshotCollector",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from queuestream.monitor.snapshot import GroupInfo, LagLimits, PartitionLag, Snapshot, TopicInfo
+from queuestream.monitor.alerts import LagLimits
+from queuestream.monitor.snapshot import GroupInfo, PartitionLag, Snapshot, TopicInfo
 
 __all__ = [
     "GroupTopicRow",

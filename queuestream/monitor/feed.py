@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from queuestream.monitor.snapshot import Snapshot, SnapshotCollector
+from queuestream.monitor.collector import SnapshotCollector
+from queuestream.monitor.snapshot import Snapshot
 
 __all__ = ["FeedState", "SnapshotFeed"]
 

@@ -1,4 +1,4 @@
-"""One snapshot of queuestream as Kafka holds it, in plain dataclasses.
+"""One snapshot of queuestream as Kafka holds it, in plain dataclasses, and its JSON.
 
 A snapshot has, for one topic prefix: every queuestream topic (partitions, end
 offsets, messages in the last minute, oldest retained offset and its time),
@@ -7,73 +7,36 @@ partition in messages and in seconds), the last committed batch (END marker:
 refresh id, time, counts per table, the producer's watermark) and the depths of
 the dead-letter topics. ``as_dict()`` gives the JSON shape.
 
-This module is the one place lag is computed (``partition_lag``). Events are
-produced in Kafka transactions, so every partition a refresh wrote ends with a
-commit marker: a caught-up group's committed offset sits one (or more) below
-the log end. Lag is therefore not ``end - committed``: a read_committed reader
-starts at the committed offset and counts the messages a member would still be
-given (:class:`~queuestream.kafka_reading.MessageCounter`). None before the
-end: the group is caught up (0 messages, 0 s). Otherwise the lag in seconds is
-the age of the first unconsumed message, which keeps growing while a group is
-stopped. Very large lags are estimated past a limit and marked as not exact.
+Nothing here talks to Kafka: ``collector`` fills these in (with ``topics`` and
+``lag``), the views (``terminal``, ``web``) and ``alerts`` read them.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from confluent_kafka import (
-    IsolationLevel,
-    KafkaException,
-)
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
-
-from producer.progress import read_last_end
-from queuestream.errors import BrokerUnavailableError
-from queuestream.kafka_clients import admin_client, batches_topic, change_topics
-from queuestream.kafka_offsets import describe_groups, group_offsets, list_groups, list_offsets
-from queuestream.kafka_reading import MessageCounter, Unconsumed
-from queuestream.settings import Settings
-from schemas.avro import AvroCodec
+from queuestream.batches import EndMarker
+from queuestream.kafka_offsets import from_ms
 
 __all__ = [
     "RATE_WINDOW_SECONDS",
-    "Breach",
     "DeadLetterInfo",
     "GroupInfo",
-    "LagLimits",
     "LastBatch",
     "PartitionInfo",
     "PartitionLag",
     "Snapshot",
-    "SnapshotCollector",
     "TopicInfo",
-    "breaches",
-    "messages_since",
-    "partition_lag",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Message rates are the messages of this last stretch of time, from offsets-for-times.
 RATE_WINDOW_SECONDS = 60
-_ADMIN_TIMEOUT = 15.0
-_DLQ_SUFFIX = ".dlq"
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def _from_ms(ms: int | None) -> datetime | None:
-    return None if ms is None or ms < 0 else datetime.fromtimestamp(ms / 1000, UTC)
-
-
-# --- the figures -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +181,25 @@ class LastBatch:
     watermark_age_seconds: float | None
     offset: int
 
+    @classmethod
+    def from_end(cls, end: EndMarker, taken_at: datetime) -> LastBatch:
+        """The batch an END marker read back describes, as of ``taken_at``."""
+        watermark = end.window_end
+        return cls(
+            refresh_id=end.refresh_id,
+            producer=end.producer,
+            mode=end.mode or "",
+            committed_at=from_ms(end.timestamp_ms) or taken_at,
+            event_count=end.event_count,
+            counts=dict(end.counts),
+            window_start=end.window_start,
+            watermark=watermark,
+            watermark_age_seconds=None
+            if watermark is None
+            else max(0.0, (taken_at - watermark).total_seconds()),
+            offset=end.offset,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "refresh_id": self.refresh_id,
@@ -272,309 +254,3 @@ class Snapshot:
             "last_batch": None if self.last_batch is None else self.last_batch.as_dict(),
             "dead_letters": [d.as_dict() for d in self.dead_letters],
         }
-
-
-# --- lag and rates: plain logic --------------------------------------------------
-
-
-def messages_since(end: int, offset_at_time: int) -> int:
-    """Messages from the first one at or after a time to the log end; -1: none since."""
-    return max(0, end - offset_at_time) if offset_at_time >= 0 else 0
-
-
-def partition_lag(
-    topic: str,
-    partition: int,
-    committed: int | None,
-    end: int,
-    unconsumed: Unconsumed | None,
-    now_ms: int,
-) -> PartitionLag:
-    """A group's lag on one partition from what a read_committed reader found.
-
-    ``unconsumed`` is None, or has no message, when nothing committed lies between
-    the group's position and the log end (transaction markers and aborted messages
-    are not delivered): the group is caught up. Otherwise the lag in seconds is the
-    age of the first unconsumed message at ``now_ms``, so it grows while the group
-    stands still.
-    """
-    if unconsumed is None or unconsumed.count <= 0:
-        return PartitionLag(topic, partition, committed, end, 0, 0.0)
-    seconds = (
-        None if unconsumed.first_ms is None else max(0.0, (now_ms - unconsumed.first_ms) / 1000)
-    )
-    return PartitionLag(
-        topic,
-        partition,
-        committed,
-        end,
-        unconsumed.count,
-        seconds,
-        unconsumed.exact,
-        unconsumed.first_offset,
-    )
-
-
-# --- alerting ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LagLimits:
-    """``--max-lag`` (messages) and ``--max-lag-seconds``; None: no limit."""
-
-    max_messages: int | None = None
-    max_seconds: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.max_messages is None and self.max_seconds is None
-
-    def exceeded(self, lag: PartitionLag) -> bool:
-        return bool(self.reasons(lag))
-
-    def reasons(self, lag: PartitionLag) -> list[str]:
-        found = []
-        if self.max_messages is not None and lag.lag_messages > self.max_messages:
-            found.append(f"{lag.lag_messages} messages > {self.max_messages}")
-        if self.max_seconds is not None and lag.lag_messages > 0:
-            if lag.lag_seconds is None:
-                found.append("age unknown (its first unconsumed message was not reached)")
-            elif lag.lag_seconds > self.max_seconds:
-                found.append(f"{lag.lag_seconds:.1f} s > {self.max_seconds:g} s")
-        return found
-
-
-@dataclass(frozen=True, slots=True)
-class Breach:
-    """A group over a lag limit on one partition, or a group asked for that has no offsets."""
-
-    group: str
-    topic: str | None = None
-    partition: int | None = None
-    reason: str = ""
-
-    def describe(self) -> str:
-        if self.topic is None:
-            return f"group {self.group}: {self.reason}"
-        return f"group {self.group}: {self.topic}[{self.partition}] lag {self.reason}"
-
-
-def breaches(snapshot: Snapshot, limits: LagLimits, groups: Sequence[str] = ()) -> list[Breach]:
-    """Every partition of every group (of ``groups`` when given) over ``limits``."""
-    found: list[Breach] = []
-    for name in groups:
-        if snapshot.group(name) is None:
-            reason = f"no committed offsets on the topics of prefix {snapshot.prefix!r}"
-            found.append(Breach(name, reason=reason))
-    for group in snapshot.groups:
-        if groups and group.name not in groups:
-            continue
-        for lag in group.partitions:
-            reasons = limits.reasons(lag)
-            if reasons:
-                found.append(Breach(group.name, lag.topic, lag.partition, ", ".join(reasons)))
-    return found
-
-
-# --- collecting from Kafka -------------------------------------------------------------
-
-
-class SnapshotCollector:
-    """Collects snapshots for one prefix; keeps its Kafka clients between snapshots.
-
-    ``groups``, when given, narrows the consumer groups to those names.
-    """
-
-    def __init__(
-        self, settings: Settings, codec: AvroCodec | None = None, groups: Iterable[str] = ()
-    ) -> None:
-        self.settings = settings
-        self.codec = codec or AvroCodec.from_url(
-            settings.topic_prefix, settings.schema_registry_url
-        )
-        self.groups = tuple(groups)
-        self._admin: AdminClient = admin_client(settings)
-        self._counter = MessageCounter(settings, "queuestream-monitor")
-
-    def close(self) -> None:
-        self._counter.close()
-
-    # -- one snapshot --
-
-    def collect(self) -> Snapshot:
-        settings = self.settings
-        taken_at = datetime.now(UTC)
-        now_ms = int(taken_at.timestamp() * 1000)
-        partition_counts = self._topic_partitions()
-        changes = [t for t in change_topics(settings) if t in partition_counts]
-        batches = batches_topic(settings)
-        ours = [*changes, *([batches] if batches in partition_counts else [])]
-        dlqs = [
-            t
-            for t in sorted(partition_counts)
-            if t.endswith(_DLQ_SUFFIX) and t.removesuffix(_DLQ_SUFFIX) in ours
-        ]
-        roles = {t: "changes" for t in changes} | {batches: "batches"}
-        roles |= {t: "dead letters" for t in dlqs}
-        offsets = self._offsets(
-            {t: partition_counts[t] for t in [*ours, *dlqs]},
-            now_ms,
-        )
-        topics = tuple(
-            TopicInfo(
-                name,
-                roles[name],
-                tuple(offsets[(name, p)] for p in range(partition_counts[name])),
-            )
-            for name in [*ours, *dlqs]
-        )
-        by_name = {t.name: t for t in topics}
-        groups = self._groups(ours, by_name, now_ms)
-        dead_letters = tuple(
-            DeadLetterInfo(
-                topic=t.name,
-                source_topic=t.name.removesuffix(_DLQ_SUFFIX),
-                depth=t.retained,
-            )
-            for t in topics
-            if t.role == "dead letters"
-        )
-        last_batch = None
-        if batches in by_name and by_name[batches].retained:
-            last_batch = self._last_batch(taken_at)
-        return Snapshot(
-            taken_at=taken_at,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            prefix=settings.topic_prefix,
-            topics=topics,
-            groups=groups,
-            last_batch=last_batch,
-            dead_letters=dead_letters,
-        )
-
-    def _topic_partitions(self) -> dict[str, int]:
-        try:
-            metadata = self._admin.list_topics(timeout=_ADMIN_TIMEOUT)
-        except KafkaException as exc:
-            msg = (
-                f"Kafka at {self.settings.kafka_bootstrap_servers} is unreachable "
-                f"({exc.args[0]}); start it (make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS"
-            )
-            raise BrokerUnavailableError(msg) from None
-        return {
-            name: len(t.partitions)
-            for name, t in metadata.topics.items()
-            if not t.error and t.partitions
-        }
-
-    def _offsets(self, topics: dict[str, int], now_ms: int) -> dict[tuple[str, int], PartitionInfo]:
-        partitions = [(t, p) for t, n in topics.items() for p in range(n)]
-        plain = IsolationLevel.READ_UNCOMMITTED
-        earliest_spec, latest_spec = OffsetSpec.earliest(), OffsetSpec.latest()  # type: ignore[no-untyped-call]
-
-        def look_up(spec: Any, what: str, isolation: IsolationLevel = plain) -> dict[Any, Any]:
-            return list_offsets(self._admin, dict.fromkeys(partitions, spec), what, isolation)
-
-        earliest = look_up(earliest_spec, "oldest offset")
-        end = look_up(latest_spec, "log end")
-        stable = look_up(latest_spec, "last stable offset", IsolationLevel.READ_COMMITTED)
-        oldest = look_up(OffsetSpec.for_timestamp(0), "oldest message")
-        recent = look_up(
-            OffsetSpec.for_timestamp(now_ms - RATE_WINDOW_SECONDS * 1000), "offset a minute ago"
-        )
-        found = {}
-        for key in partitions:
-            first = oldest[key]
-            found[key] = PartitionInfo(
-                partition=key[1],
-                earliest=earliest[key].offset,
-                end=end[key].offset,
-                stable_end=stable[key].offset,
-                oldest_time=_from_ms(first.timestamp) if first.offset >= 0 else None,
-                last_minute=messages_since(end[key].offset, recent[key].offset),
-            )
-        return found
-
-    def _group_names(self) -> list[str]:
-        names = list_groups(self._admin)
-        if self.groups:
-            names = [n for n in names if n in self.groups]
-        return names
-
-    def _committed(
-        self, names: list[str], topics: set[str]
-    ) -> dict[str, dict[tuple[str, int], int]]:
-        """Offsets each group committed on ``topics``; groups with none are left out."""
-        found: dict[str, dict[tuple[str, int], int]] = {}
-        for name, offsets in group_offsets(self._admin, names).items():
-            ours = {tp: o for tp, o in offsets.items() if tp[0] in topics}
-            if ours:
-                found[name] = ours
-        return found
-
-    def _describe(self, names: list[str]) -> dict[str, tuple[str, int]]:
-        return {
-            name: (group.state, len(group.members))
-            for name, group in describe_groups(self._admin, names).items()
-        }
-
-    def _groups(
-        self, topics: list[str], by_name: dict[str, TopicInfo], now_ms: int
-    ) -> tuple[GroupInfo, ...]:
-        committed = self._committed(self._group_names(), set(topics))
-        if not committed:
-            return ()
-        described = self._describe(sorted(committed))
-        starts: dict[tuple[str, int, str], int] = {}  # (topic, partition, group) -> start
-        for name, offsets in committed.items():
-            for topic in topics:
-                if not any(t == topic for t, _ in offsets):
-                    continue
-                for info in by_name[topic].partitions:
-                    position = offsets.get((topic, info.partition), info.earliest)
-                    starts[(topic, info.partition, name)] = max(position, info.earliest)
-        wanted = {
-            (topic, p, start): by_name[topic].partitions[p].stable_end
-            for (topic, p, _), start in starts.items()
-        }
-        unconsumed = self._counter.count(wanted)
-        groups = []
-        for name in sorted(committed):
-            lags = tuple(
-                partition_lag(
-                    topic,
-                    p,
-                    committed[name].get((topic, p)),
-                    by_name[topic].partitions[p].end,
-                    unconsumed.get((topic, p, start)),
-                    now_ms,
-                )
-                for (topic, p, group), start in starts.items()
-                if group == name
-            )
-            state, members = described.get(name, ("unknown", 0))
-            groups.append(GroupInfo(name, state, members, lags))
-        return tuple(groups)
-
-    def _last_batch(self, taken_at: datetime) -> LastBatch | None:
-        found = read_last_end(self.settings, self.codec, self.settings.transactional_id)
-        if found is None:
-            return None
-        value = found.value
-        watermark = value.get("window_end")
-        watermark = None if watermark is None else watermark.astimezone(UTC)
-        window_start = value.get("window_start")
-        return LastBatch(
-            refresh_id=value["refresh_id"],
-            producer=found.producer,
-            mode=value.get("mode") or "",
-            committed_at=_from_ms(found.timestamp_ms) or taken_at,
-            event_count=int(value.get("event_count") or 0),
-            counts={k: int(v) for k, v in (value.get("counts") or {}).items()},
-            window_start=None if window_start is None else window_start.astimezone(UTC),
-            watermark=watermark,
-            watermark_age_seconds=None
-            if watermark is None
-            else max(0.0, (taken_at - watermark).total_seconds()),
-            offset=found.offset,
-        )

@@ -17,8 +17,9 @@ from queuestream.monitor._text import (
     moment,
     partition_list,
 )
+from queuestream.monitor.alerts import LagLimits
 from queuestream.monitor.feed import SnapshotFeed
-from queuestream.monitor.snapshot import LagLimits, Snapshot
+from queuestream.monitor.snapshot import Snapshot
 
 __all__ = ["live", "render"]
 

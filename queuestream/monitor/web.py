@@ -26,8 +26,9 @@ from queuestream.monitor._text import (
     moment,
     partition_offsets,
 )
+from queuestream.monitor.alerts import LagLimits
 from queuestream.monitor.feed import FeedState, SnapshotFeed
-from queuestream.monitor.snapshot import LagLimits, Snapshot
+from queuestream.monitor.snapshot import Snapshot
 
 __all__ = ["DEFAULT_HOST", "MonitorServer", "parse_address", "render_page"]
 

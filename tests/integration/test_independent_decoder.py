@@ -238,7 +238,8 @@ def test_every_event_decodes_with_fastavro_and_the_schema_files(
     ops = Counter(f"{t}.{v['op']}" for t in SOURCE_TABLE for *_, v in events[t])
     assert end["op_counts"] == dict(ops) == result.op_counts
     placed = Counter(f"{t}:{p}" for t in SOURCE_TABLE for p, *_ in events[t])
-    assert end["partition_counts"] == dict(placed) == result.partition_counts
+    assert end["partition_counts"] == dict(placed)
+    assert Counter((t, p) for t in SOURCE_TABLE for p, *_ in events[t]) == result.partition_counts
     assert end["window_end"] == result.window_end
     every = [e for table in SOURCE_TABLE for e in events[table]]
     assert all(begin_at <= timestamp <= end_at for _, timestamp, _, _ in every)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from queuestream.monitor.snapshot import GroupInfo, LagLimits, Snapshot, SnapshotCollector, breaches
+from queuestream.monitor import GroupInfo, LagLimits, Snapshot, SnapshotCollector, breaches
 from tests.helpers import wait_for
 from tests.integration.pipeline import Pipeline
 from tests.services import REPO_ROOT, free_ports
@@ -126,9 +126,9 @@ def test_stopped_group_lags_by_the_new_events_and_check_fails(
     pipeline.simulate(40)
     [result] = pipeline.refresh()  # not consumed
     expected = {
-        (f"{pipeline.prefix}.{key.split(':')[0]}", int(key.split(":")[1])): count
-        for key, count in result.partition_counts.items()
-        if key.split(":")[0] in ACCOUNTING_TOPICS
+        (f"{pipeline.prefix}.{table}", partition): count
+        for (table, partition), count in result.partition_counts.items()
+        if table in ACCOUNTING_TOPICS
     }
     first = _group(_collect(pipeline), name)
     lags = _lags(first)
@@ -242,8 +242,7 @@ def test_web_page_in_chromium_shows_lag_and_refreshes_itself(
     pipeline.simulate(30)
     [second] = pipeline.refresh()  # not consumed: the group lags
     lagging = {table: 0 for table in ACCOUNTING_TOPICS}  # new events per topic
-    for key, count in second.partition_counts.items():
-        table = key.split(":")[0]
+    for (table, _), count in second.partition_counts.items():
         if table in lagging:
             lagging[table] += count
     assert first.refresh_id != second.refresh_id and sum(lagging.values()) > 0

@@ -34,8 +34,14 @@ def _change(
 
 
 def _end(refresh: str, offset: int, **counts: Any) -> EndMarker:
-    partition_counts = {k.replace("_p", ":"): v for k, v in counts.items()}
-    return EndMarker(refresh, offset, 0, sum(counts.values()), partition_counts)
+    partition_counts = {(k.split("_p")[0], int(k.split("_p")[1])): v for k, v in counts.items()}
+    return EndMarker(
+        refresh,
+        "watermark",
+        event_count=sum(counts.values()),
+        offset=offset,
+        partition_counts=partition_counts,
+    )
 
 
 OWNED = {("orders", 0), ("order_details", 0)}

@@ -18,7 +18,10 @@ def markers() -> Iterator[EndMarkers]:
     found = EndMarkers(settings, AvroCodec.from_url("exigo", None), "group")
     found.keep = 4
     found._from_ms = 0
-    found.ends = {f"r{i}": EndMarker(f"r{i}", i, 1000 * i, 1) for i in range(8)}
+    found.ends = {
+        f"r{i}": EndMarker(f"r{i}", "watermark", event_count=1, offset=i, timestamp_ms=1000 * i)
+        for i in range(8)
+    }
     try:
         yield found
     finally:

@@ -13,20 +13,19 @@ from rich.console import Console
 
 from queuestream.errors import ConfigurationError
 from queuestream.kafka_reading import Unconsumed, UnconsumedTally
+from queuestream.monitor.alerts import LagLimits, breaches
 from queuestream.monitor.feed import FeedState, SnapshotFeed
+from queuestream.monitor.lag import partition_lag
 from queuestream.monitor.snapshot import (
     GroupInfo,
-    LagLimits,
     LastBatch,
     PartitionInfo,
     PartitionLag,
     Snapshot,
     TopicInfo,
-    breaches,
-    messages_since,
-    partition_lag,
 )
 from queuestream.monitor.terminal import render
+from queuestream.monitor.topics import messages_since
 from queuestream.monitor.web import MonitorServer, parse_address, render_page
 from tests.helpers import wait_for
 from tests.services import free_ports

@@ -1,0 +1,244 @@
+"""The one reader of the batches topic: the last committed END, or END markers from a time on.
+
+Three parts of queuestream read markers back, all through :class:`BatchesReader`:
+
+* the producer, at start-up, reads its own last committed END: its progress
+  (``producer/progress.py``). It does so after ``init_transactions()``, which
+  aborts whatever transaction a crashed predecessor left open, so the log end
+  is stable;
+* the monitor reads the last committed END of any producer (the last batch);
+* a consumer follows END markers from a time on (``consumers/markers.py``):
+  a refresh is applied once its END says how many events to wait for.
+
+The reader is a plain read_committed consumer of the one-partition topic: it
+has no group offsets and never commits. The last END is found by reading back
+from the log end in steps of ``_STEP`` offsets, so a long history is not read
+from its start; following starts at the first marker written at or after a
+time (Kafka's offsets-for-times).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+
+from queuestream.batches.markers import EndMarker, decode_batch_key, decode_marker
+from queuestream.errors import BrokerUnavailableError, DecodeError
+from queuestream.kafka_clients import batches_topic, consumer_config
+from queuestream.settings import Settings
+from schemas.avro import AvroCodec
+
+__all__ = ["BatchesReader", "LastEnd", "read_last_end"]
+
+log = logging.getLogger(__name__)
+
+_STEP = 200  # offsets read per step back from the log end
+_TIMEOUT = 30.0
+_LOOKUP_TIMEOUT = 10.0
+#: Errors while a topic created a moment ago still has no leader: wait, they pass.
+_NOT_READY = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LastEnd:
+    """The last committed END found, and the oldest offset the topic still holds."""
+
+    marker: EndMarker | None
+    oldest_offset: int  # above 0: older markers were deleted (retention)
+
+
+class BatchesReader:
+    """Reads END markers of the batches topic with ``consumer`` (read_committed, EOF reported).
+
+    Build it with :meth:`open`; a test hands in a stand-in consumer.
+    """
+
+    def __init__(self, consumer: Consumer, codec: AvroCodec, topic: str) -> None:
+        self.consumer = consumer
+        self.codec = codec
+        self.topic = topic
+
+    @classmethod
+    def open(
+        cls, settings: Settings, codec: AvroCodec, name: str, *, bounded: bool = False
+    ) -> BatchesReader:
+        """A reader of ``settings``' batches topic; ``name`` is its (never committing) group id.
+
+        ``bounded``: the reader reads up to a known offset and stops, so an empty fetch at
+        the end should answer at once (not after librdkafka's default 0.5 s wait).
+        """
+        extra: dict[str, Any] = {"enable.partition.eof": True}
+        if bounded:
+            extra["fetch.wait.max.ms"] = 10
+        consumer = Consumer(consumer_config(settings, name, **extra))
+        return cls(consumer, codec, batches_topic(settings))
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def _end_of(self, message: Any) -> EndMarker | None:
+        """The END marker a message holds, with where it lies; None for a BEGIN.
+
+        Raises DecodeError when the key or value cannot be decoded.
+        """
+        marker = decode_marker(self.codec, message.value())
+        if not isinstance(marker, EndMarker):
+            return None
+        producer = decode_batch_key(self.codec, message.key())
+        if producer is None:
+            return None  # not a marker of this contract: every marker names its producer
+        return replace(
+            marker,
+            producer=producer,
+            offset=message.offset() or 0,
+            timestamp_ms=message.timestamp()[1],
+        )
+
+    # -- the last committed END ---------------------------------------------------
+    def last_end(self, producer: str | None, low: int, high: int) -> EndMarker | None:
+        """The last END of ``producer`` (of any producer when None) between ``low`` and ``high``.
+
+        ``high`` is the log end including commit markers; a read_committed reader
+        reaches it once every transaction before it has its marker written.
+        """
+        end = high
+        while end > low:
+            start = max(low, end - _STEP)
+            found = self._last_between(start, end, producer)
+            if found is not None:
+                return found
+            end = start
+        return None
+
+    def _last_between(self, start: int, end: int, producer: str | None) -> EndMarker | None:
+        consumer = self.consumer
+        consumer.assign([TopicPartition(self.topic, 0, start if start > 0 else OFFSET_BEGINNING)])
+        found: EndMarker | None = None
+        while True:
+            message = consumer.poll(_TIMEOUT)
+            if message is None:
+                msg = f"timed out reading {self.topic} between offsets {start} and {end}"
+                raise BrokerUnavailableError(msg)
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    [position] = consumer.position([TopicPartition(self.topic, 0)])
+                    if position.offset >= end:
+                        break
+                    continue  # at the last stable offset: the commit markers are on the way
+                msg = f"cannot read {self.topic}: {error.str()}"
+                raise BrokerUnavailableError(msg)
+            offset = message.offset()
+            if offset is not None and offset >= end:
+                break
+            marker = self._end_of(message)
+            if marker is not None and producer in (None, marker.producer):
+                found = marker
+        return found
+
+    # -- following END markers from a time on ---------------------------------------
+    def seek_time(self, from_ms: int) -> None:
+        """Read on from the first marker written at ``from_ms`` or later (the end if none)."""
+        try:
+            found = self.consumer.offsets_for_times(
+                [TopicPartition(self.topic, 0, from_ms)], timeout=_LOOKUP_TIMEOUT
+            )
+        except KafkaException as exc:
+            msg = f"cannot look up batch markers in {self.topic}: {exc.args[0]}"
+            raise BrokerUnavailableError(msg) from None
+        offset = found[0].offset if found and found[0].offset >= 0 else OFFSET_END
+        log.debug(
+            "reading batch markers of %s from offset %s (time %d)", self.topic, offset, from_ms
+        )
+        self.consumer.assign([TopicPartition(self.topic, 0, offset)])
+
+    def read(self, max_messages: int = 500) -> list[EndMarker] | None:
+        """The END markers among the messages that have arrived; None when none arrived.
+
+        A marker that cannot be decoded is logged and skipped.
+        """
+        messages = self.consumer.consume(num_messages=max_messages, timeout=0)
+        if not messages:
+            return None
+        found = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("batch markers: %s", error.str())
+                continue
+            try:
+                marker = self._end_of(message)
+            except DecodeError as exc:
+                log.warning(
+                    "skipping an undecodable batch marker at offset %d: %s", message.offset(), exc
+                )
+                continue
+            if marker is not None:
+                found.append(marker)
+        return found
+
+    def position(self) -> int | None:
+        """The offset the reader reads next; None when it cannot tell (not assigned)."""
+        try:
+            [position] = self.consumer.position([TopicPartition(self.topic, 0)])
+        except KafkaException:
+            return None
+        return int(position.offset)
+
+
+def _log_bounds(probe: Consumer, topic: str, settings: Settings) -> tuple[int, int]:
+    """The oldest offset and the log end, waiting for the leader of a topic just created."""
+    partition = TopicPartition(topic, 0)
+    deadline = time.monotonic() + _TIMEOUT
+    while True:
+        try:
+            low, high = probe.get_watermark_offsets(partition, timeout=_TIMEOUT)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() in _NOT_READY and time.monotonic() < deadline:
+                time.sleep(0.1)  # the topic was just created; its leader is on the way
+                continue
+            msg = f"cannot read {topic} at {settings.kafka_bootstrap_servers}: {error.str()}"
+            raise BrokerUnavailableError(msg) from None
+        return int(low), int(high)
+
+
+def read_last_end(settings: Settings, codec: AvroCodec, producer: str | None = None) -> LastEnd:
+    """The last committed END marker of ``producer`` (of any producer when None)."""
+    # The log end including commit markers: a read_committed consumer reports the last
+    # stable offset instead, which trails a just-committed refresh until the broker has
+    # written its markers, and reading only that far could miss the newest END.
+    probe = Consumer(
+        consumer_config(settings, group_id=f"queuestream-progress-{uuid.uuid4().hex}")
+        | {"isolation.level": "read_uncommitted"}
+    )
+    reader = BatchesReader.open(
+        settings, codec, f"queuestream-progress-{uuid.uuid4().hex}", bounded=True
+    )
+    try:
+        low, high = _log_bounds(probe, reader.topic, settings)
+        return LastEnd(reader.last_end(producer, low, high), low)
+    finally:
+        probe.close()
+        reader.close()
