@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from consumers.changes import Change
 from consumers.reconcile import TableImage
 from consumers.runtime import ConsumerRuntime
-from consumers.target import ApplyReport, Target, upsert_versioned
+from consumers.target import ApplyReport, Target
+from consumers.target_sql import upsert_versioned
 from queuestream.databases import create_engine
 from queuestream.settings import load_settings
 from tests.source_changes import change
