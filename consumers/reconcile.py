@@ -6,6 +6,14 @@ holds. Both sides are :class:`TableImage` objects: key -> (version, compared
 values), plus the names of money columns among them. The report compares row
 counts, sums of the money columns and a checksum of keys, versions and values,
 and names a few differing keys so that a mismatch can be looked up.
+
+Instants compare as instants: :class:`TableImage` keeps a datetime as ISO text in
+UTC, whether it comes aware (PostgreSQL, or the source read through
+:func:`source_instant`) or naive UTC (SQLite). The source stamps naive local times
+in its own zone: :func:`source_version` and :func:`source_instant` read them as a
+change event carries them. Each sample target states its images in its own
+``reconcile`` module (:mod:`consumers.accounting.reconcile`,
+:mod:`consumers.shipping.reconcile`).
 """
 
 from __future__ import annotations
@@ -16,8 +24,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
-__all__ = ["Reconciliation", "TableCheck", "TableImage", "compare"]
+import sqlalchemy as sa
+
+from consumers.changes import version_of
+from queuestream.sync_schema import to_aware
+
+__all__ = [
+    "Reconciliation",
+    "TableCheck",
+    "TableImage",
+    "compare",
+    "source_instant",
+    "source_version",
+]
 
 _SAMPLE = 5
 
@@ -33,6 +54,13 @@ class TableImage:
     def add(self, key: tuple[Any, ...], values: Mapping[str, Any]) -> None:
         self.rows[key] = tuple(_canonical(values[c]) for c in self.columns)
 
+    def read(self, connection: sa.Connection, table: sa.Table) -> None:
+        """Add every row of ``table`` (or view), keyed by its primary key."""
+        key = [c.name for c in table.primary_key.columns]
+        for row in connection.execute(sa.select(table)):
+            values = dict(row._mapping)
+            self.add(tuple(values[k] for k in key), values)
+
     def sums(self) -> dict[str, Decimal]:
         found: dict[str, Decimal] = {}
         for name in self.money:
@@ -47,6 +75,16 @@ class TableImage:
         for key in sorted(self.rows, key=repr):
             digest.update(repr((key, self.rows[key])).encode())
         return digest.hexdigest()[:16]
+
+
+def source_version(moment: datetime, zone: ZoneInfo) -> int:
+    """The version of a source row stamped ``moment`` (naive local time in ``zone``)."""
+    return version_of(to_aware(moment, zone))
+
+
+def source_instant(moment: datetime | None, zone: ZoneInfo) -> datetime | None:
+    """A source timestamp (naive local time in ``zone``) as an aware instant."""
+    return None if moment is None else to_aware(moment, zone)
 
 
 def _canonical(value: Any) -> Any:

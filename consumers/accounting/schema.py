@@ -17,7 +17,7 @@ are derived from several source rows and recomputed by the target at the end of 
 batch for what the batch touched. ``customer_balances.source_version`` is the
 newest ``source_version`` among the invoices and payments summed into the row.
 
-Money is exact: :class:`~consumers.target.Money` is NUMERIC on
+Money is exact: :class:`~consumers.target_sql.Money` is NUMERIC on
 PostgreSQL and integer minor units on SQLite, so SUM() stays exact on both.
 
 There are no foreign keys between these tables on purpose: the instances of a
@@ -32,9 +32,10 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from consumers.target import Money, version_column
+from consumers.target_sql import Money, version_column
 
 __all__ = [
+    "CANCELED",
     "CUSTOMER_BALANCES",
     "INVOICES",
     "INVOICE_LINES",
@@ -47,6 +48,8 @@ __all__ = [
 
 METADATA = sa.MetaData()
 
+#: Exigo's OrderStatusID of a cancelled order: its invoice is void.
+CANCELED = 5
 #: Invoice status: an order that is not cancelled.
 STATUS_OPEN = "open"
 #: Invoice status: a cancelled order (OrderStatusID 5); it owes nothing.

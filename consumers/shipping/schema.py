@@ -14,7 +14,7 @@ epoch (UTC). Writes only replace a row with a newer version, so a redelivered or
 older event changes nothing.
 
 ``shipments`` is derived by the target at the end of each batch for the orders the
-batch changed (see :mod:`consumers.shipping.target` for the rules);
+batch changed (see :mod:`consumers.shipping.shipments` for the rules);
 ``shipments.source_version`` is the version of the order it was derived from.
 
 ``shipment_lines`` is a VIEW, not a table: the lines of a shipment are its order's
@@ -26,7 +26,7 @@ METADATA; see :func:`create_view`); :data:`SHIPMENT_LINES` is a table object to 
 it with.
 
 Money-like amounts (quantities, weights) are exact:
-:class:`~consumers.target.Money` is NUMERIC on PostgreSQL and integer
+:class:`~consumers.target_sql.Money` is NUMERIC on PostgreSQL and integer
 units of the scale on SQLite. Instants are stored in UTC.
 
 There are no foreign keys between these tables on purpose: the instances of a
@@ -40,15 +40,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from consumers.target import Money, version_column
+from consumers.target_sql import Money, version_column
 
 __all__ = [
     "METADATA",
     "OPEN_STATUSES",
     "ORDER_HEADERS",
     "ORDER_LINES",
+    "ORDER_SHIP_TO",
     "SHIPMENTS",
     "SHIPMENT_LINES",
+    "SHIPMENT_SHIP_TO",
     "SHIP_TO_COLUMNS",
     "SHIP_TO_NONE",
     "SHIP_TO_ORDER",
@@ -84,6 +86,9 @@ SHIP_TO_NONE = "none"
 
 #: The ship-to columns, the same in order_headers, ship_to_sites and shipments (prefixed).
 SHIP_TO_COLUMNS = ("name", "company", "address1", "address2", "city", "state", "zip", "country")
+#: The ship-to columns of order_headers (``ship_``) and of shipments (``ship_to_``).
+ORDER_SHIP_TO = tuple(f"ship_{c}" for c in SHIP_TO_COLUMNS)
+SHIPMENT_SHIP_TO = tuple(f"ship_to_{c}" for c in SHIP_TO_COLUMNS)
 
 _NAME_LENGTH = 101  # "FirstName LastName", 50 characters each
 

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from consumers.batch_apply import apply_refresh
 from consumers.changes import Change
 from consumers.reconcile import TableImage
-from consumers.target import ApplyReport, Target, upsert_versioned
+from consumers.target import ApplyReport, Target
+from consumers.target_sql import upsert_versioned
 from queuestream.databases import create_engine
 from tests.source_changes import change
 

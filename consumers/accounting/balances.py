@@ -1,0 +1,152 @@
+"""What the accounting target maintains: invoice figures and customer balances.
+
+``invoices.amount_paid`` / ``balance_due`` and the whole of ``customer_balances``
+are derived from several source rows. At the end of a batch they are recomputed
+with set-based SQL (no per-row statements) for what the batch touched
+(:class:`Touched`): the invoices whose order or payments changed, and the customers
+whose invoices or payments changed, before and after the change. A row that moved
+to another customer or order (or was deleted) leaves the one it belonged to
+changed too, so :func:`owners` reads, before a table is written, whom its rows
+that may move belonged to.
+
+Accounting rules: a void invoice (a cancelled order) owes nothing (``balance_due``
+0) and is not invoiced in the balance, but payments made on it still count as paid
+(the customer then holds a credit, a negative ``open_balance``). ``amount_paid``
+sums the payments applied to an invoice in the invoice's currency. A payment whose
+invoice has not arrived counts in the customer's balance at once; it is applied to
+the invoice when that arrives. Balances come from invoices and payments only:
+deleting a customer's ledger account leaves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from consumers.accounting.schema import (
+    CUSTOMER_BALANCES,
+    INVOICES,
+    PAYMENTS,
+    STATUS_OPEN,
+    STATUS_VOID,
+)
+from consumers.target_sql import KEYS, among, key_chunks
+
+__all__ = ["Touched", "owners", "recompute_balances", "refresh_invoices"]
+
+_ZERO: sa.ColumnClause[Any] = sa.literal_column("0")
+
+
+@dataclass
+class Touched:
+    """The customers and invoices whose maintained figures a batch must recompute."""
+
+    customers: set[int] = field(default_factory=set)
+    invoices: set[int] = field(default_factory=set)
+
+    def add(self, customer: int | None, invoice: int | None) -> None:
+        if customer is not None:
+            self.customers.add(customer)
+        if invoice is not None:
+            self.invoices.add(invoice)
+
+    def recompute(self, connection: sa.Connection) -> None:
+        """Bring the invoices' figures, then the customers' balances, up to date."""
+        refresh_invoices(connection, self.invoices)
+        recompute_balances(connection, self.customers)
+
+
+def owners(
+    connection: sa.Connection,
+    table: sa.Table,
+    key: tuple[str, ...],
+    columns: tuple[str, str | None],
+    keys: Sequence[tuple[Any, ...]],
+) -> dict[tuple[Any, ...], tuple[Any, Any]]:
+    """key -> (customer, invoice) of the stored rows among ``keys`` (single-column keys).
+
+    ``columns`` names the customer column and the invoice column (None: no invoice).
+    """
+    if not keys:
+        return {}
+    (column,) = key
+    customer_column, invoice_column = columns
+    invoice = table.c[invoice_column] if invoice_column else sa.null()
+    query = sa.select(table.c[column], table.c[customer_column], invoice).where(
+        among(table.c[column], connection.dialect.name)
+    )
+    found: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+    for chunk in key_chunks(connection, (k for (k,) in keys)):
+        for k, customer, inv in connection.execute(query, {KEYS: chunk}):
+            found[(k,)] = (customer, inv)
+    return found
+
+
+def refresh_invoices(connection: sa.Connection, order_ids: Iterable[int]) -> None:
+    """Recompute amount_paid and balance_due of these invoices from the payments table.
+
+    One UPDATE ... FROM a chunk, over the payments summed per invoice (in its
+    currency); rows whose figures are already right are not written again.
+    """
+    i, p = INVOICES.c, PAYMENTS.c
+    invoice = INVOICES.alias("invoice")
+    applied = sa.and_(p.order_id == invoice.c.order_id, p.currency == invoice.c.currency)
+    sums = (
+        sa.select(invoice.c.order_id, sa.func.coalesce(sa.func.sum(p.amount), _ZERO).label("paid"))
+        .select_from(invoice.outerjoin(PAYMENTS, applied))
+        .where(among(invoice.c.order_id, connection.dialect.name))
+        .group_by(invoice.c.order_id)
+        .subquery("sums")
+    )
+    due = sa.case((i.status == STATUS_VOID, _ZERO), else_=i.total - sums.c.paid)
+    statement = (
+        sa.update(INVOICES)
+        .where(
+            i.order_id == sums.c.order_id,
+            sa.or_(i.amount_paid != sums.c.paid, i.balance_due != due),
+        )
+        .values(amount_paid=sums.c.paid, balance_due=due)
+    )
+    for chunk in key_chunks(connection, order_ids):
+        connection.execute(statement, {KEYS: chunk})
+
+
+def recompute_balances(connection: sa.Connection, customer_ids: Iterable[int]) -> None:
+    """Replace the balances of these customers with SUMs over invoices and payments.
+
+    Money columns hold the same scale (2) everywhere, so on SQLite the integer minor
+    units add up exactly and are copied as they are.
+    """
+    dialect = connection.dialect.name
+    i, p, b = INVOICES.c, PAYMENTS.c, CUSTOMER_BALANCES.c
+    invoiced = sa.select(
+        i.customer_id,
+        i.currency,
+        sa.case((i.status == STATUS_OPEN, i.total), else_=_ZERO).label("invoiced"),
+        _ZERO.label("paid"),
+        i.source_version,
+    ).where(among(i.customer_id, dialect))
+    paid = sa.select(p.customer_id, p.currency, _ZERO, p.amount, p.source_version).where(
+        among(p.customer_id, dialect)
+    )
+    both = sa.union_all(invoiced, paid).subquery()
+    total_invoiced = sa.func.sum(both.c.invoiced)
+    total_paid = sa.func.sum(both.c.paid)
+    sums = sa.select(
+        both.c.customer_id,
+        both.c.currency,
+        total_invoiced,
+        total_paid,
+        total_invoiced - total_paid,
+        sa.func.max(both.c.source_version),
+    ).group_by(both.c.customer_id, both.c.currency)
+    delete = sa.delete(CUSTOMER_BALANCES).where(among(b.customer_id, dialect))
+    insert = sa.insert(CUSTOMER_BALANCES).from_select(
+        ["customer_id", "currency", "invoiced", "paid", "open_balance", "source_version"], sums
+    )
+    for chunk in key_chunks(connection, customer_ids):
+        connection.execute(delete, {KEYS: chunk})
+        connection.execute(insert, {KEYS: chunk})
