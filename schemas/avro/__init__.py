@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.avro.codec import (
-    SCHEMA_DIR,
-    SINGLE_OBJECT_MAGIC,
-    AvroCodec,
-    EnvelopeEncoder,
-    encode_long,
-    load_schema,
-    row_schema,
-    schema_names,
-)
+from schemas.avro.codec import SINGLE_OBJECT_MAGIC, AvroCodec
+from schemas.avro.envelope import EnvelopeEncoder, encode_long
+from schemas.avro.schema_files import SCHEMA_DIR, load_schema, row_schema, schema_names
 
 __all__ = [
     "SCHEMA_DIR",

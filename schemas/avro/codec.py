@@ -9,7 +9,9 @@ Two wire formats:
   4-byte big-endian schema id, then the body; schemas are registered under
   ``<topic>-key`` / ``<topic>-value`` through confluent-kafka's client.
 
-Each schema is parsed once and cached.
+Each schema is parsed once and cached. The schema files themselves are
+:mod:`.schema_files`; the fast encoder of a refresh's change events, which
+:meth:`AvroCodec.envelope_encoder` hands out, is :mod:`.envelope`.
 """
 
 from __future__ import annotations
@@ -18,45 +20,20 @@ import io
 import json
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from queuestream.errors import DecodeError, EncodingError, SchemaError
+from queuestream.errors import DecodeError, EncodingError
+from schemas.avro.envelope import EnvelopeEncoder
+from schemas.avro.misfit import find_misfit
+from schemas.avro.schema_files import load_schema, schema_names
 
-__all__ = [
-    "SCHEMA_DIR",
-    "SINGLE_OBJECT_MAGIC",
-    "AvroCodec",
-    "EnvelopeEncoder",
-    "encode_long",
-    "load_schema",
-    "row_schema",
-    "schema_names",
-]
+__all__ = ["SINGLE_OBJECT_MAGIC", "AvroCodec"]
 
-SCHEMA_DIR = Path(__file__).resolve().parent
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _CONFLUENT_MAGIC = 0
-
-
-def schema_names() -> list[str]:
-    """Stems of every schema file, e.g. ``orders.value``."""
-    return sorted(p.name.removesuffix(".avsc") for p in SCHEMA_DIR.glob("*.avsc"))
-
-
-@cache
-def load_schema(stem: str) -> dict[str, Any]:
-    """The JSON of ``<stem>.avsc``, e.g. ``load_schema("orders.value")``."""
-    path = SCHEMA_DIR / f"{stem}.avsc"
-    try:
-        schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        msg = f"no schema {path.name} in {SCHEMA_DIR}"
-        raise SchemaError(msg) from None
-    return schema
 
 
 class _Schema:
@@ -75,60 +52,6 @@ class _Schema:
 @cache
 def _schema(stem: str) -> _Schema:
     return _Schema(stem)
-
-
-def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every record schema inside ``schema``, by full name."""
-    if isinstance(schema, list):
-        for branch in schema:
-            _named_records(branch, found)
-    elif isinstance(schema, dict) and schema.get("type") == "record":
-        namespace = schema.get("namespace", "")
-        found[f"{namespace}.{schema['name']}" if namespace else schema["name"]] = schema
-        for field in schema["fields"]:
-            _named_records(field["type"], found)
-    return found
-
-
-def _field_error(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[str | None, str]:
-    """Find which column of ``record`` cannot be written, for an error message.
-
-    Envelope fields (``after``, ``source``...) are descended into, so the column
-    named is the row's column.
-    """
-    named = _named_records(schema_json, {})
-
-    def record_of(ftype: Any) -> dict[str, Any] | None:
-        for branch in ftype if isinstance(ftype, list) else [ftype]:
-            if isinstance(branch, dict) and branch.get("type") == "record":
-                return branch
-            if isinstance(branch, str) and branch in named:
-                return named[branch]
-        return None
-
-    def search(schema: dict[str, Any], value: dict[str, Any]) -> tuple[str | None, str]:
-        for field in schema["fields"]:
-            name = field["name"]
-            item = value.get(name)
-            nested = record_of(field["type"])
-            if nested is not None:
-                if isinstance(item, dict):
-                    column, reason = search(nested, item)
-                    if column is not None:
-                        return column, reason
-                    continue
-                if item is None and isinstance(field["type"], list):
-                    continue
-            try:
-                standalone = fastavro.parse_schema(field["type"], named_schemas={})
-                fastavro.schemaless_writer(io.BytesIO(), standalone, item)
-            except (ValueError, TypeError, UnicodeError, AttributeError, KeyError) as exc:
-                if item is None:
-                    return name, "NULL in a column that is not nullable"
-                return name, f"{exc} (value {item!r})"
-        return None, "the record does not match its schema"
-
-    return search(schema_json, record)
 
 
 class AvroCodec:
@@ -180,7 +103,7 @@ class AvroCodec:
             try:
                 return body(record)
             except (ValueError, TypeError, UnicodeError, AttributeError, KeyError) as exc:
-                column, reason = _field_error(schema.json, record)
+                column, reason = find_misfit(schema.json, record)
                 raise EncodingError(reason, table=table, column=column) from exc
 
         return encode
@@ -281,131 +204,3 @@ def _body_writer(schema: _Schema, header: bytes) -> Callable[[dict[str, Any]], b
         return buffer.getvalue()
 
     return write
-
-
-def row_schema(table: str) -> dict[str, Any]:
-    """The row record (``Value``) inside ``table``'s envelope schema."""
-    envelope = load_schema(f"{table}.value")
-    before = next(f for f in envelope["fields"] if f["name"] == "before")
-    return cast("dict[str, Any]", next(b for b in before["type"] if isinstance(b, dict)))
-
-
-def encode_long(value: int) -> bytes:
-    """Avro's zig-zag varint encoding of a long."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(value: str) -> bytes:
-    data = value.encode()
-    return encode_long(len(data)) + data
-
-
-_ENVELOPE_FIELDS = ["before", "after", "source", "op", "ts_ms", "transaction"]
-_SOURCE_TS_FIELD = "ts_ms"
-
-
-class EnvelopeEncoder:
-    """Encodes change-event values of one table within one refresh, fast.
-
-    Avro's binary encoding of a record is the concatenation of its fields'
-    encodings, so the envelope is assembled from parts: ``before`` (null), the
-    union branch of ``after`` and the row written by fastavro against the row
-    record alone (no union resolution), the ``source`` block whose only varying
-    field is ``ts_ms`` (its other fields are encoded once per refresh), ``op``,
-    ``ts_ms`` and ``transaction``. The result is byte-identical to encoding the
-    whole envelope with fastavro (a unit test checks), at a third of the cost.
-    """
-
-    def __init__(
-        self,
-        table: str,
-        header: bytes,
-        source: dict[str, Any],
-        published_ms: int,
-        transaction_id: str,
-    ) -> None:
-        envelope = load_schema(f"{table}.value")
-        names = [f["name"] for f in envelope["fields"]]
-        if names != _ENVELOPE_FIELDS:
-            msg = f"{table}.value.avsc: envelope fields {names}, expected {_ENVELOPE_FIELDS}"
-            raise SchemaError(msg)
-        self.table = table
-        self._row_json = row_schema(table)
-        self._row = fastavro.parse_schema(self._row_json, named_schemas={})
-        source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
-        prefix, suffix, seen_ts = bytearray(), bytearray(), False
-        for field in source_fields["fields"]:
-            if field["name"] == _SOURCE_TS_FIELD:
-                seen_ts = True
-                continue
-            part = io.BytesIO()
-            fastavro.schemaless_writer(
-                part,
-                fastavro.parse_schema(field["type"], named_schemas={}),
-                source.get(field["name"]),
-            )
-            (suffix if seen_ts else prefix).extend(part.getvalue())
-        # header, before=null (branch 0), after=row (branch 1)
-        self._head = header + b"\x00\x02"
-        self._source_prefix = bytes(prefix)
-        self._source_suffix = bytes(suffix)
-        self._published = b"\x02" + encode_long(published_ms)  # ts_ms: branch 1 (long)
-        self._transaction = b"\x02" + _string(transaction_id)  # branch 1 (Transaction)
-        self._ops = {op: _string(op) for op in ("c", "u", "d", "r")}
-        self._buffer = io.BytesIO()
-        self._decimals = [
-            (f["name"], t["precision"], t.get("scale", 0))
-            for f in self._row_json["fields"]
-            for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
-            if isinstance(t, dict) and t.get("logicalType") == "decimal"
-        ]
-
-    def _check_decimals(self, row: dict[str, Any]) -> None:
-        """fastavro checks the digits written, not the magnitude (1E+30 passes): check it."""
-        for name, precision, scale in self._decimals:
-            value = row.get(name)
-            if value is not None and value.is_finite() and value.adjusted() + 1 + scale > precision:
-                reason = (
-                    f"{value} does not fit decimal({precision},{scale}): at most "
-                    f"{precision - scale} digits before the point"
-                )
-                raise EncodingError(reason, table=self.table, column=name)
-
-    def encode(
-        self,
-        row: dict[str, Any],
-        op: str,
-        source_ts_ms: int,
-        total_order: int,
-        data_collection_order: int,
-    ) -> bytes:
-        if self._decimals:
-            self._check_decimals(row)
-        buffer = self._buffer
-        buffer.seek(0)
-        buffer.truncate()
-        try:
-            fastavro.schemaless_writer(buffer, self._row, row)
-        except (ValueError, TypeError, UnicodeError, AttributeError, KeyError) as exc:
-            column, reason = _field_error(self._row_json, row)
-            raise EncodingError(reason, table=self.table, column=column) from exc
-        return b"".join(
-            (
-                self._head,
-                buffer.getvalue(),
-                self._source_prefix,
-                encode_long(source_ts_ms),
-                self._source_suffix,
-                self._ops[op],
-                self._published,
-                self._transaction,
-                encode_long(total_order),
-                encode_long(data_collection_order),
-            )
-        )

@@ -1,17 +1,28 @@
-"""The Avro codec: single-object framing, caching, and errors that name the column."""
+"""The Avro codec: single-object framing, caching, the fast envelope encoder, and errors that
+name the column."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import fastavro
 import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from queuestream.errors import DecodeError, EncodingError
 from queuestream.tables import TABLES
-from schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, load_schema, schema_names
+from schemas.avro import (
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    encode_long,
+    load_schema,
+    row_schema,
+    schema_names,
+)
+from schemas.avro.misfit import find_misfit
 
 codec = AvroCodec("exigo")
 
@@ -149,3 +160,22 @@ def test_envelope_encoder_names_the_column() -> None:
     with pytest.raises(EncodingError) as caught:
         fast.encode(_order(Total=Decimal("1e30")), "c", 0, 1, 1)
     assert caught.value.column == "Total"
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 63, -64, 64, 300, 2**31, -(2**63), 2**63 - 1])
+def test_encode_long_is_avros_zigzag_varint(value: int) -> None:
+    written = io.BytesIO()
+    fastavro.schemaless_writer(written, fastavro.parse_schema("long"), value)
+    assert encode_long(value) == written.getvalue()
+
+
+def test_the_misfit_named_is_the_rows_column_inside_the_envelope() -> None:
+    column, reason = find_misfit(load_schema("orders.value"), _envelope(_order(CustomerID=None)))
+    assert (column, reason) == ("CustomerID", "NULL in a column that is not nullable")
+    column, reason = find_misfit(row_schema("orders"), _order(CurrencyCode=7))
+    assert column == "CurrencyCode"
+    assert "7" in reason
+    assert find_misfit(row_schema("orders"), _order()) == (
+        None,
+        "the record does not match its schema",
+    )

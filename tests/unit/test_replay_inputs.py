@@ -1,4 +1,5 @@
-"""What ``queuestream replay`` accepts: durations, offsets files, exactly one destination."""
+"""What ``queuestream replay`` accepts (durations, offsets files, exactly one destination),
+and the plan's arithmetic, none of which needs a broker."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.replay import ReplaySpec, parse_duration, read_offsets_file
+from consumers.replay_inputs import ReplaySpec, parse_duration, read_offsets_file
+from consumers.replay_plan import OffsetMove, ReplayPlan
 from queuestream.errors import ConfigurationError
 from queuestream.kafka_offsets import LogBounds
 
@@ -67,3 +69,35 @@ def test_exactly_one_destination() -> None:
 def test_offsets_are_clamped_into_the_retained_log() -> None:
     bounds = LogBounds(low=5, high=20)
     assert [bounds.clamp(o) for o in (0, 5, 12, 20, 99)] == [5, 5, 12, 20, 20]
+
+
+def test_a_move_counts_from_the_target_offset_when_there_is_one() -> None:
+    move = OffsetMove(
+        "exigo.orders", 0, group_offset=10, target_offset=7, new_offset=12, low=0, high=20
+    )
+    assert (move.current, move.delta) == (7, 5)
+    untargeted = OffsetMove("exigo.orders", 0, 10, None, new_offset=4, low=0, high=20)
+    assert (untargeted.current, untargeted.delta) == (10, -6)
+    never = OffsetMove("exigo.orders", 0, None, None, new_offset=0, low=0, high=20)
+    assert (never.current, never.delta) == (None, None)
+
+
+def test_the_plan_as_json_sums_the_skipped_events() -> None:
+    moves = [
+        OffsetMove("exigo.orders", 0, 3, None, new_offset=9, low=0, high=9),
+        OffsetMove("exigo.orders", 1, None, None, new_offset=0, low=0, high=5),
+    ]
+    plan = ReplayPlan(
+        group="g",
+        destination="to the earliest offsets",
+        state="Empty",
+        members=[],
+        moves=moves,
+        skipped={("exigo.orders", 0): 4, ("exigo.orders", 2): 1},
+    )
+    shown = plan.as_dict()
+    assert shown["skipped_events"] == 5
+    assert shown["target"] is None
+    assert not shown["executed"]
+    assert [p["delta"] for p in shown["partitions"]] == [6, None]
+    assert shown["partitions"][0]["topic"] == "exigo.orders"

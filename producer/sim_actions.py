@@ -1,0 +1,391 @@
+"""What each ``queuestream sim`` action writes: the simulated business and its rows.
+
+:class:`SimulatedBusiness` knows what exists in the sync database (the next ids,
+the customers, the orders still open) and performs one business action at a
+time through a connection it is given: a new customer (with their site and
+payment account), an order with lines, a payment, an order's next status on the
+way to shipping (with a tracking number), an address edit, a card update, a
+cancellation. Every random choice comes from the generator it is handed, in a
+fixed order, so the same seed on the same starting database writes the same
+rows; timestamps are the clock's. Choosing which action comes next, and when to
+commit, is the driver's (:mod:`producer.simulator`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from queuestream.sync_schema import Base
+
+__all__ = ["ACTIONS", "SimulatedBusiness"]
+
+_FIRST = (
+    "Ava Liam Noah Emma Olivia Mia Lucas Sofia Mateo Zoe Ethan Isla Hugo Lena Omar Yuki Priya Chen"
+    " Anna Jonas"
+).split()
+_LAST = (
+    "Smith Garcia Müller Nguyen Rossi Kowalski Jansen Silva Dubois Tanaka Okafor Larsen"
+    " Novak Cohen Patel O'Brien"
+).split()
+_CITIES = [
+    ("Dallas", "TX", "75201", "US"),
+    ("Provo", "UT", "84601", "US"),
+    ("Irvine", "CA", "92602", "US"),
+    ("Toronto", "ON", "M5H 2N2", "CA"),
+    ("Utrecht", "UT", "3511", "NL"),
+    ("Leeds", "", "LS1 4AP", "GB"),
+]
+_STREETS = ["Main St", "Oak Ave", "Maple Dr", "Cedar Ln", "Elm St", "Pine Rd", "Lake Blvd"]
+_ITEMS = [
+    ("KIT-100", "Starter kit", Decimal("49.9500"), Decimal("1.2500")),
+    ("VIT-30", "Vitamin pack, 30 days", Decimal("34.5000"), Decimal("0.4000")),
+    ("PRO-1KG", "Protein, 1 kg", Decimal("39.0000"), Decimal("1.0000")),
+    ("TEA-20", "Herbal tea, 20 bags", Decimal("12.7500"), Decimal("0.1000")),
+    ("OIL-15", "Essential oil, 15 ml", Decimal("19.9900"), Decimal("0.0500")),
+    ("BAR-12", "Snack bars, 12", Decimal("24.0000"), Decimal("0.7200")),
+]
+_CENTS = Decimal("0.01")
+_TAX_RATE = Decimal("0.0725")
+PENDING, ACCEPTED, PRINTED, SHIPPED, CANCELED = 2, 8, 9, 10, 5
+_NEXT_STATUS = {PENDING: ACCEPTED, ACCEPTED: PRINTED, PRINTED: SHIPPED}
+
+#: Business actions and their relative weights.
+ACTIONS: dict[str, int] = {
+    "new_customer": 18,
+    "new_order": 34,
+    "payment": 12,
+    "advance_order": 20,
+    "address_edit": 7,
+    "card_update": 3,
+    "cancel_order": 6,
+}
+#: Actions that need an open order; without one, an order comes first.
+_ON_OPEN_ORDERS = ("payment", "advance_order", "cancel_order")
+
+
+class SimulatedBusiness:
+    """The state of the simulated business, and its actions; each returns the rows it wrote."""
+
+    def __init__(
+        self, conn: sa.Connection, rng: random.Random, clock: Callable[[], datetime]
+    ) -> None:
+        self.rng = rng
+        self._clock = clock
+        self.t = {name: Base.metadata.tables[name] for name in Base.metadata.tables}
+        self._actions: dict[str, Callable[[sa.Connection], int]] = {
+            "new_customer": self._new_customer,
+            "new_order": self._new_order,
+            "payment": self._payment,
+            "advance_order": self._advance_order,
+            "address_edit": self._address_edit,
+            "card_update": self._card_update,
+            "cancel_order": self._cancel_order,
+        }
+        self._load_state(conn)
+
+    def _load_state(self, conn: sa.Connection) -> None:
+        def top(table: str, column: str) -> int:
+            value = conn.execute(sa.select(sa.func.max(self.t[table].c[column]))).scalar()
+            return int(value or 0)
+
+        self.next_customer = top("Customers", "CustomerID") + 1
+        self.next_order = top("Orders", "OrderID") + 1
+        self.next_payment = top("Payments", "PaymentID") + 1
+        self.customers = [
+            r[0]
+            for r in conn.execute(
+                sa.select(self.t["Customers"].c.CustomerID).order_by(
+                    self.t["Customers"].c.CustomerID
+                )
+            )
+        ]
+        orders = self.t["Orders"]
+        self.open_orders: dict[int, tuple[int, int, Decimal, Decimal]] = {}
+        for oid, status, cid, total in conn.execute(
+            sa.select(orders.c.OrderID, orders.c.OrderStatusID, orders.c.CustomerID, orders.c.Total)
+            .where(orders.c.OrderStatusID.in_([PENDING, ACCEPTED, PRINTED]))
+            .order_by(orders.c.OrderID)
+        ):
+            self.open_orders[oid] = (status, cid, Decimal(total), Decimal(0))
+
+    def feasible(self, action: str) -> str:
+        """``action``, or what must come first: a customer, or an order to pay, move or cancel."""
+        if not self.customers:
+            return "new_customer"
+        if action in _ON_OPEN_ORDERS and not self.open_orders:
+            return "new_order"
+        return action
+
+    def perform(self, conn: sa.Connection, action: str) -> int:
+        """Write ``action`` (a name of :data:`ACTIONS`) through ``conn``; the rows written."""
+        return self._actions[action](conn)
+
+    def _insert(self, conn: sa.Connection, table: str, rows: list[dict[str, Any]]) -> int:
+        conn.execute(sa.insert(self.t[table]), rows)
+        return len(rows)
+
+    def _update(self, conn: sa.Connection, table: str, where: Any, values: dict[str, Any]) -> int:
+        result = conn.execute(sa.update(self.t[table]).where(where).values(**values))
+        return result.rowcount
+
+    def _address(self) -> dict[str, str]:
+        city, state, zipcode, country = self.rng.choice(_CITIES)
+        return {
+            "Address1": f"{self.rng.randint(1, 9999)} {self.rng.choice(_STREETS)}",
+            "City": city,
+            "State": state,
+            "Zip": zipcode,
+            "Country": country,
+        }
+
+    def _new_customer(self, conn: sa.Connection) -> int:
+        now = self._clock()
+        cid = self.next_customer
+        self.next_customer += 1
+        first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
+        addr = self._address()
+        email = f"{first}.{last}.{cid}@example.com".lower().replace("'", "")
+        phone = f"+1-555-{self.rng.randint(1000, 9999)}"
+        stamps = {"CreatedDate": now, "ModifiedDate": now}
+        rows = self._insert(
+            conn,
+            "Customers",
+            [
+                {
+                    "CustomerID": cid,
+                    "FirstName": first,
+                    "LastName": last,
+                    "Company": None,
+                    "CustomerTypeID": self.rng.choice([1, 2, 3]),
+                    "CustomerStatusID": 1,
+                    "Email": email,
+                    "Phone": phone,
+                    "MainAddress1": addr["Address1"],
+                    "MainAddress2": None,
+                    "MainCity": addr["City"],
+                    "MainState": addr["State"],
+                    "MainZip": addr["Zip"],
+                    "MainCountry": addr["Country"],
+                    "CurrencyCode": "usd" if addr["Country"] == "US" else "eur",
+                    "LanguageID": 0,
+                    "EnrollerID": self.rng.choice(self.customers) if self.customers else None,
+                    "BirthDate": None,
+                    **stamps,
+                }
+            ],
+        )
+        rows += self._insert(
+            conn,
+            "CustomerSites",
+            [
+                {
+                    "CustomerID": cid,
+                    "WebAlias": f"{first.lower()}{cid}",
+                    "FirstName": first,
+                    "LastName": last,
+                    "Company": None,
+                    "Email": email,
+                    "Phone": phone,
+                    **addr,
+                    "Address2": None,
+                    **stamps,
+                }
+            ],
+        )
+        rows += self._insert(
+            conn,
+            "CustomerAccounts",
+            [
+                {
+                    "CustomerID": cid,
+                    "PrimaryCreditCardNumberDisplay": f"4111{self.rng.randint(10**11, 10**12 - 1)}",
+                    "PrimaryCreditCardType": 1,
+                    "PrimaryCreditCardExpirationMonth": self.rng.randint(1, 12),
+                    "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),
+                    "PrimaryBillingName": f"{first} {last}",
+                    "BankAccountNumber": str(self.rng.randint(10**9, 10**10 - 1)),
+                    "BankRoutingNumber": str(self.rng.randint(10**8, 10**9 - 1)),
+                    "BankNameOnAccount": f"{first} {last}",
+                    "BankAccountType": 1,
+                    **stamps,
+                }
+            ],
+        )
+        self.customers.append(cid)
+        return rows
+
+    def _new_order(self, conn: sa.Connection) -> int:
+        now = self._clock()
+        cid = self.rng.choice(self.customers)
+        oid = self.next_order
+        self.next_order += 1
+        lines = []
+        subtotal = tax = Decimal(0)
+        for line in range(1, self.rng.randint(1, 5) + 1):
+            code, desc, price, weight = self.rng.choice(_ITEMS)
+            qty = Decimal(self.rng.randint(1, 4))
+            total = (price * qty).quantize(_CENTS)
+            line_tax = (total * _TAX_RATE).quantize(_CENTS)
+            subtotal += total
+            tax += line_tax
+            lines.append(
+                {
+                    "OrderID": oid,
+                    "OrderLine": line,
+                    "ItemCode": code,
+                    "ItemDescription": desc,
+                    "Quantity": qty,
+                    "PriceEach": price,
+                    "PriceTotal": total,
+                    "Tax": line_tax,
+                    "WeightEach": weight,
+                    "CreatedDate": now,
+                    "ModifiedDate": now,
+                }
+            )
+        shipping = Decimal("7.95") if subtotal < 100 else Decimal(0)
+        total = subtotal + tax + shipping
+        ship_to = self._address() if self.rng.random() < 0.7 else {}
+        rows = self._insert(
+            conn,
+            "Orders",
+            [
+                {
+                    "OrderID": oid,
+                    "CustomerID": cid,
+                    "OrderStatusID": PENDING,
+                    "OrderTypeID": self.rng.choice([1, 1, 1, 4]),
+                    "OrderDate": now,
+                    "CurrencyCode": "usd",
+                    "WarehouseID": 1,
+                    "ShipMethodID": self.rng.choice([1, 2]),
+                    "SubTotal": subtotal,
+                    "TaxTotal": tax,
+                    "ShippingTotal": shipping,
+                    "Total": total,
+                    "FirstName": None,
+                    "LastName": None,
+                    "Company": None,
+                    "Address1": ship_to.get("Address1"),
+                    "Address2": None,
+                    "City": ship_to.get("City"),
+                    "State": ship_to.get("State"),
+                    "Zip": ship_to.get("Zip"),
+                    "Country": ship_to.get("Country"),
+                    "Email": None,
+                    "Phone": None,
+                    "TrackingNumber1": None,
+                    "ShippedDate": None,
+                    "Notes": None,
+                    "CreatedDate": now,
+                    "ModifiedDate": now,
+                }
+            ],
+        )
+        rows += self._insert(conn, "OrderDetails", lines)
+        self.open_orders[oid] = (PENDING, cid, total, Decimal(0))
+        return rows
+
+    def _pick_open_order(self) -> int:
+        return self.rng.choice(sorted(self.open_orders))
+
+    def _payment(self, conn: sa.Connection) -> int:
+        now = self._clock()
+        oid = self._pick_open_order()
+        status, cid, total, paid = self.open_orders[oid]
+        remaining = total - paid
+        if remaining <= 0:
+            return self._advance_order(conn, oid)
+        amount = remaining if self.rng.random() < 0.8 else (remaining / 2).quantize(_CENTS)
+        pid = self.next_payment
+        self.next_payment += 1
+        rows = self._insert(
+            conn,
+            "Payments",
+            [
+                {
+                    "PaymentID": pid,
+                    "CustomerID": cid,
+                    "OrderID": oid,
+                    "PaymentTypeID": 1,
+                    "PaymentDate": now,
+                    "Amount": amount,
+                    "CurrencyCode": "usd",
+                    "AuthorizationCode": f"AUTH{self.rng.randint(100000, 999999)}",
+                    "Memo": None,
+                    "CreatedDate": now,
+                    "ModifiedDate": now,
+                }
+            ],
+        )
+        self.open_orders[oid] = (status, cid, total, paid + amount)
+        return rows
+
+    def _advance_order(self, conn: sa.Connection, oid: int | None = None) -> int:
+        now = self._clock()
+        oid = oid if oid is not None else self._pick_open_order()
+        status, cid, total, paid = self.open_orders[oid]
+        new = _NEXT_STATUS[status]
+        values: dict[str, Any] = {"OrderStatusID": new, "ModifiedDate": now}
+        if new == SHIPPED:
+            values["TrackingNumber1"] = f"1Z{self.rng.randint(10**9, 10**10 - 1)}"
+            values["ShippedDate"] = now
+            del self.open_orders[oid]
+        else:
+            self.open_orders[oid] = (new, cid, total, paid)
+        return self._update(conn, "Orders", self.t["Orders"].c.OrderID == oid, values)
+
+    def _cancel_order(self, conn: sa.Connection) -> int:
+        now = self._clock()
+        oid = self._pick_open_order()
+        del self.open_orders[oid]
+        return self._update(
+            conn,
+            "Orders",
+            self.t["Orders"].c.OrderID == oid,
+            {"OrderStatusID": CANCELED, "ModifiedDate": now},
+        )
+
+    def _address_edit(self, conn: sa.Connection) -> int:
+        now = self._clock()
+        cid = self.rng.choice(self.customers)
+        addr = self._address()
+        rows = self._update(
+            conn,
+            "Customers",
+            self.t["Customers"].c.CustomerID == cid,
+            {
+                "MainAddress1": addr["Address1"],
+                "MainCity": addr["City"],
+                "MainState": addr["State"],
+                "MainZip": addr["Zip"],
+                "MainCountry": addr["Country"],
+                "ModifiedDate": now,
+            },
+        )
+        return rows + self._update(
+            conn,
+            "CustomerSites",
+            self.t["CustomerSites"].c.CustomerID == cid,
+            {**addr, "ModifiedDate": now},
+        )
+
+    def _card_update(self, conn: sa.Connection) -> int:
+        now = self._clock()
+        cid = self.rng.choice(self.customers)
+        return self._update(
+            conn,
+            "CustomerAccounts",
+            self.t["CustomerAccounts"].c.CustomerID == cid,
+            {
+                "PrimaryCreditCardNumberDisplay": f"5500000000{self.rng.randint(100000, 999999)}",
+                "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),
+                "ModifiedDate": now,
+            },
+        )

@@ -1,0 +1,142 @@
+"""The fast encoder of change-event values: an envelope assembled from encoded parts.
+
+The producer encodes every row of a refresh; encoding the whole envelope with
+fastavro resolves its unions and re-encodes its constant parts each time.
+:class:`EnvelopeEncoder` encodes the constant parts once per refresh and writes
+only the row for each event. :func:`encode_long` is Avro's varint, which the
+producer's partitioner uses too.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import fastavro
+
+from queuestream.errors import EncodingError, SchemaError
+from schemas.avro.misfit import find_misfit
+from schemas.avro.schema_files import load_schema, row_schema
+
+__all__ = ["EnvelopeEncoder", "encode_long"]
+
+
+def encode_long(value: int) -> bytes:
+    """Avro's zig-zag varint encoding of a long."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    return encode_long(len(data)) + data
+
+
+_ENVELOPE_FIELDS = ["before", "after", "source", "op", "ts_ms", "transaction"]
+_SOURCE_TS_FIELD = "ts_ms"
+
+
+class EnvelopeEncoder:
+    """Encodes change-event values of one table within one refresh, fast.
+
+    Avro's binary encoding of a record is the concatenation of its fields'
+    encodings, so the envelope is assembled from parts: ``before`` (null), the
+    union branch of ``after`` and the row written by fastavro against the row
+    record alone (no union resolution), the ``source`` block whose only varying
+    field is ``ts_ms`` (its other fields are encoded once per refresh), ``op``,
+    ``ts_ms`` and ``transaction``. The result is byte-identical to encoding the
+    whole envelope with fastavro (a unit test checks), at a third of the cost.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        header: bytes,
+        source: dict[str, Any],
+        published_ms: int,
+        transaction_id: str,
+    ) -> None:
+        envelope = load_schema(f"{table}.value")
+        names = [f["name"] for f in envelope["fields"]]
+        if names != _ENVELOPE_FIELDS:
+            msg = f"{table}.value.avsc: envelope fields {names}, expected {_ENVELOPE_FIELDS}"
+            raise SchemaError(msg)
+        self.table = table
+        self._row_json = row_schema(table)
+        self._row = fastavro.parse_schema(self._row_json, named_schemas={})
+        source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
+        prefix, suffix, seen_ts = bytearray(), bytearray(), False
+        for field in source_fields["fields"]:
+            if field["name"] == _SOURCE_TS_FIELD:
+                seen_ts = True
+                continue
+            part = io.BytesIO()
+            fastavro.schemaless_writer(
+                part,
+                fastavro.parse_schema(field["type"], named_schemas={}),
+                source.get(field["name"]),
+            )
+            (suffix if seen_ts else prefix).extend(part.getvalue())
+        # header, before=null (branch 0), after=row (branch 1)
+        self._head = header + b"\x00\x02"
+        self._source_prefix = bytes(prefix)
+        self._source_suffix = bytes(suffix)
+        self._published = b"\x02" + encode_long(published_ms)  # ts_ms: branch 1 (long)
+        self._transaction = b"\x02" + _string(transaction_id)  # branch 1 (Transaction)
+        self._ops = {op: _string(op) for op in ("c", "u", "d", "r")}
+        self._buffer = io.BytesIO()
+        self._decimals = [
+            (f["name"], t["precision"], t.get("scale", 0))
+            for f in self._row_json["fields"]
+            for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
+            if isinstance(t, dict) and t.get("logicalType") == "decimal"
+        ]
+
+    def _check_decimals(self, row: dict[str, Any]) -> None:
+        """fastavro checks the digits written, not the magnitude (1E+30 passes): check it."""
+        for name, precision, scale in self._decimals:
+            value = row.get(name)
+            if value is not None and value.is_finite() and value.adjusted() + 1 + scale > precision:
+                reason = (
+                    f"{value} does not fit decimal({precision},{scale}): at most "
+                    f"{precision - scale} digits before the point"
+                )
+                raise EncodingError(reason, table=self.table, column=name)
+
+    def encode(
+        self,
+        row: dict[str, Any],
+        op: str,
+        source_ts_ms: int,
+        total_order: int,
+        data_collection_order: int,
+    ) -> bytes:
+        if self._decimals:
+            self._check_decimals(row)
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        try:
+            fastavro.schemaless_writer(buffer, self._row, row)
+        except (ValueError, TypeError, UnicodeError, AttributeError, KeyError) as exc:
+            column, reason = find_misfit(self._row_json, row)
+            raise EncodingError(reason, table=self.table, column=column) from exc
+        return b"".join(
+            (
+                self._head,
+                buffer.getvalue(),
+                self._source_prefix,
+                encode_long(source_ts_ms),
+                self._source_suffix,
+                self._ops[op],
+                self._published,
+                self._transaction,
+                encode_long(total_order),
+                encode_long(data_collection_order),
+            )
+        )
