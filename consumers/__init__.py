@@ -1,11 +1,20 @@
 """Consumers: the runtime shared by every target, and the sample targets.
 
-``runtime`` (the consumer group member), ``assembly`` (batch-consistent apply),
-``markers`` (END markers), ``offsets`` (offsets kept in the target), ``sync_log``,
-``dead_letters`` (dead-letter topics and the error budget), ``target`` (what a
-target implements), ``reconcile`` (``queuestream verify``), ``replay`` (move a
-group to a time or offsets), ``rebuild`` (a target as of a point in time), and the sample targets
-``accounting/`` and ``shipping/``.
+The runtime: ``runtime`` (the loop of a consumer group member), ``intake``
+(decoding what Kafka hands over), ``ownership`` (partitions owned, resumed from the
+target's offsets, rebalancing), ``assembly`` and ``markers`` (batch-consistent
+apply: whole refreshes by their END markers), ``batch_apply`` (promise 3: rows and
+offsets in one target transaction), ``offsets`` (offsets kept in the target),
+``target_db`` (the target database's outages), ``sync_log``, ``dead_letters``
+(dead-letter topics and the error budget), ``metrics`` (Prometheus).
+
+Targets: ``target`` (what a target implements), ``target_rows`` (record checks
+that name table, key and column), ``target_sql`` (versioned upserts, exact money,
+key filters), ``reconcile`` and ``verify`` (``queuestream verify``), and the
+sample targets ``accounting/`` and ``shipping/``.
+
+Recovery: ``replay`` with ``replay_inputs`` and ``replay_plan`` (move a group to a
+time or offsets), ``rebuild`` (a target as of a point in time).
 """
 
 from __future__ import annotations

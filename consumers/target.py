@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 from zoneinfo import ZoneInfo
@@ -28,9 +28,8 @@ import sqlalchemy as sa
 from consumers.changes import Change
 from consumers.reconcile import TableImage
 from queuestream.errors import RecordError
-from queuestream.tables import TABLES
 
-__all__ = ["ApplyReport", "Rejected", "Target", "ordered_tables"]
+__all__ = ["ApplyReport", "Rejected", "Target"]
 
 
 @dataclass(slots=True)
@@ -96,9 +95,3 @@ class Target(ABC):
     @abstractmethod
     def actual(self, target: sa.Connection) -> dict[str, TableImage]:
         """What this target holds, in the same shape as :meth:`expected`."""
-
-
-def ordered_tables(names: Iterable[str]) -> tuple[str, ...]:
-    """``names`` in foreign-key (apply) order."""
-    wanted = set(names)
-    return tuple(t.name for t in TABLES if t.name in wanted)

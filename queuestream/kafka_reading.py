@@ -5,7 +5,7 @@ partition a refresh wrote ends with a commit marker, and aborted messages take
 offsets too. "How many events lie between offset A and offset B" is therefore
 answered by reading, with read_committed, from A up to B: the monitor counts a
 group's lag this way (``queuestream/monitor/lag.py``), and replay counts the
-events a forward move would skip (``consumers/replay.py``).
+events a forward move would skip (``consumers/replay_plan.py``).
 
 Up to ``COUNT_LIMIT`` messages per partition are counted one by one; beyond that,
 or past the time budget, the rest is estimated from offsets and the figure is

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 
 from consumers import sync_log, target_named
@@ -121,6 +122,7 @@ def _ranges(entries: list[dict[str, Any]]) -> dict[Where, list[tuple[Range, dict
     return found
 
 
+@pytest.mark.slow
 def test_a_group_that_loses_a_member_mid_stream_applies_everything_once(
     postgres_database: Callable[[str], str], kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:

@@ -189,6 +189,7 @@ def _assert_each_refresh_once(
 
 
 @pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.slow
 def test_the_target_going_down_mid_stream_loses_and_repeats_nothing(
     pipeline: Pipeline, target_db: Target, target: str
 ) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from producer.simulator import Simulator
@@ -189,6 +190,7 @@ def _simulate(url: str, actions: int, seed: int) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_loses_nothing_and_duplicates_nothing(
     source_url: str, kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:

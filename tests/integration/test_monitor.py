@@ -114,6 +114,7 @@ def test_caught_up_group_shows_no_lag_and_the_last_batch(
     assert snapshot.dead_letters == ()
 
 
+@pytest.mark.slow
 def test_stopped_group_lags_by_the_new_events_and_check_fails(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -230,6 +231,7 @@ def monitor_server(pipeline: Pipeline) -> Iterator[str]:
     assert f"monitor page at {url}" in err, out + err
 
 
+@pytest.mark.slow
 def test_web_page_in_chromium_shows_lag_and_refreshes_itself(
     pipeline: Pipeline, tmp_path: Path, browser: Any
 ) -> None:

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from producer.refresh import Refresher
@@ -92,6 +93,7 @@ def _long_writer(engine: sa.Engine, base: int, stop: threading.Event, hold: floa
         stop.wait(0.3)
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_nothing_and_duplicate_nothing(
     source_url: str, kafka_bootstrap: str, unique: str
 ) -> None:

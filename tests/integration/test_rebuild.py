@@ -52,6 +52,7 @@ def _rebuild(pipe: Pipeline, target: str, url: str, as_of: str) -> subprocess.Co
 
 
 @pytest.mark.parametrize("target", ["accounting", "shipping"])
+@pytest.mark.slow
 def test_rebuild_as_of_equals_the_target_captured_then(
     pipeline: Pipeline, tmp_path: Path, target: str
 ) -> None:
@@ -96,6 +97,7 @@ def test_rebuild_refuses_a_database_that_holds_a_target(pipeline: Pipeline, tmp_
     assert "new, empty database" in done.stderr
 
 
+@pytest.mark.slow
 def test_rebuild_of_a_long_history_keeps_the_markers_it_needs(
     pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

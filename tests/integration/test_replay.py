@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
@@ -73,6 +74,7 @@ def _three_refreshes(pipe: Pipeline) -> datetime:
     return middle
 
 
+@pytest.mark.slow
 def test_replay_to_datetime_moves_group_and_target(pipeline: Pipeline, tmp_path: Path) -> None:
     target = f"sqlite:///{tmp_path / 'accounting.db'}"
     group = pipeline.settings().group_for("accounting")
@@ -145,6 +147,7 @@ def test_replay_to_earliest_restores_rows_a_target_lost(pipeline: Pipeline, tmp_
     assert pipeline.verify("accounting", target).ok
 
 
+@pytest.mark.slow
 def test_replay_to_offsets_file_without_target(pipeline: Pipeline, tmp_path: Path) -> None:
     group = f"{pipeline.prefix}-downstream"
     pipeline.simulate(60)

@@ -30,3 +30,15 @@ def test_all_is_declared_and_resolves(name: str) -> None:
     assert exported is not None, f"{name} has no __all__"
     missing = [n for n in exported if not hasattr(module, n)]
     assert not missing, f"{name}.__all__ names missing objects: {missing}"
+
+
+def test_the_version_is_one_and_the_changelog_names_it() -> None:
+    import tomllib
+    from pathlib import Path
+
+    import queuestream
+
+    root = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert queuestream.__version__ == declared
+    assert f"## {declared} " in (root / "CHANGELOG.md").read_text()
