@@ -93,9 +93,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kafka)
         if names & POSTGRES_FIXTURES:
             item.add_marker(pytest.mark.postgres)
-    # Long tests first: parallel workers take them on at once and the short ones fill
-    # the gaps, instead of one long test starting last and running alone.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def _start(start: Callable[[], services.Service], what: str) -> services.Service:
