@@ -41,6 +41,7 @@ __all__ = [
     "broker_failure",
     "database_failure",
     "database_unreachable",
+    "escaped_failure",
     "sqlstate_of",
 ]
 
@@ -200,3 +201,21 @@ def broker_failure(error: KafkaError, where: str) -> QueuestreamError:
         f"Kafka at {where} is unreachable ({reason}); start it (make kafka-up) or set "
         "KAFKA_BOOTSTRAP_SERVERS"
     )
+
+
+def escaped_failure(exc: BaseException) -> QueuestreamError | None:
+    """A database or Kafka error that reached the command unclassified, classified.
+
+    The last line of defence in the CLI: code that meets a driver error wraps it with
+    :func:`database_failure` or :func:`broker_failure` where it knows which database or
+    broker failed; one that escaped is named generically. None: not a failure of a
+    database or the broker (a bug: the CLI shows its traceback).
+    """
+    module = type(exc).__module__
+    if module.startswith("sqlalchemy") and hasattr(exc, "orig"):
+        return database_failure(exc, "(this command's database)")
+    if module.startswith("confluent_kafka") or type(exc).__name__ == "KafkaException":
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError):
+            return broker_failure(error, "(this command's broker)")
+    return None
