@@ -56,6 +56,8 @@ _PERMANENT_SQLSTATES = {
     "42P01": "a table is missing: create it, or point the URL at the right database",
     "3F000": "a schema is missing: create it, or fix the schema setting",
     "42501": "permission denied: GRANT this user the privileges it needs",
+    "42703": "a column is missing: the database's tables do not match what this version "
+    "reads or writes; point the URL at the right database",
     "42704": "an object is missing: check the database the URL names",
 }
 
@@ -127,21 +129,20 @@ def database_failure(exc: BaseException, where: str) -> QueuestreamError | None:
             return _unavailable(where, reason)
         if reason.startswith("no such table"):
             return _access(where, reason, _PERMANENT_SQLSTATES["42P01"])
-    if state is None and _connection_lost(exc):
+        if reason.startswith("no such column") or " has no column named " in reason:
+            return _access(where, reason, _PERMANENT_SQLSTATES["42703"])
+    if _connection_lost(exc):
         return _unavailable(where, reason)
     return None
 
 
 def _connection_lost(exc: BaseException) -> bool:
-    """SQLAlchemy's own signs of a connection that went away (no code to read)."""
+    """What the DB-API calls an operational or interface error (the connection, the
+    server's resources) and SQLAlchemy an invalidated connection: waited out, as
+    every outage, unless a code above said it is permanent."""
     if bool(getattr(exc, "connection_invalidated", False)):
         return True
-    kind = type(exc).__name__
-    orig = getattr(exc, "orig", None)
-    if kind == "InterfaceError":
-        return True
-    # psycopg's OperationalError without a SQLSTATE: the socket, not the server, failed.
-    return kind == "OperationalError" and type(orig).__module__.startswith("psycopg")
+    return type(exc).__name__ in ("OperationalError", "InterfaceError")
 
 
 def database_unreachable(where: str, exc: BaseException) -> DatabaseUnavailableError:

@@ -56,10 +56,10 @@ def _fails_at_once(args: list[str], env: dict[str, str]) -> str:
 
 
 def _env(bootstrap: str, prefix: str, **more: str) -> dict[str, str]:
-    env = cli_env(bootstrap, prefix, QUEUESTREAM_BROKER_TIMEOUT_SECONDS="5", **more)
+    env = cli_env(bootstrap, prefix, QUEUESTREAM_BROKER_TIMEOUT_SECONDS="5")
     for name in ("QUEUESTREAM_CONFIG", "QUEUESTREAM_SOURCE_URL", "QUEUESTREAM_TARGET_URL"):
         env.pop(name, None)
-    return env
+    return {**env, **more}
 
 
 @pytest.fixture
@@ -72,14 +72,17 @@ def password_role(_postgres_admin: sa.Engine, unique: str) -> Iterator[str]:
         hba_file = conn.exec_driver_sql("SHOW hba_file").scalar_one()
         try:
             rules = conn.execute(sa.select(sa.func.pg_read_file(hba_file))).scalar_one()
-            wanted = f"host all {role} 127.0.0.1/32 scram-sha-256\n{rules}"
-            lines = ", ".join(f"({i}, :l{i})" for i in range(len(wanted.splitlines())))
-            conn.execute(
-                sa.text(
-                    f"COPY (SELECT line FROM (VALUES {lines}) AS v(n, line) ORDER BY n) "
-                    f"TO '{hba_file}'"
-                ),
-                {f"l{i}": line for i, line in enumerate(wanted.splitlines())},
+            # COPY cannot take bind parameters: the lines go in as literals. It opens its
+            # file before it runs its query, so the rules were read first.
+            lines = [f"host all {role} 127.0.0.1/32 scram-sha-256", *rules.splitlines()]
+            if any("\\" in line for line in lines):
+                pytest.skip("pg_hba.conf holds backslashes, which COPY would escape")
+            rows = " UNION ALL ".join(
+                f"SELECT {n} AS n, {_literal(line.replace(chr(9), ' ') or '#')} AS line"
+                for n, line in enumerate(lines)
+            )
+            conn.exec_driver_sql(
+                f"COPY (SELECT line FROM ({rows}) AS v ORDER BY n) TO {_literal(hba_file)}"
             )
             conn.execute(sa.select(sa.func.pg_reload_conf()))
         except sa.exc.DBAPIError as exc:
@@ -104,6 +107,10 @@ def password_role(_postgres_admin: sa.Engine, unique: str) -> Iterator[str]:
     yield role
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _url(admin: sa.Engine, **parts: str) -> str:
     url = make_url(admin.url).set(drivername="postgresql", **parts)  # type: ignore[arg-type]
     return url.render_as_string(hide_password=False)
@@ -116,7 +123,7 @@ def test_a_wrong_source_password_stops_refresh_and_produce(
     env = _env(kafka_bootstrap, unique, QUEUESTREAM_SOURCE_URL=source)
     for args in (["refresh"], ["produce", "--interval", "1"]):
         line = _fails_at_once(args, env)
-        assert line.startswith("DatabaseAccessError: database postgresql://"), line
+        assert line.startswith("DatabaseAccessError: database postgresql+psycopg://"), line
         assert f'password authentication failed for user "{password_role}"' in line
         assert "check the user name and password" in line
 
@@ -127,7 +134,7 @@ def test_a_wrong_target_password_stops_the_consumer(
     target = _url(_postgres_admin, username=password_role, password=WRONG)
     env = _env(kafka_bootstrap, unique)
     line = _fails_at_once(["consume", "accounting", "--target", target, "--until-idle"], env)
-    assert line.startswith("DatabaseAccessError: database postgresql://"), line
+    assert line.startswith("DatabaseAccessError: database postgresql+psycopg://"), line
     assert "password authentication failed" in line
 
 

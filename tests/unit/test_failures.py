@@ -72,6 +72,14 @@ def test_a_missing_sqlite_table_is_permanent(tmp_path: Path) -> None:
     assert isinstance(failure, DatabaseAccessError)
     assert "no such table: nowhere" in str(failure)
     assert "a table is missing" in str(failure)
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER)")
+    engine.dispose()
+    exc = _sqlalchemy_error(f"sqlite:///{tmp_path / 'x.db'}", "INSERT INTO t (nope) VALUES (1)")
+    failure = database_failure(exc, "x.db")
+    assert isinstance(failure, DatabaseAccessError)
+    assert "a column is missing" in str(failure)
 
 
 def test_a_locked_sqlite_database_is_transient(tmp_path: Path) -> None:
