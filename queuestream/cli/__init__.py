@@ -70,11 +70,6 @@ def main() -> None:
             sys.exit(code)
     except QueuestreamError as exc:
         _stop(exc)
-    except Exception as exc:
-        failure = escaped_failure(exc)  # a driver error no library code classified
-        if failure is None:
-            raise
-        _stop(failure)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
@@ -86,3 +81,8 @@ def main() -> None:
             raise
         show()
         sys.exit(int(getattr(exc, "exit_code", 2)))
+    except Exception as exc:
+        failure = escaped_failure(exc)  # a driver error no library code classified
+        if failure is None:
+            raise
+        _stop(failure)
