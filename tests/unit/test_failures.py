@@ -254,3 +254,24 @@ def test_a_driver_error_that_escaped_unclassified_is_classified_by_the_command(
     kafka = KafkaException(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED))
     assert isinstance(escaped_failure(kafka), BrokerAccessError)
     assert escaped_failure(ValueError("a bug")) is None
+
+
+def test_a_consumer_target_that_cannot_work_is_not_an_outage(tmp_path: Path) -> None:
+    """consumers.target_db raises what the classification says: never retried for good."""
+    from consumers.accounting import AccountingTarget
+    from consumers.target_db import is_outage, prepare, retriable_outages
+
+    engine = create_engine(f"sqlite:///{tmp_path}", writer=True)
+    with pytest.raises(DatabaseAccessError, match="not a folder itself"):
+        prepare(engine, AccountingTarget())
+    engine.dispose()
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    engine = create_engine(url, writer=True)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    with pytest.raises(sa.exc.IntegrityError) as refused:  # the data: passes as it is
+        with retriable_outages(engine), engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    assert not is_outage(refused.value)
+    engine.dispose()
