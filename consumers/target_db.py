@@ -1,14 +1,18 @@
 """The target database as the consumer runtime meets it: made ready, and its failures told apart.
 
-Two kinds of database errors reach the runtime and they call for opposite
-answers. An *outage* (connection refused or lost, the server shutting down) says
-nothing about the data: nothing was committed, and the runtime waits and retries
-(promise 5). Every other database error is the database refusing what it was
-given (a constraint, a value that does not fit): retrying cannot help, and batch
-apply (:mod:`.batch_apply`) looks for the events that cause it (promise 6).
-:func:`is_outage` draws that line once; :func:`retriable_outages` turns outages
-into :class:`~queuestream.errors.DatabaseUnavailableError`, the retriable error
-every retry loop understands.
+Three kinds of database errors reach the runtime and they call for different
+answers, told apart by :func:`queuestream.failures.database_failure`. An *outage*
+(connection refused or lost, the server shutting down) says nothing about the
+data: nothing was committed, and the runtime waits and retries (promise 5). A
+*permanent* failure (wrong password, database or table missing, permission
+denied, a SQLite path that cannot be opened) will not pass by waiting: the
+consumer stops at once with one line, even with ``--until-idle``. Every other
+database error is the database refusing what it was given (a constraint, a value
+that does not fit): retrying cannot help, and batch apply (:mod:`.batch_apply`)
+looks for the events that cause it (promise 6). :func:`is_outage` tells the first
+two from the third; :func:`retriable_outages` raises them as
+:class:`~queuestream.errors.DatabaseUnavailableError` (retried) or
+:class:`~queuestream.errors.DatabaseAccessError` (not retried).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import sqlalchemy as sa
 
 from consumers import offsets, sync_log
 from consumers.target import Target
-from queuestream.databases import unavailable
+from queuestream.databases import describe_url
+from queuestream.failures import database_failure
 
 __all__ = ["is_outage", "prepare", "retriable_outages"]
 
@@ -30,20 +35,20 @@ _SCHEMA_LOCK = 0x71736368656D61  # "qschema"
 
 
 def is_outage(exc: sa.exc.DBAPIError) -> bool:
-    """Is ``exc`` the database being unreachable (rather than refusing the data)?"""
-    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or bool(
-        exc.connection_invalidated
-    )
+    """Is ``exc`` the database failing us, for now or for good (rather than refusing the data)?"""
+    return database_failure(exc, "") is not None
 
 
 @contextmanager
 def retriable_outages(engine: sa.Engine) -> Iterator[None]:
-    """Raise outages of ``engine``'s database as DatabaseUnavailableError; others pass."""
+    """Raise failures of ``engine``'s database as DatabaseUnavailableError (an outage) or
+    DatabaseAccessError (for good); the database refusing the data passes as it is."""
     try:
         yield
     except sa.exc.DBAPIError as exc:
-        if is_outage(exc):
-            raise unavailable(exc, engine) from exc
+        failure = database_failure(exc, describe_url(engine.url))
+        if failure is not None:
+            raise failure from exc
         raise
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from queuestream.errors import ConfigurationError, DatabaseUnavailableError
+from queuestream.errors import ConfigurationError, QueuestreamError
+from queuestream.failures import database_failure, database_unreachable
 
 __all__ = ["create_engine", "describe_url", "is_postgres", "unavailable"]
 
@@ -86,11 +87,11 @@ def _sqlite_snapshot_transactions(engine: sa.Engine, begin: str, timeout: float)
         connection.exec_driver_sql(begin)
 
 
-def unavailable(exc: sa.exc.DBAPIError, engine: sa.Engine) -> DatabaseUnavailableError:
-    """Wrap a connection failure in an error that says which database and what to do."""
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-    msg = (
-        f"database {describe_url(engine.url)} is unreachable ({reason}); "
-        "nothing was committed, retry when it is back"
-    )
-    return DatabaseUnavailableError(msg)
+def unavailable(exc: sa.exc.DBAPIError, engine: sa.Engine) -> QueuestreamError:
+    """The error for a failure of ``engine``'s database, classified by
+    :func:`queuestream.failures.database_failure`: DatabaseUnavailableError (retry) when
+    it may come back, DatabaseAccessError (stop) when it cannot work as configured.
+    A failure that is neither (the database refused the data) counts as unavailable,
+    as every caller has always treated it."""
+    where = describe_url(engine.url)
+    return database_failure(exc, where) or database_unreachable(where, exc)

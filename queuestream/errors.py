@@ -3,8 +3,12 @@
 ::
 
     QueuestreamError                 root: the CLI prints "Type: message" and exits 1
-    ├── ConfigurationError           fix a setting or a flag, then run again
-    │   └── SourceSchemaError        the sync database lacks a table or column the refresh reads
+    ├── ConfigurationError           fix a setting or a flag, then run again (never retried)
+    │   ├── SettingsFileError        the TOML settings file cannot be read (names line, column)
+    │   ├── SourceSchemaError        the sync database lacks a table or column the refresh reads
+    │   ├── DatabaseAccessError      a database refuses us for good: wrong password, database or
+    │   │                            table missing, permission denied, a path that cannot open
+    │   └── BrokerAccessError        Kafka refuses us for good: authentication, ACLs, TLS
     ├── SchemaError                  the Avro contract and the data model disagree
     ├── RecordError                  one row or event cannot be handled; names table, key, column
     │   ├── EncodingError            producer: a value cannot be encoded (the refresh fails)
@@ -16,6 +20,9 @@
     │   └── DatabaseUnavailableError the source or target database cannot be reached
     └── FatalError                   stop: continuing could lose or duplicate data
         └── FencedError              another producer with the same transactional id took over
+
+Whether a failed database or Kafka call is a RetriableError or a ConfigurationError is
+decided in one place, :mod:`queuestream.failures`.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BrokerAccessError",
     "BrokerUnavailableError",
     "CommitOutcomeUnknownError",
     "ConfigurationError",
+    "DatabaseAccessError",
     "DatabaseUnavailableError",
     "DecodeError",
     "EncodingError",
@@ -35,6 +44,7 @@ __all__ = [
     "RecordError",
     "RetriableError",
     "SchemaError",
+    "SettingsFileError",
     "SourceSchemaError",
 ]
 
@@ -45,6 +55,19 @@ class QueuestreamError(Exception):
 
 class ConfigurationError(QueuestreamError):
     """A setting is missing or invalid; the message says which and what to do."""
+
+
+class SettingsFileError(ConfigurationError):
+    """The TOML settings file is malformed; the message names the file, line and column."""
+
+
+class DatabaseAccessError(ConfigurationError):
+    """A database refuses this configuration for good (see :mod:`queuestream.failures`):
+    retrying cannot help, fixing the URL, the password, the grants or the path can."""
+
+
+class BrokerAccessError(ConfigurationError):
+    """Kafka refuses this configuration for good: authentication, authorization or TLS."""
 
 
 class SourceSchemaError(ConfigurationError):

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from queuestream.errors import BrokerUnavailableError, ConfigurationError
+from queuestream.failures import broker_failure
 from queuestream.settings import Settings
 from queuestream.tables import BATCHES, TABLES, topic_for
 
@@ -132,11 +133,7 @@ def _describe(admin: AdminClient, settings: Settings) -> dict[str, int]:
     try:
         metadata = admin.list_topics(timeout=settings.broker_timeout_seconds)
     except KafkaException as exc:
-        msg = (
-            f"Kafka at {settings.kafka_bootstrap_servers} is unreachable ({exc.args[0]}); "
-            "start it (make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS"
-        )
-        raise BrokerUnavailableError(msg) from None
+        raise broker_failure(exc.args[0], settings.kafka_bootstrap_servers) from None
     return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,8 +27,10 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from queuestream.errors import ConfigurationError
+from queuestream.errors import ConfigurationError, SettingsFileError
 from queuestream.retry import Backoff
 
 __all__ = [
@@ -52,6 +56,9 @@ DEFAULT_OVERLAP_SECONDS = 2.0
 DEFAULT_REFRESH_STATEMENT = "EXEC queue.Refresh"
 DEFAULT_REFRESH_SINCE_STATEMENT = "EXEC queue.Refresh :since"
 DEFAULT_METRICS_HOST = "127.0.0.1"
+
+#: One bootstrap server: [PROTOCOL://]HOST[:PORT], HOST a name, an IPv4 or a [IPv6] address.
+_BOOTSTRAP_SERVER = re.compile(r"([A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s,/:\[\]]+)(:\d{1,5})?")
 
 ColumnAction = Literal["exclude", "mask", "hash"]
 
@@ -210,6 +217,32 @@ class Settings(BaseSettings):
         None, description="Key for HMAC-SHA256 of hashed columns (recommended)."
     )
 
+    @field_validator("source_url", "target_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        # The value is not repeated: it may hold a password.
+        if value is None:
+            return value
+        try:
+            backend = make_url(value).get_backend_name()
+        except (ArgumentError, ValueError):
+            msg = "not a database URL: use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+            raise ValueError(msg) from None
+        if backend not in ("sqlite", "postgresql"):
+            msg = f"unsupported database {backend!r}: use sqlite:/// or postgresql://"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",")]
+        bad = [s for s in servers if not _BOOTSTRAP_SERVER.fullmatch(s)]
+        if bad or not value.strip():
+            msg = f"bad server {(bad or [value])[0]!r}: give HOST:PORT[,HOST:PORT...]"
+            raise ValueError(msg)
+        return value
+
     @field_validator("source_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -269,6 +302,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         os.environ["QUEUESTREAM_CONFIG"] = str(config_file)
     try:
         settings = Settings(**flags)
+    except tomllib.TOMLDecodeError as exc:
+        path = os.environ.get("QUEUESTREAM_CONFIG")
+        msg = f"config file {path} is not valid TOML: {exc}; fix it there"
+        raise SettingsFileError(msg) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"

@@ -1,8 +1,10 @@
 """The ``queuestream`` command. Thin: it parses flags, builds settings, calls the library.
 
 Every queuestream error is printed as ``Type: message`` and exits 1; ``--traceback``
-shows the traceback too. This module holds only the app and :func:`main`, the one
-place that turns errors into exit statuses; the rest of the package, by idea:
+shows the traceback too. A database or Kafka error that reached it unclassified is
+classified here (:func:`queuestream.failures.escaped_failure`) and printed the same
+way. This module holds only the app and :func:`main`, the one place that turns
+errors into exit statuses; the rest of the package, by idea:
 
 ===========================  ===============================================================
 ``options``                  global options, the settings they build, shared options, times
@@ -25,6 +27,7 @@ The commands are registered below in the order ``queuestream --help`` lists them
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -36,6 +39,7 @@ from queuestream.cli.output import err_console
 from queuestream.cli.producer_commands import produce, refresh, sim
 from queuestream.cli.recovery_commands import rebuild, replay
 from queuestream.errors import QueuestreamError
+from queuestream.failures import escaped_failure
 
 __all__ = ["app", "main"]
 
@@ -50,6 +54,14 @@ for _command in (sim, refresh, produce, demo, consume, verify, replay, rebuild, 
     app.command()(_command)
 
 
+def _stop(exc: QueuestreamError) -> NoReturn:
+    """One line, ``Type: message``, and exit status 1 (the traceback too with --traceback)."""
+    if state.traceback:
+        err_console.print_exception()
+    err_console.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False)
+    sys.exit(1)
+
+
 def main() -> None:
     try:
         # Without standalone mode click returns a command's typer.Exit code instead of exiting.
@@ -57,10 +69,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except QueuestreamError as exc:
-        if state.traceback:
-            err_console.print_exception()
-        err_console.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False)
-        sys.exit(1)
+        _stop(exc)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
@@ -72,3 +81,8 @@ def main() -> None:
             raise
         show()
         sys.exit(int(getattr(exc, "exit_code", 2)))
+    except Exception as exc:
+        failure = escaped_failure(exc)  # a driver error no library code classified
+        if failure is None:
+            raise
+        _stop(failure)

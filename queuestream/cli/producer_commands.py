@@ -64,9 +64,10 @@ def refresh(
     from queuestream.cli.render_refresh import print_refresh_results
 
     settings = command_settings()
+    start = parse_since(since, settings)  # a bad date stops before anything connects
     refresher = Refresher(settings)
     try:
-        results = refresher.refresh(parse_since(since, settings))
+        results = refresher.refresh(start)
     finally:
         refresher.close()
     print_refresh_results(results, as_json)
@@ -89,6 +90,7 @@ def produce(
     from queuestream.metrics import metrics_server
 
     settings = command_settings(metrics_port=metrics_port)
+    start = parse_since(since, settings)  # a bad date stops before anything connects
     metrics = ProducerMetrics()
     loop = ProduceLoop(
         lambda: Refresher(settings),
@@ -99,5 +101,5 @@ def produce(
 
     on_stop_signals(loop.stop, "finishing the refresh in hand")
     with metrics_server(metrics.registry, settings.metrics_port, settings.metrics_host):
-        done = loop.run(parse_since(since, settings), max_refreshes)
+        done = loop.run(start, max_refreshes)
     console.print(f"stopped after {done} refreshes")

@@ -15,7 +15,7 @@ from typing import Any
 import fastavro
 
 from queuestream.errors import EncodingError, SchemaError
-from schemas.avro.misfit import find_misfit
+from schemas.avro.misfit import find_misfit, not_a_number
 from schemas.avro.schema_files import load_schema, row_schema
 
 __all__ = ["EnvelopeEncoder", "encode_long"]
@@ -101,7 +101,12 @@ class EnvelopeEncoder:
         """fastavro checks the digits written, not the magnitude (1E+30 passes): check it."""
         for name, precision, scale in self._decimals:
             value = row.get(name)
-            if value is not None and value.is_finite() and value.adjusted() + 1 + scale > precision:
+            if value is None:
+                continue
+            nan = not_a_number(value)
+            if nan is not None:
+                raise EncodingError(nan, table=self.table, column=name)
+            if value.adjusted() + 1 + scale > precision:
                 reason = (
                     f"{value} does not fit decimal({precision},{scale}): at most "
                     f"{precision - scale} digits before the point"

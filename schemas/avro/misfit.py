@@ -9,11 +9,12 @@ records, and names the first that fails and why. Only the failure path pays.
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 from typing import Any
 
 import fastavro
 
-__all__ = ["find_misfit"]
+__all__ = ["find_misfit", "not_a_number"]
 
 
 def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -27,6 +28,13 @@ def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, d
         for field in schema["fields"]:
             _named_records(field["type"], found)
     return found
+
+
+def not_a_number(value: Any) -> str | None:
+    """The reason a NaN or an infinity cannot be written (fastavro's own is Python internals)."""
+    if isinstance(value, Decimal) and not value.is_finite():
+        return f"{value} is not a number a decimal column can hold: fix the value in the source"
+    return None
 
 
 def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[str | None, str]:
@@ -58,6 +66,9 @@ def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[st
                     continue
                 if item is None and isinstance(field["type"], list):
                     continue
+            nan = not_a_number(item)
+            if nan is not None:
+                return name, nan
             try:
                 standalone = fastavro.parse_schema(field["type"], named_schemas={})
                 fastavro.schemaless_writer(io.BytesIO(), standalone, item)

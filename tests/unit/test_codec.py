@@ -162,6 +162,21 @@ def test_envelope_encoder_names_the_column() -> None:
     assert caught.value.column == "Total"
 
 
+@pytest.mark.parametrize("amount", ["NaN", "Infinity", "-Infinity", "sNaN"])
+def test_a_nan_amount_is_named_with_a_plain_reason(amount: str) -> None:
+    fast = codec.envelope_encoder("orders", SOURCE, 0, "r")
+    with pytest.raises(EncodingError) as caught:
+        fast.encode(_order(Total=Decimal(amount)), "c", 0, 1, 1)
+    assert caught.value.column == "Total"
+    assert caught.value.reason == (
+        f"{Decimal(amount)} is not a number a decimal column can hold: fix the value in the source"
+    )
+    with pytest.raises(EncodingError) as full:
+        codec.encode("orders", "value", _envelope(_order(Total=Decimal(amount))))
+    assert (full.value.column, full.value.reason) == ("Total", caught.value.reason)
+    assert "concatenate" not in str(full.value)
+
+
 @pytest.mark.parametrize("value", [0, 1, -1, 63, -64, 64, 300, 2**31, -(2**63), 2**63 - 1])
 def test_encode_long_is_avros_zigzag_varint(value: int) -> None:
     written = io.BytesIO()

@@ -1,0 +1,222 @@
+"""Which failures are worth waiting out and which stop a command at once: decided here only.
+
+A failure of a database or of the broker is either *transient* (connection
+refused or reset, a timeout, the server starting or shutting down, a lock held
+by another SQLite connection, a Kafka transport error or leader change) or
+*permanent* (authentication failed, the database or a table missing, permission
+denied, a SQLite path that cannot be opened, a setting the client rejects).
+Transient failures become :class:`~queuestream.errors.RetriableError` subclasses,
+which every retry loop (:mod:`queuestream.retry`) waits out; permanent ones become
+:class:`~queuestream.errors.ConfigurationError` subclasses, which no loop retries,
+so every command stops with one line that says what is wrong and what to do.
+
+The codes decide wherever the driver gives one: PostgreSQL's SQLSTATE (psycopg's
+``sqlstate``, reached through SQLAlchemy's ``exc.orig``), SQLite's result code
+(``sqlite_errorname``) and librdkafka's error code. Two places give no code, and
+there the message is read: libpq reports a failed connection attempt (wrong
+password, database missing) as text only, and SQLite reports a missing table as
+a generic SQLITE_ERROR.
+
+Anything else a database raises is the database refusing the data (a constraint, a
+value that does not fit): :func:`database_failure` returns None for it, and the
+caller decides (the consumer isolates the events that cause it).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from queuestream.errors import (
+    BrokerAccessError,
+    BrokerUnavailableError,
+    DatabaseAccessError,
+    DatabaseUnavailableError,
+    QueuestreamError,
+)
+
+__all__ = [
+    "broker_failure",
+    "database_failure",
+    "database_unreachable",
+    "escaped_failure",
+    "sqlstate_of",
+]
+
+#: SQLSTATEs (or their two-letter classes) of a server that may come back.
+_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40P01", "55P03")
+
+#: SQLSTATEs that no retry can fix, with what to do about them.
+_PERMANENT_SQLSTATES = {
+    "28P01": "authentication failed: check the user name and password in the URL",
+    "28000": "the server refuses this user from here: check the user name and pg_hba.conf",
+    "3D000": "the database does not exist: create it or fix the database name in the URL",
+    "42P01": "a table is missing: create it, or point the URL at the right database",
+    "3F000": "a schema is missing: create it, or fix the schema setting",
+    "42501": "permission denied: GRANT this user the privileges it needs",
+    "42703": "a column is missing: the database's tables do not match what this version "
+    "reads or writes; point the URL at the right database",
+    "42704": "an object is missing: check the database the URL names",
+}
+
+#: libpq gives no SQLSTATE for a failed connection attempt; the server's message says it.
+_CONNECT_MESSAGES = (
+    (re.compile(r"the database system is (starting up|in recovery mode)"), "57P03"),
+    (re.compile(r"the database system is shutting down"), "57P01"),
+    (re.compile(r"password authentication failed"), "28P01"),
+    (
+        re.compile(r"no pg_hba\.conf entry|is not permitted to log in|role \".*\" does not exist"),
+        "28000",
+    ),
+    (re.compile(r"database \".*\" does not exist"), "3D000"),
+    (re.compile(r"permission denied for database"), "42501"),
+)
+
+#: SQLite result codes (sqlite3's ``sqlite_errorname``) that no retry can fix.
+_SQLITE_PERMANENT = {
+    "SQLITE_CANTOPEN": "the database file cannot be opened: the path must name a file in a "
+    "folder this user may write (not a folder itself)",
+    "SQLITE_NOTADB": "the file is not a SQLite database: fix the path",
+    "SQLITE_READONLY": "the database file is read-only: give this user write access",
+    "SQLITE_PERM": "permission denied: give this user access to the file",
+    "SQLITE_AUTH": "authorization denied: check the file's access rules",
+    "SQLITE_CORRUPT": "the database file is corrupt: restore it from a backup",
+}
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of ``exc`` or of the driver error SQLAlchemy wraps."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str) and state:
+        return state
+    if type(orig).__module__.startswith("psycopg") and _is_connect_failure(orig):
+        text = str(orig)
+        for pattern, code in _CONNECT_MESSAGES:
+            if pattern.search(text):
+                return code
+        return "08001"  # could not establish the connection: refused, timed out, no route
+    return None
+
+
+def _is_connect_failure(orig: BaseException) -> bool:
+    return getattr(orig, "pgconn", None) is not None or str(orig).startswith(
+        ("connection failed", "connection is bad")
+    )
+
+
+def database_failure(exc: BaseException, where: str) -> QueuestreamError | None:
+    """What ``exc`` from the database ``where`` (a URL without password) means.
+
+    DatabaseUnavailableError: wait and retry. DatabaseAccessError: stop, the message
+    says what to fix. None: the database refused the data, not the connection.
+    """
+    orig: Any = getattr(exc, "orig", None) or exc
+    reason = _reason(exc)
+    state = sqlstate_of(exc)
+    if state is not None:
+        if state in _PERMANENT_SQLSTATES:
+            return _access(where, reason, _PERMANENT_SQLSTATES[state])
+        if state.startswith(_TRANSIENT_SQLSTATES):
+            return _unavailable(where, reason)
+    name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(name, str):
+        if name in _SQLITE_PERMANENT:
+            return _access(where, reason, _SQLITE_PERMANENT[name])
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR")):
+            return _unavailable(where, reason)
+        if reason.startswith("no such table"):
+            return _access(where, reason, _PERMANENT_SQLSTATES["42P01"])
+        if reason.startswith("no such column") or " has no column named " in reason:
+            return _access(where, reason, _PERMANENT_SQLSTATES["42703"])
+    if _connection_lost(exc):
+        return _unavailable(where, reason)
+    return None
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """What the DB-API calls an operational or interface error (the connection, the
+    server's resources) and SQLAlchemy an invalidated connection: waited out, as
+    every outage, unless a code above said it is permanent."""
+    if bool(getattr(exc, "connection_invalidated", False)):
+        return True
+    return type(exc).__name__ in ("OperationalError", "InterfaceError")
+
+
+def database_unreachable(where: str, exc: BaseException) -> DatabaseUnavailableError:
+    """``exc`` as the database ``where`` being unreachable, whatever it was."""
+    return _unavailable(where, _reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return reason.removeprefix("connection failed: ")
+
+
+def _unavailable(where: str, reason: str) -> DatabaseUnavailableError:
+    msg = (
+        f"database {where} is unreachable ({reason}); nothing was committed, retry when it is back"
+    )
+    return DatabaseUnavailableError(msg)
+
+
+def _access(where: str, reason: str, advice: str) -> DatabaseAccessError:
+    return DatabaseAccessError(f"database {where}: {reason}; {advice}")
+
+
+#: librdkafka codes that no retry can fix, with what to do about them.
+_KAFKA_PERMANENT = {
+    KafkaError._AUTHENTICATION: "authentication failed: check sasl.username and sasl.password",
+    KafkaError.SASL_AUTHENTICATION_FAILED: "authentication failed: check sasl.username and "
+    "sasl.password",
+    KafkaError._SSL: "the TLS handshake failed: check ssl.ca.location and the certificates",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "not authorized for a topic: grant the ACLs",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "not authorized for the group: grant the ACLs",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "not authorized on the cluster: grant the ACLs",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "not authorized for the transactional "
+    "id: grant the ACLs",
+    KafkaError._INVALID_ARG: "a Kafka option is invalid: fix the kafka settings",
+    KafkaError._UNKNOWN_PROTOCOL: "the broker speaks another protocol: check "
+    "security.protocol and the bootstrap port",
+}
+
+
+def broker_failure(error: KafkaError, where: str) -> QueuestreamError:
+    """What a librdkafka ``error`` from Kafka at ``where`` means.
+
+    BrokerAccessError (stop, fix the setting) for authentication, authorization, TLS
+    and invalid options; BrokerUnavailableError (wait and retry) for everything else:
+    transport errors, timeouts, leader and coordinator changes.
+    """
+    code = error.code()
+    reason = error.str()
+    advice = _KAFKA_PERMANENT.get(code)
+    if advice is None and "authentication" in reason.lower() and "SASL" in reason:
+        advice = _KAFKA_PERMANENT[KafkaError.SASL_AUTHENTICATION_FAILED]
+    if advice is not None:
+        return BrokerAccessError(f"Kafka at {where}: {reason}; {advice}")
+    return BrokerUnavailableError(
+        f"Kafka at {where} is unreachable ({reason}); start it (make kafka-up) or set "
+        "KAFKA_BOOTSTRAP_SERVERS"
+    )
+
+
+def escaped_failure(exc: BaseException) -> QueuestreamError | None:
+    """A database or Kafka error that reached the command unclassified, classified.
+
+    The last line of defence in the CLI: code that meets a driver error wraps it with
+    :func:`database_failure` or :func:`broker_failure` where it knows which database or
+    broker failed; one that escaped is named generically. None: not a failure of a
+    database or the broker (a bug: the CLI shows its traceback).
+    """
+    module = type(exc).__module__
+    if module.startswith("sqlalchemy") and hasattr(exc, "orig"):
+        return database_failure(exc, "(this command's database)")
+    if module.startswith("confluent_kafka") or type(exc).__name__ == "KafkaException":
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError):
+            return broker_failure(error, "(this command's broker)")
+    return None

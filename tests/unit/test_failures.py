@@ -1,0 +1,277 @@
+"""The one classification of failures (queuestream.failures), on real exception objects.
+
+SQLite errors come from real sqlite3 connections, PostgreSQL connection failures
+from a real psycopg connection attempt (to a port where nothing listens), server
+errors from psycopg's classes for their SQLSTATE, and every database error is
+wrapped by SQLAlchemy as the commands meet it. The PostgreSQL refusals that need
+a server (a wrong password, a missing database) are in
+tests/integration/test_permanent_failures.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tomllib
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from confluent_kafka import KafkaError, KafkaException
+
+from queuestream.databases import create_engine
+from queuestream.errors import (
+    BrokerAccessError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    DatabaseAccessError,
+    DatabaseUnavailableError,
+    RetriableError,
+    SettingsFileError,
+)
+from queuestream.failures import broker_failure, database_failure, escaped_failure, sqlstate_of
+from queuestream.settings import load_settings
+from tests.services import free_ports
+
+WHERE = "postgresql://app:***@db/sync"
+
+
+def _wrapped(orig: Exception) -> sa.exc.DBAPIError:
+    """``orig`` wrapped by SQLAlchemy as an engine raises it."""
+    base = sqlite3.Error if isinstance(orig, sqlite3.Error) else psycopg.Error
+    wrapped = sa.exc.DBAPIError.instance("SELECT 1", None, orig, base)
+    assert isinstance(wrapped, sa.exc.DBAPIError)
+    return wrapped
+
+
+def _sqlalchemy_error(url: str, statement: str = "SELECT 1") -> sa.exc.DBAPIError:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(statement)
+    except sa.exc.DBAPIError as exc:
+        return exc
+    finally:
+        engine.dispose()
+    pytest.fail(f"{statement} on {url} did not fail")
+
+
+def test_a_sqlite_path_that_is_a_directory_is_permanent(tmp_path: Path) -> None:
+    exc = _sqlalchemy_error(f"sqlite:///{tmp_path}")
+    failure = database_failure(exc, f"sqlite:///{tmp_path}")
+    assert isinstance(failure, DatabaseAccessError)
+    assert isinstance(failure, ConfigurationError)
+    assert not isinstance(failure, RetriableError)
+    assert "cannot be opened" in str(failure)
+    assert str(tmp_path) in str(failure)
+
+
+def test_a_missing_sqlite_table_is_permanent(tmp_path: Path) -> None:
+    exc = _sqlalchemy_error(f"sqlite:///{tmp_path / 'x.db'}", "SELECT * FROM nowhere")
+    failure = database_failure(exc, "x.db")
+    assert isinstance(failure, DatabaseAccessError)
+    assert "no such table: nowhere" in str(failure)
+    assert "a table is missing" in str(failure)
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER)")
+    engine.dispose()
+    exc = _sqlalchemy_error(f"sqlite:///{tmp_path / 'x.db'}", "INSERT INTO t (nope) VALUES (1)")
+    failure = database_failure(exc, "x.db")
+    assert isinstance(failure, DatabaseAccessError)
+    assert "a column is missing" in str(failure)
+
+
+def test_a_locked_sqlite_database_is_transient(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            waiter.execute("BEGIN IMMEDIATE")
+    finally:
+        waiter.close()
+        holder.close()
+    assert "database is locked" in str(caught.value)
+    failure = database_failure(_wrapped(caught.value), "locked.db")
+    assert isinstance(failure, DatabaseUnavailableError)
+    assert "retry when it is back" in str(failure)
+
+
+def test_a_refused_postgresql_connection_is_transient() -> None:
+    (port,) = free_ports(1)
+    url = f"postgresql://app:hunter2@127.0.0.1:{port}/sync"
+    exc = _sqlalchemy_error(url)
+    assert sqlstate_of(exc) == "08001"
+    failure = database_failure(exc, f"postgresql://app:***@127.0.0.1:{port}/sync")
+    assert isinstance(failure, DatabaseUnavailableError)
+    assert "Connection refused" in str(failure)
+    assert "hunter2" not in str(failure)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "expected", "says"),
+    [
+        ("28P01", DatabaseAccessError, "check the user name and password"),
+        ("28000", DatabaseAccessError, "pg_hba.conf"),
+        ("3D000", DatabaseAccessError, "the database does not exist"),
+        ("42P01", DatabaseAccessError, "a table is missing"),
+        ("42501", DatabaseAccessError, "GRANT"),
+        ("57P01", DatabaseUnavailableError, "retry when it is back"),
+        ("57P02", DatabaseUnavailableError, "retry when it is back"),
+        ("57P03", DatabaseUnavailableError, "retry when it is back"),
+        ("08006", DatabaseUnavailableError, "retry when it is back"),
+        ("40P01", DatabaseUnavailableError, "retry when it is back"),
+    ],
+)
+def test_postgresql_server_errors_by_sqlstate(
+    sqlstate: str, expected: type[Exception], says: str
+) -> None:
+    orig = psycopg.errors.lookup(sqlstate)("the server's own words")
+    assert orig.sqlstate == sqlstate
+    failure = database_failure(_wrapped(orig), WHERE)
+    assert type(failure) is expected
+    assert says in str(failure)
+    assert WHERE in str(failure)
+
+
+@pytest.mark.parametrize(
+    ("server_says", "sqlstate", "expected"),
+    [
+        ('FATAL:  password authentication failed for user "app"', "28P01", DatabaseAccessError),
+        ('FATAL:  database "sync" does not exist', "3D000", DatabaseAccessError),
+        ('FATAL:  role "app" does not exist', "28000", DatabaseAccessError),
+        ('FATAL:  no pg_hba.conf entry for host "10.0.0.1"', "28000", DatabaseAccessError),
+        ("FATAL:  the database system is starting up", "57P03", DatabaseUnavailableError),
+        ("FATAL:  the database system is shutting down", "57P01", DatabaseUnavailableError),
+        ("timeout expired", "08001", DatabaseUnavailableError),
+    ],
+)
+def test_postgresql_connection_failures_by_the_servers_message(
+    server_says: str, sqlstate: str, expected: type[Exception]
+) -> None:
+    # libpq gives no SQLSTATE for a failed connection attempt; psycopg words it so.
+    text = f'connection failed: connection to server at "10.0.0.1", port 5432 failed: {server_says}'
+    exc = _wrapped(psycopg.OperationalError(text))
+    assert sqlstate_of(exc) == sqlstate
+    assert type(database_failure(exc, WHERE)) is expected
+
+
+def test_the_database_refusing_the_data_is_not_a_failure_of_the_database(tmp_path: Path) -> None:
+    orig = psycopg.errors.lookup("23505")("duplicate key value violates unique constraint")
+    assert database_failure(_wrapped(orig), WHERE) is None
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    engine.dispose()
+    exc = _sqlalchemy_error(url, "INSERT INTO t VALUES (1)")
+    assert isinstance(exc, sa.exc.IntegrityError)
+    assert database_failure(exc, url) is None
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError._SSL,
+    ],
+)
+def test_kafka_authentication_and_authorization_are_permanent(code: int) -> None:
+    failure = broker_failure(KafkaError(code), "broker:9093")
+    assert isinstance(failure, BrokerAccessError)
+    assert not isinstance(failure, RetriableError)
+    assert "Kafka at broker:9093" in str(failure)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+    ],
+)
+def test_kafka_transport_errors_and_leader_changes_are_transient(code: int) -> None:
+    failure = broker_failure(KafkaError(code), "broker:9092")
+    assert isinstance(failure, BrokerUnavailableError)
+    assert "Kafka at broker:9092 is unreachable" in str(failure)
+    assert "KAFKA_BOOTSTRAP_SERVERS" in str(failure)
+
+
+def test_a_malformed_toml_file_is_named_with_line_and_column(tmp_path: Path) -> None:
+    config = tmp_path / "queuestream.toml"
+    config.write_text('topic_prefix = "shop"\nkafka_bootstrap_servers = \n')
+    with pytest.raises(SettingsFileError) as caught:
+        load_settings(config)
+    message = str(caught.value)
+    assert str(config) in message
+    assert "line 2, column" in message
+    assert isinstance(caught.value.__context__, tomllib.TOMLDecodeError)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("source_url", "postgresql://app:hunter2@db:notaport/sync", "not a database URL"),
+        ("target_url", "mysql://app:hunter2@db/t", "unsupported database 'mysql'"),
+        ("kafka_bootstrap_servers", "broker one:9092", "bad server 'broker one:9092'"),
+        ("kafka_bootstrap_servers", "a:9092,,b:9092", "bad server ''"),
+    ],
+)
+def test_malformed_urls_and_servers_are_settings_errors(
+    setting: str, value: str, says: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(None, **{setting: value})
+    message = str(caught.value)
+    assert f"{setting}: " in message
+    assert says in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "servers", ["127.0.0.1:9092", "a:1,b:2", "SASL_SSL://kafka.example:9093", "[::1]:9092", "kafka"]
+)
+def test_wellformed_bootstrap_servers_pass(servers: str) -> None:
+    assert load_settings(None, kafka_bootstrap_servers=servers).kafka_bootstrap_servers == servers
+
+
+def test_a_driver_error_that_escaped_unclassified_is_classified_by_the_command(
+    tmp_path: Path,
+) -> None:
+    exc = _sqlalchemy_error(f"sqlite:///{tmp_path}")
+    assert isinstance(escaped_failure(exc), DatabaseAccessError)
+    kafka = KafkaException(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED))
+    assert isinstance(escaped_failure(kafka), BrokerAccessError)
+    assert escaped_failure(ValueError("a bug")) is None
+
+
+def test_a_consumer_target_that_cannot_work_is_not_an_outage(tmp_path: Path) -> None:
+    """consumers.target_db raises what the classification says: never retried for good."""
+    from consumers.accounting import AccountingTarget
+    from consumers.target_db import is_outage, prepare, retriable_outages
+
+    engine = create_engine(f"sqlite:///{tmp_path}", writer=True)
+    with pytest.raises(DatabaseAccessError, match="not a folder itself"):
+        prepare(engine, AccountingTarget())
+    engine.dispose()
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    engine = create_engine(url, writer=True)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    with pytest.raises(sa.exc.IntegrityError) as refused:  # the data: passes as it is
+        with retriable_outages(engine), engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    assert not is_outage(refused.value)
+    engine.dispose()
