@@ -1,4 +1,4 @@
-"""A Kafka broker that only speaks SASL_SSL, for the secure-connection tests.
+"""A Kafka broker that only speaks SASL_SSL and a PostgreSQL that requires TLS.
 
 Apart from tests/services.py (which provides the plain services every test shares)
 because it is started by one test module only and has more moving parts: a CA and a
@@ -8,7 +8,13 @@ single node whose client listener is SASL_SSL on 127.0.0.1. The broker talks to
 itself (inter-broker, controller) over PLAINTEXT listeners on 127.0.0.1 that are not
 advertised to clients, so every client request goes through TLS and SCRAM.
 
-Like the other local services it gets free ports and a fresh temporary directory,
+The PostgreSQL is a fresh local cluster (``services.start_local_postgres``) switched
+to ``ssl = on`` with a certificate for 127.0.0.1 from the same kind of keytool CA
+(the private key converted to PEM with ``cryptography``), and a pg_hba.conf that
+accepts only TLS connections from 127.0.0.1, with SCRAM passwords for everyone but
+the test's superuser.
+
+Like the other local services they get free ports and a fresh temporary directory,
 and a watchdog stops it when this process is gone.
 """
 
@@ -25,18 +31,29 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
 from confluent_kafka.admin import AdminClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.services import (
     KAFKA_SCRIPT,
     REPO_ROOT,
+    Service,
     ServiceError,
     _run_script,
     _script_failed,
     free_ports,
+    start_local_postgres,
 )
 
-__all__ = ["SECURE_USER", "SecureKafka", "start_sasl_ssl_kafka"]
+__all__ = [
+    "SECURE_USER",
+    "SecureKafka",
+    "TlsPostgres",
+    "start_sasl_ssl_kafka",
+    "start_tls_postgres",
+]
 
 SECURE_USER = "alice"
 MAKE_CERTS = REPO_ROOT / "scripts" / "make-certs.sh"
@@ -244,3 +261,101 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@dataclass
+class TlsPostgres:
+    """A PostgreSQL server that accepts TLS connections only, and its CA in PEM."""
+
+    server: Service
+    ca_pem: Path
+    port: int
+    directory: Path
+
+    def url(self, user: str, database: str, password: str | None = None) -> str:
+        """A URL that verifies the server's certificate and name (``sslmode=verify-full``)."""
+        secret = f":{password}" if password is not None else ""
+        return (
+            f"postgresql+psycopg://{user}{secret}@127.0.0.1:{self.port}/{database}"
+            f"?sslmode=verify-full&sslrootcert={self.ca_pem}"
+        )
+
+    def admin_url(self, database: str = "postgres") -> str:
+        return self.url("postgres", database)
+
+    def stop(self) -> None:
+        try:
+            self.server.stop()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+_HBA = """# tests/secure_services.py: TLS only from 127.0.0.1
+local   all  all                 trust
+hostssl all  postgres 127.0.0.1/32 trust
+hostssl all  all      127.0.0.1/32 scram-sha-256
+host    all  all      127.0.0.1/32 reject
+"""
+
+
+def start_tls_postgres() -> TlsPostgres:
+    """A fresh local PostgreSQL with ``ssl = on`` and TLS-only access; see the docstring."""
+    directory = Path(tempfile.mkdtemp(prefix="queuestream-tls-pg-"))
+    server = start_local_postgres()
+    try:
+        store_password = uuid.uuid4().hex
+        certs = directory / "certs"
+        _run([str(MAKE_CERTS), str(certs), store_password], "scripts/make-certs.sh")
+        key, _, _ = pkcs12.load_key_and_certificates(
+            (certs / "server.p12").read_bytes(), store_password.encode()
+        )
+        assert key is not None
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        engine = sa.create_engine(server.address, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            data = Path(str(conn.execute(sa.text("SHOW data_directory")).scalar_one()))
+            files = {
+                data / "server.crt": (certs / "server.pem").read_bytes(),
+                data / "server.key": key_pem,
+                data / "pg_hba.conf": _HBA.encode(),
+            }
+            owner = data.stat()
+            for path, content in files.items():
+                path.write_bytes(content)
+                path.chmod(0o600)
+                os.chown(path, owner.st_uid, owner.st_gid)
+            conn.execute(sa.text("ALTER SYSTEM SET ssl = on"))
+            conn.execute(sa.text(f"ALTER SYSTEM SET ssl_cert_file = '{data / 'server.crt'}'"))
+            conn.execute(sa.text(f"ALTER SYSTEM SET ssl_key_file = '{data / 'server.key'}'"))
+            conn.execute(sa.text("SELECT pg_reload_conf()"))
+        engine.dispose()
+        port = int(server.address.rsplit(":", 1)[1].split("/", 1)[0])
+        tls = TlsPostgres(server, certs / "ca.pem", port, directory)
+        _wait_for_tls(tls)
+    except BaseException:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return tls
+
+
+def _wait_for_tls(tls: TlsPostgres) -> None:
+    """The reload is asynchronous: wait until a verify-full connection uses TLS."""
+    deadline = time.monotonic() + 30
+    while True:
+        engine = sa.create_engine(tls.admin_url(), poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                if conn.execute(sa.text(query)).scalar_one():
+                    return
+        except sa.exc.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            engine.dispose()
+        time.sleep(0.3)
