@@ -20,7 +20,7 @@ from consumers.runtime import ConsumerRuntime
 from consumers.verify import verify
 from producer.refresh import Refresher, RefreshResult
 from producer.simulator import Simulator
-from queuestream.databases import create_engine
+from queuestream.databases import create_engine, describe_url
 from queuestream.kafka_clients import change_topics, consumer_config
 from queuestream.settings import Settings
 from queuestream.tables import TABLES
@@ -69,7 +69,8 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
     writer.dispose()
     engine = create_engine(settings.source_url)
     console.print(
-        f"{settings.source_url}: {stats.total} actions, {stats.rows_written} rows written"
+        f"{describe_url(settings.source_url)}: {stats.total} actions, "
+        f"{stats.rows_written} rows written"
     )
 
     if engine.dialect.name != "postgresql" and settings.settle_seconds:
@@ -103,7 +104,7 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
         with console.status(f"{name}: consuming as group {runtime.group}"):
             done = runtime.run()
         console.print(
-            f"{name} ({settings.target_url_for(name)}): {done.refreshes} refreshes, "
+            f"{name} ({describe_url(settings.target_url_for(name))}): {done.refreshes} refreshes, "
             f"synchronized {done.rows} rows, {done.errors} errors, {done.stale} stale events",
             highlight=False,
         )

@@ -1,34 +1,51 @@
 """Kafka client configuration and topics, shared by the producer and the consumers.
 
-User options from ``settings.kafka`` pass through to librdkafka untouched and
-win over the defaults here, except the few that the guarantees depend on
-(transactions, isolation level, manual commits), which are always set.
+Every client queuestream makes (producer, consumers, admin clients of the monitor,
+replay and rebuild, the batches readers) takes its options from one function,
+:func:`client_options`: the bootstrap servers, the user's librdkafka options from
+``settings.kafka`` and the secrets read from ``settings.kafka_secret_files``. Those
+pass through untouched and win over the defaults here, except the few that the
+guarantees depend on (transactions, isolation level, manual commits), which are
+always set. Options that only the other kind of client reads are left out (an
+admin client is a producer handle underneath: librdkafka logs a CONFWARN line for
+each consumer property it is given), so one ``kafka`` table serves every command.
+
+A client that the broker refuses (wrong SASL password, TLS certificate not trusted)
+is told apart from a broker that is down: :class:`ClientErrors` records librdkafka's
+authentication and TLS errors and turns them into a
+:class:`~queuestream.errors.ConfigurationError` within seconds instead of a time-out.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from queuestream.errors import BrokerUnavailableError, ConfigurationError
+from queuestream.errors import BrokerAccessError, BrokerUnavailableError, ConfigurationError
 from queuestream.failures import broker_failure
 from queuestream.settings import Settings
 from queuestream.tables import BATCHES, TABLES, topic_for
 
 __all__ = [
     "BATCH_MESSAGE_MAX_BYTES",
+    "CONSUMER_ONLY",
     "LIBRDKAFKA_LOGGER",
+    "PRODUCER_ONLY",
+    "ClientErrors",
     "admin_client",
     "batches_topic",
     "change_topics",
+    "client_options",
     "consumer_config",
     "create_topics",
     "ensure_topics",
     "idempotent_producer",
     "producer_config",
+    "raise_if_refused",
     "transactional_producer",
 ]
 
@@ -37,19 +54,159 @@ log = logging.getLogger(__name__)
 #: The END marker can carry many overlap digests; allow it to be large.
 BATCH_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 _ADMIN_TIMEOUT = 15.0
+_PROBE_SECONDS = 5.0  # longest wait of admin_client for a first answer or a refusal
+_PROBE_STEP = 0.5
 
 
 #: librdkafka's own log lines go here instead of straight to stderr.
 LIBRDKAFKA_LOGGER = logging.getLogger("queuestream.librdkafka")
 
 
-def _base(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka_bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
+#: librdkafka properties that only a producer reads (CONFIGURATION.md, C/P column "P").
+PRODUCER_ONLY = frozenset(
+    {
+        "transactional.id",
+        "transaction.timeout.ms",
+        "enable.idempotence",
+        "enable.gapless.guarantee",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes",
+        "queue.buffering.max.ms",
+        "linger.ms",
+        "message.send.max.retries",
+        "retries",
+        "queue.buffering.backpressure.threshold",
+        "compression.codec",
+        "compression.type",
+        "compression.level",
+        "batch.num.messages",
+        "batch.size",
+        "delivery.report.only.error",
+        "sticky.partitioning.linger.ms",
+        "request.required.acks",
+        "acks",
+        "request.timeout.ms",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "queuing.strategy",
+        "partitioner",
+    }
+)
+
+#: librdkafka properties that only a consumer reads (CONFIGURATION.md, C/P column "C").
+CONSUMER_ONLY = frozenset(
+    {
+        "group.id",
+        "group.instance.id",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "group.protocol.type",
+        "group.protocol",
+        "group.remote.assignor",
+        "coordinator.query.interval.ms",
+        "max.poll.interval.ms",
+        "enable.auto.commit",
+        "auto.commit.enable",
+        "auto.commit.interval.ms",
+        "enable.auto.offset.store",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "fetch.wait.max.ms",
+        "fetch.queue.backoff.ms",
+        "fetch.message.max.bytes",
+        "max.partition.fetch.bytes",
+        "fetch.max.bytes",
+        "fetch.min.bytes",
+        "fetch.error.backoff.ms",
+        "isolation.level",
+        "enable.partition.eof",
+        "check.crcs",
+        "auto.offset.reset",
+    }
+)
+
+ClientRole = Literal["producer", "consumer", "admin"]
+_NOT_READ_BY: dict[str, frozenset[str]] = {
+    "producer": CONSUMER_ONLY,
+    "consumer": PRODUCER_ONLY,
+    "admin": PRODUCER_ONLY | CONSUMER_ONLY,
+}
+
+
+def client_options(settings: Settings, role: ClientRole) -> dict[str, Any]:
+    """The options every Kafka client of ``role`` starts from.
+
+    Bootstrap servers, the librdkafka logger, ``settings.kafka`` and the secrets from
+    ``settings.kafka_secret_files``, less the keys that only another role reads.
+    """
+    drop = _NOT_READ_BY[role]
+    user = {k: v for k, v in settings.kafka_options().items() if k not in drop}
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "logger": LIBRDKAFKA_LOGGER,
+        **user,
+    }
+
+
+class ClientErrors:
+    """librdkafka's ``error_cb``: tells a broker that refuses us from one that is down.
+
+    Authentication failures and untrusted TLS certificates are permanent: once they
+    have repeated for ``REFUSED_AFTER`` seconds (a broker that is still loading its
+    SCRAM credentials may refuse a first attempt) the callback raises
+    BrokerAccessError, which confluent-kafka re-raises from the client's
+    ``poll()``. Other errors only mark the client as not connected.
+    """
+
+    REFUSED_AFTER = 1.0  # seconds of refusals before they count as a wrong setting
+
+    def __init__(self, settings: Settings) -> None:
+        self._where = settings.kafka_bootstrap_servers
+        self._first_refusal: float | None = None
+        self.refused: str | None = None
+        self.down = False
+
+    def __call__(self, error: KafkaError) -> None:
+        if not _is_refusal(error):
+            self.down = True
+            return
+        now = time.monotonic()
+        if self._first_refusal is None or now - self._first_refusal > 30:
+            self._first_refusal = now
+        self.refused = error.str()
+        if now - self._first_refusal >= self.REFUSED_AFTER:
+            raise_if_refused(self, self._where)
+
+
+def _is_refusal(error: KafkaError) -> bool:
+    code = error.code()
+    if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+        return True
+    return code == KafkaError._SSL and "certificate verify failed" in error.str()
+
+
+def raise_if_refused(errors: ClientErrors, where: str) -> None:
+    """Raise BrokerAccessError (a ConfigurationError) when the broker refused the client's
+    credentials or TLS certificate."""
+    if errors.refused is None:
+        return
+    msg = (
+        f"Kafka at {where} refused the connection: {errors.refused}. Check "
+        "security.protocol, sasl.mechanism, sasl.username and the password "
+        "(QUEUESTREAM_KAFKA or kafka_secret_files), and ssl.ca.location"
+    )
+    raise BrokerAccessError(msg)
+
+
+def _with_errors(config: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    config.setdefault("error_cb", ClientErrors(settings))
+    return config
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
+    options = client_options(settings, "producer")
     config: dict[str, Any] = {
-        **_base(settings),
         "linger.ms": 20,
         "batch.num.messages": 10_000,
         "batch.size": 1_000_000,
@@ -58,7 +215,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "queue.buffering.max.kbytes": 1_048_576,
         "message.max.bytes": BATCH_MESSAGE_MAX_BYTES + 65_536,
         "message.timeout.ms": 120_000,
-        **settings.kafka,
+        **options,
     }
     config.update(
         {
@@ -68,53 +225,55 @@ def producer_config(settings: Settings) -> dict[str, Any]:
             "transaction.timeout.ms": settings.transaction_timeout_ms,
         }
     )
-    return config
+    return _with_errors(config, settings)
 
 
 def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        **_base(settings),
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": BATCH_MESSAGE_MAX_BYTES * 2,
         "max.partition.fetch.bytes": BATCH_MESSAGE_MAX_BYTES + 65_536,
-        **settings.kafka,
+        **client_options(settings, "consumer"),
         **extra,
     }
     config.update({"isolation.level": "read_committed", "enable.auto.commit": False})
-    for key in (
-        "transactional.id",
-        "linger.ms",
-        "batch.num.messages",
-        "batch.size",
-        "compression.type",
-        "queue.buffering.max.messages",
-        "queue.buffering.max.kbytes",
-        "message.timeout.ms",
-        "acks",
-        "enable.idempotence",
-        "transaction.timeout.ms",
-    ):
-        config.pop(key, None)  # producer-only keys from settings.kafka
-    return config
+    return _with_errors(config, settings)
 
 
 def idempotent_producer(settings: Settings) -> Producer:
     """A plain (non-transactional) producer that writes each message once, e.g. dead letters."""
-    config: dict[str, Any] = {**_base(settings), "linger.ms": 5, **settings.kafka}
-    for key in (
-        "transactional.id",
-        "transaction.timeout.ms",
-        "isolation.level",
-        "enable.auto.commit",
-    ):
+    config: dict[str, Any] = {"linger.ms": 5, **client_options(settings, "producer")}
+    for key in ("transactional.id", "transaction.timeout.ms"):
         config.pop(key, None)
     config.update({"enable.idempotence": True, "acks": "all"})
-    return Producer(config)
+    return Producer(_with_errors(config, settings))
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient(_base(settings))
+    """An admin client with the same connection and security options as every other client.
+
+    It connects at once: a broker that refuses the credentials or the TLS handshake
+    raises ConfigurationError here, within seconds, instead of every request timing
+    out as if the broker were down. An unreachable broker is left to the caller.
+    """
+    errors = ClientErrors(settings)
+    config: dict[str, Any] = {**client_options(settings, "admin"), "error_cb": errors}
+    admin = AdminClient(config)
+    deadline = time.monotonic() + min(_PROBE_SECONDS, settings.broker_timeout_seconds)
+    while True:
+        try:
+            admin.list_topics(timeout=_PROBE_STEP)
+        except KafkaException:
+            pass
+        else:
+            return admin
+        admin.poll(0)  # serves error_cb, which raises once the refusals have lasted
+        if time.monotonic() >= deadline:
+            raise_if_refused(errors, settings.kafka_bootstrap_servers)
+            return admin
+        if errors.down and errors.refused is None:
+            return admin
 
 
 def transactional_producer(settings: Settings) -> Producer:

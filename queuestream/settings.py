@@ -8,6 +8,14 @@ or ``QUEUESTREAM_CONFIG``, and from command-line flags, which win.
 Kafka client options pass through untouched as librdkafka keys:
 ``kafka = {"linger.ms" = "20"}`` in the file, or
 ``QUEUESTREAM_KAFKA='{"linger.ms": "20"}'`` in the environment.
+
+Secrets can also come from files, as container secrets are mounted:
+``kafka_secret_files`` maps a librdkafka key (``sasl.password``) to a file whose
+content is the value, and ``source_password_file`` / ``target_password_file`` hold
+the password of the source and target URLs. Files are read once, when the
+settings are built; a missing or empty one is a ConfigurationError naming the
+setting and the path, never the content. The settings' repr shows neither those
+values nor the passwords in URLs or in ``kafka``.
 """
 
 from __future__ import annotations
@@ -20,7 +28,15 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -146,6 +162,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Extra librdkafka options, passed through untouched.",
     )
+    kafka_secret_files: dict[str, Path] = Field(
+        default_factory=dict,
+        description="librdkafka key -> file holding its value (e.g. sasl.password -> "
+        "/run/secrets/kafka-password); wins over the same key in kafka.",
+    )
     topic_prefix: str = Field(DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(DEFAULT_PARTITIONS, ge=1, description="Partitions per change topic.")
     replication_factor: int = Field(1, ge=1)
@@ -171,6 +192,12 @@ class Settings(BaseSettings):
         None,
         description="SQLAlchemy URL of a consumer's target database "
         "(default: sqlite:///var/<target>.db).",
+    )
+    source_password_file: Path | None = Field(
+        None, description="File holding the password of source_url (container secrets)."
+    )
+    target_password_file: Path | None = Field(
+        None, description="File holding the password of target_url (container secrets)."
     )
     consumer_group: str | None = Field(
         None, description="Consumer group id (default: queuestream-<topic_prefix>-<target>)."
@@ -253,6 +280,33 @@ class Settings(BaseSettings):
             raise ValueError(msg) from exc
         return value
 
+    _kafka_secrets: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        self._kafka_secrets = {
+            key: _read_secret(f"kafka_secret_files.{key}", path)
+            for key, path in self.kafka_secret_files.items()
+        }
+        if self.source_password_file is not None:
+            password = _read_secret("source_password_file", self.source_password_file)
+            self.source_url = _with_password("source_url", self.source_url, password)
+        if self.target_password_file is not None:
+            if self.target_url is None:
+                msg = "target_password_file is set but target_url is not: set both"
+                raise ValueError(msg)
+            password = _read_secret("target_password_file", self.target_password_file)
+            self.target_url = _with_password("target_url", self.target_url, password)
+        return self
+
+    def kafka_options(self) -> dict[str, str]:
+        """``kafka`` with the values read from ``kafka_secret_files`` (which win)."""
+        return {**self.kafka, **self._kafka_secrets}
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, _hide_secrets(name, value)
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.source_timezone)
@@ -286,6 +340,47 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+
+_SECRET_WORDS = ("password", "secret", "token", ".pem", "jaas")
+
+
+def _read_secret(setting: str, path: Path) -> str:
+    """The content of a secret file, without the trailing newline editors add."""
+    try:
+        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        msg = f"{setting}: cannot read {path} ({reason}): check the path"
+        raise ValueError(msg) from None
+    if not value:
+        msg = f"{setting}: {path} is empty: it should hold the secret"
+        raise ValueError(msg)
+    return value
+
+
+def _with_password(setting: str, url: str, password: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        msg = f"{setting} is not a database URL, so a password file cannot be applied to it"
+        raise ValueError(msg) from None
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def _hide_secrets(name: str | None, value: Any) -> Any:
+    """``value`` as the settings' repr may show it: passwords and secret options masked."""
+    if name in ("source_url", "target_url") and isinstance(value, str):
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except ArgumentError:
+            return "***"
+    if name == "kafka" and isinstance(value, dict):
+        return {
+            k: "***" if any(word in k.lower() for word in _SECRET_WORDS) else v
+            for k, v in value.items()
+        }
+    return value
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -324,4 +419,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     )
     if from_env:
         log.info("settings from the environment: %s", ", ".join(from_env))
+    from_files = [f"kafka {key} <- {path}" for key, path in settings.kafka_secret_files.items()]
+    from_files += [
+        f"{name.removesuffix('_file')} <- {path}"
+        for name in ("source_password_file", "target_password_file")
+        if (path := getattr(settings, name)) is not None
+    ]
+    if from_files:
+        log.info("secrets from files: %s", ", ".join(from_files))
     return settings
