@@ -22,7 +22,7 @@ from queuestream.monitor.access import is_loopback, read_token_file
 from queuestream.monitor.alerts import LagLimits
 from queuestream.monitor.feed import FeedState, SnapshotFeed
 from queuestream.monitor.web import ConnectionLimits, MonitorServer
-from tests.helpers import wait_for
+from tests.helpers import run_cli, wait_for
 from tests.services import free_ports
 from tests.unit.test_monitor import _snapshot
 
@@ -295,3 +295,21 @@ def test_token_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read it") as missing:
         read_token_file(tmp_path / "nothing")
     assert str(tmp_path / "nothing") in str(missing.value)
+
+
+def test_token_file_mistakes_stop_the_command_before_it_connects(tmp_path: Path) -> None:
+    # Port 1 of a broker that is not there: the mistake must be reported before any connection.
+    nowhere = ["--bootstrap-servers", "127.0.0.1:1", "monitor"]
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    for args, expected in (
+        (["--http-token-file", str(short)], "give --http HOST:PORT too"),
+        (["--http", "127.0.0.1:0", "--http-token-file", str(short)], "at least 16"),
+        (["--http", "127.0.0.1:0", "--http-token-file", str(tmp_path / "none")], "cannot read"),
+    ):
+        started = time.monotonic()
+        result = run_cli([*nowhere, *args], timeout=60)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert "abc" not in result.stdout + result.stderr
+        assert time.monotonic() - started < 30
