@@ -226,9 +226,10 @@ class ConnectionServer:
         self._closed(pending.connection)
 
     def _closed(self, connection: socket.socket) -> None:
-        _close(connection)
+        # The slot is free before the client sees the close, so its next connection fits.
         with self._lock:
             self._open -= 1
+        _close(connection)
 
     def _answer(self, pending: _Pending) -> None:
         connection = pending.connection
