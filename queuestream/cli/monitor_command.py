@@ -7,6 +7,7 @@ The command only chooses the mode and wires the pieces of :mod:`queuestream.moni
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -52,15 +53,29 @@ def monitor(
             show_default=False,
         ),
     ] = None,
+    http_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --http: a file holding a token (16+ characters) that the page and "
+            "/snapshot.json then require (Authorization: Bearer, or ?token= once in a browser).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Topics, consumer groups and their lag, the last batch, dead letters: live.
 
     --check exits 2 naming each group and partition over the limits.
     """
     from queuestream.monitor import LagLimits, SnapshotCollector, SnapshotFeed, breaches
+    from queuestream.monitor.access import read_token_file
     from queuestream.monitor.terminal import live, render
     from queuestream.monitor.web import MonitorServer, parse_address
 
+    if http_token_file is not None and http is None:
+        msg = "--http-token-file protects the web page: give --http HOST:PORT too"
+        raise ConfigurationError(msg)
+    address = parse_address(http) if http is not None else None
+    token = read_token_file(http_token_file) if http_token_file is not None else None
     settings = command_settings()
     groups = tuple(group or ())
     limits = LagLimits(max_lag, max_lag_seconds)
@@ -92,8 +107,8 @@ def monitor(
     server = None
     feed.start()
     try:
-        if http is not None:
-            server = MonitorServer(parse_address(http), feed, limits, interval).start()
+        if address is not None:
+            server = MonitorServer(address, feed, limits, interval, token=token).start()
             err_console.print(f"monitor page at {server.url}", highlight=False)
         if http is None or console.is_terminal:
             live(feed, console, limits, stop)

@@ -3,7 +3,8 @@
 ``snapshot`` is the data (one snapshot, in dataclasses, and its JSON);
 ``collector`` collects one from Kafka with ``topics`` (figures per partition)
 and ``lag`` (the one place lag is computed); ``alerts`` checks lag limits;
-``feed`` keeps collecting in a thread, ``terminal`` and ``web`` show it.
+``feed`` keeps collecting in a thread, ``terminal`` and ``web`` show it
+(``_connections`` bounds the page's connections, ``access`` decides who may read it).
 """
 
 from __future__ import annotations
