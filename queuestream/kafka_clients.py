@@ -234,6 +234,9 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": BATCH_MESSAGE_MAX_BYTES * 2,
         "max.partition.fetch.bytes": BATCH_MESSAGE_MAX_BYTES + 65_536,
+        # A dead member's partitions move within 10 s (README, "Consumer groups").
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         **client_options(settings, "consumer"),
         **extra,
     }

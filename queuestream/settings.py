@@ -72,6 +72,11 @@ DEFAULT_OVERLAP_SECONDS = 2.0
 DEFAULT_REFRESH_STATEMENT = "EXEC queue.Refresh"
 DEFAULT_REFRESH_SINCE_STATEMENT = "EXEC queue.Refresh :since"
 DEFAULT_METRICS_HOST = "127.0.0.1"
+#: Failover within 10 s of a consumer's death: the broker's smallest session by default
+#: (group.min.session.timeout.ms), with heartbeats often enough that the survivors hear
+#: of the rebalance a second after the session ends (README, "Consumer groups").
+DEFAULT_SESSION_TIMEOUT_MS = 6000
+DEFAULT_HEARTBEAT_INTERVAL_MS = 1000
 
 #: One bootstrap server: [PROTOCOL://]HOST[:PORT], HOST a name, an IPv4 or a [IPv6] address.
 _BOOTSTRAP_SERVER = re.compile(r"([A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s,/:\[\]]+)(:\d{1,5})?")
@@ -220,6 +225,19 @@ class Settings(BaseSettings):
         description="How far before an event the consumer looks for its refresh's END "
         "marker (allows for clock steps on the producer's host).",
     )
+    session_timeout_ms: int = Field(
+        DEFAULT_SESSION_TIMEOUT_MS,
+        ge=1000,
+        description="Consumer group session: a member that stops heartbeating (killed, its "
+        "host gone) loses its partitions to the others this long after its last heartbeat. "
+        "The broker accepts group.min.session.timeout.ms (6000 by default) and up.",
+    )
+    heartbeat_interval_ms: int = Field(
+        DEFAULT_HEARTBEAT_INTERVAL_MS,
+        ge=100,
+        description="How often a consumer heartbeats; also how soon the survivors hear of "
+        "a rebalance. Must be below session_timeout_ms (a third or less is safe).",
+    )
 
     # --- metrics ----------------------------------------------------------------
     metrics_port: int | None = Field(
@@ -306,6 +324,16 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             yield name, _hide_secrets(name, value)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Settings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            msg = (
+                f"heartbeat_interval_ms {self.heartbeat_interval_ms} must be below "
+                f"session_timeout_ms {self.session_timeout_ms} (a third of it or less)"
+            )
+            raise ValueError(msg)
+        return self
 
     @property
     def zone(self) -> ZoneInfo:

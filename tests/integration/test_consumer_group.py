@@ -2,12 +2,15 @@
 
 Three ``queuestream consume accounting`` processes form one group on a PostgreSQL
 target while ``queuestream produce`` publishes what a simulator keeps writing into a
-PostgreSQL source. Once every member has applied something, one member is killed
-with SIGKILL in the middle of the stream; the group rebalances (a short session
-timeout) and the two survivors take over its partitions from the offsets stored in
-the target: a backlog of refreshes that the survivors already applied on their own
+PostgreSQL source. Once every member has applied something and the group has
+settled (the members' logs name the partitions each owns), one member is killed with
+SIGKILL in the middle of the stream; the group rebalances (the default session
+timeout, 6 s) and the two survivors take over its partitions from the offsets stored
+in the target: a backlog of refreshes that the survivors already applied on their own
 partitions, where nothing new arrives any more. In the end:
 
+- a survivor applied a refresh on one of the killed member's partitions within
+  10 seconds of the kill (issue #13: with librdkafka's 45 s session it took 48 s);
 - the target equals what the source says it should hold (``verify``);
 - every committed change event is covered by exactly one sync-log range: nothing
   was applied twice, nothing skipped;
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,7 +55,8 @@ COMMAND = [sys.executable, "-m", "queuestream.cli"]
 TARGET = "accounting"
 MEMBERS = 3
 PARTITIONS = 6
-SESSION_TIMEOUT_MS = 6000
+#: A survivor applies a killed member's partitions within this many seconds (issue #13).
+FAILOVER_SECONDS = 10.0
 
 #: Simulated business actions a second, while the test runs (5 per source transaction).
 SIM_RATE = 40.0
@@ -63,11 +68,17 @@ SIM_RATE = 40.0
 WRITE_AFTER_KILL = 3.0
 #: Bounds of the waits below (seconds).
 ALL_MEMBERS_APPLIED_TIMEOUT = 60
+#: Long enough to measure a failover with librdkafka's own 45 s session too.
+FAILOVER_TIMEOUT = 60
 CATCH_UP_TIMEOUT = 60
 STOP_TIMEOUT = 20
 
 Range = tuple[int, int]
 Where = tuple[str, int]  # (topic, partition)
+
+#: consumers.ownership's log lines: "assigned t.orders[0@15,1@start], t.payments[0,1]".
+_OWNERSHIP = re.compile(r"consumers\.ownership: (?P<how>assigned|revoked) (?P<partitions>.*)$")
+_PARTITIONS = re.compile(r"([\w.-]+)\[([^\]]*)\]")
 
 
 class Member:
@@ -90,6 +101,22 @@ class Member:
     def output(self) -> str:
         self._file.flush()
         return f"--- {self.name} ({self.member}) ---\n{self.log.read_text()}"
+
+    def owned(self) -> set[Where]:
+        """The partitions its log says it owns now (Ownership's assigned / revoked lines)."""
+        self._file.flush()
+        owned: set[Where] = set()
+        for line in self.log.read_text().splitlines():
+            change = _OWNERSHIP.search(line)
+            if change is None:
+                continue
+            partitions = {
+                (topic, int(p.split("@")[0]))
+                for topic, listed in _PARTITIONS.findall(change["partitions"])
+                for p in listed.split(",")
+            }
+            owned = owned | partitions if change["how"] == "assigned" else owned - partitions
+        return owned
 
     def assert_running(self) -> None:
         assert self.process.poll() is None, (
@@ -145,11 +172,8 @@ def test_a_group_that_loses_a_member_mid_stream_applies_everything_once(
         "QUEUESTREAM_PG_CLOCK_ALLOWANCE_SECONDS": "0.5",
         "QUEUESTREAM_RETRY_BACKOFF_SECONDS": "0.5",
     }
-    consumer_env = {
-        **base_env,
-        # A killed member's partitions move after 6 s (heartbeats every 3 s by default).
-        "QUEUESTREAM_KAFKA": json.dumps({"session.timeout.ms": str(SESSION_TIMEOUT_MS)}),
-    }
+    # The group's session and heartbeats are queuestream's defaults (or the environment's).
+    consumer_env = base_env
     stop_writing = threading.Event()
     sim_errors: list[BaseException] = []
 
@@ -199,6 +223,19 @@ def test_a_group_that_loses_a_member_mid_stream_applies_everything_once(
         )
         timings["all members applied"] = time.monotonic() - started
 
+        # The group has settled: the three members own every partition between them.
+        every = {(t, p) for t in topics for p in range(PARTITIONS)}
+
+        def settled() -> bool:
+            everyone_running()
+            owned = [m.owned() for m in members]
+            split = all(owned) and sum(map(len, owned)) == len(every)
+            return split and set().union(*owned) == every
+
+        wait_for(
+            settled, timeout=ALL_MEMBERS_APPLIED_TIMEOUT, interval=0.2, message="a settled group"
+        )
+
         # SIGKILL one member mid-stream: no goodbye to the group, maybe mid-batch.
         victim, survivors = members[0], members[1:]
         victim.process.send_signal(signal.SIGKILL)
@@ -206,8 +243,42 @@ def test_a_group_that_loses_a_member_mid_stream_applies_everything_once(
         killed_at = time.monotonic()
         killed_wall = datetime.now(UTC)
         timings["kill"] = killed_at - started
+        victim_owned = victim.owned()
         children.remove(victim)
         victim.cleanup()
+
+        # Failover: from the kill to the first refresh a survivor applies on one of the
+        # partitions the killed member owned (its sync-log row, read every 0.2 s). The
+        # simulator keeps writing meanwhile for WRITE_AFTER_KILL seconds, then stops.
+        survivor_ids = {m.member for m in survivors}
+        watch = create_engine(target_url)
+
+        def taken_over_once() -> bool:
+            everyone_running()
+            if time.monotonic() - killed_at >= WRITE_AFTER_KILL:
+                stop_writing.set()
+            with watch.connect() as conn:
+                entries = sync_log.read(conn, TARGET)
+            later = [
+                e for e in entries if e["member"] in survivor_ids and e["applied_at"] > killed_wall
+            ]
+            return bool(victim_owned & set(_ranges(later)))
+
+        try:
+            wait_for(
+                taken_over_once,
+                timeout=FAILOVER_TIMEOUT,
+                interval=0.2,
+                message=f"a survivor applying one of the killed member's {sorted(victim_owned)}",
+            )
+        finally:
+            watch.dispose()
+        failover = time.monotonic() - killed_at
+        timings["failover"] = failover
+        assert failover <= FAILOVER_SECONDS, (
+            f"a survivor applied the killed member's partitions {failover:.1f}s after the "
+            f"kill, not within {FAILOVER_SECONDS:g}s"
+        )
 
         wait_for(
             lambda: everyone_running() and time.monotonic() - killed_at >= WRITE_AFTER_KILL,

@@ -1,0 +1,32 @@
+"""The consumer group session: short by default (failover within 10 s), overridable, checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from queuestream.errors import ConfigurationError
+from queuestream.kafka_clients import consumer_config
+from queuestream.settings import load_settings
+
+
+def test_consumers_heartbeat_every_second_on_the_brokers_shortest_session() -> None:
+    config = consumer_config(load_settings(), "g")
+    assert config["session.timeout.ms"] == 6000
+    assert config["heartbeat.interval.ms"] == 1000
+
+
+def test_settings_and_pass_through_options_override_the_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUEUESTREAM_SESSION_TIMEOUT_MS", "10000")
+    monkeypatch.setenv("QUEUESTREAM_HEARTBEAT_INTERVAL_MS", "3000")
+    config = consumer_config(load_settings(), "g")
+    assert (config["session.timeout.ms"], config["heartbeat.interval.ms"]) == (10000, 3000)
+    monkeypatch.setenv("QUEUESTREAM_KAFKA", '{"session.timeout.ms": "45000"}')
+    assert consumer_config(load_settings(), "g")["session.timeout.ms"] == "45000"
+
+
+def test_a_heartbeat_not_below_the_session_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUEUESTREAM_HEARTBEAT_INTERVAL_MS", "6000")
+    with pytest.raises(ConfigurationError, match=r"heartbeat_interval_ms 6000 must be below"):
+        load_settings()
