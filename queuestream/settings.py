@@ -15,7 +15,10 @@ content is the value, and ``source_password_file`` / ``target_password_file`` ho
 the password of the source and target URLs. Files are read once, when the
 settings are built; a missing or empty one is a ConfigurationError naming the
 setting and the path, never the content. The settings' repr shows neither those
-values nor the passwords in URLs or in ``kafka``.
+values nor the passwords in URLs or in ``kafka`` (:mod:`queuestream.secrets`).
+
+The module is a little over 400 lines because it is the one list of every setting,
+each with its default, validation and description: it reads better whole.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from sqlalchemy.exc import ArgumentError
 
 from queuestream.errors import ConfigurationError, SettingsFileError
 from queuestream.retry import Backoff
+from queuestream.secrets import hide_secrets, read_secret, with_password
 
 __all__ = [
     "DEFAULT_BOOTSTRAP_SERVERS",
@@ -303,18 +307,18 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _read_secret_files(self) -> Settings:
         self._kafka_secrets = {
-            key: _read_secret(f"kafka_secret_files.{key}", path)
+            key: read_secret(f"kafka_secret_files.{key}", path)
             for key, path in self.kafka_secret_files.items()
         }
         if self.source_password_file is not None:
-            password = _read_secret("source_password_file", self.source_password_file)
-            self.source_url = _with_password("source_url", self.source_url, password)
+            password = read_secret("source_password_file", self.source_password_file)
+            self.source_url = with_password("source_url", self.source_url, password)
         if self.target_password_file is not None:
             if self.target_url is None:
                 msg = "target_password_file is set but target_url is not: set both"
                 raise ValueError(msg)
-            password = _read_secret("target_password_file", self.target_password_file)
-            self.target_url = _with_password("target_url", self.target_url, password)
+            password = read_secret("target_password_file", self.target_password_file)
+            self.target_url = with_password("target_url", self.target_url, password)
         return self
 
     def kafka_options(self) -> dict[str, str]:
@@ -323,7 +327,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            yield name, _hide_secrets(name, value)
+            yield name, hide_secrets(name, value)
 
     @model_validator(mode="after")
     def _heartbeat_within_session(self) -> Settings:
@@ -368,47 +372,6 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
-
-
-_SECRET_WORDS = ("password", "secret", "token", ".pem", "jaas")
-
-
-def _read_secret(setting: str, path: Path) -> str:
-    """The content of a secret file, without the trailing newline editors add."""
-    try:
-        value = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        msg = f"{setting}: cannot read {path} ({reason}): check the path"
-        raise ValueError(msg) from None
-    if not value:
-        msg = f"{setting}: {path} is empty: it should hold the secret"
-        raise ValueError(msg)
-    return value
-
-
-def _with_password(setting: str, url: str, password: str) -> str:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        msg = f"{setting} is not a database URL, so a password file cannot be applied to it"
-        raise ValueError(msg) from None
-    return parsed.set(password=password).render_as_string(hide_password=False)
-
-
-def _hide_secrets(name: str | None, value: Any) -> Any:
-    """``value`` as the settings' repr may show it: passwords and secret options masked."""
-    if name in ("source_url", "target_url") and isinstance(value, str):
-        try:
-            return make_url(value).render_as_string(hide_password=True)
-        except ArgumentError:
-            return "***"
-    if name == "kafka" and isinstance(value, dict):
-        return {
-            k: "***" if any(word in k.lower() for word in _SECRET_WORDS) else v
-            for k, v in value.items()
-        }
-    return value
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
