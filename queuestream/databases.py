@@ -12,6 +12,8 @@ as for sqlite3.connect, sets another wait).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,14 @@ from sqlalchemy.engine import make_url
 
 from queuestream.errors import ConfigurationError, DatabaseUnavailableError
 
-__all__ = ["create_engine", "describe_url", "is_postgres", "unavailable"]
+__all__ = [
+    "create_engine",
+    "describe_url",
+    "is_outage",
+    "is_postgres",
+    "retriable_outages",
+    "unavailable",
+]
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a statement waits for another connection's lock
 
@@ -94,3 +103,21 @@ def unavailable(exc: sa.exc.DBAPIError, engine: sa.Engine) -> DatabaseUnavailabl
         "nothing was committed, retry when it is back"
     )
     return DatabaseUnavailableError(msg)
+
+
+def is_outage(exc: sa.exc.DBAPIError) -> bool:
+    """Is ``exc`` the database being unreachable (rather than refusing the data)?"""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or bool(
+        exc.connection_invalidated
+    )
+
+
+@contextmanager
+def retriable_outages(engine: sa.Engine) -> Iterator[None]:
+    """Raise outages of ``engine``'s database as DatabaseUnavailableError; others pass."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if is_outage(exc):
+            raise unavailable(exc, engine) from exc
+        raise
