@@ -4,8 +4,9 @@ Two modes (``refresh_mode``):
 
 * ``watermark``: queuestream freezes the snapshot itself. The changed rows of all
   six tables are read in one REPEATABLE READ transaction (on SQLite, one read
-  transaction in WAL mode), which stays open until Kafka has committed the
-  refresh: the snapshot cannot change while it is published.
+  transaction in WAL mode): the snapshot cannot change while it is read. It is
+  taken once Kafka has answered and released when the last row is read, before
+  the Kafka commit, so that no wait for the broker holds it open.
 * ``procedure``: the source has its own refresh (Exigo's ``EXEC queue.Refresh``)
   that fills ``queue.*`` tables; queuestream runs the configured statement and
   reads those tables as they are.
