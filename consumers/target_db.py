@@ -17,39 +17,17 @@ two from the third; :func:`retriable_outages` raises them as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import sqlalchemy as sa
 
 from consumers import offsets, sync_log
 from consumers.target import Target
-from queuestream.databases import describe_url
-from queuestream.failures import database_failure
+from queuestream.databases import is_outage, retriable_outages
 
 __all__ = ["is_outage", "prepare", "retriable_outages"]
 
 #: PostgreSQL advisory lock that serialises creating the target's tables: members of a
 #: group starting together would otherwise collide in the catalog (UniqueViolation).
 _SCHEMA_LOCK = 0x71736368656D61  # "qschema"
-
-
-def is_outage(exc: sa.exc.DBAPIError) -> bool:
-    """Is ``exc`` the database failing us, for now or for good (rather than refusing the data)?"""
-    return database_failure(exc, "") is not None
-
-
-@contextmanager
-def retriable_outages(engine: sa.Engine) -> Iterator[None]:
-    """Raise failures of ``engine``'s database as DatabaseUnavailableError (an outage) or
-    DatabaseAccessError (for good); the database refusing the data passes as it is."""
-    try:
-        yield
-    except sa.exc.DBAPIError as exc:
-        failure = database_failure(exc, describe_url(engine.url))
-        if failure is not None:
-            raise failure from exc
-        raise
 
 
 def prepare(engine: sa.Engine, target: Target) -> None:

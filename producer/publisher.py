@@ -3,6 +3,12 @@
 The producer is idempotent and transactional (``transactional.id``), so a
 restarted producer fences its predecessor and aborts what that one left open;
 consumers reading with ``read_committed`` see a refresh whole or not at all.
+
+The body of a transaction may hold a snapshot open on the source. So the broker
+must answer before the body starts (:meth:`TransactionalPublisher.check_reachable`),
+a send that cannot make progress asks the broker again instead of waiting for
+the local queue to drain, and every wait for the broker (commit, abort, the
+caller's retries) comes after the body has returned, its snapshot released.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ Send = Callable[[str, bytes, bytes, int], None]
 
 _INIT_TIMEOUT = 60.0
 _COMMIT_TIMEOUT = 60.0
+#: A send that finds the local queue full this long asks whether the broker is still there.
+_STUCK_SECONDS = 2.0
 
 
 class TransactionalPublisher:
@@ -63,17 +71,38 @@ class TransactionalPublisher:
             "watermark did not move"
         )
 
+    def check_reachable(self) -> None:
+        """Raise BrokerUnavailableError unless the broker answers a metadata request now."""
+        try:
+            self.producer.list_topics(timeout=self.settings.broker_timeout_seconds)
+        except KafkaException as exc:
+            raise self._error(exc, "reach the broker") from None
+
     def send(self, topic: str, key: bytes, value: bytes, partition: int) -> None:
         produce = self.producer.produce
+        full_since: float | None = None
         while True:
             try:
                 produce(topic, value, key, partition)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: let librdkafka send
+                now = time.monotonic()
+                if full_since is None:
+                    full_since = now
+                elif now - full_since > _STUCK_SECONDS:
+                    # Not draining: a broker that went away fails the body (and releases
+                    # its snapshot) now rather than when the queued messages time out.
+                    self.check_reachable()
+                    full_since = now
 
     def transaction(self, body: Callable[[Send], None]) -> None:
-        """Run ``body(send)`` in one transaction; commit, or abort and raise."""
+        """Run ``body(send)`` in one transaction; commit, or abort and raise.
+
+        The broker answered just before ``body`` starts; commit and abort, which may
+        wait for the broker, come after it has returned or raised.
+        """
+        self.check_reachable()
         try:
             self.producer.begin_transaction()
         except KafkaException as exc:
@@ -120,6 +149,7 @@ class TransactionalPublisher:
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.retriable() and time.monotonic() < deadline:
+                    log.warning("abort not acknowledged yet (%s); retrying", error.str())
                     continue
                 raise self._unknown(error) from None
 

@@ -3,6 +3,12 @@
 A refresh freezes the changed rows, publishes BEGIN, every event and END in
 one Kafka transaction, and only then takes the END's watermark as its progress.
 Whatever fails before the commit leaves the watermark where it was.
+
+The snapshot on the source lives inside the Kafka transaction's body: it is
+taken once the broker has answered and released when the last row is read,
+before the commit. A broker that fails meanwhile fails the attempt, which
+releases the snapshot; the retry (after a pause with nothing open on the
+source) takes a fresh one. The watermark has not moved, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -45,6 +52,9 @@ from schemas.avro import AvroCodec
 __all__ = ["ProduceLoop", "RefreshObserver", "RefreshResult", "Refresher", "new_refresh_id"]
 
 log = logging.getLogger(__name__)
+
+#: The rows of one table, read from the snapshot of one refresh.
+Rows = Callable[[TableSpec], Iterator[ChangedRow]]
 
 #: The produce loop's default: the first retry after 2 s, then up to a minute apart.
 _LOOP_BACKOFF = Backoff(first=2.0, maximum=60.0)
@@ -150,16 +160,18 @@ class Refresher:
 
     # -- watermark mode -----------------------------------------------------------
     def _watermark_cycle(self, since: datetime | None) -> RefreshResult:
-        window = self.planner.plan(self.progress, self.reader.safe_end(), since)
-        with self.reader.frozen() as snapshot:
+        def attempt() -> RefreshResult:
+            # The bound first, the snapshot after it (inside the transaction).
+            window = self.planner.plan(self.progress, self.reader.safe_end(), since)
 
-            def rows(spec: TableSpec) -> Iterator[ChangedRow]:
-                found: Iterator[ChangedRow] = snapshot.changed_rows(
-                    spec, window.read_from, window.end
-                )
-                return found
+            @contextmanager
+            def window_rows() -> Iterator[Rows]:
+                with self.reader.frozen() as snapshot:
+                    yield lambda spec: snapshot.changed_rows(spec, window.read_from, window.end)
 
-            return self._publish_with_retries(lambda: self._publish(rows, window, None))
+            return self._publish(window_rows, window, None)
+
+        return self._publish_with_retries(attempt)
 
     # -- procedure mode -------------------------------------------------------------
     def _procedure_cycle(self, since: datetime | None) -> list[RefreshResult]:
@@ -183,11 +195,19 @@ class Refresher:
     ) -> RefreshResult | None:
         with self.reader.frozen() as snapshot:
             fingerprint, count = snapshot.queue_fingerprint()
-            if count == 0 or fingerprint == self.progress.snapshot_fingerprint:
-                return None
-            result = self._publish_with_retries(
-                lambda: self._publish(snapshot.queue_rows, None, fingerprint, since)
-            )
+        if count == 0 or fingerprint == self.progress.snapshot_fingerprint:
+            return None
+
+        # A snapshot of its own for publishing: only this producer runs the refresh
+        # statement, so the queue tables still hold what the fingerprint describes.
+        @contextmanager
+        def queue_rows() -> Iterator[Rows]:
+            with self.reader.frozen() as snapshot:
+                yield snapshot.queue_rows
+
+        result = self._publish_with_retries(
+            lambda: self._publish(queue_rows, None, fingerprint, since)
+        )
         result.recovered = recovered
         return result
 
@@ -211,12 +231,14 @@ class Refresher:
 
     def _publish(
         self,
-        rows: Any,
+        open_rows: Callable[[], AbstractContextManager[Rows]],
         window: Window | None,
         fingerprint: str | None,
         since: datetime | None = None,
     ) -> RefreshResult:
-        """``since``: procedure mode's start-date override (watermark mode: ``window``)."""
+        """``open_rows`` takes the snapshot, inside the transaction, and releases it once the
+        rows are read. ``since``: procedure mode's start-date override (watermark mode:
+        ``window``)."""
         started = time.monotonic()
         mode = self.settings.refresh_mode
         context = RefreshContext(
@@ -245,24 +267,26 @@ class Refresher:
             )
             send(batches, self._batch_key, encode_marker(self.codec, begin), 0)
             total = 0
-            for spec in TABLES:
-                builder = EventBuilder(
-                    spec, context, self.codec, self.policy, self.partitioner, zone
-                )
-                topic = topic_for(prefix, spec.name)
-                for changed in rows(spec):
-                    if overlap is not None:
-                        version = changed.row["ModifiedDate"].replace(tzinfo=zone)
-                        if overlap.needs_digest(version):
-                            key = tuple(changed.row[k] for k in spec.key)
-                            if not overlap.admit(change_digest(spec.name, key, version), version):
-                                continue
-                    total += 1
-                    event = builder.build(changed, total)
-                    send(topic, event.key, event.value, event.partition)
-                    ops[f"{spec.name}.{event.op}"] += 1
-                    placed[(spec.name, event.partition)] += 1
-                result.counts[spec.name] = builder.count
+            with open_rows() as rows:
+                for spec in TABLES:
+                    builder = EventBuilder(
+                        spec, context, self.codec, self.policy, self.partitioner, zone
+                    )
+                    topic = topic_for(prefix, spec.name)
+                    for changed in rows(spec):
+                        if overlap is not None:
+                            version = changed.row["ModifiedDate"].replace(tzinfo=zone)
+                            if overlap.needs_digest(version):
+                                key = tuple(changed.row[k] for k in spec.key)
+                                digest = change_digest(spec.name, key, version)
+                                if not overlap.admit(digest, version):
+                                    continue
+                        total += 1
+                        event = builder.build(changed, total)
+                        send(topic, event.key, event.value, event.partition)
+                        ops[f"{spec.name}.{event.op}"] += 1
+                        placed[(spec.name, event.partition)] += 1
+                    result.counts[spec.name] = builder.count
             result.op_counts = dict(ops)
             result.partition_counts = dict(placed)
             result.overlap_skipped = overlap.skipped if overlap else 0

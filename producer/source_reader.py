@@ -4,8 +4,9 @@ Two modes (``refresh_mode``):
 
 * ``watermark``: queuestream freezes the snapshot itself. The changed rows of all
   six tables are read in one REPEATABLE READ transaction (on SQLite, one read
-  transaction in WAL mode), which stays open until Kafka has committed the
-  refresh: the snapshot cannot change while it is published.
+  transaction in WAL mode): the snapshot cannot change while it is read. It is
+  taken once Kafka has answered and released when the last row is read, before
+  the Kafka commit, so that no wait for the broker holds it open.
 * ``procedure``: the source has its own refresh (Exigo's ``EXEC queue.Refresh``)
   that fills ``queue.*`` tables; queuestream runs the configured statement and
   reads those tables as they are.
@@ -23,7 +24,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from queuestream.databases import describe_url, is_postgres, unavailable
+from queuestream.databases import describe_url, is_postgres, retriable_outages
 from queuestream.errors import ConfigurationError, SourceSchemaError
 from queuestream.settings import Settings
 from queuestream.sync_schema import Base, to_source_local
@@ -93,7 +94,12 @@ def _check_table(
 
 
 class SourceReader:
-    """Access to the sync database for one producer."""
+    """Access to the sync database for one producer.
+
+    Every access runs in :func:`~queuestream.databases.retriable_outages`: the source
+    going away leaves as DatabaseUnavailableError, which the produce loop waits out,
+    never as a raw driver error.
+    """
 
     def __init__(self, engine: sa.Engine, settings: Settings) -> None:
         self.engine = engine
@@ -105,7 +111,7 @@ class SourceReader:
         """Stop with one line naming the first table or column the refresh needs but the
         source lacks. queuestream never creates or alters anything in the sync database
         (only ``queuestream sim`` builds a simulated one)."""
-        try:
+        with retriable_outages(self.engine):
             inspector = sa.inspect(self.engine)
             needed: list[tuple[str | None, sa.Table]] = [
                 (None, Base.metadata.tables[spec.source]) for spec in TABLES
@@ -115,8 +121,6 @@ class SourceReader:
                 needed += [(queue, Base.metadata.tables[spec.source]) for spec in TABLES]
             for schema, table in needed:
                 _check_table(inspector, schema, table, self.engine, self.settings.refresh_mode)
-        except sa.exc.OperationalError as exc:
-            raise unavailable(exc, self.engine) from None
 
     def safe_end(self) -> datetime:
         """A bound before which every change is already visible (aware, UTC).
@@ -125,11 +129,11 @@ class SourceReader:
         now can commit a row stamped below it that the snapshot misses.
         """
         if is_postgres(self.engine):
-            try:
-                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    now, oldest, hidden = conn.execute(_IN_FLIGHT_SQL).one()
-            except sa.exc.OperationalError as exc:
-                raise unavailable(exc, self.engine) from None
+            with (
+                retriable_outages(self.engine),
+                self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+            ):
+                now, oldest, hidden = conn.execute(_IN_FLIGHT_SQL).one()
             if hidden and not self._warned_hidden:
                 self._warned_hidden = True
                 log.warning(
@@ -147,20 +151,20 @@ class SourceReader:
 
     @contextmanager
     def frozen(self) -> Iterator[FrozenSnapshot]:
-        """An open read transaction whose view of the data does not change."""
-        try:
-            conn = self.engine.connect()
-        except sa.exc.OperationalError as exc:
-            raise unavailable(exc, self.engine) from None
-        try:
+        """An open read transaction whose view of the data does not change.
+
+        Hold it no longer than reading takes: on PostgreSQL an open REPEATABLE READ
+        transaction holds back vacuum on the whole source database. The refresh takes it
+        only once Kafka has answered and leaves it before waiting for Kafka.
+        """
+        with retriable_outages(self.engine), self.engine.connect() as conn:
+            snapshot_conn = conn
             if is_postgres(self.engine):
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
+                snapshot_conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with snapshot_conn.begin():
                 if is_postgres(self.engine):
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                yield FrozenSnapshot(conn, self.settings)
-        finally:
-            conn.close()
+                    snapshot_conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                yield FrozenSnapshot(snapshot_conn, self.settings)
 
     def run_refresh_statement(self, since: datetime | None) -> None:
         """Procedure mode: run the source's own refresh and commit it."""
@@ -171,11 +175,9 @@ class SourceReader:
             params = {"since": to_source_local(since, self.zone)}
         log.info("running the source's refresh: %s %s", statement, params or "")
         try:
-            with self.engine.begin() as conn:
+            with retriable_outages(self.engine), self.engine.begin() as conn:
                 conn.execute(sa.text(statement), params)
-        except sa.exc.OperationalError as exc:
-            raise unavailable(exc, self.engine) from None
-        except sa.exc.DBAPIError as exc:
+        except sa.exc.DBAPIError as exc:  # not an outage: the source rejects the statement
             msg = f"the refresh statement {statement!r} failed: {exc.orig}; check refresh_statement"
             raise ConfigurationError(msg) from None
 
@@ -211,10 +213,8 @@ class FrozenSnapshot:
         )
 
     def _stream(self, spec: TableSpec, query: sa.Select[Any]) -> Iterator[ChangedRow]:
-        try:
+        with retriable_outages(self.conn.engine):
             yield from self._rows(query)
-        except sa.exc.OperationalError as exc:
-            raise unavailable(exc, self.conn.engine) from None
 
     def _rows(self, query: sa.Select[Any]) -> Iterator[ChangedRow]:
         result = self.conn.execution_options(yield_per=_FETCH).execute(query)
@@ -251,7 +251,8 @@ class FrozenSnapshot:
                 *(table.c[k] for k in spec.key)
             )
             try:
-                rows = self.conn.execute(query)
+                with retriable_outages(self.conn.engine):
+                    rows = self.conn.execute(query).all()
             except sa.exc.ProgrammingError as exc:
                 msg = (
                     f"cannot read {table.fullname}: {exc.orig}; procedure mode needs the "

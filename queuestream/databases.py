@@ -12,6 +12,8 @@ as for sqlite3.connect, sets another wait).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,14 @@ from sqlalchemy.engine import make_url
 from queuestream.errors import ConfigurationError, QueuestreamError
 from queuestream.failures import database_failure, database_unreachable
 
-__all__ = ["create_engine", "describe_url", "is_postgres", "unavailable"]
+__all__ = [
+    "create_engine",
+    "describe_url",
+    "is_outage",
+    "is_postgres",
+    "retriable_outages",
+    "unavailable",
+]
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a statement waits for another connection's lock
 
@@ -95,3 +104,22 @@ def unavailable(exc: sa.exc.DBAPIError, engine: sa.Engine) -> QueuestreamError:
     as every caller has always treated it."""
     where = describe_url(engine.url)
     return database_failure(exc, where) or database_unreachable(where, exc)
+
+
+def is_outage(exc: sa.exc.DBAPIError) -> bool:
+    """Is ``exc`` the database failing us, for now or for good (rather than refusing the
+    data)? See :func:`queuestream.failures.database_failure`."""
+    return database_failure(exc, "") is not None
+
+
+@contextmanager
+def retriable_outages(engine: sa.Engine) -> Iterator[None]:
+    """Raise failures of ``engine``'s database as DatabaseUnavailableError (an outage) or
+    DatabaseAccessError (for good); the database refusing the data passes as it is."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        failure = database_failure(exc, describe_url(engine.url))
+        if failure is not None:
+            raise failure from exc
+        raise

@@ -229,8 +229,15 @@ def start_local_kafka() -> Service:
         finally:
             shutil.rmtree(state_dir, ignore_errors=True)
 
+    def control(command: str) -> None:
+        """``down`` stops the broker, ``up`` starts it again on the same port and data."""
+        done = _run_script([str(KAFKA_SCRIPT), command], env, KAFKA_START_TIMEOUT + 60)
+        if done.returncode != 0:
+            what = f"scripts/kafka-local.sh {command}"
+            raise _script_failed(what, done, "see its output")
+
     bootstrap = f"127.0.0.1:{port}"
-    return Service(bootstrap, f"local jar Kafka broker at {bootstrap} ({state_dir})", stop)
+    return Service(bootstrap, f"local jar Kafka broker at {bootstrap} ({state_dir})", stop, control)
 
 
 # ------------------------------------------------------------- PostgreSQL --

@@ -1,0 +1,404 @@
+"""Promise 5 in the producer, against a real broker and a real PostgreSQL source.
+
+The ``queuestream produce`` command runs as a user runs it (a process of its own)
+against a Kafka broker and a PostgreSQL server of this module's own, which are
+stopped and started again (the shared session services are never stopped: other
+tests use them at the same time):
+
+* the broker down for longer than a refresh interval: meanwhile no transaction of
+  the producer stays open on the source (``pg_stat_activity``: an open REPEATABLE
+  READ snapshot would hold back vacuum on the customer's database), the producer
+  logs the outage, and once the broker is back every row version arrives once;
+* ``produce`` started while the source is down, and the source restarted while
+  ``produce`` runs: it keeps running, logs each failed attempt, and catches up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from producer.queue_procedure import install_queue_procedure
+from producer.simulator import Simulator
+from queuestream.databases import create_engine
+from queuestream.sync_schema import create_source_schema
+from tests import services
+from tests.helpers import CLI, cli_env, wait_for
+from tests.integration.kafka_readback import committed_changes
+from tests.integration.source_versions import assert_exactly_once, source_versions
+
+UTC_ZONE = ZoneInfo("UTC")
+#: The producer's application_name on the source, to find its sessions.
+APPLICATION = "qs-outage-producer"
+INTERVAL = 1.0  # seconds between refreshes
+#: Bounds of the waits below (seconds).
+CATCH_UP_TIMEOUT = 120
+FAILURES_SEEN_TIMEOUT = 60
+STOP_TIMEOUT = 60
+#: The broker stays down at least this long: several refresh intervals.
+BROKER_DOWN_SECONDS = 8.0
+#: A transaction of the producer older than this counts as held open.
+HELD_SECONDS = 3.0
+
+
+def _own(start: Callable[[], services.Service], what: str) -> Iterator[services.Service]:
+    """A service of this module's own, stopped at the end."""
+    try:
+        service = start()
+    except services.ServiceError as exc:
+        pytest.fail(f"no {what} for the producer outage tests: {exc}", pytrace=False)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[services.Service]:
+    yield from _own(services.start_local_postgres, "PostgreSQL server")
+
+
+@pytest.fixture(scope="module")
+def own_kafka() -> Iterator[services.Service]:
+    yield from _own(services.start_local_kafka, "Kafka broker")
+
+
+def _control(service: services.Service, command: str) -> None:
+    assert service.control is not None
+    service.control(command)
+
+
+class Source:
+    """A sync database of its own on ``own_postgres``, with simulated activity."""
+
+    def __init__(self, server: services.Service, name: str) -> None:
+        admin = sa.create_engine(
+            server.address, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+        )
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+                conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET timezone TO 'UTC'")
+        finally:
+            admin.dispose()
+        url = make_url(server.address).set(database=name)
+        self.url = url.render_as_string(hide_password=False)
+        self.producer_url = url.set(query={"application_name": APPLICATION}).render_as_string(
+            hide_password=False
+        )
+        self.engine = create_engine(self.url, writer=True, poolclass=sa.pool.NullPool)
+        create_source_schema(self.engine)
+        self._seed = 0
+
+    def simulate(self, actions: int) -> None:
+        self._seed += 1
+        Simulator(self.engine, UTC_ZONE, seed=self._seed).run(actions, per_transaction=10)
+
+    def producer_transactions(self) -> list[tuple[str | None, float]]:
+        """State and transaction age (seconds) of each producer session in a transaction."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT state, extract(epoch FROM clock_timestamp() - xact_start) "
+                    "FROM pg_stat_activity WHERE application_name = :name "
+                    "AND xact_start IS NOT NULL"
+                ),
+                {"name": APPLICATION},
+            ).all()
+        return [(state, float(age)) for state, age in rows]
+
+    def producer_waiting(self) -> str | None:
+        """The statement of a producer session that waits for a lock, if one does."""
+        with self.engine.connect() as conn:
+            found: str | None = conn.execute(
+                sa.text(
+                    "SELECT query FROM pg_stat_activity WHERE application_name = :name "
+                    "AND wait_event_type = 'Lock'"
+                ),
+                {"name": APPLICATION},
+            ).scalar()
+        return found
+
+    @contextlib.contextmanager
+    def locked(self, table: str) -> Iterator[None]:
+        """Hold an ACCESS EXCLUSIVE lock on ``table`` (a quoted name) until the block ends
+        (or the server stops): whoever reads it waits, inside its transaction."""
+        conn = self.engine.connect()
+        try:
+            conn.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+        finally:
+            with contextlib.suppress(sa.exc.DBAPIError):  # the server may have stopped
+                conn.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class Produce:
+    """``queuestream produce`` in a process of its own; its log goes to a file.
+
+    Used as a context manager: a process still running at the end is stopped.
+    """
+
+    def __init__(self, source: Source, bootstrap: str, prefix: str, log: Path, **more: str) -> None:
+        self.source = source
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.log_path = log
+        env = cli_env(
+            bootstrap,
+            prefix,
+            QUEUESTREAM_SOURCE_URL=source.producer_url,
+            QUEUESTREAM_SETTLE_SECONDS="0",
+            QUEUESTREAM_PARTITIONS="3",
+            QUEUESTREAM_RETRY_BACKOFF_SECONDS="0.5",
+            QUEUESTREAM_TARGET_RETRY_MAX_SECONDS="2",
+            QUEUESTREAM_BROKER_TIMEOUT_SECONDS="2",
+            **more,
+        )
+        self._log: IO[str] = log.open("w")
+        self.process = subprocess.Popen(
+            [*CLI, "produce", "--interval", str(INTERVAL)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def __enter__(self) -> Produce:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process.poll() is None:
+            self.stop()
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def assert_running(self) -> None:
+        assert self.process.poll() is None, (
+            f"produce exited ({self.process.returncode}):\n{self.output()[-3000:]}"
+        )
+
+    def failed_attempts(self, what: str = "") -> int:
+        """Failed attempts logged so far (lines that also hold ``what``); the process
+        must still be running."""
+        self.assert_running()
+        lines = self.output().splitlines()
+        return sum(1 for line in lines if "failed (attempt" in line and what in line)
+
+    def logged_more_failures_than(self, count: int) -> bool:
+        return self.failed_attempts() > count
+
+    def wait_caught_up(self) -> None:
+        """Until every row version the source holds now is committed in Kafka."""
+        wanted = source_versions(self.source.engine)
+
+        def arrived() -> bool:
+            self.assert_running()
+            published, _ = committed_changes(self.bootstrap, self.prefix, timeout=30)
+            return wanted <= set(published)
+
+        wait_for(
+            arrived,
+            timeout=CATCH_UP_TIMEOUT,
+            interval=0.5,
+            message="every source row version committed in Kafka",
+            ignore=(AssertionError,),  # topics not created yet
+        )
+
+    def finish(self) -> None:
+        """Catch up, stop as by SIGTERM (exit status 0), and every version is in Kafka once."""
+        self.wait_caught_up()
+        assert self.stop() == 0, self.output()[-3000:]
+        published, _ = committed_changes(self.bootstrap, self.prefix)
+        assert_exactly_once(published, source_versions(self.source.engine))
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self._log.close()
+
+
+@pytest.fixture
+def source(own_postgres: services.Service, unique: str) -> Iterator[Source]:
+    _control(own_postgres, "up")
+    found = Source(own_postgres, f"qs_{unique}_source")
+    try:
+        yield found
+    finally:
+        found.close()
+        _control(own_postgres, "up")  # for the next test, whatever happened in this one
+
+
+def _back_up(server: services.Service, produce: Produce, failures_before: int) -> None:
+    """Once the producer has logged a failed attempt since the server stopped, start it."""
+    wait_for(
+        functools.partial(produce.logged_more_failures_than, failures_before),
+        timeout=FAILURES_SEEN_TIMEOUT,
+        interval=0.2,
+        message="a failed attempt logged while the source is down",
+    )
+    _control(server, "up")
+
+
+def _is_select(query: str) -> bool:
+    """A query, also through a server-side cursor (``DECLARE … CURSOR FOR SELECT``)."""
+    return "SELECT" in query.upper()
+
+
+def _restart_while_blocked(
+    server: services.Service,
+    source: Source,
+    produce: Produce,
+    table: str,
+    reading: Callable[[str], bool],
+    meanwhile: Callable[[], None] = lambda: None,
+) -> None:
+    """Stop the source while the producer waits inside its snapshot, then start it again.
+
+    A lock on ``table`` holds the producer in the statement that reads it; the wait
+    must be in a statement for which ``reading`` is true (another statement: release
+    and try again). ``meanwhile`` runs while the producer waits.
+    """
+    deadline = time.monotonic() + FAILURES_SEEN_TIMEOUT
+    waiting: str | None = None
+    while True:
+        assert time.monotonic() < deadline, f"the producer never waited in the statement: {waiting}"
+        with source.locked(table):
+            waiting = wait_for(
+                source.producer_waiting,
+                timeout=FAILURES_SEEN_TIMEOUT,
+                interval=0.1,
+                message=f"the producer waiting for the lock on {table}",
+            )
+            assert waiting is not None
+            if reading(waiting):
+                meanwhile()
+                before = produce.failed_attempts()
+                _control(server, "down")
+                break
+        time.sleep(0.2)  # held in another statement: let it pass, then lock again
+    _back_up(server, produce, before)
+
+
+def test_broker_outage_releases_the_snapshot_and_loses_nothing(
+    own_kafka: services.Service, source: Source, unique: str, tmp_path: Path
+) -> None:
+    bootstrap = own_kafka.address
+    source.simulate(200)
+    with Produce(source, bootstrap, unique, tmp_path / "produce.log") as produce:
+        produce.wait_caught_up()
+        _control(own_kafka, "down")
+        try:
+            source.simulate(100)  # changes made while Kafka is down
+            held: list[tuple[str | None, float]] = []
+            down_since = time.monotonic()
+            # Watch the source for several refresh intervals, and until the outage is logged.
+            while time.monotonic() - down_since < FAILURES_SEEN_TIMEOUT and (
+                time.monotonic() - down_since < BROKER_DOWN_SECONDS or produce.failed_attempts() < 2
+            ):
+                held += [t for t in source.producer_transactions() if t[1] > HELD_SECONDS]
+                time.sleep(0.2)
+            assert not held, (
+                "the producer kept a transaction open on the source while Kafka was down "
+                f"(state, age in seconds): {held[:5]}"
+            )
+            assert produce.failed_attempts() >= 2, (
+                f"the outage was not logged:\n{produce.output()[-3000:]}"
+            )
+        finally:
+            _control(own_kafka, "up")
+        source.simulate(50)
+        produce.finish()
+    assert "could not reach the broker" in produce.output()
+
+
+def test_source_down_at_start_and_restarted_while_producing(
+    own_kafka: services.Service,
+    own_postgres: services.Service,
+    source: Source,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    bootstrap = own_kafka.address
+    source.simulate(150)
+    _control(own_postgres, "down")
+    with Produce(source, bootstrap, unique, tmp_path / "produce.log") as produce:
+        # Started while the source is down: it keeps running and logs each attempt.
+        wait_for(
+            lambda: produce.failed_attempts("is unreachable") >= 2,
+            timeout=FAILURES_SEEN_TIMEOUT,
+            interval=0.2,
+            message="two failed attempts logged while the source is down",
+        )
+        _control(own_postgres, "up")
+        produce.wait_caught_up()
+
+        # Restarted while producing, at whatever point the refresh is ...
+        for round_ in range(2):
+            source.simulate(60)
+            before = produce.failed_attempts()
+            time.sleep(0.4 * round_)
+            _control(own_postgres, "down")
+            _back_up(own_postgres, produce, before)
+        # ... and while it reads rows inside its snapshot.
+        source.simulate(60)
+        _restart_while_blocked(own_postgres, source, produce, '"Payments"', _is_select)
+        source.simulate(40)
+        produce.finish()
+
+
+def test_procedure_mode_survives_a_source_restart_mid_snapshot(
+    own_kafka: services.Service,
+    own_postgres: services.Service,
+    source: Source,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    """Procedure mode reads the queue tables' fingerprint in a snapshot before it runs
+    the source's refresh (republish-before-refresh); the source stopping right there
+    is an outage like any other."""
+    bootstrap = own_kafka.address
+    install_queue_procedure(source.engine)
+    source.simulate(100)
+    with Produce(
+        source,
+        bootstrap,
+        unique,
+        tmp_path / "produce.log",
+        QUEUESTREAM_REFRESH_MODE="procedure",
+        QUEUESTREAM_REFRESH_STATEMENT="CALL queue.refresh()",
+        QUEUESTREAM_REFRESH_SINCE_STATEMENT="CALL queue.refresh(:since)",
+    ) as produce:
+        produce.wait_caught_up()
+        # Nothing pending: the producer reads the fingerprint (held there by the lock) or
+        # runs CALL queue.refresh(). Changes are simulated only while it is held, so none
+        # is stamped before a CALL and committed after it (which the CALL would miss).
+        _restart_while_blocked(
+            own_postgres,
+            source,
+            produce,
+            'queue."Payments"',
+            lambda query: _is_select(query) and "__customer_id" not in query,
+            meanwhile=lambda: source.simulate(50),
+        )
+        produce.finish()
