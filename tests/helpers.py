@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,6 +76,19 @@ def run_cli(
         check=False,
         stdin=subprocess.DEVNULL,
     )
+
+
+def stop_gracefully(process: subprocess.Popen[Any], timeout: float) -> bool:
+    """SIGTERM ``process`` and wait; kill it after ``timeout``. False: it had to be killed."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+        return False
+    return True
 
 
 def cli_env(bootstrap: str, prefix: str, **more: str) -> dict[str, str]:

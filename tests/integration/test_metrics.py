@@ -10,7 +10,6 @@ when caught up and above 0 while new events wait for a locked target.
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from queuestream.databases import create_engine
-from tests.helpers import wait_for
+from tests.helpers import stop_gracefully, wait_for
 from tests.integration.kafka_readback import committed_changes
 from tests.integration.pipeline import Pipeline
 from tests.services import free_ports
@@ -71,13 +70,7 @@ def _running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
             yield process
             assert process.poll() is None, f"exited early:\n{log.read_text()}"
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT)
+            stop_gracefully(process, STOP_TIMEOUT)
     assert process.returncode == 0, log.read_text()
 
 

@@ -10,7 +10,6 @@ whole output is searched for the token.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import stop_gracefully, wait_for
 from tests.integration.pipeline import Pipeline
 from tests.integration.test_monitor import (
     PAGE_TIMEOUT_MS,
@@ -114,13 +113,7 @@ def test_page_needs_the_token_and_works_with_it_in_chromium(
         )
         context.close()
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=SERVER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=SERVER_STOP_TIMEOUT)
+        if not stop_gracefully(process, SERVER_STOP_TIMEOUT):
             pytest.fail("the monitor did not stop on SIGTERM")
     output = out_path.read_text() + err_path.read_text()
     assert process.returncode == 0, output
