@@ -198,11 +198,20 @@ class Refresher:
         if count == 0 or fingerprint == self.progress.snapshot_fingerprint:
             return None
 
-        # A snapshot of its own for publishing: only this producer runs the refresh
-        # statement, so the queue tables still hold what the fingerprint describes.
+        # A snapshot of its own for publishing (the one above is released, so that no
+        # snapshot waits on Kafka). The END marker carries the fingerprint, so the rows
+        # published must be the ones it describes: checked again inside this snapshot.
         @contextmanager
         def queue_rows() -> Iterator[Rows]:
             with self.reader.frozen() as snapshot:
+                again, _ = snapshot.queue_fingerprint()
+                if again != fingerprint:
+                    msg = (
+                        "the queue tables changed between their fingerprint and publishing "
+                        "(does another process run the refresh statement?); nothing was "
+                        "committed, the refresh starts over"
+                    )
+                    raise RetriableError(msg)
                 yield snapshot.queue_rows
 
         result = self._publish_with_retries(

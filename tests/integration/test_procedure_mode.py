@@ -11,17 +11,22 @@ tables (Exigo's ``exec queue.Refresh``), queuestream publishes them.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from producer.queue_procedure import install_queue_procedure
 from producer.refresh import Refresher, RefreshResult
 from producer.simulator import Simulator
+from producer.source_reader import FrozenSnapshot, SourceReader
 from queuestream.databases import create_engine
+from queuestream.errors import RetriableError
 from queuestream.settings import Settings
 from queuestream.tables import TABLES
 from tests.helpers import producer_settings
@@ -207,4 +212,54 @@ def test_crash_between_source_refresh_and_publishing_loses_nothing(
     assert per_refresh[fresh.refresh_id] == _once(later_expected)
     assert set(per_refresh) == {first.refresh_id, recovered.refresh_id, fresh.refresh_id}
     assert_exactly_once(everything, source.versions())
+    source.close()
+
+
+def test_queue_tables_changed_before_publishing_are_not_published_under_the_old_fingerprint(
+    postgres_url: str, kafka_bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fingerprint is read in one snapshot and the rows in another (no snapshot waits
+    on Kafka). If another process runs the refresh statement in between, the END marker
+    would describe rows that were not published: the producer must notice, commit
+    nothing, and publish the new queue tables under their own fingerprint."""
+    source = Source(postgres_url)
+    source.simulate(100)
+    source.install()
+    settings = _settings(postgres_url, kafka_bootstrap, unique).model_copy(
+        update={"publish_attempts": 1}
+    )
+    [first] = _refresh(settings)
+
+    # A crash left a pending snapshot; then, between the producer's fingerprint of it and
+    # its publishing, someone else runs the source's refresh again.
+    source.simulate(50)
+    source.call_refresh()
+    real = SourceReader.frozen
+    opened: list[int] = []
+    between: list[datetime] = []
+
+    @contextmanager
+    def refreshed_between_snapshots(reader: SourceReader) -> Iterator[FrozenSnapshot]:
+        opened.append(1)
+        if len(opened) == 2:  # after the fingerprint's snapshot, before publishing's
+            between.append(_now())
+            source.simulate(30)
+            source.call_refresh()
+        with real(reader) as snapshot:
+            yield snapshot
+
+    monkeypatch.setattr(SourceReader, "frozen", refreshed_between_snapshots)
+    with pytest.raises(RetriableError, match="queue tables changed"):
+        _refresh(settings)
+    _, per_refresh, _ = _published(kafka_bootstrap, unique)
+    assert set(per_refresh) == {first.refresh_id}  # nothing of the failed attempt
+
+    monkeypatch.setattr(SourceReader, "frozen", real)
+    # The next cycle publishes what the queue tables hold now, under its own fingerprint
+    # (what the other process's refresh replaced is the source's window, not ours to keep).
+    results = _refresh(settings)
+    assert results and results[0].recovered
+    _, per_refresh, _ = _published(kafka_bootstrap, unique)
+    assert per_refresh[results[0].refresh_id] == _once(source.versions(modified_from=between[0]))
+    assert _refresh(settings) == []  # and nothing is pending any more
     source.close()
