@@ -5,7 +5,7 @@ and the frozen snapshot), ``watermark`` (windows and overlap), ``events``
 (Debezium-shaped envelopes), ``partitioning`` (murmur2 by CustomerID),
 ``sensitive`` (exclude/mask/hash), ``progress`` (the watermark read back from the
 last committed END marker), ``publisher`` (Kafka transactions), ``refresh`` (the
-cycle and the produce loop), ``metrics`` (Prometheus), ``queue_procedure``
+cycle), ``produce_loop`` (``queuestream produce``), ``metrics`` (Prometheus), ``queue_procedure``
 (procedure mode's simulated ``queue.Refresh``), ``simulator`` and ``sim_actions``
 (``queuestream sim``: the only code that writes a sync database). The sync
 database's tables are described in :mod:`queuestream.sync_schema`.

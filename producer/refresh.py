@@ -14,7 +14,6 @@ source) takes a fresh one. The watermark has not moved, so nothing is lost.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections import Counter
@@ -22,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -44,20 +43,17 @@ from queuestream.batches import BeginMarker, TablePartition, encode_batch_key, e
 from queuestream.databases import create_engine
 from queuestream.errors import CommitOutcomeUnknownError, RetriableError
 from queuestream.kafka_clients import batches_topic, ensure_topics
-from queuestream.retry import Backoff, Outage, retry
+from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec, topic_for
 from schemas.avro import AvroCodec
 
-__all__ = ["ProduceLoop", "RefreshObserver", "RefreshResult", "Refresher", "new_refresh_id"]
+__all__ = ["RefreshResult", "Refresher", "new_refresh_id"]
 
 log = logging.getLogger(__name__)
 
 #: The rows of one table, read from the snapshot of one refresh.
 Rows = Callable[[TableSpec], Iterator[ChangedRow]]
-
-#: The produce loop's default: the first retry after 2 s, then up to a minute apart.
-_LOOP_BACKOFF = Backoff(first=2.0, maximum=60.0)
 
 
 def new_refresh_id() -> str:
@@ -330,83 +326,3 @@ class Refresher:
             result.window_end.isoformat() if result.window_end else "n/a",
         )
         return result
-
-
-class RefreshObserver(Protocol):
-    """What a produce loop reports, e.g. to :class:`queuestream.metrics.ProducerMetrics`."""
-
-    def started(self, watermark: datetime | None) -> None:
-        """A refresher is ready; ``watermark`` is the progress it read back."""
-
-    def refreshed(self, result: RefreshResult) -> None:
-        """A refresh committed."""
-
-    def failed(self, error: BaseException) -> None:
-        """A refresh failed and will be retried."""
-
-
-class ProduceLoop:
-    """``queuestream produce``: refresh every ``interval`` seconds until stopped.
-
-    The refresher is built inside the loop, so a broker or database that is down
-    at start-up is waited for like an outage later on: retried with backoff.
-    ``stop()`` (wired to SIGTERM/SIGINT by the CLI) lets the refresh in hand
-    finish and commit, then the loop exits.
-    """
-
-    def __init__(
-        self,
-        make_refresher: Callable[[], Refresher],
-        interval: float,
-        backoff: Backoff = _LOOP_BACKOFF,
-        observer: RefreshObserver | None = None,
-    ) -> None:
-        self.make_refresher = make_refresher
-        self.observer = observer
-        self.refresher: Refresher | None = None
-        self.interval = interval
-        self.backoff = backoff
-        self._stop = threading.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self, since: datetime | None = None, max_refreshes: int | None = None) -> int:
-        done = 0
-        outage = Outage("the refresh (the watermark does not move meanwhile)", self.backoff)
-        try:
-            while not self._stop.is_set():
-                try:
-                    if self.refresher is None:
-                        self.refresher = self.make_refresher()
-                        if self.observer is not None:
-                            self.observer.started(self.refresher.progress.watermark)
-                    results = self.refresher.refresh(since)
-                    if self.observer is not None:
-                        for result in results:
-                            self.observer.refreshed(result)
-                    since = None  # the override applies once
-                    outage.succeeded()
-                    done += 1
-                    wait = self.interval
-                except RetriableError as exc:
-                    # Start over with a new producer: it settles any open transaction
-                    # and reads the committed progress back, so nothing is assumed.
-                    if self.observer is not None:
-                        self.observer.failed(exc)
-                    self._discard()
-                    wait = outage.failed(exc)
-                if max_refreshes is not None and done >= max_refreshes:
-                    break
-                self._stop.wait(wait)
-        finally:
-            self._discard()
-        return done
-
-    def _discard(self) -> None:
-        if self.refresher is not None:
-            try:
-                self.refresher.close()
-            except Exception:  # closing after an outage may fail too
-                log.debug("closing the refresher failed", exc_info=True)
-            self.refresher = None

@@ -86,7 +86,8 @@ def produce(
 ) -> None:
     """Refresh every INTERVAL seconds. SIGTERM finishes the refresh in hand and exits."""
     from producer.metrics import ProducerMetrics
-    from producer.refresh import ProduceLoop, Refresher
+    from producer.produce_loop import ProduceLoop
+    from producer.refresh import Refresher
     from queuestream.metrics import metrics_server
 
     settings = command_settings(metrics_port=metrics_port)

@@ -76,7 +76,11 @@ def password_role(_postgres_admin: sa.Engine, unique: str) -> Iterator[str]:
             # file before it runs its query, so the rules were read first.
             lines = [f"host all {role} 127.0.0.1/32 scram-sha-256", *rules.splitlines()]
             if any("\\" in line for line in lines):
-                pytest.skip("pg_hba.conf holds backslashes, which COPY would escape")
+                pytest.fail(
+                    "pg_hba.conf holds backslashes, which COPY would escape: run these tests "
+                    "against the PostgreSQL that tests/services.py starts",
+                    pytrace=False,
+                )
             rows = " UNION ALL ".join(
                 f"SELECT {n} AS n, {_literal(line.replace(chr(9), ' ') or '#')} AS line"
                 for n, line in enumerate(lines)
@@ -86,7 +90,12 @@ def password_role(_postgres_admin: sa.Engine, unique: str) -> Iterator[str]:
             )
             conn.execute(sa.select(sa.func.pg_reload_conf()))
         except sa.exc.DBAPIError as exc:
-            pytest.skip(f"cannot make PostgreSQL ask for a password here: {exc.orig}")
+            pytest.fail(
+                f"cannot make PostgreSQL ask for a password here ({exc.orig}): the tests need "
+                "a superuser on a server whose pg_hba.conf they may rewrite, as tests/services.py "
+                "starts one",
+                pytrace=False,
+            )
     # The reload is asynchronous: wait until the rule holds.
     right = make_url(_postgres_admin.url).set(username=role, password=PASSWORD)
     wrong = right.set(password=WRONG)

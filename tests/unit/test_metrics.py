@@ -17,7 +17,8 @@ from consumers.dead_letters import DeadLetter
 from consumers.metrics import ConsumerMetrics
 from consumers.sync_log import SyncEntry
 from producer.metrics import ProducerMetrics
-from producer.refresh import ProduceLoop, RefreshResult
+from producer.produce_loop import ProduceLoop
+from producer.refresh import RefreshResult
 from queuestream.errors import BrokerUnavailableError, ConfigurationError, DecodeError
 from queuestream.metrics import metrics_server
 from queuestream.retry import Backoff

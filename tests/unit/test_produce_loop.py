@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from producer.refresh import ProduceLoop, Refresher, RefreshResult
+from producer.produce_loop import ProduceLoop
+from producer.refresh import Refresher, RefreshResult
 from producer.watermark import Progress
 from queuestream.errors import BrokerUnavailableError
 from queuestream.retry import Backoff

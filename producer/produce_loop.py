@@ -1,0 +1,106 @@
+"""``queuestream produce``: refresh every ``interval`` seconds, through outages, until stopped.
+
+The loop owns the refresher's life: it builds one (so a broker or source that is
+down at start-up is waited for like an outage later on), refreshes, and on a
+retriable failure throws it away and waits (queuestream/retry.py) before building a
+new one, which settles any open transaction and reads the committed progress back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
+
+from producer.refresh import Refresher, RefreshResult
+from queuestream.errors import RetriableError
+from queuestream.retry import Backoff, Outage
+
+__all__ = ["ProduceLoop", "RefreshObserver"]
+
+log = logging.getLogger(__name__)
+
+#: The produce loop's default: the first retry after 2 s, then up to a minute apart.
+_LOOP_BACKOFF = Backoff(first=2.0, maximum=60.0)
+
+
+class RefreshObserver(Protocol):
+    """What a produce loop reports, e.g. to :class:`queuestream.metrics.ProducerMetrics`."""
+
+    def started(self, watermark: datetime | None) -> None:
+        """A refresher is ready; ``watermark`` is the progress it read back."""
+
+    def refreshed(self, result: RefreshResult) -> None:
+        """A refresh committed."""
+
+    def failed(self, error: BaseException) -> None:
+        """A refresh failed and will be retried."""
+
+
+class ProduceLoop:
+    """``queuestream produce``: refresh every ``interval`` seconds until stopped.
+
+    The refresher is built inside the loop, so a broker or database that is down
+    at start-up is waited for like an outage later on: retried with backoff.
+    ``stop()`` (wired to SIGTERM/SIGINT by the CLI) lets the refresh in hand
+    finish and commit, then the loop exits.
+    """
+
+    def __init__(
+        self,
+        make_refresher: Callable[[], Refresher],
+        interval: float,
+        backoff: Backoff = _LOOP_BACKOFF,
+        observer: RefreshObserver | None = None,
+    ) -> None:
+        self.make_refresher = make_refresher
+        self.observer = observer
+        self.refresher: Refresher | None = None
+        self.interval = interval
+        self.backoff = backoff
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, since: datetime | None = None, max_refreshes: int | None = None) -> int:
+        done = 0
+        outage = Outage("the refresh (the watermark does not move meanwhile)", self.backoff)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self.refresher is None:
+                        self.refresher = self.make_refresher()
+                        if self.observer is not None:
+                            self.observer.started(self.refresher.progress.watermark)
+                    results = self.refresher.refresh(since)
+                    if self.observer is not None:
+                        for result in results:
+                            self.observer.refreshed(result)
+                    since = None  # the override applies once
+                    outage.succeeded()
+                    done += 1
+                    wait = self.interval
+                except RetriableError as exc:
+                    # Start over with a new producer: it settles any open transaction
+                    # and reads the committed progress back, so nothing is assumed.
+                    if self.observer is not None:
+                        self.observer.failed(exc)
+                    self._discard()
+                    wait = outage.failed(exc)
+                if max_refreshes is not None and done >= max_refreshes:
+                    break
+                self._stop.wait(wait)
+        finally:
+            self._discard()
+        return done
+
+    def _discard(self) -> None:
+        if self.refresher is not None:
+            try:
+                self.refresher.close()
+            except Exception:  # closing after an outage may fail too
+                log.debug("closing the refresher failed", exc_info=True)
+            self.refresher = None
