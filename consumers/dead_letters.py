@@ -1,18 +1,10 @@
-"""Dead letters and the error budget (promise 6, the seeds' "continue on first N errors").
+"""The consumers' dead letters (promise 6, the seeds' "continue on first N errors").
 
 An event that cannot be decoded or applied goes to ``<topic>.dlq`` (for example
-``exigo.orders.dlq``) with its original key and value and the reason in headers,
-named like Kafka Connect's dead-letter headers so existing tooling reads them:
-
-==================================  ==========================================
-``queuestream.errors.topic``        original topic
-``queuestream.errors.partition``    original partition
-``queuestream.errors.offset``       original offset
-``queuestream.errors.class``        error class, e.g. ``DecodeError``
-``queuestream.errors.message``      what went wrong, naming table, key, column
-``queuestream.errors.table`` ...    table, key (JSON), column when known
-``queuestream.errors.target``       the target and consumer group that refused it
-==================================  ==========================================
+``exigo.orders.dlq``) with its original key and value and the reason in
+headers: queuestream's ``queuestream.errors.*`` and Kafka Connect's
+``__connect.errors.*`` (:mod:`queuestream.dead_letters` lists them), plus the
+target and consumer group that refused it.
 
 The dead letters of a batch are flushed before the batch commits in the target:
 a crash in between sends them again (at least once; the original topic,
@@ -22,16 +14,16 @@ consumer stops and commits nothing of the batch that went over it.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from queuestream.errors import BrokerUnavailableError, FatalError, RecordError
-from queuestream.kafka_clients import admin_client, create_topics, idempotent_producer
+from queuestream import dead_letters as shared
+from queuestream.dead_letters import ErrorContext, dlq_topic, ensure_dlq_topics, error_headers
+from queuestream.errors import BrokerUnavailableError, DecodeError, FatalError, RecordError
+from queuestream.kafka_clients import idempotent_producer
 from queuestream.settings import Settings
 
 __all__ = ["DeadLetter", "DeadLetters", "ErrorBudget", "ErrorBudgetExceededError", "dlq_topic"]
@@ -39,11 +31,6 @@ __all__ = ["DeadLetter", "DeadLetters", "ErrorBudget", "ErrorBudgetExceededError
 log = logging.getLogger(__name__)
 
 _FLUSH_TIMEOUT = 30.0
-HEADER = "queuestream.errors."
-
-
-def dlq_topic(topic: str) -> str:
-    return f"{topic}.dlq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +56,19 @@ class ErrorBudget:
     """Counts failed events over the life of a consumer against ``max_errors``."""
 
     def __init__(self, max_errors: int) -> None:
-        self.max_errors = max_errors
-        self.spent = 0
+        self._budget = shared.ErrorBudget(max_errors)
+
+    @property
+    def max_errors(self) -> int:
+        return self._budget.max_errors
+
+    @property
+    def spent(self) -> int:
+        return self._budget.spent
 
     def check(self, letters: list[DeadLetter], refreshes: list[str]) -> None:
         """Raise if ``letters`` do not fit in what is left of the budget."""
-        if not letters or self.spent + len(letters) <= self.max_errors:
+        if not letters or self._budget.fits(len(letters)):
             return
         first = letters[0]
         which = ", ".join(refreshes) or "undecodable events"
@@ -88,7 +82,7 @@ class ErrorBudget:
 
     def spend(self, letters: list[DeadLetter]) -> None:
         """Count ``letters`` once their batch committed."""
-        self.spent += len(letters)
+        self._budget.spend(len(letters))
 
 
 class DeadLetters:
@@ -105,45 +99,26 @@ class DeadLetters:
         missing = topics - self._created
         if not missing:
             return
-        create_topics(
-            admin_client(self.settings),
-            [
-                NewTopic(
-                    t,
-                    num_partitions=1,
-                    replication_factor=self.settings.replication_factor,
-                    config={"retention.ms": "-1"},
-                )
-                for t in sorted(missing)
-            ],
-        )
+        ensure_dlq_topics(self.settings, missing)
         self._created |= missing
 
     def _headers(self, letter: DeadLetter) -> list[tuple[str, str | bytes | None]]:
-        error = letter.error
-        headers: dict[str, Any] = {
-            "topic": letter.topic,
-            "partition": letter.partition,
-            "offset": letter.offset,
-            "timestamp": letter.timestamp_ms,
-            "class": type(error).__name__,
-            "message": str(error),
-            "reason": error.reason,
-            "table": error.table,
-            "target": self.target,
-            "group": self.group,
-        }
-        if error.key is not None:
-            headers["key"] = json.dumps(error.key, default=str, sort_keys=True)
-        if error.column is not None:
-            headers["column"] = error.column
-        return [(HEADER + k, str(v).encode()) for k, v in headers.items()]
+        where = ErrorContext(
+            topic=letter.topic,
+            partition=letter.partition,
+            offset=letter.offset,
+            timestamp_ms=letter.timestamp_ms,
+            stage="decode" if isinstance(letter.error, DecodeError) else "apply",
+            by={"target": self.target, "group": self.group},
+            connector=self.group,
+        )
+        return error_headers(letter.error, where)
 
     def publish(self, letters: list[DeadLetter]) -> None:
         """Send ``letters`` and wait until the broker has every one."""
         if not letters:
             return
-        self._ensure({dlq_topic(letter.topic) for letter in letters})
+        self._ensure({letter.topic for letter in letters})
         if self._producer is None:
             self._producer = idempotent_producer(self.settings)
         failures: list[str] = []

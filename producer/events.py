@@ -8,6 +8,7 @@ inside the window, ``u`` otherwise, and ``r`` for a re-sync from a start date.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -104,12 +105,6 @@ class EventBuilder:
                 row[column] = value.replace(tzinfo=zone)
         version: datetime = row["ModifiedDate"]
         key_values = {k: row[k] for k in self.spec.key}
-        try:
-            key = self._encode_key(key_values)
-        except EncodingError as exc:
-            raise EncodingError(
-                exc.reason, table=self.spec.name, key=key_values, column=exc.column
-            ) from exc
         if self.context.resync:
             op = "r"
         elif (
@@ -119,14 +114,36 @@ class EventBuilder:
             op = "c"
         else:
             op = "u"
+        # Masked before anything can fail: a row that cannot be encoded goes to a
+        # dead-letter topic as it is here (key columns are never masked).
         if self._sensitive is not None:
             self._sensitive(row)
+        try:
+            key = self._encode_key(key_values)
+        except EncodingError as exc:
+            raise EncodingError(
+                exc.reason, table=self.spec.name, key=key_values, column=exc.column
+            ) from exc
         self.count += 1
         source_ts_ms = (version - _EPOCH) // _MILLISECOND
         try:
             value = self._envelope.encode(row, op, source_ts_ms, total_order, self.count)
         except EncodingError as exc:
+            self.count -= 1  # not published: the next event takes its place in the order
             raise EncodingError(
                 exc.reason, table=self.spec.name, key=key_values, column=exc.column
             ) from exc
         return EncodedEvent(key, value, self.partitioner(changed.customer_id), op, version)
+
+    def unencodable(self, changed: ChangedRow) -> tuple[bytes, bytes]:
+        """The key and value of a dead letter for a row :meth:`build` refused: JSON.
+
+        :meth:`build` masked the row's sensitive columns before it failed.
+        """
+        row = changed.row
+        key = {k: row[k] for k in self.spec.key}
+        return _json(key), _json(row)
+
+
+def _json(values: dict[str, Any]) -> bytes:
+    return json.dumps(values, default=str, sort_keys=True).encode()

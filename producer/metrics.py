@@ -13,6 +13,11 @@ them at ``http://<metrics_host>:P/metrics`` through :func:`queuestream.metrics.m
 ``queuestream_watermark_timestamp_seconds``     the committed watermark (Unix time)
 ``queuestream_watermark_age_seconds``           now minus the watermark, computed when scraped:
                                                 it grows while the producer is stuck
+``queuestream_producer_dead_letters_total``     rows that cannot be encoded, sent to
+                                                ``<topic>.dlq`` (``--max-errors``), by ``table``
+``queuestream_producer_stuck``                  1 while a row that cannot be encoded stops the
+                                                feed (no budget left), else 0
+``queuestream_producer_stuck_row_info``         that row: ``table``, ``key`` and ``column``
 ==============================================  =============================================
 
 The two watermark gauges are absent until the watermark is known (read back at
@@ -23,6 +28,7 @@ never share figures.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -36,6 +42,7 @@ from queuestream.metrics import DURATION_BUCKETS
 
 if TYPE_CHECKING:
     from producer.refresh import RefreshResult
+    from queuestream.errors import EncodingError
 
 __all__ = ["ProducerMetrics"]
 
@@ -51,6 +58,7 @@ class ProducerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
         self._watermark: datetime | None = None
+        self._stuck: EncodingError | None = None
         self.published = Counter(
             "queuestream_events_published",
             "Change events committed to Kafka, by source table and op (c, u, d, r).",
@@ -74,7 +82,13 @@ class ProducerMetrics:
             ["error"],
             registry=self.registry,
         )
-        self.registry.register(_WatermarkCollector(self))
+        self.dead_letters = Counter(
+            "queuestream_producer_dead_letters",
+            "Rows that cannot be encoded, sent to <topic>.dlq within the error budget, by table.",
+            ["table"],
+            registry=self.registry,
+        )
+        self.registry.register(_ScrapedCollector(self))
 
     @property
     def watermark(self) -> datetime | None:
@@ -93,15 +107,38 @@ class ProducerMetrics:
         for name, count in result.op_counts.items():
             table, _, op = name.rpartition(".")
             self.published.labels(table, op).inc(count)
+        for table, count in result.dead_letters.items():
+            self.dead_letters.labels(table).inc(count)
         if result.window_end is not None:
             self._watermark = result.window_end
+        self._stuck = None
 
     def failed(self, error: BaseException) -> None:
         """A refresh failed; the loop retries it."""
         self.refresh_errors.labels(type(error).__name__).inc()
 
-    def watermark_families(self) -> Iterator[Metric]:
-        """The watermark gauges as of now; none while the watermark is unknown."""
+    def stuck(self, error: EncodingError) -> None:
+        """A row that cannot be encoded stops the feed (cleared by the next refresh)."""
+        self.refresh_errors.labels(type(error).__name__).inc()
+        self._stuck = error
+
+    def scraped_families(self) -> Iterator[Metric]:
+        """The stuck-row gauges, and the watermark gauges (none while it is unknown)."""
+        stuck = self._stuck
+        yield GaugeMetricFamily(
+            "queuestream_producer_stuck",
+            "1 while a row that cannot be encoded stops the feed (no error budget left), else 0.",
+            value=0 if stuck is None else 1,
+        )
+        if stuck is not None:
+            row = GaugeMetricFamily(
+                "queuestream_producer_stuck_row_info",
+                "The row that stops the feed: its table, key (JSON) and column.",
+                labels=["table", "key", "column"],
+            )
+            key = json.dumps(stuck.key, default=str, sort_keys=True)
+            row.add_metric([stuck.table, key, stuck.column or ""], 1)
+            yield row
         watermark = self._watermark
         if watermark is None:
             return
@@ -118,14 +155,14 @@ class ProducerMetrics:
         )
 
 
-class _WatermarkCollector(Collector):
-    """Computes the watermark gauges when scraped (absent while the watermark is unknown)."""
+class _ScrapedCollector(Collector):
+    """Computes the stuck-row and watermark gauges when scraped."""
 
     def __init__(self, metrics: ProducerMetrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
-        return list(self._metrics.watermark_families())
+        return list(self._metrics.scraped_families())
 
     def describe(self) -> Iterable[Metric]:
         return []  # computed on every scrape: not checked for duplicates up front

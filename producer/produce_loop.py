@@ -4,6 +4,13 @@ The loop owns the refresher's life: it builds one (so a broker or source that is
 down at start-up is waited for like an outage later on), refreshes, and on a
 retriable failure throws it away and waits (queuestream/retry.py) before building a
 new one, which settles any open transaction and reads the committed progress back.
+
+A row that cannot be encoded, past the error budget (``--max-errors``) or without
+one, fails the refresh without committing anything. The loop does not exit (a
+supervisor restarting it would loop too): it keeps the refresher, retries with
+backoff until the row is fixed in the source, and says so in its log, its
+metrics (``observer.stuck``) and the status topic the monitor reads
+(:mod:`queuestream.producer_status`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from datetime import datetime
 from typing import Protocol
 
 from producer.refresh import Refresher, RefreshResult
-from queuestream.errors import RetriableError
+from queuestream.errors import EncodingError, RetriableError
 from queuestream.retry import Backoff, Outage
 
 __all__ = ["ProduceLoop", "RefreshObserver"]
@@ -37,6 +44,9 @@ class RefreshObserver(Protocol):
 
     def failed(self, error: BaseException) -> None:
         """A refresh failed and will be retried."""
+
+    def stuck(self, error: EncodingError) -> None:
+        """A row that cannot be encoded stops the feed; cleared by the next ``refreshed``."""
 
 
 class ProduceLoop:
@@ -61,6 +71,7 @@ class ProduceLoop:
         self.interval = interval
         self.backoff = backoff
         self._stop = threading.Event()
+        self._reported: tuple[object, ...] | None = None  # the last status written
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,6 +92,7 @@ class ProduceLoop:
                             self.observer.refreshed(result)
                     since = None  # the override applies once
                     outage.succeeded()
+                    self._report(None)
                     done += 1
                     wait = self.interval
                 except RetriableError as exc:
@@ -90,12 +102,38 @@ class ProduceLoop:
                         self.observer.failed(exc)
                     self._discard()
                     wait = outage.failed(exc)
+                except EncodingError as exc:
+                    # Nothing committed, the snapshot is released: the refresher stays.
+                    if self.observer is not None:
+                        self.observer.stuck(exc)
+                    self._report(exc)
+                    wait = outage.failed(_advised(exc))
                 if max_refreshes is not None and done >= max_refreshes:
                     break
                 self._stop.wait(wait)
         finally:
             self._discard()
         return done
+
+    def _report(self, stuck_on: EncodingError | None) -> None:
+        """Write the status (stuck on a row, or running) when it differs from the last one.
+
+        Best effort: a broker that fails here fails the next refresh too, and the
+        status is written once it is back.
+        """
+        status: tuple[object, ...] = (
+            ("running",)
+            if stuck_on is None
+            else ("stuck", stuck_on.table, repr(stuck_on.key), stuck_on.column, stuck_on.reason)
+        )
+        if self.refresher is None or status == self._reported:
+            return
+        try:
+            self.refresher.report(stuck_on)
+        except RetriableError as exc:
+            log.debug("could not write the producer status: %s", exc)
+            return
+        self._reported = status
 
     def _discard(self) -> None:
         if self.refresher is not None:
@@ -104,3 +142,13 @@ class ProduceLoop:
             except Exception:  # closing after an outage may fail too
                 log.debug("closing the refresher failed", exc_info=True)
             self.refresher = None
+
+
+def _advised(error: EncodingError) -> EncodingError:
+    """``error`` with what to do about it, for the log."""
+    advice = (
+        f"{error.reason}; the feed waits for this row: fix it in the source (its next "
+        "change is published), or run produce with --max-errors N to send such rows to "
+        "the dead-letter topic <topic>.dlq and go on"
+    )
+    return EncodingError(advice, table=error.table, key=error.key, column=error.column)

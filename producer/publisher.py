@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -28,11 +29,25 @@ from queuestream.errors import (
 from queuestream.kafka_clients import transactional_producer
 from queuestream.settings import Settings
 
-__all__ = ["Send", "TransactionalPublisher"]
+__all__ = ["Headers", "Send", "TransactionalPublisher"]
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str, bytes, bytes, int], None]
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class Send(Protocol):
+    """Sends one message inside the transaction: ``(topic, key, value, partition)``."""
+
+    def __call__(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int,
+        headers: Headers | None = None,
+    ) -> None: ...
+
 
 _INIT_TIMEOUT = 60.0
 _COMMIT_TIMEOUT = 60.0
@@ -78,12 +93,22 @@ class TransactionalPublisher:
         except KafkaException as exc:
             raise self._error(exc, "reach the broker") from None
 
-    def send(self, topic: str, key: bytes, value: bytes, partition: int) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int,
+        headers: Headers | None = None,
+    ) -> None:
         produce = self.producer.produce
         full_since: float | None = None
         while True:
             try:
-                produce(topic, value, key, partition)
+                if headers is None:
+                    produce(topic, value, key, partition)
+                else:
+                    produce(topic, value, key, partition, headers=headers)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: let librdkafka send

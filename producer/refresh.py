@@ -9,6 +9,11 @@ taken once the broker has answered and released when the last row is read,
 before the commit. A broker that fails meanwhile fails the attempt, which
 releases the snapshot; the retry (after a pause with nothing open on the
 source) takes a fresh one. The watermark has not moved, so nothing is lost.
+
+A row that cannot be encoded goes to its table's dead-letter topic
+(``<topic>.dlq``, :mod:`queuestream.dead_letters`) in the same transaction, as
+JSON after masking, while the error budget (``max_errors``) lasts; past it, or
+without one, the EncodingError fails the attempt and nothing is committed.
 """
 
 from __future__ import annotations
@@ -41,8 +46,16 @@ from producer.watermark import (
 )
 from queuestream.batches import BeginMarker, TablePartition, encode_batch_key, encode_marker
 from queuestream.databases import create_engine
-from queuestream.errors import CommitOutcomeUnknownError, RetriableError
-from queuestream.kafka_clients import batches_topic, ensure_topics
+from queuestream.dead_letters import (
+    ErrorBudget,
+    ErrorContext,
+    dlq_topic,
+    ensure_dlq_topics,
+    error_headers,
+)
+from queuestream.errors import CommitOutcomeUnknownError, EncodingError, RetriableError
+from queuestream.kafka_clients import batches_topic, change_topics, ensure_topics
+from queuestream.producer_status import ProducerStatus, ensure_status_topic, status_topic
 from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec, topic_for
@@ -71,6 +84,7 @@ class RefreshResult:
     op_counts: dict[str, int] = field(default_factory=dict)
     partition_counts: dict[TablePartition, int] = field(default_factory=dict)
     overlap_skipped: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)  # table -> rows sent to .dlq
     recovered: bool = False
     seconds: float = 0.0
 
@@ -88,6 +102,7 @@ class RefreshResult:
             "counts": self.counts,
             "op_counts": self.op_counts,
             "overlap_skipped": self.overlap_skipped,
+            "dead_letters": self.dead_letters,
             "recovered": self.recovered,
             "seconds": round(self.seconds, 3),
         }
@@ -115,6 +130,10 @@ class Refresher:
             settings.hash_key.get_secret_value().encode() if settings.hash_key else None,
         )
         self.partitions = ensure_topics(settings)
+        ensure_status_topic(settings)
+        self.budget = ErrorBudget(settings.max_errors)
+        if settings.max_errors:
+            ensure_dlq_topics(settings, set(change_topics(settings)))
         self.partitioner = CustomerPartitioner(self.partitions)
         self.publisher = TransactionalPublisher(settings)
         self.progress: Progress = read_progress(settings, self.codec)
@@ -148,6 +167,21 @@ class Refresher:
         if self.settings.refresh_mode == "procedure":
             return self._procedure_cycle(since)
         return [self._watermark_cycle(since)]
+
+    def report(self, stuck_on: EncodingError | None) -> None:
+        """Write this producer's status to the status topic (its own small transaction):
+        stuck on the row of ``stuck_on``, or running when None."""
+        producer = self.settings.effective_transactional_id
+        status = (
+            ProducerStatus.running(producer)
+            if stuck_on is None
+            else ProducerStatus.stuck(producer, stuck_on)
+        )
+        topic = status_topic(self.settings.topic_prefix)
+        key = producer.encode()
+        value = status.encode()
+        assert self.publisher is not None  # set by _start
+        self.publisher.transaction(lambda send: send(topic, key, value, 0))
 
     def close(self) -> None:
         if self.publisher is not None:
@@ -258,6 +292,8 @@ class Refresher:
         overlap = OverlapFilter.for_window(window, self.progress, self.overlap) if window else None
         ops: Counter[str] = Counter()
         placed: Counter[TablePartition] = Counter()
+        refused: Counter[str] = Counter()
+        producer_id = self.settings.effective_transactional_id
         batches = batches_topic(self.settings)
         zone = self.settings.zone
         prefix = self.settings.topic_prefix
@@ -286,8 +322,26 @@ class Refresher:
                                 digest = change_digest(spec.name, key, version)
                                 if not overlap.admit(digest, version):
                                     continue
+                        try:
+                            event = builder.build(changed, total + 1)
+                        except EncodingError as exc:
+                            if not self.budget.fits(refused.total() + 1):
+                                raise
+                            refused[spec.name] += 1
+                            where = ErrorContext(
+                                topic=topic,
+                                partition=-1,
+                                offset=-1,
+                                timestamp_ms=int(time.time() * 1000),
+                                stage="produce",
+                                by={"producer": producer_id, "refresh_id": context.refresh_id},
+                                connector=producer_id,
+                            )
+                            dead_key, dead_value = builder.unencodable(changed)
+                            headers = error_headers(exc, where)
+                            send(dlq_topic(topic), dead_key, dead_value, 0, headers)
+                            continue
                         total += 1
-                        event = builder.build(changed, total)
                         send(topic, event.key, event.value, event.partition)
                         ops[f"{spec.name}.{event.op}"] += 1
                         placed[(spec.name, event.partition)] += 1
@@ -306,7 +360,20 @@ class Refresher:
 
         assert self.publisher is not None  # set by _start
         self.publisher.transaction(body)
-        # Committed: only now does the progress move.
+        # Committed: only now does the progress move, and the dead letters count.
+        result.dead_letters = dict(refused)
+        self.budget.spend(refused.total())
+        if refused:
+            log.warning(
+                "refresh %s sent %d rows that cannot be encoded to dead-letter topics (%s); "
+                "%d of the error budget of %d left. Their reasons are in the headers "
+                "(queuestream.errors.*); a row is published again once it changes in the source",
+                context.refresh_id,
+                refused.total(),
+                ", ".join(f"{dlq_topic(topic_for(prefix, t))} {n}" for t, n in refused.items()),
+                self.budget.max_errors - self.budget.spent,
+                self.budget.max_errors,
+            )
         self.progress = Progress(
             refresh_id=context.refresh_id,
             watermark=window.end if window else self.progress.watermark,

@@ -214,8 +214,9 @@ class Settings(BaseSettings):
     max_errors: int = Field(
         0,
         ge=0,
-        description="Error budget: continue on the first N events that cannot be applied "
-        "(each goes to <topic>.dlq); one more stops the consumer.",
+        description="Error budget: a consumer continues on the first N events that cannot be "
+        "applied, produce on the first N rows that cannot be encoded (each goes to "
+        "<topic>.dlq); past it a consumer stops, produce waits for the row to be fixed.",
     )
     idle_seconds: float = Field(
         3.0, gt=0, description="--until-idle: stop after this long with nothing to apply."

@@ -32,7 +32,10 @@ def monitor(
     ] = None,
     check: Annotated[
         bool,
-        typer.Option(help="Exit 2 when a group's lag is over --max-lag / --max-lag-seconds."),
+        typer.Option(
+            help="Exit 2 when a group's lag is over --max-lag / --max-lag-seconds, or a "
+            "producer is stuck on a row that cannot be encoded."
+        ),
     ] = False,
     max_lag: Annotated[
         int | None,
@@ -64,7 +67,8 @@ def monitor(
 ) -> None:
     """Topics, consumer groups and their lag, the last batch, dead letters: live.
 
-    --check exits 2 naming each group and partition over the limits.
+    --check exits 2 naming each group and partition over the limits, and each producer
+    stuck on a row that cannot be encoded.
     """
     from queuestream.monitor import LagLimits, SnapshotCollector, SnapshotFeed, breaches
     from queuestream.monitor.access import read_token_file
@@ -97,7 +101,9 @@ def monitor(
             found = breaches(snapshot, limits, groups)
             for breach in found:
                 out.print(f"LAG {breach.describe()}", highlight=False)
-            if found:
+            for stuck in snapshot.stuck_producers:
+                out.print(f"STUCK {stuck.describe()}", highlight=False)
+            if found or snapshot.stuck_producers:
                 raise typer.Exit(2)
             out.print(f"ok: {len(snapshot.groups)} consumer groups within the limits")
         return

@@ -83,6 +83,15 @@ def produce(
         typer.Option(help="Stop after this many refreshes (default: run until stopped)."),
     ] = None,
     metrics_port: MetricsPortOpt = None,
+    max_errors: Annotated[
+        int | None,
+        typer.Option(
+            help="Continue on the first N rows that cannot be encoded (each to <topic>.dlq, "
+            "as JSON after masking, the reason in headers); past them, or without a budget, "
+            "produce waits for the row to be fixed in the source, retrying. Default 0.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Refresh every INTERVAL seconds. SIGTERM finishes the refresh in hand and exits."""
     from producer.metrics import ProducerMetrics
@@ -90,7 +99,7 @@ def produce(
     from producer.refresh import Refresher
     from queuestream.metrics import metrics_server
 
-    settings = command_settings(metrics_port=metrics_port)
+    settings = command_settings(metrics_port=metrics_port, max_errors=max_errors)
     start = parse_since(since, settings)  # a bad date stops before anything connects
     metrics = ProducerMetrics()
     loop = ProduceLoop(

@@ -2,8 +2,9 @@
 
 :class:`SnapshotCollector` keeps its Kafka clients between snapshots (the
 monitor takes one every few seconds) and puts together what ``topics``
-(figures per partition), ``lag`` (per group) and the batches topic's reader
-(:func:`queuestream.batches.read_last_end`: the last committed END) find.
+(figures per partition), ``lag`` (per group), the batches topic's reader
+(:func:`queuestream.batches.read_last_end`: the last committed END) and the
+producers' status topic (:mod:`queuestream.producer_status`) find.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from queuestream.kafka_reading import MessageCounter
 from queuestream.monitor.lag import group_lags
 from queuestream.monitor.snapshot import LastBatch, Snapshot
 from queuestream.monitor.topics import collect_topics, dead_letters
+from queuestream.producer_status import read_statuses
 from queuestream.settings import Settings
 from schemas.avro import AvroCodec
 
@@ -66,4 +68,5 @@ class SnapshotCollector:
             groups=groups,
             last_batch=last_batch,
             dead_letters=dead_letters(topics),
+            producers=read_statuses(settings),
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 from queuestream.batches import EndMarker
 from queuestream.kafka_offsets import from_ms
+from queuestream.producer_status import ProducerStatus
 
 __all__ = [
     "RATE_WINDOW_SECONDS",
@@ -240,6 +241,11 @@ class Snapshot:
     groups: tuple[GroupInfo, ...] = ()
     last_batch: LastBatch | None = None
     dead_letters: tuple[DeadLetterInfo, ...] = ()
+    producers: tuple[ProducerStatus, ...] = ()  # from the status topic
+
+    @property
+    def stuck_producers(self) -> tuple[ProducerStatus, ...]:
+        return tuple(p for p in self.producers if p.state == "stuck")
 
     def group(self, name: str) -> GroupInfo | None:
         return next((g for g in self.groups if g.name == name), None)
@@ -253,4 +259,5 @@ class Snapshot:
             "groups": [g.as_dict() for g in self.groups],
             "last_batch": None if self.last_batch is None else self.last_batch.as_dict(),
             "dead_letters": [d.as_dict() for d in self.dead_letters],
+            "producers": [p.as_dict() for p in self.producers],
         }

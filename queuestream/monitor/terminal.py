@@ -126,6 +126,25 @@ def _dead_letters(snapshot: Snapshot) -> RenderableType:
     return table
 
 
+def _producers(snapshot: Snapshot) -> RenderableType:
+    if not snapshot.producers:
+        return Text("Producers: none has reported its status yet", style="yellow")
+    table = Table(title="Producers", title_justify="left")
+    table.add_column("producer", no_wrap=True)
+    table.add_column("state")
+    table.add_column("since")
+    table.add_column("row that stops the feed")
+    for p in snapshot.producers:
+        stuck = p.state == "stuck"
+        table.add_row(
+            p.producer,
+            Text(p.state, style="bold red" if stuck else "green"),
+            moment(p.since, snapshot.taken_at),
+            p.row,
+        )
+    return table
+
+
 def render(
     snapshot: Snapshot | None, limits: LagLimits | None = None, error: str | None = None
 ) -> RenderableType:
@@ -135,6 +154,7 @@ def render(
         limits = limits or LagLimits()
         parts += [
             _last_batch(snapshot),
+            _producers(snapshot),
             _groups(snapshot, limits),
             _topics(snapshot),
             _dead_letters(snapshot),

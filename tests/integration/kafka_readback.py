@@ -33,6 +33,7 @@ __all__ = [
     "committed_changes",
     "committed_messages",
     "located",
+    "message_headers",
     "wait_until_readable",
 ]
 
@@ -183,3 +184,14 @@ def committed_changes(
         changes[(spec.name, tuple(after[k] for k in spec.key), after["ModifiedDate"])] += 1
         values.append((spec.name, partition, value))
     return changes, values
+
+
+def message_headers(message: Message) -> dict[str, str]:
+    """A consumed message's headers: confluent_kafka reads them as (name, bytes) pairs."""
+    headers = message.headers() or []
+    assert isinstance(headers, list), headers
+    found = {}
+    for name, value in headers:
+        assert isinstance(value, bytes), (name, value)
+        found[name] = value.decode()
+    return found

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from confluent_kafka import Message, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from consumers import offsets
 from consumers.dead_letters import ErrorBudgetExceededError, dlq_topic
 from queuestream.databases import create_engine
 from queuestream.tables import topic_for
-from tests.integration.kafka_readback import committed_messages
+from tests.integration.kafka_readback import committed_messages, message_headers
 from tests.integration.pipeline import Pipeline
 
 
@@ -45,17 +45,6 @@ def _spoil_currencies(pipeline: Pipeline, count: int) -> list[int]:
     return ids
 
 
-def _headers(message: Message) -> dict[str, str]:
-    """A consumed message's headers: confluent_kafka reads them as (name, bytes) pairs."""
-    headers = message.headers() or []
-    assert isinstance(headers, list), headers
-    found = {}
-    for name, value in headers:
-        assert isinstance(value, bytes), (name, value)
-        found[name] = value.decode()
-    return found
-
-
 def test_poison_within_the_budget_goes_to_the_dead_letter_topic(
     pipeline: Pipeline, kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
@@ -73,17 +62,26 @@ def test_poison_within_the_budget_goes_to_the_dead_letter_topic(
     assert stats.errors == 2
     letters = committed_messages(kafka_bootstrap, [dlq_topic(orders)])
     assert len(letters) == 2
-    by_class = {_headers(m)["queuestream.errors.class"]: m for m in letters}
+    by_class = {message_headers(m)["queuestream.errors.class"]: m for m in letters}
     assert set(by_class) == {"RecordError", "DecodeError"}
-    refused = _headers(by_class["RecordError"])
+    refused = message_headers(by_class["RecordError"])
     assert refused["queuestream.errors.topic"] == orders
     assert refused["queuestream.errors.table"] == "orders"
     assert refused["queuestream.errors.column"] == "CurrencyCode"
     assert json.loads(refused["queuestream.errors.key"]) == {"OrderID": bad_order}
     assert "EURO" in refused["queuestream.errors.message"]
+    assert refused["queuestream.errors.stage"] == "apply"
+    # Kafka Connect's dead-letter headers too, for tools written for Connect.
+    assert refused["__connect.errors.topic"] == orders
+    assert refused["__connect.errors.stage"] == "TASK_PUT"
+    assert refused["__connect.errors.exception.class.name"] == "queuestream.errors.RecordError"
+    assert "EURO" in refused["__connect.errors.exception.message"]
+    assert refused["__connect.errors.offset"] == refused["queuestream.errors.offset"]
     undecodable = by_class["DecodeError"]
     assert undecodable.value() == b"this is not Avro"
-    assert _headers(undecodable)["queuestream.errors.partition"] == "1"
+    assert message_headers(undecodable)["queuestream.errors.partition"] == "1"
+    assert message_headers(undecodable)["__connect.errors.partition"] == "1"
+    assert message_headers(undecodable)["__connect.errors.stage"] == "VALUE_CONVERTER"
 
     # Everything else arrived; the refused order is the one difference from the source.
     report = pipeline.verify("accounting", url)

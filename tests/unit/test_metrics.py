@@ -19,7 +19,12 @@ from consumers.sync_log import SyncEntry
 from producer.metrics import ProducerMetrics
 from producer.produce_loop import ProduceLoop
 from producer.refresh import RefreshResult
-from queuestream.errors import BrokerUnavailableError, ConfigurationError, DecodeError
+from queuestream.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    DecodeError,
+    EncodingError,
+)
 from queuestream.metrics import metrics_server
 from queuestream.retry import Backoff
 from queuestream.settings import load_settings
@@ -95,6 +100,9 @@ class _FakeRefresher:
             raise BrokerUnavailableError(msg)
         return [_result(datetime(2026, 1, 1, 0, 1, tzinfo=UTC), 0.2, customers__c=2)]
 
+    def report(self, stuck_on: Any) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -109,6 +117,26 @@ def test_the_produce_loop_reports_to_its_observer() -> None:
     assert value("queuestream_refreshes_total") == 3
     assert value("queuestream_events_published_total", {"table": "customers", "op": "c"}) == 6
     assert metrics.watermark == datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+
+
+def test_a_stuck_row_and_dead_letters_show_in_the_producer_metrics() -> None:
+    metrics = ProducerMetrics()
+    value = metrics.registry.get_sample_value
+    assert value("queuestream_producer_stuck") == 0
+    bad = EncodingError(
+        "NaN is not a number", table="payments", key={"PaymentID": 7}, column="Amount"
+    )
+    metrics.stuck(bad)
+    assert value("queuestream_producer_stuck") == 1
+    labels = {"table": "payments", "key": '{"PaymentID": 7}', "column": "Amount"}
+    assert value("queuestream_producer_stuck_row_info", labels) == 1
+    assert value("queuestream_refresh_errors_total", {"error": "EncodingError"}) == 1
+    result = _result(datetime(2026, 1, 1, 0, 1, tzinfo=UTC), 0.2, customers__c=2)
+    result.dead_letters = {"payments": 2}
+    metrics.refreshed(result)
+    assert value("queuestream_producer_stuck") == 0
+    assert value("queuestream_producer_stuck_row_info", labels) is None
+    assert value("queuestream_producer_dead_letters_total", {"table": "payments"}) == 2
 
 
 # -- consumers ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from queuestream.monitor.snapshot import (
 from queuestream.monitor.terminal import render
 from queuestream.monitor.topics import messages_since
 from queuestream.monitor.web import MonitorServer, parse_address, render_page
+from queuestream.producer_status import ProducerStatus
 from tests.helpers import wait_for
 from tests.services import free_ports
 
@@ -151,7 +152,24 @@ def _snapshot(
             offset=17,
         ),
         dead_letters=(),
+        producers=(
+            ProducerStatus("queuestream-exigo", "running", NOW - timedelta(minutes=5)),
+            ProducerStatus(
+                "queuestream-other",
+                "stuck",
+                NOW - timedelta(seconds=30),
+                reason="NaN <is> not a number",
+                table="payments",
+                key='{"PaymentID": 7}',
+                column="Amount",
+            ),
+        ),
     )
+
+
+def test_producer_status_round_trips_through_its_json() -> None:
+    for status in _snapshot().producers:
+        assert ProducerStatus.decode(status.encode()) == status
 
 
 def test_breaches_name_group_topic_and_partition() -> None:
@@ -183,6 +201,8 @@ def test_snapshot_as_dict_is_json() -> None:
     assert data["last_batch"]["refresh_id"] == "20260301T115900Z-abc"
     assert data["last_batch"]["watermark_age_seconds"] == 65.0
     assert data["topics"][0]["rate_per_second"] == round(4 / 60, 3)
+    assert [p["state"] for p in data["producers"]] == ["running", "stuck"]
+    assert data["producers"][1]["column"] == "Amount"
 
 
 # --- views -------------------------------------------------------------------------
@@ -203,6 +223,8 @@ def test_terminal_view_shows_groups_lag_batch_and_topics() -> None:
     assert "(1m 05s old)" in text
     assert "exigo.orders.dlq" in text
     assert "12 30" in text  # end offsets by partition
+    assert "queuestream-other" in text and "stuck" in text
+    assert 'table payments, key {"PaymentID": 7}, column Amount: NaN <is> not a number' in text
 
 
 def test_terminal_view_before_the_first_snapshot_shows_the_error() -> None:
@@ -224,6 +246,7 @@ def test_web_page_escapes_and_refreshes_itself() -> None:
     assert "&lt;b&gt;down&lt;/b&gt;" in page
     assert '<dd id="refresh-id">20260301T115900Z-abc</dd>' in page
     assert 'class="over"' in page  # partition 1 is over --max-lag 0
+    assert "column Amount: NaN &lt;is&gt; not a number" in page  # the stuck producer's row
 
 
 def test_parse_address() -> None:

@@ -1,4 +1,5 @@
-"""The produce loop waits out outages (also at start-up) and stops on request."""
+"""The produce loop waits out outages (also at start-up) and rows it cannot encode, and
+stops on request."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ from datetime import UTC, datetime
 from producer.produce_loop import ProduceLoop
 from producer.refresh import Refresher, RefreshResult
 from producer.watermark import Progress
-from queuestream.errors import BrokerUnavailableError
+from queuestream.errors import BrokerUnavailableError, EncodingError, QueuestreamError
 from queuestream.retry import Backoff
 
 
 class FakeRefresher(Refresher):
     """A Refresher with no source and no broker: each refresh fails ``failures`` times."""
 
-    def __init__(self, failures: int) -> None:  # no super().__init__: nothing to connect
+    def __init__(self, failures: int, error: QueuestreamError | None = None) -> None:
+        # no super().__init__: nothing to connect
         self.failures = failures
+        self.error = error or BrokerUnavailableError("broker down")
         self.calls: list[datetime | None] = []
+        self.reports: list[EncodingError | None] = []
         self.closed = False
         self.progress = Progress()
 
@@ -24,9 +28,11 @@ class FakeRefresher(Refresher):
         self.calls.append(since)
         if self.failures:
             self.failures -= 1
-            msg = "broker down"
-            raise BrokerUnavailableError(msg)
+            raise self.error
         return []
+
+    def report(self, stuck_on: EncodingError | None) -> None:
+        self.reports.append(stuck_on)
 
     def close(self) -> None:
         self.closed = True
@@ -64,3 +70,22 @@ def test_stop_ends_the_loop() -> None:
     loop.stop()
     assert loop.run() == 0
     assert fake.calls == []
+
+
+def test_a_row_that_cannot_be_encoded_holds_the_feed_without_ending_the_loop() -> None:
+    bad = EncodingError(
+        "NaN is not a number", table="payments", key={"PaymentID": 7}, column="Amount"
+    )
+    fake = FakeRefresher(failures=3, error=bad)
+    made = []
+
+    def make() -> Refresher:
+        made.append(1)
+        return fake
+
+    loop = ProduceLoop(make, interval=0, backoff=Backoff(0.001, 0.01))
+    assert loop.run(max_refreshes=2) == 2
+    assert len(fake.calls) == 5  # three attempts held by the row, then two refreshes
+    assert made == [1]  # nothing was committed or left open: the refresher is kept
+    # The status topic hears of the row once (not on every attempt), then of the recovery.
+    assert fake.reports == [bad, None]

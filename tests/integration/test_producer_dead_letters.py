@@ -1,0 +1,224 @@
+"""Promise 6 on the producing side: one bad row does not stop the feed, and never ends it.
+
+With ``--max-errors N`` a row that cannot be encoded goes to ``<topic>.dlq`` in the
+refresh's own transaction (as JSON, after masking, the reason in queuestream's and Kafka
+Connect's headers) and everything else is published; the END marker counts exactly the
+events that were. Past the budget, or without one, nothing of the refresh is committed,
+and ``produce`` keeps running: it retries until the row is fixed, and its metrics, the
+status topic and the monitor name the row meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from producer.refresh import Refresher
+from producer.simulator import Simulator
+from queuestream.batches import read_last_end
+from queuestream.databases import create_engine
+from queuestream.dead_letters import dlq_topic
+from queuestream.errors import EncodingError
+from queuestream.producer_status import read_statuses
+from queuestream.sync_schema import Base
+from queuestream.tables import topic_for
+from schemas.avro import AvroCodec
+from tests.helpers import CLI, cli_env, producer_settings, run_cli, stop_gracefully, wait_for
+from tests.integration.kafka_readback import (
+    committed_changes,
+    committed_messages,
+    message_headers,
+)
+from tests.integration.source_versions import source_versions
+from tests.services import free_ports
+
+#: Invalid UTF-8 in a text column: SQLite stores it, Avro cannot encode it.
+_BAD_TEXT = "CAST(X'EDA080' AS TEXT)"
+
+
+def _spoil(engine: sa.Engine, keys: list[int]) -> datetime:
+    """Give the customers ``keys`` a LastName that cannot be encoded, stamped now."""
+    stamp = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        for key in keys:
+            conn.execute(
+                sa.text(
+                    f'UPDATE "Customers" SET "LastName" = {_BAD_TEXT}, "ModifiedDate" = :stamp '
+                    'WHERE "CustomerID" = :key'
+                ),
+                {"stamp": stamp, "key": key},
+            )
+    return stamp
+
+
+def _fix(engine: sa.Engine, key: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                'UPDATE "Customers" SET "LastName" = \'Fixed\', "ModifiedDate" = :stamp '
+                'WHERE "CustomerID" = :key'
+            ),
+            {"stamp": datetime.now(UTC).replace(tzinfo=None), "key": key},
+        )
+
+
+def _customer_keys(engine: sa.Engine, count: int) -> list[int]:
+    customers = Base.metadata.tables["Customers"]
+    with engine.connect() as conn:
+        query = sa.select(customers.c.CustomerID).order_by(customers.c.CustomerID).limit(count)
+        return list(conn.execute(query).scalars())
+
+
+def test_within_the_budget_bad_rows_go_to_the_dead_letter_topic_and_the_feed_goes_on(
+    sqlite_url: str, kafka_bootstrap: str, unique: str
+) -> None:
+    engine = create_engine(sqlite_url, writer=True)
+    simulator = Simulator(engine, ZoneInfo("UTC"), seed=3)
+    simulator.run(150, per_transaction=50)
+    settings = producer_settings(
+        sqlite_url,
+        kafka_bootstrap,
+        unique,
+        settle_seconds=0,
+        max_errors=2,
+        sensitive_columns={"customers": {"Email": "mask"}},
+    )
+    customers = topic_for(unique, "customers")
+    refresher = Refresher(settings)
+    try:
+        refresher.refresh()
+        bad = _customer_keys(engine, 3)
+        simulator.run(60, per_transaction=30)
+        _spoil(engine, bad[:2])
+
+        [result] = refresher.refresh()
+
+        # The two bad rows went to the dead-letter topic in the refresh's transaction ...
+        assert result.dead_letters == {"customers": 2}
+        letters = committed_messages(kafka_bootstrap, [dlq_topic(customers)])
+        assert sorted(json.loads(m.key() or b"")["CustomerID"] for m in letters) == bad[:2]
+        for message in letters:
+            headers = message_headers(message)
+            key = json.loads(message.key() or b"")
+            assert headers["queuestream.errors.class"] == "EncodingError"
+            assert headers["queuestream.errors.stage"] == "produce"
+            assert headers["queuestream.errors.table"] == "customers"
+            assert headers["queuestream.errors.column"] == "LastName"
+            assert json.loads(headers["queuestream.errors.key"]) == key
+            assert headers["queuestream.errors.refresh_id"] == result.refresh_id
+            assert headers["__connect.errors.topic"] == customers
+            assert headers["__connect.errors.stage"] == "VALUE_CONVERTER"
+            assert "LastName" in headers["__connect.errors.exception.message"]
+            row = json.loads(message.value() or b"")
+            assert row["CustomerID"] == key["CustomerID"]
+            # Masked before it left the source, like every published row.
+            assert row["Email"] and set(row["Email"][:-4]) <= {"*"}
+
+        # ... and everything else was published, the END counting exactly what was.
+        published, values = committed_changes(kafka_bootstrap, unique)
+        held_back = {("customers", (k,)) for k in bad[:2]}
+        source = {c for c in source_versions(engine) if (c[0], c[1]) not in held_back}
+        assert source <= set(published)
+        codec = AvroCodec.from_url(unique, settings.schema_registry_url)
+        end = read_last_end(settings, codec).marker
+        assert end is not None and end.refresh_id == result.refresh_id
+        in_refresh = [v for _t, _p, v in values if v["source"]["refresh_id"] == result.refresh_id]
+        assert end.event_count == len(in_refresh) == result.events
+        assert end.counts["customers"] == sum(
+            1 for v in in_refresh if v["source"]["table"] == "Customers"
+        )
+
+        # Over the budget: nothing of the refresh is committed, the watermark stays.
+        watermark = refresher.progress.watermark
+        simulator.run(20, per_transaction=20)
+        _spoil(engine, bad[2:])
+        with pytest.raises(EncodingError) as caught:
+            refresher.refresh()
+        assert caught.value.key == {"CustomerID": bad[2]}
+        assert refresher.progress.watermark == watermark
+        assert len(committed_messages(kafka_bootstrap, [dlq_topic(customers)])) == 2
+    finally:
+        refresher.close()
+
+
+def _metric(port: int, name: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+def _monitor_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_cli(["monitor", "--check", "--max-lag", "100000000"], env=env, timeout=120)
+
+
+def test_without_a_budget_produce_waits_for_the_row_and_says_which(
+    sqlite_url: str, kafka_bootstrap: str, unique: str
+) -> None:
+    engine = create_engine(sqlite_url, writer=True)
+    simulator = Simulator(engine, ZoneInfo("UTC"), seed=4)
+    simulator.run(100, per_transaction=50)
+    [bad] = _customer_keys(engine, 1)
+    _spoil(engine, [bad])
+    [metrics_port] = free_ports(1)
+    env = cli_env(
+        kafka_bootstrap,
+        unique,
+        QUEUESTREAM_SOURCE_URL=sqlite_url,
+        QUEUESTREAM_TRANSACTIONAL_ID=f"{unique}-producer",
+        QUEUESTREAM_SETTLE_SECONDS="0",
+        QUEUESTREAM_RETRY_BACKOFF_SECONDS="0.5",
+        QUEUESTREAM_TARGET_RETRY_MAX_SECONDS="2",
+    )
+    settings = producer_settings(sqlite_url, kafka_bootstrap, unique)
+    process = subprocess.Popen(
+        [*CLI, "produce", "--interval", "1", "--metrics-port", str(metrics_port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def stuck() -> Any:
+            found = [s for s in read_statuses(settings) if s.state == "stuck"]
+            return found[0] if found else None
+
+        status = wait_for(stuck, timeout=90, message="the status topic names the stuck row")
+        assert status.producer == f"{unique}-producer"
+        assert (status.table, status.column) == ("customers", "LastName")
+        assert json.loads(status.key or "") == {"CustomerID": bad}
+        assert process.poll() is None, "produce must keep running"
+        assert _metric(metrics_port, "queuestream_producer_stuck") == 1
+        checked = _monitor_check(env)
+        assert checked.returncode == 2, checked.stdout + checked.stderr
+        assert f"STUCK producer {unique}-producer" in checked.stdout
+        assert "LastName" in checked.stdout
+        assert committed_changes(kafka_bootstrap, unique)[0] == {}  # nothing got through
+
+        _fix(engine, bad)
+        wait_for(
+            lambda: [s.state for s in read_statuses(settings)] == ["running"],
+            timeout=90,
+            message="the producer reports running again once the row is fixed",
+        )
+        assert _metric(metrics_port, "queuestream_producer_stuck") == 0
+        published, _ = committed_changes(kafka_bootstrap, unique)
+        assert source_versions(engine) <= set(published)
+        checked = _monitor_check(env)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        stop_gracefully(process, timeout=30)
+    _out, err = process.communicate()
+    assert "Traceback" not in err
+    assert "the feed waits for this row" in err
+    assert "--max-errors" in err
