@@ -71,7 +71,7 @@ _ISO_DURATION = re.compile(
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
-def parse_duration(text: str) -> timedelta:
+def parse_duration(text: str, option: str = "--by-duration") -> timedelta:
     """``PT2H30M`` (ISO 8601, as kafka-consumer-groups takes it), or ``2h30m``, ``90s``, ``1d``."""
     value = text.strip()
     iso = _ISO_DURATION.fullmatch(value)
@@ -86,7 +86,7 @@ def parse_duration(text: str) -> timedelta:
     pieces = _DURATION.findall(value)
     if pieces and "".join(f"{n}{u}" for n, u in pieces) == re.sub(r"\s+", "", value):
         return timedelta(**{_UNITS[u.lower()]: float(n) for n, u in pieces})
-    msg = f"--by-duration {text!r} is not a duration: use PT2H30M, 2h30m, 45m or 1d"
+    msg = f"{option} {text!r} is not a duration: use PT2H30M, 2h30m, 45m or 1d"
     raise ConfigurationError(msg)
 
 

@@ -3,7 +3,10 @@
 The value is ``{before, after, source, op, ts_ms, transaction}``; ``after`` is
 the row after sensitive columns were handled. The queue snapshot holds the row
 as it is now, so ``before`` is null; ``op`` is ``c`` when the row was created
-inside the window, ``u`` otherwise, and ``r`` for a re-sync from a start date.
+inside the window, ``u`` otherwise, and ``r`` for a re-sync from a start date or
+a row the sweep found missed or changed. A delete (op ``d``) has ``before``, the
+row as last published (kept in :mod:`producer.published_state`), and ``after``
+null; its ``source.ts_ms`` is when the delete was found.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ from zoneinfo import ZoneInfo
 from producer.partitioning import CustomerPartitioner
 from producer.sensitive import ColumnPolicy
 from producer.source_reader import ChangedRow
+from producer.state_changelog import Key, Published
 from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
 from schemas.avro import AvroCodec, row_schema
 
-__all__ = ["EncodedEvent", "EventBuilder", "RefreshContext"]
+__all__ = ["EncodedEvent", "EventBuilder", "RefreshContext", "row_key", "version_micros"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
+_MICROSECOND = timedelta(microseconds=1)
 _TIMESTAMP = "timestamp-micros"
 
 
@@ -46,7 +51,19 @@ class EncodedEvent:
     value: bytes
     partition: int
     op: str
-    version: datetime  # ModifiedDate, aware
+    version: int  # ModifiedDate, microseconds since the epoch
+    row: bytes  # the row's Avro bytes (``after``, or ``before`` of a delete)
+
+
+def version_micros(moment: datetime) -> int:
+    """An aware datetime as microseconds since the epoch (the state's versions)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def row_key(spec: TableSpec, row: dict[str, Any]) -> Key:
+    """The state's key of a source row: its key columns, the second 0 when there is one."""
+    values = [int(row[k]) for k in spec.key]
+    return (values[0], values[1] if len(values) > 1 else 0)
 
 
 def _timestamp_columns(table: str) -> list[str]:
@@ -96,7 +113,9 @@ class EventBuilder:
         self._envelope = codec.envelope_encoder(spec.name, source, published_ms, context.refresh_id)
         self.count = 0
 
-    def build(self, changed: ChangedRow, total_order: int) -> EncodedEvent:
+    def build(self, changed: ChangedRow, total_order: int, op: str | None = None) -> EncodedEvent:
+        """The event of a changed row; ``op`` overrides the op the window gives (the
+        sweep's ``r``)."""
         row = changed.row
         zone = self.zone
         for column in self._timestamps:
@@ -105,15 +124,16 @@ class EventBuilder:
                 row[column] = value.replace(tzinfo=zone)
         version: datetime = row["ModifiedDate"]
         key_values = {k: row[k] for k in self.spec.key}
-        if self.context.resync:
-            op = "r"
-        elif (
-            self.context.window_start is not None
-            and row["CreatedDate"] >= self.context.window_start
-        ):
-            op = "c"
-        else:
-            op = "u"
+        if op is None:
+            if self.context.resync:
+                op = "r"
+            elif (
+                self.context.window_start is not None
+                and row["CreatedDate"] >= self.context.window_start
+            ):
+                op = "c"
+            else:
+                op = "u"
         # Masked before anything can fail: a row that cannot be encoded goes to a
         # dead-letter topic as it is here (key columns are never masked).
         if self._sensitive is not None:
@@ -127,13 +147,52 @@ class EventBuilder:
         self.count += 1
         source_ts_ms = (version - _EPOCH) // _MILLISECOND
         try:
-            value = self._envelope.encode(row, op, source_ts_ms, total_order, self.count)
+            row_bytes = self._envelope.encode_row(row)
         except EncodingError as exc:
             self.count -= 1  # not published: the next event takes its place in the order
             raise EncodingError(
                 exc.reason, table=self.spec.name, key=key_values, column=exc.column
             ) from exc
-        return EncodedEvent(key, value, self.partitioner(changed.customer_id), op, version)
+        value = self._envelope.encode_from_row_bytes(
+            row_bytes, op, source_ts_ms, total_order, self.count
+        )
+        partition = self.partitioner(changed.customer_id)
+        return EncodedEvent(key, value, partition, op, version_micros(version), row_bytes)
+
+    def row_bytes(self, changed: ChangedRow) -> bytes:
+        """The Avro bytes :meth:`build` would publish for this row (masked): what the sweep
+        compares with the state. Raises EncodingError like :meth:`build`."""
+        row = dict(changed.row)
+        for column in self._timestamps:
+            value = row[column]
+            if value is not None:
+                row[column] = value.replace(tzinfo=self.zone)
+        if self._sensitive is not None:
+            self._sensitive(row)
+        try:
+            return self._envelope.encode_row(row)
+        except EncodingError as exc:
+            key_values = {k: row[k] for k in self.spec.key}
+            raise EncodingError(
+                exc.reason, table=self.spec.name, key=key_values, column=exc.column
+            ) from exc
+
+    def delete(self, key: Key, published: Published, total_order: int) -> EncodedEvent:
+        """The delete of a row the state holds: op ``d``, ``before`` its published bytes."""
+        key_values = dict(zip(self.spec.key, key, strict=False))
+        self.count += 1
+        found_ms = int(datetime.now(UTC).timestamp() * 1000)
+        value = self._envelope.encode_delete_from_row_bytes(
+            published.row, found_ms, total_order, self.count
+        )
+        return EncodedEvent(
+            self._encode_key(key_values),
+            value,
+            self.partitioner(published.customer),
+            "d",
+            published.version,
+            published.row,
+        )
 
     def unencodable(self, changed: ChangedRow) -> tuple[bytes, bytes]:
         """The key and value of a dead letter for a row :meth:`build` refused: JSON.

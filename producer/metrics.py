@@ -18,6 +18,10 @@ them at ``http://<metrics_host>:P/metrics`` through :func:`queuestream.metrics.m
 ``queuestream_producer_stuck``                  1 while a row that cannot be encoded stops the
                                                 feed (no budget left), else 0
 ``queuestream_producer_stuck_row_info``         that row: ``table``, ``key`` and ``column``
+``queuestream_sweep_rows_total``                rows of finished sweep passes, by ``table`` and
+                                                ``result``: checked, deleted, late, repaired
+``queuestream_sweep_passes_total``              sweep passes finished
+``queuestream_sweep_last_finished_seconds``     when the last pass finished (Unix time)
 ==============================================  =============================================
 
 The two watermark gauges are absent until the watermark is known (read back at
@@ -34,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -42,6 +46,7 @@ from queuestream.metrics import DURATION_BUCKETS
 
 if TYPE_CHECKING:
     from producer.refresh import RefreshResult
+    from producer.sweep import SweepReport
     from queuestream.errors import EncodingError
 
 __all__ = ["ProducerMetrics"]
@@ -88,6 +93,22 @@ class ProducerMetrics:
             ["table"],
             registry=self.registry,
         )
+        self.sweep_rows = Counter(
+            "queuestream_sweep_rows",
+            "Rows of finished sweep passes, by table and result (checked, deleted, late: "
+            "stamped before the watermark but never published, repaired: changed without "
+            "a new ModifiedDate).",
+            ["table", "result"],
+            registry=self.registry,
+        )
+        self.sweep_passes = Counter(
+            "queuestream_sweep_passes", "Sweep passes finished.", registry=self.registry
+        )
+        self.sweep_finished = Gauge(
+            "queuestream_sweep_last_finished_seconds",
+            "When the last sweep pass finished (Unix time).",
+            registry=self.registry,
+        )
         self.registry.register(_ScrapedCollector(self))
 
     @property
@@ -116,6 +137,15 @@ class ProducerMetrics:
     def failed(self, error: BaseException) -> None:
         """A refresh failed; the loop retries it."""
         self.refresh_errors.labels(type(error).__name__).inc()
+
+    def swept(self, report: SweepReport) -> None:
+        """A sweep pass finished."""
+        self.sweep_passes.inc()
+        for table, found in report.findings.items():
+            for result, count in found.items():
+                self.sweep_rows.labels(table, result).inc(count)
+        if report.finished is not None:
+            self.sweep_finished.set(report.finished.timestamp())
 
     def stuck(self, error: EncodingError) -> None:
         """A row that cannot be encoded stops the feed (cleared by the next refresh)."""

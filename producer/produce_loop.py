@@ -11,17 +11,24 @@ supervisor restarting it would loop too): it keeps the refresher, retries with
 backoff until the row is fixed in the source, and says so in its log, its
 metrics (``observer.stuck``) and the status topic the monitor reads
 (:mod:`queuestream.producer_status`).
+
+With ``sweep_every`` the time between refreshes is spent sweeping
+(:mod:`producer.sweep`), a throttled step at a time, when a pass is due; a
+refresh waits at most for the step in hand. A finished pass is reported to the
+observer and, with the producer's status, to the status topic.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
 from producer.refresh import Refresher, RefreshResult
+from producer.sweep import Sweeper, SweepReport
 from queuestream.errors import EncodingError, RetriableError
 from queuestream.retry import Backoff, Outage
 
@@ -48,6 +55,9 @@ class RefreshObserver(Protocol):
     def stuck(self, error: EncodingError) -> None:
         """A row that cannot be encoded stops the feed; cleared by the next ``refreshed``."""
 
+    def swept(self, report: SweepReport) -> None:
+        """A sweep pass finished."""
+
 
 class ProduceLoop:
     """``queuestream produce``: refresh every ``interval`` seconds until stopped.
@@ -64,8 +74,12 @@ class ProduceLoop:
         interval: float,
         backoff: Backoff = _LOOP_BACKOFF,
         observer: RefreshObserver | None = None,
+        sweep_every: float | None = None,
     ) -> None:
         self.make_refresher = make_refresher
+        self.sweep_every = sweep_every
+        self._sweeper: Sweeper | None = None
+        self._last_sweep: SweepReport | None = None
         self.observer = observer
         self.refresher: Refresher | None = None
         self.interval = interval
@@ -95,6 +109,8 @@ class ProduceLoop:
                     self._report(None)
                     done += 1
                     wait = self.interval
+                    if max_refreshes is None or done < max_refreshes:
+                        wait = self._sweep_for(wait)
                 except RetriableError as exc:
                     # Start over with a new producer: it settles any open transaction
                     # and reads the committed progress back, so nothing is assumed.
@@ -126,16 +142,39 @@ class ProduceLoop:
             if stuck_on is None
             else ("stuck", stuck_on.table, repr(stuck_on.key), stuck_on.column, stuck_on.reason)
         )
+        last = self._last_sweep
+        status += (None if last is None else last.finished,)
         if self.refresher is None or status == self._reported:
             return
         try:
-            self.refresher.report(stuck_on)
+            self.refresher.report(stuck_on, None if last is None else last.as_dict())
         except RetriableError as exc:
             log.debug("could not write the producer status: %s", exc)
             return
         self._reported = status
 
+    def _sweep_for(self, seconds: float) -> float:
+        """Sweep (when a pass is due) for up to ``seconds``; what is left of them to wait."""
+        if self.sweep_every is None or self.refresher is None:
+            return seconds
+        deadline = time.monotonic() + seconds
+        if self._sweeper is None or self._sweeper.refresher is not self.refresher:
+            self._sweeper = Sweeper(self.refresher)
+        if not self._sweeper.due(self.sweep_every):
+            return seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            step = self._sweeper.step()
+            if step.finished is not None:
+                self._last_sweep = step.finished
+                if self.observer is not None:
+                    self.observer.swept(step.finished)
+                self._report(None)
+                break
+            self._stop.wait(min(step.pause, max(0.0, deadline - time.monotonic())))
+        return max(0.0, deadline - time.monotonic())
+
     def _discard(self) -> None:
+        self._sweeper = None
         if self.refresher is not None:
             try:
                 self.refresher.close()

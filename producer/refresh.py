@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -31,12 +29,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from producer.events import EventBuilder, RefreshContext
+from producer.batch_writer import BatchParts, BatchWriter
+from producer.events import RefreshContext
+from producer.ids import new_refresh_id
 from producer.partitioning import CustomerPartitioner
 from producer.progress import read_progress
+from producer.published_state import PublishedState
 from producer.publisher import Send, TransactionalPublisher
 from producer.sensitive import ColumnPolicy
 from producer.source_reader import ChangedRow, SourceReader
+from producer.state_changelog import Key, ensure_state_topic
 from producer.watermark import (
     OverlapFilter,
     Progress,
@@ -44,14 +46,12 @@ from producer.watermark import (
     WindowPlanner,
     change_digest,
 )
-from queuestream.batches import BeginMarker, TablePartition, encode_batch_key, encode_marker
+from queuestream.batches import BeginMarker, TablePartition, encode_batch_key
 from queuestream.databases import create_engine
 from queuestream.dead_letters import (
     ErrorBudget,
-    ErrorContext,
     dlq_topic,
     ensure_dlq_topics,
-    error_headers,
 )
 from queuestream.errors import CommitOutcomeUnknownError, EncodingError, RetriableError
 from queuestream.kafka_clients import batches_topic, change_topics, ensure_topics
@@ -61,17 +61,25 @@ from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec, topic_for
 from schemas.avro import AvroCodec
 
-__all__ = ["RefreshResult", "Refresher", "new_refresh_id"]
+__all__ = ["RefreshResult", "Refresher"]
 
 log = logging.getLogger(__name__)
 
 #: The rows of one table, read from the snapshot of one refresh.
 Rows = Callable[[TableSpec], Iterator[ChangedRow]]
 
+#: Tables whose rows belong to a row of another, keyed by it first: when the parent
+#: is in a refresh, the children the state holds but the source lacks are deleted.
+CHILDREN = {"order_details": "orders"}
 
-def new_refresh_id() -> str:
-    """Sortable and unique: ``20261123T101500123456Z-3f9a1c2b``."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+
+@dataclass(frozen=True, slots=True)
+class RefreshSource:
+    """What a refresh reads inside its snapshot: the changed rows, and the keys of an
+    order's lines as they are now (to find the lines that were removed)."""
+
+    rows: Rows
+    keys_under: Callable[[TableSpec, set[int]], set[Key]]
 
 
 @dataclass
@@ -131,16 +139,29 @@ class Refresher:
         )
         self.partitions = ensure_topics(settings)
         ensure_status_topic(settings)
+        ensure_state_topic(settings)
         self.budget = ErrorBudget(settings.max_errors)
         if settings.max_errors:
             ensure_dlq_topics(settings, set(change_topics(settings)))
-        self.partitioner = CustomerPartitioner(self.partitions)
         self.publisher = TransactionalPublisher(settings)
+        # After init_transactions (in the publisher): nothing of ours is left open.
         self.progress: Progress = read_progress(settings, self.codec)
+        self.state = PublishedState.open(settings, self.progress.refresh_id)
         self.overlap = timedelta(seconds=settings.overlap_seconds)
         self.planner = WindowPlanner(timedelta(hours=settings.first_window_hours), self.overlap)
-        self._batch_key = encode_batch_key(self.codec, settings.effective_transactional_id)
-        self._database = make_url(settings.source_url).database or ""
+        self.parts = BatchParts(
+            codec=self.codec,
+            policy=self.policy,
+            partitioner=CustomerPartitioner(self.partitions),
+            zone=settings.zone,
+            prefix=settings.topic_prefix,
+            producer_id=settings.effective_transactional_id,
+            batch_key=encode_batch_key(self.codec, settings.effective_transactional_id),
+            batches_topic=batches_topic(settings),
+            state=self.state,
+            budget=self.budget,
+        )
+        self.database = make_url(settings.source_url).database or ""
         year = datetime.now(UTC).year
         if (
             datetime(year, 1, 1, tzinfo=settings.zone).utcoffset()
@@ -168,14 +189,14 @@ class Refresher:
             return self._procedure_cycle(since)
         return [self._watermark_cycle(since)]
 
-    def report(self, stuck_on: EncodingError | None) -> None:
+    def report(self, stuck_on: EncodingError | None, sweep: dict[str, Any] | None = None) -> None:
         """Write this producer's status to the status topic (its own small transaction):
-        stuck on the row of ``stuck_on``, or running when None."""
+        stuck on the row of ``stuck_on``, or running when None; ``sweep``: the last pass."""
         producer = self.settings.effective_transactional_id
         status = (
-            ProducerStatus.running(producer)
+            ProducerStatus.running(producer, sweep)
             if stuck_on is None
-            else ProducerStatus.stuck(producer, stuck_on)
+            else ProducerStatus.stuck(producer, stuck_on, sweep)
         )
         topic = status_topic(self.settings.topic_prefix)
         key = producer.encode()
@@ -186,6 +207,9 @@ class Refresher:
     def close(self) -> None:
         if self.publisher is not None:
             self.publisher.close()
+        state: PublishedState | None = getattr(self, "state", None)
+        if state is not None:
+            state.close()
         self.engine.dispose()
 
     # -- watermark mode -----------------------------------------------------------
@@ -195,9 +219,12 @@ class Refresher:
             window = self.planner.plan(self.progress, self.reader.safe_end(), since)
 
             @contextmanager
-            def window_rows() -> Iterator[Rows]:
+            def window_rows() -> Iterator[RefreshSource]:
                 with self.reader.frozen() as snapshot:
-                    yield lambda spec: snapshot.changed_rows(spec, window.read_from, window.end)
+                    yield RefreshSource(
+                        lambda spec: snapshot.changed_rows(spec, window.read_from, window.end),
+                        snapshot.keys_under,
+                    )
 
             return self._publish(window_rows, window, None)
 
@@ -232,7 +259,7 @@ class Refresher:
         # snapshot waits on Kafka). The END marker carries the fingerprint, so the rows
         # published must be the ones it describes: checked again inside this snapshot.
         @contextmanager
-        def queue_rows() -> Iterator[Rows]:
+        def queue_rows() -> Iterator[RefreshSource]:
             with self.reader.frozen() as snapshot:
                 again, _ = snapshot.queue_fingerprint()
                 if again != fingerprint:
@@ -242,7 +269,7 @@ class Refresher:
                         "committed, the refresh starts over"
                     )
                     raise RetriableError(msg)
-                yield snapshot.queue_rows
+                yield RefreshSource(snapshot.queue_rows, snapshot.keys_under)
 
         result = self._publish_with_retries(
             lambda: self._publish(queue_rows, None, fingerprint, since)
@@ -270,51 +297,45 @@ class Refresher:
 
     def _publish(
         self,
-        open_rows: Callable[[], AbstractContextManager[Rows]],
+        open_source: Callable[[], AbstractContextManager[RefreshSource]],
         window: Window | None,
         fingerprint: str | None,
         since: datetime | None = None,
     ) -> RefreshResult:
-        """``open_rows`` takes the snapshot, inside the transaction, and releases it once the
-        rows are read. ``since``: procedure mode's start-date override (watermark mode:
+        """``open_source`` takes the snapshot, inside the transaction, and releases it once
+        the rows are read. ``since``: procedure mode's start-date override (watermark mode:
         ``window``)."""
         started = time.monotonic()
-        mode = self.settings.refresh_mode
         context = RefreshContext(
             refresh_id=new_refresh_id(),
             prefix=self.settings.topic_prefix,
-            database=self._database,
+            database=self.database,
             window_start=window.start if window else None,
             window_end=window.end if window else None,
             resync=bool(window.resync if window else since),
         )
-        result = RefreshResult(context.refresh_id, mode, context.window_start, context.window_end)
+        result = RefreshResult(
+            context.refresh_id, self.settings.refresh_mode, context.window_start, context.window_end
+        )
         overlap = OverlapFilter.for_window(window, self.progress, self.overlap) if window else None
-        ops: Counter[str] = Counter()
-        placed: Counter[TablePartition] = Counter()
-        refused: Counter[str] = Counter()
-        producer_id = self.settings.effective_transactional_id
-        batches = batches_topic(self.settings)
         zone = self.settings.zone
-        prefix = self.settings.topic_prefix
+        written: list[BatchWriter] = []
 
         def body(send: Send) -> None:
+            writer = BatchWriter(self.parts, context, send)
+            written[:] = [writer]
             begin = BeginMarker(
                 context.refresh_id,
-                mode,
+                self.settings.refresh_mode,
                 context.window_start,
                 context.window_end,
                 since_override=window.since_override if window else since,
             )
-            send(batches, self._batch_key, encode_marker(self.codec, begin), 0)
-            total = 0
-            with open_rows() as rows:
+            writer.begin(begin)
+            parents: dict[str, set[int]] = {parent: set() for parent in CHILDREN.values()}
+            with open_source() as source:
                 for spec in TABLES:
-                    builder = EventBuilder(
-                        spec, context, self.codec, self.policy, self.partitioner, zone
-                    )
-                    topic = topic_for(prefix, spec.name)
-                    for changed in rows(spec):
+                    for changed in source.rows(spec):
                         if overlap is not None:
                             version = changed.row["ModifiedDate"].replace(tzinfo=zone)
                             if overlap.needs_digest(version):
@@ -322,55 +343,48 @@ class Refresher:
                                 digest = change_digest(spec.name, key, version)
                                 if not overlap.admit(digest, version):
                                     continue
-                        try:
-                            event = builder.build(changed, total + 1)
-                        except EncodingError as exc:
-                            if not self.budget.fits(refused.total() + 1):
-                                raise
-                            refused[spec.name] += 1
-                            where = ErrorContext(
-                                topic=topic,
-                                partition=-1,
-                                offset=-1,
-                                timestamp_ms=int(time.time() * 1000),
-                                stage="produce",
-                                by={"producer": producer_id, "refresh_id": context.refresh_id},
-                                connector=producer_id,
-                            )
-                            dead_key, dead_value = builder.unencodable(changed)
-                            headers = error_headers(exc, where)
-                            send(dlq_topic(topic), dead_key, dead_value, 0, headers)
-                            continue
-                        total += 1
-                        send(topic, event.key, event.value, event.partition)
-                        ops[f"{spec.name}.{event.op}"] += 1
-                        placed[(spec.name, event.partition)] += 1
-                    result.counts[spec.name] = builder.count
-            result.op_counts = dict(ops)
-            result.partition_counts = dict(placed)
+                        writer.upsert(spec, changed)
+                        if spec.name in parents:
+                            parents[spec.name].add(int(changed.row[spec.key[0]]))
+                        elif spec.name in CHILDREN:
+                            parents[CHILDREN[spec.name]].add(int(changed.row[spec.key[0]]))
+                    if spec.name in CHILDREN:
+                        self._delete_removed_children(
+                            writer, spec, parents[CHILDREN[spec.name]], source
+                        )
             result.overlap_skipped = overlap.skipped if overlap else 0
-            end = begin.end(
-                counts=result.counts,
-                op_counts=result.op_counts,
-                partition_counts=result.partition_counts,
+            writer.end(
+                begin,
                 snapshot_fingerprint=fingerprint,
                 overlap_seen=overlap.packed() if overlap else None,
             )
-            send(batches, self._batch_key, encode_marker(self.codec, end), 0)
 
         assert self.publisher is not None  # set by _start
-        self.publisher.transaction(body)
-        # Committed: only now does the progress move, and the dead letters count.
-        result.dead_letters = dict(refused)
-        self.budget.spend(refused.total())
-        if refused:
+        self.state.begin()
+        try:
+            self.publisher.transaction(body)
+        except BaseException:
+            self.state.rollback()
+            raise
+        # Committed: only now do the progress and the state move, and the dead letters count.
+        self.state.commit(context.refresh_id)
+        [writer] = written
+        result.counts = writer.table_counts()
+        result.op_counts = dict(writer.ops)
+        result.partition_counts = dict(writer.placed)
+        result.dead_letters = dict(writer.refused)
+        self.budget.spend(writer.refused.total())
+        if writer.refused:
             log.warning(
                 "refresh %s sent %d rows that cannot be encoded to dead-letter topics (%s); "
                 "%d of the error budget of %d left. Their reasons are in the headers "
                 "(queuestream.errors.*); a row is published again once it changes in the source",
                 context.refresh_id,
-                refused.total(),
-                ", ".join(f"{dlq_topic(topic_for(prefix, t))} {n}" for t, n in refused.items()),
+                writer.refused.total(),
+                ", ".join(
+                    f"{dlq_topic(topic_for(self.settings.topic_prefix, t))} {n}"
+                    for t, n in writer.refused.items()
+                ),
                 self.budget.max_errors - self.budget.spent,
                 self.budget.max_errors,
             )
@@ -393,3 +407,17 @@ class Refresher:
             result.window_end.isoformat() if result.window_end else "n/a",
         )
         return result
+
+    def _delete_removed_children(
+        self, writer: BatchWriter, spec: TableSpec, parents: set[int], source: RefreshSource
+    ) -> None:
+        """Delete the rows of ``spec`` (an order's lines) that the state holds for the
+        ``parents`` in this refresh but the source no longer has."""
+        if not parents:
+            return
+        held = self.state.children(spec.name, parents)
+        if not held:
+            return
+        present = source.keys_under(spec, parents)
+        for key in sorted(held.keys() - present):
+            writer.delete(spec, key, held[key])

@@ -35,6 +35,7 @@ __all__ = ["ChangedRow", "FrozenSnapshot", "SourceReader"]
 log = logging.getLogger(__name__)
 
 _FETCH = 5000
+_IN_CHUNK = 1000  # values per IN (...) list
 
 
 @dataclass(slots=True)
@@ -240,6 +241,37 @@ class FrozenSnapshot:
     def queue_rows(self, spec: TableSpec) -> Iterator[ChangedRow]:
         """Procedure mode: every row of ``queue.<Table>``."""
         return self._stream(spec, self._select(spec, self._queue_tables[spec.name]))
+
+    def keys_under(self, spec: TableSpec, parents: set[int]) -> set[tuple[int, int]]:
+        """The keys of ``spec``'s rows whose first key column is one of ``parents`` (an
+        order's lines), as the state keys them; read from the sync table in this snapshot."""
+        table = self._base(spec)
+        first = table.c[spec.key[0]]
+        columns = [table.c[k] for k in spec.key]
+        found: set[tuple[int, int]] = set()
+        wanted = sorted(parents)
+        with retriable_outages(self.conn.engine):
+            for start in range(0, len(wanted), _IN_CHUNK):
+                query = sa.select(*columns).where(first.in_(wanted[start : start + _IN_CHUNK]))
+                for values in self.conn.execute(query):
+                    found.add((int(values[0]), int(values[1]) if len(values) > 1 else 0))
+        return found
+
+    def rows_after(
+        self, spec: TableSpec, after: tuple[int, int] | None, limit: int
+    ) -> list[ChangedRow]:
+        """Up to ``limit`` rows of ``spec`` with a key after ``after``, in key order (the
+        sweep's walk through the sync table)."""
+        table = self._base(spec)
+        columns = [table.c[k] for k in spec.key]
+        query = self._select(spec, table).order_by(None).order_by(*columns).limit(limit)
+        if after is not None:
+            if len(columns) == 1:
+                query = query.where(columns[0] > after[0])
+            else:
+                query = query.where(sa.tuple_(*columns) > sa.tuple_(*after))
+        with retriable_outages(self.conn.engine):
+            return list(self._rows(query))
 
     def queue_fingerprint(self) -> tuple[str, int]:
         """Digest and row count of the queue tables' keys and versions."""

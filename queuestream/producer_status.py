@@ -71,13 +71,16 @@ class ProducerStatus:
     table: str | None = None
     key: str | None = None  # JSON
     column: str | None = None
+    sweep: dict[str, Any] | None = None  # the last sweep pass: when, and what it found
 
     @classmethod
-    def running(cls, producer: str) -> ProducerStatus:
-        return cls(producer, "running", datetime.now(UTC))
+    def running(cls, producer: str, sweep: dict[str, Any] | None = None) -> ProducerStatus:
+        return cls(producer, "running", datetime.now(UTC), sweep=sweep)
 
     @classmethod
-    def stuck(cls, producer: str, error: RecordError) -> ProducerStatus:
+    def stuck(
+        cls, producer: str, error: RecordError, sweep: dict[str, Any] | None = None
+    ) -> ProducerStatus:
         key = None if error.key is None else json.dumps(error.key, default=str, sort_keys=True)
         return cls(
             producer,
@@ -87,6 +90,7 @@ class ProducerStatus:
             table=error.table,
             key=key,
             column=error.column,
+            sweep=sweep,
         )
 
     @property

@@ -195,6 +195,17 @@ class Settings(BaseSettings):
         3, ge=1, description="Attempts to publish one refresh before giving up."
     )
     retry_backoff_seconds: float = Field(2.0, ge=0)
+    state_dir: Path = Field(
+        Path("var/state"),
+        description="Where the producer caches what it published (rebuilt from the "
+        "__queuestream-state.<prefix> topic when missing).",
+    )
+    sweep_chunk: int = Field(
+        1000, ge=1, description="Rows the sweep reads and compares per step (and transaction)."
+    )
+    sweep_max_rows_per_second: float = Field(
+        5000.0, gt=0, description="The sweep reads the source no faster than this."
+    )
 
     # --- consumers --------------------------------------------------------------
     target_url: str | None = Field(

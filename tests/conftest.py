@@ -26,6 +26,7 @@ session fixtures find them in the environment (``services.start_shared``).
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,10 @@ def _shared_services(config: pytest.Config) -> tuple[str, ...]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Producers cache what they published under state_dir: a throwaway folder, not var/.
+    os.environ.setdefault(
+        "QUEUESTREAM_STATE_DIR", tempfile.mkdtemp(prefix="queuestream-test-state-")
+    )
     if _starts_workers(config):
         config.stash[_SHARED] = services.start_shared(_shared_services(config))
 

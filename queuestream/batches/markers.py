@@ -55,7 +55,7 @@ class BeginMarker:
     """BEGIN: the first record of a refresh's Kafka transaction."""
 
     refresh_id: str
-    mode: str  # "watermark" or "procedure"
+    mode: str  # "watermark", "procedure" or "sweep"
     window_start: datetime | None = None
     window_end: datetime | None = None  # the watermark this refresh moves to
     since_override: datetime | None = None  # a start date given for this refresh only
@@ -107,7 +107,7 @@ class EndMarker:
     """
 
     refresh_id: str
-    mode: str  # "watermark" or "procedure"
+    mode: str  # "watermark", "procedure" or "sweep"
     window_start: datetime | None = None
     window_end: datetime | None = None  # the producer's watermark after this refresh
     since_override: datetime | None = None

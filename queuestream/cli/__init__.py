@@ -11,7 +11,7 @@ errors into exit statuses; the rest of the package, by idea:
 ``output``                   the two consoles (results on stdout, the rest on stderr),
                              JSON, the progress bar
 ``signals``                  SIGTERM / Ctrl-C: finish the work in hand, then exit
-``producer_commands``        ``sim``, ``refresh``, ``produce``
+``producer_commands``        ``sim``, ``refresh``, ``produce``, ``sweep``
 ``demo_command``             ``demo``
 ``consumer_commands``        ``consume``, ``verify``
 ``recovery_commands``        ``replay``, ``rebuild``
@@ -36,7 +36,7 @@ from queuestream.cli.demo_command import demo
 from queuestream.cli.monitor_command import monitor
 from queuestream.cli.options import global_options, state
 from queuestream.cli.output import err_console
-from queuestream.cli.producer_commands import produce, refresh, sim
+from queuestream.cli.producer_commands import produce, refresh, sim, sweep
 from queuestream.cli.recovery_commands import rebuild, replay
 from queuestream.errors import QueuestreamError
 from queuestream.failures import escaped_failure
@@ -50,7 +50,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.callback()(global_options)
-for _command in (sim, refresh, produce, demo, consume, verify, replay, rebuild, monitor):
+for _command in (sim, refresh, produce, sweep, demo, consume, verify, replay, rebuild, monitor):
     app.command()(_command)
 
 

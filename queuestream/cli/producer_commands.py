@@ -14,8 +14,9 @@ import typer
 from queuestream.cli.options import MetricsPortOpt, command_settings, parse_since
 from queuestream.cli.output import console, progress_bar
 from queuestream.cli.signals import on_stop_signals
+from queuestream.errors import ConfigurationError
 
-__all__ = ["produce", "refresh", "sim"]
+__all__ = ["produce", "refresh", "sim", "sweep"]
 
 
 def sim(
@@ -83,6 +84,15 @@ def produce(
         typer.Option(help="Stop after this many refreshes (default: run until stopped)."),
     ] = None,
     metrics_port: MetricsPortOpt = None,
+    sweep_every: Annotated[
+        str | None,
+        typer.Option(
+            help="Sweep the source between refreshes, a pass every DURATION (e.g. 1h, 30m, "
+            "PT6H): deletes, rows stamped in the past, changes without a new ModifiedDate. "
+            "Throttled by sweep_max_rows_per_second; refreshes keep their interval.",
+            show_default=False,
+        ),
+    ] = None,
     max_errors: Annotated[
         int | None,
         typer.Option(
@@ -101,15 +111,65 @@ def produce(
 
     settings = command_settings(metrics_port=metrics_port, max_errors=max_errors)
     start = parse_since(since, settings)  # a bad date stops before anything connects
+    every = None
+    if sweep_every is not None:
+        from consumers.replay_inputs import parse_duration
+
+        every = parse_duration(sweep_every, "--sweep-every").total_seconds()
     metrics = ProducerMetrics()
     loop = ProduceLoop(
         lambda: Refresher(settings),
         interval,
         backoff=settings.backoff,
         observer=metrics,
+        sweep_every=every,
     )
 
     on_stop_signals(loop.stop, "finishing the refresh in hand")
     with metrics_server(metrics.registry, settings.metrics_port, settings.metrics_host):
         done = loop.run(start, max_refreshes)
     console.print(f"stopped after {done} refreshes")
+
+
+def sweep(
+    tables: Annotated[
+        list[str] | None,
+        typer.Option("--tables", help="Only these tables (repeatable).", show_default=False),
+    ] = None,
+    chunk: Annotated[
+        int | None, typer.Option(help="Rows compared per step (sweep_chunk).", show_default=False)
+    ] = None,
+    max_rows_per_second: Annotated[
+        float | None,
+        typer.Option(
+            help="Read the source no faster than this (sweep_max_rows_per_second).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """One sweep pass: publish deletes, rows stamped in the past and changes made without
+    a new ModifiedDate, comparing the source with what was published. Resumes an unfinished
+    pass. Takes the producer's transactional id: run it while produce is stopped, or use
+    produce --sweep-every."""
+    from producer.refresh import Refresher
+    from producer.sweep import Sweeper
+    from queuestream.cli.render_refresh import print_sweep_report
+
+    settings = command_settings()
+    if chunk is not None and chunk < 1:
+        msg = f"--chunk {chunk}: give at least 1"
+        raise ConfigurationError(msg)
+    refresher = Refresher(settings)
+    try:
+        sweeper = Sweeper(refresher, tables, chunk, max_rows_per_second)
+        with progress_bar() as bar:
+            task = bar.add_task("sweeping", total=None)
+            report = sweeper.run_pass(
+                lambda step: bar.update(
+                    task, advance=step.rows, description=f"sweeping {step.table}"
+                )
+            )
+    finally:
+        refresher.close()
+    print_sweep_report(report, as_json)

@@ -1,4 +1,4 @@
-"""How ``queuestream refresh`` shows its results: a few lines per refresh, or JSON."""
+"""How ``queuestream refresh`` and ``sweep`` show their results: a few lines, or JSON."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from queuestream.cli.output import console, print_json
 
 if TYPE_CHECKING:
     from producer.refresh import RefreshResult
+    from producer.sweep import SweepReport
 
-__all__ = ["print_refresh_results"]
+__all__ = ["print_refresh_results", "print_sweep_report"]
 
 
 def print_refresh_results(results: list[RefreshResult], as_json: bool) -> None:
@@ -39,3 +40,16 @@ def print_refresh_results(results: list[RefreshResult], as_json: bool) -> None:
             console.print(f"  {table:<18} {count:>8}" + (f"  ({ops})" if ops else ""))
         if result.overlap_skipped:
             console.print(f"  overlap duplicates skipped: {result.overlap_skipped}")
+
+
+def print_sweep_report(report: SweepReport, as_json: bool) -> None:
+    """The pass's summary, then per table what it checked and found."""
+    if as_json:
+        print_json(report.as_dict())
+        return
+    console.print(report.describe())
+    for table, found in report.findings.items():
+        console.print(
+            f"  {table:<18} {found['checked']:>8} checked"
+            + "".join(f", {found[k]} {k}" for k in ("deleted", "late", "repaired") if found[k])
+        )

@@ -166,8 +166,9 @@ def committed_changes(
 ) -> tuple[Counter[Change], list[tuple[str, int, dict[str, Any]]]]:
     """All change events under ``prefix`` up to the current log end.
 
-    Returns a Counter of (table, key, version) and the decoded values with their
-    partitions, in the order read. Decodes with the schema registry the environment
+    Returns a Counter of (table, key, version) of the upserts (c, u, r) and the decoded
+    values of every event, deletes included, with their partitions, in the order read
+    (tombstones are left out). Decodes with the schema registry the environment
     names (SCHEMA_REGISTRY_URL), as the producers under test encode with it.
     """
     codec = AvroCodec.from_url(prefix, Settings().schema_registry_url)
@@ -178,11 +179,14 @@ def committed_changes(
     for message in messages:
         topic, partition, _ = located(message)
         spec = tables[topic]
+        if message.value() is None:
+            continue  # a delete's tombstone
         value = codec.decode(spec.name, "value", message.value())
         assert value is not None
-        after = value["after"]
-        changes[(spec.name, tuple(after[k] for k in spec.key), after["ModifiedDate"])] += 1
         values.append((spec.name, partition, value))
+        after = value["after"]
+        if after is not None:  # deletes (op d) are in ``values`` only
+            changes[(spec.name, tuple(after[k] for k in spec.key), after["ModifiedDate"])] += 1
     return changes, values
 
 

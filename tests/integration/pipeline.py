@@ -24,6 +24,7 @@ from consumers.runtime import ConsumerRuntime, RunStats
 from consumers.verify import verify
 from producer.refresh import Refresher, RefreshResult
 from producer.simulator import Simulator
+from producer.sweep import Sweeper, SweepReport
 from queuestream.databases import create_engine
 from queuestream.kafka_clients import batches_topic, change_topics
 from queuestream.settings import Settings
@@ -66,13 +67,24 @@ class Pipeline:
     def refresh(self) -> list[RefreshResult]:
         """One refresh of everything simulated so far, readable when this returns."""
         settings = self.settings()
-        refresher = Refresher(settings, self.source)
+        refresher = Refresher(settings)  # its own engine: a reader, like the command's
         try:
             results = refresher.refresh()
         finally:
             refresher.close()
         wait_until_readable(self.bootstrap, [*change_topics(settings), batches_topic(settings)])
         return results
+
+    def sweep(self, **more: Any) -> SweepReport:
+        """One sweep pass, unthrottled, readable when this returns."""
+        settings = self.settings(**more)
+        refresher = Refresher(settings)
+        try:
+            report = Sweeper(refresher, max_rows_per_second=1e9).run_pass()
+        finally:
+            refresher.close()
+        wait_until_readable(self.bootstrap, [*change_topics(settings), batches_topic(settings)])
+        return report
 
     def runtime(self, target: str, target_url: str, **more: Any) -> ConsumerRuntime:
         settings = self.settings(target_url=target_url, **more)

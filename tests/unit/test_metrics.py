@@ -100,7 +100,7 @@ class _FakeRefresher:
             raise BrokerUnavailableError(msg)
         return [_result(datetime(2026, 1, 1, 0, 1, tzinfo=UTC), 0.2, customers__c=2)]
 
-    def report(self, stuck_on: Any) -> None:
+    def report(self, stuck_on: Any, sweep: Any = None) -> None:
         pass
 
     def close(self) -> None:

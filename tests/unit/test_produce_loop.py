@@ -4,6 +4,7 @@ stops on request."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from producer.produce_loop import ProduceLoop
 from producer.refresh import Refresher, RefreshResult
@@ -31,7 +32,7 @@ class FakeRefresher(Refresher):
             raise self.error
         return []
 
-    def report(self, stuck_on: EncodingError | None) -> None:
+    def report(self, stuck_on: EncodingError | None, sweep: dict[str, Any] | None = None) -> None:
         self.reports.append(stuck_on)
 
     def close(self) -> None:

@@ -1,0 +1,178 @@
+"""One batch inside one Kafka transaction: BEGIN, the events, what goes with them, END.
+
+A refresh (:mod:`producer.refresh`) and a sweep step (:mod:`producer.sweep`) both
+publish batches. Whatever a batch publishes goes through a :class:`BatchWriter`,
+so that each event is accompanied, in the same transaction, by what must commit
+with it:
+
+* a change event (``c``, ``u``, ``r``) writes the row to the state changelog
+  (:mod:`producer.state_changelog`) and to the open transaction of the local
+  state (:mod:`producer.published_state`);
+* a delete (``d``) is followed by its tombstone (same key and partition, null
+  value) and removes the row from both;
+* a row that cannot be encoded goes to ``<topic>.dlq`` while the error budget
+  lasts (:mod:`queuestream.dead_letters`), otherwise the EncodingError fails
+  the batch;
+* the END marker counts the change events (tombstones and dead letters aside)
+  per table, per ``<table>.<op>`` and per partition, which is what consumers
+  wait for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from producer.events import EventBuilder, RefreshContext, row_key
+from producer.partitioning import CustomerPartitioner
+from producer.published_state import PublishedState
+from producer.publisher import Send
+from producer.sensitive import ColumnPolicy
+from producer.source_reader import ChangedRow
+from producer.state_changelog import Key, Published, record_key, state_topic
+from queuestream.batches import BeginMarker, EndMarker, TablePartition, encode_marker
+from queuestream.dead_letters import ErrorBudget, ErrorContext, dlq_topic, error_headers
+from queuestream.errors import EncodingError
+from queuestream.tables import TABLES, TableSpec, topic_for
+from schemas.avro import AvroCodec
+
+__all__ = ["BatchParts", "BatchWriter"]
+
+
+class BatchParts:
+    """What every batch of one producer shares: codec, policy, partitioner, state, budget."""
+
+    def __init__(
+        self,
+        *,
+        codec: AvroCodec,
+        policy: ColumnPolicy,
+        partitioner: CustomerPartitioner,
+        zone: ZoneInfo,
+        prefix: str,
+        producer_id: str,
+        batch_key: bytes,
+        batches_topic: str,
+        state: PublishedState,
+        budget: ErrorBudget,
+    ) -> None:
+        self.codec = codec
+        self.policy = policy
+        self.partitioner = partitioner
+        self.zone = zone
+        self.prefix = prefix
+        self.producer_id = producer_id
+        self.batch_key = batch_key
+        self.batches_topic = batches_topic
+        self.state = state
+        self.budget = budget
+        self.state_topic = state_topic(prefix)
+
+    def builder(self, spec: TableSpec, context: RefreshContext) -> EventBuilder:
+        """The event builder of ``spec`` for one batch."""
+        return EventBuilder(spec, context, self.codec, self.policy, self.partitioner, self.zone)
+
+
+class BatchWriter:
+    """Writes one batch through ``send`` (the transaction's); counts what it wrote."""
+
+    def __init__(self, parts: BatchParts, context: RefreshContext, send: Send) -> None:
+        self.parts = parts
+        self.context = context
+        self.send = send
+        self.total = 0
+        self.counts: Counter[str] = Counter()
+        self.ops: Counter[str] = Counter()
+        self.placed: Counter[TablePartition] = Counter()
+        self.refused: Counter[str] = Counter()
+        self._builders: dict[str, EventBuilder] = {}
+
+    def builder(self, spec: TableSpec) -> EventBuilder:
+        found = self._builders.get(spec.name)
+        if found is None:
+            found = self._builders[spec.name] = self.parts.builder(spec, self.context)
+        return found
+
+    def begin(self, marker: BeginMarker) -> None:
+        parts = self.parts
+        self.send(parts.batches_topic, parts.batch_key, encode_marker(parts.codec, marker), 0)
+
+    def upsert(self, spec: TableSpec, changed: ChangedRow, op: str | None = None) -> bool:
+        """Publish a changed row (``op`` as the window says, unless given). False: the row
+        could not be encoded and went to the dead-letter topic."""
+        builder = self.builder(spec)
+        topic = topic_for(self.parts.prefix, spec.name)
+        try:
+            event = builder.build(changed, self.total + 1, op)
+        except EncodingError as exc:
+            self._dead_letter(builder, topic, changed, exc)
+            return False
+        self.total += 1
+        self.send(topic, event.key, event.value, event.partition)
+        self._count(spec.name, event.op, event.partition)
+        key = row_key(spec, changed.row)
+        published = Published(event.version, changed.customer_id, event.row)
+        self.send(self.parts.state_topic, record_key(spec.name, key), published.encode(), 0)
+        self.parts.state.put(spec.name, key, published)
+        return True
+
+    def delete(self, spec: TableSpec, key: Key, published: Published) -> None:
+        """Publish the delete of a row the state holds, and its tombstone."""
+        builder = self.builder(spec)
+        topic = topic_for(self.parts.prefix, spec.name)
+        self.total += 1
+        event = builder.delete(key, published, self.total)
+        self.send(topic, event.key, event.value, event.partition)
+        self.send(topic, event.key, None, event.partition)  # the tombstone
+        self._count(spec.name, "d", event.partition)
+        self.send(self.parts.state_topic, record_key(spec.name, key), None, 0)
+        self.parts.state.delete(spec.name, key)
+
+    def state_record(self, key: bytes, value: bytes) -> None:
+        """Another record of the state changelog (the sweep's position) in this batch."""
+        self.send(self.parts.state_topic, key, value, 0)
+
+    def end(
+        self, begin: BeginMarker, *, extra_counts: dict[str, int] | None = None, **more: Any
+    ) -> EndMarker:
+        """Send the END marker counting what was written (``extra_counts`` join
+        ``op_counts``: the sweep's findings)."""
+        parts = self.parts
+        end = begin.end(
+            counts=self.table_counts(),
+            op_counts={**self.ops, **(extra_counts or {})},
+            partition_counts=dict(self.placed),
+            **more,
+        )
+        self.send(parts.batches_topic, parts.batch_key, encode_marker(parts.codec, end), 0)
+        return end
+
+    def table_counts(self) -> dict[str, int]:
+        """Change events per table, every table named (0 when none)."""
+        return {spec.name: self.counts[spec.name] for spec in TABLES}
+
+    def _count(self, table: str, op: str, partition: int) -> None:
+        self.counts[table] += 1
+        self.ops[f"{table}.{op}"] += 1
+        self.placed[(table, partition)] += 1
+
+    def _dead_letter(
+        self, builder: EventBuilder, topic: str, changed: ChangedRow, error: EncodingError
+    ) -> None:
+        parts = self.parts
+        if not parts.budget.fits(self.refused.total() + 1):
+            raise error
+        self.refused[builder.spec.name] += 1
+        where = ErrorContext(
+            topic=topic,
+            partition=-1,
+            offset=-1,
+            timestamp_ms=int(time.time() * 1000),
+            stage="produce",
+            by={"producer": parts.producer_id, "refresh_id": self.context.refresh_id},
+            connector=parts.producer_id,
+        )
+        key, value = builder.unencodable(changed)
+        self.send(dlq_topic(topic), key, value, 0, error_headers(error, where))

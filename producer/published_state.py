@@ -1,0 +1,237 @@
+"""What the producer knows it published, per row: a local cache of the state changelog.
+
+Deletes leave nothing in the source to read, so the producer keeps, for every
+(table, key) it published, the last version, the CustomerID of its partition
+and the row's bytes (:class:`~producer.state_changelog.Published`). A line the
+state holds for an order in a refresh but the source no longer has is deleted
+in that refresh; the sweep (:mod:`producer.sweep`) compares the source with
+this state, in key order, to find deletes and rows that were missed.
+
+The state lives on disk, in a SQLite file under ``state_dir`` (one per prefix
+and producer), so memory stays flat for tens of millions of keys. It is a cache:
+the truth is the compacted changelog topic written in each batch's transaction
+(:mod:`producer.state_changelog`). A batch writes its changes into an open
+SQLite transaction as it goes; it is committed, with the id of the batch, once
+Kafka committed the batch, and rolled back when the batch failed. At start-up
+the cache is used only if it holds the id of the producer's last committed
+END marker; otherwise (a crash between the two commits, a lost machine, a
+deleted file) it is rebuilt from the changelog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from producer.state_changelog import (
+    SWEEP_KEY,
+    Key,
+    Published,
+    parse_record_key,
+    read_changelog,
+)
+from queuestream.settings import Settings
+
+__all__ = ["PublishedState", "state_path"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS published (
+    tbl TEXT NOT NULL,
+    k1 INTEGER NOT NULL,
+    k2 INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    customer INTEGER NOT NULL,
+    row BLOB NOT NULL,
+    PRIMARY KEY (tbl, k1, k2)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_PUT = "INSERT OR REPLACE INTO published VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM published WHERE tbl = ? AND k1 = ? AND k2 = ?"
+_FLUSH_EVERY = 5000
+_IN_CHUNK = 500  # keys per IN (...) list
+
+
+def state_path(settings: Settings) -> Path:
+    """The cache file of this prefix and producer."""
+    name = f"{settings.topic_prefix}.{settings.effective_transactional_id}.sqlite"
+    return Path(settings.state_dir) / name.replace("/", "_")
+
+
+class PublishedState:
+    """The local cache; writes happen inside :meth:`begin` ... :meth:`commit`."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._open = False
+
+    # -- opening ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, settings: Settings, refresh_id: str | None) -> PublishedState:
+        """The cache, rebuilt from the changelog unless it reflects ``refresh_id`` (the
+        producer's last committed END marker) already."""
+        state = cls(state_path(settings))
+        held = state.meta("refresh_id")
+        if held is not None and held == (refresh_id or ""):
+            return state
+        state.close()
+        state.path.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{state.path}{suffix}").unlink(missing_ok=True)
+        state = cls(state_path(settings))
+        state.rebuild(read_changelog(settings), refresh_id)
+        return state
+
+    def rebuild(
+        self, records: Iterable[tuple[bytes, bytes | None]], refresh_id: str | None
+    ) -> None:
+        """Fill the (empty) cache from changelog ``records``, the latest of each key winning."""
+        started = time.monotonic()
+        self.begin()
+        count = 0
+        for key, value in records:
+            count += 1
+            if key == SWEEP_KEY:
+                if value is not None:
+                    self.set_meta("sweep", value.decode())
+                continue
+            table, row_key = parse_record_key(key)
+            if value is None:
+                self.delete(table, row_key)
+            else:
+                self.put(table, row_key, Published.decode(value))
+        self.commit(refresh_id)
+        log.info(
+            "published state rebuilt from the changelog: %d records, %d rows, %.1fs (%s)",
+            count,
+            self.size(),
+            time.monotonic() - started,
+            self.path,
+        )
+
+    # -- reading ------------------------------------------------------------------------
+    def meta(self, name: str) -> str | None:
+        self._flush()
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def size(self) -> int:
+        self._flush()
+        return int(self._db.execute("SELECT count(*) FROM published").fetchone()[0])
+
+    def get(self, table: str, keys: Iterable[Key]) -> dict[Key, Published]:
+        """The entries of ``keys`` that the state holds."""
+        self._flush()
+        found: dict[Key, Published] = {}
+        wanted = list(keys)
+        for start in range(0, len(wanted), _IN_CHUNK):
+            part = wanted[start : start + _IN_CHUNK]
+            marks = ",".join("(?, ?)" for _ in part)
+            query = (
+                "SELECT k1, k2, version, customer, row FROM published "
+                f"WHERE tbl = ? AND (k1, k2) IN (VALUES {marks})"
+            )
+            params = [table, *(v for key in part for v in key)]
+            for k1, k2, version, customer, row in self._db.execute(query, params):
+                found[(k1, k2)] = Published(version, customer, row)
+        return found
+
+    def children(self, table: str, parents: Iterable[int]) -> dict[Key, Published]:
+        """The entries of ``table`` whose first key column is one of ``parents``."""
+        self._flush()
+        found: dict[Key, Published] = {}
+        wanted = sorted(set(parents))
+        for start in range(0, len(wanted), _IN_CHUNK):
+            part = wanted[start : start + _IN_CHUNK]
+            query = (
+                "SELECT k1, k2, version, customer, row FROM published "
+                f"WHERE tbl = ? AND k1 IN ({','.join('?' for _ in part)})"
+            )
+            for k1, k2, version, customer, row in self._db.execute(query, [table, *part]):
+                found[(k1, k2)] = Published(version, customer, row)
+        return found
+
+    def between(
+        self, table: str, after: Key | None, upto: Key | None
+    ) -> Iterator[tuple[Key, Published]]:
+        """Entries of ``table`` with ``after < key <= upto`` (open ends: None), in key order."""
+        self._flush()
+        query = "SELECT k1, k2, version, customer, row FROM published WHERE tbl = ?"
+        params: list[Any] = [table]
+        if after is not None:
+            query += " AND (k1, k2) > (?, ?)"
+            params += after
+        if upto is not None:
+            query += " AND (k1, k2) <= (?, ?)"
+            params += upto
+        for k1, k2, version, customer, row in self._db.execute(query + " ORDER BY k1, k2", params):
+            yield (k1, k2), Published(version, customer, row)
+
+    # -- writing ------------------------------------------------------------------------
+    def begin(self) -> None:
+        if self._open:
+            self.rollback()
+        self._db.execute("BEGIN")
+        self._open = True
+
+    def put(self, table: str, key: Key, published: Published) -> None:
+        self._pending.append(
+            (_PUT, (table, key[0], key[1], published.version, published.customer, published.row))
+        )
+        if len(self._pending) >= _FLUSH_EVERY:
+            self._flush()
+
+    def delete(self, table: str, key: Key) -> None:
+        self._pending.append((_DELETE, (table, key[0], key[1])))
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._flush()
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def commit(self, refresh_id: str | None) -> None:
+        """The batch committed in Kafka: keep its changes, noting that they reach ``refresh_id``."""
+        self.set_meta("refresh_id", refresh_id or "")
+        self._db.execute("COMMIT")
+        self._open = False
+
+    def rollback(self) -> None:
+        """The batch failed: forget its changes."""
+        self._pending.clear()
+        if self._open:
+            self._db.execute("ROLLBACK")
+            self._open = False
+
+    def sweep_position(self) -> dict[str, Any] | None:
+        text = self.meta("sweep")
+        return None if text is None else dict(json.loads(text))
+
+    def close(self) -> None:
+        self.rollback()
+        self._db.close()
+
+    def _flush(self) -> None:
+        """Run the queued writes, in order (puts batched, a delete between them kept in place)."""
+        pending, self._pending = self._pending, []
+        run: list[tuple[Any, ...]] = []
+        statement = None
+        for sql, params in pending:
+            if sql != statement and run:
+                self._db.executemany(statement or sql, run)
+                run = []
+            statement = sql
+            run.append(params)
+        if run and statement is not None:
+            self._db.executemany(statement, run)

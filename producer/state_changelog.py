@@ -1,0 +1,143 @@
+"""The changelog of what the producer published: a compacted topic, written with each batch.
+
+Every event a batch publishes (and every delete) writes one record here in the
+batch's own Kafka transaction, so the changelog holds exactly what consumers can
+read: the state-store-with-changelog pattern of Kafka Streams. A producer that
+lost its machine (or its local cache, :mod:`producer.published_state`) reads
+the changelog back and knows again what it published.
+
+The topic is ``__queuestream-state.<prefix>``: internal (the double underscore),
+compacted, one partition. Records:
+
+* key ``<table>/<k1>/<k2>`` (the row's key columns; ``k2`` is 0 for one-column
+  keys), value :class:`Published` packed as format byte 1, the version
+  (ModifiedDate in microseconds since the epoch, signed 64-bit big-endian), the
+  CustomerID whose partition the row's events go to (the same), then the row's
+  Avro bytes as published (after masking: the ``before`` image of its delete,
+  and what the sweep compares the source with);
+* a null value (a tombstone): the row was deleted;
+* key ``__sweep__``, value JSON: where the sweep is (:mod:`producer.sweep`).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+from queuestream.errors import BrokerUnavailableError
+from queuestream.kafka_clients import admin_client, consumer_config, create_topics
+from queuestream.settings import Settings
+
+__all__ = [
+    "SWEEP_KEY",
+    "Key",
+    "Published",
+    "ensure_state_topic",
+    "parse_record_key",
+    "read_changelog",
+    "record_key",
+    "state_topic",
+]
+
+log = logging.getLogger(__name__)
+
+#: A row's key: its key columns as integers, the second 0 for one-column keys.
+Key = tuple[int, int]
+
+SWEEP_KEY = b"__sweep__"
+_FORMAT = 1
+_HEAD = struct.Struct(">Bqq")
+_READ_TIMEOUT = 30.0  # seconds without progress before reading back gives up
+
+
+def state_topic(prefix: str) -> str:
+    return f"__queuestream-state.{prefix}"
+
+
+def ensure_state_topic(settings: Settings) -> None:
+    create_topics(
+        admin_client(settings),
+        [
+            NewTopic(
+                state_topic(settings.topic_prefix),
+                num_partitions=1,
+                replication_factor=settings.replication_factor,
+                config={"cleanup.policy": "compact", "retention.ms": "-1"},
+            )
+        ],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The last version of a row the producer published."""
+
+    version: int  # ModifiedDate, microseconds since the epoch
+    customer: int  # the CustomerID its events are partitioned by
+    row: bytes  # the Avro row as published (after masking)
+
+    def encode(self) -> bytes:
+        return _HEAD.pack(_FORMAT, self.version, self.customer) + self.row
+
+    @classmethod
+    def decode(cls, data: bytes) -> Published:
+        form, version, customer = _HEAD.unpack_from(data)
+        if form != _FORMAT:
+            msg = f"state record format {form}, this version reads {_FORMAT}"
+            raise ValueError(msg)
+        return cls(version, customer, bytes(data[_HEAD.size :]))
+
+
+def record_key(table: str, key: Key) -> bytes:
+    return f"{table}/{key[0]}/{key[1]}".encode()
+
+
+def parse_record_key(data: bytes) -> tuple[str, Key]:
+    table, k1, k2 = data.decode().split("/")
+    return table, (int(k1), int(k2))
+
+
+def read_changelog(settings: Settings) -> Iterator[tuple[bytes, bytes | None]]:
+    """Every committed record of the changelog, oldest first (compaction keeps the latest).
+
+    Call it after the transactional producer's init_transactions(), so that nothing of
+    this producer is still open and the end is stable.
+    """
+    topic = state_topic(settings.topic_prefix)
+    consumer = Consumer(
+        consumer_config(
+            settings,
+            f"queuestream-state-{uuid.uuid4().hex[:8]}",
+            **{"enable.partition.eof": True, "fetch.wait.max.ms": 10},
+        )
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        last_progress = time.monotonic()
+        while True:
+            messages = consumer.consume(num_messages=5000, timeout=1.0)
+            if not messages:
+                if time.monotonic() - last_progress > _READ_TIMEOUT:
+                    msg = f"reading {topic} back made no progress for {_READ_TIMEOUT:g}s"
+                    raise BrokerUnavailableError(msg)
+                continue
+            last_progress = time.monotonic()
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        return
+                    msg = f"cannot read {topic}: {error.str()}"
+                    raise BrokerUnavailableError(msg)
+                key = message.key()
+                if key is not None:
+                    yield key, message.value()
+    finally:
+        consumer.close()

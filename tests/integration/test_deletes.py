@@ -1,0 +1,251 @@
+"""Promise 9 on the producing side: deletes reach Kafka, and the sweep makes the stream converge.
+
+Against the real broker: a line removed while its order changes is deleted in the same
+refresh (op d with the line as published in ``before``, then a tombstone, counted by the
+END marker); the state of what was published survives the loss of its local cache; a
+sweep finds a deleted customer, rows stamped before the watermark (one written by a
+SQLite transaction held past the window) and rows changed without a new ModifiedDate,
+each exactly once, and a second pass finds nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from confluent_kafka import Message
+
+from producer.published_state import state_path
+from queuestream.batches import read_last_end
+from queuestream.sync_schema import Base
+from queuestream.tables import topic_for
+from schemas.avro import AvroCodec
+from tests.integration.kafka_readback import committed_changes, committed_messages, located
+from tests.integration.pipeline import Pipeline
+
+Values = list[tuple[str, int, dict[str, Any]]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _order_with_lines(pipeline: Pipeline, at_least: int = 2) -> tuple[int, list[int]]:
+    details = Base.metadata.tables["OrderDetails"]
+    with pipeline.source.connect() as conn:
+        order = conn.execute(
+            sa.select(details.c.OrderID)
+            .group_by(details.c.OrderID)
+            .having(sa.func.count() >= at_least)
+            .order_by(details.c.OrderID)
+            .limit(1)
+        ).scalar_one()
+        lines = conn.execute(
+            sa.select(details.c.OrderLine)
+            .where(details.c.OrderID == order)
+            .order_by(details.c.OrderLine)
+        ).scalars()
+        return int(order), [int(line) for line in lines]
+
+
+def _deletes(values: Values, table: str) -> list[dict[str, Any]]:
+    return [v for t, _p, v in values if t == table and v["op"] == "d"]
+
+
+def _last_published(values: Values, table: str, key: dict[str, Any]) -> dict[str, Any]:
+    images = [
+        v["after"]
+        for t, _p, v in values
+        if t == table
+        and v["after"] is not None
+        and all(v["after"][k] == want for k, want in key.items())
+    ]
+    assert images, f"{table} {key} was never published"
+    last: dict[str, Any] = images[-1]
+    return last
+
+
+def _tombstone_follows(pipeline: Pipeline, table: str, delete: Message) -> None:
+    topic, partition, offset = located(delete)
+    after = [
+        m
+        for m in committed_messages(pipeline.bootstrap, [topic])
+        if located(m)[1] == partition and located(m)[2] > offset
+    ]
+    assert after, "no tombstone after the delete"
+    assert after[0].key() == delete.key() and after[0].value() is None
+
+
+def _delete_message(pipeline: Pipeline, table: str) -> Message:
+    topic = topic_for(pipeline.prefix, table)
+    codec = AvroCodec.from_url(pipeline.prefix, pipeline.settings().schema_registry_url)
+    for message in committed_messages(pipeline.bootstrap, [topic]):
+        if message.value() is None:
+            continue
+        value = codec.decode(table, "value", message.value())
+        if value is not None and value["op"] == "d":
+            return message
+    msg = f"no delete in {topic}"
+    raise AssertionError(msg)
+
+
+def test_a_line_removed_while_its_order_changes_is_deleted_in_the_same_refresh(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.simulate(200)
+    pipeline.refresh()
+    order, lines = _order_with_lines(pipeline)
+    removed = lines[0]
+    published_before, values_before = committed_changes(pipeline.bootstrap, pipeline.prefix)
+    image = _last_published(
+        values_before, "order_details", {"OrderID": order, "OrderLine": removed}
+    )
+    # The producer's machine is lost: its cache of what it published goes with it.
+    settings = pipeline.settings()
+    state_path(settings).unlink()
+
+    with pipeline.source.begin() as conn:
+        conn.execute(
+            sa.text('DELETE FROM "OrderDetails" WHERE "OrderID" = :o AND "OrderLine" = :l'),
+            {"o": order, "l": removed},
+        )
+        conn.execute(
+            sa.text('UPDATE "Orders" SET "ModifiedDate" = :now WHERE "OrderID" = :o'),
+            {"o": order, "now": _now()},
+        )
+    [result] = pipeline.refresh()
+
+    assert result.op_counts.get("order_details.d") == 1
+    _, values = committed_changes(pipeline.bootstrap, pipeline.prefix)
+    [delete] = _deletes(values, "order_details")
+    assert delete["after"] is None
+    assert delete["before"] == image  # the line as it was published, from the changelog
+    assert delete["source"]["refresh_id"] == result.refresh_id
+    _tombstone_follows(pipeline, "order_details", _delete_message(pipeline, "order_details"))
+    # The END counts the delete, not its tombstone: what a consumer waits for.
+    end = read_last_end(settings, AvroCodec.from_url(pipeline.prefix, settings.schema_registry_url))
+    assert end.marker is not None and end.marker.refresh_id == result.refresh_id
+    assert end.marker.op_counts["order_details.d"] == 1
+    assert end.marker.counts["order_details"] == sum(
+        1
+        for t, _p, v in values
+        if t == "order_details" and v["source"]["refresh_id"] == result.refresh_id
+    )
+    # The other lines of the order are not deleted.
+    assert {d["before"]["OrderLine"] for d in _deletes(values, "order_details")} == {removed}
+
+    # Nothing more to delete: a refresh that touches the order again deletes nothing.
+    with pipeline.source.begin() as conn:
+        conn.execute(
+            sa.text('UPDATE "Orders" SET "ModifiedDate" = :now WHERE "OrderID" = :o'),
+            {"o": order, "now": _now()},
+        )
+    [again] = pipeline.refresh()
+    assert "order_details.d" not in again.op_counts
+    assert published_before  # (the first refresh published)
+
+
+def _payment(payment: int, customer: int, order: int, stamp: datetime, memo: str) -> sa.Insert:
+    return (
+        Base.metadata.tables["Payments"]
+        .insert()
+        .values(
+            PaymentID=payment,
+            CustomerID=customer,
+            OrderID=order,
+            PaymentTypeID=1,
+            PaymentDate=stamp,
+            Amount=Decimal("12.34"),
+            CurrencyCode="USD",
+            Memo=memo,
+            CreatedDate=stamp,
+            ModifiedDate=stamp,
+        )
+    )
+
+
+def _hold_a_write(
+    pipeline: Pipeline, owner: tuple[int, int], held: threading.Event, done: threading.Event
+) -> None:
+    """A SQLite writer that stamps a payment now and commits only once ``done`` is set."""
+    engine = sa.create_engine(pipeline.source_url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.execute(_payment(900001, owner[0], owner[1], _now(), "held"))
+            held.set()
+            done.wait(30)
+            conn.exec_driver_sql("COMMIT")
+    finally:
+        engine.dispose()
+
+
+def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(pipeline: Pipeline) -> None:
+    pipeline.more["overlap_seconds"] = 1
+    pipeline.simulate(200)
+    pipeline.refresh()
+    customers = Base.metadata.tables["Customers"]
+    orders = Base.metadata.tables["Orders"]
+    with pipeline.source.connect() as conn:
+        first = conn.execute(sa.select(orders.c.CustomerID, orders.c.OrderID).limit(1)).one()
+        owner = (int(first[0]), int(first[1]))
+        others = conn.execute(
+            sa.select(customers.c.CustomerID)
+            .where(customers.c.CustomerID != owner[0])
+            .order_by(customers.c.CustomerID)
+            .limit(3)
+        ).scalars()
+        gone, *quiet = (int(i) for i in others)
+
+    # A write held open past the refresh that should have carried it.
+    held, done = threading.Event(), threading.Event()
+    writer = threading.Thread(target=_hold_a_write, args=(pipeline, owner, held, done))
+    writer.start()
+    assert held.wait(30)
+    time.sleep(1.5)  # more than overlap_seconds
+    pipeline.refresh()
+    done.set()
+    writer.join(30)
+    pipeline.refresh()  # re-reads only the last second: the held payment is not in it
+
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    with pipeline.source.begin() as conn:
+        # A customer deleted (with what hangs on it in the source, as a cascade would).
+        for table in ("CustomerSites", "CustomerAccounts", "Customers"):
+            conn.execute(sa.text(f'DELETE FROM "{table}" WHERE "CustomerID" = :c'), {"c": gone})
+        # A mass update written past the ERP: ModifiedDate untouched.
+        conn.execute(
+            sa.text('UPDATE "Customers" SET "MainCity" = \'Swept\' WHERE "CustomerID" IN (:a, :b)'),
+            {"a": quiet[0], "b": quiet[1]},
+        )
+        # A payment written by a writer whose clock is two days slow.
+        stamp = two_days_ago.replace(tzinfo=None)
+        conn.execute(_payment(900002, owner[0], owner[1], stamp, "slow clock"))
+    refreshed = pipeline.refresh()
+    assert all(not r.events for r in refreshed), "refreshes must not see any of this"
+
+    report = pipeline.sweep()
+
+    assert report.findings["customers"]["deleted"] == 1
+    assert report.findings["customers"]["repaired"] == 2
+    assert report.findings["payments"]["late"] == 2
+    assert report.total("late") == 2 and report.total("repaired") == 2
+    assert report.total("deleted") >= 3  # the customer, its site and account
+    published, values = committed_changes(pipeline.bootstrap, pipeline.prefix)
+    for payment in (900001, 900002):
+        versions = [c for c in published if c[0] == "payments" and c[1] == (payment,)]
+        assert len(versions) == 1 and published[versions[0]] == 1, versions
+    repaired = [v["after"] for t, _p, v in values if t == "customers" and v["op"] == "r"]
+    assert sorted(r["CustomerID"] for r in repaired) == sorted(quiet)
+    assert {r["MainCity"] for r in repaired} == {"Swept"}
+    [customer_delete] = _deletes(values, "customers")
+    assert customer_delete["before"]["CustomerID"] == gone
+
+    # Converged: another pass finds nothing and publishes nothing.
+    again = pipeline.sweep()
+    assert again.total("deleted") == again.total("late") == again.total("repaired") == 0
+    assert committed_changes(pipeline.bootstrap, pipeline.prefix)[1] == values
