@@ -4,7 +4,9 @@ A failure of a database or of the broker is either *transient* (connection
 refused or reset, a timeout, the server starting or shutting down, a lock held
 by another SQLite connection, a Kafka transport error or leader change) or
 *permanent* (authentication failed, the database or a table missing, permission
-denied, a SQLite path that cannot be opened, a setting the client rejects).
+denied, a SQLite path that cannot be opened, a setting the client rejects, a topic
+the broker refuses to create as asked, such as a replication factor above its
+number of brokers).
 Transient failures become :class:`~queuestream.errors.RetriableError` subclasses,
 which every retry loop (:mod:`queuestream.retry`) waits out; permanent ones become
 :class:`~queuestream.errors.ConfigurationError` subclasses, which no loop retries,
@@ -167,11 +169,14 @@ def _access(where: str, reason: str, advice: str) -> DatabaseAccessError:
     return DatabaseAccessError(f"database {where}: {reason}; {advice}")
 
 
-#: librdkafka codes that no retry can fix, with what to do about them.
+#: librdkafka codes that no retry can fix, with what to do about them: the client's
+#: credentials and options, then what the broker refuses in a topic or admin request.
 _KAFKA_PERMANENT = {
     KafkaError._AUTHENTICATION: "authentication failed: check sasl.username and sasl.password",
     KafkaError.SASL_AUTHENTICATION_FAILED: "authentication failed: check sasl.username and "
     "sasl.password",
+    KafkaError.UNSUPPORTED_SASL_MECHANISM: "the broker does not offer this SASL mechanism: "
+    "check sasl.mechanism",
     KafkaError._SSL: "the TLS handshake failed: check ssl.ca.location and the certificates",
     KafkaError.TOPIC_AUTHORIZATION_FAILED: "not authorized for a topic: grant the ACLs",
     KafkaError.GROUP_AUTHORIZATION_FAILED: "not authorized for the group: grant the ACLs",
@@ -181,26 +186,73 @@ _KAFKA_PERMANENT = {
     KafkaError._INVALID_ARG: "a Kafka option is invalid: fix the kafka settings",
     KafkaError._UNKNOWN_PROTOCOL: "the broker speaks another protocol: check "
     "security.protocol and the bootstrap port",
+    KafkaError.INVALID_REPLICATION_FACTOR: "set replication_factor to at most the number of "
+    "brokers",
+    KafkaError.INVALID_PARTITIONS: "set partitions to 1 or more",
+    KafkaError.INVALID_CONFIG: "the broker rejects a topic setting: fix retention_ms or the "
+    "broker's limits",
+    KafkaError.POLICY_VIOLATION: "the broker's topic policy refuses this request: create the "
+    "topics by hand or ask the cluster's operator to allow it",
+    KafkaError.TOPIC_EXCEPTION: "the topic name is invalid: fix topic_prefix (letters, digits, "
+    "'.', '_' and '-')",
+    KafkaError.INVALID_TRANSACTION_TIMEOUT: "transaction.timeout.ms is above the broker's "
+    "transaction.max.timeout.ms: lower it",
+    KafkaError.INVALID_SESSION_TIMEOUT: "session_timeout_ms is outside the broker's "
+    "group.min.session.timeout.ms and group.max.session.timeout.ms: set it between them",
+    KafkaError.UNSUPPORTED_VERSION: "the broker is too old for this request: upgrade it",
+    KafkaError.SECURITY_DISABLED: "security is disabled on the broker: use a listener that "
+    "has it, or drop the security options",
 }
 
+#: librdkafka codes meaning no broker answered: the broker is down or the address wrong.
+_KAFKA_UNREACHABLE = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
 
-def broker_failure(error: KafkaError, where: str) -> QueuestreamError:
-    """What a librdkafka ``error`` from Kafka at ``where`` means.
 
-    BrokerAccessError (stop, fix the setting) for authentication, authorization, TLS
-    and invalid options; BrokerUnavailableError (wait and retry) for everything else:
-    transport errors, timeouts, leader and coordinator changes.
+def broker_failure(
+    error: KafkaError, where: str | None, doing: str | None = None
+) -> QueuestreamError:
+    """What a librdkafka ``error`` from Kafka at ``where`` means, while ``doing`` something.
+
+    ``where`` is the bootstrap servers (None where the caller does not know them);
+    ``doing`` says what was being done ("create topic exigo.orders", "read the offsets
+    of consumer group g"), so the line says which request failed.
+
+    BrokerAccessError (stop, fix the setting) for authentication, authorization, TLS,
+    invalid options and what the broker refuses in a topic or admin request (a
+    replication factor above the number of brokers, a policy, an invalid config);
+    BrokerUnavailableError (wait and retry) for everything else: "unreachable" for
+    transport errors and timeouts, "could not ..." for leader and coordinator changes
+    and whatever else may pass.
     """
     code = error.code()
     reason = error.str()
+    kafka = "Kafka" if where is None else f"Kafka at {where}"
     advice = _KAFKA_PERMANENT.get(code)
     if advice is None and "authentication" in reason.lower() and "SASL" in reason:
         advice = _KAFKA_PERMANENT[KafkaError.SASL_AUTHENTICATION_FAILED]
     if advice is not None:
-        return BrokerAccessError(f"Kafka at {where}: {reason}; {advice}")
+        failed = f"cannot {doing}: " if doing else ""
+        return BrokerAccessError(f"{kafka}: {failed}{reason}; {advice}")
+    if code in _KAFKA_UNREACHABLE or doing is None:
+        failed = f": could not {doing}" if doing else ""
+        return BrokerUnavailableError(
+            f"{kafka} is unreachable{failed} ({reason}); start it (make kafka-up) or set "
+            "KAFKA_BOOTSTRAP_SERVERS"
+        )
     return BrokerUnavailableError(
-        f"Kafka at {where} is unreachable ({reason}); start it (make kafka-up) or set "
-        "KAFKA_BOOTSTRAP_SERVERS"
+        f"{kafka}: could not {doing} ({reason}); this passes when the broker has moved a "
+        "leader or coordinator, so it is tried again"
     )
 
 
