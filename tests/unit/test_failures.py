@@ -10,6 +10,7 @@ tests/integration/test_permanent_failures.py.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import tomllib
 from concurrent.futures import Future
@@ -379,3 +380,39 @@ def test_a_consumer_target_that_cannot_work_is_not_an_outage(tmp_path: Path) -> 
             conn.exec_driver_sql("INSERT INTO t VALUES (1)")
     assert not is_outage(refused.value)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("error", "quiet"),
+    [
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+        (psycopg.OperationalError("consuming input failed: server closed the connection"), True),
+        (psycopg.errors.InFailedSqlTransaction("current transaction is aborted"), False),
+        (psycopg.errors.InsufficientPrivilege("permission denied for table t"), False),
+        (ValueError("a bug in a cleanup hook"), False),
+    ],
+)
+def test_only_the_cleanup_of_a_lost_postgresql_connection_is_quiet(
+    caplog: pytest.LogCaptureFixture, error: Exception, quiet: bool
+) -> None:
+    """SQLAlchemy logs a failed cursor close through the pool's logger with a traceback;
+    a lost connection's becomes one DEBUG line, any other error stays as it was."""
+    engine = create_engine("postgresql://app@127.0.0.1:1/sync")  # never connects
+    try:
+        with caplog.at_level(logging.DEBUG):
+            engine.pool.logger.error(
+                "Error closing cursor", exc_info=(type(error), error, error.__traceback__)
+            )
+    finally:
+        engine.dispose()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    debug = [r for r in caplog.records if r.name == "queuestream.databases"]
+    if quiet:
+        assert not errors
+        assert [r.levelno for r in debug] == [logging.DEBUG]
+        assert debug[0].getMessage().startswith("Error closing cursor of a lost connection (")
+        assert debug[0].exc_info is None
+    else:
+        assert [r.getMessage() for r in errors] == ["Error closing cursor"]
+        assert errors[0].exc_info is not None
+        assert not debug
