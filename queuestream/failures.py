@@ -14,10 +14,10 @@ so every command stops with one line that says what is wrong and what to do.
 
 The codes decide wherever the driver gives one: PostgreSQL's SQLSTATE (psycopg's
 ``sqlstate``, reached through SQLAlchemy's ``exc.orig``), SQLite's result code
-(``sqlite_errorname``) and librdkafka's error code. Two places give no code, and
-there the message is read: libpq reports a failed connection attempt (wrong
-password, database missing) as text only, and SQLite reports a missing table as
-a generic SQLITE_ERROR.
+(``sqlite_errorname``), librdkafka's error code and the schema registry's HTTP
+status. Two places give no code, and there the message is read: libpq reports a
+failed connection attempt (wrong password, database missing) as text only, and
+SQLite reports a missing table as a generic SQLITE_ERROR.
 
 Anything else a database raises is the database refusing the data (a constraint, a
 value that does not fit): :func:`database_failure` returns None for it, and the
@@ -34,9 +34,12 @@ from confluent_kafka import KafkaError
 from queuestream.errors import (
     BrokerAccessError,
     BrokerUnavailableError,
+    ConfigurationError,
     DatabaseAccessError,
     DatabaseUnavailableError,
     QueuestreamError,
+    RetriableError,
+    SchemaError,
 )
 
 __all__ = [
@@ -44,6 +47,8 @@ __all__ = [
     "database_failure",
     "database_unreachable",
     "escaped_failure",
+    "hide_logins",
+    "registry_failure",
     "sqlstate_of",
 ]
 
@@ -254,6 +259,89 @@ def broker_failure(
         f"{kafka}: could not {doing} ({reason}); this passes when the broker has moved a "
         "leader or coordinator, so it is tried again"
     )
+
+
+#: HTTP statuses of a schema registry that may answer later (busy, restarting, or a proxy
+#: in front of it that cannot reach it yet).
+_REGISTRY_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+#: HTTP statuses of a registry that answers but refuses us for good, with what to do.
+_REGISTRY_PERMANENT_STATUS = {
+    401: "authentication failed: check the user name and password in schema_registry_url",
+    403: "not authorized: give this user access to the registry's subjects",
+    404: "this URL is not a Confluent-compatible schema registry API: fix schema_registry_url "
+    "(e.g. http://host:8081, or Apicurio's http://host:8080/apis/ccompat/v7)",
+    405: "this URL is not a Confluent-compatible schema registry API: fix schema_registry_url",
+}
+
+
+def registry_failure(exc: BaseException, where: str) -> QueuestreamError | None:
+    """What ``exc`` from the schema registry at ``where`` (a URL without password) means.
+
+    RetriableError (wait and retry): no answer (connection refused, a timeout) or a
+    5xx/429 answer. ConfigurationError (stop): the URL answers but not as a registry
+    (404, an HTML page, anything that is not the registry's JSON), or refuses the
+    credentials. SchemaError: the registry refuses the schema itself (incompatible with
+    the subject's earlier versions, or invalid). None: not a failure of the registry,
+    including its own answer that a schema, subject or version does not exist (error
+    codes 404xx): for a message framed with an unknown schema id, a DecodeError.
+    """
+    status = getattr(exc, "http_status_code", None)
+    if type(exc).__name__ == "SchemaRegistryError" and isinstance(status, int):
+        code = getattr(exc, "error_code", None)
+        if status == 404 and isinstance(code, int) and code >= 40400:
+            return None  # the registry's own "no such schema (subject, version)": an answer
+        said = str(getattr(exc, "error_message", "") or "").strip().partition("\n")[0]
+        said = hide_logins(said)
+        if code == -1 or not said:  # the answer was not the registry's JSON
+            said = "an answer that is not a schema registry's JSON"
+        reason = f"HTTP {status}: {said[:200]}"
+        if status in _REGISTRY_TRANSIENT_STATUS:
+            return _registry_unavailable(where, reason)
+        if status in (409, 422):
+            msg = (
+                f"schema registry at {where} refuses a schema ({reason}): check the subject's "
+                "compatibility setting and the schemas registered under it"
+            )
+            return SchemaError(msg)
+        advice = _REGISTRY_PERMANENT_STATUS.get(status)
+        if advice is None:
+            if code != -1:
+                advice = "fix schema_registry_url or the registry"
+            else:
+                advice = _REGISTRY_PERMANENT_STATUS[404]
+        return ConfigurationError(f"schema registry at {where} answered {reason}; {advice}")
+    if any(
+        cls.__name__ in ("TransportError", "ConnectionError", "Timeout")
+        and cls.__module__.startswith(("httpx", "requests"))
+        for cls in type(exc).__mro__
+    ):
+        reason = hide_logins(str(exc).strip().partition("\n")[0]) or type(exc).__name__
+        return _registry_unavailable(where, reason)
+    if isinstance(exc, ValueError):  # a success status with a body that is not JSON
+        msg = (
+            f"schema registry at {where} answered with something that is not a schema "
+            f"registry's JSON; {_REGISTRY_PERMANENT_STATUS[404]}"
+        )
+        return ConfigurationError(msg)
+    return None
+
+
+#: The password of a URL in a text: ``scheme://user:password@``.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/:@\s]*):[^/@\s]*@", re.IGNORECASE)
+
+
+def hide_logins(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``scheme://user:***@host``)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def _registry_unavailable(where: str, reason: str) -> RetriableError:
+    msg = (
+        f"schema registry at {where} is unreachable ({reason}); start it or fix "
+        "schema_registry_url; nothing was published"
+    )
+    return RetriableError(msg)
 
 
 def escaped_failure(exc: BaseException) -> QueuestreamError | None:

@@ -40,14 +40,17 @@ from queuestream.sync_schema import create_source_schema
 from tests import services
 from tests.helpers import CLI, cli_env, wait_for
 from tests.integration.kafka_readback import committed_changes
-from tests.integration.source_versions import assert_exactly_once, source_versions
+from tests.integration.source_versions import (
+    assert_exactly_once,
+    source_versions,
+    wait_all_published,
+)
 
 UTC_ZONE = ZoneInfo("UTC")
 #: The producer's application_name on the source, to find its sessions.
 APPLICATION = "qs-outage-producer"
 INTERVAL = 1.0  # seconds between refreshes
 #: Bounds of the waits below (seconds).
-CATCH_UP_TIMEOUT = 120
 FAILURES_SEEN_TIMEOUT = 60
 STOP_TIMEOUT = 60
 #: The broker stays down at least this long: several refresh intervals.
@@ -209,20 +212,7 @@ class Produce:
 
     def wait_caught_up(self) -> None:
         """Until every row version the source holds now is committed in Kafka."""
-        wanted = source_versions(self.source.engine)
-
-        def arrived() -> bool:
-            self.assert_running()
-            published, _ = committed_changes(self.bootstrap, self.prefix, timeout=30)
-            return wanted <= set(published)
-
-        wait_for(
-            arrived,
-            timeout=CATCH_UP_TIMEOUT,
-            interval=0.5,
-            message="every source row version committed in Kafka",
-            ignore=(AssertionError,),  # topics not created yet
-        )
+        wait_all_published(self.source.engine, self.bootstrap, self.prefix, self.assert_running)
 
     def finish(self) -> None:
         """Catch up, stop as by SIGTERM (exit status 0), and every version is in Kafka once."""

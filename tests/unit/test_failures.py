@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from producer.publisher import TransactionalPublisher
 from queuestream.databases import create_engine
@@ -33,9 +34,17 @@ from queuestream.errors import (
     DatabaseUnavailableError,
     FencedError,
     RetriableError,
+    SchemaError,
     SettingsFileError,
 )
-from queuestream.failures import broker_failure, database_failure, escaped_failure, sqlstate_of
+from queuestream.failures import (
+    broker_failure,
+    database_failure,
+    escaped_failure,
+    hide_logins,
+    registry_failure,
+    sqlstate_of,
+)
 from queuestream.kafka_clients import create_topics
 from queuestream.settings import load_settings
 from tests.services import free_ports
@@ -416,3 +425,50 @@ def test_only_the_cleanup_of_a_lost_postgresql_connection_is_quiet(
         assert [r.getMessage() for r in errors] == ["Error closing cursor"]
         assert errors[0].exc_info is not None
         assert not debug
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "says"),
+    [
+        (
+            SchemaRegistryError(503, -1, "<html>busy</html>"),
+            RetriableError,
+            "is unreachable (HTTP 503",
+        ),
+        (SchemaRegistryError(500, 50001, "store error"), RetriableError, "(HTTP 500: store error)"),
+        (
+            SchemaRegistryError(404, 404, "HTTP 404 Not Found"),
+            ConfigurationError,
+            "fix schema_registry",
+        ),
+        (SchemaRegistryError(403, 40301, "forbidden"), ConfigurationError, "give this user access"),
+        (
+            SchemaRegistryError(409, 409, "incompatible schema"),
+            SchemaError,
+            "compatibility setting",
+        ),
+        (SchemaRegistryError(422, 42201, "invalid schema"), SchemaError, "compatibility setting"),
+    ],
+)
+def test_registry_answers_by_http_status(
+    error: Exception, kind: type[Exception], says: str
+) -> None:
+    failure = registry_failure(error, "http://qs:***@registry:8081")
+    assert isinstance(failure, kind)
+    assert str(failure).startswith("schema registry at http://qs:***@registry:8081 ")
+    assert says in str(failure)
+    assert "<html>" not in str(failure)
+
+
+def test_what_is_not_a_registry_failure_is_left_to_the_caller() -> None:
+    assert registry_failure(KeyError("id"), "http://registry:8081") is None
+    unknown_id = SchemaRegistryError(404, 40403, "No content with id 'contentId-7' was found.")
+    assert registry_failure(unknown_id, "http://registry:8081") is None  # the registry's answer
+
+
+def test_passwords_in_urls_are_hidden_wherever_they_are_in_a_text() -> None:
+    text = 'POST http://qs:hunter2@registry:8081/subjects "200", then https://a:b%40c@h/x'
+    assert (
+        hide_logins(text)
+        == 'POST http://qs:***@registry:8081/subjects "200", then https://a:***@h/x'
+    )
