@@ -26,6 +26,7 @@ from queuestream.errors import (
     FatalError,
     FencedError,
 )
+from queuestream.failures import broker_failure
 from queuestream.kafka_clients import transactional_producer
 from queuestream.settings import Settings
 
@@ -81,10 +82,12 @@ class TransactionalPublisher:
             )
         if error.fatal():
             return FatalError(f"{where}: fatal error while trying to {doing}: {error.str()}")
-        return BrokerUnavailableError(
-            f"{where}: could not {doing}: {error.str()}; nothing was committed and the "
-            "watermark did not move"
-        )
+        failure = broker_failure(error, self.settings.kafka_bootstrap_servers, doing)
+        if isinstance(failure, BrokerUnavailableError):
+            return BrokerUnavailableError(
+                f"{failure}; nothing was committed and the watermark did not move"
+            )
+        return failure
 
     def check_reachable(self) -> None:
         """Raise BrokerUnavailableError unless the broker answers a metadata request now."""

@@ -8,10 +8,21 @@ upgrade a stale read (SQLITE_BUSY_SNAPSHOT ignores busy_timeout), and the
 timestamps it takes inside its transaction are close to its commit. A statement
 waits up to 30 s for another connection's lock (the URL's ``?timeout=SECONDS``,
 as for sqlite3.connect, sets another wait).
+
+A PostgreSQL connection lost under an open server-side cursor (the source
+restarted while the producer streams rows with ``yield_per``) fails again when
+SQLAlchemy cleans it up: closing the cursor sends CLOSE to a server that is gone,
+and SQLAlchemy logs that at ERROR with a traceback through the pool's logger
+("Error closing cursor"; likewise a failed reset or close of the connection). The
+outage itself is logged once per attempt by :mod:`queuestream.retry`, so
+:class:`_LostConnectionCleanup` turns such a record into one DEBUG line when the
+error is the connection being lost, as :func:`queuestream.failures.database_failure`
+classifies it; any other error in the cleanup is logged as SQLAlchemy logs it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from queuestream.errors import ConfigurationError, QueuestreamError
+from queuestream.errors import ConfigurationError, DatabaseUnavailableError, QueuestreamError
 from queuestream.failures import database_failure, database_unreachable
 
 __all__ = [
@@ -31,6 +42,8 @@ __all__ = [
     "retriable_outages",
     "unavailable",
 ]
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a statement waits for another connection's lock
 
@@ -62,7 +75,9 @@ def create_engine(url: str, *, writer: bool = False, **kwargs: Any) -> sa.Engine
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+        engine = sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+        _quiet_lost_connection_cleanup(engine)
+        return engine
     msg = f"unsupported database {backend!r} in {describe_url(parsed)}: use sqlite:/// or postgresql://"
     raise ConfigurationError(msg)
 
@@ -94,6 +109,34 @@ def _sqlite_snapshot_transactions(engine: sa.Engine, begin: str, timeout: float)
     @sa.event.listens_for(engine, "begin")
     def _begin(connection: sa.Connection) -> None:
         connection.exec_driver_sql(begin)
+
+
+class _LostConnectionCleanup(logging.Filter):
+    """A filter for a pool's logger: the cleanup of a lost PostgreSQL connection failing
+    becomes one DEBUG line of this module instead of an ERROR with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not type(exc).__module__.startswith("psycopg"):
+            return True
+        failure = database_failure(exc, "")
+        if not isinstance(failure, DatabaseUnavailableError):
+            return True  # not the connection going away: a real error, logged as it was
+        reason = str(exc).strip().partition("\n")[0] or type(exc).__name__
+        log.debug("%s of a lost connection (%s): discarded", record.getMessage(), reason)
+        return False
+
+
+_LOST_CONNECTION_CLEANUP = _LostConnectionCleanup()
+
+
+def _quiet_lost_connection_cleanup(engine: sa.Engine) -> None:
+    """Install :class:`_LostConnectionCleanup` on the logger of ``engine``'s pool (one
+    logger per pool class, shared by every engine with that class; added once)."""
+    logger = engine.pool.logger
+    target = getattr(logger, "logger", logger)  # an echo_pool engine wraps the logger
+    if isinstance(target, logging.Logger):
+        target.addFilter(_LOST_CONNECTION_CLEANUP)
 
 
 def unavailable(exc: sa.exc.DBAPIError, engine: sa.Engine) -> QueuestreamError:

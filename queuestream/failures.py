@@ -4,7 +4,9 @@ A failure of a database or of the broker is either *transient* (connection
 refused or reset, a timeout, the server starting or shutting down, a lock held
 by another SQLite connection, a Kafka transport error or leader change) or
 *permanent* (authentication failed, the database or a table missing, permission
-denied, a SQLite path that cannot be opened, a setting the client rejects).
+denied, a SQLite path that cannot be opened, a setting the client rejects, a topic
+the broker refuses to create as asked, such as a replication factor above its
+number of brokers).
 Transient failures become :class:`~queuestream.errors.RetriableError` subclasses,
 which every retry loop (:mod:`queuestream.retry`) waits out; permanent ones become
 :class:`~queuestream.errors.ConfigurationError` subclasses, which no loop retries,
@@ -12,10 +14,10 @@ so every command stops with one line that says what is wrong and what to do.
 
 The codes decide wherever the driver gives one: PostgreSQL's SQLSTATE (psycopg's
 ``sqlstate``, reached through SQLAlchemy's ``exc.orig``), SQLite's result code
-(``sqlite_errorname``) and librdkafka's error code. Two places give no code, and
-there the message is read: libpq reports a failed connection attempt (wrong
-password, database missing) as text only, and SQLite reports a missing table as
-a generic SQLITE_ERROR.
+(``sqlite_errorname``), librdkafka's error code and the schema registry's HTTP
+status. Two places give no code, and there the message is read: libpq reports a
+failed connection attempt (wrong password, database missing) as text only, and
+SQLite reports a missing table as a generic SQLITE_ERROR.
 
 Anything else a database raises is the database refusing the data (a constraint, a
 value that does not fit): :func:`database_failure` returns None for it, and the
@@ -32,9 +34,12 @@ from confluent_kafka import KafkaError
 from queuestream.errors import (
     BrokerAccessError,
     BrokerUnavailableError,
+    ConfigurationError,
     DatabaseAccessError,
     DatabaseUnavailableError,
     QueuestreamError,
+    RetriableError,
+    SchemaError,
 )
 
 __all__ = [
@@ -42,6 +47,8 @@ __all__ = [
     "database_failure",
     "database_unreachable",
     "escaped_failure",
+    "hide_logins",
+    "registry_failure",
     "sqlstate_of",
 ]
 
@@ -167,11 +174,14 @@ def _access(where: str, reason: str, advice: str) -> DatabaseAccessError:
     return DatabaseAccessError(f"database {where}: {reason}; {advice}")
 
 
-#: librdkafka codes that no retry can fix, with what to do about them.
+#: librdkafka codes that no retry can fix, with what to do about them: the client's
+#: credentials and options, then what the broker refuses in a topic or admin request.
 _KAFKA_PERMANENT = {
     KafkaError._AUTHENTICATION: "authentication failed: check sasl.username and sasl.password",
     KafkaError.SASL_AUTHENTICATION_FAILED: "authentication failed: check sasl.username and "
     "sasl.password",
+    KafkaError.UNSUPPORTED_SASL_MECHANISM: "the broker does not offer this SASL mechanism: "
+    "check sasl.mechanism",
     KafkaError._SSL: "the TLS handshake failed: check ssl.ca.location and the certificates",
     KafkaError.TOPIC_AUTHORIZATION_FAILED: "not authorized for a topic: grant the ACLs",
     KafkaError.GROUP_AUTHORIZATION_FAILED: "not authorized for the group: grant the ACLs",
@@ -181,27 +191,157 @@ _KAFKA_PERMANENT = {
     KafkaError._INVALID_ARG: "a Kafka option is invalid: fix the kafka settings",
     KafkaError._UNKNOWN_PROTOCOL: "the broker speaks another protocol: check "
     "security.protocol and the bootstrap port",
+    KafkaError.INVALID_REPLICATION_FACTOR: "set replication_factor to at most the number of "
+    "brokers",
+    KafkaError.INVALID_PARTITIONS: "set partitions to 1 or more",
+    KafkaError.INVALID_CONFIG: "the broker rejects a topic setting: fix retention_ms or the "
+    "broker's limits",
+    KafkaError.POLICY_VIOLATION: "the broker's topic policy refuses this request: create the "
+    "topics by hand or ask the cluster's operator to allow it",
+    KafkaError.TOPIC_EXCEPTION: "the topic name is invalid: fix topic_prefix (letters, digits, "
+    "'.', '_' and '-')",
+    KafkaError.INVALID_TRANSACTION_TIMEOUT: "transaction.timeout.ms is above the broker's "
+    "transaction.max.timeout.ms: lower it",
+    KafkaError.INVALID_SESSION_TIMEOUT: "session_timeout_ms is outside the broker's "
+    "group.min.session.timeout.ms and group.max.session.timeout.ms: set it between them",
+    KafkaError.UNSUPPORTED_VERSION: "the broker is too old for this request: upgrade it",
+    KafkaError.SECURITY_DISABLED: "security is disabled on the broker: use a listener that "
+    "has it, or drop the security options",
 }
 
+#: librdkafka codes meaning no broker answered: the broker is down or the address wrong.
+_KAFKA_UNREACHABLE = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
 
-def broker_failure(error: KafkaError, where: str) -> QueuestreamError:
-    """What a librdkafka ``error`` from Kafka at ``where`` means.
 
-    BrokerAccessError (stop, fix the setting) for authentication, authorization, TLS
-    and invalid options; BrokerUnavailableError (wait and retry) for everything else:
-    transport errors, timeouts, leader and coordinator changes.
+def broker_failure(
+    error: KafkaError, where: str | None, doing: str | None = None
+) -> QueuestreamError:
+    """What a librdkafka ``error`` from Kafka at ``where`` means, while ``doing`` something.
+
+    ``where`` is the bootstrap servers (None where the caller does not know them);
+    ``doing`` says what was being done ("create topic exigo.orders", "read the offsets
+    of consumer group g"), so the line says which request failed.
+
+    BrokerAccessError (stop, fix the setting) for authentication, authorization, TLS,
+    invalid options and what the broker refuses in a topic or admin request (a
+    replication factor above the number of brokers, a policy, an invalid config);
+    BrokerUnavailableError (wait and retry) for everything else: "unreachable" for
+    transport errors and timeouts, "could not ..." for leader and coordinator changes
+    and whatever else may pass.
     """
     code = error.code()
     reason = error.str()
+    kafka = "Kafka" if where is None else f"Kafka at {where}"
     advice = _KAFKA_PERMANENT.get(code)
     if advice is None and "authentication" in reason.lower() and "SASL" in reason:
         advice = _KAFKA_PERMANENT[KafkaError.SASL_AUTHENTICATION_FAILED]
     if advice is not None:
-        return BrokerAccessError(f"Kafka at {where}: {reason}; {advice}")
+        failed = f"cannot {doing}: " if doing else ""
+        return BrokerAccessError(f"{kafka}: {failed}{reason}; {advice}")
+    if code in _KAFKA_UNREACHABLE or doing is None:
+        failed = f": could not {doing}" if doing else ""
+        return BrokerUnavailableError(
+            f"{kafka} is unreachable{failed} ({reason}); start it (make kafka-up) or set "
+            "KAFKA_BOOTSTRAP_SERVERS"
+        )
     return BrokerUnavailableError(
-        f"Kafka at {where} is unreachable ({reason}); start it (make kafka-up) or set "
-        "KAFKA_BOOTSTRAP_SERVERS"
+        f"{kafka}: could not {doing} ({reason}); this passes when the broker has moved a "
+        "leader or coordinator, so it is tried again"
     )
+
+
+#: HTTP statuses of a schema registry that may answer later (busy, restarting, or a proxy
+#: in front of it that cannot reach it yet).
+_REGISTRY_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+#: HTTP statuses of a registry that answers but refuses us for good, with what to do.
+_REGISTRY_PERMANENT_STATUS = {
+    401: "authentication failed: check the user name and password in schema_registry_url",
+    403: "not authorized: give this user access to the registry's subjects",
+    404: "this URL is not a Confluent-compatible schema registry API: fix schema_registry_url "
+    "(e.g. http://host:8081, or Apicurio's http://host:8080/apis/ccompat/v7)",
+    405: "this URL is not a Confluent-compatible schema registry API: fix schema_registry_url",
+}
+
+
+def registry_failure(exc: BaseException, where: str) -> QueuestreamError | None:
+    """What ``exc`` from the schema registry at ``where`` (a URL without password) means.
+
+    RetriableError (wait and retry): no answer (connection refused, a timeout) or a
+    5xx/429 answer. ConfigurationError (stop): the URL answers but not as a registry
+    (404, an HTML page, anything that is not the registry's JSON), or refuses the
+    credentials. SchemaError: the registry refuses the schema itself (incompatible with
+    the subject's earlier versions, or invalid). None: not a failure of the registry,
+    including its own answer that a schema, subject or version does not exist (error
+    codes 404xx): for a message framed with an unknown schema id, a DecodeError.
+    """
+    status = getattr(exc, "http_status_code", None)
+    if type(exc).__name__ == "SchemaRegistryError" and isinstance(status, int):
+        code = getattr(exc, "error_code", None)
+        if status == 404 and isinstance(code, int) and code >= 40400:
+            return None  # the registry's own "no such schema (subject, version)": an answer
+        said = str(getattr(exc, "error_message", "") or "").strip().partition("\n")[0]
+        said = hide_logins(said)
+        if code == -1 or not said:  # the answer was not the registry's JSON
+            said = "an answer that is not a schema registry's JSON"
+        reason = f"HTTP {status}: {said[:200]}"
+        if status in _REGISTRY_TRANSIENT_STATUS:
+            return _registry_unavailable(where, reason)
+        if status in (409, 422):
+            msg = (
+                f"schema registry at {where} refuses a schema ({reason}): check the subject's "
+                "compatibility setting and the schemas registered under it"
+            )
+            return SchemaError(msg)
+        advice = _REGISTRY_PERMANENT_STATUS.get(status)
+        if advice is None:
+            if code != -1:
+                advice = "fix schema_registry_url or the registry"
+            else:
+                advice = _REGISTRY_PERMANENT_STATUS[404]
+        return ConfigurationError(f"schema registry at {where} answered {reason}; {advice}")
+    if any(
+        cls.__name__ in ("TransportError", "ConnectionError", "Timeout")
+        and cls.__module__.startswith(("httpx", "requests"))
+        for cls in type(exc).__mro__
+    ):
+        reason = hide_logins(str(exc).strip().partition("\n")[0]) or type(exc).__name__
+        return _registry_unavailable(where, reason)
+    if isinstance(exc, ValueError):  # a success status with a body that is not JSON
+        msg = (
+            f"schema registry at {where} answered with something that is not a schema "
+            f"registry's JSON; {_REGISTRY_PERMANENT_STATUS[404]}"
+        )
+        return ConfigurationError(msg)
+    return None
+
+
+#: The password of a URL in a text: ``scheme://user:password@``.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/:@\s]*):[^/@\s]*@", re.IGNORECASE)
+
+
+def hide_logins(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``scheme://user:***@host``)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def _registry_unavailable(where: str, reason: str) -> RetriableError:
+    msg = (
+        f"schema registry at {where} is unreachable ({reason}); start it or fix "
+        "schema_registry_url; nothing was published"
+    )
+    return RetriableError(msg)
 
 
 def escaped_failure(exc: BaseException) -> QueuestreamError | None:

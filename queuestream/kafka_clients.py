@@ -25,7 +25,7 @@ from typing import Any, Literal
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from queuestream.errors import BrokerAccessError, BrokerUnavailableError, ConfigurationError
+from queuestream.errors import BrokerAccessError, ConfigurationError
 from queuestream.failures import broker_failure
 from queuestream.settings import Settings
 from queuestream.tables import BATCHES, TABLES, topic_for
@@ -299,16 +299,20 @@ def _describe(admin: AdminClient, settings: Settings) -> dict[str, int]:
     return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
 
 
-def create_topics(admin: AdminClient, topics: list[NewTopic]) -> None:
-    """Create ``topics``; one that already exists is fine (another client made it)."""
+def create_topics(admin: AdminClient, topics: list[NewTopic], where: str | None = None) -> None:
+    """Create ``topics``; one that already exists is fine (another client made it).
+
+    ``where`` (the bootstrap servers) names the broker in errors. One the broker refuses
+    for good (a replication factor above its number of brokers, a policy) is a
+    BrokerAccessError that says what to set; anything else may pass and is retriable.
+    """
     for topic, future in admin.create_topics(topics, operation_timeout=_ADMIN_TIMEOUT).items():
         try:
             future.result()
             log.info("created topic %s", topic)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                msg = f"cannot create topic {topic}: {exc.args[0].str()}"
-                raise BrokerUnavailableError(msg) from None
+                raise broker_failure(exc.args[0], where, f"create topic {topic}") from None
 
 
 def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> int:
@@ -345,7 +349,7 @@ def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> int:
     )
     missing = [new for topic, new in wanted.items() if topic not in existing]
     if missing:
-        create_topics(admin, missing)
+        create_topics(admin, missing, settings.kafka_bootstrap_servers)
         existing = _describe(admin, settings)
     counts = {topic: existing.get(topic) for topic in change_topics(settings)}
     if len(set(counts.values())) > 1:

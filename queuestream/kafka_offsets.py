@@ -4,8 +4,9 @@ Replay and rebuild (``consumers/replay.py``, ``consumers/rebuild.py``) turn
 "earliest", "a time" or "the end" into offsets per partition, and the monitor
 (``queuestream/monitor/``) reads the same figures to show topics and lag; this is
 the one place that asks Kafka for them. Each look-up is one AdminClient round for
-all partitions (or groups) at once. Errors become BrokerUnavailableError naming
-what could not be read.
+all partitions (or groups) at once. Errors are classified by
+:func:`queuestream.failures.broker_failure` with what could not be read: a refusal
+(ACLs, credentials) stops the command, anything else is retriable.
 
 "The end" is read_committed unless asked otherwise: the last stable offset,
 so nothing of a transaction still open counts as there. Times are message
@@ -32,6 +33,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from queuestream.errors import BrokerUnavailableError, ConfigurationError
+from queuestream.failures import broker_failure
 
 __all__ = [
     "ADMIN_TIMEOUT",
@@ -90,8 +92,7 @@ def _result(future: Future[Any], what: str) -> Any:
     try:
         return future.result(timeout=ADMIN_TIMEOUT + 5)
     except KafkaException as exc:
-        msg = f"cannot read {what}: {exc.args[0].str()}"
-        raise BrokerUnavailableError(msg) from None
+        raise broker_failure(exc.args[0], None, f"read {what}") from None
     except TimeoutError:
         msg = f"Kafka did not answer in time while reading {what}"
         raise BrokerUnavailableError(msg) from None
@@ -103,8 +104,7 @@ def partitions_of(admin: AdminClient, topics: Iterable[str]) -> list[Partition]:
     try:
         metadata = admin.list_topics(timeout=ADMIN_TIMEOUT)
     except KafkaException as exc:
-        msg = f"cannot list topics: {exc.args[0]}"
-        raise BrokerUnavailableError(msg) from None
+        raise broker_failure(exc.args[0], None, "list topics") from None
     found: list[Partition] = []
     missing = []
     for topic in wanted:
@@ -206,8 +206,8 @@ def group_offsets(admin: AdminClient, groups: Iterable[str]) -> dict[str, dict[P
             ):
                 found[name] = {}
                 continue
-            msg = f"cannot read the offsets of consumer group {name}: {error.str()}"
-            raise BrokerUnavailableError(msg) from None
+            doing = f"read the offsets of consumer group {name}"
+            raise broker_failure(error, None, doing) from None
         found[name] = {
             (tp.topic, tp.partition): tp.offset
             for tp in result.topic_partitions or []

@@ -305,7 +305,9 @@ def start_schema_registry() -> Service:
     return start_local_schema_registry()
 
 
-def start_local_schema_registry() -> Service:
+def start_local_schema_registry(port: int | None = None) -> Service:
+    """A registry of its own on ``port`` (a free one when None): a test may point a command
+    at a port first and start the registry there later."""
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     if missing:
         msg = (
@@ -316,7 +318,8 @@ def start_local_schema_registry() -> Service:
             "SCHEMA_REGISTRY_URL at a Confluent-compatible registry."
         )
         raise ServiceError(msg)
-    (port,) = free_ports(1)
+    if port is None:
+        (port,) = free_ports(1)
     env = dict(os.environ)
     env.update(
         REGISTRY_PORT=str(port),

@@ -36,6 +36,7 @@ from confluent_kafka import (
 
 from queuestream.batches.markers import EndMarker, decode_batch_key, decode_marker
 from queuestream.errors import BrokerUnavailableError, DecodeError
+from queuestream.failures import broker_failure
 from queuestream.kafka_clients import batches_topic, consumer_config
 from queuestream.settings import Settings
 from schemas.avro import AvroCodec
@@ -73,10 +74,13 @@ class BatchesReader:
     Build it with :meth:`open`; a test hands in a stand-in consumer.
     """
 
-    def __init__(self, consumer: Consumer, codec: AvroCodec, topic: str) -> None:
+    def __init__(
+        self, consumer: Consumer, codec: AvroCodec, topic: str, where: str | None = None
+    ) -> None:
         self.consumer = consumer
         self.codec = codec
         self.topic = topic
+        self.where = where  # the bootstrap servers, named in errors
 
     @classmethod
     def open(
@@ -91,7 +95,7 @@ class BatchesReader:
         if bounded:
             extra["fetch.wait.max.ms"] = 10
         consumer = Consumer(consumer_config(settings, name, **extra))
-        return cls(consumer, codec, batches_topic(settings))
+        return cls(consumer, codec, batches_topic(settings), settings.kafka_bootstrap_servers)
 
     def close(self) -> None:
         self.consumer.close()
@@ -146,8 +150,8 @@ class BatchesReader:
                     if position.offset >= end:
                         break
                     continue  # at the last stable offset: the commit markers are on the way
-                msg = f"cannot read {self.topic}: {error.str()}"
-                raise BrokerUnavailableError(msg)
+                doing = f"read {self.topic} between offsets {start} and {end}"
+                raise broker_failure(error, self.where, doing)
             offset = message.offset()
             if offset is not None and offset >= end:
                 break
@@ -164,8 +168,8 @@ class BatchesReader:
                 [TopicPartition(self.topic, 0, from_ms)], timeout=_LOOKUP_TIMEOUT
             )
         except KafkaException as exc:
-            msg = f"cannot look up batch markers in {self.topic}: {exc.args[0]}"
-            raise BrokerUnavailableError(msg) from None
+            doing = f"look up batch markers in {self.topic}"
+            raise broker_failure(exc.args[0], self.where, doing) from None
         offset = found[0].offset if found and found[0].offset >= 0 else OFFSET_END
         log.debug(
             "reading batch markers of %s from offset %s (time %d)", self.topic, offset, from_ms
@@ -219,8 +223,8 @@ def _log_bounds(probe: Consumer, topic: str, settings: Settings) -> tuple[int, i
             if error.code() in _NOT_READY and time.monotonic() < deadline:
                 time.sleep(0.1)  # the topic was just created; its leader is on the way
                 continue
-            msg = f"cannot read {topic} at {settings.kafka_bootstrap_servers}: {error.str()}"
-            raise BrokerUnavailableError(msg) from None
+            where = settings.kafka_bootstrap_servers
+            raise broker_failure(error, where, f"read the offsets of {topic}") from None
         return int(low), int(high)
 
 

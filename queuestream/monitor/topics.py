@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import IsolationLevel, KafkaException
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from queuestream.errors import BrokerUnavailableError
+from queuestream.failures import broker_failure
 from queuestream.kafka_clients import batches_topic, change_topics
 from queuestream.kafka_offsets import ADMIN_TIMEOUT, from_ms, list_offsets
 from queuestream.monitor.snapshot import (
@@ -77,11 +77,8 @@ def _topic_partitions(admin: AdminClient, settings: Settings) -> dict[str, int]:
     try:
         metadata = admin.list_topics(timeout=ADMIN_TIMEOUT)
     except KafkaException as exc:
-        msg = (
-            f"Kafka at {settings.kafka_bootstrap_servers} is unreachable "
-            f"({exc.args[0]}); start it (make kafka-up) or set KAFKA_BOOTSTRAP_SERVERS"
-        )
-        raise BrokerUnavailableError(msg) from None
+        where = settings.kafka_bootstrap_servers
+        raise broker_failure(exc.args[0], where, "list the topics") from None
     return {
         name: len(t.partitions)
         for name, t in metadata.topics.items()

@@ -9,6 +9,16 @@ Two wire formats:
   4-byte big-endian schema id, then the body; schemas are registered under
   ``<topic>-key`` / ``<topic>-value`` through confluent-kafka's client.
 
+A registry that does not answer (down, or a request that outlasts
+:data:`REGISTRY_TIMEOUT`) raises a RetriableError, which ``produce`` waits out
+like any outage; one that answers but not as a registry (404, an HTML page) or
+refuses the credentials raises a ConfigurationError: both decided by
+:func:`queuestream.failures.registry_failure`, named by the URL without its
+password. They pass through :meth:`AvroCodec.decode` as they are: a registry
+that is down is not a message that cannot be decoded. The HTTP client logs every
+request's URL at INFO, with the password the URL may carry: a filter on its
+logger masks it.
+
 Each schema is parsed once and cached. The schema files themselves are
 :mod:`.schema_files`; the fast encoder of a refresh's change events, which
 :meth:`AvroCodec.envelope_encoder` hands out, is :mod:`.envelope`.
@@ -18,22 +28,31 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 from collections.abc import Callable
 from functools import cache
 from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from sqlalchemy.exc import ArgumentError
 
-from queuestream.errors import DecodeError, EncodingError
+from queuestream.databases import describe_url
+from queuestream.errors import ConfigurationError, DecodeError, EncodingError, QueuestreamError
+from queuestream.failures import hide_logins, registry_failure
 from schemas.avro.envelope import EnvelopeEncoder
 from schemas.avro.misfit import find_misfit
 from schemas.avro.schema_files import load_schema, schema_names
 
-__all__ = ["SINGLE_OBJECT_MAGIC", "AvroCodec"]
+__all__ = ["REGISTRY_TIMEOUT", "SINGLE_OBJECT_MAGIC", "AvroCodec"]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _CONFLUENT_MAGIC = 0
+#: Seconds a registry request may take (the client's default is to wait forever).
+REGISTRY_TIMEOUT = 10.0
+#: The login part of a URL (``scheme://user:password@``, or without the scheme).
+_LOGIN = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^/@]*@", re.IGNORECASE)
 
 
 class _Schema:
@@ -61,9 +80,10 @@ class AvroCodec:
     single-object encoding.
     """
 
-    def __init__(self, prefix: str, registry: Any = None) -> None:
+    def __init__(self, prefix: str, registry: Any = None, registry_url: str = "") -> None:
         self.prefix = prefix
         self.registry = registry
+        self._registry_where = _masked(registry_url) if registry_url else "(configured)"
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._headers: dict[str, bytes] = {}
         self._by_fingerprint: dict[bytes, _Schema] = {}
@@ -77,7 +97,27 @@ class AvroCodec:
             return cls(prefix)
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        return cls(prefix, SchemaRegistryClient({"url": registry_url}))
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(_HIDE_LOGINS)
+        try:
+            client = SchemaRegistryClient({"url": registry_url, "timeout": REGISTRY_TIMEOUT})
+        except ValueError:  # the client's reason repeats the URL, password and all
+            msg = (
+                f"schema_registry_url {_masked(registry_url)} is not a registry URL: give "
+                "http://host:port or https://host:port (user:password@host for basic auth)"
+            )
+            raise ConfigurationError(msg) from None
+        return cls(prefix, client, registry_url)
+
+    def _registry_call(self, call: Callable[[], Any]) -> Any:
+        """``call()`` to the registry, its failures classified (see the module docstring)."""
+        try:
+            return call()
+        except Exception as exc:
+            failure = registry_failure(exc, self._registry_where)
+            if failure is None:
+                raise
+            raise failure from None
 
     # -- encoding ---------------------------------------------------------------
     def encoder(self, table: str, field: str) -> Callable[[dict[str, Any]], bytes]:
@@ -120,8 +160,9 @@ class AvroCodec:
                 from confluent_kafka.schema_registry import Schema
 
                 subject = f"{self.prefix}.{table}-{field}"
-                schema_id = self.registry.register_schema(
-                    subject, Schema(json.dumps(schema.json), "AVRO")
+                written = Schema(json.dumps(schema.json), "AVRO")
+                schema_id = self._registry_call(
+                    lambda: self.registry.register_schema(subject, written)
                 )
                 found = bytes([_CONFLUENT_MAGIC]) + int(schema_id).to_bytes(4, "big")
             self._headers[stem] = found
@@ -151,8 +192,8 @@ class AvroCodec:
                 "dict[str, Any]",
                 fastavro.schemaless_reader(io.BytesIO(data[offset:]), writer.parsed, reader.parsed),
             )
-        except DecodeError:
-            raise
+        except QueuestreamError:
+            raise  # the codec's own DecodeError, or the registry failing (not the message)
         except Exception as exc:
             reason = f"cannot decode {field}: {type(exc).__name__}: {exc}"
             raise DecodeError(reason, table=table, raw=data) from exc
@@ -181,7 +222,7 @@ class AvroCodec:
         key = schema_id.to_bytes(8, "big")
         found = self._by_fingerprint.get(b"id" + key)
         if found is None:
-            text = self.registry.get_schema(schema_id).schema_str
+            text = self._registry_call(lambda: self.registry.get_schema(schema_id)).schema_str
             found = _Schema.__new__(_Schema)
             found.stem = f"registry id {schema_id}"
             found.json = json.loads(text)
@@ -189,6 +230,30 @@ class AvroCodec:
             found.header = b""
             self._by_fingerprint[b"id" + key] = found
         return found
+
+
+class _HideLogins(logging.Filter):
+    """The HTTP client logs each request's URL, password included: masked here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = hide_logins(text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
+
+
+#: The loggers of the HTTP clients the registry client may use (httpx2, or httpx).
+_HTTP_LOGGERS = ("httpx2", "httpx")
+_HIDE_LOGINS = _HideLogins()
+
+
+def _masked(url: str) -> str:
+    """``url`` without its password, as every message names a URL."""
+    try:
+        return describe_url(url)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy parses: mask what may be a login
+        return _LOGIN.sub(r"\1***@", url)
 
 
 def _body_writer(schema: _Schema, header: bytes) -> Callable[[dict[str, Any]], bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,9 +11,13 @@ import sqlalchemy as sa
 
 from queuestream.sync_schema import Base
 from queuestream.tables import TABLES
-from tests.integration.kafka_readback import Change
+from tests.helpers import wait_for
+from tests.integration.kafka_readback import Change, committed_changes
 
-__all__ = ["assert_exactly_once", "latest_stamp", "source_versions"]
+__all__ = ["assert_exactly_once", "latest_stamp", "source_versions", "wait_all_published"]
+
+#: Seconds a producer under test may take to publish what the source holds.
+CATCH_UP_TIMEOUT = 120
 
 
 def source_versions(engine: sa.Engine, modified_from: datetime | None = None) -> set[Change]:
@@ -30,6 +35,30 @@ def source_versions(engine: sa.Engine, modified_from: datetime | None = None) ->
             for *key, stamp in conn.execute(query):
                 found.add((spec.name, tuple(key), stamp.replace(tzinfo=UTC)))
     return found
+
+
+def wait_all_published(
+    engine: sa.Engine, bootstrap: str, prefix: str, running: Callable[[], object]
+) -> None:
+    """Until every row version the source holds now is committed in Kafka under ``prefix``.
+
+    ``running()`` raises (an AssertionError with the producer's log) when the producer
+    under test has exited; topics or schemas not there yet count as "not yet".
+    """
+    wanted = source_versions(engine)
+
+    def arrived() -> bool:
+        running()
+        published, _ = committed_changes(bootstrap, prefix, timeout=30)
+        return wanted <= set(published)
+
+    wait_for(
+        arrived,
+        timeout=CATCH_UP_TIMEOUT,
+        interval=0.5,
+        message="every source row version committed in Kafka",
+        ignore=(AssertionError,),
+    )
 
 
 def latest_stamp(engine: sa.Engine) -> datetime:

@@ -24,6 +24,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from queuestream.databases import create_engine
+from queuestream.sync_schema import create_source_schema
 from tests.helpers import cli_env, run_cli
 
 #: Seconds within which a permanent mistake must stop a command (the issue's bound).
@@ -210,3 +212,29 @@ def test_a_malformed_since_stops_before_anything_connects(
         "2017-01-01T08:00, 2017-01-01T08:00:00+02:00 or 1/1/2017"
     )
     assert not source.exists()
+
+
+def test_a_replication_factor_above_the_brokers_stops_refresh_and_consume(
+    tmp_path: Path, kafka_bootstrap: str, unique: str
+) -> None:
+    # The test broker is a single broker: topics with three replicas cannot be created.
+    source = f"sqlite:///{tmp_path / 'sync.db'}"
+    engine = create_engine(source, writer=True)
+    try:
+        create_source_schema(engine)
+    finally:
+        engine.dispose()
+    env = _env(
+        kafka_bootstrap,
+        unique,
+        QUEUESTREAM_SOURCE_URL=source,
+        QUEUESTREAM_REPLICATION_FACTOR="3",
+    )
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    for args in (["refresh"], ["consume", "accounting", "--target", target, "--until-idle"]):
+        line = _fails_at_once(args, env)
+        assert line.startswith(f"BrokerAccessError: Kafka at {kafka_bootstrap}: cannot create "), (
+            line
+        )
+        assert f"topic {unique}." in line
+        assert line.endswith("set replication_factor to at most the number of brokers"), line

@@ -3,16 +3,21 @@ name the column."""
 
 from __future__ import annotations
 
+import http.server
 import io
+import logging
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import fastavro
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from queuestream.errors import DecodeError, EncodingError
+from queuestream.errors import ConfigurationError, DecodeError, EncodingError, RetriableError
 from queuestream.tables import TABLES
 from schemas.avro import (
     SINGLE_OBJECT_MAGIC,
@@ -23,6 +28,7 @@ from schemas.avro import (
     schema_names,
 )
 from schemas.avro.misfit import find_misfit
+from tests.services import free_ports
 
 codec = AvroCodec("exigo")
 
@@ -245,3 +251,87 @@ def test_the_misfit_named_is_the_rows_column_inside_the_envelope() -> None:
         None,
         "the record does not match its schema",
     )
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the server's ``status`` and ``body`` (an HTML page)."""
+
+    def _answer(self) -> None:
+        server: Any = self.server
+        self.send_response(server.status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(server.body)))
+        self.end_headers()
+        self.wfile.write(server.body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web_page() -> Iterator[Any]:
+    """A web server that is not a schema registry (status and body settable)."""
+    server: Any = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    server.status, server.body = 404, b"<html><body><h1>Not Found</h1></body></html>"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "says"),
+    [
+        (404, ConfigurationError, "answered HTTP 404: an answer that is not a schema registry's"),
+        (200, ConfigurationError, "answered with something that is not a schema registry's JSON"),
+        (401, ConfigurationError, "check the user name and password in schema_registry_url"),
+    ],
+)
+def test_a_url_that_answers_but_not_as_a_registry_is_a_setting_to_fix(
+    web_page: Any, status: int, kind: type[Exception], says: str
+) -> None:
+    web_page.status = status
+    registry = AvroCodec.from_url("exigo", f"http://qs:hunter2@127.0.0.1:{web_page.server_port}/")
+    with pytest.raises(kind) as caught:
+        registry.encode("customers", "key", {"CustomerID": 1})
+    message = str(caught.value)
+    assert message.startswith(f"schema registry at http://qs:***@127.0.0.1:{web_page.server_port}/")
+    assert says in message
+    assert "hunter2" not in message
+    assert "<html>" not in message
+
+
+def test_a_registry_that_is_down_is_an_outage_also_when_decoding() -> None:
+    (port,) = free_ports(1)
+    url = f"http://qs:hunter2@127.0.0.1:{port}"
+    # The client's own retries (about 3 s here) are not what is tested.
+    registry = AvroCodec("exigo", SchemaRegistryClient({"url": url, "max.retries": 0}), url)
+    with pytest.raises(RetriableError) as caught:
+        registry.encode("customers", "key", {"CustomerID": 1})
+    assert str(caught.value).startswith(
+        f"schema registry at http://qs:***@127.0.0.1:{port} is unreachable ("
+    )
+    framed = b"\x00" + (7).to_bytes(4, "big") + b"\x02"  # schema id 7: asks the registry
+    with pytest.raises(RetriableError):  # not a DecodeError: the message may be fine
+        registry.decode("customers", "key", framed)
+
+
+def test_the_registry_clients_request_log_shows_no_password(
+    web_page: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = AvroCodec.from_url("exigo", f"http://qs:hunter2@127.0.0.1:{web_page.server_port}/")
+    with caplog.at_level(logging.INFO), pytest.raises(ConfigurationError):
+        registry.encode("customers", "key", {"CustomerID": 1})
+    assert "HTTP Request: POST http://qs:***@127.0.0.1:" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_a_registry_url_the_client_rejects_is_a_setting_without_its_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        AvroCodec.from_url("exigo", "qs:hunter2@localhost:8081")
+    assert str(caught.value).startswith("schema_registry_url ***@localhost:8081 is not a registry")

@@ -10,15 +10,21 @@ tests/integration/test_permanent_failures.py.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import tomllib
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from producer.publisher import TransactionalPublisher
 from queuestream.databases import create_engine
 from queuestream.errors import (
     BrokerAccessError,
@@ -26,10 +32,20 @@ from queuestream.errors import (
     ConfigurationError,
     DatabaseAccessError,
     DatabaseUnavailableError,
+    FencedError,
     RetriableError,
+    SchemaError,
     SettingsFileError,
 )
-from queuestream.failures import broker_failure, database_failure, escaped_failure, sqlstate_of
+from queuestream.failures import (
+    broker_failure,
+    database_failure,
+    escaped_failure,
+    hide_logins,
+    registry_failure,
+    sqlstate_of,
+)
+from queuestream.kafka_clients import create_topics
 from queuestream.settings import load_settings
 from tests.services import free_ports
 
@@ -208,6 +224,104 @@ def test_kafka_transport_errors_and_leader_changes_are_transient(code: int) -> N
     assert "KAFKA_BOOTSTRAP_SERVERS" in str(failure)
 
 
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (KafkaError.INVALID_REPLICATION_FACTOR, "set replication_factor to at most the number"),
+        (KafkaError.INVALID_PARTITIONS, "set partitions to 1 or more"),
+        (KafkaError.INVALID_CONFIG, "the broker rejects a topic setting"),
+        (KafkaError.POLICY_VIOLATION, "the broker's topic policy refuses this request"),
+        (KafkaError.TOPIC_EXCEPTION, "fix topic_prefix"),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "grant the ACLs"),
+        (KafkaError.INVALID_TRANSACTION_TIMEOUT, "transaction.max.timeout.ms"),
+        (KafkaError.INVALID_SESSION_TIMEOUT, "session_timeout_ms"),
+        (KafkaError.UNSUPPORTED_SASL_MECHANISM, "check sasl.mechanism"),
+    ],
+)
+def test_kafka_refusals_of_a_topic_or_admin_request_are_permanent(code: int, advice: str) -> None:
+    error = KafkaError(code, "the broker's own words")
+    failure = broker_failure(error, "broker:9092", "create topic exigo.orders")
+    assert isinstance(failure, BrokerAccessError)
+    assert not isinstance(failure, RetriableError)
+    assert str(failure).startswith(
+        "Kafka at broker:9092: cannot create topic exigo.orders: the broker's own words; "
+    )
+    assert advice in str(failure)
+
+
+def test_a_transient_kafka_error_says_what_was_being_done_and_unreachable_only_if_so() -> None:
+    doing = "read the offsets of consumer group g"
+    moved = broker_failure(KafkaError(KafkaError.NOT_COORDINATOR), "broker:9092", doing)
+    assert isinstance(moved, BrokerUnavailableError)
+    assert "unreachable" not in str(moved)
+    assert str(moved).startswith(f"Kafka at broker:9092: could not {doing} (")
+    down = broker_failure(KafkaError(KafkaError._TRANSPORT), "broker:9092", doing)
+    assert isinstance(down, BrokerUnavailableError)
+    assert str(down).startswith(f"Kafka at broker:9092 is unreachable: could not {doing} (")
+    unnamed = broker_failure(KafkaError(KafkaError.LEADER_NOT_AVAILABLE), None, doing)
+    assert str(unnamed).startswith(f"Kafka: could not {doing} (")
+
+
+class _Admin:
+    """An AdminClient stand-in whose create_topics answers each topic with ``error``."""
+
+    def __init__(self, error: KafkaError | None) -> None:
+        self.error = error
+
+    def create_topics(self, topics: list[NewTopic], **_: object) -> dict[str, Future[None]]:
+        futures: dict[str, Future[None]] = {}
+        for topic in topics:
+            future: Future[None] = Future()
+            if self.error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(KafkaException(self.error))
+            futures[topic.topic] = future
+        return futures
+
+
+def test_a_topic_the_broker_refuses_to_create_stops_with_what_to_set() -> None:
+    reason = "Unable to replicate the partition 3 time(s): only 1 broker(s) are registered."
+    admin: Any = _Admin(KafkaError(KafkaError.INVALID_REPLICATION_FACTOR, reason))
+    with pytest.raises(BrokerAccessError) as caught:
+        create_topics(admin, [NewTopic("exigo.orders", 1, 3)], "broker:9092")
+    assert str(caught.value) == (
+        f"Kafka at broker:9092: cannot create topic exigo.orders: {reason}; set "
+        "replication_factor to at most the number of brokers"
+    )
+    exists: Any = _Admin(KafkaError(KafkaError.TOPIC_ALREADY_EXISTS))
+    create_topics(exists, [NewTopic("exigo.orders", 1, 1)], "broker:9092")
+    busy: Any = _Admin(KafkaError(KafkaError.REQUEST_TIMED_OUT))
+    with pytest.raises(BrokerUnavailableError, match=r"could not create topic exigo\.orders"):
+        create_topics(busy, [NewTopic("exigo.orders", 1, 1)], "broker:9092")
+
+
+class _Producer:
+    """A Producer stand-in whose init_transactions raises ``error``."""
+
+    def __init__(self, error: KafkaError) -> None:
+        self.error = error
+
+    def init_transactions(self, _timeout: float) -> None:
+        raise KafkaException(self.error)
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "says"),
+    [
+        (KafkaError.INVALID_TRANSACTION_TIMEOUT, BrokerAccessError, "lower it"),
+        (KafkaError.PRODUCER_FENCED, FencedError, "took over"),
+        (KafkaError._TRANSPORT, BrokerUnavailableError, "watermark did not move"),
+    ],
+)
+def test_the_publisher_classifies_what_the_broker_answers(
+    code: int, kind: type[Exception], says: str
+) -> None:
+    producer: Any = _Producer(KafkaError(code))
+    with pytest.raises(kind, match=says):
+        TransactionalPublisher(load_settings(None), producer)
+
+
 def test_a_malformed_toml_file_is_named_with_line_and_column(tmp_path: Path) -> None:
     config = tmp_path / "queuestream.toml"
     config.write_text('topic_prefix = "shop"\nkafka_bootstrap_servers = \n')
@@ -275,3 +389,86 @@ def test_a_consumer_target_that_cannot_work_is_not_an_outage(tmp_path: Path) -> 
             conn.exec_driver_sql("INSERT INTO t VALUES (1)")
     assert not is_outage(refused.value)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("error", "quiet"),
+    [
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+        (psycopg.OperationalError("consuming input failed: server closed the connection"), True),
+        (psycopg.errors.InFailedSqlTransaction("current transaction is aborted"), False),
+        (psycopg.errors.InsufficientPrivilege("permission denied for table t"), False),
+        (ValueError("a bug in a cleanup hook"), False),
+    ],
+)
+def test_only_the_cleanup_of_a_lost_postgresql_connection_is_quiet(
+    caplog: pytest.LogCaptureFixture, error: Exception, quiet: bool
+) -> None:
+    """SQLAlchemy logs a failed cursor close through the pool's logger with a traceback;
+    a lost connection's becomes one DEBUG line, any other error stays as it was."""
+    engine = create_engine("postgresql://app@127.0.0.1:1/sync")  # never connects
+    try:
+        with caplog.at_level(logging.DEBUG):
+            engine.pool.logger.error(
+                "Error closing cursor", exc_info=(type(error), error, error.__traceback__)
+            )
+    finally:
+        engine.dispose()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    debug = [r for r in caplog.records if r.name == "queuestream.databases"]
+    if quiet:
+        assert not errors
+        assert [r.levelno for r in debug] == [logging.DEBUG]
+        assert debug[0].getMessage().startswith("Error closing cursor of a lost connection (")
+        assert debug[0].exc_info is None
+    else:
+        assert [r.getMessage() for r in errors] == ["Error closing cursor"]
+        assert errors[0].exc_info is not None
+        assert not debug
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "says"),
+    [
+        (
+            SchemaRegistryError(503, -1, "<html>busy</html>"),
+            RetriableError,
+            "is unreachable (HTTP 503",
+        ),
+        (SchemaRegistryError(500, 50001, "store error"), RetriableError, "(HTTP 500: store error)"),
+        (
+            SchemaRegistryError(404, 404, "HTTP 404 Not Found"),
+            ConfigurationError,
+            "fix schema_registry",
+        ),
+        (SchemaRegistryError(403, 40301, "forbidden"), ConfigurationError, "give this user access"),
+        (
+            SchemaRegistryError(409, 409, "incompatible schema"),
+            SchemaError,
+            "compatibility setting",
+        ),
+        (SchemaRegistryError(422, 42201, "invalid schema"), SchemaError, "compatibility setting"),
+    ],
+)
+def test_registry_answers_by_http_status(
+    error: Exception, kind: type[Exception], says: str
+) -> None:
+    failure = registry_failure(error, "http://qs:***@registry:8081")
+    assert isinstance(failure, kind)
+    assert str(failure).startswith("schema registry at http://qs:***@registry:8081 ")
+    assert says in str(failure)
+    assert "<html>" not in str(failure)
+
+
+def test_what_is_not_a_registry_failure_is_left_to_the_caller() -> None:
+    assert registry_failure(KeyError("id"), "http://registry:8081") is None
+    unknown_id = SchemaRegistryError(404, 40403, "No content with id 'contentId-7' was found.")
+    assert registry_failure(unknown_id, "http://registry:8081") is None  # the registry's answer
+
+
+def test_passwords_in_urls_are_hidden_wherever_they_are_in_a_text() -> None:
+    text = 'POST http://qs:hunter2@registry:8081/subjects "200", then https://a:b%40c@h/x'
+    assert (
+        hide_logins(text)
+        == 'POST http://qs:***@registry:8081/subjects "200", then https://a:***@h/x'
+    )
