@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, Producer
 from queuestream import dead_letters as shared
 from queuestream.dead_letters import ErrorContext, dlq_topic, ensure_dlq_topics, error_headers
 from queuestream.errors import BrokerUnavailableError, DecodeError, FatalError, RecordError
+from queuestream.failures import broker_failure
 from queuestream.kafka_clients import idempotent_producer
 from queuestream.settings import Settings
 
@@ -121,11 +122,11 @@ class DeadLetters:
         self._ensure({letter.topic for letter in letters})
         if self._producer is None:
             self._producer = idempotent_producer(self.settings)
-        failures: list[str] = []
+        failures: list[KafkaError] = []
 
         def delivered(err: KafkaError | None, _message: Any) -> None:
             if err is not None:
-                failures.append(err.str())
+                failures.append(err)
 
         for letter in letters:
             self._producer.produce(
@@ -137,11 +138,14 @@ class DeadLetters:
             )
             log.warning("dead letter: %s", letter.describe())
         remaining = self._producer.flush(_FLUSH_TIMEOUT)
-        if remaining or failures:
-            reason = (
-                failures[0] if failures else f"{remaining} not acknowledged in {_FLUSH_TIMEOUT:g}s"
+        doing = "write dead letters (the batch was not committed)"
+        if failures:
+            raise broker_failure(failures[0], self.settings.kafka_bootstrap_servers, doing)
+        if remaining:
+            msg = (
+                f"Kafka at {self.settings.kafka_bootstrap_servers}: could not {doing}: "
+                f"{remaining} not acknowledged in {_FLUSH_TIMEOUT:g}s; retrying"
             )
-            msg = f"cannot write dead letters ({reason}); the batch was not committed: retrying"
             raise BrokerUnavailableError(msg)
 
     def close(self) -> None:

@@ -29,10 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from queuestream.errors import BrokerUnavailableError
-from queuestream.kafka_clients import admin_client, consumer_config, create_topics
+from queuestream.kafka_clients import consumer_config, ensure_internal_topic
 from queuestream.settings import Settings
 
 __all__ = [
@@ -62,17 +61,7 @@ def state_topic(prefix: str) -> str:
 
 
 def ensure_state_topic(settings: Settings) -> None:
-    create_topics(
-        admin_client(settings),
-        [
-            NewTopic(
-                state_topic(settings.topic_prefix),
-                num_partitions=1,
-                replication_factor=settings.replication_factor,
-                config={"cleanup.policy": "compact", "retention.ms": "-1"},
-            )
-        ],
-    )
+    ensure_internal_topic(settings, state_topic(settings.topic_prefix))
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ def ensure_dlq_topics(settings: Settings, topics: set[str]) -> None:
             )
             for t in sorted(topics)
         ],
+        settings.kafka_bootstrap_servers,
     )
 
 

@@ -315,6 +315,23 @@ def create_topics(admin: AdminClient, topics: list[NewTopic], where: str | None 
                 raise broker_failure(exc.args[0], where, f"create topic {topic}") from None
 
 
+def ensure_internal_topic(settings: Settings, name: str) -> None:
+    """Create ``name`` where missing: one of queuestream's own compacted topics
+    (``__queuestream-*``), one partition, its latest record per key kept forever."""
+    create_topics(
+        admin_client(settings),
+        [
+            NewTopic(
+                name,
+                num_partitions=1,
+                replication_factor=settings.replication_factor,
+                config={"cleanup.policy": "compact", "retention.ms": "-1"},
+            )
+        ],
+        settings.kafka_bootstrap_servers,
+    )
+
+
 def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> int:
     """Create the change topics and the batches topic where missing.
 

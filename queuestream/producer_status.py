@@ -28,10 +28,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from queuestream.errors import RecordError
-from queuestream.kafka_clients import admin_client, consumer_config, create_topics
+from queuestream.kafka_clients import consumer_config, ensure_internal_topic
 from queuestream.settings import Settings
 
 __all__ = ["ProducerStatus", "ensure_status_topic", "read_statuses", "status_topic"]
@@ -47,17 +46,7 @@ def status_topic(prefix: str) -> str:
 
 def ensure_status_topic(settings: Settings) -> None:
     """Create the status topic of ``settings.topic_prefix`` where missing (compacted)."""
-    create_topics(
-        admin_client(settings),
-        [
-            NewTopic(
-                status_topic(settings.topic_prefix),
-                num_partitions=1,
-                replication_factor=settings.replication_factor,
-                config={"cleanup.policy": "compact"},
-            )
-        ],
-    )
+    ensure_internal_topic(settings, status_topic(settings.topic_prefix))
 
 
 @dataclass(frozen=True, slots=True)
