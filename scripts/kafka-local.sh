@@ -280,6 +280,8 @@ group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
+# compacted topics (the producer's state and status) are cleaned within seconds
+log.cleaner.backoff.ms=2000
 EOF
     cat >"$LOG4J_CONF" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
