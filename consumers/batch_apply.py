@@ -193,7 +193,7 @@ def write_batch(
                 rows_applied=report.rows,
                 events_stale=sum(report.stale.values()),
                 errors=len(report.rejected),
-                counts=dict(report.applied),
+                counts={**report.applied, **report.notices},
                 offsets=_ranges(c for changes in slots.values() for c in changes),
                 duration_ms=int((time.monotonic() - started) * 1000),
             )

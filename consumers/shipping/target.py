@@ -32,12 +32,20 @@ transaction:
    order_lines included, are written before any shipment is derived.
 4. One UPDATE moves the ship-to of the open shipments of the customers whose site
    changed (and that have no address of their own) to the new address.
-5. An order deleted in the source (op 'd') takes its shipment with it.
+5. Deletes (op 'd', where the stored version is not newer than the delete's): a
+   line deleted in the source leaves its order's mirror, and so the shipment (its
+   lines are a view of the order's). An order deleted in the source leaves
+   ``order_headers``; its shipment, if it has not shipped, is canceled (kept, as a
+   cancellation would); a shipped one is kept as it is, and reported: a warning
+   naming the orders and the notice ``shipments.shipped_order_deleted`` in the sync
+   log and in metrics (goods are on their way for an order that is gone: a human
+   decides). A site deleted in the source leaves the open shipments that used it
+   without a ship-to (rule of :mod:`consumers.shipping.shipments`).
 
 Counting: ``report.applied["<target table>.<op>"]`` counts rows the batch changed
 (inserted, updated or deleted), by the op of the event that changed them; derived
-shipments count as ``shipments.c`` (new), ``shipments.u`` (changed, also by a site
-address) and ``shipments.d`` (removed with their order). ``report.stale["<source
+shipments count as ``shipments.c`` (new) and ``shipments.u`` (changed, also by a site
+address, or canceled with their deleted order). ``report.stale["<source
 table>"]`` counts valid events that changed nothing: redelivered, older than the
 stored row, or superseded by a newer event of the same key in the batch.
 
@@ -65,10 +73,13 @@ from consumers.reconcile import TableImage
 from consumers.shipping import reconcile
 from consumers.shipping.schema import (
     METADATA,
+    OPEN_STATUSES,
     ORDER_HEADERS,
     ORDER_LINES,
     SHIP_TO_SITES,
     SHIPMENTS,
+    STATUS_CANCELED,
+    STATUS_SHIPPED,
     full_name,
 )
 from consumers.shipping.shipments import (
@@ -94,7 +105,15 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import KEYS, among, dialect_insert, key_chunks, upsert_rows, write_rows
+from consumers.target_sql import (
+    KEYS,
+    among,
+    dialect_insert,
+    key_chunks,
+    newer_or_repair,
+    upsert_rows,
+    write_rows,
+)
 from queuestream.sync_schema import ORDER_STATUS
 
 __all__ = ["ShippingTarget"]
@@ -272,13 +291,26 @@ def _earlier_versions(connection: sa.Connection, found: ValidRows) -> list[list[
 
 # -- shipments: the rules of consumers.shipping.shipments, applied set-based ---------------
 def _derive_shipments(
-    connection: sa.Connection, order_ids: Iterable[int], report: ApplyReport
+    connection: sa.Connection,
+    order_ids: Iterable[int],
+    report: ApplyReport,
+    repaired: frozenset[int] = frozenset(),
 ) -> None:
-    """Derive the shipments of these orders from the stored state, in one statement a chunk."""
-    statement = _derive_statement(connection.dialect.name)
+    """Derive the shipments of these orders from the stored state, in one statement a chunk.
+
+    A shipment whose ``created_version`` is the version it is derived from is new
+    (``shipments.c``), unless its order was repaired at that version (``repaired``:
+    orders whose op ``r`` was applied): those that existed before count as updates.
+    """
+    dialect = connection.dialect.name
+    statement = _derive_statement(dialect)
+    existing = sa.select(SHIPMENTS.c.order_id).where(among(SHIPMENTS.c.order_id, dialect))
     for chunk in key_chunks(connection, order_ids):
-        for _order, created, version in connection.execute(statement, {KEYS: chunk}):
-            report.applied["shipments.c" if created == version else "shipments.u"] += 1
+        mended = [k for k in chunk if k in repaired]
+        held = {k for (k,) in connection.execute(existing, {KEYS: mended})} if mended else set()
+        for order, created, version in connection.execute(statement, {KEYS: chunk}):
+            new = created == version and order not in held
+            report.applied["shipments.c" if new else "shipments.u"] += 1
 
 
 @functools.cache
@@ -287,7 +319,9 @@ def _derive_statement(dialect: str) -> Any:
 
     The state the rules read, for each order among :data:`~consumers.target_sql.KEYS`:
     the order, its stored shipment (``old_*``) and its customer's site (``site_*``).
-    Only a newer order version replaces a shipment.
+    Only a newer order version replaces a shipment, or the same version where the
+    derived values differ: the order was repaired at the same version (op ``r``; a
+    shipment is derived only for orders whose mirror row this batch changed).
     """
     o, old, site = ORDER_HEADERS.c, SHIPMENTS.c, SHIP_TO_SITES.c
     state = (
@@ -312,21 +346,39 @@ def _derive_statement(dialect: str) -> Any:
     return insert.on_conflict_do_update(
         index_elements=[t.order_id],
         set_={k: insert.excluded[k] for k in values if k != "order_id"},
-        where=t.source_version < insert.excluded.source_version,
+        where=newer_or_repair(SHIPMENTS, insert.excluded, values, "source_version"),
     ).returning(t.order_id, t.created_version, t.source_version)
 
 
-def _drop_shipments(
+def _withdraw_shipments(
     connection: sa.Connection, order_ids: Iterable[int], report: ApplyReport
 ) -> None:
-    """Remove the shipments of these orders where their order_headers row is gone."""
+    """The shipments of these orders, deleted in the source: cancel the open, report the shipped.
+
+    Only where the order's ``order_headers`` row is gone (a delete that was not stale).
+    """
     s, h = SHIPMENTS.c, ORDER_HEADERS.c
+    dialect = connection.dialect.name
     gone = ~sa.exists(sa.select(h.order_id).where(h.order_id == s.order_id))
-    statement = sa.delete(SHIPMENTS).where(among(s.order_id, connection.dialect.name), gone)
+    cancel = (
+        sa.update(SHIPMENTS)
+        .where(among(s.order_id, dialect), gone, s.status.in_(OPEN_STATUSES))
+        .values(status=STATUS_CANCELED)
+    )
+    shipped = sa.select(s.order_id).where(
+        among(s.order_id, dialect), gone, s.status == STATUS_SHIPPED
+    )
+    kept: list[int] = []
     for chunk in key_chunks(connection, order_ids):
-        result = connection.execute(statement, {KEYS: chunk})
-        if result.rowcount:
-            report.applied["shipments.d"] += result.rowcount
+        canceled = connection.execute(cancel, {KEYS: chunk}).rowcount
+        if canceled:
+            report.applied["shipments.u"] += canceled
+        kept.extend(k for (k,) in connection.execute(shipped, {KEYS: chunk}))
+    what = (
+        "orders deleted in the source had shipped (their shipments are kept as shipped; "
+        "a human decides): order ids"
+    )
+    report.notice("shipments.shipped_order_deleted", kept, log, what)
 
 
 def _refresh_site_ship_to(
@@ -376,10 +428,12 @@ class ShippingTarget(Target):
         written_orders = write_rows(connection, orders, ORDER_HEADERS, report, log)
         write_rows(connection, lines, ORDER_LINES, report, log)
 
-        if written_orders.deleted:
-            _drop_shipments(connection, (k for (k,) in written_orders.deleted), report)
+        if written_orders.removed:
+            _withdraw_shipments(connection, (k for (k,) in written_orders.removed), report)
         if written_orders.changed:
-            _derive_shipments(connection, (r["order_id"] for r in written_orders.changed), report)
+            repaired = frozenset(w.key["OrderID"] for w in orders.winners if w.op == "r")
+            derived = (r["order_id"] for r in written_orders.changed)
+            _derive_shipments(connection, derived, report, repaired)
         customers = {r["customer_id"] for r in written_sites.changed}
         customers.update(k for (k,) in written_sites.deleted)
         if customers:
