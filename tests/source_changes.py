@@ -19,7 +19,7 @@ from consumers.changes import Change, version_of
 from queuestream.sync_schema import source_table
 from queuestream.tables import TABLES_BY_NAME
 
-__all__ = ["SteppingClock", "change", "delete_rows", "source_changes"]
+__all__ = ["SteppingClock", "change", "delete_rows", "shrink_order", "source_changes"]
 
 _offsets = itertools.count()
 
@@ -88,6 +88,21 @@ def delete_rows(
         rows = _aware_rows(conn, table, sa.select(table).where(where), zone)
         conn.execute(sa.delete(table).where(where))
     return [change(name, row, op="d") for row in rows]
+
+
+def shrink_order(engine: sa.Engine, order_id: int, amount: Any, modified: Any) -> None:
+    """An order changes with a line removed: totals down by ``amount``, stamped ``modified``."""
+    orders = source_table("orders")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(orders)
+            .where(orders.c.OrderID == order_id)
+            .values(
+                SubTotal=orders.c.SubTotal - amount,
+                Total=orders.c.Total - amount,
+                ModifiedDate=modified,
+            )
+        )
 
 
 def _aware_rows(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -22,8 +21,9 @@ from consumers.shipping import ShippingTarget
 from consumers.target import ApplyReport
 from queuestream.databases import create_engine
 from tests.unit.test_shipping_target import _batch, _line, _order, _site, target
+from tests.unit.test_target_deletes import target_url
 
-__all__ = ["target"]  # the shipping target fixture, used here too
+__all__ = ["target", "target_url"]  # fixtures used here too
 
 
 def _apply(engine: sa.Engine, *changes: Change) -> ApplyReport:
@@ -43,8 +43,8 @@ def _total(engine: sa.Engine) -> object:
         return conn.execute(sa.select(INVOICES.c.total)).scalar_one()
 
 
-def test_accounting_takes_a_repair_at_the_version_it_holds(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'accounting.db'}")
+def test_accounting_takes_a_repair_at_the_version_it_holds(target_url: str) -> None:
+    engine = create_engine(target_url)
     assert _apply(engine, _order(1, 2, 5)).applied == Counter({"invoices.u": 1})
     fixed = _order(1, 2, 5, SubTotal=20, Total=20)  # same ModifiedDate, other values
     stale = _apply(engine, fixed)  # as an update: a stale or redelivered event

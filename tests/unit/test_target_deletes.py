@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
+import pytest
 
 from consumers.accounting.schema import (
     INVOICE_LINES,
@@ -26,12 +26,20 @@ from consumers.accounting.schema import (
 from consumers.changes import Change
 from consumers.shipping.schema import ORDER_LINES, SHIPMENT_LINES, SHIPMENTS
 from queuestream.sync_schema import source_table
-from tests.source_changes import delete_rows, source_changes
+from tests.source_changes import delete_rows, shrink_order, source_changes
 from tests.unit import test_accounting_target as accounting
 from tests.unit import test_shipping_target as shipping
 
 ZONE = accounting.ZONE
 CANCELED = 5
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def target_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The target database: SQLite, and PostgreSQL (NUMERIC money, array key filters)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'target.db'}"
+    return str(request.getfixturevalue("postgres_database")("target"))
 
 
 def _with(batch: dict[str, list[Change]], deletes: list[Change]) -> dict[str, list[Change]]:
@@ -46,9 +54,9 @@ def _lines_of(rows: list[dict[str, Any]], order: int) -> list[dict[str, Any]]:
 
 
 def test_accounting_voids_unapplies_removes_lines_and_reports_orphans(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, target_url: str
 ) -> None:
-    run = accounting._simulate(sqlite_url, f"sqlite:///{tmp_path / 'accounting.db'}")
+    run = accounting._simulate(sqlite_url, target_url)
     accounting._assert_ok(run.reconcile())
     latest = max(c.version for b in run.batches for cs in b.values() for c in cs)
     orders = accounting._source_rows(run, "orders")
@@ -87,16 +95,7 @@ def test_accounting_voids_unapplies_removes_lines_and_reports_orphans(
         ),
         *delete_rows(run.source, ZONE, "customers", c.c.CustomerID == orphan),
     ]
-    with run.source.begin() as conn:
-        conn.execute(
-            sa.update(o)
-            .where(o.c.OrderID == edited["OrderID"])
-            .values(
-                SubTotal=o.c.SubTotal - gone_line["PriceTotal"],
-                Total=o.c.Total - gone_line["PriceTotal"],
-                ModifiedDate=accounting._later(run),
-            )
-        )
+    shrink_order(run.source, edited["OrderID"], gone_line["PriceTotal"], accounting._later(run))
     batch = _with(accounting._changed_since(accounting._all_changes(run), latest), deletes)
     report = run.apply(batch)
 
@@ -139,9 +138,9 @@ def test_accounting_voids_unapplies_removes_lines_and_reports_orphans(
 
 
 def test_shipping_cancels_open_shipments_keeps_shipped_ones_and_drops_lines(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, target_url: str
 ) -> None:
-    run = shipping._simulate(sqlite_url, f"sqlite:///{tmp_path / 'shipping.db'}", shipping.SEED)
+    run = shipping._simulate(sqlite_url, target_url, shipping.SEED)
     shipping._assert_reconciles(run)
     latest = max(c.version for b in run.batches for cs in b.values() for c in cs)
     shipments = shipping._table(run.target, SHIPMENTS)
