@@ -8,7 +8,8 @@ OrderDetails   -> order_lines      (order_id, line)    (mirror)
 (view)            shipment_lines   (order_id, line)    shipments JOIN order_lines
 
 See :mod:`consumers.shipping.schema` for the columns,
-:mod:`consumers.shipping.shipments` for the rules that derive a shipment, and
+:mod:`consumers.shipping.shipments` for the rules that derive a shipment (applied
+set-based by :mod:`consumers.shipping.shipment_sql`), and
 :mod:`consumers.shipping.reconcile` for what ``queuestream verify`` compares.
 
 How a batch is applied (:meth:`ShippingTarget.apply`), inside the runtime's
@@ -60,9 +61,8 @@ thousands of parameters.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -73,26 +73,17 @@ from consumers.reconcile import TableImage
 from consumers.shipping import reconcile
 from consumers.shipping.schema import (
     METADATA,
-    OPEN_STATUSES,
     ORDER_HEADERS,
     ORDER_LINES,
     SHIP_TO_SITES,
-    SHIPMENTS,
-    STATUS_CANCELED,
-    STATUS_SHIPPED,
     full_name,
 )
-from consumers.shipping.shipments import (
-    NO_SHIP_TO,
-    OLD_COLUMNS,
-    SHIPPABLE,
-    SITE_COLUMNS,
-    derived_columns,
-    follows_site,
-    loses_site,
-    shipment_status,
-    site_ship_to,
+from consumers.shipping.shipment_sql import (
+    derive_shipments,
+    refresh_site_ship_to,
+    withdraw_shipments,
 )
+from consumers.shipping.shipments import SHIPPABLE
 from consumers.target import ApplyReport, Target
 from consumers.target_rows import (
     DecimalRule,
@@ -108,9 +99,7 @@ from consumers.target_rows import (
 from consumers.target_sql import (
     KEYS,
     among,
-    dialect_insert,
     key_chunks,
-    newer_or_repair,
     upsert_rows,
     write_rows,
 )
@@ -289,120 +278,6 @@ def _earlier_versions(connection: sa.Connection, found: ValidRows) -> list[list[
     return rounds
 
 
-# -- shipments: the rules of consumers.shipping.shipments, applied set-based ---------------
-def _derive_shipments(
-    connection: sa.Connection,
-    order_ids: Iterable[int],
-    report: ApplyReport,
-    repaired: frozenset[int] = frozenset(),
-) -> None:
-    """Derive the shipments of these orders from the stored state, in one statement a chunk.
-
-    A shipment whose ``created_version`` is the version it is derived from is new
-    (``shipments.c``), unless its order was repaired at that version (``repaired``:
-    orders whose op ``r`` was applied): those that existed before count as updates.
-    """
-    dialect = connection.dialect.name
-    statement = _derive_statement(dialect)
-    existing = sa.select(SHIPMENTS.c.order_id).where(among(SHIPMENTS.c.order_id, dialect))
-    for chunk in key_chunks(connection, order_ids):
-        mended = [k for k in chunk if k in repaired]
-        held = {k for (k,) in connection.execute(existing, {KEYS: mended})} if mended else set()
-        for order, created, version in connection.execute(statement, {KEYS: chunk}):
-            new = created == version and order not in held
-            report.applied["shipments.c" if new else "shipments.u"] += 1
-
-
-@functools.cache
-def _derive_statement(dialect: str) -> Any:
-    """INSERT INTO shipments SELECT <the rules> FROM order_headers, shipments, ship_to_sites.
-
-    The state the rules read, for each order among :data:`~consumers.target_sql.KEYS`:
-    the order, its stored shipment (``old_*``) and its customer's site (``site_*``).
-    Only a newer order version replaces a shipment, or the same version where the
-    derived values differ: the order was repaired at the same version (op ``r``; a
-    shipment is derived only for orders whose mirror row this batch changed).
-    """
-    o, old, site = ORDER_HEADERS.c, SHIPMENTS.c, SHIP_TO_SITES.c
-    state = (
-        sa.select(
-            *o,
-            shipment_status(o, old).label("status"),
-            *(old[c].label(f"old_{c}") for c in OLD_COLUMNS),
-            *(site[c].label(f"site_{c}") for c in SITE_COLUMNS),
-        )
-        .select_from(
-            ORDER_HEADERS.outerjoin(SHIPMENTS, old.order_id == o.order_id).outerjoin(
-                SHIP_TO_SITES, site.customer_id == o.customer_id
-            )
-        )
-        .where(among(o.order_id, dialect))
-        .subquery("state")
-    )
-    values = derived_columns(state.c)
-    derived = sa.select(*(v.label(k) for k, v in values.items())).where(state.c.status.is_not(None))
-    insert = dialect_insert(dialect)(SHIPMENTS).from_select(list(values), derived)
-    t = SHIPMENTS.c
-    return insert.on_conflict_do_update(
-        index_elements=[t.order_id],
-        set_={k: insert.excluded[k] for k in values if k != "order_id"},
-        where=newer_or_repair(SHIPMENTS, insert.excluded, values, "source_version"),
-    ).returning(t.order_id, t.created_version, t.source_version)
-
-
-def _withdraw_shipments(
-    connection: sa.Connection, order_ids: Iterable[int], report: ApplyReport
-) -> None:
-    """The shipments of these orders, deleted in the source: cancel the open, report the shipped.
-
-    Only where the order's ``order_headers`` row is gone (a delete that was not stale).
-    """
-    s, h = SHIPMENTS.c, ORDER_HEADERS.c
-    dialect = connection.dialect.name
-    gone = ~sa.exists(sa.select(h.order_id).where(h.order_id == s.order_id))
-    cancel = (
-        sa.update(SHIPMENTS)
-        .where(among(s.order_id, dialect), gone, s.status.in_(OPEN_STATUSES))
-        .values(status=STATUS_CANCELED)
-    )
-    shipped = sa.select(s.order_id).where(
-        among(s.order_id, dialect), gone, s.status == STATUS_SHIPPED
-    )
-    kept: list[int] = []
-    for chunk in key_chunks(connection, order_ids):
-        canceled = connection.execute(cancel, {KEYS: chunk}).rowcount
-        if canceled:
-            report.applied["shipments.u"] += canceled
-        kept.extend(k for (k,) in connection.execute(shipped, {KEYS: chunk}))
-    what = (
-        "orders deleted in the source had shipped (their shipments are kept as shipped; "
-        "a human decides): order ids"
-    )
-    report.notice("shipments.shipped_order_deleted", kept, log, what)
-
-
-def _refresh_site_ship_to(
-    connection: sa.Connection,
-    customers: Iterable[int],
-    deleted: bool,
-    report: ApplyReport,
-) -> None:
-    """Give the shipments of ``customers`` that follow their site its address.
-
-    With ``deleted``, open shipments whose site is gone lose the address (none).
-    """
-    s, st = SHIPMENTS.c, SHIP_TO_SITES.c
-    mine = among(s.customer_id, connection.dialect.name)
-    to_site = sa.update(SHIPMENTS).where(mine, follows_site(s, st)).values(**site_ship_to(st))
-    to_none = sa.update(SHIPMENTS).where(mine, loses_site(s, st)).values(**NO_SHIP_TO)
-    for chunk in key_chunks(connection, customers):
-        updated = connection.execute(to_site, {KEYS: chunk}).rowcount or 0
-        if deleted:
-            updated += connection.execute(to_none, {KEYS: chunk}).rowcount or 0
-        if updated:
-            report.applied["shipments.u"] += updated
-
-
 # -- the target -----------------------------------------------------------------------------
 class ShippingTarget(Target):
     """Shipments and their lines from CustomerSites, Orders and OrderDetails."""
@@ -424,20 +299,20 @@ class ShippingTarget(Target):
         written_sites = write_rows(connection, sites, SHIP_TO_SITES, report, log)
         for earlier in _earlier_versions(connection, orders):
             changed = upsert_rows(connection, orders, ORDER_HEADERS, earlier, report)
-            _derive_shipments(connection, (r["order_id"] for r in changed), report)
+            derive_shipments(connection, (r["order_id"] for r in changed), report)
         written_orders = write_rows(connection, orders, ORDER_HEADERS, report, log)
         write_rows(connection, lines, ORDER_LINES, report, log)
 
         if written_orders.removed:
-            _withdraw_shipments(connection, (k for (k,) in written_orders.removed), report)
+            withdraw_shipments(connection, (k for (k,) in written_orders.removed), report)
         if written_orders.changed:
             repaired = frozenset(w.key["OrderID"] for w in orders.winners if w.op == "r")
             derived = (r["order_id"] for r in written_orders.changed)
-            _derive_shipments(connection, derived, report, repaired)
+            derive_shipments(connection, derived, report, repaired)
         customers = {r["customer_id"] for r in written_sites.changed}
         customers.update(k for (k,) in written_sites.deleted)
         if customers:
-            _refresh_site_ship_to(connection, customers, bool(written_sites.deleted), report)
+            refresh_site_ship_to(connection, customers, bool(written_sites.deleted), report)
 
     # -- reconciliation (queuestream verify) -------------------------------------------
     def expected(self, source: sa.Connection, zone: ZoneInfo) -> dict[str, TableImage]:
