@@ -8,7 +8,9 @@ specification describes, and every decoded event is checked against the source r
 with the standard library's sqlite3.
 
 The parametrised round trip sends a random record of every schema through a real topic
-with queuestream's AvroCodec, and reads it back with both the codec and that reader.
+with queuestream's AvroCodec, and reads it back with both the codec and that reader; a
+delete of every table (op ``d``, ``before`` the row, ``after`` null) from the fast
+envelope encoder, with its tombstone, is read back the same way.
 """
 
 from __future__ import annotations
