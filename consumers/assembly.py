@@ -8,6 +8,15 @@ middle of one). Ready refreshes are applied in the order the producer committed
 them (the END markers' order) and never past one that is not ready, so the
 offsets stored with a batch never skip unapplied events.
 
+Tombstones (a key with a null value, written after each delete for compacted
+topics) are no events: END markers do not count them and nothing applies them.
+Each is held only so that the offsets stored with a batch move past it: beside
+the refresh of the event read before it on its partition (the delete it
+follows, in the same Kafka transaction), or, when that refresh was applied
+already, with the next batch, or a batch of its own once the partition is read
+to its end. So a partition whose last message is a tombstone is not left one
+message behind (lag tools would show it as lag forever).
+
 Messages that cannot be decoded have no refresh. They ride with the next batch
 that covers later offsets of their partition, or, when nothing else is waiting on
 that partition and it is read to its end, form a batch of their own: either way
@@ -27,7 +36,7 @@ from consumers.dead_letters import DeadLetter
 from consumers.markers import EndMarker
 from queuestream.tables import TABLES
 
-__all__ = ["Assembler", "Batch", "Poison", "Slot"]
+__all__ = ["Assembler", "Batch", "Poison", "Slot", "Tombstone"]
 
 Slot = tuple[str, int]  # (table, partition)
 UNDECODABLE = "-"
@@ -43,10 +52,21 @@ def _slot(poison: Poison) -> Slot:
     return (poison.error.table, poison.partition)
 
 
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A message with a null value (a key's tombstone): skipped, but its offset is consumed."""
+
+    table: str
+    topic: str
+    partition: int
+    offset: int
+
+
 @dataclass
 class _Held:
     refresh_id: str
     changes: dict[Slot, list[Change]] = field(default_factory=lambda: defaultdict(list))
+    tombstones: dict[Slot, list[Tombstone]] = field(default_factory=lambda: defaultdict(list))
 
     @property
     def size(self) -> int:
@@ -59,6 +79,8 @@ class Batch:
 
     refreshes: list[tuple[str, dict[Slot, list[Change]]]]
     poison: list[Poison]
+    #: Tombstones whose offsets the batch consumes (nothing is applied for them).
+    tombstones: list[Tombstone] = field(default_factory=list)
 
     @property
     def events(self) -> int:
@@ -91,6 +113,10 @@ class Assembler:
         # back from the target's stored offset): that refresh and earlier ones are done
         # there, and their events are not read again.
         self._through: dict[Slot, str] = {}
+        # Tombstones read after the refresh before them on their slot was applied.
+        self._loose: dict[Slot, list[Tombstone]] = defaultdict(list)
+        #: Tombstones read so far (skipped: no event, no dead letter).
+        self.tombstones_seen = 0
 
     # -- intake -------------------------------------------------------------------
     def add(self, change: Change) -> None:
@@ -100,6 +126,16 @@ class Assembler:
             held = self._held[change.refresh_id] = _Held(change.refresh_id)
         held.changes[slot].append(change)
         self._last[slot] = change.refresh_id
+
+    def add_tombstone(self, tombstone: Tombstone) -> None:
+        """A tombstone was read: held beside the refresh it follows, to move offsets past it."""
+        self.tombstones_seen += 1
+        slot = (tombstone.table, tombstone.partition)
+        held = self._held.get(self._last.get(slot, ""))
+        if held is not None and held.changes.get(slot):
+            held.tombstones[slot].append(tombstone)
+        else:
+            self._loose[slot].append(tombstone)
 
     def applied_through(self, slot: Slot, refresh_id: str) -> None:
         """``slot``'s events up to those of ``refresh_id`` were applied (by anyone)."""
@@ -115,17 +151,20 @@ class Assembler:
             held = self._held[refresh_id]
             for slot in gone & set(held.changes):
                 del held.changes[slot]
+            for slot in gone & set(held.tombstones):
+                del held.tombstones[slot]
             if not held.changes:
                 del self._held[refresh_id]
         for slot in gone:
             self._poison.pop(slot, None)
+            self._loose.pop(slot, None)
             self._last.pop(slot, None)
             self._through.pop(slot, None)
 
     # -- state ----------------------------------------------------------------------
     @property
     def empty(self) -> bool:
-        return not self._held and not any(self._poison.values())
+        return not self._held and not any(self._poison.values()) and not any(self._loose.values())
 
     @property
     def held_events(self) -> int:
@@ -207,6 +246,7 @@ class Assembler:
     ) -> Batch | None:
         """The next batch to apply, or None. ``at_end``: owned slots read to their end."""
         refreshes: list[tuple[str, dict[Slot, list[Change]]]] = []
+        tombstones: list[Tombstone] = []
         size = 0
         for refresh_id in self._order(ends):
             end = ends.get(refresh_id)
@@ -216,11 +256,20 @@ class Assembler:
             if refreshes and size + held.size > self.max_batch_events:
                 break
             refreshes.append((refresh_id, dict(held.changes)))
+            tombstones.extend(t for slot in held.changes for t in held.tombstones.get(slot, ()))
             size += held.size
         poison = self._poison_for(refreshes, at_end)
-        if not refreshes and not poison:
+        # Loose tombstones follow what was applied already: any batch may consume them,
+        # and those of a partition read to its end make a batch of their own if need be.
+        loose = [
+            t
+            for slot, items in self._loose.items()
+            if refreshes or poison or slot in at_end
+            for t in items
+        ]
+        if not refreshes and not poison and not loose:
             return None
-        return Batch(refreshes, poison)
+        return Batch(refreshes, poison, tombstones + loose)
 
     def _poison_for(
         self, refreshes: list[tuple[str, dict[Slot, list[Change]]]], at_end: set[Slot]
@@ -248,14 +297,22 @@ class Assembler:
 
     def done(self, batch: Batch) -> None:
         """Forget what ``batch`` applied (after it committed)."""
+        taken = set(batch.tombstones)
         for refresh_id, slots in batch.refreshes:
             held = self._held.get(refresh_id)
             if held is None:
                 continue
             for slot in slots:
                 held.changes.pop(slot, None)
+                # Read while the batch was applied: consumed by a later batch instead.
+                late = [t for t in held.tombstones.pop(slot, ()) if t not in taken]
+                self._loose[slot].extend(late)
             if not held.changes:
                 del self._held[refresh_id]
+        for slot in list(self._loose):
+            self._loose[slot] = [t for t in self._loose[slot] if t not in taken]
+            if not self._loose[slot]:
+                del self._loose[slot]
         applied = {(p.topic, p.partition, p.offset) for p in batch.poison}
         for slot in list(self._poison):
             self._poison[slot] = [

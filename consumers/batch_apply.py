@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from consumers import sync_log
-from consumers.assembly import UNDECODABLE, Batch, Poison, Slot
+from consumers.assembly import UNDECODABLE, Batch, Poison, Slot, Tombstone
 from consumers.changes import Change
 from consumers.dead_letters import DeadLetter, ErrorBudget
 from consumers.offsets import OffsetStore, TopicPartition
@@ -82,8 +82,8 @@ class Applied:
 
 # -- which events are new ---------------------------------------------------------------
 def partitions_of(batch: Batch) -> set[TopicPartition]:
-    """The topic partitions ``batch`` consumes from."""
-    return {(item.topic, item.partition) for item in _items(batch)}
+    """The topic partitions ``batch`` consumes from (its tombstones' too)."""
+    return {(item.topic, item.partition) for item in _consumed(batch)}
 
 
 def unapplied(batch: Batch, stored: Mapping[TopicPartition, int]) -> tuple[Batch, int]:
@@ -104,13 +104,14 @@ def unapplied(batch: Batch, stored: Mapping[TopicPartition, int]) -> tuple[Batch
         if fresh:
             refreshes.append((refresh_id, fresh))
     poison = [p for p in batch.poison if p.offset >= stored.get((p.topic, p.partition), 0)]
-    return Batch(refreshes, poison), skipped
+    tombstones = [t for t in batch.tombstones if t.offset >= stored.get((t.topic, t.partition), 0)]
+    return Batch(refreshes, poison, tombstones), skipped
 
 
 def next_offsets(batch: Batch) -> dict[TopicPartition, int]:
-    """Per topic partition, the offset after the last event of ``batch``."""
+    """Per topic partition, the offset after the last event (or tombstone) of ``batch``."""
     last: dict[TopicPartition, int] = {}
-    for item in _items(batch):
+    for item in _consumed(batch):
         key = (item.topic, item.partition)
         last[key] = max(last.get(key, -1), item.offset)
     return {key: offset + 1 for key, offset in last.items()}
@@ -121,6 +122,12 @@ def _items(batch: Batch) -> Iterable[Change | Poison]:
         for changes in slots.values():
             yield from changes
     yield from batch.poison
+
+
+def _consumed(batch: Batch) -> Iterable[Change | Poison | Tombstone]:
+    """Every message whose offset ``batch`` consumes: its events and its tombstones."""
+    yield from _items(batch)
+    yield from batch.tombstones
 
 
 # -- writing rows -------------------------------------------------------------------------
@@ -186,7 +193,7 @@ def write_batch(
                 rows_applied=report.rows,
                 events_stale=sum(report.stale.values()),
                 errors=len(report.rejected),
-                counts=dict(report.applied),
+                counts={**report.applied, **report.notices},
                 offsets=_ranges(c for changes in slots.values() for c in changes),
                 duration_ms=int((time.monotonic() - started) * 1000),
             )

@@ -70,7 +70,7 @@ def decode_change(
     """Decode one message of a change topic, or raise :class:`DecodeError` naming it."""
     where = f"{topic}[{partition}]@{offset}"
     if raw_value is None:
-        msg = f"{where}: a tombstone (null value) is not a change event"
+        msg = f"{where}: a tombstone (null value) is not a change event (the intake skips them)"
         raise DecodeError(msg, table=table, raw=raw_value)
     try:
         key = codec.decode(table, "key", raw_key)

@@ -10,6 +10,10 @@ message can be:
 - the event before the target's stored offset, read back only to learn which
   refresh the partition got to (see :meth:`Ownership.start_offset
   <consumers.ownership.Ownership.start_offset>`): not applied again;
+- a tombstone (null value, written after each delete for compacted topics): no
+  event; skipped without a word (a DEBUG line), never a dead letter, and held only
+  so that the stored offsets move past it (:meth:`Assembler.add_tombstone
+  <consumers.assembly.Assembler.add_tombstone>`);
 - undecodable: held as poison, bound for the dead-letter topic (promise 6);
 - a fatal Kafka error: the consumer stops.
 """
@@ -21,7 +25,7 @@ from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, Message
 
-from consumers.assembly import Assembler
+from consumers.assembly import Assembler, Tombstone
 from consumers.changes import decode_change
 from consumers.dead_letters import DeadLetter
 from consumers.markers import EndMarkers
@@ -70,6 +74,13 @@ class Intake:
         read_back = self.ownership.read_back(topic, partition, offset)
         _, timestamp_ms = message.timestamp()
         key, value = message.key(), message.value()
+        if value is None:
+            log.debug("%s[%d]@%d: a tombstone, skipped", topic, partition, offset)
+            if not read_back:
+                self.assembler.add_tombstone(
+                    Tombstone(self.tables[topic], topic, partition, offset)
+                )
+            return
         try:
             change = decode_change(
                 self.codec,

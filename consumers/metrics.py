@@ -10,6 +10,10 @@ serves them at ``http://<metrics_host>:P/metrics`` through
                                                 ``table`` and ``op`` (the sync log's counts)
 ``queuestream_batch_duration_seconds``          histogram: one batch's target transaction
 ``queuestream_stale_events_total``              events that changed nothing (not newer)
+``queuestream_target_notices_total``            rows a target kept for an operator to look at,
+                                                by target ``table`` and ``notice`` (the sync
+                                                log's other counts: a customer deleted while
+                                                its orders remain, say)
 ``queuestream_apply_errors_total``              events that could not be applied (committed
                                                 as dead letters within the error budget)
 ``queuestream_dead_letters_total``              events written to a dead-letter topic, by
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerMetrics"]
 
 log = logging.getLogger(__name__)
+
+_OPS = frozenset("cudr")  # the ops of the sync log's counts; other names are notices
 
 
 class ConsumerMetrics:
@@ -83,6 +89,13 @@ class ConsumerMetrics:
             ["target"],
             registry=self.registry,
         )
+        self.notices = Counter(
+            "queuestream_target_notices",
+            "Rows a target kept for an operator to look at instead of guessing, by target "
+            "table and notice (e.g. ledger_accounts deleted_with_orders).",
+            ["target", "table", "notice"],
+            registry=self.registry,
+        )
         self.outages = Counter(
             "queuestream_target_outages",
             "Times the target database (or Kafka) became unreachable and the consumer waited.",
@@ -106,7 +119,10 @@ class ConsumerMetrics:
         for entry in outcome.entries:
             for name, rows in entry.counts.items():
                 table, _, op = name.rpartition(".")
-                self.applied.labels(self.target, table, op).inc(rows)
+                if op in _OPS:
+                    self.applied.labels(self.target, table, op).inc(rows)
+                else:
+                    self.notices.labels(self.target, table, op).inc(rows)
             self.stale.labels(self.target).inc(entry.events_stale)
             self.apply_errors.labels(self.target).inc(entry.errors)
 

@@ -88,6 +88,7 @@ class RunStats:
     stale: int = 0
     errors: int = 0
     skipped_applied: int = 0  # events below the stored offsets: applied before
+    tombstones: int = 0  # tombstones read (skipped: they follow deletes, for compaction)
     outages: int = 0
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
@@ -164,6 +165,7 @@ class ConsumerRuntime:
             self._loop()
         finally:
             self.stats.seconds = time.monotonic() - started
+            self.stats.tombstones = self.assembler.tombstones_seen
             self._close()
         return self.stats
 

@@ -1,7 +1,9 @@
 """The sync log: one row per applied batch in every target (the seeds' analytical log).
 
 A row says which refresh was applied, by which group, how many rows per table
-and op changed, how many events were stale (changed nothing), how many failed
+and op changed (``counts``; beside them the notices a target raised, such as
+``ledger_accounts.deleted_with_orders``: rows it kept for an operator to look at
+rather than guess), how many events were stale (changed nothing), how many failed
 and went to the dead-letter topic, how long it took, and which offsets it
 covered. It is written in the same transaction as the rows it describes, so the
 log never claims more than the target holds.
@@ -40,7 +42,12 @@ SYNC_LOG = sa.Table(
     ),
     sa.Column("events_stale", sa.Integer, nullable=False, comment="events that changed nothing"),
     sa.Column("errors", sa.Integer, nullable=False, comment="events sent to a dead-letter topic"),
-    sa.Column("counts", sa.Text, nullable=False, comment='JSON {"<table>.<op>": rows}'),
+    sa.Column(
+        "counts",
+        sa.Text,
+        nullable=False,
+        comment='JSON {"<table>.<op>": rows changed, "<table>.<notice>": rows to look at}',
+    ),
     sa.Column(
         "offsets",
         sa.Text,

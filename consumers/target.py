@@ -16,11 +16,12 @@ filters). :mod:`consumers.reconcile` holds what ``queuestream verify`` compares.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -30,6 +31,8 @@ from consumers.reconcile import TableImage
 from queuestream.errors import RecordError
 
 __all__ = ["ApplyReport", "Rejected", "Target"]
+
+_SHOWN = 20  # keys named in a notice's log line
 
 
 @dataclass(slots=True)
@@ -47,9 +50,25 @@ class ApplyReport:
     applied: Counter[str] = field(default_factory=Counter)  # "<table>.<op>" -> rows changed
     stale: Counter[str] = field(default_factory=Counter)  # "<table>" -> events that changed nothing
     rejected: list[Rejected] = field(default_factory=list)
+    #: "<target table>.<notice>" -> rows: what the target kept instead of guessing, for
+    #: an operator to look at (a customer deleted while its orders remain, a shipped
+    #: shipment whose order was deleted). Logged by the target, counted in the sync log.
+    notices: Counter[str] = field(default_factory=Counter)
 
     def reject(self, change: Change, error: RecordError) -> None:
         self.rejected.append(Rejected(change, error))
+
+    def notice(self, name: str, keys: Iterable[Any], logger: logging.Logger, what: str) -> None:
+        """Count ``keys`` under the notice ``name``; one warning: ``what``, then the keys.
+
+        ``what`` reads on with the number of keys (``"orders deleted ... had shipped"``).
+        """
+        found = sorted(keys)
+        if not found:
+            return
+        self.notices[name] += len(found)
+        shown = ", ".join(map(str, found[:_SHOWN])) + (" ..." if len(found) > _SHOWN else "")
+        logger.warning("%d %s: %s", len(found), what, shown)
 
     @property
     def rows(self) -> int:

@@ -4,7 +4,16 @@ Every row a target derives from a source row carries ``source_version`` (the
 source's ModifiedDate in microseconds, :func:`version_column`).
 :func:`upsert_versioned` writes with "insert or update, identified by <key>" and a
 version check, and :func:`delete_versioned` deletes only what is not newer than
-the delete, so a redelivered or stale event changes nothing. :func:`write_rows`
+the delete, so a redelivered or stale event changes nothing.
+
+The version rule, by op: ``c`` and ``u`` replace a row only with a strictly newer
+version. ``r`` (a re-sync, or a sweep's repair: the row read again from the
+source, possibly changed without a new ModifiedDate) replaces it with a newer or
+an *equal* version whose values differ (:func:`newer_or_repair`): a repair is
+told from a stale event by its op, and from a redelivery by its values, so a
+replayed repair still counts as stale. ``d`` deletes where the stored version is
+not newer than the delete's (``before.ModifiedDate``). An older version never
+replaces a newer one. :func:`write_rows`
 writes the changes of one source table that passed the checks
 (:func:`consumers.target_rows.validate`) that way and counts what they did.
 
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -36,13 +45,16 @@ from consumers.target_rows import ValidRows
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = [
+    "DELETED_VERSION",
     "KEYS",
+    "Archive",
     "Money",
     "Written",
     "among",
     "delete_versioned",
     "dialect_insert",
     "key_chunks",
+    "newer_or_repair",
     "upsert_rows",
     "upsert_versioned",
     "version_column",
@@ -51,6 +63,8 @@ __all__ = [
 
 #: The name of the parameter that carries the keys of :func:`among` at execution.
 KEYS = "keys"
+#: The column of an :class:`Archive` table that holds the version of the delete.
+DELETED_VERSION = "deleted_version"
 
 #: Keys per statement: one bound parameter each on SQLite (well below its limit of
 #: 32766), one array parameter on PostgreSQL.
@@ -154,6 +168,15 @@ def among(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[bool]
 
 
 # -- versioned writes -----------------------------------------------------------------
+def newer_or_repair(
+    stored: sa.Table, incoming: Any, columns: Iterable[str], version_column: str
+) -> sa.ColumnElement[bool]:
+    """The incoming row is newer, or as new with other values in ``columns`` (a repair)."""
+    held, offered = stored.c[version_column], incoming[version_column]
+    differs = [stored.c[c].is_distinct_from(incoming[c]) for c in columns if c != version_column]
+    return sa.or_(held < offered, sa.and_(held == offered, sa.or_(sa.false(), *differs)))
+
+
 def upsert_versioned(
     connection: sa.Connection,
     table: sa.Table,
@@ -161,11 +184,14 @@ def upsert_versioned(
     key: Sequence[str],
     *,
     version_column: str = "source_version",
+    repair: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Insert or update ``rows`` identified by ``key``, only where the version is newer.
 
     Each row must hold every column it sets and ``version_column``. Rows whose stored
-    version is the same or newer are left alone. Returns the keys that changed.
+    version is the same or newer are left alone; with ``repair`` (op ``r``) a row of
+    the same version replaces the stored one where their values differ
+    (:func:`newer_or_repair`). Returns the keys that changed.
     ``rows`` must not repeat a key (see :func:`consumers.target_rows.latest_per_key`).
 
     On PostgreSQL the rows travel as one array per column, turned back into rows by
@@ -194,13 +220,51 @@ def upsert_versioned(
     else:
         insert = dialect_insert(connection.dialect.name)(table)
         parameters = list(rows)
+    values = [c for c in columns if c not in key]
+    if repair:
+        newer = newer_or_repair(table, insert.excluded, values, version_column)
+    else:
+        newer = table.c[version_column] < insert.excluded[version_column]
     statement = insert.on_conflict_do_update(
         index_elements=[table.c[k] for k in key],
-        set_={c: insert.excluded[c] for c in columns if c not in key},
-        where=table.c[version_column] < insert.excluded[version_column],
+        set_={c: insert.excluded[c] for c in values},
+        where=newer,
     ).returning(*(table.c[k] for k in key))
     result = connection.execute(statement, parameters)
     return [tuple(r) for r in result]
+
+
+@dataclass(frozen=True)
+class Archive:
+    """Where rows go when a delete removes them, kept for the record.
+
+    ``table`` has the columns of the table deleted from (same key) plus
+    :data:`DELETED_VERSION`; ``overrides`` sets some of them otherwise than the row
+    held them (a void invoice owes nothing, say). A key deleted again (the row came
+    back in the source, then went again) replaces its archived row.
+    """
+
+    table: sa.Table
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def statement(self, dialect: str, source: sa.Table, where: sa.ColumnElement[bool]) -> Any:
+        """INSERT INTO the archive SELECT the rows of ``source`` that ``where`` picks."""
+        names = [c.name for c in self.table.columns if c.name != DELETED_VERSION]
+        picked = [
+            sa.literal(self.overrides[n], self.table.c[n].type)
+            if n in self.overrides
+            else source.c[n]
+            for n in names
+        ]
+        version = sa.bindparam(DELETED_VERSION, type_=sa.BigInteger())
+        insert = dialect_insert(dialect)(self.table).from_select(
+            [*names, DELETED_VERSION], sa.select(*picked, version).where(where)
+        )
+        key = [c.name for c in self.table.primary_key.columns]
+        return insert.on_conflict_do_update(
+            index_elements=key,
+            set_={n: insert.excluded[n] for n in [*names, DELETED_VERSION] if n not in key},
+        )
 
 
 def delete_versioned(
@@ -210,15 +274,24 @@ def delete_versioned(
     key: Sequence[str],
     *,
     version_column: str = "source_version",
-) -> int:
-    """Delete rows by key where the stored version is not newer than the delete's."""
-    removed = 0
+    archive: Archive | None = None,
+) -> list[tuple[Any, ...]]:
+    """Delete rows by key where the stored version is not newer than the delete's.
+
+    Returns the keys removed. With ``archive``, the rows deleted are copied there
+    first (see :class:`Archive`).
+    """
+    removed = []
     for values, version in keys:
         condition = sa.and_(
             *(table.c[k] == v for k, v in zip(key, values, strict=True)),
             table.c[version_column] <= version,
         )
-        removed += connection.execute(sa.delete(table).where(condition)).rowcount or 0
+        if archive is not None:
+            copy = archive.statement(connection.dialect.name, table, condition)
+            connection.execute(copy, {DELETED_VERSION: version})
+        if connection.execute(sa.delete(table).where(condition)).rowcount:
+            removed.append(tuple(values))
     return removed
 
 
@@ -229,6 +302,7 @@ class Written:
 
     changed: list[dict[str, Any]]  # the rows the upserts wrote (newer than what was stored)
     deleted: list[tuple[Any, ...]]  # keys of the valid deletes (applied or not)
+    removed: list[tuple[Any, ...]] = field(default_factory=list)  # keys the deletes removed
 
 
 def _key(target: sa.Table) -> tuple[str, ...]:
@@ -245,16 +319,19 @@ def upsert_rows(
     """Upsert the rows of ``changes`` (one per key); the rows that changed, counted.
 
     Each row changed counts in ``report.applied["<target table>.<op>"]`` by the op of
-    its change, and in ``found.applied``.
+    its change, and in ``found.applied``. Re-syncs and repairs (op ``r``) go out in a
+    statement of their own, with the repair rule of :func:`upsert_versioned`.
     """
     key = _key(target)
     rows = [found.row(c) for c in changes]
     by_key = {tuple(r[k] for k in key): (c, r) for c, r in zip(changes, rows, strict=True)}
     changed = []
-    for values in upsert_versioned(connection, target, rows, key):
-        change, row = by_key[values]
-        report.applied[f"{target.name}.{change.op}"] += 1
-        changed.append(row)
+    for repair in (False, True):
+        some = [r for c, r in zip(changes, rows, strict=True) if (c.op == "r") == repair]
+        for values in upsert_versioned(connection, target, some, key, repair=repair):
+            change, row = by_key[values]
+            report.applied[f"{target.name}.{change.op}"] += 1
+            changed.append(row)
     found.applied += len(changed)
     return changed
 
@@ -265,10 +342,13 @@ def write_rows(
     target: sa.Table,
     report: ApplyReport,
     log: logging.Logger,
+    *,
+    archive: Archive | None = None,
 ) -> Written:
     """Upsert and delete the winners of ``found``; count the valid changes left stale.
 
-    ``target``'s key is the source table's, column for column. Valid changes that
+    ``target``'s key is the source table's, column for column. With ``archive``,
+    deleted rows are kept there (:class:`Archive`). Valid changes that
     changed nothing (redelivered, older than the stored row, superseded in the batch)
     count in ``report.stale["<source table>"]``. One DEBUG line on ``log``'s child
     for the source table.
@@ -277,7 +357,8 @@ def write_rows(
     changed = upsert_rows(connection, found, target, upserts, report)
     source_key = TABLES_BY_NAME[found.table].key
     pairs = [(w.key_tuple(source_key), w.version) for w in found.winners if w.is_delete]
-    removed = delete_versioned(connection, target, pairs, _key(target)) if pairs else 0
+    gone = delete_versioned(connection, target, pairs, _key(target), archive=archive)
+    removed = len(gone)
     if removed:
         report.applied[f"{target.name}.d"] += removed
     stale = len(found.valid) - found.applied - removed
@@ -291,4 +372,4 @@ def write_rows(
         stale,
         found.events - len(found.valid),
     )
-    return Written(changed, [k for k, _ in pairs])
+    return Written(changed, [k for k, _ in pairs], gone)

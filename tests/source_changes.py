@@ -19,7 +19,7 @@ from consumers.changes import Change, version_of
 from queuestream.sync_schema import source_table
 from queuestream.tables import TABLES_BY_NAME
 
-__all__ = ["SteppingClock", "change", "source_changes"]
+__all__ = ["SteppingClock", "change", "delete_rows", "shrink_order", "source_changes"]
 
 _offsets = itertools.count()
 
@@ -70,13 +70,51 @@ def source_changes(
     with engine.connect() as conn:
         for name in tables:
             table = source_table(name)
-            timestamps = [c.name for c in table.columns if isinstance(c.type, sa.DateTime)]
-            rows = []
-            for record in conn.execute(sa.select(table).order_by(table.c.ModifiedDate)):
-                row = dict(record._mapping)
-                for column in timestamps:
-                    if row[column] is not None:
-                        row[column] = row[column].replace(tzinfo=zone).astimezone(UTC)
-                rows.append(change(name, row))
-            found[name] = rows
+            query = sa.select(table).order_by(table.c.ModifiedDate)
+            found[name] = [change(name, row) for row in _aware_rows(conn, table, query, zone)]
     return found
+
+
+def delete_rows(
+    engine: sa.Engine, zone: ZoneInfo, name: str, where: sa.ColumnElement[bool]
+) -> list[Change]:
+    """Delete the rows of source table ``name`` that ``where`` picks; their delete events.
+
+    Each delete carries the row as it was (its ModifiedDate is the delete's version),
+    as the producer publishes a delete with the last row image it published.
+    """
+    table = source_table(name)
+    with engine.begin() as conn:
+        rows = _aware_rows(conn, table, sa.select(table).where(where), zone)
+        conn.execute(sa.delete(table).where(where))
+    return [change(name, row, op="d") for row in rows]
+
+
+def shrink_order(engine: sa.Engine, order_id: int, amount: Any, modified: Any) -> None:
+    """An order changes with a line removed: totals down by ``amount``, stamped ``modified``."""
+    orders = source_table("orders")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(orders)
+            .where(orders.c.OrderID == order_id)
+            .values(
+                SubTotal=orders.c.SubTotal - amount,
+                Total=orders.c.Total - amount,
+                ModifiedDate=modified,
+            )
+        )
+
+
+def _aware_rows(
+    conn: sa.Connection, table: sa.Table, query: sa.Select[Any], zone: ZoneInfo
+) -> list[dict[str, Any]]:
+    """The rows ``query`` reads, timestamps made aware (UTC) as events carry them."""
+    timestamps = [c.name for c in table.columns if isinstance(c.type, sa.DateTime)]
+    rows = []
+    for record in conn.execute(query):
+        row = dict(record._mapping)
+        for column in timestamps:
+            if row[column] is not None:
+                row[column] = row[column].replace(tzinfo=zone).astimezone(UTC)
+        rows.append(row)
+    return rows

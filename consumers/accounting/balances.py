@@ -46,6 +46,8 @@ class Touched:
 
     customers: set[int] = field(default_factory=set)
     invoices: set[int] = field(default_factory=set)
+    #: Customers whose ledger account a delete removed (checked for what remains).
+    deleted_customers: set[int] = field(default_factory=set)
 
     def add(self, customer: int | None, invoice: int | None) -> None:
         if customer is not None:

@@ -7,6 +7,17 @@
     invoice_lines      one per order line          <- OrderDetails
     payments           one per payment             <- Payments
     customer_balances  one per customer, currency  <- invoices and payments (maintained)
+    void_invoices      one per deleted order       <- invoices whose order was deleted
+    unapplied_payments one per deleted payment     <- payments deleted in the source
+
+An order deleted in the source voids its invoice: the invoice leaves ``invoices``
+(which holds the invoices of the orders that exist) for ``void_invoices``, as it
+stood, status ``void`` and nothing due, with the version of the delete. A payment
+deleted in the source is unapplied: it leaves ``payments`` (so its invoice's
+``amount_paid`` and its customer's balance drop) for ``unapplied_payments``. Both
+are kept for the record; ``queuestream verify`` compares the other five tables,
+which then match a source without those rows. These two tables are new in this
+version: ``create_all`` adds them to an existing target.
 
 Every row derived from a source row carries ``source_version``: the source row's
 ModifiedDate in microseconds since the epoch (UTC). Writes only replace a row with a
@@ -32,7 +43,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from consumers.target_sql import Money, version_column
+from consumers.target_sql import DELETED_VERSION, Money, version_column
 
 __all__ = [
     "CANCELED",
@@ -44,6 +55,8 @@ __all__ = [
     "PAYMENTS",
     "STATUS_OPEN",
     "STATUS_VOID",
+    "UNAPPLIED_PAYMENTS",
+    "VOID_INVOICES",
 ]
 
 METADATA = sa.MetaData()
@@ -176,4 +189,39 @@ CUSTOMER_BALANCES = sa.Table(
         "Per customer and currency with any invoice (open or void) or payment; "
         "recomputed for the customers each batch touches."
     ),
+)
+
+
+def _archive(name: str, of: sa.Table, comment: str) -> sa.Table:
+    """A table with ``of``'s columns (no indexes, no defaults) and the delete's version."""
+    columns = [
+        sa.Column(
+            c.name,
+            c.type,
+            primary_key=c.primary_key,
+            nullable=c.nullable,
+            autoincrement=False,
+            comment=c.comment,
+        )
+        for c in of.columns
+    ]
+    deleted = sa.Column(
+        DELETED_VERSION,
+        sa.BigInteger,
+        nullable=False,
+        comment="the delete's version: the ModifiedDate of the last row image published",
+    )
+    return sa.Table(name, METADATA, *columns, deleted, comment=comment)
+
+
+VOID_INVOICES = _archive(
+    "void_invoices",
+    INVOICES,
+    "Invoices whose order was deleted in the source: as they stood, void, nothing due.",
+)
+
+UNAPPLIED_PAYMENTS = _archive(
+    "unapplied_payments",
+    PAYMENTS,
+    "Payments deleted in the source: unapplied from their invoice and balance, kept here.",
 )

@@ -41,9 +41,26 @@ Counting: ``report.applied["<target table>.<op>"]`` counts rows the batch change
 redelivered, older than the stored row, or superseded by a newer event of the
 same key in the batch. The maintained columns and balances are not counted.
 
+Deletes (op ``d``; a delete removes a row where the stored version is not newer
+than the delete's ``before.ModifiedDate``), with their accounting meaning:
+
+- an order line: its invoice line goes; the invoice keeps the order's own totals
+  (the source's Orders.SubTotal/Total, which the source changes with the order in
+  the same refresh), and its figures and its customer's balance are recomputed;
+- a payment: unapplied. It leaves ``payments`` for ``unapplied_payments``; its
+  invoice's ``amount_paid`` / ``balance_due`` and its customer's balance are
+  recomputed;
+- an order: its invoice is voided. It leaves ``invoices`` for ``void_invoices``
+  (status ``void``, nothing due); its customer's balance is recomputed. Payments
+  made on it stay, as a credit of the customer (as on a cancelled order);
+- a customer: its ledger account goes. If invoices or payments of the customer
+  remain, nothing is guessed about them (they stay, with the balance): the target
+  logs a warning naming the customers and counts the notice
+  ``ledger_accounts.deleted_with_orders`` in the sync log and in metrics.
+
 Reconciliation (``queuestream verify``): :mod:`consumers.accounting.reconcile`.
 
-Limits: a delete leaves no tombstone, so replaying a row's upsert alone after its
+Limits: a delete removes the row, so replaying a row's upsert alone after its
 delete inserts it again (a replay from an earlier offset replays the delete too).
 """
 
@@ -52,6 +69,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -68,6 +86,8 @@ from consumers.accounting.schema import (
     PAYMENTS,
     STATUS_OPEN,
     STATUS_VOID,
+    UNAPPLIED_PAYMENTS,
+    VOID_INVOICES,
 )
 from consumers.changes import Change
 from consumers.reconcile import TableImage
@@ -82,7 +102,7 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import Money, write_rows
+from consumers.target_sql import KEYS, Archive, Money, among, key_chunks, write_rows
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["AccountingTarget"]
@@ -198,6 +218,8 @@ class _Route:
     #: Columns read before writing, to recompute what a moved or deleted row left:
     #: (customer column, invoice column or None). None: the table feeds no balance.
     owners: tuple[str, str | None] | None = None
+    #: Where deleted rows are kept (None: deleted rows are gone).
+    archive: Archive | None = None
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -206,9 +228,16 @@ class _Route:
 
 _ROUTES: dict[str, _Route] = {
     "customers": _Route(LEDGER_ACCOUNTS, _ledger_account),
-    "orders": _Route(INVOICES, _invoice, ("customer_id", "order_id")),
+    "orders": _Route(
+        INVOICES,
+        _invoice,
+        ("customer_id", "order_id"),
+        Archive(VOID_INVOICES, {"status": STATUS_VOID, "balance_due": Decimal(0)}),
+    ),
     "order_details": _Route(INVOICE_LINES, _invoice_line),
-    "payments": _Route(PAYMENTS, _payment, ("customer_id", "order_id")),
+    "payments": _Route(
+        PAYMENTS, _payment, ("customer_id", "order_id"), Archive(UNAPPLIED_PAYMENTS)
+    ),
 }
 
 
@@ -223,18 +252,49 @@ def _apply_table(
     route = _ROUTES[table]
     found = validate(table, batch, route.to_row, report)
     if route.owners is None:
-        write_rows(connection, found, route.target, report, log)
+        written = write_rows(connection, found, route.target, report, log)
+        if table == "order_details":  # a line gone: its invoice and customer recomputed
+            _touch_invoices(connection, {order for order, _line in written.removed}, touched)
+        elif table == "customers":
+            touched.deleted_customers.update(k for (k,) in written.removed)
         return
     # Where rows that may move or vanish belonged before this batch.
     movable = [w.key_tuple(TABLES_BY_NAME[table].key) for w in found.winners if w.op != "c"]
     before = owners(connection, route.target, route.key, route.owners, movable)
-    written = write_rows(connection, found, route.target, report, log)
+    written = write_rows(connection, found, route.target, report, log, archive=route.archive)
     customer_column, invoice_column = route.owners
     for row in written.changed:
         touched.add(row[customer_column], row[invoice_column] if invoice_column else None)
         touched.add(*before.get(tuple(row[k] for k in route.key), (None, None)))
     for values in written.deleted:
         touched.add(*before.get(values, (None, None)))
+
+
+def _touch_invoices(connection: sa.Connection, order_ids: set[int], touched: Touched) -> None:
+    """Recompute these invoices and their customers' balances at the end of the batch."""
+    query = sa.select(INVOICES.c.order_id, INVOICES.c.customer_id).where(
+        among(INVOICES.c.order_id, connection.dialect.name)
+    )
+    for chunk in key_chunks(connection, order_ids):
+        for order, customer in connection.execute(query, {KEYS: chunk}):
+            touched.add(customer, order)
+
+
+def _report_orphans(connection: sa.Connection, customers: set[int], report: ApplyReport) -> None:
+    """Customers deleted in the source whose invoices or payments remain: say so, guess not."""
+    dialect = connection.dialect.name
+    remaining = sa.union(
+        sa.select(INVOICES.c.customer_id).where(among(INVOICES.c.customer_id, dialect)),
+        sa.select(PAYMENTS.c.customer_id).where(among(PAYMENTS.c.customer_id, dialect)),
+    )
+    found: list[int] = []
+    for chunk in key_chunks(connection, customers):
+        found.extend(c for (c,) in connection.execute(remaining, {KEYS: chunk}))
+    what = (
+        "customers deleted in the source still have invoices or payments here (kept, with "
+        "their balances; nothing is guessed): customer ids"
+    )
+    report.notice("ledger_accounts.deleted_with_orders", found, log, what)
 
 
 # -- the target -----------------------------------------------------------------------
@@ -257,6 +317,8 @@ class AccountingTarget(Target):
             if batch:
                 _apply_table(connection, table, batch, report, touched)
         touched.recompute(connection)
+        if touched.deleted_customers:
+            _report_orphans(connection, touched.deleted_customers, report)
 
     # -- reconciliation (queuestream verify) -------------------------------------------
     def expected(self, source: sa.Connection, zone: ZoneInfo) -> dict[str, TableImage]:

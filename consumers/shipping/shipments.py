@@ -41,9 +41,11 @@ Rules (Exigo OrderStatusID: 2 Pending, 5 Canceled, 8 Accepted, 9 Printed,
   mirrors as they stand when the batch that shipped it is applied); only a shipment
   frozen with ``none`` still takes the site's address when it arrives. A site
   deleted in the source leaves the open shipments that used it with ``none``.
-- An order deleted in the source takes its shipment with it, whatever the
-  shipment's status: a shipment is derived from its order and shows its order's
-  lines, which go too.
+- An order deleted in the source cancels its shipment if it has not shipped
+  (``canceled``, as a cancellation would); a ``shipped`` one is kept as it is and
+  reported (see :mod:`consumers.shipping.target`): nothing about goods already on
+  their way is guessed. Its lines go with their own deletes (the shipment's lines
+  are a view of the order's).
 - ``created_version`` is the order version that created the shipment;
   ``source_version`` the order version it was last derived from (a site address
   change moves the ship-to, not the version).

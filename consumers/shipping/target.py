@@ -8,7 +8,8 @@ OrderDetails   -> order_lines      (order_id, line)    (mirror)
 (view)            shipment_lines   (order_id, line)    shipments JOIN order_lines
 
 See :mod:`consumers.shipping.schema` for the columns,
-:mod:`consumers.shipping.shipments` for the rules that derive a shipment, and
+:mod:`consumers.shipping.shipments` for the rules that derive a shipment (applied
+set-based by :mod:`consumers.shipping.shipment_sql`), and
 :mod:`consumers.shipping.reconcile` for what ``queuestream verify`` compares.
 
 How a batch is applied (:meth:`ShippingTarget.apply`), inside the runtime's
@@ -32,12 +33,20 @@ transaction:
    order_lines included, are written before any shipment is derived.
 4. One UPDATE moves the ship-to of the open shipments of the customers whose site
    changed (and that have no address of their own) to the new address.
-5. An order deleted in the source (op 'd') takes its shipment with it.
+5. Deletes (op 'd', where the stored version is not newer than the delete's): a
+   line deleted in the source leaves its order's mirror, and so the shipment (its
+   lines are a view of the order's). An order deleted in the source leaves
+   ``order_headers``; its shipment, if it has not shipped, is canceled (kept, as a
+   cancellation would); a shipped one is kept as it is, and reported: a warning
+   naming the orders and the notice ``shipments.shipped_order_deleted`` in the sync
+   log and in metrics (goods are on their way for an order that is gone: a human
+   decides). A site deleted in the source leaves the open shipments that used it
+   without a ship-to (rule of :mod:`consumers.shipping.shipments`).
 
 Counting: ``report.applied["<target table>.<op>"]`` counts rows the batch changed
 (inserted, updated or deleted), by the op of the event that changed them; derived
-shipments count as ``shipments.c`` (new), ``shipments.u`` (changed, also by a site
-address) and ``shipments.d`` (removed with their order). ``report.stale["<source
+shipments count as ``shipments.c`` (new) and ``shipments.u`` (changed, also by a site
+address, or canceled with their deleted order). ``report.stale["<source
 table>"]`` counts valid events that changed nothing: redelivered, older than the
 stored row, or superseded by a newer event of the same key in the batch.
 
@@ -52,9 +61,8 @@ thousands of parameters.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -68,20 +76,14 @@ from consumers.shipping.schema import (
     ORDER_HEADERS,
     ORDER_LINES,
     SHIP_TO_SITES,
-    SHIPMENTS,
     full_name,
 )
-from consumers.shipping.shipments import (
-    NO_SHIP_TO,
-    OLD_COLUMNS,
-    SHIPPABLE,
-    SITE_COLUMNS,
-    derived_columns,
-    follows_site,
-    loses_site,
-    shipment_status,
-    site_ship_to,
+from consumers.shipping.shipment_sql import (
+    derive_shipments,
+    refresh_site_ship_to,
+    withdraw_shipments,
 )
+from consumers.shipping.shipments import SHIPPABLE
 from consumers.target import ApplyReport, Target
 from consumers.target_rows import (
     DecimalRule,
@@ -94,7 +96,13 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import KEYS, among, dialect_insert, key_chunks, upsert_rows, write_rows
+from consumers.target_sql import (
+    KEYS,
+    among,
+    key_chunks,
+    upsert_rows,
+    write_rows,
+)
 from queuestream.sync_schema import ORDER_STATUS
 
 __all__ = ["ShippingTarget"]
@@ -270,87 +278,6 @@ def _earlier_versions(connection: sa.Connection, found: ValidRows) -> list[list[
     return rounds
 
 
-# -- shipments: the rules of consumers.shipping.shipments, applied set-based ---------------
-def _derive_shipments(
-    connection: sa.Connection, order_ids: Iterable[int], report: ApplyReport
-) -> None:
-    """Derive the shipments of these orders from the stored state, in one statement a chunk."""
-    statement = _derive_statement(connection.dialect.name)
-    for chunk in key_chunks(connection, order_ids):
-        for _order, created, version in connection.execute(statement, {KEYS: chunk}):
-            report.applied["shipments.c" if created == version else "shipments.u"] += 1
-
-
-@functools.cache
-def _derive_statement(dialect: str) -> Any:
-    """INSERT INTO shipments SELECT <the rules> FROM order_headers, shipments, ship_to_sites.
-
-    The state the rules read, for each order among :data:`~consumers.target_sql.KEYS`:
-    the order, its stored shipment (``old_*``) and its customer's site (``site_*``).
-    Only a newer order version replaces a shipment.
-    """
-    o, old, site = ORDER_HEADERS.c, SHIPMENTS.c, SHIP_TO_SITES.c
-    state = (
-        sa.select(
-            *o,
-            shipment_status(o, old).label("status"),
-            *(old[c].label(f"old_{c}") for c in OLD_COLUMNS),
-            *(site[c].label(f"site_{c}") for c in SITE_COLUMNS),
-        )
-        .select_from(
-            ORDER_HEADERS.outerjoin(SHIPMENTS, old.order_id == o.order_id).outerjoin(
-                SHIP_TO_SITES, site.customer_id == o.customer_id
-            )
-        )
-        .where(among(o.order_id, dialect))
-        .subquery("state")
-    )
-    values = derived_columns(state.c)
-    derived = sa.select(*(v.label(k) for k, v in values.items())).where(state.c.status.is_not(None))
-    insert = dialect_insert(dialect)(SHIPMENTS).from_select(list(values), derived)
-    t = SHIPMENTS.c
-    return insert.on_conflict_do_update(
-        index_elements=[t.order_id],
-        set_={k: insert.excluded[k] for k in values if k != "order_id"},
-        where=t.source_version < insert.excluded.source_version,
-    ).returning(t.order_id, t.created_version, t.source_version)
-
-
-def _drop_shipments(
-    connection: sa.Connection, order_ids: Iterable[int], report: ApplyReport
-) -> None:
-    """Remove the shipments of these orders where their order_headers row is gone."""
-    s, h = SHIPMENTS.c, ORDER_HEADERS.c
-    gone = ~sa.exists(sa.select(h.order_id).where(h.order_id == s.order_id))
-    statement = sa.delete(SHIPMENTS).where(among(s.order_id, connection.dialect.name), gone)
-    for chunk in key_chunks(connection, order_ids):
-        result = connection.execute(statement, {KEYS: chunk})
-        if result.rowcount:
-            report.applied["shipments.d"] += result.rowcount
-
-
-def _refresh_site_ship_to(
-    connection: sa.Connection,
-    customers: Iterable[int],
-    deleted: bool,
-    report: ApplyReport,
-) -> None:
-    """Give the shipments of ``customers`` that follow their site its address.
-
-    With ``deleted``, open shipments whose site is gone lose the address (none).
-    """
-    s, st = SHIPMENTS.c, SHIP_TO_SITES.c
-    mine = among(s.customer_id, connection.dialect.name)
-    to_site = sa.update(SHIPMENTS).where(mine, follows_site(s, st)).values(**site_ship_to(st))
-    to_none = sa.update(SHIPMENTS).where(mine, loses_site(s, st)).values(**NO_SHIP_TO)
-    for chunk in key_chunks(connection, customers):
-        updated = connection.execute(to_site, {KEYS: chunk}).rowcount or 0
-        if deleted:
-            updated += connection.execute(to_none, {KEYS: chunk}).rowcount or 0
-        if updated:
-            report.applied["shipments.u"] += updated
-
-
 # -- the target -----------------------------------------------------------------------------
 class ShippingTarget(Target):
     """Shipments and their lines from CustomerSites, Orders and OrderDetails."""
@@ -372,18 +299,20 @@ class ShippingTarget(Target):
         written_sites = write_rows(connection, sites, SHIP_TO_SITES, report, log)
         for earlier in _earlier_versions(connection, orders):
             changed = upsert_rows(connection, orders, ORDER_HEADERS, earlier, report)
-            _derive_shipments(connection, (r["order_id"] for r in changed), report)
+            derive_shipments(connection, (r["order_id"] for r in changed), report)
         written_orders = write_rows(connection, orders, ORDER_HEADERS, report, log)
         write_rows(connection, lines, ORDER_LINES, report, log)
 
-        if written_orders.deleted:
-            _drop_shipments(connection, (k for (k,) in written_orders.deleted), report)
+        if written_orders.removed:
+            withdraw_shipments(connection, (k for (k,) in written_orders.removed), report)
         if written_orders.changed:
-            _derive_shipments(connection, (r["order_id"] for r in written_orders.changed), report)
+            repaired = frozenset(w.key["OrderID"] for w in orders.winners if w.op == "r")
+            derived = (r["order_id"] for r in written_orders.changed)
+            derive_shipments(connection, derived, report, repaired)
         customers = {r["customer_id"] for r in written_sites.changed}
         customers.update(k for (k,) in written_sites.deleted)
         if customers:
-            _refresh_site_ship_to(connection, customers, bool(written_sites.deleted), report)
+            refresh_site_ship_to(connection, customers, bool(written_sites.deleted), report)
 
     # -- reconciliation (queuestream verify) -------------------------------------------
     def expected(self, source: sa.Connection, zone: ZoneInfo) -> dict[str, TableImage]:

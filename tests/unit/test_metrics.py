@@ -183,6 +183,20 @@ def test_applied_rows_stale_errors_and_dead_letters() -> None:
     assert value("queuestream_target_outages_total", target) == 2
 
 
+def test_notices_are_counted_apart_from_rows_applied() -> None:
+    metrics = ConsumerMetrics("accounting")
+    counts = {"ledger_accounts.d": 2, "ledger_accounts.deleted_with_orders": 1}
+    metrics.batch(BatchOutcome([SyncEntry("r1", 2, counts=counts)], 0.1))
+    target = {"target": "accounting", "table": "ledger_accounts"}
+    value = metrics.registry.get_sample_value
+    assert value("queuestream_events_applied_total", {**target, "op": "d"}) == 2
+    notice = {**target, "notice": "deleted_with_orders"}
+    assert value("queuestream_target_notices_total", notice) == 1
+    assert (
+        value("queuestream_events_applied_total", {**target, "op": "deleted_with_orders"}) is None
+    )
+
+
 def test_two_runtimes_in_one_process_keep_their_own_figures() -> None:
     first, second = ConsumerMetrics("accounting"), ConsumerMetrics("shipping")
     first.batch(BatchOutcome([SyncEntry("r1", 1, counts={"invoices.c": 1})], 0.1))

@@ -396,10 +396,16 @@ def test_status_rules(target: tuple[sa.Engine, ShippingTarget]) -> None:
     # A cancelled shipment reopens when its order is accepted again.
     _, shipments = _batch(target, _order(4, 8, 8))
     assert shipments[4]["status"] == "ready"
-    # An order deleted before shipping takes its shipment with it.
+    # An order deleted before shipping cancels its shipment (it used to take it along).
     report, shipments = _batch(target, replace(_order(4, 8, 9), op="d", row=None))
-    assert 4 not in shipments
-    assert report.applied == {"order_headers.d": 1, "shipments.d": 1}
+    assert shipments[4]["status"] == "canceled"
+    assert report.applied == {"order_headers.d": 1, "shipments.u": 1}
+    assert not report.notices
+    # One deleted after shipping keeps its shipment as it is, and is reported.
+    report, shipments = _batch(target, replace(_shipped(2, 9), op="d", row=None))
+    assert shipments[2]["status"] == "shipped"
+    assert report.applied == {"order_headers.d": 1}
+    assert report.notices == {"shipments.shipped_order_deleted": 1}
 
 
 def test_site_address_moves_open_shipments_only(target: tuple[sa.Engine, ShippingTarget]) -> None:
