@@ -24,8 +24,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from producer.ids import new_refresh_id
 from producer.partitioning import CustomerPartitioner
-from producer.refresh import new_refresh_id
 from queuestream.batches import BeginMarker, encode_batch_key, encode_marker
 from queuestream.batches.markers import now_ms
 from queuestream.kafka_clients import batches_topic, change_topics, transactional_producer
