@@ -14,6 +14,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -93,11 +94,22 @@ def _delete_message(pipeline: Pipeline, table: str) -> Message:
     raise AssertionError(msg)
 
 
+def _consume_and_verify(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Both sample targets apply everything published so far and equal the source."""
+    for name in ("accounting", "shipping"):
+        url = f"sqlite:///{tmp_path / f'{name}.db'}"
+        stats = pipeline.consume(name, url)
+        assert stats.errors == 0, name
+        report = pipeline.verify(name, url)
+        assert report.ok, [c for c in report.checks if not c.ok]
+
+
 def test_a_line_removed_while_its_order_changes_is_deleted_in_the_same_refresh(
-    pipeline: Pipeline,
+    pipeline: Pipeline, tmp_path: Path
 ) -> None:
     pipeline.simulate(200)
     pipeline.refresh()
+    _consume_and_verify(pipeline, tmp_path)
     order, lines = _order_with_lines(pipeline)
     removed = lines[0]
     published_before, values_before = committed_changes(pipeline.bootstrap, pipeline.prefix)
@@ -146,6 +158,8 @@ def test_a_line_removed_while_its_order_changes_is_deleted_in_the_same_refresh(
         )
     [again] = pipeline.refresh()
     assert "order_details.d" not in again.op_counts
+    # The targets take the delete: the invoice and the shipment lose the line.
+    _consume_and_verify(pipeline, tmp_path)
     assert published_before  # (the first refresh published)
 
 
@@ -184,7 +198,9 @@ def _hold_a_write(
         engine.dispose()
 
 
-def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(pipeline: Pipeline) -> None:
+def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     pipeline.more["overlap_seconds"] = 1
     pipeline.simulate(200)
     pipeline.refresh()
@@ -245,7 +261,9 @@ def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(pipeline: Pipel
     [customer_delete] = _deletes(values, "customers")
     assert customer_delete["before"]["CustomerID"] == gone
 
-    # Converged: another pass finds nothing and publishes nothing.
+    # Converged: another pass finds nothing and publishes nothing, and both targets,
+    # which apply the repairs at the version they hold, equal the source.
     again = pipeline.sweep()
     assert again.total("deleted") == again.total("late") == again.total("repaired") == 0
     assert committed_changes(pipeline.bootstrap, pipeline.prefix)[1] == values
+    _consume_and_verify(pipeline, tmp_path)
