@@ -89,6 +89,21 @@ class ProducerStatus:
             return ""
         return f"table {self.table}, key {self.key}, column {self.column}: {self.reason}"
 
+    @property
+    def last_sweep(self) -> str:
+        """The last sweep pass in a line: when it finished and what it found ("" if none)."""
+        sweep = self.sweep
+        if not sweep or not sweep.get("finished"):
+            return ""
+        findings = sweep.get("findings") or {}
+        checked = sum(f.get("checked", 0) for f in findings.values())
+        found = "; ".join(
+            f"{table} " + ", ".join(f"{n} {k}" for k, n in counts.items() if n and k != "checked")
+            for table, counts in findings.items()
+            if any(n for k, n in counts.items() if k != "checked")
+        )
+        return f"finished {sweep['finished']}, {checked} rows checked: {found or 'nothing found'}"
+
     def describe(self) -> str:
         since = self.since.isoformat()
         if self.state != "stuck":

@@ -155,10 +155,14 @@ def _producers(snapshot: Snapshot) -> str:
         + _cell(p.state, "lag")
         + _cell(moment(p.since, snapshot.taken_at))
         + _cell(p.row)
+        + _cell(p.last_sweep)
         + "</tr>"
         for p in snapshot.producers
     )
-    head = "<th>producer</th><th>state</th><th>since</th><th>row that stops the feed</th>"
+    head = (
+        "<th>producer</th><th>state</th><th>since</th><th>row that stops the feed</th>"
+        "<th>last sweep</th>"
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

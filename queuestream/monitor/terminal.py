@@ -133,16 +133,19 @@ def _producers(snapshot: Snapshot) -> RenderableType:
     table.add_column("producer", no_wrap=True)
     table.add_column("state")
     table.add_column("since")
-    table.add_column("row that stops the feed")
+    notes: list[RenderableType] = []
     for p in snapshot.producers:
         stuck = p.state == "stuck"
         table.add_row(
             p.producer,
             Text(p.state, style="bold red" if stuck else "green"),
             moment(p.since, snapshot.taken_at),
-            p.row,
         )
-    return table
+        if stuck:
+            notes.append(Text(f"  {p.producer} is stuck on {p.row}", style="red"))
+        if p.last_sweep:
+            notes.append(Text(f"  {p.producer}: last sweep {p.last_sweep}"))
+    return Group(table, *notes)
 
 
 def render(

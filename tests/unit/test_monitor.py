@@ -153,7 +153,19 @@ def _snapshot(
         ),
         dead_letters=(),
         producers=(
-            ProducerStatus("queuestream-exigo", "running", NOW - timedelta(minutes=5)),
+            ProducerStatus(
+                "queuestream-exigo",
+                "running",
+                NOW - timedelta(minutes=5),
+                sweep={
+                    "started": "2026-03-01T11:00:00+00:00",
+                    "finished": "2026-03-01T11:02:00+00:00",
+                    "findings": {
+                        "customers": {"checked": 40, "deleted": 1, "late": 0, "repaired": 2},
+                        "orders": {"checked": 60, "deleted": 0, "late": 0, "repaired": 0},
+                    },
+                },
+            ),
             ProducerStatus(
                 "queuestream-other",
                 "stuck",
@@ -225,6 +237,7 @@ def test_terminal_view_shows_groups_lag_batch_and_topics() -> None:
     assert "12 30" in text  # end offsets by partition
     assert "queuestream-other" in text and "stuck" in text
     assert 'table payments, key {"PaymentID": 7}, column Amount: NaN <is> not a number' in text
+    assert "100 rows checked: customers 1 deleted, 2 repaired" in text
 
 
 def test_terminal_view_before_the_first_snapshot_shows_the_error() -> None:
@@ -247,6 +260,7 @@ def test_web_page_escapes_and_refreshes_itself() -> None:
     assert '<dd id="refresh-id">20260301T115900Z-abc</dd>' in page
     assert 'class="over"' in page  # partition 1 is over --max-lag 0
     assert "column Amount: NaN &lt;is&gt; not a number" in page  # the stuck producer's row
+    assert "100 rows checked: customers 1 deleted, 2 repaired" in page  # the last sweep
 
 
 def test_parse_address() -> None:
