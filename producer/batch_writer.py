@@ -20,15 +20,17 @@ with it:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from producer.events import EventBuilder, RefreshContext, row_key
 from producer.partitioning import CustomerPartitioner
 from producer.published_state import PublishedState
-from producer.publisher import Send
+from producer.publisher import Send, TransactionalPublisher
 from producer.sensitive import ColumnPolicy
 from producer.source_reader import ChangedRow
 from producer.state_changelog import Key, Published, record_key, state_topic
@@ -39,6 +41,8 @@ from queuestream.tables import TABLES, TableSpec, topic_for
 from schemas.avro import AvroCodec
 
 __all__ = ["BatchParts", "BatchWriter"]
+
+log = logging.getLogger(__name__)
 
 
 class BatchParts:
@@ -69,6 +73,46 @@ class BatchParts:
         self.state = state
         self.budget = budget
         self.state_topic = state_topic(prefix)
+
+    def publish(
+        self,
+        publisher: TransactionalPublisher,
+        context: RefreshContext,
+        body: Callable[[BatchWriter], None],
+    ) -> BatchWriter:
+        """Run ``body`` with a writer inside one Kafka transaction; the local state's
+        changes commit after it, or roll back with it. Returns the writer (its counts)."""
+        written: list[BatchWriter] = []
+
+        def run(send: Send) -> None:
+            writer = BatchWriter(self, context, send)
+            written[:] = [writer]
+            body(writer)
+
+        self.state.begin()
+        try:
+            publisher.transaction(run)
+        except BaseException:
+            self.state.rollback()
+            raise
+        self.state.commit(context.refresh_id)
+        [writer] = written
+        refused = writer.refused
+        self.budget.spend(refused.total())
+        if refused:
+            log.warning(
+                "batch %s sent %d rows that cannot be encoded to dead-letter topics (%s); "
+                "%d of the error budget of %d left. Their reasons are in the headers "
+                "(queuestream.errors.*); a row is published again once it changes in the source",
+                context.refresh_id,
+                refused.total(),
+                ", ".join(
+                    f"{dlq_topic(topic_for(self.prefix, t))} {n}" for t, n in refused.items()
+                ),
+                self.budget.max_errors - self.budget.spent,
+                self.budget.max_errors,
+            )
+        return writer
 
     def builder(self, spec: TableSpec, context: RefreshContext) -> EventBuilder:
         """The event builder of ``spec`` for one batch."""

@@ -35,7 +35,7 @@ from producer.ids import new_refresh_id
 from producer.partitioning import CustomerPartitioner
 from producer.progress import read_progress
 from producer.published_state import PublishedState
-from producer.publisher import Send, TransactionalPublisher
+from producer.publisher import TransactionalPublisher
 from producer.sensitive import ColumnPolicy
 from producer.source_reader import ChangedRow, SourceReader
 from producer.state_changelog import Key, ensure_state_topic
@@ -50,7 +50,6 @@ from queuestream.batches import BeginMarker, TablePartition, encode_batch_key
 from queuestream.databases import create_engine
 from queuestream.dead_letters import (
     ErrorBudget,
-    dlq_topic,
     ensure_dlq_topics,
 )
 from queuestream.errors import CommitOutcomeUnknownError, EncodingError, RetriableError
@@ -58,7 +57,7 @@ from queuestream.kafka_clients import batches_topic, change_topics, ensure_topic
 from queuestream.producer_status import ProducerStatus, ensure_status_topic, status_topic
 from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
-from queuestream.tables import TABLES, TableSpec, topic_for
+from queuestream.tables import TABLES, TableSpec
 from schemas.avro import AvroCodec
 
 __all__ = ["RefreshResult", "Refresher"]
@@ -319,11 +318,8 @@ class Refresher:
         )
         overlap = OverlapFilter.for_window(window, self.progress, self.overlap) if window else None
         zone = self.settings.zone
-        written: list[BatchWriter] = []
 
-        def body(send: Send) -> None:
-            writer = BatchWriter(self.parts, context, send)
-            written[:] = [writer]
+        def body(writer: BatchWriter) -> None:
             begin = BeginMarker(
                 context.refresh_id,
                 self.settings.refresh_mode,
@@ -360,34 +356,12 @@ class Refresher:
             )
 
         assert self.publisher is not None  # set by _start
-        self.state.begin()
-        try:
-            self.publisher.transaction(body)
-        except BaseException:
-            self.state.rollback()
-            raise
-        # Committed: only now do the progress and the state move, and the dead letters count.
-        self.state.commit(context.refresh_id)
-        [writer] = written
+        writer = self.parts.publish(self.publisher, context, body)
+        # Committed: only now do the progress and the state move.
         result.counts = writer.table_counts()
         result.op_counts = dict(writer.ops)
         result.partition_counts = dict(writer.placed)
         result.dead_letters = dict(writer.refused)
-        self.budget.spend(writer.refused.total())
-        if writer.refused:
-            log.warning(
-                "refresh %s sent %d rows that cannot be encoded to dead-letter topics (%s); "
-                "%d of the error budget of %d left. Their reasons are in the headers "
-                "(queuestream.errors.*); a row is published again once it changes in the source",
-                context.refresh_id,
-                writer.refused.total(),
-                ", ".join(
-                    f"{dlq_topic(topic_for(self.settings.topic_prefix, t))} {n}"
-                    for t, n in writer.refused.items()
-                ),
-                self.budget.max_errors - self.budget.spent,
-                self.budget.max_errors,
-            )
         self.progress = Progress(
             refresh_id=context.refresh_id,
             watermark=window.end if window else self.progress.watermark,

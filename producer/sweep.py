@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 from producer.batch_writer import BatchWriter
 from producer.events import RefreshContext, row_key, version_micros
 from producer.ids import new_refresh_id
-from producer.publisher import Send
 from producer.source_reader import ChangedRow
 from producer.state_changelog import SWEEP_KEY, Key, Published
 from queuestream.batches import BeginMarker
@@ -290,11 +289,8 @@ class Sweeper:
         refresher = self.refresher
         progress = refresher.progress
         context = _context(refresher)
-        written: list[BatchWriter] = []
 
-        def body(send: Send) -> None:
-            writer = BatchWriter(refresher.parts, context, send)
-            written[:] = [writer]
+        def body(writer: BatchWriter) -> None:
             begin = BeginMarker(context.refresh_id, "sweep", None, progress.watermark)
             writer.begin(begin)
             for key, published in deletes:
@@ -310,20 +306,12 @@ class Sweeper:
                 snapshot_fingerprint=progress.snapshot_fingerprint,
                 overlap_seen=b"".join(sorted(progress.overlap_seen)),
             )
+            refresher.state.set_meta("sweep", following.encode())  # commits with the batch
 
         assert refresher.publisher is not None
-        refresher.state.begin()
-        try:
-            refresher.publisher.transaction(body)
-        except BaseException:
-            refresher.state.rollback()
-            raise
-        refresher.state.set_meta("sweep", following.encode())
-        refresher.state.commit(context.refresh_id)
+        writer = refresher.parts.publish(refresher.publisher, context, body)
         # The END carries the same watermark: only the id of the last batch moves.
         refresher.progress = replace(progress, refresh_id=context.refresh_id)
-        [writer] = written
-        refresher.budget.spend(writer.refused.total())
         log.info(
             "sweep batch %s committed: %s %s",
             context.refresh_id,
