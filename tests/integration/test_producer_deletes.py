@@ -216,6 +216,28 @@ def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(
             .limit(3)
         ).scalars()
         gone, *quiet = (int(i) for i in others)
+        doomed_order = int(
+            conn.execute(
+                sa.select(orders.c.OrderID)
+                .where(orders.c.OrderID != owner[1])
+                .order_by(orders.c.OrderID.desc())
+                .limit(1)
+            ).scalar_one()
+        )
+        payments = Base.metadata.tables["Payments"]
+        doomed_payments = [
+            int(p)
+            for p in conn.execute(
+                sa.select(payments.c.PaymentID).where(payments.c.OrderID == doomed_order)
+            ).scalars()
+        ]
+        lines = int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(Base.metadata.tables["OrderDetails"])
+                .where(sa.column("OrderID") == doomed_order)
+            ).scalar_one()
+        )
 
     # A write held open past the refresh that should have carried it.
     held, done = threading.Event(), threading.Event()
@@ -233,6 +255,11 @@ def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(
         # A customer deleted (with what hangs on it in the source, as a cascade would).
         for table in ("CustomerSites", "CustomerAccounts", "Customers"):
             conn.execute(sa.text(f'DELETE FROM "{table}" WHERE "CustomerID" = :c'), {"c": gone})
+        # An order deleted with its lines and payments (nothing touches another row).
+        for table in ("Payments", "OrderDetails", "Orders"):
+            conn.execute(
+                sa.text(f'DELETE FROM "{table}" WHERE "OrderID" = :o'), {"o": doomed_order}
+            )
         # A mass update written past the ERP: ModifiedDate untouched.
         conn.execute(
             sa.text('UPDATE "Customers" SET "MainCity" = \'Swept\' WHERE "CustomerID" IN (:a, :b)'),
@@ -247,10 +274,14 @@ def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(
     report = pipeline.sweep()
 
     assert report.findings["customers"]["deleted"] == 1
+    assert report.findings["orders"]["deleted"] == 1
+    assert report.findings["order_details"]["deleted"] == lines
+    assert report.findings["payments"]["deleted"] == len(doomed_payments)
     assert report.findings["customers"]["repaired"] == 2
     assert report.findings["payments"]["late"] == 2
     assert report.total("late") == 2 and report.total("repaired") == 2
-    assert report.total("deleted") >= 3  # the customer, its site and account
+    # the customer (its site and account, when it had them), the order, lines, payments
+    assert report.total("deleted") >= 2 + lines + len(doomed_payments)
     published, values = committed_changes(pipeline.bootstrap, pipeline.prefix)
     for payment in (900001, 900002):
         versions = [c for c in published if c[0] == "payments" and c[1] == (payment,)]
@@ -265,5 +296,6 @@ def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(
     # which apply the repairs at the version they hold, equal the source.
     again = pipeline.sweep()
     assert again.total("deleted") == again.total("late") == again.total("repaired") == 0
-    assert committed_changes(pipeline.bootstrap, pipeline.prefix)[1] == values
+    published_again, values_again = committed_changes(pipeline.bootstrap, pipeline.prefix)
+    assert published_again == published and len(values_again) == len(values)
     _consume_and_verify(pipeline, tmp_path)
