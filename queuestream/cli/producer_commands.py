@@ -116,6 +116,9 @@ def produce(
         from consumers.replay_inputs import parse_duration
 
         every = parse_duration(sweep_every, "--sweep-every").total_seconds()
+        if settings.refresh_mode != "watermark":
+            msg = "--sweep-every: the sweep runs in watermark mode only (refresh_mode)"
+            raise ConfigurationError(msg)
     metrics = ProducerMetrics()
     loop = ProduceLoop(
         lambda: Refresher(settings),
@@ -134,7 +137,11 @@ def produce(
 def sweep(
     tables: Annotated[
         list[str] | None,
-        typer.Option("--tables", help="Only these tables (repeatable).", show_default=False),
+        typer.Option(
+            "--tables",
+            help="Only these tables (repeatable, or comma-separated: orders,order_details).",
+            show_default=False,
+        ),
     ] = None,
     chunk: Annotated[
         int | None, typer.Option(help="Rows compared per step (sweep_chunk).", show_default=False)
@@ -162,7 +169,8 @@ def sweep(
         raise ConfigurationError(msg)
     refresher = Refresher(settings)
     try:
-        sweeper = Sweeper(refresher, tables, chunk, max_rows_per_second)
+        named = [t.strip() for arg in tables or () for t in arg.split(",") if t.strip()]
+        sweeper = Sweeper(refresher, named or None, chunk, max_rows_per_second)
         with progress_bar() as bar:
             task = bar.add_task("sweeping", total=None)
             report = sweeper.run_pass(
