@@ -161,9 +161,7 @@ class Sweeper:
             raise ConfigurationError(msg)
         unknown = sorted(set(tables or ()) - set(TABLES_BY_NAME))
         if unknown:
-            msg = (
-                f"--tables: no table {', '.join(unknown)}; choose from {', '.join(TABLES_BY_NAME)}"
-            )
+            msg = f"no table {', '.join(unknown)} to sweep; choose from {', '.join(TABLES_BY_NAME)}"
             raise ConfigurationError(msg)
         self.refresher = refresher
         self.tables = [t.name for t in TABLES if not tables or t.name in tables]

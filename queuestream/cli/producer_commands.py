@@ -162,14 +162,19 @@ def sweep(
     from producer.refresh import Refresher
     from producer.sweep import Sweeper
     from queuestream.cli.render_refresh import print_sweep_report
+    from queuestream.tables import TABLES_BY_NAME
 
     settings = command_settings()
     if chunk is not None and chunk < 1:
         msg = f"--chunk {chunk}: give at least 1"
         raise ConfigurationError(msg)
+    named = [t.strip() for arg in tables or () for t in arg.split(",") if t.strip()]
+    unknown = sorted(set(named) - set(TABLES_BY_NAME))
+    if unknown:  # before anything connects
+        msg = f"--tables: no table {', '.join(unknown)}; choose from {', '.join(TABLES_BY_NAME)}"
+        raise ConfigurationError(msg)
     refresher = Refresher(settings)
     try:
-        named = [t.strip() for arg in tables or () for t in arg.split(",") if t.strip()]
         sweeper = Sweeper(refresher, named or None, chunk, max_rows_per_second)
         with progress_bar() as bar:
             task = bar.add_task("sweeping", total=None)
