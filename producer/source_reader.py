@@ -14,6 +14,7 @@ Two modes (``refresh_mode``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -183,6 +184,14 @@ class SourceReader:
             raise ConfigurationError(msg) from None
 
 
+@functools.cache
+def _queue_tables(schema: str) -> dict[str, sa.Table]:
+    """Procedure mode's ``<schema>.<Table>`` tables, built once per schema (a snapshot is
+    taken for every refresh and every sweep step)."""
+    queue_md = sa.MetaData(schema=schema)
+    return {spec.name: Base.metadata.tables[spec.source].to_metadata(queue_md) for spec in TABLES}
+
+
 class FrozenSnapshot:
     """Rows of one refresh, read inside one snapshot transaction."""
 
@@ -190,10 +199,7 @@ class FrozenSnapshot:
         self.conn = conn
         self.settings = settings
         self.zone = settings.zone
-        queue_md = sa.MetaData(schema=settings.queue_schema)
-        self._queue_tables = {
-            spec.name: Base.metadata.tables[spec.source].to_metadata(queue_md) for spec in TABLES
-        }
+        self._queue_tables = _queue_tables(settings.queue_schema)
 
     def _base(self, spec: TableSpec) -> sa.Table:
         return Base.metadata.tables[spec.source]
