@@ -16,11 +16,10 @@ On a PostgreSQL source of about ``--rows`` changed rows across the six tables
    payments inserted two days back-dated), then a second pass; what it finds
    and publishes is asserted against what was seeded.
 
-Each phase runs in a fresh process (multiprocessing, spawn), so its peak RSS
-(``VmHWM`` from /proc, like bench/soak.py: Linux only) is that phase's own and
-not what the phases before it left; the report also gives the RSS the process
-had when the phase started (after its imports and set-up) and the growth during
-the phase, the honest figure for "memory stays flat".
+Each phase runs in a fresh process (bench/sweep_phases.py), so its peak RSS is
+that phase's own and not what the phases before it left; the report also gives
+the RSS the process had when the phase started (after its imports and set-up)
+and the growth during the phase, the honest figure for "memory stays flat".
 
     .venv/bin/python -m bench.sweep                     # 1,000,000 rows
     .venv/bin/python -m bench.sweep --rows 50000 --json
@@ -33,15 +32,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import multiprocessing
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -54,20 +49,22 @@ from bench.output import Progress, out, print_runs
 from bench.scratch import postgres_database, writer_engine
 from bench.services import bench_settings, resolve_postgres
 from bench.session import main_with, session
-from bench.source import simulate, timed_refresh
-from producer.published_state import PublishedState, state_path
-from producer.refresh import Refresher
+from bench.source import simulate
+from bench.sweep_phases import (
+    cache_mb,
+    in_fresh_process,
+    rebuild_phase,
+    refresh_phase,
+    sweep_phase,
+)
+from producer.published_state import state_path
 from producer.state_changelog import state_topic
-from producer.sweep import Sweeper
 from queuestream.kafka_clients import admin_client, batches_topic
 from queuestream.producer_status import status_topic
 from queuestream.settings import Settings
 from queuestream.sync_schema import Base, to_source_local
 
-__all__ = ["UNTHROTTLED", "main", "parse_args", "print_table", "run"]
-
-#: The sweep's rate limit here: no pause between steps.
-UNTHROTTLED = 1e12
+__all__ = ["main", "parse_args", "print_table", "run"]
 
 log = logging.getLogger("bench.sweep")
 
@@ -102,137 +99,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.breakdown or args.profile:
         p.error("--breakdown and --profile are not measured here (profile with py-spy)")
     return args
-
-
-# ------------------------------------------------------ one phase, one process --
-
-
-def _memory_mb(field: str) -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, in MB."""
-    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    msg = f"/proc/self/status has no {field} (the benchmark measures RSS on Linux only)"
-    raise BenchError(msg)
-
-
-class _Memory:
-    """The RSS a phase starts from, then its process's peak and the growth during it."""
-
-    def __init__(self) -> None:
-        self.before = _memory_mb("VmRSS")
-
-    def figures(self) -> dict[str, float]:
-        peak = _memory_mb("VmHWM")
-        return {
-            "rss_before_mb": round(self.before, 1),
-            "peak_rss_mb": round(peak, 1),
-            "rss_growth_mb": round(peak - self.before, 1),
-        }
-
-
-def _child(send: Connection, verbose: bool, target: Callable[..., Any], *args: Any) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        send.send(("ok", target(*args)))
-    except BaseException as exc:  # reported to the parent, which raises BenchError
-        send.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        send.close()
-
-
-def _in_fresh_process(
-    doing: str, deadline: Deadline, verbose: bool, target: Callable[..., Any], *args: Any
-) -> Any:
-    """``target(*args)`` in a new process; its result. Stopped at the deadline."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(send, verbose, target, *args))
-    process.start()
-    send.close()
-    try:
-        if not receive.poll(max(deadline.left(), 0.0)):
-            msg = f"--timeout {deadline.seconds:g}s reached while {doing}"
-            raise BenchError(msg)
-        status, value = receive.recv()
-    except EOFError:
-        process.join(10)
-        msg = f"{doing}: the process ended without a result (exit code {process.exitcode})"
-        raise BenchError(msg) from None
-    finally:
-        receive.close()
-        if process.is_alive():
-            process.join(30)
-        if process.is_alive():
-            process.terminate()
-            process.join(10)
-    if status != "ok":
-        msg = f"{doing} failed: {value}"
-        raise BenchError(msg)
-    return value
-
-
-def _refresh_phase(settings: Settings) -> dict[str, Any]:
-    memory = _Memory()
-    result, seconds = timed_refresh(settings)
-    return {
-        "events": result.events,
-        "seconds": seconds,
-        "counts": dict(result.counts),
-        "refresh_id": result.refresh_id,
-        "watermark": result.window_end,
-        **memory.figures(),
-    }
-
-
-def _sweep_phase(settings: Settings) -> dict[str, Any]:
-    refresher = Refresher(settings)
-    try:
-        sweeper = Sweeper(refresher, max_rows_per_second=UNTHROTTLED)
-        events: list[int] = []
-        memory = _Memory()
-        started = time.perf_counter()
-        report = sweeper.run_pass(lambda step: events.append(step.events))
-        seconds = time.perf_counter() - started
-        figures = memory.figures()
-    finally:
-        refresher.close()
-    return {
-        "seconds": seconds,
-        "rows": report.total("checked"),
-        "events": sum(events),
-        "steps": len(events),
-        "chunk": sweeper.chunk,
-        "findings": report.findings,
-        **figures,
-    }
-
-
-def _rebuild_phase(settings: Settings, refresh_id: str) -> dict[str, Any]:
-    path = state_path(settings)
-    path.unlink()  # raises when the refresh left no cache there
-    for suffix in ("-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    memory = _Memory()
-    started = time.perf_counter()
-    state = PublishedState.open(settings, refresh_id)
-    seconds = time.perf_counter() - started
-    figures = memory.figures()
-    try:
-        rows = state.size()
-    finally:
-        state.close()
-    return {"seconds": seconds, "rows": rows, "cache_mb": _file_mb(path), **figures}
-
-
-def _file_mb(path: Path) -> float:
-    """The cache on disk: the SQLite file and its write-ahead log."""
-    files = (Path(f"{path}{suffix}") for suffix in ("", "-wal"))
-    return round(sum(f.stat().st_size for f in files if f.exists()) / 1e6, 1)
 
 
 # ------------------------------------------------------------ the run's parts --
@@ -375,14 +241,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             generation = simulate(url, "postgres", args.rows, args, deadline, progress)
             progress(f"{generation.rows:,} rows in PostgreSQL in {generation.seconds:.1f}s")
-            refresh = phase("refreshing", _refresh_phase, settings)
+            refresh = phase("refreshing", refresh_phase, settings)
             _say(progress, "refresh", refresh, "events")
             if refresh["events"] != generation.rows:
                 msg = f"the refresh published {refresh['events']} events for {generation.rows} rows"
                 raise BenchError(msg)
 
             end = _batches_end(settings)
-            unchanged = phase("sweeping unchanged rows", _sweep_phase, settings)
+            unchanged = phase("sweeping unchanged rows", sweep_phase, settings)
             _say(progress, "sweep of unchanged rows", unchanged, "rows")
             moved = _batches_end(settings) - end
             if unchanged["events"] or moved or unchanged["rows"] != generation.rows:
@@ -393,15 +259,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 raise BenchError(msg)
 
-            cache_mb = _file_mb(state_path(settings))
-            rebuilt = phase("rebuilding the state", _rebuild_phase, settings, refresh["refresh_id"])
+            cache_before = cache_mb(state_path(settings))
+            rebuilt = phase("rebuilding the state", rebuild_phase, settings, refresh["refresh_id"])
             _say(progress, "state rebuilt from the changelog", rebuilt, "rows")
             if rebuilt["rows"] != generation.rows:
                 msg = f"the rebuilt state holds {rebuilt['rows']} rows, published {generation.rows}"
                 raise BenchError(msg)
 
             seeded = _seed(url, settings, refresh["watermark"], args.seeded)
-            findings = phase("sweeping seeded findings", _sweep_phase, settings)
+            findings = phase("sweeping seeded findings", sweep_phase, settings)
             _say(progress, "sweep with findings", findings, "rows")
             _check_seeded(findings["findings"], seeded)
             expected = sum(n for counts in seeded.values() for n in counts.values())
@@ -425,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "per_table": generation.per_table,
         "generation_seconds": round(generation.seconds, 1),
         "phases": phases,
-        "cache_mb_after_refresh": cache_mb,
+        "cache_mb_after_refresh": cache_before,
         "seeded": seeded,
         "environment": environment(started.bootstrap, args),
     }
@@ -439,7 +305,7 @@ def _phases(
     def phase(doing: str, target: Callable[..., dict[str, Any]], *more: Any) -> dict[str, Any]:
         deadline.check(doing)
         progress(f"{doing} ({url.rsplit('/', 1)[-1]}, {settings.topic_prefix})")
-        result: dict[str, Any] = _in_fresh_process(doing, deadline, args.verbose, target, *more)
+        result: dict[str, Any] = in_fresh_process(doing, deadline, args.verbose, target, *more)
         return result
 
     return phase
