@@ -19,8 +19,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from sqlalchemy.engine import make_url
 
 from bench.errors import BenchError
+from producer.state_changelog import state_topic
 from queuestream.databases import create_engine
 from queuestream.kafka_clients import admin_client, ensure_topics
+from queuestream.producer_status import status_topic
 from queuestream.settings import Settings, load_settings
 from queuestream.tables import BATCHES, TABLES, topic_for
 
@@ -138,6 +140,8 @@ def delete_topics(bootstrap: str, prefixes: list[str]) -> None:
     settings = load_settings(kafka_bootstrap_servers=bootstrap)
     admin = admin_client(settings)
     topics = [topic_for(p, s) for p in prefixes for s in [t.name for t in TABLES] + [BATCHES]]
+    # The producer's own compacted topics (its state and status) go with them.
+    topics += [name for p in prefixes for name in (state_topic(p), status_topic(p))]
     try:
         existing = set(admin.list_topics(timeout=15).topics)
         doomed = [t for t in topics if t in existing]

@@ -30,7 +30,6 @@ Kafka and PostgreSQL as for bench/producer.py (``make bench-sweep`` starts both)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from bench.environment import environment, environment_line
 from bench.errors import BenchError, Deadline
@@ -58,9 +57,7 @@ from bench.sweep_phases import (
     sweep_phase,
 )
 from producer.published_state import state_path
-from producer.state_changelog import state_topic
-from queuestream.kafka_clients import admin_client, batches_topic
-from queuestream.producer_status import status_topic
+from queuestream.kafka_clients import batches_topic
 from queuestream.settings import Settings
 from queuestream.sync_schema import Base, to_source_local
 
@@ -204,18 +201,6 @@ def _check_seeded(found: dict[str, dict[str, int]], seeded: dict[str, dict[str, 
                 raise BenchError(msg)
 
 
-def _drop_internal_topics(bootstrap: str, settings: Settings) -> None:
-    """The state and status topics (bench.session deletes the change and batches topics)."""
-    admin = admin_client(settings)
-    topics = [state_topic(settings.topic_prefix), status_topic(settings.topic_prefix)]
-    try:
-        for future in admin.delete_topics(topics, operation_timeout=30).values():
-            with contextlib.suppress(KafkaException):
-                future.result()
-    except KafkaException as exc:
-        log.warning("could not delete %s at %s: %s", ", ".join(topics), bootstrap, exc)
-
-
 def _rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds else 0.0
 
@@ -238,44 +223,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prefix = started.prefixes.new("postgres", "sweep")
         settings = bench_settings(url, started.bootstrap, prefix, args, state_dir=state_dir)
         phase = _phases(args, url, settings, deadline, progress)
-        try:
-            generation = simulate(url, "postgres", args.rows, args, deadline, progress)
-            progress(f"{generation.rows:,} rows in PostgreSQL in {generation.seconds:.1f}s")
-            refresh = phase("refreshing", refresh_phase, settings)
-            _say(progress, "refresh", refresh, "events")
-            if refresh["events"] != generation.rows:
-                msg = f"the refresh published {refresh['events']} events for {generation.rows} rows"
-                raise BenchError(msg)
+        generation = simulate(url, "postgres", args.rows, args, deadline, progress)
+        progress(f"{generation.rows:,} rows in PostgreSQL in {generation.seconds:.1f}s")
+        refresh = phase("refreshing", refresh_phase, settings)
+        _say(progress, "refresh", refresh, "events")
+        if refresh["events"] != generation.rows:
+            msg = f"the refresh published {refresh['events']} events for {generation.rows} rows"
+            raise BenchError(msg)
 
-            end = _batches_end(settings)
-            unchanged = phase("sweeping unchanged rows", sweep_phase, settings)
-            _say(progress, "sweep of unchanged rows", unchanged, "rows")
-            moved = _batches_end(settings) - end
-            if unchanged["events"] or moved or unchanged["rows"] != generation.rows:
-                msg = (
-                    f"the sweep over {generation.rows} unchanged rows compared "
-                    f"{unchanged['rows']}, published {unchanged['events']} events and moved "
-                    f"the batches topic by {moved}: {unchanged['findings']}"
-                )
-                raise BenchError(msg)
+        end = _batches_end(settings)
+        unchanged = phase("sweeping unchanged rows", sweep_phase, settings)
+        _say(progress, "sweep of unchanged rows", unchanged, "rows")
+        moved = _batches_end(settings) - end
+        if unchanged["events"] or moved or unchanged["rows"] != generation.rows:
+            msg = (
+                f"the sweep over {generation.rows} unchanged rows compared "
+                f"{unchanged['rows']}, published {unchanged['events']} events and moved "
+                f"the batches topic by {moved}: {unchanged['findings']}"
+            )
+            raise BenchError(msg)
 
-            cache_before = cache_mb(state_path(settings))
-            rebuilt = phase("rebuilding the state", rebuild_phase, settings, refresh["refresh_id"])
-            _say(progress, "state rebuilt from the changelog", rebuilt, "rows")
-            if rebuilt["rows"] != generation.rows:
-                msg = f"the rebuilt state holds {rebuilt['rows']} rows, published {generation.rows}"
-                raise BenchError(msg)
+        cache_before = cache_mb(state_path(settings))
+        rebuilt = phase("rebuilding the state", rebuild_phase, settings, refresh["refresh_id"])
+        _say(progress, "state rebuilt from the changelog", rebuilt, "rows")
+        if rebuilt["rows"] != generation.rows:
+            msg = f"the rebuilt state holds {rebuilt['rows']} rows, published {generation.rows}"
+            raise BenchError(msg)
 
-            seeded = _seed(url, settings, refresh["watermark"], args.seeded)
-            findings = phase("sweeping seeded findings", sweep_phase, settings)
-            _say(progress, "sweep with findings", findings, "rows")
-            _check_seeded(findings["findings"], seeded)
-            expected = sum(n for counts in seeded.values() for n in counts.values())
-            if findings["events"] != expected:
-                msg = f"the second sweep published {findings['events']} events, seeded {expected}"
-                raise BenchError(msg)
-        finally:
-            _drop_internal_topics(started.bootstrap, settings)
+        seeded = _seed(url, settings, refresh["watermark"], args.seeded)
+        findings = phase("sweeping seeded findings", sweep_phase, settings)
+        _say(progress, "sweep with findings", findings, "rows")
+        _check_seeded(findings["findings"], seeded)
+        expected = sum(n for counts in seeded.values() for n in counts.values())
+        if findings["events"] != expected:
+            msg = f"the second sweep published {findings['events']} events, seeded {expected}"
+            raise BenchError(msg)
     phases = [
         {"phase": "refresh", "count": refresh["events"], **refresh},
         {"phase": "sweep, unchanged", "count": unchanged["rows"], **unchanged},
