@@ -8,15 +8,25 @@ The real commands, as separate processes, against the local broker and PostgreSQ
 3. ``queuestream consume accounting`` and ``consume shipping`` apply it to two
    fresh PostgreSQL targets.
 
+The business deletes rows too (``sim --deletes``): lines removed from changed
+orders reach the targets with their refresh, but payments, orders and customers
+deleted with nothing changed behind them only through a sweep. So the producer
+sweeps between refreshes (``produce --sweep-every``), and once the load has
+stopped and the producer with it, a final ``queuestream sweep`` pass (started
+after the load, a second one when the first only resumed a pass begun before)
+publishes the last deletes before the consumers drain again and the targets are
+verified.
+
 Every ``--sample-seconds`` the run reads each process's resident memory
 (``/proc/PID/status``) and scrapes its Prometheus metrics: events published and
 applied, the consumers' lag, the producer's watermark age, and every error
-counter. When the load stops it waits for the consumers to drain, stops every
-process with SIGTERM (each must exit 0), and checks both targets with
+counter. When the load stops it waits for the consumers to drain, stops the
+producer with SIGTERM, runs the final sweep, waits for the consumers to drain
+again, stops them (each process must exit 0), and checks both targets with
 ``queuestream verify``. The report (``--json``) gives per process the RSS after
 warm-up, the peak, the last and the growth, the lag (peak, last), the errors,
-and the verification. A run fails (exit 1) when a process dies, a target does not
-verify, or the drain does not finish in time.
+the final sweep's findings and the verification. A run fails (exit 1) when a
+process dies, a target does not verify, or a drain does not finish in time.
 
     make bench-soak                                    # 10 minutes, 100 actions/s
     .venv/bin/python -m bench.soak --minutes 2 --rate 50 --json
@@ -39,6 +49,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=10.0, help="load duration (%(default)s)")
     p.add_argument("--rate", type=float, default=100.0, help="sim actions/s (%(default)s)")
     p.add_argument("--interval", type=float, default=1.0, help="produce --interval (%(default)s)")
+    p.add_argument("--sweep-every", default="2m", help="produce --sweep-every (%(default)s)")
     p.add_argument("--warmup-seconds", type=float, default=60.0, help="(%(default)s)")
     p.add_argument("--sample-seconds", type=float, default=10.0, help="(%(default)s)")
     p.add_argument("--drain-seconds", type=float, default=180.0, help="(%(default)s)")
@@ -209,6 +221,37 @@ def _verify(name: str, env: dict[str, str], target: str) -> dict[str, Any]:
     return {"equal": done.returncode == 0, "report": report}
 
 
+def _stop(processes: list[Process]) -> None:
+    """SIGTERM to each, then wait for each (killed past the stop timeout)."""
+    for process in processes:
+        process.popen.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.popen.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.popen.kill()
+            process.popen.wait()
+
+
+def _final_sweep(env: dict[str, str], load_stopped: datetime) -> dict[str, Any]:
+    """A sweep pass that started after the load stopped (the producer stopped too: the sweep
+    takes its transactional id). A first run may only resume an unfinished pass, which has
+    passed the keys it swept before the load stopped: then a second, full pass follows."""
+    for _ in range(2):
+        done = subprocess.run(
+            _command("sweep", "--json"),
+            env=env, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            msg = f"the final sweep failed: {done.stderr.strip()[-500:]}"
+            raise BenchError(msg)
+        report: dict[str, Any] = json.loads(done.stdout)
+        if datetime.fromisoformat(report["started"]) >= load_stopped:
+            return report
+    msg = "the final sweep did not start a pass of its own after the load stopped"
+    raise BenchError(msg)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     bootstrap = resolve_bootstrap(args)
     check_kafka(bootstrap)
@@ -248,13 +291,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return stack.enter_context(_started(name, _command(*command, *metrics), env, port, log))
 
         processes = [
-            start("producer", ["produce", "--interval", str(args.interval)], ports["producer"]),
+            start(
+                "producer",
+                ["produce", "--interval", str(args.interval), "--sweep-every", args.sweep_every],
+                ports["producer"],
+            ),
             *(
                 start(name, ["consume", name, "--target", url], ports[name])
                 for name, url in targets.items()
             ),
         ]
         sim_args = ["sim", "--actions", actions, "--rate", str(args.rate), "--seed", "7"]
+        sim_args.append("--deletes")
         sim = start("sim", sim_args, None)
         started = time.monotonic()
         watched = [*processes, sim]
@@ -275,31 +323,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load_seconds = time.monotonic() - started
         if sim.alive():
             sim.popen.send_signal(signal.SIGTERM)
+            sim.popen.wait(_STOP_TIMEOUT)
+        load_stopped = datetime.now(UTC)
         drained = _drain(processes, started, args)
-        for process in processes:
-            process.popen.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.popen.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.popen.kill()
-                process.popen.wait()
+        producer, consumers = processes[0], processes[1:]
+        _stop([producer])
+        swept = _final_sweep(env, load_stopped)
+        drained_after_sweep = _drain(consumers, started, args)
+        _stop(consumers)
         verified = {name: _verify(name, env, url) for name, url in targets.items()}
         report = {
             "minutes": round(load_seconds / 60, 2),
             "rate_actions_per_second": args.rate,
             "interval_seconds": args.interval,
             "drained_seconds": drained,
+            "final_sweep": swept,
+            "drained_after_sweep_seconds": drained_after_sweep,
             "processes": {p.name: p.report(args.warmup_seconds) for p in processes},
             "verified": {name: v["equal"] for name, v in verified.items()},
             "verify": {name: v["report"] for name, v in verified.items()},
         }
     failed = [n for n, p in report["processes"].items() if p["exit_code"] != 0]
     unequal = [n for n, ok in report["verified"].items() if not ok]
-    if failed or unequal or drained is None:
+    if failed or unequal or drained is None or drained_after_sweep is None:
         msg = (
             f"soak failed: exits {failed or 'ok'}, unverified {unequal or 'none'}, "
-            f"drained {drained}"
+            f"drained {drained}, after the final sweep {drained_after_sweep}"
         )
         print(json.dumps(report, indent=2, default=str), file=sys.stderr)
         raise BenchError(msg)
@@ -331,7 +380,14 @@ def print_table(report: dict[str, Any]) -> None:
             f"{p['rss_mb_last']} MB (peak {p['rss_mb_peak']}, growth {p['rss_mb_growth']})  "
             f"lag peak {p['lag_messages_peak']}  errors {p['errors']}"
         )
-    print(f"  drained in {report['drained_seconds']} s; verified {report['verified']}")
+    sweep = report["final_sweep"]["findings"]
+    found = {t: {k: n for k, n in f.items() if n and k != "checked"} for t, f in sweep.items()}
+    found = {t: kinds for t, kinds in found.items() if kinds}
+    print(f"  drained in {report['drained_seconds']} s; final sweep found {found or 'nothing'}")
+    print(
+        f"  drained again in {report['drained_after_sweep_seconds']} s; "
+        f"verified {report['verified']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ the customers, the orders still open) and performs one business action at a
 time through a connection it is given: a new customer (with their site and
 payment account), an order with lines, a payment, an order's next status on the
 way to shipping (with a tracking number), an address edit, a card update, a
-cancellation. Every random choice comes from the generator it is handed, in a
+cancellation; and, when the driver asks for them, the deletes of
+:mod:`producer.sim_deletes`. Every random choice comes from the generator it is handed, in a
 fixed order, so the same seed on the same starting database writes the same
 rows; timestamps are the clock's. Choosing which action comes next, and when to
 commit, is the driver's (:mod:`producer.simulator`).
@@ -21,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from producer.sim_deletes import DELETE_ACTIONS, delete_actions, feasible_delete
 from queuestream.sync_schema import Base
 
 __all__ = ["ACTIONS", "SimulatedBusiness"]
@@ -76,7 +78,7 @@ class SimulatedBusiness:
         self, conn: sa.Connection, rng: random.Random, clock: Callable[[], datetime]
     ) -> None:
         self.rng = rng
-        self._clock = clock
+        self.clock = clock
         self.t = {name: Base.metadata.tables[name] for name in Base.metadata.tables}
         self._actions: dict[str, Callable[[sa.Connection], int]] = {
             "new_customer": self._new_customer,
@@ -86,6 +88,7 @@ class SimulatedBusiness:
             "address_edit": self._address_edit,
             "card_update": self._card_update,
             "cancel_order": self._cancel_order,
+            **delete_actions(self),
         }
         self._load_state(conn)
 
@@ -114,8 +117,12 @@ class SimulatedBusiness:
         ):
             self.open_orders[oid] = (status, cid, Decimal(total), Decimal(0))
 
-    def feasible(self, action: str) -> str:
-        """``action``, or what must come first: a customer, or an order to pay, move or cancel."""
+    def feasible(self, action: str, conn: sa.Connection | None = None) -> str:
+        """``action``, or what must come first: a customer, or an order to pay, move or cancel.
+        A delete (:data:`~producer.sim_deletes.DELETE_ACTIONS`) reads its candidates
+        through ``conn``; without one it gives way to the ordinary action."""
+        if action in DELETE_ACTIONS:
+            action = feasible_delete(self, conn, action)
         if not self.customers:
             return "new_customer"
         if action in _ON_OPEN_ORDERS and not self.open_orders:
@@ -145,7 +152,7 @@ class SimulatedBusiness:
         }
 
     def _new_customer(self, conn: sa.Connection) -> int:
-        now = self._clock()
+        now = self.clock()
         cid = self.next_customer
         self.next_customer += 1
         first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
@@ -221,7 +228,7 @@ class SimulatedBusiness:
         return rows
 
     def _new_order(self, conn: sa.Connection) -> int:
-        now = self._clock()
+        now = self.clock()
         cid = self.rng.choice(self.customers)
         oid = self.next_order
         self.next_order += 1
@@ -296,7 +303,7 @@ class SimulatedBusiness:
         return self.rng.choice(sorted(self.open_orders))
 
     def _payment(self, conn: sa.Connection) -> int:
-        now = self._clock()
+        now = self.clock()
         oid = self._pick_open_order()
         status, cid, total, paid = self.open_orders[oid]
         remaining = total - paid
@@ -328,7 +335,7 @@ class SimulatedBusiness:
         return rows
 
     def _advance_order(self, conn: sa.Connection, oid: int | None = None) -> int:
-        now = self._clock()
+        now = self.clock()
         oid = oid if oid is not None else self._pick_open_order()
         status, cid, total, paid = self.open_orders[oid]
         new = _NEXT_STATUS[status]
@@ -342,7 +349,7 @@ class SimulatedBusiness:
         return self._update(conn, "Orders", self.t["Orders"].c.OrderID == oid, values)
 
     def _cancel_order(self, conn: sa.Connection) -> int:
-        now = self._clock()
+        now = self.clock()
         oid = self._pick_open_order()
         del self.open_orders[oid]
         return self._update(
@@ -353,7 +360,7 @@ class SimulatedBusiness:
         )
 
     def _address_edit(self, conn: sa.Connection) -> int:
-        now = self._clock()
+        now = self.clock()
         cid = self.rng.choice(self.customers)
         addr = self._address()
         rows = self._update(
@@ -377,7 +384,7 @@ class SimulatedBusiness:
         )
 
     def _card_update(self, conn: sa.Connection) -> int:
-        now = self._clock()
+        now = self.clock()
         cid = self.rng.choice(self.customers)
         return self._update(
             conn,

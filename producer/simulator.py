@@ -3,7 +3,8 @@
 The :class:`Simulator` is the driver: it creates the simulated database's tables,
 picks each next business action by weight (:data:`ACTIONS`), commits
 ``per_transaction`` actions at a time, keeps to a rate, and stops when asked.
-What an action writes is :mod:`producer.sim_actions`. Both draw from one seeded
+What an action writes is :mod:`producer.sim_actions`; with ``deletes=True`` the
+deletes of :mod:`producer.sim_deletes` join the draw, weighted low. Both draw from one seeded
 generator in a fixed order, so the same seed on the same starting database makes
 the same changes; timestamps are the clock's.
 """
@@ -22,25 +23,35 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from producer.sim_actions import ACTIONS, SimulatedBusiness
+from producer.sim_deletes import DELETE_ACTIONS
 from queuestream.sync_schema import create_source_schema
 
-__all__ = ["ACTIONS", "SimStats", "Simulator"]
+__all__ = ["ACTIONS", "DELETE_ACTIONS", "SimStats", "Simulator"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SimStats:
-    actions: dict[str, int] = field(default_factory=lambda: {a: 0 for a in ACTIONS})
+    actions: dict[str, int] = field(
+        default_factory=lambda: {a: 0 for a in {**ACTIONS, **DELETE_ACTIONS}}
+    )
     rows_written: int = 0
 
     @property
     def total(self) -> int:
         return sum(self.actions.values())
 
+    @property
+    def deletes(self) -> int:
+        """Delete actions performed (each deletes one row or more)."""
+        return sum(self.actions[a] for a in DELETE_ACTIONS)
+
 
 class Simulator:
-    """Writes business activity; each action is one source transaction."""
+    """Writes business activity; ``per_transaction`` actions a source transaction.
+    ``deletes``: the business deletes rows too (:mod:`producer.sim_deletes`); only a
+    pipeline that sweeps converges on all of them."""
 
     def __init__(
         self,
@@ -48,8 +59,10 @@ class Simulator:
         zone: ZoneInfo,
         seed: int = 42,
         clock: Callable[[], datetime] | None = None,
+        deletes: bool = False,
     ) -> None:
         self.engine = engine
+        self.weights = {**ACTIONS, **(DELETE_ACTIONS if deletes else {})}
         self.zone = zone
         self.rng = random.Random(seed)
         self._clock = clock or (lambda: datetime.now(zone).replace(tzinfo=None))
@@ -88,9 +101,9 @@ class Simulator:
 
     def step(self, conn: sa.Connection) -> str:
         """One action, chosen by weight (or what must come first), written through ``conn``."""
-        names = list(ACTIONS)
-        chosen = self.rng.choices(names, weights=[ACTIONS[n] for n in names])[0]
-        action = self.business.feasible(chosen)
+        names = list(self.weights)
+        chosen = self.rng.choices(names, weights=[self.weights[n] for n in names])[0]
+        action = self.business.feasible(chosen, conn)
         self.stats.rows_written += self.business.perform(conn, action)
         self.stats.actions[action] += 1
         return action

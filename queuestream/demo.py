@@ -1,7 +1,12 @@
 """``queuestream demo``: the main job end to end on the embedded defaults.
 
-Simulate activity, refresh it into Kafka, read it back, apply it to the accounting
-and shipping targets, and verify both against the source.
+Simulate activity, refresh it into Kafka, read it back; simulate more activity,
+deletes among it (a line removed from an order, a payment entered by mistake, an
+unpaid order, a customer without orders), refresh it and run a sweep pass, so that
+the deletes a refresh cannot see (no changed row left behind) are published too;
+apply it all to the accounting and shipping targets, and verify both against the
+source. Deletes need a sweep, which procedure mode does not have: there the demo
+simulates no deletes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from consumers.runtime import ConsumerRuntime
 from consumers.verify import verify
 from producer.refresh import Refresher, RefreshResult
 from producer.simulator import Simulator
+from producer.sweep import Sweeper
 from queuestream.databases import create_engine, describe_url
 from queuestream.kafka_clients import change_topics, consumer_config
 from queuestream.settings import Settings
@@ -61,24 +67,40 @@ def read_refresh_events(
     return found
 
 
-def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -> None:
-    """Simulate, refresh, read back, apply to both sample targets, verify them."""
-    console.rule("1. simulate activity in the sync database")
+def _simulate(settings: Settings, actions: int, seed: int, console: Console) -> None:
+    """``actions`` actions (deletes among them in watermark mode), settled when this returns."""
     writer = create_engine(settings.source_url, writer=True)
-    stats = Simulator(writer, settings.zone, seed=seed).run(actions, per_transaction=10)
-    writer.dispose()
-    engine = create_engine(settings.source_url)
+    deletes = settings.refresh_mode == "watermark"
+    try:
+        simulator = Simulator(writer, settings.zone, seed=seed, deletes=deletes)
+        stats = simulator.run(actions, per_transaction=10)
+        settle = writer.dialect.name != "postgresql" and settings.settle_seconds
+    finally:
+        writer.dispose()
     console.print(
-        f"{describe_url(settings.source_url)}: {stats.total} actions, "
-        f"{stats.rows_written} rows written"
+        f"{describe_url(settings.source_url)}: {stats.total} actions ({stats.deletes} of them "
+        f"deletes), {stats.rows_written} rows written",
+        highlight=False,
     )
-
-    if engine.dialect.name != "postgresql" and settings.settle_seconds:
+    if settle:
         # Rows younger than the settle delay wait for the next window: let them settle.
         with console.status(f"waiting {settings.settle_seconds:g}s for the settle delay"):
             time.sleep(settings.settle_seconds + 0.2)
 
+
+def _deletes(op_counts: dict[str, int]) -> int:
+    """Delete events among a refresh's or sweep batch's ``<table>.<op>`` counts."""
+    return sum(n for name, n in op_counts.items() if name.endswith(".d"))
+
+
+def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -> None:
+    """Simulate, refresh, read back, delete, refresh and sweep, apply to both sample
+    targets, verify them."""
+    console.rule("1. simulate activity in the sync database")
+    _simulate(settings, actions, seed, console)
+
     console.rule("2. refresh: freeze the changes and publish them in one Kafka transaction")
+    engine = create_engine(settings.source_url)
     refresher = Refresher(settings, engine)
     try:
         results: list[RefreshResult] = refresher.refresh()
@@ -98,7 +120,11 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
     if len(events) != result.events:
         raise SystemExit(1)
 
-    console.rule("4. apply to the sample targets (consumer groups, until idle)")
+    if settings.refresh_mode == "watermark":
+        console.rule("4. more activity with deletes: refresh, then a sweep pass")
+        _refresh_and_sweep(settings, actions, seed, console)
+
+    console.rule("5. apply to the sample targets (consumer groups, until idle)")
     for name in TARGET_NAMES:
         runtime = ConsumerRuntime(settings, target_named(name), until_idle=True)
         with console.status(f"{name}: consuming as group {runtime.group}"):
@@ -109,7 +135,7 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
             highlight=False,
         )
 
-    console.rule("5. verify: each target against the source")
+    console.rule("6. verify: each target against the source")
     failed = []
     for name in TARGET_NAMES:
         report = verify(settings, name)
@@ -128,6 +154,27 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
         console.print(f"[bold red]{', '.join(failed)} differ from the source[/]")
         raise SystemExit(1)
     console.print("[bold green]both targets verified equal to the source[/]")
+
+
+def _refresh_and_sweep(settings: Settings, actions: int, seed: int, console: Console) -> None:
+    """Half as many actions again, deletes among them; a refresh publishes the lines removed
+    from changed orders, a sweep pass the rows deleted with nothing changed behind them."""
+    _simulate(settings, max(1, actions // 2), seed + 1, console)
+    refresher = Refresher(settings)
+    try:
+        published = 0
+        for result in refresher.refresh():
+            published += _deletes(result.op_counts)
+            console.print(
+                f"refresh {result.refresh_id}: {result.events} events, "
+                f"{_deletes(result.op_counts)} deletes (lines removed from changed orders)"
+            )
+        report = Sweeper(refresher, max_rows_per_second=1e9).run_pass()
+    finally:
+        refresher.close()
+    swept = report.total("deleted")
+    console.print(f"{report.describe()}; {swept} deletes published by the sweep", highlight=False)
+    console.print(f"[bold]{published + swept} deletes published in all[/]")
 
 
 def _show_events(

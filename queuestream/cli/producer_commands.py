@@ -29,6 +29,14 @@ def sim(
     with_queue_procedure: Annotated[
         bool, typer.Option(help="PostgreSQL: also install an Exigo-like queue.refresh procedure.")
     ] = False,
+    deletes: Annotated[
+        bool,
+        typer.Option(
+            help="Delete rows too, as an order system does (a line from an open order, a "
+            "mistaken payment, an unpaid order, a customer without orders): all but the "
+            "first reach consumers only through a sweep (sweep, produce --sweep-every)."
+        ),
+    ] = False,
 ) -> None:
     """Generate customers, orders, payments, shipping and cancellations in the sync database."""
     from producer.simulator import Simulator
@@ -36,7 +44,7 @@ def sim(
 
     settings = command_settings()
     engine = create_engine(settings.source_url, writer=True)
-    simulator = Simulator(engine, settings.zone, seed=seed)
+    simulator = Simulator(engine, settings.zone, seed=seed, deletes=deletes)
     if with_queue_procedure:
         from producer.queue_procedure import install_queue_procedure
 

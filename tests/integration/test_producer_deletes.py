@@ -5,7 +5,8 @@ refresh (op d with the line as published in ``before``, then a tombstone, counte
 END marker); the state of what was published survives the loss of its local cache; a
 sweep finds a deleted customer, rows stamped before the watermark (one written by a
 SQLite transaction held past the window) and rows changed without a new ModifiedDate,
-each exactly once, and a second pass finds nothing.
+each exactly once, and a second pass finds nothing; compaction of a change topic with
+the producer's tombstones leaves the deleted key absent and every other key's latest value.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import Message
+from confluent_kafka import Message, Producer
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from producer.published_state import state_path
 from queuestream.batches import read_last_end
@@ -29,6 +37,17 @@ from tests.integration.kafka_readback import committed_changes, committed_messag
 from tests.integration.pipeline import Pipeline
 
 Values = list[tuple[str, int, dict[str, Any]]]
+
+#: Compaction as soon as the broker's log cleaner looks (every 2 s on the test broker:
+#: scripts/kafka-local.sh log.cleaner.backoff.ms), tombstones kept no longer than that.
+COMPACT_NOW = {
+    "cleanup.policy": "compact",
+    "segment.ms": "100",
+    "min.cleanable.dirty.ratio": "0.001",
+    "delete.retention.ms": "100",
+    "min.compaction.lag.ms": "0",
+}
+COMPACTION_TIMEOUT = 90.0  # seconds for the cleaner to drop the deleted key's values
 
 
 def _now() -> datetime:
@@ -299,3 +318,79 @@ def test_the_sweep_finds_what_refreshes_cannot_each_exactly_once(
     published_again, values_again = committed_changes(pipeline.bootstrap, pipeline.prefix)
     assert published_again == published and len(values_again) == len(values)
     _consume_and_verify(pipeline, tmp_path)
+
+
+def _latest(pipeline: Pipeline, topic: str) -> dict[tuple[int, bytes], bytes | None]:
+    """The latest value of every (partition, key) of ``topic``, as committed readers see it."""
+    latest: dict[tuple[int, bytes], bytes | None] = {}
+    for message in committed_messages(pipeline.bootstrap, [topic]):
+        key = message.key()
+        assert isinstance(key, bytes), message
+        value = message.value()
+        assert value is None or isinstance(value, bytes), message
+        latest[(located(message)[1], key)] = value
+    return latest
+
+
+def _compact_now(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+            for name, value in COMPACT_NOW.items()
+        ],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_compaction_leaves_the_deleted_key_absent(pipeline: Pipeline) -> None:
+    pipeline.simulate(200)
+    pipeline.refresh()
+    order, lines = _order_with_lines(pipeline)
+    with pipeline.source.begin() as conn:
+        conn.execute(
+            sa.text('DELETE FROM "OrderDetails" WHERE "OrderID" = :o AND "OrderLine" = :l'),
+            {"o": order, "l": lines[0]},
+        )
+        conn.execute(
+            sa.text('UPDATE "Orders" SET "ModifiedDate" = :now WHERE "OrderID" = :o'),
+            {"o": order, "now": _now()},
+        )
+    [result] = pipeline.refresh()
+    assert result.op_counts.get("order_details.d") == 1
+    delete = _delete_message(pipeline, "order_details")
+    topic, partition, _ = located(delete)
+    deleted = delete.key()
+    assert isinstance(deleted, bytes)
+    before = _latest(pipeline, topic)
+    kept = {where: value for where, value in before.items() if where[1] != deleted}
+    assert kept and all(value is not None for value in kept.values())
+
+    _compact_now(pipeline.bootstrap, topic)
+    roller = Producer({"bootstrap.servers": pipeline.bootstrap})
+    deadline = time.monotonic() + COMPACTION_TIMEOUT
+    holding: list[Message] = []
+    while time.monotonic() < deadline:
+        # The active segment is never cleaned: a record appended after segment.ms rolls it.
+        time.sleep(0.5)
+        roller.produce(topic, b"segment roll", b"-", partition=partition)
+        assert roller.flush(10) == 0, "the record that rolls the segment was not delivered"
+        holding = [
+            m
+            for m in committed_messages(pipeline.bootstrap, [topic])
+            if m.key() == deleted and m.value() is not None
+        ]
+        if not holding:
+            break
+        time.sleep(2.0)
+    assert not holding, (
+        f"after {COMPACTION_TIMEOUT:g}s of compaction {topic} still holds {len(holding)} "
+        "values of the deleted key: was its tombstone written?"
+    )
+    # Every other key keeps its latest value; the deleted one has no value left.
+    after = _latest(pipeline, topic)
+    assert {where: after.get(where) for where in kept} == kept
+    assert after.get((partition, deleted)) is None
