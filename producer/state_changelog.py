@@ -104,7 +104,15 @@ def read_changelog(settings: Settings) -> Iterator[tuple[bytes, bytes | None]]:
         consumer_config(
             settings,
             f"queuestream-state-{uuid.uuid4().hex[:8]}",
-            **{"enable.partition.eof": True, "fetch.wait.max.ms": 10},
+            **{
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 10,
+                # Small records, read once: a small read-ahead keeps the rebuild's memory
+                # flat however long the changelog is.
+                "queued.max.messages.kbytes": 8192,
+                "fetch.max.bytes": 4 * 1024 * 1024,
+                "max.partition.fetch.bytes": 1024 * 1024,
+            },
         )
     )
     try:
