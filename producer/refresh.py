@@ -1,4 +1,4 @@
-"""One refresh cycle, and the produce loop.
+"""One refresh cycle (the loop around it is :mod:`producer.produce_loop`).
 
 A refresh freezes the changed rows, publishes BEGIN, every event and END in
 one Kafka transaction, and only then takes the END's watermark as its progress.
@@ -10,10 +10,13 @@ before the commit. A broker that fails meanwhile fails the attempt, which
 releases the snapshot; the retry (after a pause with nothing open on the
 source) takes a fresh one. The watermark has not moved, so nothing is lost.
 
-A row that cannot be encoded goes to its table's dead-letter topic
-(``<topic>.dlq``, :mod:`queuestream.dead_letters`) in the same transaction, as
-JSON after masking, while the error budget (``max_errors``) lasts; past it, or
-without one, the EncodingError fails the attempt and nothing is committed.
+What goes into the transaction with each event is :mod:`producer.batch_writer`'s:
+the row's record in the state changelog (what was published, which the deletes
+are found against), and for a row that cannot be encoded its dead letter while
+the error budget (``max_errors``) lasts; past it, or without one, the
+EncodingError fails the attempt and nothing is committed. An order's lines that
+the state holds but the source no longer has are deleted in the refresh that
+carries the order (``CHILDREN``).
 """
 
 from __future__ import annotations
