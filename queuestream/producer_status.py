@@ -14,7 +14,8 @@ of each producer.
 The topic is ``__queuestream-status.<prefix>``: the leading double underscore
 marks it as internal (like ``__consumer_offsets``), so a sink reading
 ``<prefix>\\..*`` does not take it. Values are JSON (operators read them with any
-Kafka tool); the record holds the key of the row, never its values.
+Kafka tool); the record holds the key of the row and the reason, which may quote the
+offending value as encoding saw it: after sensitive columns were masked.
 """
 
 from __future__ import annotations
