@@ -35,6 +35,7 @@ from producer.state_changelog import (
     parse_record_key,
     read_changelog,
 )
+from queuestream.errors import ConfigurationError
 from queuestream.settings import Settings
 
 __all__ = ["PublishedState", "state_path"]
@@ -69,12 +70,19 @@ class PublishedState:
     """The local cache; writes happen inside :meth:`begin` ... :meth:`commit`."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            msg = (
+                f"cannot keep the producer's state in {path}: {exc}; set state_dir "
+                "(QUEUESTREAM_STATE_DIR) to a folder this process can write"
+            )
+            raise ConfigurationError(msg) from None
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._open = False
 

@@ -1,0 +1,112 @@
+"""The producer's local state of what it published: writes commit or roll back with their
+batch, lookups see the batch's own writes, and the cache is used only when it reflects
+the producer's last committed batch (otherwise rebuilt from the changelog)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from producer import published_state
+from producer.published_state import PublishedState, state_path
+from producer.state_changelog import SWEEP_KEY, Published, parse_record_key, record_key
+from queuestream.errors import ConfigurationError
+from queuestream.settings import Settings, load_settings
+
+
+def _row(n: int) -> Published:
+    return Published(version=1_000 + n, customer=n % 7, row=f"row {n}".encode())
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return load_settings(None, state_dir=tmp_path / "state", topic_prefix="t", transactional_id="p")
+
+
+def test_writes_commit_or_roll_back_with_their_batch(tmp_path: Path) -> None:
+    state = PublishedState(tmp_path / "s.sqlite")
+    state.begin()
+    for line in (1, 2, 3):
+        state.put("order_details", (10, line), _row(line))
+    state.put("orders", (10, 0), _row(10))
+    # The batch's own writes are visible to it (an order's lines, looked up mid-refresh).
+    assert set(state.children("order_details", {10})) == {(10, 1), (10, 2), (10, 3)}
+    state.commit("r1")
+
+    state.begin()
+    state.delete("order_details", (10, 2))
+    state.put("orders", (10, 0), _row(11))
+    state.rollback()  # the Kafka transaction failed
+    assert set(state.children("order_details", {10})) == {(10, 1), (10, 2), (10, 3)}
+    assert state.get("orders", [(10, 0), (99, 0)]) == {(10, 0): _row(10)}
+    assert state.meta("refresh_id") == "r1"
+
+    state.begin()
+    state.delete("order_details", (10, 2))
+    state.commit("r2")
+    assert [k for k, _ in state.between("order_details", None, None)] == [(10, 1), (10, 3)]
+    assert [k for k, _ in state.between("order_details", (10, 1), (10, 3))] == [(10, 3)]
+    assert state.meta("refresh_id") == "r2"
+    state.close()
+
+
+def test_a_delete_between_puts_keeps_its_place(tmp_path: Path) -> None:
+    state = PublishedState(tmp_path / "s.sqlite")
+    state.begin()
+    state.put("payments", (1, 0), _row(1))
+    state.delete("payments", (1, 0))
+    state.put("payments", (1, 0), _row(2))
+    state.delete("payments", (2, 0))
+    state.commit("r")
+    assert state.get("payments", [(1, 0)]) == {(1, 0): _row(2)}
+    state.close()
+
+
+def _changelog(records: list[tuple[bytes, bytes | None]]) -> Iterator[tuple[bytes, bytes | None]]:
+    yield from records
+
+
+def test_open_uses_the_cache_only_when_it_reflects_the_last_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path)
+    records: list[tuple[bytes, bytes | None]] = [
+        (record_key("orders", (1, 0)), _row(1).encode()),
+        (record_key("orders", (2, 0)), _row(2).encode()),
+        (record_key("orders", (1, 0)), _row(3).encode()),  # the latest wins
+        (record_key("orders", (2, 0)), None),  # deleted
+        (SWEEP_KEY, b'{"table": "orders"}'),
+    ]
+    reads: list[int] = []
+
+    def read_changelog(_settings: Settings) -> Iterator[tuple[bytes, bytes | None]]:
+        reads.append(1)
+        return _changelog(records)
+
+    monkeypatch.setattr(published_state, "read_changelog", read_changelog)
+    state = PublishedState.open(settings, "r9")
+    assert reads == [1]  # no cache yet: rebuilt
+    assert state.get("orders", [(1, 0), (2, 0)]) == {(1, 0): _row(3)}
+    assert state.sweep_position() == {"table": "orders"}
+    state.close()
+
+    PublishedState.open(settings, "r9").close()
+    assert reads == [1]  # the cache holds r9: used as it is
+    state = PublishedState.open(settings, "r10")  # a batch committed that the cache missed
+    assert reads == [1, 1]
+    assert state.meta("refresh_id") == "r10"
+    state.close()
+    assert state_path(settings).exists()
+
+
+def test_record_keys_round_trip() -> None:
+    assert parse_record_key(record_key("order_details", (12, 3))) == ("order_details", (12, 3))
+    assert Published.decode(_row(5).encode()) == _row(5)
+
+
+def test_a_state_dir_that_cannot_be_written_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigurationError, match="QUEUESTREAM_STATE_DIR"):
+        PublishedState(blocker / "state" / "s.sqlite")
