@@ -7,12 +7,18 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from queuestream.settings import Settings, load_settings
 
 T = TypeVar("T")
+
+#: Prometheus samples: (sample name, sorted label pairs) -> value.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def wait_for(
@@ -99,3 +105,32 @@ def cli_env(bootstrap: str, prefix: str, **more: str) -> dict[str, str]:
         "QUEUESTREAM_TOPIC_PREFIX": prefix,
         **more,
     }
+
+
+def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """``queuestream ARGS`` in the background (no stdin; stdout and stderr piped)."""
+    return subprocess.Popen(
+        [*CLI, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def scrape_metrics(port: int, timeout: float = 5.0) -> Samples:
+    """Every sample a command serves at ``http://127.0.0.1:PORT/metrics``."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    """The value of ``name`` with exactly ``labels``; None when there is none."""
+    return samples.get((name, tuple(sorted(labels.items()))))

@@ -13,17 +13,15 @@ import os
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 
 from queuestream.databases import create_engine
-from tests.helpers import stop_gracefully, wait_for
+from tests.helpers import Samples, scrape_metrics, stop_gracefully, wait_for
 from tests.integration.kafka_readback import committed_changes
 from tests.integration.pipeline import Pipeline
 from tests.services import free_ports
@@ -37,8 +35,6 @@ SCRAPE_TIMEOUT = 5  # seconds per HTTP request
 SMALL_AGE_SECONDS = 10.0
 #: How long a source transaction holds the watermark back in the growth test.
 HOLD_SECONDS = 3.0
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def _env(source_url: str, bootstrap: str, prefix: str) -> dict[str, str]:
@@ -74,17 +70,6 @@ def _running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
     assert process.returncode == 0, log.read_text()
 
 
-def _scrape(port: int) -> Samples:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def _by(samples: Samples, name: str, *labels: str) -> dict[tuple[str, ...], float]:
     """``name``'s samples keyed by the values of ``labels``."""
     found = {}
@@ -100,7 +85,7 @@ def _scraped(port: int, process: subprocess.Popen[str], log: Path) -> Samples:
     if process.poll() is not None:
         msg = f"the command exited with {process.returncode}:\n{log.read_text()}"
         raise AssertionError(msg)
-    return _scrape(port)
+    return scrape_metrics(port, SCRAPE_TIMEOUT)
 
 
 def _when(

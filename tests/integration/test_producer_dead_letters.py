@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,7 +29,16 @@ from queuestream.producer_status import read_statuses
 from queuestream.sync_schema import Base
 from queuestream.tables import topic_for
 from schemas.avro import AvroCodec
-from tests.helpers import CLI, cli_env, producer_settings, run_cli, stop_gracefully, wait_for
+from tests.helpers import (
+    cli_env,
+    producer_settings,
+    run_cli,
+    sample,
+    scrape_metrics,
+    start_cli,
+    stop_gracefully,
+    wait_for,
+)
 from tests.integration.kafka_readback import (
     committed_changes,
     committed_messages,
@@ -148,14 +156,6 @@ def test_within_the_budget_bad_rows_go_to_the_dead_letter_topic_and_the_feed_goe
         refresher.close()
 
 
-def _metric(port: int, name: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return None
-
-
 def _monitor_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return run_cli(["monitor", "--check", "--max-lag", "100000000"], env=env, timeout=120)
 
@@ -179,14 +179,7 @@ def test_without_a_budget_produce_waits_for_the_row_and_says_which(
         QUEUESTREAM_TARGET_RETRY_MAX_SECONDS="2",
     )
     settings = producer_settings(sqlite_url, kafka_bootstrap, unique)
-    process = subprocess.Popen(
-        [*CLI, "produce", "--interval", "1", "--metrics-port", str(metrics_port)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli(["produce", "--interval", "1", "--metrics-port", str(metrics_port)], env)
     try:
 
         def stuck() -> Any:
@@ -198,7 +191,7 @@ def test_without_a_budget_produce_waits_for_the_row_and_says_which(
         assert (status.table, status.column) == ("customers", "LastName")
         assert json.loads(status.key or "") == {"CustomerID": bad}
         assert process.poll() is None, "produce must keep running"
-        assert _metric(metrics_port, "queuestream_producer_stuck") == 1
+        assert sample(scrape_metrics(metrics_port), "queuestream_producer_stuck") == 1
         checked = _monitor_check(env)
         assert checked.returncode == 2, checked.stdout + checked.stderr
         assert f"STUCK producer {unique}-producer" in checked.stdout
@@ -211,7 +204,7 @@ def test_without_a_budget_produce_waits_for_the_row_and_says_which(
             timeout=90,
             message="the producer reports running again once the row is fixed",
         )
-        assert _metric(metrics_port, "queuestream_producer_stuck") == 0
+        assert sample(scrape_metrics(metrics_port), "queuestream_producer_stuck") == 0
         published, _ = committed_changes(kafka_bootstrap, unique)
         assert source_versions(engine) <= set(published)
         checked = _monitor_check(env)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +16,15 @@ import sqlalchemy as sa
 from producer.published_state import state_path
 from queuestream.producer_status import read_statuses
 from queuestream.sync_schema import Base
-from tests.helpers import CLI, cli_env, run_cli, stop_gracefully, wait_for
+from tests.helpers import (
+    cli_env,
+    run_cli,
+    sample,
+    scrape_metrics,
+    start_cli,
+    stop_gracefully,
+    wait_for,
+)
 from tests.integration.kafka_readback import committed_changes
 from tests.integration.pipeline import Pipeline
 from tests.services import free_ports
@@ -83,14 +89,7 @@ def test_a_sweep_killed_mid_pass_resumes_and_publishes_nothing_twice(pipeline: P
     ids = _write_late_payments(pipeline)
     env = _env(pipeline)
     args = ["sweep", "--tables", "payments", "--chunk", "4", "--max-rows-per-second", "8", "--json"]
-    first = subprocess.Popen(
-        [*CLI, *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_cli(args, env)
     try:
         wait_for(
             lambda: _payments_published(pipeline, ids),
@@ -120,20 +119,6 @@ def test_a_sweep_killed_mid_pass_resumes_and_publishes_nothing_twice(pipeline: P
     assert "Traceback" not in done.stderr
 
 
-def _metric(port: int, name: str) -> float:
-    """The sum of the samples ``name`` starts; 0 while the endpoint is not up yet."""
-    try:
-        response = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    except OSError:
-        return 0.0
-    with response:
-        return sum(
-            float(line.split()[-1])
-            for line in response.read().decode().splitlines()
-            if line.startswith(name)
-        )
-
-
 def test_produce_sweeps_between_refreshes_and_reports_the_pass(pipeline: Pipeline) -> None:
     pipeline.simulate(100)
     customers = Base.metadata.tables["Customers"]
@@ -150,13 +135,8 @@ def test_produce_sweeps_between_refreshes_and_reports_the_pass(pipeline: Pipelin
     [port] = free_ports(1)
     env = _env(pipeline)
     # The first pass starts with the first pause between refreshes; the next in an hour.
-    process = subprocess.Popen(
-        [*CLI, "produce", "--interval", "1", "--sweep-every", "1h", "--metrics-port", str(port)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_cli(
+        ["produce", "--interval", "1", "--sweep-every", "1h", "--metrics-port", str(port)], env
     )
     try:
 
@@ -181,10 +161,10 @@ def test_produce_sweeps_between_refreshes_and_reports_the_pass(pipeline: Pipelin
             message="the status topic carries the pass that found it",
         )
         assert status is not None and status.sweep is not None and status.sweep["finished"]
-        assert _metric(port, "queuestream_sweep_passes_total") >= 1
-        assert (
-            _metric(port, 'queuestream_sweep_rows_total{result="deleted",table="customers"}') >= 1
-        )
+        samples = scrape_metrics(port)
+        assert (sample(samples, "queuestream_sweep_passes_total") or 0) >= 1
+        found = sample(samples, "queuestream_sweep_rows_total", result="deleted", table="customers")
+        assert (found or 0) >= 1
     finally:
         stop_gracefully(process, timeout=30)
     _out, err = process.communicate()
