@@ -73,6 +73,7 @@ class BatchParts:
         self.state = state
         self.budget = budget
         self.state_topic = state_topic(prefix)
+        self.topics = {spec.name: topic_for(prefix, spec.name) for spec in TABLES}
 
     def publish(
         self,
@@ -106,9 +107,7 @@ class BatchParts:
                 "(queuestream.errors.*); a row is published again once it changes in the source",
                 context.refresh_id,
                 refused.total(),
-                ", ".join(
-                    f"{dlq_topic(topic_for(self.prefix, t))} {n}" for t, n in refused.items()
-                ),
+                ", ".join(f"{dlq_topic(self.topics[t])} {n}" for t, n in refused.items()),
                 self.budget.max_errors - self.budget.spent,
                 self.budget.max_errors,
             )
@@ -147,7 +146,7 @@ class BatchWriter:
         """Publish a changed row (``op`` as the window says, unless given). False: the row
         could not be encoded and went to the dead-letter topic."""
         builder = self.builder(spec)
-        topic = topic_for(self.parts.prefix, spec.name)
+        topic = self.parts.topics[spec.name]
         try:
             event = builder.build(changed, self.total + 1, op)
         except EncodingError as exc:
@@ -165,7 +164,7 @@ class BatchWriter:
     def delete(self, spec: TableSpec, key: Key, published: Published) -> None:
         """Publish the delete of a row the state holds, and its tombstone."""
         builder = self.builder(spec)
-        topic = topic_for(self.parts.prefix, spec.name)
+        topic = self.parts.topics[spec.name]
         self.total += 1
         event = builder.delete(key, published, self.total)
         self.send(topic, event.key, event.value, event.partition)

@@ -41,7 +41,7 @@ from producer.published_state import PublishedState
 from producer.publisher import TransactionalPublisher
 from producer.sensitive import ColumnPolicy
 from producer.source_reader import ChangedRow, SourceReader
-from producer.state_changelog import Key, ensure_state_topic
+from producer.state_changelog import Key, state_topic
 from producer.watermark import (
     OverlapFilter,
     Progress,
@@ -57,7 +57,7 @@ from queuestream.dead_letters import (
 )
 from queuestream.errors import CommitOutcomeUnknownError, EncodingError, RetriableError
 from queuestream.kafka_clients import batches_topic, change_topics, ensure_topics
-from queuestream.producer_status import ProducerStatus, ensure_status_topic, status_topic
+from queuestream.producer_status import ProducerStatus, status_topic
 from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec
@@ -139,9 +139,10 @@ class Refresher:
             settings.sensitive_columns,
             settings.hash_key.get_secret_value().encode() if settings.hash_key else None,
         )
-        self.partitions = ensure_topics(settings)
-        ensure_status_topic(settings)
-        ensure_state_topic(settings)
+        prefix = settings.topic_prefix
+        self.partitions = ensure_topics(
+            settings, internal=(status_topic(prefix), state_topic(prefix))
+        )
         self.budget = ErrorBudget(settings.max_errors)
         if settings.max_errors:
             ensure_dlq_topics(settings, set(change_topics(settings)))

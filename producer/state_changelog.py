@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from queuestream.errors import BrokerUnavailableError
-from queuestream.kafka_clients import consumer_config, ensure_internal_topic
+from queuestream.kafka_clients import consumer_config
 from queuestream.settings import Settings
 
 __all__ = [
     "SWEEP_KEY",
     "Key",
     "Published",
-    "ensure_state_topic",
     "parse_record_key",
     "read_changelog",
     "record_key",
@@ -58,10 +57,6 @@ _READ_TIMEOUT = 30.0  # seconds without progress before reading back gives up
 
 def state_topic(prefix: str) -> str:
     return f"__queuestream-state.{prefix}"
-
-
-def ensure_state_topic(settings: Settings) -> None:
-    ensure_internal_topic(settings, state_topic(settings.topic_prefix))
 
 
 @dataclass(frozen=True, slots=True)

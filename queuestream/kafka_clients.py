@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -315,29 +316,16 @@ def create_topics(admin: AdminClient, topics: list[NewTopic], where: str | None 
                 raise broker_failure(exc.args[0], where, f"create topic {topic}") from None
 
 
-def ensure_internal_topic(settings: Settings, name: str) -> None:
-    """Create ``name`` where missing: one of queuestream's own compacted topics
-    (``__queuestream-*``), one partition, its latest record per key kept forever."""
-    create_topics(
-        admin_client(settings),
-        [
-            NewTopic(
-                name,
-                num_partitions=1,
-                replication_factor=settings.replication_factor,
-                config={"cleanup.policy": "compact", "retention.ms": "-1"},
-            )
-        ],
-        settings.kafka_bootstrap_servers,
-    )
-
-
-def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> int:
-    """Create the change topics and the batches topic where missing.
+def ensure_topics(
+    settings: Settings, admin: AdminClient | None = None, internal: Iterable[str] = ()
+) -> int:
+    """Create the change topics, the batches topic and the ``internal`` topics where missing.
 
     Change topics get ``settings.partitions`` partitions and keep history
     (``retention.ms`` -1 by default); the batches topic has one partition so that
-    its markers keep refresh order. Existing change topics must all have the same
+    its markers keep refresh order. Internal topics are queuestream's own
+    (``__queuestream-*``: the producer's state and status): compacted, one
+    partition, the latest record per key kept forever. Existing change topics must all have the same
     partition count, or customers would not be co-partitioned. Returns that count.
     """
     admin = admin or admin_client(settings)
@@ -364,6 +352,13 @@ def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> int:
             "max.message.bytes": str(BATCH_MESSAGE_MAX_BYTES + 65_536),
         },
     )
+    for name in internal:
+        wanted[name] = NewTopic(
+            name,
+            num_partitions=1,
+            replication_factor=settings.replication_factor,
+            config={"cleanup.policy": "compact", "retention.ms": "-1"},
+        )
     missing = [new for topic, new in wanted.items() if topic not in existing]
     if missing:
         create_topics(admin, missing, settings.kafka_bootstrap_servers)

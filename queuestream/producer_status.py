@@ -31,10 +31,10 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from queuestream.errors import RecordError
-from queuestream.kafka_clients import consumer_config, ensure_internal_topic
+from queuestream.kafka_clients import consumer_config
 from queuestream.settings import Settings
 
-__all__ = ["ProducerStatus", "ensure_status_topic", "read_statuses", "status_topic"]
+__all__ = ["ProducerStatus", "read_statuses", "status_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,6 @@ _READ_SECONDS = 10.0
 
 def status_topic(prefix: str) -> str:
     return f"__queuestream-status.{prefix}"
-
-
-def ensure_status_topic(settings: Settings) -> None:
-    """Create the status topic of ``settings.topic_prefix`` where missing (compacted)."""
-    ensure_internal_topic(settings, status_topic(settings.topic_prefix))
 
 
 @dataclass(frozen=True, slots=True)
