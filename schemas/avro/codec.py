@@ -21,7 +21,9 @@ logger masks it.
 
 Each schema is parsed once and cached. The schema files themselves are
 :mod:`.schema_files`; the fast encoder of a refresh's change events, which
-:meth:`AvroCodec.envelope_encoder` hands out, is :mod:`.envelope`.
+:meth:`AvroCodec.envelope_encoder` hands out, is :mod:`.envelope`; the readers
+generated per writer schema that :meth:`AvroCodec.decode` uses when the writer's
+schema is the reader's are :mod:`.fast_reader` (fastavro reads the rest).
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ from queuestream.databases import describe_url
 from queuestream.errors import ConfigurationError, DecodeError, EncodingError, QueuestreamError
 from queuestream.failures import hide_logins, registry_failure
 from schemas.avro.envelope import EnvelopeEncoder
+from schemas.avro.fast_reader import Projection, Reader, compile_reader, project
 from schemas.avro.misfit import find_misfit
 from schemas.avro.schema_files import load_schema, schema_names
 
 __all__ = ["REGISTRY_TIMEOUT", "SINGLE_OBJECT_MAGIC", "AvroCodec"]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+_Record = Callable[[bytes, int], dict[str, Any]]  # a Reader of a record schema
 _CONFLUENT_MAGIC = 0
 #: Seconds a registry request may take (the client's default is to wait forever).
 REGISTRY_TIMEOUT = 10.0
@@ -56,16 +60,31 @@ _LOGIN = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^/@]*@", re.IGNORECASE)
 
 
 class _Schema:
-    """One parsed schema with its single-object header."""
+    """One parsed schema with its single-object header and its generated readers."""
 
-    __slots__ = ("header", "json", "parsed", "stem")
+    __slots__ = ("canonical", "header", "json", "parsed", "readers", "stem")
 
-    def __init__(self, stem: str) -> None:
+    def __init__(self, stem: str, text: str | None = None) -> None:
+        """The schema file ``stem``, or (``text`` given) a writer's schema from the registry."""
         self.stem = stem
-        self.json = load_schema(stem)
+        self.json = load_schema(stem) if text is None else json.loads(text)
         self.parsed = fastavro.parse_schema(self.json, named_schemas={})
-        canonical = to_parsing_canonical_form(self.json)
-        self.header = SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        self.canonical = to_parsing_canonical_form(self.json)
+        self.header = (
+            b""
+            if text is not None
+            else SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(self.canonical, "CRC-64-AVRO"))
+        )
+        self.readers: dict[Projection | None, Reader | None] = {}
+
+    def reader(self, fields: Projection | None) -> Reader | None:
+        """The generated reader of ``fields`` of this schema, compiled at first use (None: use
+        fastavro)."""
+        try:
+            return self.readers[fields]
+        except KeyError:
+            found = self.readers[fields] = compile_reader(self.json, fields)
+            return found
 
 
 @cache
@@ -87,6 +106,9 @@ class AvroCodec:
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._headers: dict[str, bytes] = {}
         self._by_fingerprint: dict[bytes, _Schema] = {}
+        #: (table, field, fields) -> the framing of the last message decoded by a generated
+        #: reader (magic and fingerprint or schema id), the body's offset, that reader.
+        self._routes: dict[tuple[str, str, Projection | None], tuple[bytes, int, _Record]] = {}
         for stem in schema_names():
             parsed = _schema(stem)
             self._by_fingerprint[parsed.header[2:]] = parsed
@@ -177,27 +199,50 @@ class AvroCodec:
         )
 
     # -- decoding ---------------------------------------------------------------
-    def decode(self, table: str, field: str, data: bytes | None) -> dict[str, Any] | None:
+    def decode(
+        self, table: str, field: str, data: bytes | None, fields: Projection | None = None
+    ) -> dict[str, Any] | None:
         """Decode a key or value of ``table``; None stays None (a tombstone).
 
-        Raises DecodeError carrying the raw bytes when they cannot be read.
+        ``fields`` keeps only some fields (see :class:`.fast_reader.Projection`): a
+        caller that needs a few values of an envelope skips building the rest.
+        Written with the reader's own schema (the same parsing canonical form), the
+        message is read by a reader generated from the writer's schema; written with
+        another schema (an older or newer version) by fastavro, which resolves one
+        against the other. Both return the same (a property test checks). Raises
+        DecodeError carrying the raw bytes when they cannot be read.
         """
         if data is None:
             return None
+        route = self._routes.get((table, field, fields))
+        if route is not None and data.startswith(route[0]):  # the writer of the last message
+            try:
+                return route[2](data, route[1])
+            except Exception as exc:
+                raise _undecodable(table, field, data, exc) from exc
+        return self._decode(table, field, data, fields)
+
+    def _decode(
+        self, table: str, field: str, data: bytes, fields: Projection | None
+    ) -> dict[str, Any]:
+        """:meth:`decode` of a message whose writer is not the last one's: find it."""
         reader = _schema(f"{table}.{field}")
         try:
             writer = self._writer_schema(data, reader)
             offset = 10 if data[:2] == SINGLE_OBJECT_MAGIC else 5
-            record = cast(
-                "dict[str, Any]",
-                fastavro.schemaless_reader(io.BytesIO(data[offset:]), writer.parsed, reader.parsed),
+            if writer is reader or writer.canonical == reader.canonical:
+                fast = writer.reader(fields)
+                if fast is not None:
+                    self._routes[(table, field, fields)] = (data[:offset], offset, fast)
+                    return cast("dict[str, Any]", fast(data, offset))
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[offset:]), writer.parsed, reader.parsed
             )
         except QueuestreamError:
             raise  # the codec's own DecodeError, or the registry failing (not the message)
         except Exception as exc:
-            reason = f"cannot decode {field}: {type(exc).__name__}: {exc}"
-            raise DecodeError(reason, table=table, raw=data) from exc
-        return record
+            raise _undecodable(table, field, data, exc) from exc
+        return cast("dict[str, Any]", project(record, fields))
 
     def _writer_schema(self, data: bytes, reader: _Schema) -> _Schema:
         if data[:2] == SINGLE_OBJECT_MAGIC:
@@ -223,11 +268,7 @@ class AvroCodec:
         found = self._by_fingerprint.get(b"id" + key)
         if found is None:
             text = self._registry_call(lambda: self.registry.get_schema(schema_id)).schema_str
-            found = _Schema.__new__(_Schema)
-            found.stem = f"registry id {schema_id}"
-            found.json = json.loads(text)
-            found.parsed = fastavro.parse_schema(found.json, named_schemas={})
-            found.header = b""
+            found = _Schema(f"registry id {schema_id}", text)
             self._by_fingerprint[b"id" + key] = found
         return found
 
@@ -246,6 +287,11 @@ class _HideLogins(logging.Filter):
 #: The loggers of the HTTP clients the registry client may use (httpx2, or httpx).
 _HTTP_LOGGERS = ("httpx2", "httpx")
 _HIDE_LOGINS = _HideLogins()
+
+
+def _undecodable(table: str, field: str, data: bytes, exc: Exception) -> DecodeError:
+    reason = f"cannot decode {field}: {type(exc).__name__}: {exc}"
+    return DecodeError(reason, table=table, raw=data)
 
 
 def _masked(url: str) -> str:
