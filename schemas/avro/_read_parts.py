@@ -4,11 +4,12 @@ The generated code handles the common case inline (a one-byte varint is one look
 in :data:`ONE_BYTE`, a short length one lookup in :data:`SPAN`) and calls these
 functions for the rest. Values are made exactly as fastavro makes them.
 
-Two caches, shared by every reader, spare the costliest values: timestamp-micros
-datetimes by their 8-byte varint (the rows of one refresh carry the same few
-instants: a row's CreatedDate and ModifiedDate, one simulator step's rows) and
-decimals by their bytes (prices and totals repeat). Both hold immutable values and
-are emptied when they reach :data:`CACHE_LIMIT` entries, so memory stays bounded.
+A :class:`ValueCache` spares the costliest values: timestamp-micros datetimes by
+their 8-byte varint (the rows of one refresh carry the same instants over and over:
+a row's CreatedDate and ModifiedDate, the rows of one source transaction) and
+decimals by their bytes (prices and totals repeat). It holds immutable values only
+and empties a dict that reaches :data:`CACHE_LIMIT` entries (about 4 MB), so memory
+stays bounded.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ __all__ = [
     "CACHE_LIMIT",
     "ONE_BYTE",
     "SPAN",
+    "ValueCache",
     "bad_enum",
     "branch",
-    "decimals",
-    "instant",
-    "instants",
     "long",
     "span",
     "truncated",
@@ -39,7 +38,7 @@ ONE_BYTE = tuple(None if b & 128 else (b >> 1) ^ -(b & 1) for b in range(256))
 #: 1 + the length a one-byte varint gives; None for a longer varint or a negative length.
 SPAN = tuple(None if b & 129 else 1 + (b >> 1) for b in range(256))
 #: A cache that reaches this many values is emptied.
-CACHE_LIMIT = 8192
+CACHE_LIMIT = 32768
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _WORD = struct.Struct("<Q").unpack_from
@@ -109,49 +108,55 @@ def truncated(p: int, end: int) -> EOFError:
     return EOFError(f"the message ends inside the record ({end} bytes, needed more than {p})")
 
 
-_INSTANTS: dict[bytes, datetime] = {}
-#: The cached datetime of an 8-byte timestamp-micros varint (a slice of 8 bytes), or None.
-instants = _INSTANTS.get
+class ValueCache:
+    """The datetimes and decimals readers made, by their bytes, for the readers that share it.
 
-
-def instant(data: bytes, p: int) -> tuple[datetime, int]:
-    """The timestamp-micros at ``p``: (aware UTC datetime as fastavro makes it, end)."""
-    if p + 8 <= len(data):
-        word = _WORD(data, p)[0]
-        if word & _EIGHT_BYTES[0] == _EIGHT_BYTES[1]:  # the common case: eight bytes
-            word = (word & 0x007F007F007F007F) | ((word >> 1) & 0x3F803F803F803F80)
-            word = (word & 0x00003FFF00003FFF) | ((word >> 2) & 0x0FFFC0000FFFC000)
-            n = (word & 0x0FFFFFFF) | ((word >> 4) & 0x00FFFFFFF0000000)
-            value = _EPOCH + timedelta(0, 0, (n >> 1) ^ -(n & 1))
-            if len(_INSTANTS) >= CACHE_LIMIT:
-                _INSTANTS.clear()
-            _INSTANTS[data[p : p + 8]] = value
-            return value, p + 8
-    b = data[p]
-    micros, end = ((b >> 1) ^ -(b & 1), p + 1) if b < 128 else long(data, p)
-    return _EPOCH + timedelta(0, 0, micros), end
-
-
-_DECIMALS: dict[tuple[int, int], dict[bytes, Decimal]] = {}
-
-
-def decimals(
-    precision: int, scale: int
-) -> tuple[Callable[[bytes], Decimal | None], Callable[[bytes], Decimal]]:
-    """(cache lookup, maker) of decimal(precision, scale) values by their two's-complement bytes.
-
-    The maker is fastavro's: ``Context(prec=precision).create_decimal(unscaled)
-    .scaleb(-scale, context)``, rounded to the precision like fastavro.
+    One per codec (a consumer's): a timestamp-micros by its 8-byte varint (current
+    instants take eight bytes), a decimal by its two's-complement bytes. Each dict is
+    emptied when it reaches :data:`CACHE_LIMIT` entries.
     """
-    context = Context(prec=precision)
-    create = context.create_decimal
-    made = _DECIMALS.setdefault((precision, scale), {})
 
-    def make(unscaled: bytes) -> Decimal:
-        value = create(int.from_bytes(unscaled, "big", signed=True)).scaleb(-scale, context)
-        if len(made) >= CACHE_LIMIT:
-            made.clear()
-        made[unscaled] = value
-        return value
+    __slots__ = ("decimal_values", "instant_values")
 
-    return made.get, make
+    def __init__(self) -> None:
+        self.instant_values: dict[bytes, datetime] = {}
+        self.decimal_values: dict[tuple[int, int], dict[bytes, Decimal]] = {}
+
+    def instant(self, data: bytes, p: int) -> tuple[datetime, int]:
+        """The timestamp-micros at ``p``: (aware UTC datetime as fastavro makes it, end)."""
+        if p + 8 <= len(data):
+            word = _WORD(data, p)[0]
+            if word & _EIGHT_BYTES[0] == _EIGHT_BYTES[1]:  # the common case: eight bytes
+                word = (word & 0x007F007F007F007F) | ((word >> 1) & 0x3F803F803F803F80)
+                word = (word & 0x00003FFF00003FFF) | ((word >> 2) & 0x0FFFC0000FFFC000)
+                n = (word & 0x0FFFFFFF) | ((word >> 4) & 0x00FFFFFFF0000000)
+                value = _EPOCH + timedelta(0, 0, (n >> 1) ^ -(n & 1))
+                known = self.instant_values
+                if len(known) >= CACHE_LIMIT:
+                    known.clear()
+                known[data[p : p + 8]] = value
+                return value, p + 8
+        b = data[p]
+        micros, end = ((b >> 1) ^ -(b & 1), p + 1) if b < 128 else long(data, p)
+        return _EPOCH + timedelta(0, 0, micros), end
+
+    def decimals(
+        self, precision: int, scale: int
+    ) -> tuple[Callable[[bytes], Decimal | None], Callable[[bytes], Decimal]]:
+        """(lookup, maker) of decimal(precision, scale) values by their two's-complement bytes.
+
+        The maker is fastavro's: ``Context(prec=precision).create_decimal(unscaled)
+        .scaleb(-scale, context)``, rounded to the precision like fastavro.
+        """
+        context = Context(prec=precision)
+        create = context.create_decimal
+        made = self.decimal_values.setdefault((precision, scale), {})
+
+        def make(unscaled: bytes) -> Decimal:
+            value = create(int.from_bytes(unscaled, "big", signed=True)).scaleb(-scale, context)
+            if len(made) >= CACHE_LIMIT:
+                made.clear()
+            made[unscaled] = value
+            return value
+
+        return made.get, make

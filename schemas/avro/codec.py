@@ -44,7 +44,7 @@ from queuestream.databases import describe_url
 from queuestream.errors import ConfigurationError, DecodeError, EncodingError, QueuestreamError
 from queuestream.failures import hide_logins, registry_failure
 from schemas.avro.envelope import EnvelopeEncoder
-from schemas.avro.fast_reader import Projection, Reader, compile_reader, project
+from schemas.avro.fast_reader import Projection, Reader, ValueCache, compile_reader, project
 from schemas.avro.misfit import find_misfit
 from schemas.avro.schema_files import load_schema, schema_names
 
@@ -60,9 +60,9 @@ _LOGIN = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^/@]*@", re.IGNORECASE)
 
 
 class _Schema:
-    """One parsed schema with its single-object header and its generated readers."""
+    """One parsed schema with its single-object header."""
 
-    __slots__ = ("canonical", "header", "json", "parsed", "readers", "stem")
+    __slots__ = ("canonical", "header", "json", "parsed", "stem")
 
     def __init__(self, stem: str, text: str | None = None) -> None:
         """The schema file ``stem``, or (``text`` given) a writer's schema from the registry."""
@@ -75,16 +75,6 @@ class _Schema:
             if text is not None
             else SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(self.canonical, "CRC-64-AVRO"))
         )
-        self.readers: dict[Projection | None, Reader | None] = {}
-
-    def reader(self, fields: Projection | None) -> Reader | None:
-        """The generated reader of ``fields`` of this schema, compiled at first use (None: use
-        fastavro)."""
-        try:
-            return self.readers[fields]
-        except KeyError:
-            found = self.readers[fields] = compile_reader(self.json, fields)
-            return found
 
 
 @cache
@@ -106,6 +96,10 @@ class AvroCodec:
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._headers: dict[str, bytes] = {}
         self._by_fingerprint: dict[bytes, _Schema] = {}
+        #: Generated readers by writer schema and projection (None: that one is fastavro's),
+        #: compiled at first use, sharing one cache of the datetimes and decimals they make.
+        self._readers: dict[tuple[_Schema, Projection | None], Reader | None] = {}
+        self._values = ValueCache()
         #: (table, field, fields) -> the framing of the last message decoded by a generated
         #: reader (magic and fingerprint or schema id), the body's offset, that reader.
         self._routes: dict[tuple[str, str, Projection | None], tuple[bytes, int, _Record]] = {}
@@ -231,7 +225,7 @@ class AvroCodec:
             writer = self._writer_schema(data, reader)
             offset = 10 if data[:2] == SINGLE_OBJECT_MAGIC else 5
             if writer is reader or writer.canonical == reader.canonical:
-                fast = writer.reader(fields)
+                fast = self._reader(writer, fields)
                 if fast is not None:
                     self._routes[(table, field, fields)] = (data[:offset], offset, fast)
                     return cast("dict[str, Any]", fast(data, offset))
@@ -243,6 +237,13 @@ class AvroCodec:
         except Exception as exc:
             raise _undecodable(table, field, data, exc) from exc
         return cast("dict[str, Any]", project(record, fields))
+
+    def _reader(self, writer: _Schema, fields: Projection | None) -> Reader | None:
+        """The generated reader of ``fields`` of ``writer``, compiled at first use."""
+        key = (writer, fields)
+        if key not in self._readers:
+            self._readers[key] = compile_reader(writer.json, fields, self._values)
+        return self._readers[key]
 
     def _writer_schema(self, data: bytes, reader: _Schema) -> _Schema:
         if data[:2] == SINGLE_OBJECT_MAGIC:

@@ -44,8 +44,9 @@ from fastavro.read import LOGICAL_READERS
 
 from queuestream.errors import SchemaError
 from schemas.avro import _read_parts as parts
+from schemas.avro._read_parts import ValueCache
 
-__all__ = ["Projection", "Reader", "compile_reader", "project"]
+__all__ = ["Projection", "Reader", "ValueCache", "compile_reader", "project"]
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,20 @@ def project(value: Any, fields: Projection | None) -> Any:
     }
 
 
-def compile_reader(schema: Any, fields: Projection | None = None) -> Reader | None:
+def compile_reader(
+    schema: Any, fields: Projection | None = None, cache: ValueCache | None = None
+) -> Reader | None:
     """A generated reader of ``schema`` (the .avsc JSON), or None where it falls to fastavro.
 
     ``fields`` keeps only some fields of the top record (see :class:`Projection`); one
     that names a field the schema lacks, or asks for fields of what is not a record,
-    raises SchemaError.
+    raises SchemaError. Readers given the same ``cache`` share the datetimes and
+    decimals they make (see :class:`._read_ValueCache`); without one, a new one.
     """
     named: dict[str, Any] = {}
     parsed = fastavro.parse_schema(schema, named_schemas=named)
     name = parsed.get("name", "") if isinstance(parsed, dict) else str(parsed)
-    writer = _Writer(named)
+    writer = _Writer(named, ValueCache() if cache is None else cache)
     try:
         writer.read(parsed, 2, "value", fields)
     except _Unsupported as why:
@@ -134,8 +138,6 @@ _HELPERS: dict[str, Any] = {
     "_branch": parts.branch,
     "_bad_enum": parts.bad_enum,
     "_truncated": parts.truncated,
-    "_instant": parts.instant,
-    "_instants": parts.instants,
     "_StructError": struct.error,
 }
 
@@ -143,10 +145,15 @@ _HELPERS: dict[str, Any] = {
 class _Writer:
     """Writes the source of one reader: lines at a depth, constants by name, fresh variables."""
 
-    def __init__(self, named: dict[str, Any]) -> None:
+    def __init__(self, named: dict[str, Any], cache: ValueCache) -> None:
         self.named = named
+        self.cache = cache
         self.lines: list[str] = []
-        self.consts: dict[str, Any] = dict(_HELPERS)
+        self.consts: dict[str, Any] = {
+            **_HELPERS,
+            "_instants": cache.instant_values.get,
+            "_instant": cache.instant,
+        }
         self.count = 0
         self.inlining: list[str] = []  # the named records being written out, to refuse recursion
 
@@ -250,7 +257,7 @@ class _Writer:
             self.record(schema, depth, target, fields)
 
     def decimal(self, schema: dict[str, Any], depth: int, target: str) -> None:
-        known, make = parts.decimals(int(schema["precision"]), int(schema.get("scale", 0)))
+        known, make = self.cache.decimals(int(schema["precision"]), int(schema.get("scale", 0)))
         known_name, make_name = self.const(known, "decimal"), self.const(make, "make_decimal")
         size, raw = self.var("n"), self.var("b")
         piece = self.span(depth, size)
