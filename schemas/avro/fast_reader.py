@@ -22,8 +22,12 @@ the list; nothing writes one), ``UnicodeDecodeError`` for a string that is not U
 
 A :class:`Projection` asks for some fields only; the others are skipped: their
 lengths are read, their values never built (a skipped string is not checked to be
-UTF-8, the one thing a projection does not notice). :func:`project` cuts a decoded
-record down the same way, for callers that decode with fastavro.
+UTF-8, the one thing a projection does not notice), and a run of skipped fields
+whose bytes are the ones that run skipped last time (the constant parts of a
+refresh's envelopes) is passed over with one comparison. :func:`project` cuts a
+decoded record down the same way, for callers that decode with fastavro. The
+datetimes and decimals a reader makes come from a :class:`ValueCache` it shares
+with the other readers of one codec.
 
 Handled: null, boolean, int, long, float, double, bytes, string, record, enum, map,
 fixed, unions of them, and the logical types timestamp-micros (on long) and decimal
