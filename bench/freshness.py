@@ -10,9 +10,9 @@ broker and PostgreSQL (fresh databases and topics, removed again):
    target; once both targets hold that first refresh the pipeline is warm;
 3. ``queuestream sim --rate`` writes about ``--rate`` changed rows per second (its
    actions per second: the rate over the rows per action the seeding wrote) for
-   ``--seconds``; then the run waits until every refresh that started during the
-   load is committed in each target that reads its tables, and stops every
-   process with SIGTERM (each must exit 0).
+   ``--seconds`` (stopped then if it fell behind); then the run waits until
+   every refresh that started during the load is committed in each target that
+   reads its tables, and stops every process with SIGTERM (each must exit 0).
 
 What is measured, per target, over the refreshes that started during the load:
 
@@ -30,12 +30,14 @@ What is measured, per target, over the refreshes that started during the load:
 Beside them: rows and refreshes measured, the simulator's achieved rate (rows it
 wrote per second; changed rows the refreshes carried per second of source time),
 the peak RSS (``VmHWM``) of the producer and of each consumer, and a breakdown of
-the latency from the END markers of the batches topic: the refresh (start → END
-built), END → apply began (Kafka commit, fetch, waiting for the END, decoding),
-the apply itself (the sync log's ``duration_ms``), and apply → commit. The wait
-before a refresh starts (``--interval`` plus the producer's clock allowance) is not
-part of the figure; the refresh cycle is reported beside it. Goal (issue 10):
-p99 under 1.5 s.
+the latency (bench/freshness_figures.py), row-weighted p50 and p99 of each part:
+the refresh (start -> END built: the END marker's ``ts_ms``), END -> the apply
+began (Kafka commit, fetch, waiting for the END, decoding; of which the Kafka
+commit, from the time the producer logs per refresh), the apply itself (the sync
+log's ``duration_ms``), and apply -> commit. Not part of the figure: the wait
+before a refresh starts, the refresh cycle (reported beside it) and how far the
+window's end lies behind the start (``bound_age``: the producer's clock allowance
+for PostgreSQL writers). Goal (issue 10): p99 under 1.5 s.
 
     make bench-freshness                                   # 10,000 rows/s for 60 s
     .venv/bin/python -m bench.freshness --seconds 15 --rate 2000 --json
@@ -56,7 +58,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -70,6 +72,7 @@ from bench.errors import BenchError, Deadline
 from bench.freshness_figures import (
     GOAL_P99_SECONDS,
     Refresh,
+    committed_seconds,
     cycle_seconds,
     decode_refreshes,
     target_figures,
@@ -207,12 +210,19 @@ def _sync_log(url: str, name: str, commit_times: bool) -> list[dict[str, Any]]:
         engine.dispose()
 
 
-def _refreshes(bootstrap: str, prefix: str, deadline: Deadline) -> dict[str, Refresh]:
-    """Every committed refresh of the batches topic, by refresh id."""
+def _refreshes(
+    bootstrap: str, prefix: str, deadline: Deadline, producer_log: Path
+) -> dict[str, Refresh]:
+    """Every committed refresh of the batches topic, by refresh id, with the time the
+    producer logged for its Kafka commit."""
     settings = load_settings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix)
     topic = batches_topic(settings)
     found = read_committed(bootstrap, [topic], deadline)
-    return decode_refreshes(prefix, found[(topic, 0)])
+    committed = committed_seconds(producer_log.read_text(errors="replace"))
+    return {
+        rid: replace(refresh, committed_after=committed.get(rid))
+        for rid, refresh in decode_refreshes(prefix, found[(topic, 0)]).items()
+    }
 
 
 # ------------------------------------------------------------------ the run --
@@ -302,26 +312,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "--per-transaction", str(args.per_transaction), "--seed", "7",
             ],
         )  # fmt: skip
-        while sim.popen.poll() is None and time.monotonic() - clock < args.seconds * 3:
+        while sim.popen.poll() is None and time.monotonic() - clock < args.seconds:
             deadline.check("loading")
             for command in pipeline:
                 command.sample()
                 command.check_alive()
             time.sleep(1.0)
-        stop(sim.popen)  # if it could not keep up: the load ends at three times --seconds
+        stop(sim.popen)  # still running when it could not keep up: the load ends anyway
         load_seconds = time.monotonic() - clock
         load_stopped = datetime.now(UTC)
         simulated = _simulated(sim.log.read_text(errors="replace"))
         progress(
             f"load ran {load_seconds:.1f}s"
-            + (f", {simulated[1]:,} rows written" if simulated else " (stopped: no count)")
+            + (f", {simulated[1]:,} rows written" if simulated else " (it fell behind: stopped)")
         )
 
         progress("waiting for the load's refreshes to reach both targets")
         measured: dict[str, Refresh] = {}
         applied = None
         for left in _wait("draining", args.drain_seconds, deadline, pipeline):
-            refreshes = _refreshes(bootstrap, prefix, deadline)
+            refreshes = _refreshes(bootstrap, prefix, deadline, producer.log)
             measured = {
                 rid: r
                 for rid, r in refreshes.items()
@@ -359,6 +369,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_seconds": round(load_seconds, 1),
         "interval_seconds": args.interval,
         "rows_per_action": round(per_action, 3),
+        "sim_kept_up": simulated is not None,
         "sim_rows_written": simulated[1] if simulated else None,
         "sim_rows_per_second": round(simulated[1] / load_seconds, 1) if simulated else None,
         "refreshes_measured": len(measured),
@@ -412,7 +423,7 @@ def print_table(report: dict[str, Any]) -> None:
     sim = (
         f"{report['sim_rows_per_second']:,.0f} rows/s written"
         if report["sim_rows_per_second"] is not None
-        else "rows written unknown (the simulator was stopped)"
+        else "the simulator fell behind (stopped at the end of the load)"
     )
     changed = report["changed_rows_per_second"]
     out.print(
@@ -421,8 +432,12 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['refreshes_measured']} refreshes"
         + (f" ({changed:,.0f} changed rows per second of source time)" if changed else "")
     )
-    out.print(f"producer (produce --interval {report['interval_seconds']:g}): peak RSS "
-              f"{report['producer_peak_rss_mb']} MB")  # fmt: skip
+    cycle = report["refresh_cycle_p50_seconds"]
+    out.print(
+        f"producer (produce --interval {report['interval_seconds']:g}): peak RSS "
+        f"{report['producer_peak_rss_mb']} MB"
+        + (f"; a refresh started every {cycle:.2f}s (median)" if cycle else "")
+    )
     for name, figures in report["targets"].items():
         parts = figures["breakdown_p50_seconds"]
         if parts:

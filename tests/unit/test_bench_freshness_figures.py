@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.freshness_figures import Refresh, cycle_seconds, decode_refreshes, target_figures
+from bench.freshness_figures import (
+    Refresh,
+    committed_seconds,
+    cycle_seconds,
+    decode_refreshes,
+    target_figures,
+)
 from queuestream.batches.markers import BeginMarker, encode_marker
 from schemas.avro import AvroCodec
 
@@ -16,9 +22,12 @@ def _id(at: datetime, tail: str = "0000abcd") -> str:
     return f"{at:%Y%m%dT%H%M%S%fZ}-{tail}"
 
 
-def _refresh(at: datetime, end_after: float, counts: dict[str, int]) -> Refresh:
+def _refresh(
+    at: datetime, end_after: float, counts: dict[str, int], committed_after: float | None = None
+) -> Refresh:
     end_ms = int((at + timedelta(seconds=end_after)).timestamp() * 1000)
-    return Refresh(_id(at), "watermark", at, end_ms, counts=counts)
+    bound = at - timedelta(seconds=1.25)
+    return Refresh(_id(at), "watermark", at, end_ms, None, bound, counts, committed_after)
 
 
 def _entry(refresh: Refresh, rows: int, applied_after: float, duration_ms: int) -> dict[str, Any]:
@@ -54,7 +63,7 @@ def test_refreshes_are_read_from_the_markers_the_producer_encodes() -> None:
 
 
 def test_latency_is_start_to_commit_weighted_by_rows() -> None:
-    slow = _refresh(_START, 0.5, {"orders": 100})
+    slow = _refresh(_START, 0.5, {"orders": 100}, committed_after=0.56)
     fast = _refresh(_START + timedelta(seconds=2), 0.1, {"orders": 1})
     log = [_entry(slow, 99, 2.0, 300), _entry(fast, 1, 0.3, 50)]
     figures = target_figures({r.refresh_id: r for r in (slow, fast)}, log, commit_times=True)
@@ -63,8 +72,10 @@ def test_latency_is_start_to_commit_weighted_by_rows() -> None:
     # 99 rows at 2.004 s outweigh the one row at 0.304 s
     assert figures["latency_seconds"] == {"p50": 2.004, "p95": 2.004, "p99": 2.004, "max": 2.004}
     assert figures["breakdown_p50_seconds"] == {
+        "bound_age": 1.25,
         "refresh": 0.5,
         "end_to_apply": 1.2,  # applied 2.0 s in, less 0.3 s of apply, less the END at 0.5 s
+        "kafka_commit": 0.06,  # of which: the END at 0.5 s, the commit acknowledged at 0.56 s
         "apply": 0.3,
         "apply_to_commit": 0.004,
     }
@@ -102,3 +113,19 @@ def test_the_refresh_cycle_is_the_median_gap_between_starts() -> None:
     refreshes = [_refresh(at, 0.1, {}) for at in reversed(starts)]
     assert cycle_seconds(refreshes) == 1.5
     assert cycle_seconds(refreshes[:1]) is None
+
+
+def test_the_kafka_commit_is_read_from_the_producer_log() -> None:
+    log = (
+        "2026-12-04 21:41:02,113 INFO producer.refresh: refresh "
+        "20261204T214101000000Z-0badf00d committed: 4096 events (orders 1000, order_details "
+        "3096), 12 overlap duplicates skipped in 0.71s, watermark 2026-12-04T21:41:00+00:00\n"
+        "2026-12-04 21:41:03,001 INFO producer.refresh: refresh "
+        "20261204T214102500000Z-0badf00e committed: 0 events (no changes) in 0.05s, "
+        "watermark 2026-12-04T21:41:01+00:00\n"
+        "2026-12-04 21:41:03,002 WARNING producer.refresh: refresh x committed: soon\n"
+    )
+    assert committed_seconds(log) == {
+        "20261204T214101000000Z-0badf00d": 0.71,
+        "20261204T214102500000Z-0badf00e": 0.05,
+    }
