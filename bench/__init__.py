@@ -17,8 +17,9 @@ The benchmarks (what each measures is in its docstring):
 
 Their parts: ``producer_ceiling``, ``producer_breakdown`` (Kafka-free and profiled
 passes), ``consuming`` (one timed consumer run, its target counted and verified),
-``consumer_ceiling``, ``consumer_breakdown``, ``freshness_figures`` (markers and sync
-logs to row-weighted latency), ``sweep_phases``. What every benchmark shares, about
+``consumer_ceiling``, ``consumer_breakdown``, ``freshness_records`` (markers and sync
+logs read back), ``freshness_figures`` (row-weighted latency and its parts),
+``sweep_phases``. What every benchmark shares, about
 running a measurement and nothing about what is measured:
 
 =======================  ===================================================================

@@ -58,13 +58,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
-
-import sqlalchemy as sa
 
 from bench.commands import add_live_arguments, cli_command, running, stderr_tail, stop
 from bench.environment import environment, environment_line
@@ -72,21 +70,17 @@ from bench.errors import BenchError, Deadline
 from bench.freshness_figures import (
     GOAL_P99_SECONDS,
     Refresh,
-    committed_seconds,
     cycle_seconds,
-    decode_refreshes,
+    source_seconds,
     target_figures,
 )
+from bench.freshness_records import read_refreshes, read_sync_log, tracks_commit_times
 from bench.memory import peak_rss_mb
 from bench.output import out, print_runs, progress_printer
-from bench.readback import read_committed
-from bench.scratch import Prefixes, delete_topics, postgres_database, writer_engine
+from bench.scratch import Prefixes, delete_topics, postgres_database
 from bench.services import check_kafka, resolve_bootstrap, resolve_postgres
 from bench.session import main_with
 from consumers import TARGET_NAMES, target_named
-from consumers.sync_log import SYNC_LOG
-from queuestream.kafka_clients import batches_topic
-from queuestream.settings import load_settings
 
 __all__ = ["main", "parse_args", "print_table", "run"]
 
@@ -177,55 +171,6 @@ def _seed(env: dict[str, str], actions: int) -> float:
     return simulated[1] / simulated[0]
 
 
-# --------------------------------------------------------- what was recorded --
-
-
-def _tracks_commit_times(url: str) -> bool:
-    engine = writer_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.exec_driver_sql("SHOW track_commit_timestamp").scalar() == "on"
-    finally:
-        engine.dispose()
-
-
-def _sync_log(url: str, name: str, commit_times: bool) -> list[dict[str, Any]]:
-    """The target's sync log: refresh, rows, applied_at, duration, commit time (or None)."""
-    committed = (
-        sa.func.pg_xact_commit_timestamp(sa.literal_column("xmin")) if commit_times else sa.null()
-    )
-    query = sa.select(
-        SYNC_LOG.c.refresh_id,
-        SYNC_LOG.c.rows_applied,
-        SYNC_LOG.c.applied_at,
-        SYNC_LOG.c.duration_ms,
-        committed.label("committed_at"),
-    ).where(SYNC_LOG.c.target == name)
-    engine = writer_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
-    except sa.exc.ProgrammingError:
-        return []  # the consumer has not created its tables yet
-    finally:
-        engine.dispose()
-
-
-def _refreshes(
-    bootstrap: str, prefix: str, deadline: Deadline, producer_log: Path
-) -> dict[str, Refresh]:
-    """Every committed refresh of the batches topic, by refresh id, with the time the
-    producer logged for its Kafka commit."""
-    settings = load_settings(kafka_bootstrap_servers=bootstrap, topic_prefix=prefix)
-    topic = batches_topic(settings)
-    found = read_committed(bootstrap, [topic], deadline)
-    committed = committed_seconds(producer_log.read_text(errors="replace"))
-    return {
-        rid: replace(refresh, committed_after=committed.get(rid))
-        for rid, refresh in decode_refreshes(prefix, found[(topic, 0)]).items()
-    }
-
-
 # ------------------------------------------------------------------ the run --
 
 
@@ -235,7 +180,7 @@ def _applied(
     """Each target's sync log, once it holds every refresh expected of it; else None."""
     logs = {}
     for name, url in targets.items():
-        logs[name] = _sync_log(url, name, commit_times)
+        logs[name] = read_sync_log(url, name, commit_times)
         if not expected[name] <= {entry["refresh_id"] for entry in logs[name]}:
             return None
     return logs
@@ -271,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.callback(delete_topics, bootstrap, prefixes.made)
         source = stack.enter_context(postgres_database(server))
         targets = {n: stack.enter_context(postgres_database(server)) for n in TARGET_NAMES}
-        commit_times = _tracks_commit_times(source)
+        commit_times = tracks_commit_times(source)
         env = {
             # single-object encoding, as the markers are decoded here
             **{k: v for k, v in os.environ.items() if k not in _REGISTRY_VARIABLES},
@@ -295,7 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pipeline = [producer, *consumers]
         progress("waiting for the seed's refresh to reach both targets")
         for _ in _wait("warming up", args.warmup_seconds, deadline, pipeline):
-            if all(_sync_log(url, n, False) for n, url in targets.items()):
+            if all(read_sync_log(url, n, False) for n, url in targets.items()):
                 break
 
         actions_per_second = args.rate / per_action
@@ -335,7 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         measured: dict[str, Refresh] = {}
         applied = None
         for left in _wait("draining", args.drain_seconds, deadline, pipeline):
-            refreshes = _refreshes(bootstrap, prefix, deadline, producer.log)
+            refreshes = read_refreshes(bootstrap, prefix, deadline, producer.log)
             measured = {
                 rid: r
                 for rid, r in refreshes.items()
@@ -366,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, command in zip(targets, consumers, strict=True)
     }
     carried = sum(r.events for r in measured.values())
-    source_span = _source_seconds(list(measured.values()))
+    source_span = source_seconds(list(measured.values()))
     return {
         "rate_requested_rows_per_second": args.rate,
         "seconds_requested": args.seconds,
@@ -386,15 +331,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "goal_p99_seconds": GOAL_P99_SECONDS,
         "environment": environment(bootstrap, args),
     }
-
-
-def _source_seconds(refreshes: list[Refresh]) -> float:
-    """The source time the refreshes' windows cover, first start to last end."""
-    starts = [r.window_start for r in refreshes if r.window_start is not None]
-    ends = [r.window_end for r in refreshes if r.window_end is not None]
-    if not starts or not ends:
-        return 0.0
-    return (max(ends) - min(starts)).total_seconds()
 
 
 # ------------------------------------------------------------------- output --

@@ -31,6 +31,7 @@ __all__ = [
     "committed_seconds",
     "cycle_seconds",
     "decode_refreshes",
+    "source_seconds",
     "target_figures",
 ]
 
@@ -94,6 +95,15 @@ def committed_seconds(producer_log: str) -> dict[str, float]:
     the refresh id is taken): a diagnostic, to 10 ms; nothing contracted records it.
     """
     return {m.group(1): float(m.group(2)) for m in _COMMITTED.finditer(producer_log)}
+
+
+def source_seconds(refreshes: list[Refresh]) -> float:
+    """The source time the refreshes' windows cover, first start to last end."""
+    starts = [r.window_start for r in refreshes if r.window_start is not None]
+    ends = [r.window_end for r in refreshes if r.window_end is not None]
+    if not starts or not ends:
+        return 0.0
+    return (max(ends) - min(starts)).total_seconds()
 
 
 def cycle_seconds(refreshes: Iterable[Refresh]) -> float | None:

@@ -10,6 +10,7 @@ from bench.freshness_figures import (
     committed_seconds,
     cycle_seconds,
     decode_refreshes,
+    source_seconds,
     target_figures,
 )
 from queuestream.batches.markers import BeginMarker, encode_marker
@@ -129,3 +130,18 @@ def test_the_kafka_commit_is_read_from_the_producer_log() -> None:
         "20261204T214101000000Z-0badf00d": 0.71,
         "20261204T214102500000Z-0badf00e": 0.05,
     }
+
+
+def test_the_source_time_covered_runs_from_the_first_window_to_the_last() -> None:
+    first = _refresh(_START, 0.1, {"orders": 1})  # window end 1.25 s before its start
+    later = _refresh(_START + timedelta(seconds=10), 0.1, {"orders": 1})
+    first = Refresh(
+        first.refresh_id,
+        first.mode,
+        first.started,
+        first.end_ms,
+        _START - timedelta(seconds=3),
+        first.window_end,
+    )
+    assert source_seconds([later, first]) == 3 + 10 - 1.25
+    assert source_seconds([later]) == 0.0  # no window start known
