@@ -10,11 +10,16 @@ The benchmarks (what each measures is in its docstring):
 ``consumers``            one consumer's rows applied/s into PostgreSQL, with the plain-write
                          ceiling
 ``recovery``             a rebuild as of now vs the ordinary consumer; monitor and replay
+``freshness``            refresh start -> commit in each target, live, under load
+``sweep``                a sweep pass over unchanged rows; the published state rebuilt
+``soak``                 the real commands under steady load for minutes: RSS, lag, errors
 =======================  ===================================================================
 
 Their parts: ``producer_ceiling``, ``producer_breakdown`` (Kafka-free and profiled
 passes), ``consuming`` (one timed consumer run, its target counted and verified),
-``consumer_ceiling``, ``consumer_breakdown``. What every benchmark shares, about
+``consumer_ceiling``, ``consumer_breakdown``, ``freshness_records`` (markers and sync
+logs read back), ``freshness_figures`` (row-weighted latency and its parts),
+``sweep_phases``. What every benchmark shares, about
 running a measurement and nothing about what is measured:
 
 =======================  ===================================================================
@@ -28,6 +33,10 @@ running a measurement and nothing about what is measured:
 ``output``               stdout and stderr, progress lines, tables of runs
 ``environment``          machine, versions, broker flags and commit of a figure
 ``profiling``            ``--profile``: pyinstrument, else cProfile
+``rss``                  peak RSS (VmHWM) of the process doing the work
+``phases``               work in a fresh process of its own (its peak RSS its own)
+``commands``             queuestream commands run as child processes, always stopped
+``latency``              refresh start times from ids; row-weighted percentiles
 =======================  ===================================================================
 """
 

@@ -10,7 +10,9 @@ For each backend the benchmark
    bulk-copied into PostgreSQL (``--generator copy``: faster, same rows in both);
 2. runs ONE refresh with a ``Refresher`` on a fresh topic prefix (new topics,
    ``settle_seconds=0``), timed from the call until Kafka acknowledged the
-   commit: **queuestream events/s**;
+   commit: **queuestream events/s**. The refresh runs in a process started for
+   it (bench/phases.py), so its **peak RSS** (``VmHWM``) is the refresh's own,
+   beside the RSS that process had before the refresh and the growth;
 3. measures the **ceiling**: the committed messages of that refresh are read
    back, then produced again, byte for byte to the same partitions, by a plain
    confluent-kafka Producer with ``queuestream.kafka_clients.producer_config``
@@ -49,12 +51,13 @@ from bench.environment import environment, environment_line
 from bench.errors import BenchError
 from bench.options import add_common_arguments, check_common_arguments
 from bench.output import out, print_runs
+from bench.phases import in_fresh_process, refresh_phase
 from bench.producer_breakdown import encode_only_pass, profiled_refresh, read_only_pass
 from bench.producer_ceiling import ceiling, read_back
 from bench.scratch import postgres_database, sqlite_database
 from bench.services import bench_settings, resolve_postgres
 from bench.session import main_with, session
-from bench.source import Generation, copy_rows, simulate, timed_refresh
+from bench.source import Generation, copy_rows, simulate
 
 __all__ = ["BACKENDS", "GOAL_EVENTS_PER_SECOND", "Run", "main", "parse_args", "print_table", "run"]
 
@@ -112,6 +115,9 @@ class Run:
     counts: dict[str, int] = field(default_factory=dict)
     prefix: str = ""
     profile: str | None = None
+    peak_rss_mb: float | None = None  # the refresh's process: its VmHWM
+    rss_before_mb: float | None = None  # that process before the refresh (imports, set-up)
+    rss_growth_mb: float | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -185,20 +191,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             prefix = prefixes.new(backend, "qs")
             settings = bench_settings(urls[backend], bootstrap, prefix, args)
             progress(f"{backend}: refresh to {prefix}.*")
-            result, seconds = timed_refresh(settings)
+            refreshed = in_fresh_process(
+                f"the {backend} refresh", deadline, args.verbose, refresh_phase, settings
+            )
             item = Run(
                 backend,
                 rows_by_backend[backend],
-                result.events,
-                seconds,
-                messages=result.events + 2,
-                counts=dict(result.counts),
+                refreshed["events"],
+                refreshed["seconds"],
+                messages=refreshed["events"] + 2,
+                counts=refreshed["counts"],
                 prefix=prefix,
+                peak_rss_mb=refreshed["peak_rss_mb"],
+                rss_before_mb=refreshed["rss_before_mb"],
+                rss_growth_mb=refreshed["rss_growth_mb"],
             )
             runs.append(item)
             progress(
-                f"{backend}: {item.events:,} events in {seconds:.2f}s = "
-                f"{item.events_per_second:,.0f} events/s"
+                f"{backend}: {item.events:,} events in {item.seconds:.2f}s = "
+                f"{item.events_per_second:,.0f} events/s, peak RSS {item.peak_rss_mb} MB"
             )
             if item.events != item.rows:
                 log.warning(
@@ -269,12 +280,18 @@ _COLUMNS = (
     ("events/s", "{events_per_second:,.0f}"),
     ("ceiling events/s", "{ceiling_events_per_second:,.0f}"),
     ("ratio", "{ratio:.2f}"),
+    ("peak RSS MB", "{peak_rss_mb:.1f}"),
 )
 
 
 def print_table(report: dict[str, Any]) -> None:
     title = f"queuestream producer, one refresh ({report['generator']} rows)"
-    print_runs(title, _COLUMNS, report["runs"])
+    print_runs(
+        title,
+        _COLUMNS,
+        report["runs"],
+        caption="peak RSS: VmHWM of the process the refresh ran in (started for it)",
+    )
     for g in report["generation"]:
         speed = f"{g['rows_per_second']:,.0f} rows/s"
         if g["actions_per_second"]:

@@ -12,7 +12,9 @@ The benchmark
    database (``consumers.rebuild``: stop offsets looked up, every
    partition owned without a group, stops at the point in time). Both are timed
    from the start of ``run()`` to its return and both targets are verified against
-   the source. The ratio is the consumer's seconds over the rebuild's;
+   the source. The ratio is the consumer's seconds over the rebuild's. Each runs
+   in a process started for it (bench/phases.py), so its **peak RSS** (``VmHWM``)
+   is its own;
 3. times one ``queuestream monitor`` snapshot (``SnapshotCollector.collect``) with
    the consumer's group caught up, then ``queuestream replay --to-earliest`` of that
    group (plan, then execute), then a snapshot again with the group lagging every
@@ -36,9 +38,11 @@ from typing import Any
 
 from bench.consuming import check_verified, consume
 from bench.environment import environment, environment_line
-from bench.errors import BenchError
+from bench.errors import BenchError, Deadline
+from bench.rss import PhaseMemory
 from bench.options import add_common_arguments, check_common_arguments
 from bench.output import out, print_runs
+from bench.phases import in_fresh_process
 from bench.scratch import postgres_database, sqlite_database
 from bench.services import bench_settings, resolve_postgres
 from bench.session import Session, main_with, session
@@ -50,7 +54,16 @@ from queuestream.errors import QueuestreamError
 from queuestream.monitor import SnapshotCollector
 from queuestream.settings import Settings
 
-__all__ = ["Run", "main", "measure", "parse_args", "print_table", "run"]
+__all__ = [
+    "Run",
+    "consume_phase",
+    "main",
+    "measure",
+    "parse_args",
+    "print_table",
+    "rebuild_phase",
+    "run",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,6 +103,8 @@ class Run:
     rebuild_seconds: float = 0.0
     rebuild_plan_seconds: float = 0.0
     refreshes: int = 0
+    consume_peak_rss_mb: float = 0.0  # VmHWM of the process each ran in
+    rebuild_peak_rss_mb: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -112,6 +127,32 @@ def _timed_snapshot(settings: Settings, group: str) -> tuple[float, int]:
     return seconds, 0 if found is None else found.lag_messages
 
 
+def consume_phase(settings: Settings, name: str, deadline: Deadline) -> dict[str, Any]:
+    """The ordinary consumer until idle, in the process :func:`measure` started for it."""
+    memory = PhaseMemory()
+    consumed = consume(settings, name, deadline)
+    return {"seconds": consumed.batches[-1][0] - consumed.started, **memory.figures()}
+
+
+def rebuild_phase(settings: Settings, name: str) -> dict[str, Any]:
+    """A rebuild as of now, in the process :func:`measure` started for it."""
+    memory = PhaseMemory()
+    started = time.perf_counter()
+    try:
+        plan = plan_rebuild(settings, name, datetime.now(UTC))
+        planned = time.perf_counter()
+        stats = rebuild(settings, plan)
+    except QueuestreamError as exc:
+        msg = f"{name}: rebuild failed: {type(exc).__name__}: {exc}"
+        raise BenchError(msg) from exc
+    return {
+        "seconds": time.perf_counter() - started,
+        "plan_seconds": planned - started,
+        "refreshes": stats.refreshes,
+        **memory.figures(),
+    }
+
+
 def measure(
     name: str, settings: Settings, events: int, args: argparse.Namespace, bench_session: Session
 ) -> tuple[Run, dict[str, Any]]:
@@ -121,26 +162,31 @@ def measure(
     with postgres_database(str(args.postgres_url)) as url:
         live = settings.model_copy(update={"target_url": url, "consumer_group": group})
         progress(f"{name}: consuming {events:,} events into a fresh database (the ceiling)")
-        consumed = consume(live, name, deadline)
-        item.consume_seconds = consumed.batches[-1][0] - consumed.started
+        consumed = in_fresh_process(
+            f"consuming into {name}", deadline, args.verbose, consume_phase, live, name, deadline
+        )
+        item.consume_seconds = consumed["seconds"]
+        item.consume_peak_rss_mb = consumed["peak_rss_mb"]
         check_verified(live, name)
-        progress(f"{name}: consumed in {item.consume_seconds:.2f}s; rebuilding as of now")
+        progress(
+            f"{name}: consumed in {item.consume_seconds:.2f}s (peak RSS "
+            f"{item.consume_peak_rss_mb} MB); rebuilding as of now"
+        )
 
         with postgres_database(str(args.postgres_url)) as rebuilt_url:
             rebuilt = settings.model_copy(update={"target_url": rebuilt_url})
-            started = time.perf_counter()
-            try:
-                plan = plan_rebuild(rebuilt, name, datetime.now(UTC))
-                planned = time.perf_counter()
-                stats = rebuild(rebuilt, plan)
-            except QueuestreamError as exc:
-                msg = f"{name}: rebuild failed: {type(exc).__name__}: {exc}"
-                raise BenchError(msg) from exc
-            item.rebuild_seconds = time.perf_counter() - started
-            item.rebuild_plan_seconds = planned - started
-            item.refreshes = stats.refreshes
+            done = in_fresh_process(
+                f"rebuilding {name}", deadline, args.verbose, rebuild_phase, rebuilt, name
+            )
+            item.rebuild_seconds = done["seconds"]
+            item.rebuild_plan_seconds = done["plan_seconds"]
+            item.refreshes = done["refreshes"]
+            item.rebuild_peak_rss_mb = done["peak_rss_mb"]
             check_verified(rebuilt, name)
-        progress(f"{name}: rebuilt in {item.rebuild_seconds:.2f}s ({stats.refreshes} refreshes)")
+        progress(
+            f"{name}: rebuilt in {item.rebuild_seconds:.2f}s ({item.refreshes} refreshes, "
+            f"peak RSS {item.rebuild_peak_rss_mb} MB)"
+        )
 
         caught_up_seconds, caught_up_lag = _timed_snapshot(settings, group)
         started = time.perf_counter()
@@ -211,6 +257,8 @@ _COLUMNS = (
     ("rebuild s", "{rebuild_seconds:.2f}"),
     ("rebuild rows/s", "{rebuild_rows_per_second:,.0f}"),
     ("ratio", "{ratio:.2f}"),
+    ("consume peak RSS MB", "{consume_peak_rss_mb:.1f}"),
+    ("rebuild peak RSS MB", "{rebuild_peak_rss_mb:.1f}"),
 )
 
 
@@ -220,7 +268,8 @@ def print_table(report: dict[str, Any]) -> None:
         _COLUMNS,
         report["runs"],
         caption="consume: ConsumerRuntime (fresh group) until idle = the ceiling; rebuild: "
-        "plan_rebuild + rebuild; ratio: consume seconds over rebuild seconds",
+        "plan_rebuild + rebuild; ratio: consume seconds over rebuild seconds; peak RSS: "
+        "VmHWM of the process each ran in (started for it)",
     )
     for look in report["looks"]:
         out.print(

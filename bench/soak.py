@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,16 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.commands import (
+    STOP_TIMEOUT,
+    add_live_arguments,
+    cli_command,
+    free_port,
+    running,
+    stderr_tail,
+)
 from bench.errors import BenchError
+from bench.rss import rss_mb
 from bench.output import err
 from bench.scratch import Prefixes, delete_topics, postgres_database
 from bench.services import check_kafka, resolve_bootstrap, resolve_postgres
@@ -72,7 +80,6 @@ _ERROR_METRICS = {
         "queuestream_target_outages_total",
     ),
 }
-_STOP_TIMEOUT = 60.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,33 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-seconds", type=float, default=60.0, help="(%(default)s)")
     p.add_argument("--sample-seconds", type=float, default=10.0, help="(%(default)s)")
     p.add_argument("--drain-seconds", type=float, default=180.0, help="(%(default)s)")
-    p.add_argument("--partitions", type=int, default=6, help="(%(default)s)")
-    p.add_argument("--postgres-url", help="a PostgreSQL server (default: postgres-local.sh url)")
-    p.add_argument("--bootstrap-servers", help="Kafka (default: KAFKA_BOOTSTRAP_SERVERS, local)")
-    p.add_argument("--keep-topics", action="store_true", help="do not delete the topics made")
-    p.add_argument("--json", action="store_true", help="print the report as JSON only")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    add_live_arguments(p)
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0 or args.sample_seconds <= 0:
         p.error("--minutes, --rate and --sample-seconds must be positive")
     return args
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -143,7 +128,7 @@ class Process:
         return self.popen.poll() is None
 
     def sample(self, at: float) -> None:
-        rss = _rss_mb(self.popen.pid)
+        rss = rss_mb(self.popen.pid)
         if rss is not None:
             self.rss.append((at, rss))
         if self.metrics_port is None:
@@ -174,40 +159,18 @@ class Process:
         }
 
 
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "queuestream.cli", *args]
-
-
 @contextmanager
 def _started(
     name: str, args: list[str], env: dict[str, str], port: int | None, log: Path
 ) -> Iterator[Process]:
-    """Run a command with its stderr in ``log`` (a pipe nobody reads would fill and block it)."""
-    with log.open("wb") as sink:
-        popen = subprocess.Popen(
-            args, env=env, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True
-        )
-    process = Process(name, popen, port, log)
-    try:
-        yield process
-    finally:
-        if popen.poll() is None:
-            popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
-
-
-def _stderr_tail(process: Process) -> str:
-    lines = process.log.read_text(errors="replace").strip().splitlines()
-    return " | ".join(lines[-3:])
+    """Run a command (:func:`bench.commands.running`: stopped on leaving)."""
+    with running(args, env, log) as popen:
+        yield Process(name, popen, port, log)
 
 
 def _verify(name: str, env: dict[str, str], target: str) -> dict[str, Any]:
     done = subprocess.run(
-        _command("verify", name, "--target", target, "--json"),
+        cli_command("verify", name, "--target", target, "--json"),
         env=env,
         capture_output=True,
         text=True,
@@ -227,7 +190,7 @@ def _stop(processes: list[Process]) -> None:
         process.popen.send_signal(signal.SIGTERM)
     for process in processes:
         try:
-            process.popen.wait(_STOP_TIMEOUT)
+            process.popen.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             process.popen.kill()
             process.popen.wait()
@@ -239,7 +202,7 @@ def _final_sweep(env: dict[str, str], load_stopped: datetime) -> dict[str, Any]:
     passed the keys it swept before the load stopped: then a second, full pass follows."""
     for _ in range(2):
         done = subprocess.run(
-            _command("sweep", "--json"),
+            cli_command("sweep", "--json"),
             env=env, capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
         if done.returncode != 0:
@@ -274,21 +237,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "QUEUESTREAM_PARTITIONS": str(args.partitions),
         }
         seed = subprocess.run(
-            _command("sim", "--actions", "500", "--per-transaction", "50"),
+            cli_command("sim", "--actions", "500", "--per-transaction", "50"),
             env=env, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         if seed.returncode != 0:
             msg = f"sim could not create the source: {seed.stderr.strip()[-500:]}"
             raise BenchError(msg)
         actions = str(int(args.rate * seconds))
-        ports = {n: _free_port() for n in ("producer", "accounting", "shipping")}
+        ports = {n: free_port() for n in ("producer", "accounting", "shipping")}
 
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qs-soak-")))
 
         def start(name: str, command: list[str], port: int | None) -> Process:
             metrics = ["--metrics-port", str(port)] if port is not None else []
             log = logs / f"{name}.log"
-            return stack.enter_context(_started(name, _command(*command, *metrics), env, port, log))
+            return stack.enter_context(
+                _started(name, cli_command(*command, *metrics), env, port, log)
+            )
 
         processes = [
             start(
@@ -313,7 +278,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dead = [p for p in processes if not p.alive()]
             if dead:
                 first = dead[0]
-                msg = f"{first.name} exited with {first.popen.returncode}: {_stderr_tail(first)}"
+                msg = f"{first.name} exited with {first.popen.returncode}: {stderr_tail(first.log)}"
                 raise BenchError(msg)
             if not args.json:
                 lags = ", ".join(f"{p.name} lag {p.lag[-1]:.0f}" for p in processes if p.lag)
@@ -323,7 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load_seconds = time.monotonic() - started
         if sim.alive():
             sim.popen.send_signal(signal.SIGTERM)
-            sim.popen.wait(_STOP_TIMEOUT)
+            sim.popen.wait(STOP_TIMEOUT)
         load_stopped = datetime.now(UTC)
         drained = _drain(processes, started, args)
         producer, consumers = processes[0], processes[1:]

@@ -16,7 +16,7 @@ On a PostgreSQL source of about ``--rows`` changed rows across the six tables
    payments inserted two days back-dated), then a second pass; what it finds
    and publishes is asserted against what was seeded.
 
-Each phase runs in a fresh process (bench/sweep_phases.py), so its peak RSS is
+Each phase runs in a fresh process (bench/phases.py), so its peak RSS is
 that phase's own and not what the phases before it left; the report also gives
 the RSS the process had when the phase started (after its imports and set-up)
 and the growth during the phase, the honest figure for "memory stays flat".
@@ -45,17 +45,12 @@ from bench.environment import environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.options import add_common_arguments, check_common_arguments
 from bench.output import Progress, out, print_runs
+from bench.phases import in_fresh_process, refresh_phase
 from bench.scratch import postgres_database, writer_engine
 from bench.services import bench_settings, resolve_postgres
 from bench.session import main_with, session
 from bench.source import simulate
-from bench.sweep_phases import (
-    cache_mb,
-    in_fresh_process,
-    rebuild_phase,
-    refresh_phase,
-    sweep_phase,
-)
+from bench.sweep_phases import cache_mb, rebuild_phase, sweep_phase
 from producer.published_state import state_path
 from queuestream.kafka_clients import batches_topic
 from queuestream.settings import Settings

@@ -1,0 +1,419 @@
+#!/usr/bin/env python
+"""Freshness: how long after a refresh starts its rows are committed in each target.
+
+The real commands, as a user runs them, as separate processes against the local
+broker and PostgreSQL (fresh databases and topics, removed again):
+
+1. ``queuestream sim`` fills a fresh PostgreSQL sync database (``--seed-actions``);
+2. ``queuestream produce --interval 1`` publishes it, and ``queuestream consume
+   accounting`` and ``consume shipping`` apply it, each to a fresh PostgreSQL
+   target; once both targets hold that first refresh the pipeline is warm;
+3. ``queuestream sim --rate`` writes about ``--rate`` changed rows per second (its
+   actions per second: the rate over the rows per action the seeding wrote) for
+   ``--seconds`` (stopped then if it fell behind); then the run waits until
+   every refresh that started during the load is committed in each target that
+   reads its tables, and stops every process with SIGTERM (each must exit 0).
+
+What is measured, per target, over the refreshes that started during the load:
+
+* **the start of a refresh**: the time in its refresh id, which the producer takes
+  when it starts publishing (``producer/ids.py``, to the microsecond; the window's
+  bound, one query, is planned just before it);
+* **the commit of a row in a target**: the commit time of the transaction that
+  wrote the refresh's sync-log row (``pg_xact_commit_timestamp``) when the server
+  tracks commit timestamps (``track_commit_timestamp = on``), else that row's
+  ``applied_at`` (``consumers/sync_log.py``), which the consumer stamps at the end
+  of the same transaction, just before it commits; the report says which;
+* **latency** = commit - start, the same for every row of that sync-log entry, so
+  the percentiles (p50, p95, p99, max) are weighted by rows applied.
+
+Beside them: rows and refreshes measured, the simulator's achieved rate (rows it
+wrote per second; changed rows the refreshes carried per second of source time),
+the peak RSS (``VmHWM``) of the producer and of each consumer, and a breakdown of
+the latency (bench/freshness_figures.py), row-weighted p50 and p99 of each part:
+the refresh (start -> END built: the END marker's ``ts_ms``), END -> the apply
+began (Kafka commit, fetch, waiting for the END, decoding; of which the Kafka
+commit, from the time the producer logs per refresh), the apply itself (the sync
+log's ``duration_ms``), and apply -> commit. Not part of the figure: the wait
+before a refresh starts, the refresh cycle (reported beside it) and how far the
+window's end lies behind the start (``bound_age``: the producer's clock allowance
+for PostgreSQL writers). Goal (issue 10): p99 under 1.5 s.
+
+    make bench-freshness                                   # 10,000 rows/s for 60 s
+    .venv/bin/python -m bench.freshness --seconds 15 --rate 2000 --json
+
+Ctrl-C or SIGTERM stops every process the run started; every wait is bounded.
+Linux only (RSS from /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.commands import add_live_arguments, cli_command, running, stderr_tail, stop
+from bench.environment import environment, environment_line
+from bench.errors import BenchError, Deadline
+from bench.freshness_figures import (
+    GOAL_P99_SECONDS,
+    Refresh,
+    cycle_seconds,
+    source_seconds,
+    target_figures,
+)
+from bench.freshness_records import read_refreshes, read_sync_log, tracks_commit_times
+from bench.rss import peak_rss_mb
+from bench.output import out, print_runs, progress_printer
+from bench.scratch import Prefixes, delete_topics, postgres_database
+from bench.services import check_kafka, resolve_bootstrap, resolve_postgres
+from bench.session import main_with
+from consumers import TARGET_NAMES, target_named
+
+__all__ = ["main", "parse_args", "print_table", "run"]
+
+_REGISTRY_VARIABLES = ("QUEUESTREAM_SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_URL")
+_SIM_START_UP = 5.0  # seconds
+_SIMULATED = re.compile(r"simulated (\d+) actions .*; (\d+) rows written")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.freshness",
+        description="produce --interval 1 and both consumers live against PostgreSQL under "
+        "simulated load: p50/p95/p99 of refresh start -> commit in each target, peak RSS.",
+    )
+    p.add_argument(
+        "--rate", type=float, default=10_000.0, help="changed rows/s to write (%(default)s)"
+    )
+    p.add_argument("--seconds", type=float, default=60.0, help="load duration (%(default)s)")
+    p.add_argument("--interval", type=float, default=1.0, help="produce --interval (%(default)s)")
+    p.add_argument(
+        "--seed-actions", type=int, default=2000, help="sim actions before the load (%(default)s)"
+    )
+    p.add_argument(
+        "--per-transaction",
+        type=int,
+        default=100,
+        help="sim actions per source transaction during the load (%(default)s)",
+    )
+    p.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=180.0,
+        help="at most this long for the first refresh to reach both targets (%(default)s)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=300.0,
+        help="at most this long for the load's refreshes to reach the targets (%(default)s)",
+    )
+    add_live_arguments(p)
+    args = p.parse_args(argv)
+    if min(args.rate, args.seconds, args.interval, args.seed_actions, args.per_transaction) <= 0:
+        p.error("--rate, --seconds, --interval, --seed-actions, --per-transaction: positive")
+    args.kafka = {}  # environment() reports the client options: none here
+    return args
+
+
+# ------------------------------------------------------------ the processes --
+
+
+@dataclass
+class _Command:
+    """One command of the run and the peak RSS last read from it."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    peak_mb: float | None = None
+
+    def sample(self) -> None:
+        peak = peak_rss_mb(self.popen.pid)
+        if peak is not None:  # VmHWM only grows: the last reading is the peak so far
+            self.peak_mb = round(peak, 1)
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            msg = f"{self.name} exited with {self.popen.returncode}: {stderr_tail(self.log)}"
+            raise BenchError(msg)
+
+
+def _simulated(log: str) -> tuple[int, int] | None:
+    """(actions, rows written) from ``queuestream sim``'s last line, when it got there."""
+    found = _SIMULATED.search(log)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def _seed(env: dict[str, str], actions: int) -> float:
+    """Fill the source; the rows the simulator wrote per action."""
+    done = subprocess.run(
+        cli_command("sim", "--actions", str(actions), "--per-transaction", "100"),
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    simulated = _simulated(done.stdout)
+    if done.returncode != 0 or simulated is None:
+        msg = f"sim could not fill the source: {(done.stderr or done.stdout).strip()[-500:]}"
+        raise BenchError(msg)
+    return simulated[1] / simulated[0]
+
+
+# ------------------------------------------------------------------ the run --
+
+
+def _applied(
+    targets: dict[str, str], expected: dict[str, set[str]], commit_times: bool
+) -> dict[str, list[dict[str, Any]]] | None:
+    """Each target's sync log, once it holds every refresh expected of it; else None."""
+    logs = {}
+    for name, url in targets.items():
+        logs[name] = read_sync_log(url, name, commit_times)
+        if not expected[name] <= {entry["refresh_id"] for entry in logs[name]}:
+            return None
+    return logs
+
+
+def _wait(
+    what: str, seconds: float, deadline: Deadline, commands: list[_Command]
+) -> Iterator[float]:
+    """Poll once a second for ``seconds`` at most (and the deadline); the processes sampled."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        deadline.check(what)
+        for command in commands:
+            command.sample()
+            command.check_alive()
+        yield end - time.monotonic()
+        time.sleep(1.0)
+    msg = f"{what}: not done after {seconds:g}s"
+    raise BenchError(msg)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    progress = progress_printer(args.json)
+    bootstrap = resolve_bootstrap(args)
+    check_kafka(bootstrap)
+    server = resolve_postgres(args)
+    # The bound of the whole run: every wait below has its own bound within it.
+    deadline = Deadline(args.warmup_seconds + args.seconds * 3 + args.drain_seconds + 4 * 60 + 600)
+    prefixes = Prefixes()
+    prefix = prefixes.new("postgres", "fresh")
+    with ExitStack() as stack:
+        if not args.keep_topics:
+            stack.callback(delete_topics, bootstrap, prefixes.made)
+        source = stack.enter_context(postgres_database(server))
+        targets = {n: stack.enter_context(postgres_database(server)) for n in TARGET_NAMES}
+        commit_times = tracks_commit_times(source)
+        env = {
+            # single-object encoding, as the markers are decoded here
+            **{k: v for k, v in os.environ.items() if k not in _REGISTRY_VARIABLES},
+            "QUEUESTREAM_SOURCE_URL": source,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "QUEUESTREAM_TOPIC_PREFIX": prefix,
+            "QUEUESTREAM_PARTITIONS": str(args.partitions),
+        }
+        progress(f"seeding the source with {args.seed_actions:,} actions")
+        per_action = _seed(env, args.seed_actions)
+        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qs-freshness-")))
+
+        def start(name: str, command: list[str]) -> _Command:
+            log = logs / f"{name}.log"
+            return _Command(
+                name, stack.enter_context(running(cli_command(*command), env, log)), log
+            )
+
+        producer = start("producer", ["produce", "--interval", f"{args.interval:g}"])
+        consumers = [start(n, ["consume", n, "--target", url]) for n, url in targets.items()]
+        pipeline = [producer, *consumers]
+        progress("waiting for the seed's refresh to reach both targets")
+        for _ in _wait("warming up", args.warmup_seconds, deadline, pipeline):
+            if all(read_sync_log(url, n, False) for n, url in targets.items()):
+                break
+
+        actions_per_second = args.rate / per_action
+        actions = int(actions_per_second * args.seconds) + 1
+        progress(
+            f"load: {args.rate:,.0f} rows/s = {actions_per_second:,.0f} actions/s "
+            f"({per_action:.2f} rows per action) for {args.seconds:g}s"
+        )
+        load_started = datetime.now(UTC)
+        clock = time.monotonic()
+        sim = start(
+            "sim",
+            [
+                "sim", "--actions", str(actions), "--rate", f"{actions_per_second:.3f}",
+                "--per-transaction", str(args.per_transaction), "--seed", "7",
+            ],
+        )  # fmt: skip
+        # The simulator's start-up (imports, connecting) is no load: it gets that long
+        # again to finish its actions; past it, it fell behind and the load ends anyway.
+        until = clock + args.seconds + _SIM_START_UP
+        while sim.popen.poll() is None and time.monotonic() < until:
+            deadline.check("loading")
+            for command in pipeline:
+                command.sample()
+                command.check_alive()
+            time.sleep(0.25)
+        stop(sim.popen)
+        load_seconds = time.monotonic() - clock
+        load_stopped = datetime.now(UTC)
+        simulated = _simulated(sim.log.read_text(errors="replace"))
+        progress(
+            f"load ran {load_seconds:.1f}s"
+            + (f", {simulated[1]:,} rows written" if simulated else " (it fell behind: stopped)")
+        )
+
+        progress("waiting for the load's refreshes to reach both targets")
+        measured: dict[str, Refresh] = {}
+        applied = None
+        for left in _wait("draining", args.drain_seconds, deadline, pipeline):
+            refreshes = read_refreshes(bootstrap, prefix, deadline, producer.log)
+            measured = {
+                rid: r
+                for rid, r in refreshes.items()
+                if load_started <= r.started <= load_stopped and r.mode != "sweep"
+            }
+            expected = {
+                name: {rid for rid, r in measured.items() if r.carries(target_named(name).tables)}
+                for name in targets
+            }
+            applied = _applied(targets, expected, commit_times)
+            if applied is not None:
+                break
+            progress(f"  {len(measured)} refreshes of the load; {left:.0f}s left to drain")
+        assert applied is not None  # _wait raises when the drain does not finish
+        for command in pipeline:
+            command.sample()
+        for command in pipeline:
+            stop(command.popen)
+        failed = {c.name: c.popen.returncode for c in pipeline if c.popen.returncode != 0}
+        if failed:
+            msg = f"exit codes other than 0 after SIGTERM: {failed}"
+            raise BenchError(msg)
+    per_target = {
+        name: {
+            **target_figures(measured, applied[name], commit_times),
+            "peak_rss_mb": command.peak_mb,
+        }
+        for name, command in zip(targets, consumers, strict=True)
+    }
+    carried = sum(r.events for r in measured.values())
+    source_span = source_seconds(list(measured.values()))
+    return {
+        "rate_requested_rows_per_second": args.rate,
+        "seconds_requested": args.seconds,
+        "load_seconds": round(load_seconds, 1),
+        "interval_seconds": args.interval,
+        "rows_per_action": round(per_action, 3),
+        "sim_kept_up": simulated is not None,
+        "sim_rows_written": simulated[1] if simulated else None,
+        "sim_rows_per_second": round(simulated[1] / load_seconds, 1) if simulated else None,
+        "refreshes_measured": len(measured),
+        "refresh_cycle_p50_seconds": cycle_seconds(measured.values()),
+        "events_measured": carried,
+        "changed_rows_per_second": round(carried / source_span, 1) if source_span else None,
+        "commit_time": "pg_xact_commit_timestamp" if commit_times else "sync_log.applied_at",
+        "targets": per_target,
+        "producer_peak_rss_mb": producer.peak_mb,
+        "goal_p99_seconds": GOAL_P99_SECONDS,
+        "environment": environment(bootstrap, args),
+    }
+
+
+# ------------------------------------------------------------------- output --
+
+_COLUMNS = (
+    ("target", "{target}"),
+    ("refreshes", "{refreshes:,}"),
+    ("rows", "{rows:,}"),
+    ("p50 s", "{p50:.3f}"),
+    ("p95 s", "{p95:.3f}"),
+    ("p99 s", "{p99:.3f}"),
+    ("max s", "{max:.3f}"),
+    ("peak RSS MB", "{peak_rss_mb:.1f}"),
+)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = []
+    for name, figures in report["targets"].items():
+        latency = figures["latency_seconds"] or {"p50": None, "p95": None, "p99": None}
+        rows.append({"target": name, "max": None, **figures, **latency})
+    print_runs(
+        f"queuestream freshness: refresh start -> commit in the target, "
+        f"{report['load_seconds']:.0f}s of load",
+        _COLUMNS,
+        rows,
+        caption=f"row-weighted over the refreshes started during the load; commit time: "
+        f"{report['commit_time']}; peak RSS: VmHWM of the consume process",
+    )
+    sim = (
+        f"{report['sim_rows_per_second']:,.0f} rows/s written"
+        if report["sim_rows_per_second"] is not None
+        else "the simulator fell behind (stopped at the end of the load)"
+    )
+    changed = report["changed_rows_per_second"]
+    out.print(
+        f"load: {report['rate_requested_rows_per_second']:,.0f} rows/s asked, {sim}; "
+        f"the refreshes carried {report['events_measured']:,} events in "
+        f"{report['refreshes_measured']} refreshes"
+        + (f" ({changed:,.0f} changed rows per second of source time)" if changed else "")
+    )
+    cycle = report["refresh_cycle_p50_seconds"]
+    out.print(
+        f"producer (produce --interval {report['interval_seconds']:g}): peak RSS "
+        f"{report['producer_peak_rss_mb']} MB"
+        + (f"; a refresh started every {cycle:.2f}s (median)" if cycle else "")
+    )
+    for name, figures in report["targets"].items():
+        parts = figures["breakdown_p50_seconds"]
+        if parts:
+            out.print(
+                f"{name}, median of each part: "
+                + ", ".join(f"{part} {s:.3f}s" for part, s in parts.items() if s is not None)
+            )
+    out.print(environment_line(report["environment"], "Kafka options"))
+    for name, figures in report["targets"].items():
+        p99 = (figures["latency_seconds"] or {}).get("p99")
+        if p99 is not None:
+            verdict = "meets" if p99 < report["goal_p99_seconds"] else "misses"
+            out.print(
+                f"goal p99 < {report['goal_p99_seconds']:g} s into {name}: {verdict} ({p99:.3f} s)"
+            )
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT end the run as a BenchError, so that every process is stopped;
+    a second signal while stopping them is ignored (the stops are bounded)."""
+
+    def stopped(signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        msg = f"stopped by {signal.Signals(signum).name}"
+        raise BenchError(msg)
+
+    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, stopped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _stop_on_signals()
+    return main_with(args, run, print_table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
