@@ -75,8 +75,8 @@ from bench.freshness_figures import (
     target_figures,
 )
 from bench.freshness_records import read_refreshes, read_sync_log, tracks_commit_times
-from bench.rss import peak_rss_mb
 from bench.output import out, print_runs, progress_printer
+from bench.rss import peak_rss_mb
 from bench.scratch import Prefixes, delete_topics, postgres_database
 from bench.services import check_kafka, resolve_bootstrap, resolve_postgres
 from bench.session import main_with

@@ -39,10 +39,10 @@ from typing import Any
 from bench.consuming import check_verified, consume
 from bench.environment import environment, environment_line
 from bench.errors import BenchError, Deadline
-from bench.rss import PhaseMemory
 from bench.options import add_common_arguments, check_common_arguments
 from bench.output import out, print_runs
 from bench.phases import in_fresh_process
+from bench.rss import PhaseMemory
 from bench.scratch import postgres_database, sqlite_database
 from bench.services import bench_settings, resolve_postgres
 from bench.session import Session, main_with, session

@@ -63,8 +63,8 @@ from bench.commands import (
     stderr_tail,
 )
 from bench.errors import BenchError
-from bench.rss import rss_mb
 from bench.output import err
+from bench.rss import rss_mb
 from bench.scratch import Prefixes, delete_topics, postgres_database
 from bench.services import check_kafka, resolve_bootstrap, resolve_postgres
 from bench.session import main_with
