@@ -157,19 +157,18 @@ class PublishedState:
                 found[(k1, k2)] = Published(version, customer, row)
         return found
 
-    def children(self, table: str, parents: Iterable[int]) -> dict[Key, Published]:
-        """The entries of ``table`` whose first key column is one of ``parents``."""
+    def children_keys(self, table: str, parents: Iterable[int]) -> set[Key]:
+        """The keys of ``table``'s entries whose first key column is one of ``parents``."""
         self._flush()
-        found: dict[Key, Published] = {}
+        found: set[Key] = set()
         wanted = sorted(set(parents))
         for start in range(0, len(wanted), _IN_CHUNK):
             part = wanted[start : start + _IN_CHUNK]
             query = (
-                "SELECT k1, k2, version, customer, row FROM published "
+                "SELECT k1, k2 FROM published "
                 f"WHERE tbl = ? AND k1 IN ({','.join('?' for _ in part)})"
             )
-            for k1, k2, version, customer, row in self._db.execute(query, [table, *part]):
-                found[(k1, k2)] = Published(version, customer, row)
+            found.update(self._db.execute(query, [table, *part]))
         return found
 
     def between(
@@ -196,10 +195,13 @@ class PublishedState:
         self._open = True
 
     def put(self, table: str, key: Key, published: Published) -> None:
-        self._pending.append(
-            (_PUT, (table, key[0], key[1], published.version, published.customer, published.row))
-        )
-        if len(self._pending) >= _FLUSH_EVERY:
+        self.put_row(table, key, published.version, published.customer, published.row)
+
+    def put_row(self, table: str, key: Key, version: int, customer: int, row: bytes) -> None:
+        """:meth:`put` of a Published given as its parts."""
+        pending = self._pending
+        pending.append((_PUT, (table, key[0], key[1], version, customer, row)))
+        if len(pending) >= _FLUSH_EVERY:
             self._flush()
 
     def delete(self, table: str, key: Key) -> None:
