@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,8 +31,6 @@ from schemas.avro.record_writer import Unhandled, record_writer
 __all__ = ["EncodedEvent", "EventBuilder", "RefreshContext", "row_key", "version_micros"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
-_MICROSECOND = timedelta(microseconds=1)
 _TIMESTAMP = "timestamp-micros"
 
 
@@ -58,13 +56,16 @@ class EncodedEvent:
 
 def version_micros(moment: datetime) -> int:
     """An aware datetime as microseconds since the epoch (the state's versions)."""
-    return (moment - _EPOCH) // _MICROSECOND
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def row_key(spec: TableSpec, row: dict[str, Any]) -> Key:
     """The state's key of a source row: its key columns, the second 0 when there is one."""
-    values = [int(row[k]) for k in spec.key]
-    return (values[0], values[1] if len(values) > 1 else 0)
+    key = spec.key
+    if len(key) == 1:
+        return (int(row[key[0]]), 0)
+    return (int(row[key[0]]), int(row[key[1]]))
 
 
 def _timestamp_columns(table: str) -> list[str]:
@@ -99,6 +100,9 @@ class EventBuilder:
         self._fast_key = record_writer(load_schema(f"{spec.name}.key"))
         self._sensitive: Callable[[dict[str, Any]], None] | None = policy.for_table(spec.name)
         self._timestamps = _timestamp_columns(spec.name)
+        self._key_columns = spec.key
+        self._resync = context.resync
+        self._window_start = context.window_start
         source = {
             "version": __version__,
             "connector": "queuestream",
@@ -126,14 +130,11 @@ class EventBuilder:
             if value is not None:
                 row[column] = value.replace(tzinfo=zone)
         version: datetime = row["ModifiedDate"]
-        key_values = {k: row[k] for k in self.spec.key}
+        key_values = {k: row[k] for k in self._key_columns}
         if op is None:
-            if self.context.resync:
+            if self._resync:
                 op = "r"
-            elif (
-                self.context.window_start is not None
-                and row["CreatedDate"] >= self.context.window_start
-            ):
+            elif self._window_start is not None and row["CreatedDate"] >= self._window_start:
                 op = "c"
             else:
                 op = "u"
@@ -148,7 +149,7 @@ class EventBuilder:
                 exc.reason, table=self.spec.name, key=key_values, column=exc.column
             ) from exc
         self.count += 1
-        source_ts_ms = (version - _EPOCH) // _MILLISECOND
+        micros = version_micros(version)
         try:
             row_bytes = self._envelope.encode_row(row)
         except EncodingError as exc:
@@ -157,10 +158,10 @@ class EventBuilder:
                 exc.reason, table=self.spec.name, key=key_values, column=exc.column
             ) from exc
         value = self._envelope.encode_from_row_bytes(
-            row_bytes, op, source_ts_ms, total_order, self.count
+            row_bytes, op, micros // 1000, total_order, self.count
         )
         partition = self.partitioner(changed.customer_id)
-        return EncodedEvent(key, value, partition, op, version_micros(version), row_bytes)
+        return EncodedEvent(key, value, partition, op, micros, row_bytes)
 
     def _key(self, key_values: dict[str, Any]) -> bytes:
         """The encoded key: the generated writer's, else the codec's (which names a misfit)."""

@@ -62,6 +62,11 @@ _VARINTS = tuple(_varint_slow(n) for n in range(_SMALL))
 _MORE = tuple(bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(_SMALL))
 
 
+#: Varints of 0 .. _INLINE - 1 (ids and counts), which generated code looks up inline.
+_INLINE = 1 << 16
+_POSITIVE = tuple(_varint_slow(n << 1) for n in range(_INLINE))
+
+
 def varint(value: int) -> bytes:
     """Avro's zig-zag varint of a long (``value`` within 64 bits), 14 bits per table look-up."""
     n = (value << 1) ^ (value >> 63)
@@ -79,14 +84,6 @@ def varint(value: int) -> bytes:
             + _VARINTS[n >> 42]
         )
     return _varint_slow(n)
-
-
-def _micros(value: Any) -> int:
-    """An aware datetime as microseconds since the epoch, as fastavro computes it."""
-    if type(value) is not datetime or value.tzinfo is None:
-        raise Unhandled
-    delta = value - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _decimal_writer(precision: int, scale: int) -> Callable[[Any], bytes]:
@@ -150,7 +147,11 @@ def _int(value: Any) -> bytes:
 
 
 def _timestamp(value: Any) -> bytes:
-    return varint(_micros(value))
+    """timestamp-micros from an aware datetime, as fastavro computes it."""
+    if type(value) is not datetime or value.tzinfo is None:
+        raise Unhandled
+    delta = value - _EPOCH
+    return varint((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
 
 
 def _plain_writer(schema: Any) -> tuple[str, Callable[[Any], bytes]] | None:
@@ -178,10 +179,22 @@ def _plain_writer(schema: Any) -> tuple[str, Callable[[Any], bytes]] | None:
 
 def record_writer(schema: Mapping[str, Any]) -> RecordWriter | None:
     """A generated writer of ``schema`` (a record), or None when a field's type is not one
-    it handles (then fastavro writes every record)."""
-    names: dict[str, Any] = {"Unhandled": Unhandled}
-    lines = ["def write(row):", "    get = row.get", "    return b''.join(("]
-    for field in schema["fields"]:
+    it handles (then fastavro writes every record).
+
+    The function made for a record of an int ``Id`` and a nullable string ``Name`` reads::
+
+        def write(row):
+            get = row.get
+            v = get('Id')
+            p0 = _POSITIVE[v] if type(v) is int and 0 <= v < 65536 else _int(v)
+            v = get('Name')
+            p1 = b'\\x00' if v is None else b'\\x02' + _string(v)
+            return b''.join((p0, p1))
+    """
+    names: dict[str, Any] = {"Unhandled": Unhandled, "_POSITIVE": _POSITIVE, "_int": _int}
+    lines = ["def write(row):", "    get = row.get"]
+    parts = []
+    for number, field in enumerate(schema["fields"]):
         ftype = field["type"]
         nullable = isinstance(ftype, list) and len(ftype) == 2 and ftype[0] == "null"
         found = _plain_writer(ftype[1] if nullable else ftype)
@@ -189,12 +202,18 @@ def record_writer(schema: Mapping[str, Any]) -> RecordWriter | None:
             return None
         name, function = found
         names[name] = function
-        value = f"get({field['name']!r})"
+        # An int below _INLINE is looked up inline, any other written by _int.
+        write = (
+            f"(_POSITIVE[v] if type(v) is int and 0 <= v < {_INLINE} else _int(v))"
+            if name == "_int"
+            else f"{name}(v)"
+        )
         if nullable:
-            lines.append(f"        b'\\x00' if (v := {value}) is None else b'\\x02' + {name}(v),")
-        else:
-            lines.append(f"        {name}({value}),")
-    lines.append("    ))")
+            write = f"b'\\x00' if v is None else b'\\x02' + {write}"
+        lines.append(f"    v = get({field['name']!r})")
+        lines.append(f"    p{number} = {write}")
+        parts.append(f"p{number}")
+    lines.append(f"    return b''.join(({', '.join(parts)},))")
     source = "\n".join(lines)
     code = compile(source, f"<record writer of {schema.get('name', 'record')}>", "exec")
     exec(code, names)
