@@ -167,3 +167,26 @@ def test_varint_is_fastavros_long(value: int) -> None:
     expected = io.BytesIO()
     fastavro.schemaless_writer(expected, "long", value)
     assert varint(value) == expected.getvalue()
+
+
+def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
+    """fastavro raises OverflowError for it: an EncodingError like any other misfit."""
+    moment = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    row: dict[str, Any] = {
+        "PaymentID": 7,
+        "CustomerID": 3,
+        "OrderID": 10,
+        "PaymentTypeID": 1,
+        "PaymentDate": moment,
+        "Amount": Decimal("18.68"),
+        "CurrencyCode": "usd",
+        "AuthorizationCode": None,
+        "Memo": "ünïcode",
+        "CreatedDate": moment,
+        "ModifiedDate": moment,
+    }
+    assert _outcome(_FAST["payments"], row)[0] == "bytes"
+    row["PaymentID"] = 2**64
+    with pytest.raises(EncodingError) as refused:
+        _FAST["payments"].encode_row(row)
+    assert refused.value.column == "PaymentID"
