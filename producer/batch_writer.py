@@ -33,7 +33,7 @@ from producer.published_state import PublishedState
 from producer.publisher import Send, TransactionalPublisher
 from producer.sensitive import ColumnPolicy
 from producer.source_reader import ChangedRow
-from producer.state_changelog import Key, Published, record_key, state_topic
+from producer.state_changelog import Key, Published, pack, record_key, state_topic
 from queuestream.batches import BeginMarker, EndMarker, TablePartition, encode_marker
 from queuestream.dead_letters import ErrorBudget, ErrorContext, dlq_topic, error_headers
 from queuestream.errors import EncodingError
@@ -126,9 +126,8 @@ class BatchWriter:
         self.context = context
         self.send = send
         self.total = 0
-        self.counts: Counter[str] = Counter()
-        self.ops: Counter[str] = Counter()
-        self.placed: Counter[TablePartition] = Counter()
+        #: Change events per (table, op, partition): one count per event, the rest derived.
+        self._events: dict[tuple[str, str, int], int] = {}
         self.refused: Counter[str] = Counter()
         self._builders: dict[str, EventBuilder] = {}
 
@@ -153,12 +152,15 @@ class BatchWriter:
             self._dead_letter(builder, topic, changed, exc)
             return False
         self.total += 1
-        self.send(topic, event.key, event.value, event.partition)
-        self._count(spec.name, event.op, event.partition)
+        send = self.send
+        partition = event.partition
+        send(topic, event.key, event.value, partition)
+        counted = (spec.name, event.op, partition)
+        self._events[counted] = self._events.get(counted, 0) + 1
         key = row_key(spec, changed.row)
-        published = Published(event.version, changed.customer_id, event.row)
-        self.send(self.parts.state_topic, record_key(spec.name, key), published.encode(), 0)
-        self.parts.state.put(spec.name, key, published)
+        version, customer, row = event.version, changed.customer_id, event.row
+        send(self.parts.state_topic, record_key(spec.name, key), pack(version, customer, row), 0)
+        self.parts.state.put_row(spec.name, key, version, customer, row)
         return True
 
     def delete(self, spec: TableSpec, key: Key, published: Published) -> None:
@@ -194,12 +196,36 @@ class BatchWriter:
 
     def table_counts(self) -> dict[str, int]:
         """Change events per table, every table named (0 when none)."""
-        return {spec.name: self.counts[spec.name] for spec in TABLES}
+        counts = self.counts
+        return {spec.name: counts[spec.name] for spec in TABLES}
 
     def _count(self, table: str, op: str, partition: int) -> None:
-        self.counts[table] += 1
-        self.ops[f"{table}.{op}"] += 1
-        self.placed[(table, partition)] += 1
+        counted = (table, op, partition)
+        self._events[counted] = self._events.get(counted, 0) + 1
+
+    @property
+    def counts(self) -> Counter[str]:
+        """Change events per table."""
+        found: Counter[str] = Counter()
+        for (table, _op, _partition), n in self._events.items():
+            found[table] += n
+        return found
+
+    @property
+    def ops(self) -> Counter[str]:
+        """Change events per ``<table>.<op>``."""
+        found: Counter[str] = Counter()
+        for (table, op, _partition), n in self._events.items():
+            found[f"{table}.{op}"] += n
+        return found
+
+    @property
+    def placed(self) -> Counter[TablePartition]:
+        """Change events per (table, partition)."""
+        found: Counter[TablePartition] = Counter()
+        for (table, _op, partition), n in self._events.items():
+            found[(table, partition)] += n
+        return found
 
     def _dead_letter(
         self, builder: EventBuilder, topic: str, changed: ChangedRow, error: EncodingError

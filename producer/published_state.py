@@ -25,6 +25,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 _PUT = "INSERT OR REPLACE INTO published VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM published WHERE tbl = ? AND k1 = ? AND k2 = ?"
 _FLUSH_EVERY = 5000
+#: SQLite's page cache (KiB): a refresh writes keys in no order, all over the file.
+_CACHE_KIB = 32_768
 _IN_CHUNK = 500  # keys per IN (...) list
 
 
@@ -76,6 +79,7 @@ class PublishedState:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             msg = (
@@ -85,6 +89,10 @@ class PublishedState:
             raise ConfigurationError(msg) from None
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._open = False
+        # One thread writes handed-over batches; the connection is used by one thread
+        # at a time (every other use waits for that batch first: _settle).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="published-state")
+        self._writing: Future[None] | None = None
 
     # -- opening ------------------------------------------------------------------------
     @classmethod
@@ -157,19 +165,18 @@ class PublishedState:
                 found[(k1, k2)] = Published(version, customer, row)
         return found
 
-    def children(self, table: str, parents: Iterable[int]) -> dict[Key, Published]:
-        """The entries of ``table`` whose first key column is one of ``parents``."""
+    def children_keys(self, table: str, parents: Iterable[int]) -> set[Key]:
+        """The keys of ``table``'s entries whose first key column is one of ``parents``."""
         self._flush()
-        found: dict[Key, Published] = {}
+        found: set[Key] = set()
         wanted = sorted(set(parents))
         for start in range(0, len(wanted), _IN_CHUNK):
             part = wanted[start : start + _IN_CHUNK]
             query = (
-                "SELECT k1, k2, version, customer, row FROM published "
+                "SELECT k1, k2 FROM published "
                 f"WHERE tbl = ? AND k1 IN ({','.join('?' for _ in part)})"
             )
-            for k1, k2, version, customer, row in self._db.execute(query, [table, *part]):
-                found[(k1, k2)] = Published(version, customer, row)
+            found.update(self._db.execute(query, [table, *part]))
         return found
 
     def between(
@@ -192,15 +199,19 @@ class PublishedState:
     def begin(self) -> None:
         if self._open:
             self.rollback()
+        self._settle()
         self._db.execute("BEGIN")
         self._open = True
 
     def put(self, table: str, key: Key, published: Published) -> None:
-        self._pending.append(
-            (_PUT, (table, key[0], key[1], published.version, published.customer, published.row))
-        )
-        if len(self._pending) >= _FLUSH_EVERY:
-            self._flush()
+        self.put_row(table, key, published.version, published.customer, published.row)
+
+    def put_row(self, table: str, key: Key, version: int, customer: int, row: bytes) -> None:
+        """:meth:`put` of a Published given as its parts."""
+        pending = self._pending
+        pending.append((_PUT, (table, key[0], key[1], version, customer, row)))
+        if len(pending) >= _FLUSH_EVERY:
+            self._hand_over()
 
     def delete(self, table: str, key: Key) -> None:
         self._pending.append((_DELETE, (table, key[0], key[1])))
@@ -218,6 +229,10 @@ class PublishedState:
     def rollback(self) -> None:
         """The batch failed: forget its changes."""
         self._pending.clear()
+        try:
+            self._settle()
+        except sqlite3.Error:
+            log.debug("a write of the failed batch failed too", exc_info=True)
         if self._open:
             self._db.execute("ROLLBACK")
             self._open = False
@@ -228,11 +243,31 @@ class PublishedState:
 
     def close(self) -> None:
         self.rollback()
+        self._writer.shutdown()
         self._db.close()
 
-    def _flush(self) -> None:
-        """Run the queued writes, in order (puts batched, a delete between them kept in place)."""
+    def _hand_over(self) -> None:
+        """Queued writes to the writer thread (once its last batch is done, so that at most
+        two batches are held): sqlite3 lets go of the GIL while SQLite works, so the
+        batch is written while the caller encodes and sends the next events."""
+        self._settle()
         pending, self._pending = self._pending, []
+        self._writing = self._writer.submit(self._write, pending)
+
+    def _settle(self) -> None:
+        """Wait for the writer thread's batch; its error, if any, is raised here."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def _flush(self) -> None:
+        """Run every queued write, before a read or a commit sees the state."""
+        self._settle()
+        pending, self._pending = self._pending, []
+        self._write(pending)
+
+    def _write(self, pending: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Run ``pending`` in order (puts batched, a delete between them kept in place)."""
         run: list[tuple[Any, ...]] = []
         statement = None
         for sql, params in pending:

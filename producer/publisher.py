@@ -54,6 +54,10 @@ _INIT_TIMEOUT = 60.0
 _COMMIT_TIMEOUT = 60.0
 #: A send that finds the local queue full this long asks whether the broker is still there.
 _STUCK_SECONDS = 2.0
+#: Sends between two ``poll(0)`` that serve the delivery reports already in.
+_POLL_EVERY = 1000
+#: The longest wait in ``poll`` for a report when the local queue is full.
+_FULL_WAIT = 0.5
 
 
 class TransactionalPublisher:
@@ -62,6 +66,7 @@ class TransactionalPublisher:
     def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
         self.settings = settings
         self.producer = producer or transactional_producer(settings)
+        self._unpolled = 0
         try:
             self.producer.init_transactions(_INIT_TIMEOUT)
         except KafkaException as exc:
@@ -104,21 +109,47 @@ class TransactionalPublisher:
         partition: int,
         headers: Headers | None = None,
     ) -> None:
-        produce = self.producer.produce
-        full_since: float | None = None
+        """Queue one message; when the local queue is full, wait for deliveries to free it.
+
+        A message holds its place in librdkafka's queue (and its memory) until its
+        delivery report is served by ``poll``, even once the broker has it. So every
+        :data:`_POLL_EVERY` sends serve the reports that are in (``poll(0)``, no wait),
+        which keeps the queue short and memory flat; and a full queue waits in
+        ``poll`` for the next report, which returns as soon as one is served rather
+        than after a fixed sleep.
+        """
+        self._unpolled += 1
+        if self._unpolled >= _POLL_EVERY:
+            self._unpolled = 0
+            self.producer.poll(0)
+        try:
+            if headers is None:
+                self.producer.produce(topic, value, key, partition)
+            else:
+                self.producer.produce(topic, value, key, partition, headers=headers)
+        except BufferError:
+            self._send_when_room(topic, key, value, partition, headers)
+
+    def _send_when_room(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int,
+        headers: Headers | None,
+    ) -> None:
+        full_since = time.monotonic()
         while True:
+            self.producer.poll(_FULL_WAIT)  # returns once a delivery report was served
             try:
                 if headers is None:
-                    produce(topic, value, key, partition)
+                    self.producer.produce(topic, value, key, partition)
                 else:
-                    produce(topic, value, key, partition, headers=headers)
+                    self.producer.produce(topic, value, key, partition, headers=headers)
                 return
             except BufferError:
-                self.producer.poll(0.05)  # local queue full: let librdkafka send
                 now = time.monotonic()
-                if full_since is None:
-                    full_since = now
-                elif now - full_since > _STUCK_SECONDS:
+                if now - full_since > _STUCK_SECONDS:
                     # Not draining: a broker that went away fails the body (and releases
                     # its snapshot) now rather than when the queued messages time out.
                     self.check_reachable()

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from producer.batch_writer import BatchParts, BatchWriter
-from producer.events import RefreshContext
+from producer.events import RefreshContext, row_key
 from producer.ids import new_refresh_id
 from producer.partitioning import CustomerPartitioner
 from producer.progress import read_progress
@@ -82,6 +82,9 @@ class RefreshSource:
 
     rows: Rows
     keys_under: Callable[[TableSpec, set[int]], set[Key]]
+    #: The rows come from the snapshot ``keys_under`` reads (watermark mode), so a line
+    #: this refresh publishes is one the source has: only the others need asking about.
+    rows_in_snapshot: bool = False
 
 
 @dataclass
@@ -227,6 +230,7 @@ class Refresher:
                     yield RefreshSource(
                         lambda spec: snapshot.changed_rows(spec, window.read_from, window.end),
                         snapshot.keys_under,
+                        rows_in_snapshot=True,
                     )
 
             return self._publish(window_rows, window, None)
@@ -333,6 +337,8 @@ class Refresher:
             )
             writer.begin(begin)
             parents: dict[str, set[int]] = {parent: set() for parent in CHILDREN.values()}
+            # The keys of the lines this refresh publishes (with rows from the snapshot).
+            sent: dict[str, set[Key]] = {child: set() for child in CHILDREN}
             with open_source() as source:
                 for spec in TABLES:
                     for changed in source.rows(spec):
@@ -348,9 +354,11 @@ class Refresher:
                             parents[spec.name].add(int(changed.row[spec.key[0]]))
                         elif spec.name in CHILDREN:
                             parents[CHILDREN[spec.name]].add(int(changed.row[spec.key[0]]))
+                            if source.rows_in_snapshot:
+                                sent[spec.name].add(row_key(spec, changed.row))
                     if spec.name in CHILDREN:
                         self._delete_removed_children(
-                            writer, spec, parents[CHILDREN[spec.name]], source
+                            writer, spec, parents[CHILDREN[spec.name]], source, sent[spec.name]
                         )
             result.overlap_skipped = overlap.skipped if overlap else 0
             writer.end(
@@ -387,15 +395,28 @@ class Refresher:
         return result
 
     def _delete_removed_children(
-        self, writer: BatchWriter, spec: TableSpec, parents: set[int], source: RefreshSource
+        self,
+        writer: BatchWriter,
+        spec: TableSpec,
+        parents: set[int],
+        source: RefreshSource,
+        sent: set[Key],
     ) -> None:
         """Delete the rows of ``spec`` (an order's lines) that the state holds for the
-        ``parents`` in this refresh but the source no longer has."""
+        ``parents`` in this refresh but the source no longer has.
+
+        The lines in ``sent`` were read from the snapshot just now, so the source has
+        them; the source is asked only about the parents of the other lines held.
+        """
         if not parents:
             return
-        held = self.state.children(spec.name, parents)
+        held = self.state.children_keys(spec.name, parents) - sent
         if not held:
             return
-        present = source.keys_under(spec, parents)
-        for key in sorted(held.keys() - present):
-            writer.delete(spec, key, held[key])
+        present = source.keys_under(spec, {key[0] for key in held})
+        gone = sorted(held - present)
+        if not gone:
+            return
+        published = self.state.get(spec.name, gone)
+        for key in gone:
+            writer.delete(spec, key, published[key])

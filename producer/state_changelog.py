@@ -38,6 +38,7 @@ __all__ = [
     "SWEEP_KEY",
     "Key",
     "Published",
+    "pack",
     "parse_record_key",
     "read_changelog",
     "record_key",
@@ -68,7 +69,7 @@ class Published:
     row: bytes  # the Avro row as published (after masking)
 
     def encode(self) -> bytes:
-        return _HEAD.pack(_FORMAT, self.version, self.customer) + self.row
+        return pack(self.version, self.customer, self.row)
 
     @classmethod
     def decode(cls, data: bytes) -> Published:
@@ -77,6 +78,11 @@ class Published:
             msg = f"state record format {form}, this version reads {_FORMAT}"
             raise ValueError(msg)
         return cls(version, customer, bytes(data[_HEAD.size :]))
+
+
+def pack(version: int, customer: int, row: bytes) -> bytes:
+    """The value of a state record (:meth:`Published.encode`) without a Published made."""
+    return _HEAD.pack(_FORMAT, version, customer) + row
 
 
 def record_key(table: str, key: Key) -> bytes:

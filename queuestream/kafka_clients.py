@@ -212,8 +212,11 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "batch.num.messages": 10_000,
         "batch.size": 1_000_000,
         "compression.type": "lz4",
-        "queue.buffering.max.messages": 1_000_000,
-        "queue.buffering.max.kbytes": 1_048_576,
+        # The local queue bounds the producer's memory (a refresh of a million rows
+        # queues two million messages: events and state records); the publisher serves
+        # delivery reports as it sends, so the queue holds what is in flight only.
+        "queue.buffering.max.messages": 100_000,
+        "queue.buffering.max.kbytes": 131_072,
         "message.max.bytes": BATCH_MESSAGE_MAX_BYTES + 65_536,
         "message.timeout.ms": 120_000,
         **options,

@@ -15,7 +15,8 @@ from typing import Any
 import fastavro
 
 from queuestream.errors import EncodingError, SchemaError
-from schemas.avro.misfit import find_misfit, not_a_number
+from schemas.avro.misfit import WRITE_ERRORS, find_misfit, not_a_number
+from schemas.avro.record_writer import Unhandled, record_writer, varint
 from schemas.avro.schema_files import load_schema, row_schema
 
 __all__ = ["EnvelopeEncoder", "encode_long"]
@@ -23,13 +24,7 @@ __all__ = ["EnvelopeEncoder", "encode_long"]
 
 def encode_long(value: int) -> bytes:
     """Avro's zig-zag varint encoding of a long."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return varint(value)
 
 
 def _string(value: str) -> bytes:
@@ -77,6 +72,7 @@ class EnvelopeEncoder:
         self.table = table
         self._row_json = row_schema(table)
         self._row = fastavro.parse_schema(self._row_json, named_schemas={})
+        self._fast = record_writer(self._row_json)
         source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
         prefix, suffix, seen_ts = bytearray(), bytearray(), False
         for field in source_fields["fields"]:
@@ -127,7 +123,14 @@ class EnvelopeEncoder:
         delete): the producer may keep them for a row it published and build that
         row's delete from them later (:meth:`encode_delete_from_row_bytes`).
         Raises EncodingError naming the column when a value does not fit.
+        The generated writer (:mod:`.record_writer`) writes what it handles; fastavro
+        writes the rest, or says which column does not fit.
         """
+        if self._fast is not None:
+            try:
+                return self._fast(row)
+            except (Unhandled, UnicodeError):
+                pass
         if self._decimals:
             self._check_decimals(row)
         buffer = self._buffer
@@ -135,7 +138,7 @@ class EnvelopeEncoder:
         buffer.truncate()
         try:
             fastavro.schemaless_writer(buffer, self._row, row)
-        except (ValueError, TypeError, UnicodeError, AttributeError, KeyError) as exc:
+        except WRITE_ERRORS as exc:
             column, reason = find_misfit(self._row_json, row)
             raise EncodingError(reason, table=self.table, column=column) from exc
         return buffer.getvalue()
@@ -212,12 +215,12 @@ class EnvelopeEncoder:
                 row,
                 second,
                 self._source_prefix,
-                encode_long(source_ts_ms),
+                varint(source_ts_ms),
                 self._source_suffix,
                 self._ops[op],
                 self._published,
                 self._transaction,
-                encode_long(total_order),
-                encode_long(data_collection_order),
+                varint(total_order),
+                varint(data_collection_order),
             )
         )

@@ -14,7 +14,10 @@ from typing import Any
 
 import fastavro
 
-__all__ = ["find_misfit", "not_a_number"]
+__all__ = ["WRITE_ERRORS", "find_misfit", "not_a_number"]
+
+#: What fastavro raises for a value that does not fit its schema.
+WRITE_ERRORS = (ValueError, TypeError, UnicodeError, AttributeError, KeyError, OverflowError)
 
 
 def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -72,7 +75,7 @@ def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[st
             try:
                 standalone = fastavro.parse_schema(field["type"], named_schemas={})
                 fastavro.schemaless_writer(io.BytesIO(), standalone, item)
-            except (ValueError, TypeError, UnicodeError, AttributeError, KeyError) as exc:
+            except WRITE_ERRORS as exc:
                 if item is None:
                     return name, "NULL in a column that is not nullable"
                 return name, f"{exc} (value {item!r})"

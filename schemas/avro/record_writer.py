@@ -1,0 +1,221 @@
+"""Avro record writers generated from a schema: Python source made once, compiled, reused.
+
+fastavro's writer interprets the schema for every record: it walks the fields,
+resolves each union by testing the value against its branches and converts
+logical types through generic helpers. The producer writes hundreds of
+thousands of rows of the same few record schemas, so :func:`record_writer`
+turns a record schema into the source of one function, straight-line code with
+a statement or two per field, compiles it once and hands it out.
+
+The function writes only what it knows to be written exactly as fastavro writes
+it: ``int``/``long`` from ``int`` (no ``bool``), ``string`` from ``str``,
+``timestamp-micros`` from an *aware* ``datetime``, ``decimal`` (bytes) from a
+finite ``Decimal`` that fits the precision and scale, and ``["null", X]`` of
+those. Anything else (a naive datetime, which fastavro reads in the process's
+local zone; a value that does not fit; a type it does not handle) raises
+:class:`Unhandled`, and the caller writes the record with fastavro, the
+reference, which writes it or says why not. A property test
+(``tests/unit/test_record_writer.py``) checks byte-for-byte equality with
+fastavro on random rows of every table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["RecordWriter", "Unhandled", "record_writer", "varint"]
+
+#: Writes the Avro binary body of one record given as a mapping of field name to value.
+RecordWriter = Callable[[Mapping[str, Any]], bytes]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LONG_MIN = -(1 << 63)
+_LONG_MAX = (1 << 63) - 1
+_INT_MIN = -(1 << 31)
+_INT_MAX = (1 << 31) - 1
+#: Varints of the zig-zagged values below 2**14 (values -8192 .. 8191), precomputed.
+_SMALL = 1 << 14
+#: Distinct decimals whose bytes a writer keeps (then it starts over).
+_DECIMALS_KEPT = 50_000
+#: The digits Decimal's default context keeps: scaleb is exact up to there.
+_DECIMAL_DIGITS = 28
+
+
+class Unhandled(Exception):
+    """A value the generated writer does not write itself: write the record with fastavro."""
+
+
+def _varint_slow(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_VARINTS = tuple(_varint_slow(n) for n in range(_SMALL))
+#: 14 bits as the two bytes of a varint with more to follow (both with the high bit set).
+_MORE = tuple(bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(_SMALL))
+
+
+#: Varints of 0 .. _INLINE - 1 (ids and counts), which generated code looks up inline.
+_INLINE = 1 << 16
+_POSITIVE = tuple(_varint_slow(n << 1) for n in range(_INLINE))
+
+
+def varint(value: int) -> bytes:
+    """Avro's zig-zag varint of a long (``value`` within 64 bits), 14 bits per table look-up."""
+    n = (value << 1) ^ (value >> 63)
+    if n < _SMALL:
+        return _VARINTS[n]
+    if n < 1 << 28:
+        return _MORE[n & 0x3FFF] + _VARINTS[n >> 14]
+    if n < 1 << 42:
+        return _MORE[n & 0x3FFF] + _MORE[(n >> 14) & 0x3FFF] + _VARINTS[n >> 28]
+    if n < 1 << 56:
+        return (
+            _MORE[n & 0x3FFF]
+            + _MORE[(n >> 14) & 0x3FFF]
+            + _MORE[(n >> 28) & 0x3FFF]
+            + _VARINTS[n >> 42]
+        )
+    return _varint_slow(n)
+
+
+def _decimal_writer(precision: int, scale: int) -> Callable[[Any], bytes]:
+    """Writes a decimal (bytes) the way fastavro does: the unscaled value, two's complement,
+    big-endian, in ``(abs(unscaled).bit_length() + 8) // 8`` bytes, length first.
+
+    Amounts repeat, so what was written is kept by the value's string, which tells
+    sign, digits and exponent apart (``1.5`` and ``1.50`` are equal but not written
+    alike: fastavro refuses the second for a scale of 1).
+    """
+    written: dict[str, bytes] = {}
+
+    def write(value: Any) -> bytes:
+        if type(value) is not Decimal:
+            raise Unhandled
+        text = str(value)
+        found = written.get(text)
+        if found is not None:
+            return found
+        if not value.is_finite():
+            raise Unhandled
+        _sign, digits, exponent = value.as_tuple()
+        # fastavro refuses more digits than the precision and a finer scale; the
+        # producer also refuses a magnitude the precision cannot hold (1E+30).
+        if (
+            len(digits) > precision
+            or exponent + scale < 0  # type: ignore[operator]  # finite: an int
+            or value.adjusted() + 1 + scale > precision
+        ):
+            raise Unhandled
+        unscaled = int(value.scaleb(scale))
+        size = (abs(unscaled).bit_length() + 8) // 8
+        found = varint(size) + unscaled.to_bytes(size, "big", signed=True)
+        if len(written) >= _DECIMALS_KEPT:
+            written.clear()
+        written[text] = found
+        return found
+
+    return write
+
+
+def _string(value: Any) -> bytes:
+    if type(value) is not str:
+        raise Unhandled
+    data = value.encode()
+    return varint(len(data)) + data
+
+
+def _long(value: Any) -> bytes:
+    if type(value) is not int or not _LONG_MIN <= value <= _LONG_MAX:
+        raise Unhandled
+    return varint(value)
+
+
+def _int(value: Any) -> bytes:
+    """An ``int`` field: 32 bits (fastavro's union resolution checks that range; outside it,
+    fastavro decides)."""
+    if type(value) is not int or not _INT_MIN <= value <= _INT_MAX:
+        raise Unhandled
+    return varint(value)
+
+
+def _timestamp(value: Any) -> bytes:
+    """timestamp-micros from an aware datetime, as fastavro computes it."""
+    if type(value) is not datetime or value.tzinfo is None:
+        raise Unhandled
+    delta = value - _EPOCH
+    return varint((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+def _plain_writer(schema: Any) -> tuple[str, Callable[[Any], bytes]] | None:
+    """The name and function that write a non-union ``schema``, or None if not handled."""
+    if schema == "int":
+        return "_int", _int
+    if schema == "long":
+        return "_long", _long
+    if schema == "string":
+        return "_string", _string
+    if isinstance(schema, dict):
+        logical, base = schema.get("logicalType"), schema.get("type")
+        if logical == "timestamp-micros" and base == "long":
+            return "_timestamp", _timestamp
+        if logical == "decimal" and base == "bytes":
+            precision, scale = int(schema["precision"]), int(schema.get("scale", 0))
+            if precision > _DECIMAL_DIGITS:
+                return None
+            name = f"_decimal_{precision}_{scale}"
+            return name, _decimal_writer(precision, scale)
+        if logical is None and base in ("int", "long", "string"):
+            return _plain_writer(base)
+    return None
+
+
+def record_writer(schema: Mapping[str, Any]) -> RecordWriter | None:
+    """A generated writer of ``schema`` (a record), or None when a field's type is not one
+    it handles (then fastavro writes every record).
+
+    The function made for a record of an int ``Id`` and a nullable string ``Name`` reads::
+
+        def write(row):
+            get = row.get
+            v = get('Id')
+            p0 = _POSITIVE[v] if type(v) is int and 0 <= v < 65536 else _int(v)
+            v = get('Name')
+            p1 = b'\\x00' if v is None else b'\\x02' + _string(v)
+            return b''.join((p0, p1))
+    """
+    names: dict[str, Any] = {"Unhandled": Unhandled, "_POSITIVE": _POSITIVE, "_int": _int}
+    lines = ["def write(row):", "    get = row.get"]
+    parts = []
+    for number, field in enumerate(schema["fields"]):
+        ftype = field["type"]
+        nullable = isinstance(ftype, list) and len(ftype) == 2 and ftype[0] == "null"
+        found = _plain_writer(ftype[1] if nullable else ftype)
+        if found is None:
+            return None
+        name, function = found
+        names[name] = function
+        # An int below _INLINE is looked up inline, any other written by _int.
+        write = (
+            f"(_POSITIVE[v] if type(v) is int and 0 <= v < {_INLINE} else _int(v))"
+            if name == "_int"
+            else f"{name}(v)"
+        )
+        if nullable:
+            write = f"b'\\x00' if v is None else b'\\x02' + {write}"
+        lines.append(f"    v = get({field['name']!r})")
+        lines.append(f"    p{number} = {write}")
+        parts.append(f"p{number}")
+    lines.append(f"    return b''.join(({', '.join(parts)},))")
+    source = "\n".join(lines)
+    code = compile(source, f"<record writer of {schema.get('name', 'record')}>", "exec")
+    exec(code, names)
+    writer: RecordWriter = names["write"]
+    return writer

@@ -1,0 +1,192 @@
+"""The generated record writers against fastavro, the reference: byte for byte on random rows.
+
+Every table's row schema, rows drawn at random: NULLs, integers at and past the
+64-bit edges, non-ASCII text, aware timestamps in several zones and naive ones (as
+the producer may see them), decimals at the edges of their precision and scale and
+past them (refused, by fastavro or by the producer's magnitude check, with an
+EncodingError naming the column, as before the generated writers existed).
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import fastavro
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from queuestream.errors import EncodingError
+from queuestream.tables import TABLES
+from schemas.avro import AvroCodec, row_schema
+from schemas.avro.envelope import EnvelopeEncoder
+from schemas.avro.record_writer import Unhandled, record_writer, varint
+from tests.unit.test_codec import SOURCE as _SOURCE
+
+_codec = AvroCodec("exigo")
+_ZONES = [UTC, ZoneInfo("America/Chicago"), ZoneInfo("Asia/Kolkata"), timezone(timedelta(hours=-3))]
+_TABLE_NAMES = [spec.name for spec in TABLES]
+
+
+def _reference(table: str) -> EnvelopeEncoder:
+    """The envelope encoder with fastavro alone (its generated writer taken away)."""
+    encoder = _codec.envelope_encoder(table, _SOURCE, 0, "r")
+    encoder._fast = None
+    return encoder
+
+
+_FAST = {table: _codec.envelope_encoder(table, _SOURCE, 0, "r") for table in _TABLE_NAMES}
+
+
+def _decimals(precision: int, scale: int) -> st.SearchStrategy[Decimal]:
+    fits = st.integers(-(10**precision) + 1, 10**precision - 1).map(
+        lambda n: Decimal(n).scaleb(-scale)
+    )
+    edges = st.sampled_from(
+        [
+            Decimal(10**precision - 1).scaleb(-scale),  # the largest that fits
+            -Decimal(10**precision - 1).scaleb(-scale),
+            Decimal("-0").scaleb(-scale),
+            Decimal("-128").scaleb(-scale),  # two's complement edges
+            Decimal("128").scaleb(-scale),
+            Decimal("-32768").scaleb(-scale),
+            Decimal(10 ** (precision - scale)),  # one digit too many before the point
+            Decimal("1E+30"),  # few digits, too large: the producer's own check refuses it
+            Decimal(1).scaleb(-scale - 1),  # a finer scale than the column's
+            Decimal("NaN"),
+            Decimal("-Infinity"),
+            Decimal("7"),  # a coarser exponent than the scale
+        ]
+    )
+    coarse = st.integers(-(10 ** (precision - scale)) + 1, 10 ** (precision - scale) - 1).map(
+        Decimal
+    )
+    return st.one_of(fits, edges, coarse)
+
+
+_TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
+#: hypothesis takes naive bounds, also for aware datetimes.
+_LOW, _HIGH = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+_NAIVE = st.datetimes(
+    min_value=_LOW.replace(year=1900, tzinfo=None), max_value=_HIGH.replace(year=2200, tzinfo=None)
+)
+_AWARE = st.datetimes(
+    min_value=_LOW.replace(tzinfo=None),
+    max_value=_HIGH.replace(tzinfo=None),
+    timezones=st.sampled_from(_ZONES),
+)
+_INTS = st.one_of(
+    st.integers(-(2**31), 2**31 - 1),
+    st.sampled_from([0, -1, 1, 63, -64, 64, 8191, -8192, 8192, -(2**31), 2**31 - 1]),
+)
+
+
+def _plain(ftype: Any, odd: bool) -> st.SearchStrategy[Any]:
+    if ftype in ("int", "long"):
+        odd_ints = st.sampled_from([2**31, -(2**31) - 1, -(2**63), 2**63 - 1, 2**63, True])
+        return _INTS | odd_ints if odd else _INTS
+    if ftype == "string":
+        return _TEXT
+    logical = ftype["logicalType"]
+    if logical == "timestamp-micros":
+        return _AWARE | _NAIVE if odd else _AWARE
+    precision, scale = ftype["precision"], ftype.get("scale", 0)
+    return _decimals(precision, scale)
+
+
+def _rows(table: str, odd: bool) -> st.SearchStrategy[dict[str, Any]]:
+    fields: dict[str, st.SearchStrategy[Any]] = {}
+    for field in row_schema(table)["fields"]:
+        ftype = field["type"]
+        if isinstance(ftype, list):
+            fields[field["name"]] = st.none() | _plain(ftype[1], odd)
+        else:
+            fields[field["name"]] = _plain(ftype, odd)
+    return st.fixed_dictionaries(fields)
+
+
+def _outcome(encoder: EnvelopeEncoder, row: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        return "bytes", encoder.encode_row(dict(row))
+    except EncodingError as exc:
+        return "refused", (exc.column, exc.reason)
+
+
+@pytest.mark.parametrize("table", _TABLE_NAMES)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_rows_encode_as_fastavro_encodes_them(table: str, data: st.DataObject) -> None:
+    """Identical bytes, or the same EncodingError naming the same column."""
+    row = data.draw(_rows(table, odd=data.draw(st.booleans())))
+    fast = _FAST[table]  # one per table, across examples: what it keeps is checked too
+    assert fast._fast is not None  # every row schema is one the generator handles
+    assert _outcome(fast, row) == _outcome(_reference(table), row)
+
+
+@pytest.mark.parametrize("table", _TABLE_NAMES)
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_the_generated_writer_writes_ordinary_rows_itself(table: str, data: st.DataObject) -> None:
+    """Rows as the producer sees them (aware timestamps, fitting decimals) never fall back."""
+    row = data.draw(_rows(table, odd=False))
+    writer = record_writer(row_schema(table))
+    assert writer is not None
+    parsed = fastavro.parse_schema(row_schema(table), named_schemas={})
+    expected = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(expected, parsed, row)
+    except (ValueError, TypeError, OverflowError):
+        with pytest.raises(Unhandled):
+            writer(row)
+        return
+    decimals = [
+        (row[f["name"]], t["precision"], t.get("scale", 0))
+        for f in row_schema(table)["fields"]
+        for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
+        if isinstance(t, dict) and t.get("logicalType") == "decimal" and row[f["name"]] is not None
+    ]
+    try:
+        written = writer(row)
+    except Unhandled:
+        # Only the producer's stricter magnitude check, or a non-finite decimal, may send a
+        # row that fastavro writes back to fastavro.
+        assert any(
+            not value.is_finite() or value.adjusted() + 1 + scale > precision
+            for value, precision, scale in decimals
+        )
+        return
+    assert written == expected.getvalue()
+
+
+@given(st.integers(-(2**63), 2**63 - 1))
+def test_varint_is_fastavros_long(value: int) -> None:
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, "long", value)
+    assert varint(value) == expected.getvalue()
+
+
+def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
+    """fastavro raises OverflowError for it: an EncodingError like any other misfit."""
+    moment = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    row: dict[str, Any] = {
+        "PaymentID": 7,
+        "CustomerID": 3,
+        "OrderID": 10,
+        "PaymentTypeID": 1,
+        "PaymentDate": moment,
+        "Amount": Decimal("18.68"),
+        "CurrencyCode": "usd",
+        "AuthorizationCode": None,
+        "Memo": "ünïcode",
+        "CreatedDate": moment,
+        "ModifiedDate": moment,
+    }
+    assert _outcome(_FAST["payments"], row)[0] == "bytes"
+    row["PaymentID"] = 2**64
+    with pytest.raises(EncodingError) as refused:
+        _FAST["payments"].encode_row(row)
+    assert refused.value.column == "PaymentID"
