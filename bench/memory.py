@@ -6,9 +6,12 @@ and each consumer applying it stay under 400 MB of peak RSS. This benchmark runs
 the real commands as child processes, so what it reports is what a user's process
 takes:
 
-1. the source: ``--rows`` rows simulated into SQLite once, then bulk-copied into a
-   fresh PostgreSQL database (``bench.producer --generator copy``'s way, the fastest
-   way to many changed rows);
+1. the source: ``--base-rows`` rows simulated into SQLite and bulk-copied into a
+   fresh PostgreSQL database (``bench.producer --generator copy``'s way), then
+   replicated there with set-based ``INSERT ... SELECT`` under shifted ids
+   (customers, orders, payments: every reference shifted alike) until it holds at
+   least ``--rows`` changed rows, in seconds (the simulator slows down as its tables
+   grow: it had not reached a million rows after six minutes on this machine);
 2. ``queuestream refresh``: publishes them in one refresh (one Kafka transaction);
 3. ``queuestream consume <target> --until-idle``, each target into a fresh
    PostgreSQL database, one after the other (so that they do not share the CPUs);
@@ -41,12 +44,13 @@ from bench.environment import environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.options import add_common_arguments, check_common_arguments
 from bench.output import out, print_runs
-from bench.scratch import postgres_database, sqlite_database
+from bench.scratch import postgres_database, sqlite_database, writer_engine
 from bench.services import resolve_postgres
 from bench.session import main_with, session
-from bench.source import copy_rows, simulate
+from bench.source import copy_rows, count_rows, simulate
+from queuestream.sync_schema import Base
 
-__all__ = ["GOAL_MB", "main", "parse_args", "print_table", "run", "run_command"]
+__all__ = ["GOAL_MB", "main", "parse_args", "print_table", "replicate", "run", "run_command"]
 
 log = logging.getLogger("bench.memory")
 
@@ -70,8 +74,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         profile_help="(not used here: run py-spy on the command instead)",
         kafka_help="librdkafka option for every command (QUEUESTREAM_KAFKA); repeatable",
     )
+    p.add_argument(
+        "--base-rows",
+        type=int,
+        default=50_000,
+        help="rows simulated, then replicated up to --rows (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     check_common_arguments(p, args)
+    if args.base_rows < 1:
+        p.error("--base-rows must be at least 1")
     if args.breakdown or args.profile:
         p.error("--breakdown and --profile are not measured here (profile with py-spy)")
     return args
@@ -115,6 +127,54 @@ def run_command(
     }
 
 
+#: Per table, its id columns and the id each holds: shifted alike in every copy.
+_IDS = {
+    "Customers": {"CustomerID": "customer", "EnrollerID": "customer"},
+    "CustomerSites": {"CustomerID": "customer"},
+    "CustomerAccounts": {"CustomerID": "customer"},
+    "Orders": {"OrderID": "order", "CustomerID": "customer"},
+    "OrderDetails": {"OrderID": "order"},
+    "Payments": {"PaymentID": "payment", "CustomerID": "customer", "OrderID": "order"},
+}
+_ID_OF = {"customer": ("Customers", "CustomerID"), "order": ("Orders", "OrderID")}
+_ID_OF["payment"] = ("Payments", "PaymentID")
+
+
+def replicate(url: str, rows: int) -> dict[str, int]:
+    """Copy the source's rows into itself under shifted ids until it holds ``rows``.
+
+    Copy ``k`` adds ``k`` times (the largest id + 1) to every id of a kind, so that
+    references stay within their copy and every row is new, stamped as the original.
+    Returns the rows per table.
+    """
+    engine = writer_engine(url)
+    try:
+        have = count_rows(engine)
+        base = sum(have.values())
+        copies = -(-rows // base) if base else 1
+        if copies <= 1:
+            return have
+        with engine.begin() as conn:
+            span = {
+                kind: int(conn.exec_driver_sql(f'SELECT max("{c}") + 1 FROM "{t}"').scalar_one())
+                for kind, (t, c) in _ID_OF.items()
+            }
+            for table_name, ids in _IDS.items():
+                table = Base.metadata.tables[table_name]
+                columns = [c.name for c in table.columns]
+                shifted = ", ".join(
+                    f'"{c}" + k * {span[ids[c]]}' if c in ids else f'"{c}"' for c in columns
+                )
+                names = ", ".join(f'"{c}"' for c in columns)
+                conn.exec_driver_sql(
+                    f'INSERT INTO "{table_name}" ({names}) SELECT {shifted} '
+                    f'FROM "{table_name}", generate_series(1, {copies - 1}) AS k'
+                )
+        return count_rows(engine)
+    finally:
+        engine.dispose()
+
+
 def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "queuestream.cli", *args]
 
@@ -151,12 +211,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ):
         deadline, progress = started.deadline, started.progress
         logs = Path(folder)
-        progress(f"simulating {args.rows:,} rows into SQLite, then copying them to PostgreSQL")
-        simulated = simulate(template, "sqlite", args.rows, args, deadline, progress)
-        generation = copy_rows(template, source, "postgres", deadline)
+        base = min(args.base_rows, args.rows)
+        progress(f"simulating {base:,} rows into SQLite, copying them to PostgreSQL")
+        simulated = simulate(template, "sqlite", base, args, deadline, progress)
+        copied = copy_rows(template, source, "postgres", deadline)
+        started_at = time.perf_counter()
+        per_table = replicate(source, args.rows)
+        rows = sum(per_table.values())
         progress(
-            f"{generation.rows:,} rows in PostgreSQL (simulated in {simulated.seconds:.1f}s, "
-            f"copied in {generation.seconds:.1f}s)"
+            f"{rows:,} rows in PostgreSQL: {simulated.rows:,} simulated in "
+            f"{simulated.seconds:.1f}s, copied in {copied.seconds:.1f}s, replicated in "
+            f"{time.perf_counter() - started_at:.1f}s"
         )
         prefix = started.prefixes.new("postgres", "memory")
         env = _environment(args, source, started.bootstrap, prefix)
@@ -169,8 +234,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         published = json.loads(refresh.pop("stdout"))
         events = int(published[0]["events"]) if published else 0
-        if len(published) != 1 or events != generation.rows:
-            msg = f"expected ONE refresh of {generation.rows} events, got {published}"
+        if len(published) != 1 or events != rows:
+            msg = f"expected ONE refresh of {rows} events, got {published}"
             raise BenchError(msg)
         refresh.update(events=events, per_second=_rate(events, refresh["seconds"]))
         progress(
@@ -182,8 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             processes.append(_consume(name, env, logs, args, deadline, progress))
     return {
         "rows_requested": args.rows,
-        "rows": generation.rows,
-        "per_table": generation.per_table,
+        "rows": rows,
+        "per_table": per_table,
         "goal_peak_rss_mb": GOAL_MB,
         "processes": processes,
         "within_goal": all(p["peak_rss_mb"] < GOAL_MB for p in processes),
