@@ -67,9 +67,23 @@ __all__ = ["BatchOutcome", "ConsumerRuntime", "RunStats", "StopAt"]
 log = logging.getLogger(__name__)
 
 _CONSUME_BATCH = 10_000
+_PREFETCH_KBYTES = 16_384  # librdkafka's queued.max.messages.kbytes (default 65536)
 _CONSUME_TIMEOUT = 0.2
 _WAIT_STEP = 0.5  # longest single poll while waiting
 _LAG_EVERY = 1.0  # seconds between lag updates (metrics) while the loop turns
+
+
+def _prefetch(settings: Settings) -> dict[str, int]:
+    """librdkafka's read-ahead, bounded: what it fetches ahead is memory too.
+
+    Its default (64 MB of messages queued, besides what is being fetched) alone would
+    take a sixth of the memory a consumer may use while a large refresh streams in;
+    a few consume batches ahead are enough. Set ``queued.max.messages.kbytes`` in
+    the Kafka options (``QUEUESTREAM_KAFKA``) to choose otherwise.
+    """
+    if "queued.max.messages.kbytes" in settings.kafka:
+        return {}
+    return {"queued.max.messages.kbytes": _PREFETCH_KBYTES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +237,7 @@ class ConsumerRuntime:
                     "partition.assignment.strategy": "range",
                     "client.id": f"queuestream-{self.target.name}-{self.member}",
                     "on_commit": self.ownership.committed,
+                    **_prefetch(self.settings),
                 },
             )
         )

@@ -37,9 +37,9 @@ __all__ = ["OPEN_AT", "PART", "Streaming"]
 log = logging.getLogger(__name__)
 
 #: Events held of refreshes with a known END marker, none of them ready: open a transaction.
-OPEN_AT = 20_000
+OPEN_AT = 10_000
 #: Events taken out and written at a time while the transaction is open.
-PART = 10_000
+PART = 5_000
 
 
 class Streaming:

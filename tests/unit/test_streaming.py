@@ -20,8 +20,10 @@ from consumers.assembly import Assembler, Tombstone
 from consumers.dead_letters import DeadLetter, ErrorBudgetExceededError
 from consumers.markers import EndMarker
 from consumers.ownership import Ownership
+from consumers.runtime import _prefetch
 from consumers.streaming import Streaming
 from queuestream.errors import DecodeError
+from queuestream.settings import load_settings
 from tests.accounting_rig import TOPIC, AccountingRig, customer_change
 
 OWNED = {("customers", 0), ("customers", 1)}
@@ -209,3 +211,9 @@ def test_poison_among_the_parts_and_tombstones_after_them_move_the_offsets(
     (entry,) = rig.log()
     assert (entry["refresh_id"], entry["errors"]) == ("r1", 1)
     rig.close()
+
+
+def test_the_read_ahead_is_bounded_unless_the_kafka_options_say_otherwise() -> None:
+    assert _prefetch(load_settings()) == {"queued.max.messages.kbytes": 16_384}
+    chosen = load_settings(kafka={"queued.max.messages.kbytes": "65536"})
+    assert _prefetch(chosen) == {}  # the user's value reaches librdkafka untouched
