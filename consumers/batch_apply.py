@@ -23,7 +23,12 @@ that a SQLite target tests without Kafka:
 - :class:`BatchApplier`: the transaction around them: lock the batch's offset
   rows, keep what is new, write it, check the error budget (over it, nothing
   commits), publish the dead letters, store the next offsets and the sync log,
-  commit.
+  commit. The transaction is an :class:`OpenBatch`, which may also take a batch
+  in parts before the commit (a refresh too big to hold, :mod:`.streaming`).
+
+Longer than 400 lines: what is written, the transaction that writes it in parts
+and the commit share their figures (:func:`merged` sync-log entries) and read best
+in one place.
 """
 
 from __future__ import annotations
