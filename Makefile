@@ -26,7 +26,7 @@ BENCH_KAFKA_HEAP_OPTS ?= -Xms512m -Xmx1g
 BENCH_KAFKA_JVM_OPTS ?= -XX:+UseParallelGC -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true
 BENCH_ARGS ?=
 
-.PHONY: help venv test-deps kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-kafka-up bench-kafka-down lint clean distclean
+.PHONY: help venv test-deps kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-memory bench-kafka-up bench-kafka-down lint clean distclean
 
 help:
 	@echo "make venv        create .venv and install queuestream[test,dev] (editable)"
@@ -46,6 +46,8 @@ help:
 	@echo "make bench-freshness  run bench/freshness.py the same way: produce --interval 1 and both"
 	@echo "                      consumers live under 10,000 rows/s; p50/p95/p99 refresh start -> commit"
 	@echo "make bench-sweep      run bench/sweep.py the same way (sweep of 1,000,000 unchanged rows, state rebuild)"
+	@echo "make bench-memory     run bench/memory.py the same way (ONE refresh of 1,000,000 rows: peak RSS"
+	@echo "                      of the producer and of each consumer, real processes)"
 	@echo "make bench-soak       run bench/soak.py: producer and both consumers under steady load for"
 	@echo "                      10 minutes; RSS growth, lag and errors (BENCH_ARGS=\"--minutes 2 --json\")"
 	@echo "make bench-kafka-down  stop the benchmark's broker"
@@ -118,6 +120,9 @@ bench-freshness: venv bench-kafka-up pg-up
 
 bench-sweep: venv bench-kafka-up pg-up
 	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) -m bench.sweep $(BENCH_ARGS)
+
+bench-memory: venv bench-kafka-up pg-up
+	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) -m bench.memory $(BENCH_ARGS)
 
 bench-soak: venv bench-kafka-up pg-up
 	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) -m bench.soak $(BENCH_ARGS)

@@ -67,10 +67,21 @@ class _Held:
     refresh_id: str
     changes: dict[Slot, list[Change]] = field(default_factory=lambda: defaultdict(list))
     tombstones: dict[Slot, list[Tombstone]] = field(default_factory=lambda: defaultdict(list))
+    #: Per slot, events already taken out (:meth:`Assembler.take`): applied in the open
+    #: transaction, not committed yet. They count towards the refresh being whole.
+    streamed: dict[Slot, int] = field(default_factory=dict)
+    #: Per slot, the first and the last offset taken out.
+    streamed_span: dict[Slot, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
+        """Events held in memory (those taken out not counted)."""
         return sum(len(v) for v in self.changes.values())
+
+    @property
+    def kept(self) -> bool:
+        """Is anything of the refresh still held or taken out (uncommitted)?"""
+        return bool(self.changes) or bool(self.streamed)
 
 
 @dataclass
@@ -132,7 +143,7 @@ class Assembler:
         self.tombstones_seen += 1
         slot = (tombstone.table, tombstone.partition)
         held = self._held.get(self._last.get(slot, ""))
-        if held is not None and held.changes.get(slot):
+        if held is not None and (held.changes.get(slot) or held.streamed.get(slot)):
             held.tombstones[slot].append(tombstone)
         else:
             self._loose[slot].append(tombstone)
@@ -153,7 +164,10 @@ class Assembler:
                 del held.changes[slot]
             for slot in gone & set(held.tombstones):
                 del held.tombstones[slot]
-            if not held.changes:
+            for slot in gone & set(held.streamed):
+                del held.streamed[slot]
+                del held.streamed_span[slot]
+            if not held.kept:
                 del self._held[refresh_id]
         for slot in gone:
             self._poison.pop(slot, None)
@@ -177,6 +191,14 @@ class Assembler:
         """Refreshes held: their END markers are needed to apply them."""
         return set(self._held)
 
+    def last_refresh(self, slot: Slot) -> str | None:
+        """The refresh of the last event read on ``slot`` (None: none read since assignment)."""
+        return self._last.get(slot)
+
+    def held_sizes(self) -> dict[str, int]:
+        """Events held in memory per refresh (those taken out not counted)."""
+        return {r: h.size for r, h in self._held.items()}
+
     def busy_slots(self) -> set[Slot]:
         return {slot for h in self._held.values() for slot, v in h.changes.items() if v}
 
@@ -193,6 +215,9 @@ class Assembler:
         for slot, items in waiting:
             if items:
                 first[slot] = min(first.get(slot, items[0].offset), items[0].offset)
+        for held in self._held.values():
+            for slot, (start, _) in held.streamed_span.items():
+                first[slot] = min(first.get(slot, start), start)
         return first
 
     # -- readiness ------------------------------------------------------------------
@@ -229,7 +254,7 @@ class Assembler:
             expected = end.expected(*slot)
             if expected is None or expected == 0:
                 continue
-            have = len(held.changes.get(slot, ()))
+            have = len(held.changes.get(slot, ())) + held.streamed.get(slot, 0)
             if (
                 have >= expected
                 or self._passed(slot, end, ends)
@@ -256,7 +281,7 @@ class Assembler:
             if refreshes and size + held.size > self.max_batch_events:
                 break
             refreshes.append((refresh_id, dict(held.changes)))
-            tombstones.extend(t for slot in held.changes for t in held.tombstones.get(slot, ()))
+            tombstones.extend(t for items in held.tombstones.values() for t in items)
             size += held.size
         poison = self._poison_for(refreshes, at_end)
         # Loose tombstones follow what was applied already: any batch may consume them,
@@ -275,10 +300,12 @@ class Assembler:
         self, refreshes: list[tuple[str, dict[Slot, list[Change]]]], at_end: set[Slot]
     ) -> list[Poison]:
         reach: dict[Slot, int] = {}
-        for _, slots in refreshes:
+        for refresh_id, slots in refreshes:
             for slot, changes in slots.items():
                 if changes:
                     reach[slot] = max(reach.get(slot, -1), changes[-1].offset)
+            for slot, (_, last) in self._held[refresh_id].streamed_span.items():
+                reach[slot] = max(reach.get(slot, -1), last)
         taken_refreshes = {r for r, _ in refreshes}
         still_busy = {
             slot
@@ -295,8 +322,31 @@ class Assembler:
                 found.extend(items)  # nothing else waits on this partition: apply on its own
         return found
 
+    def take(self, refresh_ids: Iterable[str]) -> Batch:
+        """Take the events held of ``refresh_ids`` out, to apply in an open transaction.
+
+        The refreshes stay known: what was taken counts towards their being whole
+        (:meth:`ready`), and :meth:`done` forgets them once their batch committed.
+        Their tombstones go with the events they follow.
+        """
+        refreshes: list[tuple[str, dict[Slot, list[Change]]]] = []
+        tombstones: list[Tombstone] = []
+        for refresh_id in refresh_ids:
+            held = self._held.get(refresh_id)
+            if held is None or not held.changes:
+                continue
+            taken = {slot: changes for slot, changes in held.changes.items() if changes}
+            for slot, changes in taken.items():
+                held.streamed[slot] = held.streamed.get(slot, 0) + len(changes)
+                start, _ = held.streamed_span.get(slot, (changes[0].offset, 0))
+                held.streamed_span[slot] = (start, changes[-1].offset)
+                tombstones.extend(held.tombstones.pop(slot, ()))
+            held.changes.clear()
+            refreshes.append((refresh_id, taken))
+        return Batch(refreshes, [], tombstones)
+
     def done(self, batch: Batch) -> None:
-        """Forget what ``batch`` applied (after it committed)."""
+        """Forget what ``batch`` applied (after it committed), what was taken out too."""
         taken = set(batch.tombstones)
         for refresh_id, slots in batch.refreshes:
             held = self._held.get(refresh_id)
@@ -307,7 +357,13 @@ class Assembler:
                 # Read while the batch was applied: consumed by a later batch instead.
                 late = [t for t in held.tombstones.pop(slot, ()) if t not in taken]
                 self._loose[slot].extend(late)
-            if not held.changes:
+            for slot in list(held.streamed):
+                # Taken out and committed with the batch; tombstones read after the last
+                # take follow them: consumed by a later batch.
+                self._loose[slot].extend(t for t in held.tombstones.pop(slot, ()) if t not in taken)
+            held.streamed.clear()
+            held.streamed_span.clear()
+            if not held.kept:
                 del self._held[refresh_id]
         for slot in list(self._loose):
             self._loose[slot] = [t for t in self._loose[slot] if t not in taken]

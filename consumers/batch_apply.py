@@ -23,7 +23,12 @@ that a SQLite target tests without Kafka:
 - :class:`BatchApplier`: the transaction around them: lock the batch's offset
   rows, keep what is new, write it, check the error budget (over it, nothing
   commits), publish the dead letters, store the next offsets and the sync log,
-  commit.
+  commit. The transaction is an :class:`OpenBatch`, which may also take a batch
+  in parts before the commit (a refresh too big to hold, :mod:`.streaming`).
+
+Longer than 400 lines: what is written, the transaction that writes it in parts
+and the commit share their figures (:func:`merged` sync-log entries) and read best
+in one place.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ __all__ = [
     "Applied",
     "BatchApplier",
     "BatchOutcome",
+    "OpenBatch",
     "apply_refresh",
+    "merged",
     "next_offsets",
     "partitions_of",
     "unapplied",
@@ -248,19 +255,140 @@ class BatchApplier:
         unreachable, and ErrorBudgetExceededError when the batch's dead letters do not
         fit in the budget.
         """
-        started = time.monotonic()
-        with retriable_outages(self.engine), self.engine.begin() as conn:
-            stored = self.offsets.lock(conn, partitions_of(batch))
-            fresh, skipped = unapplied(batch, stored)
-            entries, letters = write_batch(conn, self.target, fresh)
-            self.budget.check(letters, [e.refresh_id for e in entries])
-            self.dead_letters(letters)
-            moved = next_offsets(fresh)
-            self.offsets.save(conn, moved, stored)
+        with self.begin(partitions_of(batch)) as transaction:
+            return transaction.commit(batch)
+
+    def begin(self, partitions: Iterable[TopicPartition]) -> OpenBatch:
+        """Open a transaction that applies in parts (:class:`OpenBatch`).
+
+        Its offset rows of ``partitions`` are locked at once, in one statement (so two
+        members never lock the same rows in different orders). Raises
+        DatabaseUnavailableError when the target is unreachable.
+        """
+        return OpenBatch(self, set(partitions))
+
+
+class OpenBatch:
+    """One target transaction that applies a batch in parts, then commits it whole.
+
+    :meth:`apply` writes a part (a :class:`~consumers.assembly.Batch` of events taken
+    out of the assembler while their refreshes are still being read) and forgets its
+    events: only their sync-log figures, their offsets' reach and their dead letters
+    are kept. :meth:`commit` writes the last part, checks the error budget, publishes
+    the dead letters and stores the next offsets and the sync log with the rows, in
+    the same transaction: a refresh applied in parts still becomes visible at once.
+    :meth:`close` rolls back whatever did not commit (an outage, a revocation, a stop:
+    nothing is kept, the events are read again from the stored offsets). A context
+    manager: leaving it closes it.
+    """
+
+    def __init__(self, applier: BatchApplier, partitions: set[TopicPartition]) -> None:
+        self.applier = applier
+        self.started = time.monotonic()
+        self.skipped = 0
+        self._entries: dict[str, SyncEntry] = {}
+        self._letters: list[DeadLetter] = []
+        self._reach: dict[TopicPartition, int] = {}
+        with retriable_outages(applier.engine):
+            self._connection = applier.engine.connect()
+            try:
+                self._transaction = self._connection.begin()
+                self._stored = applier.offsets.lock(self._connection, partitions)
+            except BaseException:
+                self._connection.close()
+                raise
+
+    def __enter__(self) -> OpenBatch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def refreshes(self) -> set[str]:
+        """The refreshes of which a part was applied."""
+        return set(self._entries)
+
+    def apply(self, part: Batch) -> None:
+        """Write ``part``'s new events; raise when its dead letters overrun the budget."""
+        fresh, skipped = unapplied(part, self._stored)
+        with retriable_outages(self.applier.engine):
+            entries, letters = write_batch(self._connection, self.applier.target, fresh)
+        self.skipped += skipped
+        for entry in entries:
+            earlier = self._entries.get(entry.refresh_id)
+            self._entries[entry.refresh_id] = entry if earlier is None else merged(earlier, entry)
+        self._letters.extend(letters)
+        for key, offset in next_offsets(part).items():
+            self._reach[key] = max(self._reach.get(key, 0), offset)
+        self.applier.budget.check(self._letters, list(self._entries))
+
+    def commit(self, last: Batch) -> Applied:
+        """Write ``last``, then commit everything with its offsets and sync log."""
+        self.apply(last)
+        applier, conn = self.applier, self._connection
+        entries = _fold_undecodable(list(self._entries.values()))
+        applier.dead_letters(self._letters)
+        moved = {key: o for key, o in self._reach.items() if o > self._stored.get(key, 0)}
+        with retriable_outages(applier.engine):
+            applier.offsets.save(conn, moved, self._stored)
             if entries:
-                sync_log.write(conn, self.target.name, self.offsets.group, self.member, entries)
-        self.budget.spend(letters)
-        return Applied(BatchOutcome(entries, time.monotonic() - started), moved, skipped)
+                sync_log.write(
+                    conn, applier.target.name, applier.offsets.group, applier.member, entries
+                )
+            self._transaction.commit()
+        self._connection.close()
+        applier.budget.spend(self._letters)
+        seconds = time.monotonic() - self.started
+        return Applied(BatchOutcome(entries, seconds), moved, self.skipped)
+
+    def close(self) -> None:
+        """Roll back what did not commit (nothing when the target is gone already)."""
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+            self._connection.close()
+        except sa.exc.SQLAlchemyError as exc:  # the connection is lost: so is the transaction
+            log.debug("rolling back an uncommitted batch: %s", exc)
+
+
+def merged(first: SyncEntry, then: SyncEntry) -> SyncEntry:
+    """One refresh's sync-log entry from those of two parts applied one after the other."""
+    counts = dict(first.counts)
+    for name, n in then.counts.items():
+        counts[name] = counts.get(name, 0) + n
+    offsets = {
+        topic: {p: list(span) for p, span in spans.items()}
+        for topic, spans in first.offsets.items()
+    }
+    for topic, spans in then.offsets.items():
+        per_topic = offsets.setdefault(topic, {})
+        for partition, (start, end) in spans.items():
+            span = per_topic.setdefault(partition, [start, end])
+            span[0], span[1] = min(span[0], start), max(span[1], end)
+    return SyncEntry(
+        refresh_id=first.refresh_id,
+        rows_applied=first.rows_applied + then.rows_applied,
+        events_stale=first.events_stale + then.events_stale,
+        errors=first.errors + then.errors,
+        counts=counts,
+        offsets=offsets,
+        duration_ms=first.duration_ms + then.duration_ms,
+    )
+
+
+def _fold_undecodable(entries: list[SyncEntry]) -> list[SyncEntry]:
+    """Undecodable messages count as errors of the last refresh, when the batch has one.
+
+    :func:`write_batch` does so within one part; a last part without events of its own
+    leaves them in an entry of their own (refresh ``-``), folded here.
+    """
+    lone = [e for e in entries if e.refresh_id == UNDECODABLE]
+    rest = [e for e in entries if e.refresh_id != UNDECODABLE]
+    if not lone or not rest:
+        return entries
+    rest[-1].errors += sum(e.errors for e in lone)
+    return rest
 
 
 def _ranges(items: Iterable[Change | Poison]) -> dict[str, dict[str, list[int]]]:

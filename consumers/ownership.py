@@ -186,8 +186,14 @@ class Ownership:
 
     # -- reading --------------------------------------------------------------------------
     def arrived(self, topic: str, partition: int, offset: int) -> bool:
-        """A message was read here: False when it is past a bounded run's stop (ignore it)."""
+        """A message was read here: False to ignore it.
+
+        Ignored: past a bounded run's stop, and on a partition waiting to be read again
+        from the target's offsets (:meth:`rewind`: fetched before it was paused).
+        """
         if self._past_stop(topic, partition, offset):
+            return False
+        if (self.tables[topic], partition) in self.unresolved:
             return False
         self.at_end.discard((self.tables[topic], partition))
         return True
@@ -223,7 +229,37 @@ class Ownership:
                 self._consumer.pause([TopicPartition(topic, partition)])
         return True
 
+    def rewind(self, slots: set[Slot]) -> None:
+        """Read ``slots`` again from the target's offsets (what was read of them is dropped).
+
+        They are paused and wait, like partitions assigned while the target was down,
+        for :meth:`resolve` to seek them to the stored offsets.
+        """
+        slots = slots & self.owned
+        if not slots or self._consumer is None:
+            return
+        self._consumer.pause([TopicPartition(self.topics[t], p) for t, p in sorted(slots)])
+        self.unresolved |= slots
+        self.at_end -= slots
+        for slot in slots:
+            self._read_back.pop(slot, None)
+        log.info("reading %d partitions again from the target's offsets", len(slots))
+
     # -- pausing ----------------------------------------------------------------------------
+    def hold(self, slots: set[Slot], held: bool) -> None:
+        """Pause ``slots`` (nothing more is fetched from them), or resume those that may read."""
+        if not slots or self._consumer is None:
+            return
+        if not held:
+            slots = slots - self.unresolved
+            if self.stops is not None:  # partitions at their stop stay paused
+                slots = slots - self.at_end
+            if self.paused:
+                return
+        partitions = [TopicPartition(self.topics[t], p) for t, p in sorted(slots & self.owned)]
+        if partitions:
+            (self._consumer.pause if held else self._consumer.resume)(partitions)
+
     def pause(self, paused: bool) -> None:
         """Pause every assigned partition (the target is down), or resume those that may read."""
         assert self._consumer is not None

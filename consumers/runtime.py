@@ -9,7 +9,9 @@ everything about one customer). Its loop:
    (:mod:`.assembly`, using the END markers read by :mod:`.markers`);
 3. apply ready refreshes in one target-database transaction, together with the
    consumed offsets and one sync log row per refresh; failed events go to
-   dead-letter topics within the error budget (:mod:`.batch_apply`);
+   dead-letter topics within the error budget (:mod:`.batch_apply`). A refresh too
+   big to hold is applied in parts as it arrives, inside one transaction left open
+   until it is whole (:mod:`.streaming`): it still commits at once, with its offsets;
 4. only then commit the same offsets to the Kafka group, for lag tools.
 
 Which partitions it owns and where it reads them from, through rebalances and
@@ -17,7 +19,11 @@ outages, is :mod:`.ownership`'s account. When the target database is unreachable
 nothing is committed: the runtime pauses its partitions and retries with backoff
 (:mod:`queuestream.retry`), and every wait keeps polling Kafka so that the group
 session and the rebalance callbacks stay alive. On SIGTERM (``stop``) it finishes
-the batch in hand, commits and leaves the group.
+the batch in hand, commits and leaves the group; a refresh being applied in parts is
+rolled back instead (it is read again from the target's offsets on the next start).
+
+Longer than 400 lines: the loop, its waits and the two ways of applying (whole
+batches, and parts inside an open transaction) read best side by side.
 
 A bounded run (:class:`StopAt`, used by ``queuestream rebuild``) owns every
 partition without joining the group, applies only the refreshes committed up to a
@@ -46,8 +52,10 @@ from consumers.markers import EndMarkers
 from consumers.metrics import ConsumerMetrics
 from consumers.offsets import OffsetStore
 from consumers.ownership import Ownership
+from consumers.streaming import Streaming
 from consumers.target import Target
 from queuestream.databases import create_engine, describe_url
+from queuestream.errors import RetriableError
 from queuestream.kafka_clients import consumer_config, ensure_topics
 from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
@@ -59,9 +67,23 @@ __all__ = ["BatchOutcome", "ConsumerRuntime", "RunStats", "StopAt"]
 log = logging.getLogger(__name__)
 
 _CONSUME_BATCH = 10_000
+_PREFETCH_KBYTES = 16_384  # librdkafka's queued.max.messages.kbytes (default 65536)
 _CONSUME_TIMEOUT = 0.2
 _WAIT_STEP = 0.5  # longest single poll while waiting
 _LAG_EVERY = 1.0  # seconds between lag updates (metrics) while the loop turns
+
+
+def _prefetch(settings: Settings) -> dict[str, int]:
+    """librdkafka's read-ahead, bounded: what it fetches ahead is memory too.
+
+    Its default (64 MB of messages queued, besides what is being fetched) alone would
+    take a sixth of the memory a consumer may use while a large refresh streams in;
+    a few consume batches ahead are enough. Set ``queued.max.messages.kbytes`` in
+    the Kafka options (``QUEUESTREAM_KAFKA``) to choose otherwise.
+    """
+    if "queued.max.messages.kbytes" in settings.kafka:
+        return {}
+    return {"queued.max.messages.kbytes": _PREFETCH_KBYTES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +167,9 @@ class ConsumerRuntime:
             budget=self.budget,
             dead_letters=self._send_dead_letters,
         )
+        self.streaming = Streaming(self.assembler, self.ownership, self.applier)
+        # Failures of open transactions (rolled back, read again): waited out with backoff.
+        self._streaming_outage = Outage("applying a refresh in parts", settings.backoff)
         self._consumer: Consumer | None = None
         self._markers: EndMarkers | None = None
         self._intake: Intake | None = None
@@ -164,6 +189,7 @@ class ConsumerRuntime:
         try:
             self._loop()
         finally:
+            self.streaming.abandon()  # stopped with a refresh applied in part: not committed
             self.stats.seconds = time.monotonic() - started
             self.stats.tombstones = self.assembler.tombstones_seen
             self._close()
@@ -180,10 +206,16 @@ class ConsumerRuntime:
             self._read(_CONSUME_TIMEOUT)
             self._markers.poll()
             self._observe()
+            if self.streaming.active:
+                self._stream()
+                continue
             batch = self._ready()
             if batch is not None:
                 self._idle_since = None
                 self._apply_until_done(batch)
+            elif self.streaming.wanted(self._markers.ends):
+                self._idle_since = None
+                self._stream()
             elif self._finished():
                 return
 
@@ -205,6 +237,7 @@ class ConsumerRuntime:
                     "partition.assignment.strategy": "range",
                     "client.id": f"queuestream-{self.target.name}-{self.member}",
                     "on_commit": self.ownership.committed,
+                    **_prefetch(self.settings),
                 },
             )
         )
@@ -262,9 +295,53 @@ class ConsumerRuntime:
             self._intake.take(message)
 
     def _forget(self, slots: set[Slot]) -> None:
-        """Partitions were revoked: drop what was read from them."""
+        """Partitions were revoked: drop what was read from them.
+
+        An open transaction cannot commit without them: it is rolled back, and the
+        partitions still owned are read again from the target's offsets.
+        """
+        if self.streaming.active:
+            self._abandon()
         self.assembler.revoke(slots)
         self._observe(force=True)  # metrics: no lag for partitions no longer owned
+
+    # -- applying in parts ------------------------------------------------------------------
+    def _stream(self) -> None:
+        """One turn of the open transaction (:mod:`.streaming`): open it, write, or commit.
+
+        A retriable failure (the target or Kafka gone) rolls it back; the partitions are
+        read again from the target's offsets after a backoff. Anything else rolls it
+        back and stops the consumer.
+        """
+        assert self._markers is not None
+        ends = self._markers.ends
+        try:
+            if not self.streaming.active:
+                self.streaming.start(ends)
+            done = self.streaming.turn(ends)
+        except RetriableError as exc:
+            self._abandon()
+            if not self._streaming_outage.ongoing:
+                self._outage()
+            self._wait(self._streaming_outage.failed(exc))
+            return
+        except BaseException:
+            self._abandon()
+            raise
+        if done is None:
+            return
+        applied, batch = done
+        self._streaming_outage.succeeded()
+        self.ownership.commit(applied.next_offsets)
+        self.assembler.done(batch)
+        self._report(applied)
+
+    def _abandon(self) -> None:
+        """Roll the open transaction back; read every owned partition again from its offset."""
+        self.streaming.abandon()
+        owned = set(self.ownership.owned)
+        self.assembler.revoke(owned)
+        self.ownership.rewind(owned)
 
     # -- applying ---------------------------------------------------------------------------
     def _apply_until_done(self, batch: Batch) -> None:

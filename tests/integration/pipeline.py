@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 import sqlalchemy as sa
@@ -159,3 +160,15 @@ def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
             return [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1"))]
     finally:
         engine.dispose()
+
+
+def assert_ranges_disjoint(entries: list[dict[str, Any]]) -> None:
+    """No offset of a partition lies in the ranges of two sync-log entries (applied twice)."""
+    spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for entry in entries:
+        for topic, partitions in entry["offsets"].items():
+            for partition, (first, last) in partitions.items():
+                spans.setdefault((topic, int(partition)), []).append((first, last))
+    for where, ranges in spans.items():
+        for a, b in pairwise(sorted(ranges)):
+            assert a[1] < b[0], f"{where}: offset ranges {a} and {b} overlap"

@@ -7,7 +7,9 @@ nothing (not to the target, not to the Kafka group), reports the outage and keep
 running; once the target is back it catches up. Nothing is lost, nothing is applied
 twice: each refresh shows in the target's sync log exactly once, and the sync log's
 offset ranges never overlap. Also when the target is already down as the consumer
-starts.
+starts, and when it goes down in the middle of a refresh being applied in parts
+(:mod:`consumers.streaming`): the open transaction is rolled back and the refresh
+read again from the target's offsets.
 """
 
 from __future__ import annotations
@@ -16,19 +18,26 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from itertools import pairwise
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from consumers import target_named
+from consumers import runtime as runtime_module
+from consumers import streaming, target_named
+from consumers.assembly import Assembler, Batch
 from consumers.runtime import ConsumerRuntime
 from queuestream.errors import ConfigurationError
 from tests import services
 from tests.helpers import wait_for
-from tests.integration.pipeline import Pipeline, group_offsets, run_in_thread, stored_offsets
+from tests.integration.pipeline import (
+    Pipeline,
+    assert_ranges_disjoint,
+    group_offsets,
+    run_in_thread,
+    stored_offsets,
+)
 
 TARGETS = ["accounting", "shipping"]
 PARTITIONS = 3
@@ -177,14 +186,7 @@ def _assert_each_refresh_once(
         f"refreshes not applied exactly once: {applied}"
     )
     assert set(applied) == set(published), "the sync log names refreshes never published"
-    spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for entry in entries:
-        for topic, partitions in entry["offsets"].items():
-            for partition, (first, last) in partitions.items():
-                spans.setdefault((topic, int(partition)), []).append((first, last))
-    for where, ranges in spans.items():
-        for a, b in pairwise(sorted(ranges)):
-            assert a[1] < b[0], f"{where}: offset ranges {a} and {b} overlap"
+    assert_ranges_disjoint(entries)
     return entries
 
 
@@ -285,3 +287,43 @@ def test_a_consumer_started_while_the_target_is_down_catches_up(
     _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
     assert _group_offsets(consumer.runtime) == stored_offsets(target_db.url, target)
     print(f"{target}: {len(rounds.published)} refreshes, {stats}; timings {timings}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_target_going_down_mid_refresh_rolls_the_parts_back_and_repeats_nothing(
+    pipeline: Pipeline, target_db: Target, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parts of 40 events once 60 are held, read 25 at a time: a refresh is applied in parts.
+    monkeypatch.setattr(streaming, "OPEN_AT", 60)
+    monkeypatch.setattr(streaming, "PART", 40)
+    monkeypatch.setattr(runtime_module, "_CONSUME_BATCH", 25)
+    rounds = Rounds(pipeline, target)
+    rounds.run(400)
+    parts: list[Batch] = []
+    take = Assembler.take
+
+    def take_then_go_down(self: Assembler, refresh_ids: Any) -> Batch:
+        part = take(self, refresh_ids)
+        parts.append(part)
+        if len(parts) == 2:  # the first part is written, not committed: the target goes
+            target_db.stop_server()
+        return part
+
+    monkeypatch.setattr(Assembler, "take", take_then_go_down)
+    consumer = ConsumerThread(pipeline, target, target_db.url)
+    try:
+
+        def outage_seen() -> bool:
+            consumer.assert_healthy()
+            return consumer.runtime.stats.outages >= 1
+
+        wait_for(outage_seen, timeout=OUTAGE_SEEN_TIMEOUT, message="the consumer sees the outage")
+        assert consumer.runtime.stats.batches == 0, "a refresh committed in part"
+        target_db.start_server()
+        _wait_verified(pipeline, target, target_db.url, consumer)
+    finally:
+        consumer.finish()
+    consumer.assert_finished()
+    assert len(parts) > 2, "the refresh was read and applied again after the outage"
+    _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
+    assert _group_offsets(consumer.runtime) == stored_offsets(target_db.url, target)

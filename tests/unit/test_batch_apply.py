@@ -9,45 +9,20 @@ the error budget nothing commits.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from consumers import offsets, sync_log, target_db, target_named
 from consumers.assembly import Batch, Slot
-from consumers.batch_apply import Applied, BatchApplier, next_offsets, unapplied
+from consumers.batch_apply import Applied, next_offsets, unapplied
 from consumers.changes import Change
-from consumers.dead_letters import DeadLetter, ErrorBudget, ErrorBudgetExceededError
-from consumers.offsets import OffsetStore
-from queuestream.databases import create_engine
+from consumers.dead_letters import DeadLetter, ErrorBudgetExceededError
 from queuestream.errors import BrokerUnavailableError, DecodeError
-from tests.source_changes import change
+from tests.accounting_rig import GROUP, T0, TOPIC, AccountingRig, customer_change
 
-T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
-TOPIC = "test.customers"  # where tests.source_changes.change puts customers
-GROUP = "queuestream-test-accounting"
-
-
-def _customer(
-    cid: int, offset: int, *, refresh: str = "r1", stamp: datetime = T0, op: str = "u", **more: Any
-) -> Change:
-    row = {
-        "CustomerID": cid,
-        "FirstName": "Ava",
-        "LastName": f"Number{cid}",
-        "Company": None,
-        "Email": f"ava{cid}@example.com",
-        "CurrencyCode": "usd",
-        "ModifiedDate": stamp,
-        **more,
-    }
-    made = change("customers", row, op=op, refresh_id=refresh)
-    return dataclasses.replace(made, offset=offset)
+_customer = customer_change
 
 
 def _batch(*changes: Change, poison: tuple[DeadLetter, ...] = ()) -> Batch:
@@ -63,56 +38,11 @@ def _undecodable(offset: int) -> DeadLetter:
     return DeadLetter(TOPIC, 0, offset, 0, b"k", b"\x00junk", error)
 
 
-class _Rig:
-    """An accounting target in a SQLite file and a BatchApplier writing to it."""
-
-    def __init__(self, tmp_path: Path, max_errors: int) -> None:
-        self.engine = create_engine(f"sqlite:///{tmp_path / 'accounting.db'}", writer=True)
-        self.target = target_named("accounting")
-        target_db.prepare(self.engine, self.target)
-        self.letters: list[DeadLetter] = []
-        self.broker_down = False
-        self.budget = ErrorBudget(max_errors)
-        self.applier = BatchApplier(
-            self.target,
-            self.engine,
-            OffsetStore("accounting", GROUP),
-            member="test:1",
-            budget=self.budget,
-            dead_letters=self._publish,
-        )
-
-    def _publish(self, letters: list[DeadLetter]) -> None:
-        if self.broker_down:
-            msg = "cannot write dead letters (broker down); the batch was not committed"
-            raise BrokerUnavailableError(msg)
-        self.letters.extend(letters)
+class _Rig(AccountingRig):
+    """The rig, applying whole batches."""
 
     def apply(self, *changes: Change, poison: tuple[DeadLetter, ...] = ()) -> Applied:
         return self.applier.apply(_batch(*changes, poison=poison))
-
-    def accounts(self) -> dict[int, str]:
-        """customer_id -> name of every ledger account."""
-        table = self.target.metadata.tables["ledger_accounts"]
-        with self.engine.connect() as conn:
-            return dict(conn.execute(sa.select(table.c.customer_id, table.c.name)).all())
-
-    def stored(self) -> dict[tuple[str, int], int]:
-        with self.engine.connect() as conn:
-            return offsets.stored_offsets(conn, "accounting")
-
-    def log(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return sync_log.read(conn, "accounting")
-
-    def refuse(self, cid: int) -> None:
-        """Make the database itself refuse customer ``cid`` (the target's checks pass it)."""
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(
-                f"CREATE TRIGGER refuse_{cid} BEFORE INSERT ON ledger_accounts "
-                f"WHEN NEW.customer_id = {cid} "
-                f"BEGIN SELECT RAISE(ABORT, 'customer {cid} is blocked here'); END"
-            )
 
 
 @pytest.fixture
@@ -125,7 +55,7 @@ def make_rig(tmp_path: Path) -> Iterator[Callable[..., _Rig]]:
 
     yield make
     for rig in made:
-        rig.engine.dispose()
+        rig.close()
 
 
 def test_rows_offsets_and_sync_log_commit_together(make_rig: Callable[..., _Rig]) -> None:

@@ -1,0 +1,338 @@
+#!/usr/bin/env python
+"""Memory at scale: ONE refresh of ``--rows`` changed rows, published and applied.
+
+Issue 10's memory goal: the producer publishing a refresh of 1,000,000 changed rows
+and each consumer applying it stay under 400 MB of peak RSS. This benchmark runs
+the real commands as child processes, so what it reports is what a user's process
+takes:
+
+1. the source: ``--base-rows`` rows simulated into SQLite and bulk-copied into a
+   fresh PostgreSQL database (``bench.producer --generator copy``'s way), then
+   replicated there with set-based ``INSERT ... SELECT`` under shifted ids
+   (customers, orders, payments: every reference shifted alike) until it holds at
+   least ``--rows`` changed rows, in seconds (the simulator slows down as its tables
+   grow: it had not reached a million rows after six minutes on this machine);
+2. ``queuestream refresh``: publishes them in one refresh (one Kafka transaction);
+3. ``queuestream consume <target> --until-idle``, each target into a fresh
+   PostgreSQL database, one after the other (so that they do not share the CPUs);
+4. ``queuestream verify`` of each target against the source.
+
+For each command: its peak RSS (the child's ``ru_maxrss`` from :func:`os.wait4`, the
+kernel's own high-water mark, not a sample), its seconds, events or rows per second.
+
+    .venv/bin/python -m bench.memory                     # 1,000,000 rows
+    .venv/bin/python -m bench.memory --rows 100000 --json
+
+Kafka and PostgreSQL as for bench/producer.py (``make bench-memory`` starts both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.environment import environment, environment_line
+from bench.errors import BenchError, Deadline
+from bench.options import add_common_arguments, check_common_arguments
+from bench.output import out, print_runs
+from bench.scratch import postgres_database, sqlite_database, writer_engine
+from bench.services import resolve_postgres
+from bench.session import main_with, session
+from bench.source import copy_rows, count_rows, simulate
+from queuestream.sync_schema import Base
+
+__all__ = ["GOAL_MB", "main", "parse_args", "print_table", "replicate", "run", "run_command"]
+
+log = logging.getLogger("bench.memory")
+
+#: Issue 10, goal 5: the peak RSS of the producer and of each consumer.
+GOAL_MB = 400.0
+_TARGETS = ("accounting", "shipping")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.memory",
+        description="ONE refresh of N changed rows published by `queuestream refresh` and "
+        "applied by `queuestream consume --until-idle` (each target into PostgreSQL): the "
+        "peak RSS and seconds of each process; the targets verified against the source.",
+    )
+    add_common_arguments(
+        p,
+        each=("--targets", _TARGETS),
+        rows=1_000_000,
+        breakdown_help="(not used here)",
+        profile_help="(not used here: run py-spy on the command instead)",
+        kafka_help="librdkafka option for every command (QUEUESTREAM_KAFKA); repeatable",
+    )
+    p.add_argument(
+        "--base-rows",
+        type=int,
+        default=50_000,
+        help="rows simulated, then replicated up to --rows (default: %(default)s)",
+    )
+    args = p.parse_args(argv)
+    check_common_arguments(p, args)
+    if args.base_rows < 1:
+        p.error("--base-rows must be at least 1")
+    if args.breakdown or args.profile:
+        p.error("--breakdown and --profile are not measured here (profile with py-spy)")
+    return args
+
+
+def run_command(
+    name: str, command: list[str], env: dict[str, str], log_file: Path, deadline: Deadline
+) -> dict[str, Any]:
+    """Run one queuestream command to its end: exit code, seconds, peak RSS (MB), stdout.
+
+    The peak RSS is the child's ``ru_maxrss`` as :func:`os.wait4` reports it (kilobytes
+    on Linux): the kernel's high-water mark of the process, so no peak falls between
+    two samples.
+    """
+    with log_file.open("wb") as sink, tempfile.TemporaryFile() as stdout:
+        started = time.perf_counter()
+        popen = subprocess.Popen(command, env=env, stdout=stdout, stderr=sink)
+        while True:
+            pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline.left() <= 0:
+                popen.kill()
+                popen.wait()
+                msg = f"--timeout {deadline.seconds:g}s reached while running {name}"
+                raise BenchError(msg)
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        popen.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        printed = stdout.read().decode(errors="replace")
+    if popen.returncode != 0:
+        tail = " | ".join(log_file.read_text(errors="replace").strip().splitlines()[-3:])
+        msg = f"{name} exited with {popen.returncode}: {tail}"
+        raise BenchError(msg)
+    return {
+        "process": name,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "stdout": printed,
+    }
+
+
+#: Per table, its id columns and the id each holds: shifted alike in every copy.
+_IDS = {
+    "Customers": {"CustomerID": "customer", "EnrollerID": "customer"},
+    "CustomerSites": {"CustomerID": "customer"},
+    "CustomerAccounts": {"CustomerID": "customer"},
+    "Orders": {"OrderID": "order", "CustomerID": "customer"},
+    "OrderDetails": {"OrderID": "order"},
+    "Payments": {"PaymentID": "payment", "CustomerID": "customer", "OrderID": "order"},
+}
+_ID_OF = {"customer": ("Customers", "CustomerID"), "order": ("Orders", "OrderID")}
+_ID_OF["payment"] = ("Payments", "PaymentID")
+
+
+def replicate(url: str, rows: int) -> dict[str, int]:
+    """Copy the source's rows into itself under shifted ids until it holds ``rows``.
+
+    Copy ``k`` adds ``k`` times (the largest id + 1) to every id of a kind, so that
+    references stay within their copy and every row is new, stamped as the original.
+    Returns the rows per table.
+    """
+    engine = writer_engine(url)
+    try:
+        have = count_rows(engine)
+        base = sum(have.values())
+        copies = -(-rows // base) if base else 1
+        if copies <= 1:
+            return have
+        with engine.begin() as conn:
+            span = {
+                kind: int(conn.exec_driver_sql(f'SELECT max("{c}") + 1 FROM "{t}"').scalar_one())
+                for kind, (t, c) in _ID_OF.items()
+            }
+            for table_name, ids in _IDS.items():
+                table = Base.metadata.tables[table_name]
+                columns = [c.name for c in table.columns]
+                shifted = ", ".join(
+                    f'"{c}" + k * {span[ids[c]]}' if c in ids else f'"{c}"' for c in columns
+                )
+                names = ", ".join(f'"{c}"' for c in columns)
+                conn.exec_driver_sql(
+                    f'INSERT INTO "{table_name}" ({names}) SELECT {shifted} '
+                    f'FROM "{table_name}", generate_series(1, {copies - 1}) AS k'
+                )
+        return count_rows(engine)
+    finally:
+        engine.dispose()
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "queuestream.cli", *args]
+
+
+def _environment(
+    args: argparse.Namespace, source: str, bootstrap: str, prefix: str
+) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "QUEUESTREAM_SOURCE_URL": source,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "QUEUESTREAM_TOPIC_PREFIX": prefix,
+        "QUEUESTREAM_PARTITIONS": str(args.partitions),
+        "QUEUESTREAM_FIRST_WINDOW_HOURS": str(args.first_window_hours),
+        "QUEUESTREAM_SETTLE_SECONDS": "0",
+        "QUEUESTREAM_PG_CLOCK_ALLOWANCE_SECONDS": "0",
+    }
+    env.pop("QUEUESTREAM_SCHEMA_REGISTRY_URL", None)
+    if args.kafka:
+        env["QUEUESTREAM_KAFKA"] = json.dumps(args.kafka)
+    return env
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds else 0.0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with (
+        session(args) as started,
+        sqlite_database() as template,
+        postgres_database(resolve_postgres(args)) as source,
+        tempfile.TemporaryDirectory(prefix="qs-bench-memory-") as folder,
+    ):
+        deadline, progress = started.deadline, started.progress
+        logs = Path(folder)
+        base = min(args.base_rows, args.rows)
+        progress(f"simulating {base:,} rows into SQLite, copying them to PostgreSQL")
+        simulated = simulate(template, "sqlite", base, args, deadline, progress)
+        copied = copy_rows(template, source, "postgres", deadline)
+        started_at = time.perf_counter()
+        per_table = replicate(source, args.rows)
+        rows = sum(per_table.values())
+        progress(
+            f"{rows:,} rows in PostgreSQL: {simulated.rows:,} simulated in "
+            f"{simulated.seconds:.1f}s, copied in {copied.seconds:.1f}s, replicated in "
+            f"{time.perf_counter() - started_at:.1f}s"
+        )
+        prefix = started.prefixes.new("postgres", "memory")
+        env = _environment(args, source, started.bootstrap, prefix)
+        env["QUEUESTREAM_STATE_DIR"] = str(logs / "state")
+
+        deadline.check("refreshing")
+        progress(f"queuestream refresh ({prefix})")
+        refresh = run_command(
+            "producer", _command("refresh", "--json"), env, logs / "refresh.log", deadline
+        )
+        published = json.loads(refresh.pop("stdout"))
+        events = int(published[0]["events"]) if published else 0
+        if len(published) != 1 or events != rows:
+            msg = f"expected ONE refresh of {rows} events, got {published}"
+            raise BenchError(msg)
+        refresh.update(events=events, per_second=_rate(events, refresh["seconds"]))
+        progress(
+            f"producer: {events:,} events in {refresh['seconds']:.1f}s, "
+            f"peak RSS {refresh['peak_rss_mb']} MB"
+        )
+        processes = [refresh]
+        for name in args.targets:
+            processes.append(_consume(name, env, logs, args, deadline, progress))
+    return {
+        "rows_requested": args.rows,
+        "rows": rows,
+        "per_table": per_table,
+        "goal_peak_rss_mb": GOAL_MB,
+        "processes": processes,
+        "within_goal": all(p["peak_rss_mb"] < GOAL_MB for p in processes),
+        "environment": environment(started.bootstrap, args),
+    }
+
+
+def _consume(
+    name: str,
+    env: dict[str, str],
+    logs: Path,
+    args: argparse.Namespace,
+    deadline: Deadline,
+    progress: Any,
+) -> dict[str, Any]:
+    """Apply the refresh with ``queuestream consume NAME --until-idle``, then verify it."""
+    with postgres_database(resolve_postgres(args)) as target:
+        deadline.check(f"consuming into {name}")
+        progress(f"queuestream consume {name} --until-idle")
+        env = {**env, "QUEUESTREAM_IDLE_SECONDS": "2"}
+        done = run_command(
+            name,
+            _command("consume", name, "--target", target, "--until-idle"),
+            env,
+            logs / f"{name}.log",
+            deadline,
+        )
+        printed = done.pop("stdout")
+        checked = subprocess.run(
+            _command("verify", name, "--target", target, "--json"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=max(deadline.left(), 1),
+            check=False,
+        )
+    if checked.returncode not in (0, 1):
+        msg = f"verify {name} failed: {checked.stderr.strip()[-500:]}"
+        raise BenchError(msg)
+    if checked.returncode == 1:
+        msg = f"{name} differs from the source after consuming: {checked.stdout[-2000:]}"
+        raise BenchError(msg)
+    rows = _synchronized(printed)
+    done.update(events=rows, per_second=_rate(rows, done["seconds"]), verified=True)
+    progress(
+        f"{name}: verified equal to the source; {done['seconds']:.1f}s, "
+        f"peak RSS {done['peak_rss_mb']} MB"
+    )
+    return done
+
+
+def _synchronized(printed: str) -> int:
+    """Rows the consumer synchronized, from its closing line ("... synchronized N rows")."""
+    found = re.findall(r"synchronized (\d+) rows", printed)
+    if not found:
+        msg = f"the consumer printed no closing line: {printed[-500:]!r}"
+        raise BenchError(msg)
+    return int(found[-1])
+
+
+_COLUMNS = (
+    ("process", "{process}"),
+    ("events / rows", "{events:,}"),
+    ("seconds", "{seconds:.1f}"),
+    ("events/s", "{per_second:,.0f}"),
+    ("peak RSS MB", "{peak_rss_mb:.1f}"),
+)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print_runs(
+        f"queuestream memory: ONE refresh of {report['rows']:,} changed rows",
+        _COLUMNS,
+        report["processes"],
+        caption=f"peak RSS: each command's ru_maxrss (os.wait4); goal under {GOAL_MB:.0f} MB",
+    )
+    verdict = "within" if report["within_goal"] else "NOT within"
+    out.print(f"{verdict} the goal of {GOAL_MB:.0f} MB; targets verified equal to the source")
+    out.print(environment_line(report["environment"], "Kafka options"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_with(parse_args(argv), run, print_table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
