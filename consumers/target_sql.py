@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -42,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from consumers.changes import Change
 from consumers.target import ApplyReport
-from consumers.target_rows import ValidRows
+from consumers.target_rows import Row, ValidRows
 from consumers.target_stage import copy_into_stage, render, stage_table
 from queuestream.tables import TABLES_BY_NAME
 
@@ -420,9 +421,15 @@ def _staged_delete(
 class Written:
     """What :func:`write_rows` wrote."""
 
-    changed: list[dict[str, Any]]  # the rows the upserts wrote (newer than what was stored)
+    columns: tuple[str, ...]  # the target columns of each row of ``changed``
+    changed: list[Row]  # the rows the upserts wrote (newer than what was stored)
     deleted: list[tuple[Any, ...]]  # keys of the valid deletes (applied or not)
     removed: list[tuple[Any, ...]] = field(default_factory=list)  # keys the deletes removed
+
+    def values(self, column: str) -> list[Any]:
+        """The values of ``column`` in the rows of :attr:`changed`."""
+        i = self.columns.index(column)
+        return [row[i] for row in self.changed]
 
 
 def _key(target: sa.Table) -> tuple[str, ...]:
@@ -435,7 +442,7 @@ def upsert_rows(
     target: sa.Table,
     changes: Sequence[Change],
     report: ApplyReport,
-) -> list[dict[str, Any]]:
+) -> list[Row]:
     """Upsert the rows of ``changes`` (one per key); the rows that changed, counted.
 
     Each row changed counts in ``report.applied["<target table>.<op>"]`` by the op of
@@ -443,13 +450,24 @@ def upsert_rows(
     statement of their own, with the repair rule of :func:`upsert_versioned`.
     """
     key = _key(target)
-    rows = [found.row(c) for c in changes]
-    by_key = {tuple(r[k] for k in key): (c, r) for c, r in zip(changes, rows, strict=True)}
-    changed = []
+    where = [found.columns.index(k) for k in key]
+    rows = found.rows
+    changed: list[Row] = []
     for repair in (False, True):
-        some = [r for c, r in zip(changes, rows, strict=True) if (c.op == "r") == repair]
-        for values in upsert_versioned(connection, target, some, key, repair=repair):
-            change, row = by_key[values]
+        some = [c for c in changes if (c.op == "r") == repair]
+        if not some:
+            continue
+        values = [rows[id(c)] for c in some]
+        returned = upsert_tuples(connection, target, found.columns, values, key, repair=repair)
+        if len(returned) == len(values):  # every row changed: no need to tell which
+            for op, count in Counter(c.op for c in some).items():
+                report.applied[f"{target.name}.{op}"] += count
+            changed.extend(values)
+            continue
+        pairs = zip(some, values, strict=True)
+        by_key = {tuple([row[i] for i in where]): (c, row) for c, row in pairs}
+        for k in returned:
+            change, row = by_key[tuple(k)]
             report.applied[f"{target.name}.{change.op}"] += 1
             changed.append(row)
     found.applied += len(changed)
@@ -473,10 +491,10 @@ def write_rows(
     count in ``report.stale["<source table>"]``. One DEBUG line on ``log``'s child
     for the source table.
     """
-    upserts = [w for w in found.winners if not w.is_delete]
+    upserts = [w for w in found.winners if w.op != "d"]
     changed = upsert_rows(connection, found, target, upserts, report)
     source_key = TABLES_BY_NAME[found.table].key
-    pairs = [(w.key_tuple(source_key), w.version) for w in found.winners if w.is_delete]
+    pairs = [(w.key_tuple(source_key), w.version) for w in found.winners if w.op == "d"]
     gone = delete_versioned(connection, target, pairs, _key(target), archive=archive)
     removed = len(gone)
     if removed:
@@ -492,4 +510,4 @@ def write_rows(
         stale,
         found.events - len(found.valid),
     )
-    return Written(changed, [k for k, _ in pairs], gone)
+    return Written(found.columns, changed, [k for k, _ in pairs], gone)

