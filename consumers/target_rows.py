@@ -59,14 +59,16 @@ def check_required(change: Change, column: str, required_by: str) -> Any:
     return value
 
 
-_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
 
 
 def check_currency(change: Change, column: str = "CurrencyCode") -> str:
     """The ISO 4217 code in ``column``, upper-cased, or a RecordError naming it."""
     assert change.row is not None
     value = change.row.get(column)
-    if not isinstance(value, str) or not _CURRENCY.match(value):
+    if type(value) is str and len(value) == 3 and value.isascii() and value.isalpha():
+        return value.upper()  # the usual case, checked at once
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         reason = f"{value!r} is not a three-letter ISO 4217 currency code"
         raise record_error(change, column, reason)
     return value.upper()
@@ -83,7 +85,9 @@ def check_length(change: Change, column: str, limit: int) -> str | None:
     """The text in ``column`` if it fits ``limit`` characters, else a RecordError naming it."""
     assert change.row is not None
     value = change.row.get(column)
-    if value is not None and not isinstance(value, str):
+    if value is None or (type(value) is str and len(value) <= limit):
+        return value  # the usual case, checked at once
+    if not isinstance(value, str):
         raise record_error(change, column, f"expected text, got {type(value).__name__}")
     if value is not None and len(value) > limit:
         reason = f"{len(value)} characters do not fit the target column of {limit}"
@@ -152,6 +156,8 @@ def check_instant(
     """
     assert change.row is not None
     value = change.row.get(column)
+    if type(value) is datetime and value.tzinfo is UTC:
+        return value  # the usual case: already in UTC
     if value is None:
         if required_by is not None:
             check_required(change, column, required_by)

@@ -137,7 +137,13 @@ def copy_into_stage(
                 cursor.execute(statement)
             return cursor.fetchall() if cursor.description is not None else []
     except psycopg.Error as exc:
-        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+        lost = connection.dialect.is_disconnect(exc, connection.connection, None)  # type: ignore[arg-type]
+        error = sa.exc.DBAPIError.instance(
+            statement, None, exc, psycopg.Error, connection_invalidated=lost
+        )
+        if lost:  # as SQLAlchemy does: the pool must not hand this connection out again
+            connection.invalidate(error)
+        raise error from exc
     except (TypeError, ValueError, OverflowError) as exc:  # a value the COPY cannot encode
         refused = psycopg.DataError(f"{type(exc).__name__}: {exc}")
         raise sa.exc.DBAPIError.instance(statement, None, refused, psycopg.Error) from exc
