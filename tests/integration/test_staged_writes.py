@@ -34,7 +34,7 @@ pytestmark = pytest.mark.postgres
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 
-_versions = st.integers(0, 3).map(lambda m: T0 + timedelta(minutes=m))
+_versions = st.integers(0, 2).map(lambda m: T0 + timedelta(minutes=m))
 _amounts = st.sampled_from([Decimal("1.00"), Decimal("2.50"), Decimal("40.00")])
 _names = st.sampled_from([None, "Ann", "Bo"])
 _ops = st.sampled_from("cudr")
@@ -141,7 +141,7 @@ def _payment(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 
 _event = st.tuples(st.one_of(_customer(), _site(), _order(), _line(), _payment()), _ops)
 #: Chunks of one transaction, each a list of (table, row) with its op.
-_chunks = st.lists(st.lists(_event, min_size=1, max_size=25), min_size=1, max_size=3)
+_chunks = st.lists(st.lists(_event, min_size=1, max_size=25), min_size=2, max_size=4)
 
 
 def _changes(target: Target, chunk: list[Any]) -> dict[str, list[Change]]:
@@ -199,7 +199,7 @@ def engines(
 
 
 @settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
