@@ -104,7 +104,8 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import KEYS, Archive, Money, among, key_chunks, write_rows
+from consumers.target_sql import KEYS, Archive, Money, among, key_chunks
+from consumers.target_write import write_rows
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["AccountingTarget"]

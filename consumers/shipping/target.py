@@ -97,13 +97,8 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import (
-    KEYS,
-    among,
-    key_chunks,
-    upsert_rows,
-    write_rows,
-)
+from consumers.target_sql import KEYS, among, key_chunks
+from consumers.target_write import upsert_rows, write_rows
 from queuestream.sync_schema import ORDER_STATUS
 
 __all__ = ["ShippingTarget"]
