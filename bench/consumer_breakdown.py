@@ -3,7 +3,8 @@
 The target's committed messages are read back from Kafka (timed: fetch),
 decoded with ``decode_change`` (timed: decode) and applied with ``Target.apply``
 in one transaction to another fresh database (timed: target apply, i.e. mapping
-in Python plus SQL), without the runtime.
+in Python plus SQL), without the runtime: a PostgreSQL database on the server, or a
+SQLite file without one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 from bench.errors import BenchError, Deadline
 from bench.readback import read_committed
-from bench.scratch import postgres_database, writer_engine
+from bench.scratch import postgres_database, sqlite_database, writer_engine
 from consumers.assembly import Batch, Slot
 from consumers.changes import Change, decode_change
 from consumers.target import ApplyReport, Target
@@ -25,7 +26,7 @@ __all__ = ["breakdown"]
 
 
 def breakdown(
-    target: Target, settings: Settings, server_url: str, deadline: Deadline
+    target: Target, settings: Settings, server_url: str | None, deadline: Deadline
 ) -> tuple[float, float, float, int]:
     """(fetch, decode, target apply) seconds and the events, without the runtime."""
     prefix = settings.topic_prefix
@@ -48,7 +49,8 @@ def breakdown(
     decode_seconds = time.perf_counter() - started
     changes = {t: by_table.get(t, []) for t in target.tables}
 
-    with postgres_database(server_url) as url:
+    database = postgres_database(server_url) if server_url is not None else sqlite_database()
+    with database as url:
         engine = writer_engine(url)
         try:
             with engine.begin() as conn:

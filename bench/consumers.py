@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Consumer throughput: rows applied per second into PostgreSQL by one consumer instance.
+"""Consumer throughput: rows applied per second into PostgreSQL (or SQLite) by one consumer.
 
 The benchmark
 
@@ -9,7 +9,7 @@ The benchmark
    (``--partitions`` per topic, default 6). Every target consumes that same refresh;
 2. for each target of ``--targets`` (accounting, shipping), runs ONE
    ``ConsumerRuntime`` (a fresh consumer group, ``until_idle=True``) into a fresh
-   PostgreSQL database and measures
+   PostgreSQL database (a SQLite file with ``--target-db sqlite``) and measures
 
    - **end to end**: events / seconds from ``runtime.run()`` until the last batch
      committed (includes creating the target's tables, the group join and the
@@ -26,13 +26,15 @@ The benchmark
 3. measures the **ceiling**, without Kafka and without the consumer: exactly the
    rows the consumer left in its target tables are read back and written into
    empty copies of the same tables (``Target.create_schema`` on another fresh
-   database) in one transaction, timed from begin to commit, by plain SQLAlchemy
-   Core executemany INSERTs (``--ceiling insert``, the default: SQLAlchemy hands
-   them to psycopg 3's ``executemany``, one prepared INSERT a row, pipelined) or by
-   psycopg ``COPY ... FROM STDIN`` (``--ceiling copy``). The ceiling's rows/s counts the
-   same events over the ceiling's seconds, so the ratio consumer/ceiling (apply
-   rows/s over ceiling rows/s) is the ceiling's time over the consumer's: how close
-   the consumer comes to merely writing its result;
+   database) in one transaction, timed from begin to commit, both by psycopg binary
+   ``COPY ... FROM STDIN`` (``copy``: the fastest way PostgreSQL takes rows) and by
+   plain SQLAlchemy Core executemany INSERTs (``insert``: psycopg 3's
+   ``executemany``, one prepared INSERT a row, pipelined; the ceiling used before,
+   kept beside it). ``--ceiling`` names the one the ratio is taken against (default
+   copy; on SQLite only insert exists). A ceiling's rows/s counts the same events
+   over the ceiling's seconds, so the ratio consumer/ceiling (apply rows/s over
+   ceiling rows/s) is the ceiling's time over the consumer's: how close the
+   consumer comes to merely writing its result;
 4. checks the target against the source (``consumers.verify.verify``)
    and fails the run when they differ.
 
@@ -42,11 +44,13 @@ them with ``Target.apply`` in one transaction to another fresh database (timed:
 target apply, i.e. mapping in Python plus SQL), to split the time between Kafka,
 decoding and the target; ``--profile DIR`` runs one more consumer per target (fresh
 group and database) under pyinstrument (cProfile when pyinstrument is not installed)
-and writes the report to DIR.
+and writes the report to DIR. The JSON holds the process's peak RSS (``peak_rss_mb``,
+``resource.getrusage``: the whole run, the simulation and every consumer included).
 
     .venv/bin/python -m bench.consumers                  # both targets, 100,000 rows
     .venv/bin/python -m bench.consumers --rows 20000 --targets shipping --json
     .venv/bin/python -m bench.consumers --breakdown --profile var/bench-profile
+    .venv/bin/python -m bench.consumers --target-db sqlite --rows 20000
 
 Kafka: ``--bootstrap-servers``, else ``KAFKA_BOOTSTRAP_SERVERS``, else
 ``scripts/kafka-local.sh bootstrap``. PostgreSQL: ``--postgres-url`` (a server's
@@ -57,8 +61,11 @@ dropped and the topics deleted at the end (``--keep-topics`` keeps the topics).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -79,15 +86,16 @@ from queuestream.settings import Settings
 
 __all__ = ["GOAL_ROWS_PER_SECOND", "Run", "main", "measure", "parse_args", "print_table", "run"]
 
-GOAL_ROWS_PER_SECOND = 20_000  # the issue's target, per consumer instance, into PostgreSQL
+GOAL_ROWS_PER_SECOND = 30_000  # issue 10's goal, per consumer instance, into PostgreSQL
+TARGET_DBS = ("postgresql", "sqlite")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; ``--targets`` becomes a list, ``--kafka`` a dict."""
     p = argparse.ArgumentParser(
         prog="python -m bench.consumers",
-        description="Rows applied per second into PostgreSQL by one consumer instance, "
-        "with the plain-INSERT ceiling for the same target rows.",
+        description="Rows applied per second into PostgreSQL (or SQLite) by one consumer "
+        "instance, with the binary-COPY and plain-INSERT ceilings for the same target rows.",
     )
     add_common_arguments(
         p,
@@ -101,9 +109,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ceiling",
         choices=CEILINGS,
-        default="insert",
-        help="how the ceiling writes the target rows: insert (SQLAlchemy Core executemany) "
-        "or copy (psycopg COPY) (default: %(default)s)",
+        default="copy",
+        help="the ceiling the ratio is taken against: copy (psycopg binary COPY) or insert "
+        "(SQLAlchemy Core executemany); both are measured (default: %(default)s; "
+        "insert on SQLite)",
+    )
+    p.add_argument(
+        "--target-db",
+        choices=TARGET_DBS,
+        default="postgresql",
+        help="the targets' database: a fresh PostgreSQL database or SQLite file per "
+        "measurement (default: %(default)s)",
     )
     p.add_argument(
         "--idle-seconds",
@@ -116,6 +132,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_common_arguments(p, args)
     if args.idle_seconds <= 0:
         p.error("--idle-seconds must be positive")
+    if args.target_db == "sqlite":
+        args.ceiling = "insert"  # SQLite has no COPY
     return args
 
 
@@ -136,7 +154,9 @@ class Run:
     batch_seconds: float = 0.0  # sum of BatchOutcome.seconds
     target_rows: dict[str, int] = field(default_factory=dict)
     ceiling_method: str = ""
-    ceiling_seconds: float | None = None
+    ceiling_seconds: float | None = None  # the ceiling of --ceiling: the ratio's
+    copy_ceiling_seconds: float | None = None  # psycopg binary COPY (PostgreSQL only)
+    insert_ceiling_seconds: float | None = None  # SQLAlchemy Core executemany INSERT
     fetch_seconds: float | None = None
     decode_seconds: float | None = None
     target_apply_seconds: float | None = None
@@ -156,7 +176,8 @@ class Run:
         """
         data = asdict(self)
         data["target_rows_total"] = total = sum(self.target_rows.values())
-        for name in ("", "apply_", "ceiling_", "fetch_", "decode_", "target_apply_"):
+        rated = ("", "apply_", "ceiling_", "copy_ceiling_", "insert_ceiling_")
+        for name in (*rated, "fetch_", "decode_", "target_apply_"):
             data[f"{name}rows_per_second"] = self.rate(data[f"{name}seconds"])
         ceiling = self.ceiling_seconds
         data["ceiling_target_rows_per_second"] = round(total / ceiling, 1) if ceiling else None
@@ -168,6 +189,22 @@ class Run:
 # -------------------------------------------------------------------- main --
 
 
+@contextlib.contextmanager
+def _target_database(args: argparse.Namespace) -> Iterator[str]:
+    """A fresh target database of ``--target-db``: its URL, dropped afterwards."""
+    if args.target_db == "sqlite":
+        with sqlite_database() as url:
+            yield url
+    else:
+        with postgres_database(str(args.postgres_url)) as url:
+            yield url
+
+
+def _server(args: argparse.Namespace) -> str | None:
+    """The PostgreSQL server of the targets, or None for SQLite."""
+    return None if args.target_db == "sqlite" else str(args.postgres_url)
+
+
 def measure(
     name: str,
     settings: Settings,
@@ -176,11 +213,11 @@ def measure(
     deadline: Deadline,
     progress: Progress,
 ) -> Run:
-    """One consumer of ``name`` into a fresh database, its ceiling and verification."""
-    server = str(args.postgres_url)
+    """One consumer of ``name`` into a fresh database, its ceilings and verification."""
+    server = _server(args)
     target = target_named(name)
     item = Run(name, events)
-    with postgres_database(server) as url:
+    with _target_database(args) as url:
         consumer_settings = settings.model_copy(
             update={"target_url": url, "consumer_group": f"bench-{uuid.uuid4().hex[:8]}-{name}"}
         )
@@ -213,13 +250,17 @@ def measure(
         check_verified(consumer_settings, name)
         item.verified = True
 
-        deadline.check(f"{name} ceiling")
         item.ceiling_method = CEILING_NAMES[args.ceiling]
-        item.ceiling_seconds = ceiling(target, url, server, args.ceiling)
-        progress(
-            f"{name}: ceiling ({args.ceiling}) {sum(item.target_rows.values()):,} target rows "
-            f"in {item.ceiling_seconds:.2f}s = {item.rate(item.ceiling_seconds):,.0f} rows/s"
-        )
+        for method in CEILINGS if server is not None else ("insert",):
+            deadline.check(f"{name} ceiling ({method})")
+            seconds = ceiling(target, url, server, method)
+            setattr(item, f"{method}_ceiling_seconds", seconds)
+            if method == args.ceiling:
+                item.ceiling_seconds = seconds
+            progress(
+                f"{name}: ceiling ({method}) {sum(item.target_rows.values()):,} target rows "
+                f"in {seconds:.2f}s = {item.rate(seconds):,.0f} rows/s"
+            )
 
     if args.breakdown:
         deadline.check(f"{name} breakdown")
@@ -232,7 +273,7 @@ def measure(
 
     if args.profile:
         deadline.check(f"{name} profile")
-        with postgres_database(server) as url:
+        with _target_database(args) as url:
             profile_settings = settings.model_copy(
                 update={
                     "target_url": url,
@@ -250,9 +291,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[Run] = []
     with session(args) as started, sqlite_database() as source_url:
         deadline, progress = started.deadline, started.progress
-        args.postgres_url = resolve_postgres(args)
-        with postgres_database(args.postgres_url):
-            pass  # reachable: fail now rather than after the simulation
+        if args.target_db == "postgresql":
+            args.postgres_url = resolve_postgres(args)
+            with postgres_database(args.postgres_url):
+                pass  # reachable: fail now rather than after the simulation
         progress(f"simulating {args.rows:,} rows into SQLite")
         generation = simulate(source_url, "sqlite", args.rows, args, deadline, progress)
         progress(
@@ -283,9 +325,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "counts": dict(result.counts),
             "seconds": round(refresh_seconds, 3),
         },
+        "target_db": args.target_db,
         "ceiling": CEILING_NAMES[args.ceiling],
         "runs": [r.as_dict() for r in runs],
         "goal_rows_per_second": GOAL_ROWS_PER_SECOND,
+        # Peak RSS of this process (the whole run: simulation, refresh, every consumer),
+        # from resource.getrusage (ru_maxrss in KiB on Linux).
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "environment": environment(started.bootstrap, args),
     }
 
@@ -299,17 +345,20 @@ _COLUMNS = (
     ("rows/s", "{apply_rows_per_second:,.0f}"),
     ("ceiling", "{ceiling_rows_per_second:,.0f}"),
     ("ratio", "{ratio:.2f}"),
+    ("insert ceiling", "{insert_ceiling_rows_per_second:,.0f}"),
 )
 
 
 def print_table(report: dict[str, Any]) -> None:
+    database = "SQLite" if report["target_db"] == "sqlite" else "PostgreSQL"
     print_runs(
-        "queuestream consumers: one instance into PostgreSQL",
+        f"queuestream consumers: one instance into {database}",
         _COLUMNS,
         report["runs"],
         caption="rows/s: events (source rows) per second; apply: first event fetched to last "
-        "commit; e2e: run() to last commit; ceiling: the same events over the plain-insert "
-        "time; ratio: apply rows/s over ceiling",
+        f"commit; e2e: run() to last commit; ceiling: the same events over the time of "
+        f"{report['ceiling']}; ratio: apply rows/s over ceiling; insert ceiling: over the "
+        "time of executemany INSERTs",
     )
     g, refresh = report["generation"], report["refresh"]
     out.print(
@@ -324,6 +373,12 @@ def print_table(report: dict[str, Any]) -> None:
             f"{r['target_rows_total']:,} target rows in {r['ceiling_seconds']:.2f}s "
             f"({r['ceiling_target_rows_per_second']:,.0f} target rows/s)"
         )
+        if r["copy_ceiling_seconds"] is not None and r["insert_ceiling_seconds"] is not None:
+            out.print(
+                f"{r['target']} ceilings: binary COPY {r['copy_ceiling_seconds']:.2f}s "
+                f"({r['copy_ceiling_rows_per_second']:,.0f}/s), executemany INSERT "
+                f"{r['insert_ceiling_seconds']:.2f}s ({r['insert_ceiling_rows_per_second']:,.0f}/s)"
+            )
         if r["decode_seconds"] is not None:
             out.print(
                 f"{r['target']} breakdown, no runtime: fetch {r['fetch_seconds']:.2f}s, "
@@ -334,6 +389,7 @@ def print_table(report: dict[str, Any]) -> None:
         if r["profile"]:
             out.print(f"{r['target']} profile: {r['profile']}")
     out.print(environment_line(report["environment"], "Kafka options"))
+    out.print(f"peak RSS of the benchmark process: {report['peak_rss_mb']:,.0f} MB")
     goal = report["goal_rows_per_second"]
     for r in report["runs"]:
         verdict = "meets" if r["apply_rows_per_second"] >= goal else "below"

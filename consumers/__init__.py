@@ -10,8 +10,9 @@ offsets in one target transaction), ``offsets`` (offsets kept in the target),
 
 Targets: ``target`` (what a target implements), ``target_rows`` (record checks
 that name table, key and column), ``target_sql`` (versioned upserts, exact money,
-key filters), ``reconcile`` and ``verify`` (``queuestream verify``), and the
-sample targets ``accounting/`` and ``shipping/``.
+key filters; ``target_stage``: PostgreSQL's COPY and merge), ``target_write`` (one
+table's checked changes written and counted), ``reconcile`` and ``verify``
+(``queuestream verify``), and the sample targets ``accounting/`` and ``shipping/``.
 
 Recovery: ``replay`` with ``replay_inputs`` and ``replay_plan`` (move a group to a
 time or offsets), ``rebuild`` (a target as of a point in time).

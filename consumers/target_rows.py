@@ -31,6 +31,7 @@ from queuestream.tables import TABLES_BY_NAME
 
 __all__ = [
     "DecimalRule",
+    "Row",
     "ValidRows",
     "check_currency",
     "check_decimal",
@@ -58,14 +59,16 @@ def check_required(change: Change, column: str, required_by: str) -> Any:
     return value
 
 
-_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
 
 
 def check_currency(change: Change, column: str = "CurrencyCode") -> str:
     """The ISO 4217 code in ``column``, upper-cased, or a RecordError naming it."""
     assert change.row is not None
     value = change.row.get(column)
-    if not isinstance(value, str) or not _CURRENCY.match(value):
+    if type(value) is str and len(value) == 3 and value.isascii() and value.isalpha():
+        return value.upper()  # the usual case, checked at once
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         reason = f"{value!r} is not a three-letter ISO 4217 currency code"
         raise record_error(change, column, reason)
     return value.upper()
@@ -82,7 +85,9 @@ def check_length(change: Change, column: str, limit: int) -> str | None:
     """The text in ``column`` if it fits ``limit`` characters, else a RecordError naming it."""
     assert change.row is not None
     value = change.row.get(column)
-    if value is not None and not isinstance(value, str):
+    if value is None or (type(value) is str and len(value) <= limit):
+        return value  # the usual case, checked at once
+    if not isinstance(value, str):
         raise record_error(change, column, f"expected text, got {type(value).__name__}")
     if value is not None and len(value) > limit:
         reason = f"{len(value)} characters do not fit the target column of {limit}"
@@ -151,6 +156,8 @@ def check_instant(
     """
     assert change.row is not None
     value = change.row.get(column)
+    if type(value) is datetime and value.tzinfo is UTC:
+        return value  # the usual case: already in UTC
     if value is None:
         if required_by is not None:
             check_required(change, column, required_by)
@@ -166,13 +173,26 @@ def latest_per_key(changes: Sequence[Change], key: Sequence[str]) -> list[Change
     A statement may not touch a row twice (PostgreSQL refuses ON CONFLICT DO UPDATE
     on the same key twice), and only the newest version matters to the result.
     """
-    best: dict[tuple[Any, ...], Change] = {}
+    best: dict[Any, Change] = {}
+    get = best.get
+    if len(key) == 1:  # the usual case: the key's value itself, no tuple per change
+        (column,) = key
+        for change in changes:
+            k: Any = change.key[column]
+            seen = get(k)
+            if seen is None or change.version >= seen.version:
+                best[k] = change
+        return list(best.values())
     for change in changes:
-        k = tuple(change.key[c] for c in key)
-        seen = best.get(k)
+        k = tuple([change.key[c] for c in key])
+        seen = get(k)
         if seen is None or change.version >= seen.version:
             best[k] = change
     return list(best.values())
+
+
+#: A target row: the values of a :class:`ValidRows`' ``columns``, in that order.
+Row = tuple[Any, ...]
 
 
 @dataclass
@@ -181,35 +201,43 @@ class ValidRows:
 
     table: str  # the source table (contract name)
     events: int  # changes in the batch, valid or not
+    columns: tuple[str, ...]  # the target columns of each row, in order
     valid: list[Change] = field(default_factory=list)
-    rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(change) -> row
+    rows: dict[int, Row] = field(default_factory=dict)  # id(change) -> row
     winners: list[Change] = field(default_factory=list)  # one per key: latest_per_key
     applied: int = 0  # rows changed so far by these changes
 
-    def row(self, change: Change) -> dict[str, Any]:
+    def row(self, change: Change) -> Row:
         """The target row ``change`` (an upsert among :attr:`valid`) maps to."""
         return self.rows[id(change)]
+
+    def value(self, change: Change, column: str) -> Any:
+        """The value of the target ``column`` in the row of ``change``."""
+        return self.rows[id(change)][self.columns.index(column)]
 
 
 def validate(
     table: str,
     batch: Sequence[Change],
-    to_row: Callable[[Change], dict[str, Any]],
+    to_row: Callable[[Change], Row],
     report: ApplyReport,
+    columns: Sequence[str],
 ) -> ValidRows:
     """Map the upserts of ``batch`` with ``to_row``; ``report.reject`` what it refuses.
 
-    ``to_row`` raises a RecordError for a record it cannot take. Deletes carry no
-    row and are always valid.
+    ``to_row`` gives the values of the target ``columns`` in order, or raises a
+    RecordError for a record it cannot take. Deletes carry no row and are always
+    valid.
     """
-    found = ValidRows(table, len(batch))
+    found = ValidRows(table, len(batch), tuple(columns))
+    rows, valid = found.rows, found.valid
     for change in batch:
-        if not change.is_delete:
+        if change.op != "d":
             try:
-                found.rows[id(change)] = to_row(change)
+                rows[id(change)] = to_row(change)
             except RecordError as error:
                 report.reject(change, error)
                 continue
-        found.valid.append(change)
-    found.winners = latest_per_key(found.valid, TABLES_BY_NAME[table].key)
+        valid.append(change)
+    found.winners = latest_per_key(valid, TABLES_BY_NAME[table].key)
     return found

@@ -14,8 +14,8 @@ told from a stale event by its op, and from a redelivery by its values, so a
 replayed repair still counts as stale. ``d`` deletes where the stored version is
 not newer than the delete's (``before.ModifiedDate``). An older version never
 replaces a newer one. :func:`write_rows`
-writes the changes of one source table that passed the checks
-(:func:`consumers.target_rows.validate`) that way and counts what they did.
+(:mod:`consumers.target_write`) writes the changes of one source table that passed
+the checks (:func:`consumers.target_rows.validate`) that way and counts what they did.
 
 Sets of keys (the orders a batch touched, say) reach SQL through one filter,
 :func:`among`, in the chunks of :func:`key_chunks`: an expanding IN list on
@@ -30,7 +30,7 @@ arrays: a value matches exactly the rows that hold it, on both databases.
 
 from __future__ import annotations
 
-import logging
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -39,30 +39,29 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from consumers.changes import Change
-from consumers.target import ApplyReport
-from consumers.target_rows import ValidRows
-from queuestream.tables import TABLES_BY_NAME
+from consumers.target_stage import copy_into_stage, render, stage_table
 
 __all__ = [
     "DELETED_VERSION",
     "KEYS",
+    "STAGED_WRITES",
     "Archive",
     "Money",
-    "Written",
     "among",
     "delete_versioned",
     "dialect_insert",
     "key_chunks",
     "newer_or_repair",
-    "upsert_rows",
+    "staged",
+    "upsert_tuples",
     "upsert_versioned",
     "version_column",
-    "write_rows",
 ]
 
 #: The name of the parameter that carries the keys of :func:`among` at execution.
 KEYS = "keys"
+#: The execution option that turns PostgreSQL's bulk path off (:func:`staged`).
+STAGED_WRITES = "queuestream_staged_writes"
 #: The column of an :class:`Archive` table that holds the version of the delete.
 DELETED_VERSION = "deleted_version"
 
@@ -193,48 +192,121 @@ def upsert_versioned(
     the same version replaces the stored one where their values differ
     (:func:`newer_or_repair`). Returns the keys that changed.
     ``rows`` must not repeat a key (see :func:`consumers.target_rows.latest_per_key`).
-
-    On PostgreSQL the rows travel as one array per column, turned back into rows by
-    ``unnest``: one short statement instead of multi-row VALUES pages with thousands
-    of placeholders (about 3x faster). The arrays have unbounded element types
-    (text, numeric), so the assignment to each column still refuses what does not fit.
+    :func:`upsert_tuples` does the same with rows as tuples.
     """
     if not rows:
         return []
-    columns = list(rows[0])
+    columns = tuple(rows[0])
+    values = [tuple(row[c] for c in columns) for row in rows]
+    return upsert_tuples(
+        connection, table, columns, values, key, version_column=version_column, repair=repair
+    )
+
+
+def staged(connection: sa.Connection) -> bool:
+    """Whether writes on ``connection`` take PostgreSQL's bulk path (:mod:`.target_stage`).
+
+    They do on PostgreSQL unless the execution option :data:`STAGED_WRITES` is False
+    (the statements with parameter arrays that came before, kept as the reference the
+    equivalence tests compare the bulk path with).
+    """
+    if connection.dialect.name != "postgresql":
+        return False
+    return bool(connection.get_execution_options().get(STAGED_WRITES, True))
+
+
+def upsert_tuples(
+    connection: sa.Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    key: Sequence[str],
+    *,
+    version_column: str = "source_version",
+    repair: bool = False,
+) -> list[tuple[Any, ...]]:
+    """:func:`upsert_versioned` of ``rows``, tuples of the values of ``columns``.
+
+    On PostgreSQL the rows travel by binary COPY into a staging table, merged by one
+    ``INSERT ... SELECT ... ON CONFLICT`` (:mod:`consumers.target_stage`). With
+    :data:`STAGED_WRITES` off they travel as one array per column, turned back into
+    rows by ``unnest``; on SQLite as executemany parameters.
+    """
+    if not rows:
+        return []
+    names, key = tuple(columns), tuple(key)
+    if staged(connection):
+        stage = stage_table(table, names, "up")
+        merge = _staged_upsert(table, stage, key, version_column, repair)
+        return copy_into_stage(connection, stage, rows, [merge])
     insert: Any
+    parameters: Any = None
     if connection.dialect.name == "postgresql":
         arrays = [
             sa.bindparam(
                 f"{name}_values",
-                [row[name] for row in rows],
+                [row[i] for row in rows],
                 type_=postgresql.ARRAY(_element_type(table.c[name].type)),
             )
-            for name in columns
+            for i, name in enumerate(names)
         ]
-        incoming = sa.func.unnest(*arrays).table_valued(*columns).render_derived(name="incoming")
+        incoming = sa.func.unnest(*arrays).table_valued(*names).render_derived(name="incoming")
         insert = postgresql.insert(table).from_select(
-            columns, sa.select(*(incoming.c[name] for name in columns))
+            names, sa.select(*(incoming.c[name] for name in names))
         )
-        parameters: Any = None
     else:
         insert = dialect_insert(connection.dialect.name)(table)
-        parameters = list(rows)
+        parameters = [dict(zip(names, row, strict=True)) for row in rows]
+    statement = _on_conflict(insert, table, names, key, version_column, repair)
+    result = connection.execute(statement, parameters)
+    return [tuple(r) for r in result]
+
+
+def _on_conflict(
+    insert: Any,
+    table: sa.Table,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    version_column: str,
+    repair: bool,
+) -> Any:
+    """``insert`` ON CONFLICT (key) DO UPDATE where the version rule allows, RETURNING key."""
     values = [c for c in columns if c not in key]
     if repair:
         newer = newer_or_repair(table, insert.excluded, values, version_column)
     else:
         newer = table.c[version_column] < insert.excluded[version_column]
-    statement = insert.on_conflict_do_update(
+    return insert.on_conflict_do_update(
         index_elements=[table.c[k] for k in key],
         set_={c: insert.excluded[c] for c in values},
         where=newer,
     ).returning(*(table.c[k] for k in key))
-    result = connection.execute(statement, parameters)
-    return [tuple(r) for r in result]
 
 
-@dataclass(frozen=True)
+@functools.cache
+def _staged_upsert(
+    table: sa.Table, stage: sa.Table, key: tuple[str, ...], version_column: str, repair: bool
+) -> str:
+    """The merge of ``stage`` into ``table``: :func:`_on_conflict` from a SELECT, as SQL."""
+    names = tuple(c.name for c in stage.columns)
+    # Columns the rows do not set take their scalar defaults, inline (not as parameters).
+    defaults = [
+        c
+        for c in table.columns
+        if c.name not in names and c.default is not None and c.default.is_scalar
+    ]
+    insert = postgresql.insert(table).from_select(
+        [*names, *(c.name for c in defaults)],
+        sa.select(
+            *stage.columns,
+            *(sa.literal(getattr(c.default, "arg", None), c.type) for c in defaults),
+        ),
+        include_defaults=False,
+    )
+    return render(_on_conflict(insert, table, names, key, version_column, repair))
+
+
+@dataclass(frozen=True, eq=False)
 class Archive:
     """Where rows go when a delete removes them, kept for the record.
 
@@ -247,8 +319,17 @@ class Archive:
     table: sa.Table
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
-    def statement(self, dialect: str, source: sa.Table, where: sa.ColumnElement[bool]) -> Any:
-        """INSERT INTO the archive SELECT the rows of ``source`` that ``where`` picks."""
+    def statement(
+        self,
+        dialect: str,
+        source: sa.Table,
+        where: sa.ColumnElement[bool],
+        version: sa.ColumnElement[Any] | None = None,
+    ) -> Any:
+        """INSERT INTO the archive SELECT the rows of ``source`` that ``where`` picks.
+
+        ``version``: the delete's version (default: the parameter :data:`DELETED_VERSION`).
+        """
         names = [c.name for c in self.table.columns if c.name != DELETED_VERSION]
         picked = [
             sa.literal(self.overrides[n], self.table.c[n].type)
@@ -256,7 +337,8 @@ class Archive:
             else source.c[n]
             for n in names
         ]
-        version = sa.bindparam(DELETED_VERSION, type_=sa.BigInteger())
+        if version is None:
+            version = sa.bindparam(DELETED_VERSION, type_=sa.BigInteger())
         insert = dialect_insert(dialect)(self.table).from_select(
             [*names, DELETED_VERSION], sa.select(*picked, version).where(where)
         )
@@ -279,8 +361,20 @@ def delete_versioned(
     """Delete rows by key where the stored version is not newer than the delete's.
 
     Returns the keys removed. With ``archive``, the rows deleted are copied there
-    first (see :class:`Archive`).
+    first (see :class:`Archive`). ``keys`` must not repeat a key. On PostgreSQL the
+    keys and versions travel by binary COPY into a staging table, and one
+    ``INSERT ... SELECT`` (the archive) and one ``DELETE ... USING`` do the rest
+    (:mod:`consumers.target_stage`); elsewhere one statement (two with the archive)
+    per key.
     """
+    if not keys:
+        return []
+    names = tuple(key)
+    if staged(connection):
+        stage = stage_table(table, (*names, DELETED_VERSION), "gone")
+        statements = _staged_delete(table, stage, names, version_column, archive)
+        rows = [(*values, version) for values, version in keys]
+        return copy_into_stage(connection, stage, rows, statements)
     removed = []
     for values, version in keys:
         condition = sa.and_(
@@ -295,81 +389,19 @@ def delete_versioned(
     return removed
 
 
-# -- one source table into its target table ---------------------------------------------
-@dataclass
-class Written:
-    """What :func:`write_rows` wrote."""
-
-    changed: list[dict[str, Any]]  # the rows the upserts wrote (newer than what was stored)
-    deleted: list[tuple[Any, ...]]  # keys of the valid deletes (applied or not)
-    removed: list[tuple[Any, ...]] = field(default_factory=list)  # keys the deletes removed
-
-
-def _key(target: sa.Table) -> tuple[str, ...]:
-    return tuple(c.name for c in target.primary_key.columns)
-
-
-def upsert_rows(
-    connection: sa.Connection,
-    found: ValidRows,
-    target: sa.Table,
-    changes: Sequence[Change],
-    report: ApplyReport,
-) -> list[dict[str, Any]]:
-    """Upsert the rows of ``changes`` (one per key); the rows that changed, counted.
-
-    Each row changed counts in ``report.applied["<target table>.<op>"]`` by the op of
-    its change, and in ``found.applied``. Re-syncs and repairs (op ``r``) go out in a
-    statement of their own, with the repair rule of :func:`upsert_versioned`.
-    """
-    key = _key(target)
-    rows = [found.row(c) for c in changes]
-    by_key = {tuple(r[k] for k in key): (c, r) for c, r in zip(changes, rows, strict=True)}
-    changed = []
-    for repair in (False, True):
-        some = [r for c, r in zip(changes, rows, strict=True) if (c.op == "r") == repair]
-        for values in upsert_versioned(connection, target, some, key, repair=repair):
-            change, row = by_key[values]
-            report.applied[f"{target.name}.{change.op}"] += 1
-            changed.append(row)
-    found.applied += len(changed)
-    return changed
-
-
-def write_rows(
-    connection: sa.Connection,
-    found: ValidRows,
-    target: sa.Table,
-    report: ApplyReport,
-    log: logging.Logger,
-    *,
-    archive: Archive | None = None,
-) -> Written:
-    """Upsert and delete the winners of ``found``; count the valid changes left stale.
-
-    ``target``'s key is the source table's, column for column. With ``archive``,
-    deleted rows are kept there (:class:`Archive`). Valid changes that
-    changed nothing (redelivered, older than the stored row, superseded in the batch)
-    count in ``report.stale["<source table>"]``. One DEBUG line on ``log``'s child
-    for the source table.
-    """
-    upserts = [w for w in found.winners if not w.is_delete]
-    changed = upsert_rows(connection, found, target, upserts, report)
-    source_key = TABLES_BY_NAME[found.table].key
-    pairs = [(w.key_tuple(source_key), w.version) for w in found.winners if w.is_delete]
-    gone = delete_versioned(connection, target, pairs, _key(target), archive=archive)
-    removed = len(gone)
-    if removed:
-        report.applied[f"{target.name}.d"] += removed
-    stale = len(found.valid) - found.applied - removed
-    if stale:
-        report.stale[found.table] += stale
-    log.getChild(found.table).debug(
-        "%s: %d events, %d rows changed, %d stale, %d rejected",
-        target.name,
-        found.events,
-        found.applied + removed,
-        stale,
-        found.events - len(found.valid),
-    )
-    return Written(changed, [k for k, _ in pairs], gone)
+@functools.cache
+def _staged_delete(
+    table: sa.Table,
+    stage: sa.Table,
+    key: tuple[str, ...],
+    version_column: str,
+    archive: Archive | None,
+) -> list[str]:
+    """The archive copy (if any) and the delete of the rows ``stage`` names, as SQL."""
+    version = stage.c[DELETED_VERSION]
+    matched = sa.and_(*(table.c[k] == stage.c[k] for k in key), table.c[version_column] <= version)
+    delete = sa.delete(table).where(matched).returning(*(table.c[k] for k in key))
+    statements = [render(delete)]
+    if archive is not None:
+        statements.insert(0, render(archive.statement("postgresql", table, matched, version)))
+    return statements

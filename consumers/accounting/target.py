@@ -66,11 +66,12 @@ delete inserts it again (a replay from an earlier offset replays the delete too)
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -94,6 +95,7 @@ from consumers.reconcile import TableImage
 from consumers.target import ApplyReport, Target
 from consumers.target_rows import (
     DecimalRule,
+    Row,
     check_currency,
     check_decimal,
     check_instant,
@@ -102,7 +104,8 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import KEYS, Archive, Money, among, key_chunks, write_rows
+from consumers.target_sql import KEYS, Archive, Money, among, key_chunks
+from consumers.target_write import write_rows
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["AccountingTarget"]
@@ -113,8 +116,9 @@ _TARGET = "accounting"  # names this target in "NULL in a column the ... target 
 
 
 # -- validation and mapping (pure Python, per record) -----------------------------------
-def _required(change: Change, column: str) -> Any:
-    return check_required(change, column, _TARGET)
+#: The checks, bound once to their target column (partials: no extra Python frame per value).
+_required = functools.partial(check_required, required_by=_TARGET)
+_instant = functools.partial(check_instant, required_by=_TARGET)
 
 
 def _column_rules() -> tuple[dict[str, int], dict[str, DecimalRule]]:
@@ -136,77 +140,90 @@ _LENGTHS, _AMOUNTS = _column_rules()
 _NAME_PART = _LENGTHS["ledger_accounts.name"] // 2
 
 
-def _text(change: Change, column: str, into: str, *, required: bool = False) -> str | None:
-    """The text in ``column`` if it fits the target column ``into`` ("<table>.<column>")."""
-    if required:
-        _required(change, column)
-    return check_length(change, column, _LENGTHS[into])
+#: By target column ("<table>.<column>"): the text of a source column if it fits.
+_TEXT = {name: functools.partial(check_length, limit=n) for name, n in _LENGTHS.items()}
+#: By target column: the amount of a source column if it fits exactly (required).
+_MONEY = {
+    name: functools.partial(check_decimal, rule=rule, required_by=_TARGET)
+    for name, rule in _AMOUNTS.items()
+}
 
 
-def _money(change: Change, column: str, into: str) -> Any:
-    """The amount in ``column`` if it fits the target column ``into`` exactly."""
-    return check_decimal(change, column, _AMOUNTS[into], required_by=_TARGET)
+def _written(table: sa.Table, *maintained: str) -> tuple[str, ...]:
+    """The columns a row of ``table`` maps (its columns in order, but the ``maintained``)."""
+    return tuple(c.name for c in table.columns if c.name not in maintained)
 
 
-def _instant(change: Change, column: str) -> Any:
-    return check_instant(change, column, required_by=_TARGET)
+#: The columns of each mapping below, in the order of its tuple (the table's order).
+_LEDGER_ACCOUNT = _written(LEDGER_ACCOUNTS)
 
 
-def _ledger_account(change: Change) -> dict[str, Any]:
+def _ledger_account(change: Change) -> Row:
     first = check_length(change, "FirstName", _NAME_PART)
     last = check_length(change, "LastName", _NAME_PART)
-    company = _text(change, "Company", "ledger_accounts.name")
-    return {
-        "customer_id": _required(change, "CustomerID"),
-        "name": company or " ".join(p for p in (first, last) if p),
-        "currency": check_currency(change),
-        "email": _text(change, "Email", "ledger_accounts.email"),
-        "source_version": change.version,
-    }
+    company = _TEXT["ledger_accounts.name"](change, "Company")
+    return (
+        _required(change, "CustomerID"),
+        company or " ".join(p for p in (first, last) if p),
+        check_currency(change),
+        _TEXT["ledger_accounts.email"](change, "Email"),
+        change.version,
+    )
 
 
-def _invoice(change: Change) -> dict[str, Any]:
+_INVOICE = _written(INVOICES, "amount_paid", "balance_due")
+
+
+def _invoice(change: Change) -> Row:
     status_id = _required(change, "OrderStatusID")
-    return {
-        "order_id": _required(change, "OrderID"),
-        "customer_id": _required(change, "CustomerID"),
-        "currency": check_currency(change),
-        "invoice_date": _instant(change, "OrderDate"),
-        "subtotal": _money(change, "SubTotal", "invoices.subtotal"),
-        "tax": _money(change, "TaxTotal", "invoices.tax"),
-        "shipping": _money(change, "ShippingTotal", "invoices.shipping"),
-        "total": _money(change, "Total", "invoices.total"),
-        "status": STATUS_VOID if status_id == CANCELED else STATUS_OPEN,
-        "order_status_id": status_id,
-        "source_version": change.version,
-    }
+    return (
+        _required(change, "OrderID"),
+        _required(change, "CustomerID"),
+        check_currency(change),
+        _instant(change, "OrderDate"),
+        _MONEY["invoices.subtotal"](change, "SubTotal"),
+        _MONEY["invoices.tax"](change, "TaxTotal"),
+        _MONEY["invoices.shipping"](change, "ShippingTotal"),
+        _MONEY["invoices.total"](change, "Total"),
+        STATUS_VOID if status_id == CANCELED else STATUS_OPEN,
+        status_id,
+        change.version,
+    )
 
 
-def _invoice_line(change: Change) -> dict[str, Any]:
-    return {
-        "order_id": _required(change, "OrderID"),
-        "line": _required(change, "OrderLine"),
-        "item_code": _text(change, "ItemCode", "invoice_lines.item_code", required=True),
-        "description": _text(change, "ItemDescription", "invoice_lines.description"),
-        "quantity": _money(change, "Quantity", "invoice_lines.quantity"),
-        "unit_price": _money(change, "PriceEach", "invoice_lines.unit_price"),
-        "amount": _money(change, "PriceTotal", "invoice_lines.amount"),
-        "tax": _money(change, "Tax", "invoice_lines.tax"),
-        "source_version": change.version,
-    }
+_INVOICE_LINE = _written(INVOICE_LINES)
 
 
-def _payment(change: Change) -> dict[str, Any]:
-    return {
-        "payment_id": _required(change, "PaymentID"),
-        "customer_id": _required(change, "CustomerID"),
-        "order_id": _required(change, "OrderID"),
-        "payment_date": _instant(change, "PaymentDate"),
-        "amount": _money(change, "Amount", "payments.amount"),
-        "currency": check_currency(change),
-        "authorization_code": _text(change, "AuthorizationCode", "payments.authorization_code"),
-        "source_version": change.version,
-    }
+def _invoice_line(change: Change) -> Row:
+    order, line = _required(change, "OrderID"), _required(change, "OrderLine")
+    _required(change, "ItemCode")
+    return (
+        order,
+        line,
+        _TEXT["invoice_lines.item_code"](change, "ItemCode"),
+        _TEXT["invoice_lines.description"](change, "ItemDescription"),
+        _MONEY["invoice_lines.quantity"](change, "Quantity"),
+        _MONEY["invoice_lines.unit_price"](change, "PriceEach"),
+        _MONEY["invoice_lines.amount"](change, "PriceTotal"),
+        _MONEY["invoice_lines.tax"](change, "Tax"),
+        change.version,
+    )
+
+
+_PAYMENT = _written(PAYMENTS)
+
+
+def _payment(change: Change) -> Row:
+    return (
+        _required(change, "PaymentID"),
+        _required(change, "CustomerID"),
+        _required(change, "OrderID"),
+        _instant(change, "PaymentDate"),
+        _MONEY["payments.amount"](change, "Amount"),
+        check_currency(change),
+        _TEXT["payments.authorization_code"](change, "AuthorizationCode"),
+        change.version,
+    )
 
 
 @dataclass(frozen=True)
@@ -214,7 +231,8 @@ class _Route:
     """Where the changes of one source table go."""
 
     target: sa.Table
-    to_row: Callable[[Change], dict[str, Any]]
+    columns: tuple[str, ...]  # of the rows ``to_row`` gives
+    to_row: Callable[[Change], Row]
     #: Columns read before writing, to recompute what a moved or deleted row left:
     #: (customer column, invoice column or None). None: the table feeds no balance.
     owners: tuple[str, str | None] | None = None
@@ -227,16 +245,17 @@ class _Route:
 
 
 _ROUTES: dict[str, _Route] = {
-    "customers": _Route(LEDGER_ACCOUNTS, _ledger_account),
+    "customers": _Route(LEDGER_ACCOUNTS, _LEDGER_ACCOUNT, _ledger_account),
     "orders": _Route(
         INVOICES,
+        _INVOICE,
         _invoice,
         ("customer_id", "order_id"),
         Archive(VOID_INVOICES, {"status": STATUS_VOID, "balance_due": Decimal(0)}),
     ),
-    "order_details": _Route(INVOICE_LINES, _invoice_line),
+    "order_details": _Route(INVOICE_LINES, _INVOICE_LINE, _invoice_line),
     "payments": _Route(
-        PAYMENTS, _payment, ("customer_id", "order_id"), Archive(UNAPPLIED_PAYMENTS)
+        PAYMENTS, _PAYMENT, _payment, ("customer_id", "order_id"), Archive(UNAPPLIED_PAYMENTS)
     ),
 }
 
@@ -250,7 +269,7 @@ def _apply_table(
 ) -> None:
     """Write one source table's changes; note whose figures they touched."""
     route = _ROUTES[table]
-    found = validate(table, batch, route.to_row, report)
+    found = validate(table, batch, route.to_row, report, route.columns)
     if route.owners is None:
         written = write_rows(connection, found, route.target, report, log)
         if table == "order_details":  # a line gone: its invoice and customer recomputed
@@ -263,9 +282,12 @@ def _apply_table(
     before = owners(connection, route.target, route.key, route.owners, movable)
     written = write_rows(connection, found, route.target, report, log, archive=route.archive)
     customer_column, invoice_column = route.owners
-    for row in written.changed:
-        touched.add(row[customer_column], row[invoice_column] if invoice_column else None)
-        touched.add(*before.get(tuple(row[k] for k in route.key), (None, None)))
+    customers = written.values(customer_column)
+    invoices = written.values(invoice_column) if invoice_column else [None] * len(customers)
+    (key_column,) = route.key
+    for customer, invoice, k in zip(customers, invoices, written.values(key_column), strict=True):
+        touched.add(customer, invoice)
+        touched.add(*before.get((k,), (None, None)))
     for values in written.deleted:
         touched.add(*before.get(values, (None, None)))
 

@@ -87,6 +87,7 @@ from consumers.shipping.shipments import SHIPPABLE
 from consumers.target import ApplyReport, Target
 from consumers.target_rows import (
     DecimalRule,
+    Row,
     ValidRows,
     check_decimal,
     check_instant,
@@ -96,13 +97,8 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import (
-    KEYS,
-    among,
-    key_chunks,
-    upsert_rows,
-    write_rows,
-)
+from consumers.target_sql import KEYS, among, key_chunks
+from consumers.target_write import upsert_rows, write_rows
 from queuestream.sync_schema import ORDER_STATUS
 
 __all__ = ["ShippingTarget"]
@@ -141,13 +137,13 @@ def _address_texts(table: sa.Table, prefix: str) -> _Texts:
     )
 
 
-def _join_name(found: dict[str, Any], target: str) -> None:
-    """Replace the checked ``_first`` and ``_last`` by 'First Last' in ``target``."""
-    found[target] = full_name(found.pop("_first"), found.pop("_last"))
+def _named(integers: _Integers, texts: _Texts, name: str, *rest: str) -> tuple[str, ...]:
+    """The target columns of a row of :func:`_columns` with the name parts joined as ``name``."""
+    return (*(t for t, _ in integers), name, *(t for t, _, _ in texts[2:]), *rest)
 
 
-def _columns(change: Change, integers: _Integers, texts: _Texts) -> dict[str, Any]:
-    """Required integers and texts that fit, by target column; else a RecordError.
+def _columns(change: Change, integers: _Integers, texts: _Texts) -> list[Any]:
+    """Required integers, then texts that fit, in order; else a RecordError.
 
     Table-driven and inline, as this runs for every event: ``check_length`` only
     builds the error of a text that does not fit. Text the database cannot store
@@ -156,20 +152,21 @@ def _columns(change: Change, integers: _Integers, texts: _Texts) -> dict[str, An
     """
     row = change.row
     assert row is not None
-    found: dict[str, Any] = {}
-    for target, source in integers:
+    found: list[Any] = []
+    append = found.append
+    for _, source in integers:
         value = row.get(source)
         if type(value) is not int:
             raise record_error(change, source, f"{value!r} is not an integer (required)")
-        found[target] = value
-    for target, source, limit in texts:
+        append(value)
+    for _, source, limit in texts:
         value = row.get(source)
         if value is not None:
             if len(value) > limit:
                 check_length(change, source, limit)  # raises, naming the column
             if "\x00" in value or not (value.isascii() or _utf8(value)):
                 raise record_error(change, source, "text with a NUL character or not UTF-8")
-        found[target] = value
+        append(value)
     return found
 
 
@@ -181,15 +178,22 @@ def _utf8(text: str) -> bool:
     return True
 
 
+def _joined(values: list[Any], integers: int) -> list[Any]:
+    """``values`` of :func:`_columns` with the name parts after ``integers`` joined."""
+    first, last = values[integers], values[integers + 1]
+    values[integers : integers + 2] = [full_name(first, last)]
+    return values
+
+
 _SITE_INTEGERS: _Integers = (("customer_id", "CustomerID"),)
 _SITE_TEXTS = _address_texts(SHIP_TO_SITES, "")
+_SITE_COLUMNS = _named(_SITE_INTEGERS, _SITE_TEXTS, "name", "source_version")
 
 
-def _site_row(change: Change) -> dict[str, Any]:
-    found = _columns(change, _SITE_INTEGERS, _SITE_TEXTS)
-    _join_name(found, "name")
-    found["source_version"] = change.version
-    return found
+def _site_row(change: Change) -> Row:
+    found = _joined(_columns(change, _SITE_INTEGERS, _SITE_TEXTS), len(_SITE_INTEGERS))
+    found.append(change.version)
+    return tuple(found)
 
 
 _ORDER_INTEGERS: _Integers = (
@@ -203,18 +207,23 @@ _ORDER_TEXTS = (
     *_address_texts(ORDER_HEADERS, "ship_"),
     ("tracking_number", "TrackingNumber1", text_limit(ORDER_HEADERS.c.tracking_number)),
 )
+_ORDER_COLUMNS = _named(
+    _ORDER_INTEGERS, _ORDER_TEXTS, "ship_name", "shipped_date", "source_version"
+)
+_ORDER_ID, _STATUS_ID = _ORDER_COLUMNS.index("order_id"), _ORDER_COLUMNS.index("status_id")
 
 
-def _order_row(change: Change) -> dict[str, Any]:
+def _order_row(change: Change) -> Row:
     found = _columns(change, _ORDER_INTEGERS, _ORDER_TEXTS)
-    if found["status_id"] not in ORDER_STATUS:
+    status_id = found[_STATUS_ID]
+    if status_id not in ORDER_STATUS:
         known = ", ".join(f"{k} {v}" for k, v in ORDER_STATUS.items())
-        reason = f"unknown order status {found['status_id']} (known: {known})"
+        reason = f"unknown order status {status_id} (known: {known})"
         raise record_error(change, "OrderStatusID", reason)
-    _join_name(found, "ship_name")
-    found["shipped_date"] = check_instant(change, "ShippedDate")
-    found["source_version"] = change.version
-    return found
+    _joined(found, len(_ORDER_INTEGERS))
+    found.append(check_instant(change, "ShippedDate"))
+    found.append(change.version)
+    return tuple(found)
 
 
 _LINE_INTEGERS: _Integers = (("order_id", "OrderID"), ("line", "OrderLine"))
@@ -224,16 +233,23 @@ _LINE_TEXTS: _Texts = (
     ("item_code", "ItemCode", text_limit(ORDER_LINES.c.item_code)),
     ("description", "ItemDescription", text_limit(ORDER_LINES.c.description)),
 )
+_LINE_COLUMNS = (
+    *(t for t, _ in _LINE_INTEGERS),
+    *(t for t, _, _ in _LINE_TEXTS),
+    "quantity",
+    "weight_each",
+    "source_version",
+)
 
 
-def _line_row(change: Change) -> dict[str, Any]:
+def _line_row(change: Change) -> Row:
     found = _columns(change, _LINE_INTEGERS, _LINE_TEXTS)
-    if found["item_code"] is None:
+    if found[2] is None:  # item_code
         check_required(change, "ItemCode", _TARGET)
-    found["quantity"] = check_decimal(change, "Quantity", _QUANTITY, required_by=_TARGET)
-    found["weight_each"] = check_decimal(change, "WeightEach", _WEIGHT)
-    found["source_version"] = change.version
-    return found
+    found.append(check_decimal(change, "Quantity", _QUANTITY, required_by=_TARGET))
+    found.append(check_decimal(change, "WeightEach", _WEIGHT))
+    found.append(change.version)
+    return tuple(found)
 
 
 # -- orders with several versions in a batch -----------------------------------------
@@ -249,12 +265,12 @@ def _earlier_versions(connection: sa.Connection, found: ValidRows) -> list[list[
     """
     versions: dict[int, list[Change]] = {}
     for change in found.valid:
-        if not change.is_delete:
+        if change.op != "d":
             versions.setdefault(change.key["OrderID"], []).append(change)
     several = {
         k: changes
         for k, changes in versions.items()
-        if len(changes) > 1 and any(found.row(c)["status_id"] in SHIPPABLE for c in changes)
+        if len(changes) > 1 and any(found.row(c)[_STATUS_ID] in SHIPPABLE for c in changes)
     }
     if not several:
         return []
@@ -292,14 +308,18 @@ class ShippingTarget(Target):
         changes: Mapping[str, Sequence[Change]],
         report: ApplyReport,
     ) -> None:
-        sites = validate("customer_sites", changes.get("customer_sites", ()), _site_row, report)
-        orders = validate("orders", changes.get("orders", ()), _order_row, report)
-        lines = validate("order_details", changes.get("order_details", ()), _line_row, report)
+        sites = validate(
+            "customer_sites", changes.get("customer_sites", ()), _site_row, report, _SITE_COLUMNS
+        )
+        orders = validate("orders", changes.get("orders", ()), _order_row, report, _ORDER_COLUMNS)
+        lines = validate(
+            "order_details", changes.get("order_details", ()), _line_row, report, _LINE_COLUMNS
+        )
 
         written_sites = write_rows(connection, sites, SHIP_TO_SITES, report, log)
         for earlier in _earlier_versions(connection, orders):
             changed = upsert_rows(connection, orders, ORDER_HEADERS, earlier, report)
-            derive_shipments(connection, (r["order_id"] for r in changed), report)
+            derive_shipments(connection, (r[_ORDER_ID] for r in changed), report)
         written_orders = write_rows(connection, orders, ORDER_HEADERS, report, log)
         write_rows(connection, lines, ORDER_LINES, report, log)
 
@@ -307,9 +327,9 @@ class ShippingTarget(Target):
             withdraw_shipments(connection, (k for (k,) in written_orders.removed), report)
         if written_orders.changed:
             repaired = frozenset(w.key["OrderID"] for w in orders.winners if w.op == "r")
-            derived = (r["order_id"] for r in written_orders.changed)
+            derived = written_orders.values("order_id")
             derive_shipments(connection, derived, report, repaired)
-        customers = {r["customer_id"] for r in written_sites.changed}
+        customers = set(written_sites.values("customer_id"))
         customers.update(k for (k,) in written_sites.deleted)
         if customers:
             refresh_site_ship_to(connection, customers, bool(written_sites.deleted), report)

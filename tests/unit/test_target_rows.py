@@ -119,8 +119,8 @@ def test_text_and_currency() -> None:
 
 
 def test_validate_rejects_by_name_and_keeps_the_newest_valid_change_per_key() -> None:
-    def to_row(c: Change) -> dict[str, Any]:
-        return {"amount": check_decimal(c, "Amount", _RULE, required_by="accounting")}
+    def to_row(c: Change) -> tuple[Any, ...]:
+        return (check_decimal(c, "Amount", _RULE, required_by="accounting"),)
 
     later = T0 + timedelta(seconds=1)
     good = _payment(T0, Amount=Decimal(1))
@@ -129,12 +129,13 @@ def test_validate_rejects_by_name_and_keeps_the_newest_valid_change_per_key() ->
     gone = change("payments", {"PaymentID": 2, "ModifiedDate": later}, op="d")
     report = ApplyReport()
 
-    found = validate("payments", [good, bad_newer, other, gone], to_row, report)
+    found = validate("payments", [good, bad_newer, other, gone], to_row, report, ["amount"])
 
     assert [r.change for r in report.rejected] == [bad_newer]
     assert report.rejected[0].error.column == "Amount"
     assert found.events == 4
     assert found.valid == [good, other, gone]
     assert found.winners == [good, gone]  # a bad newest version hides no good older one
-    assert found.row(good) == {"amount": Decimal(1)}
+    assert found.row(good) == (Decimal(1),)
+    assert found.value(good, "amount") == Decimal(1)
     assert report.applied == Counter()
