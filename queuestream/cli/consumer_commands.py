@@ -45,7 +45,8 @@ def consume(
 ) -> None:
     """Apply the change events to a target as a member of a consumer group.
 
-    SIGTERM finishes the batch in hand, commits it and leaves the group.
+    SIGTERM finishes the batch in hand, commits it and leaves the group; a refresh too big
+    to hold, being applied in parts, is rolled back instead and read again on the next start.
     """
     from consumers import target_named
     from consumers.metrics import ConsumerMetrics
