@@ -159,7 +159,8 @@ def delete_actions(
     def delete_order(conn: sa.Connection) -> int:
         orders, details = business.t["Orders"], business.t["OrderDetails"]
         [oid] = business.rng.choice(_candidates(business, conn, "delete_order"))
-        business.open_orders.pop(oid, None)
+        if oid in business.open_orders:
+            del business.open_orders[oid]
         rows = conn.execute(sa.delete(details).where(details.c.OrderID == oid)).rowcount
         return rows + conn.execute(sa.delete(orders).where(orders.c.OrderID == oid)).rowcount
 

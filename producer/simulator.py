@@ -11,6 +11,7 @@ the same changes; timestamps are the clock's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -63,6 +64,8 @@ class Simulator:
     ) -> None:
         self.engine = engine
         self.weights = {**ACTIONS, **(DELETE_ACTIONS if deletes else {})}
+        self._names = list(self.weights)
+        self._cumulative = list(itertools.accumulate(self.weights.values()))
         self.zone = zone
         self.rng = random.Random(seed)
         self._clock = clock or (lambda: datetime.now(zone).replace(tzinfo=None))
@@ -87,6 +90,7 @@ class Simulator:
             with self.engine.begin() as conn:
                 for _ in range(chunk):
                     self.step(conn)
+                self.business.flush(conn)
             done += chunk
             if on_progress:
                 on_progress(chunk)
@@ -100,9 +104,10 @@ class Simulator:
         return self.stats
 
     def step(self, conn: sa.Connection) -> str:
-        """One action, chosen by weight (or what must come first), written through ``conn``."""
-        names = list(self.weights)
-        chosen = self.rng.choices(names, weights=[self.weights[n] for n in names])[0]
+        """One action, chosen by weight (or what must come first), written through ``conn``
+        or held until the business's ``flush`` (:mod:`producer.sim_actions`)."""
+        # the same draw as choices(weights=...), which accumulates them on every call
+        chosen = self.rng.choices(self._names, cum_weights=self._cumulative)[0]
         action = self.business.feasible(chosen, conn)
         self.stats.rows_written += self.business.perform(conn, action)
         self.stats.actions[action] += 1
