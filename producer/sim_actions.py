@@ -8,10 +8,19 @@ way to shipping (with a tracking number), an address edit, a card update, a
 cancellation; and, when the driver asks for them, the deletes of
 :mod:`producer.sim_deletes`. Every random choice comes from the generator it is handed, in a
 fixed order, so the same seed on the same starting database writes the same
-rows; timestamps are the clock's. Choosing which action comes next, and when to
-commit, is the driver's (:mod:`producer.simulator`); it calls :meth:`flush
-<SimulatedBusiness.flush>` before committing, as the actions hold their rows in
-:class:`~producer.sim_writes.PendingWrites` until then.
+rows; timestamps are the clock's.
+
+Several simulators can write one source at once when each is given its share of
+the ids (``stride`` simulators, each its own ``offset`` below it): a simulator
+allocates the ids ``offset``, ``offset + stride``, ... above the largest in the
+source, and touches only the customers and orders whose ids are its own, so no
+two of them write one row or wait for each other's locks.
+
+Choosing which action comes next, and when to commit, is the driver's
+(:mod:`producer.simulator`); it calls :meth:`flush <SimulatedBusiness.flush>`
+before committing, as the actions hold their rows in
+:class:`~producer.sim_writes.PendingWrites` until then. Over 400 lines: the
+actions are one business's, read side by side with the state they share.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import sqlalchemy as sa
 
 from producer.sim_deletes import DELETE_ACTIONS, delete_actions, feasible_delete
 from producer.sim_writes import PendingWrites
+from queuestream.errors import ConfigurationError
 from queuestream.sync_schema import Base
 
 __all__ = ["ACTIONS", "SimulatedBusiness"]
@@ -97,8 +107,20 @@ class SimulatedBusiness:
     """The state of the simulated business, and its actions; each returns the rows it wrote."""
 
     def __init__(
-        self, conn: sa.Connection, rng: random.Random, clock: Callable[[], datetime]
+        self,
+        conn: sa.Connection,
+        rng: random.Random,
+        clock: Callable[[], datetime],
+        stride: int = 1,
+        offset: int = 0,
     ) -> None:
+        if stride < 1 or not 0 <= offset < stride:
+            msg = (
+                f"simulator id offset {offset} and stride {stride}: the stride must be 1 or"
+                " more and the offset from 0 to stride - 1 (one offset per simulator)"
+            )
+            raise ConfigurationError(msg)
+        self.stride, self.offset = stride, offset
         self.rng = rng
         self.clock = clock
         self.t = {name: Base.metadata.tables[name] for name in Base.metadata.tables}
@@ -117,12 +139,14 @@ class SimulatedBusiness:
 
     def _load_state(self, conn: sa.Connection) -> None:
         def top(table: str, column: str) -> int:
+            """The first id of this simulator's share above the largest in ``table``."""
             value = conn.execute(sa.select(sa.func.max(self.t[table].c[column]))).scalar()
-            return int(value or 0)
+            after = int(value or 0) + 1
+            return after + (self.offset - after) % self.stride
 
-        self.next_customer = top("Customers", "CustomerID") + 1
-        self.next_order = top("Orders", "OrderID") + 1
-        self.next_payment = top("Payments", "PaymentID") + 1
+        self.next_customer = top("Customers", "CustomerID")
+        self.next_order = top("Orders", "OrderID")
+        self.next_payment = top("Payments", "PaymentID")
         self.customers = [
             r[0]
             for r in conn.execute(
@@ -130,6 +154,7 @@ class SimulatedBusiness:
                     self.t["Customers"].c.CustomerID
                 )
             )
+            if self.owns(r[0])
         ]
         orders = self.t["Orders"]
         self.open_orders = _OpenOrders()
@@ -138,7 +163,12 @@ class SimulatedBusiness:
             .where(orders.c.OrderStatusID.in_([PENDING, ACCEPTED, PRINTED]))
             .order_by(orders.c.OrderID)
         ):
-            self.open_orders[oid] = (status, cid, Decimal(total), Decimal(0))
+            if self.owns(oid):
+                self.open_orders[oid] = (status, cid, Decimal(total), Decimal(0))
+
+    def owns(self, key: int) -> bool:
+        """Whether the customer or order ``key`` is this simulator's to touch (its share)."""
+        return key % self.stride == self.offset
 
     def feasible(self, action: str, conn: sa.Connection | None = None) -> str:
         """``action``, or what must come first: a customer, or an order to pay, move or cancel.
@@ -187,7 +217,7 @@ class SimulatedBusiness:
     def _new_customer(self, conn: sa.Connection) -> int:
         now = self.clock()
         cid = self.next_customer
-        self.next_customer += 1
+        self.next_customer += self.stride
         first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
         addr = self._address()
         email = f"{first}.{last}.{cid}@example.com".lower().replace("'", "")
@@ -255,7 +285,7 @@ class SimulatedBusiness:
         now = self.clock()
         cid = self.rng.choice(self.customers)
         oid = self.next_order
-        self.next_order += 1
+        self.next_order += self.stride
         lines = []
         subtotal = tax = Decimal(0)
         for line in range(1, self.rng.randint(1, 5) + 1):
@@ -332,7 +362,7 @@ class SimulatedBusiness:
             return self._advance_order(conn, oid)
         amount = remaining if self.rng.random() < 0.8 else (remaining / 2).quantize(_CENTS)
         pid = self.next_payment
-        self.next_payment += 1
+        self.next_payment += self.stride
         rows = self._insert(
             "Payments",
             {

@@ -95,7 +95,9 @@ def _candidates(business: SimulatedBusiness, conn: sa.Connection, action: str) -
             )
             .order_by(customers.c.CustomerID)
         )
-    return [tuple(row) for row in conn.execute(query)]
+    # the order's id (a payment's is second), else the customer's: this simulator's share
+    key = 1 if action == "delete_payment" else 0
+    return [tuple(row) for row in conn.execute(query) if business.owns(row[key])]
 
 
 def feasible_delete(business: SimulatedBusiness, conn: sa.Connection | None, action: str) -> str:

@@ -52,7 +52,8 @@ class SimStats:
 class Simulator:
     """Writes business activity; ``per_transaction`` actions a source transaction.
     ``deletes``: the business deletes rows too (:mod:`producer.sim_deletes`); only a
-    pipeline that sweeps converges on all of them."""
+    pipeline that sweeps converges on all of them. ``stride`` simulators may write one
+    source at once, each with its own ``offset`` (:mod:`producer.sim_actions`)."""
 
     def __init__(
         self,
@@ -61,6 +62,8 @@ class Simulator:
         seed: int = 42,
         clock: Callable[[], datetime] | None = None,
         deletes: bool = False,
+        stride: int = 1,
+        offset: int = 0,
     ) -> None:
         self.engine = engine
         self.weights = {**ACTIONS, **(DELETE_ACTIONS if deletes else {})}
@@ -72,7 +75,7 @@ class Simulator:
         self.stats = SimStats()
         create_source_schema(engine)
         with engine.connect() as conn:
-            self.business = SimulatedBusiness(conn, self.rng, self._clock)
+            self.business = SimulatedBusiness(conn, self.rng, self._clock, stride, offset)
 
     def run(
         self,

@@ -124,3 +124,34 @@ def test_held_writes_commit_what_a_commit_per_action_does(
     )
     assert held == reference
     assert _content(tmp_path / f"{name}-many.db") == _content(tmp_path / f"{name}-one.db")
+
+
+def test_simulators_sharing_a_source_keep_to_their_own_ids(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    _simulate(path, 300, deletes=False)
+    seeded = _content(path)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        # Both start before either writes (max() + 1 would give both the same next ids).
+        shares = [
+            Simulator(engine, UTC_ZONE, seed=offset, deletes=True, stride=3, offset=offset)
+            for offset in (0, 2)
+        ]
+        for _ in range(3):
+            for simulator in shares:
+                simulator.run(200, per_transaction=50)
+    finally:
+        engine.dispose()
+    content = _content(path)
+    for table in ("Customers", "Orders", "Payments"):
+        new = {row[0] for row in content[table]} - {row[0] for row in seeded[table]}
+        assert new, table
+        assert {key % 3 for key in new} == {0, 2}, f"{table}: ids outside the two shares"
+    # What a share touched (updated or deleted) is its own: seeded rows of share 1 are as seeded.
+    for table in ("Customers", "CustomerAccounts", "Orders"):
+        untouched = [row for row in seeded[table] if row[0] % 3 == 1]
+        assert untouched
+        assert [row for row in content[table] if row[0] % 3 == 1 and row in seeded[table]] == (
+            untouched
+        ), table
+    assert sum(s.stats.deletes for s in shares) > 0
