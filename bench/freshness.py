@@ -10,7 +10,9 @@ broker and PostgreSQL (fresh databases and topics, removed again):
    target; once both targets hold that first refresh the pipeline is warm;
 3. ``queuestream sim --rate`` writes about ``--rate`` changed rows per second (its
    actions per second: the rate over the rows per action the seeding wrote) for
-   ``--seconds`` (stopped then if it fell behind); then the run waits until
+   ``--seconds`` (stopped then if it fell behind); ``--simulators N`` splits the
+   load over N of them, each with its own share of the ids (``sim --id-stride N
+   --id-offset I``), when one cannot keep up beside the pipeline; then the run waits until
    every refresh that started during the load is committed in each target that
    reads its tables, and stops every process with SIGTERM (each must exit 0).
 
@@ -110,6 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sim actions per source transaction during the load (%(default)s)",
     )
     p.add_argument(
+        "--simulators",
+        type=int,
+        default=2,
+        help="sim processes sharing the load, each its own ids (%(default)s: one fell behind "
+        "at 10,000 rows/s beside the pipeline on 2 cores)",
+    )
+    p.add_argument(
         "--warmup-seconds",
         type=float,
         default=180.0,
@@ -123,8 +132,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_live_arguments(p)
     args = p.parse_args(argv)
-    if min(args.rate, args.seconds, args.interval, args.seed_actions, args.per_transaction) <= 0:
-        p.error("--rate, --seconds, --interval, --seed-actions, --per-transaction: positive")
+    positive = (args.rate, args.seconds, args.interval, args.seed_actions, args.per_transaction)
+    if min(*positive, args.simulators) <= 0:
+        p.error(
+            "--rate, --seconds, --interval, --seed-actions, --per-transaction, --simulators: "
+            "positive"
+        )
     args.kafka = {}  # environment() reports the client options: none here
     return args
 
@@ -251,26 +264,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         load_started = datetime.now(UTC)
         clock = time.monotonic()
-        sim = start(
-            "sim",
-            [
-                "sim", "--actions", str(actions), "--rate", f"{actions_per_second:.3f}",
-                "--per-transaction", str(args.per_transaction), "--seed", "7",
-            ],
-        )  # fmt: skip
+        n = args.simulators
+        sims = []
+        for i in range(n):
+            sim_args = [
+                "sim", "--actions", str(actions // n + 1),
+                "--rate", f"{actions_per_second / n:.3f}",
+                "--per-transaction", str(args.per_transaction), "--seed", str(7 + i),
+                "--id-stride", str(n), "--id-offset", str(i),
+            ]  # fmt: skip
+            sims.append(start(f"sim{i}", sim_args))
         # The simulator's start-up (imports, connecting) is no load: it gets that long
         # again to finish its actions; past it, it fell behind and the load ends anyway.
         until = clock + args.seconds + _SIM_START_UP
-        while sim.popen.poll() is None and time.monotonic() < until:
+        while any(s.popen.poll() is None for s in sims) and time.monotonic() < until:
             deadline.check("loading")
             for command in pipeline:
                 command.sample()
                 command.check_alive()
             time.sleep(0.25)
-        stop(sim.popen)
+        for sim in sims:
+            stop(sim.popen)
         load_seconds = time.monotonic() - clock
         load_stopped = datetime.now(UTC)
-        simulated = _simulated(sim.log.read_text(errors="replace"))
+        each = [_simulated(s.log.read_text(errors="replace")) for s in sims]
+        simulated = (
+            (sum(e[0] for e in each if e), sum(e[1] for e in each if e)) if all(each) else None
+        )
         progress(
             f"load ran {load_seconds:.1f}s"
             + (f", {simulated[1]:,} rows written" if simulated else " (it fell behind: stopped)")
@@ -318,6 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_seconds": round(load_seconds, 1),
         "interval_seconds": args.interval,
         "rows_per_action": round(per_action, 3),
+        "simulators": args.simulators,
         "sim_kept_up": simulated is not None,
         "sim_rows_written": simulated[1] if simulated else None,
         "sim_rows_per_second": round(simulated[1] / load_seconds, 1) if simulated else None,
@@ -361,9 +382,9 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['commit_time']}; peak RSS: VmHWM of the consume process",
     )
     sim = (
-        f"{report['sim_rows_per_second']:,.0f} rows/s written"
+        f"{report['sim_rows_per_second']:,.0f} rows/s written by {report['simulators']} sim"
         if report["sim_rows_per_second"] is not None
-        else "the simulator fell behind (stopped at the end of the load)"
+        else "a simulator fell behind (stopped at the end of the load)"
     )
     changed = report["changed_rows_per_second"]
     out.print(

@@ -8,12 +8,24 @@ way to shipping (with a tracking number), an address edit, a card update, a
 cancellation; and, when the driver asks for them, the deletes of
 :mod:`producer.sim_deletes`. Every random choice comes from the generator it is handed, in a
 fixed order, so the same seed on the same starting database writes the same
-rows; timestamps are the clock's. Choosing which action comes next, and when to
-commit, is the driver's (:mod:`producer.simulator`).
+rows; timestamps are the clock's.
+
+Several simulators can write one source at once when each is given its share of
+the ids (``stride`` simulators, each its own ``offset`` below it): a simulator
+allocates the ids ``offset``, ``offset + stride``, ... above the largest in the
+source, and touches only the customers and orders whose ids are its own, so no
+two of them write one row or wait for each other's locks.
+
+Choosing which action comes next, and when to commit, is the driver's
+(:mod:`producer.simulator`); it calls :meth:`flush <SimulatedBusiness.flush>`
+before committing, as the actions hold their rows in
+:class:`~producer.sim_writes.PendingWrites` until then. Over 400 lines: the
+actions are one business's, read side by side with the state they share.
 """
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable
 from datetime import datetime
@@ -23,6 +35,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from producer.sim_deletes import DELETE_ACTIONS, delete_actions, feasible_delete
+from producer.sim_writes import PendingWrites
+from queuestream.errors import ConfigurationError
 from queuestream.sync_schema import Base
 
 __all__ = ["ACTIONS", "SimulatedBusiness"]
@@ -71,15 +85,46 @@ ACTIONS: dict[str, int] = {
 _ON_OPEN_ORDERS = ("payment", "advance_order", "cancel_order")
 
 
+class _OpenOrders(dict[int, tuple[int, int, Decimal, Decimal]]):
+    """Open orders by id, their ids also kept sorted (:attr:`ids`): an order is drawn
+    by its index in key order, and sorting every draw cost more than the writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[int] = []
+
+    def __setitem__(self, oid: int, value: tuple[int, int, Decimal, Decimal]) -> None:
+        if oid not in self:
+            bisect.insort(self.ids, oid)
+        super().__setitem__(oid, value)
+
+    def __delitem__(self, oid: int) -> None:
+        super().__delitem__(oid)
+        del self.ids[bisect.bisect_left(self.ids, oid)]
+
+
 class SimulatedBusiness:
     """The state of the simulated business, and its actions; each returns the rows it wrote."""
 
     def __init__(
-        self, conn: sa.Connection, rng: random.Random, clock: Callable[[], datetime]
+        self,
+        conn: sa.Connection,
+        rng: random.Random,
+        clock: Callable[[], datetime],
+        stride: int = 1,
+        offset: int = 0,
     ) -> None:
+        if stride < 1 or not 0 <= offset < stride:
+            msg = (
+                f"simulator id offset {offset} and stride {stride}: the stride must be 1 or"
+                " more and the offset from 0 to stride - 1 (one offset per simulator)"
+            )
+            raise ConfigurationError(msg)
+        self.stride, self.offset = stride, offset
         self.rng = rng
         self.clock = clock
         self.t = {name: Base.metadata.tables[name] for name in Base.metadata.tables}
+        self.pending = PendingWrites(self.t)
         self._actions: dict[str, Callable[[sa.Connection], int]] = {
             "new_customer": self._new_customer,
             "new_order": self._new_order,
@@ -94,12 +139,14 @@ class SimulatedBusiness:
 
     def _load_state(self, conn: sa.Connection) -> None:
         def top(table: str, column: str) -> int:
+            """The first id of this simulator's share above the largest in ``table``."""
             value = conn.execute(sa.select(sa.func.max(self.t[table].c[column]))).scalar()
-            return int(value or 0)
+            after = int(value or 0) + 1
+            return after + (self.offset - after) % self.stride
 
-        self.next_customer = top("Customers", "CustomerID") + 1
-        self.next_order = top("Orders", "OrderID") + 1
-        self.next_payment = top("Payments", "PaymentID") + 1
+        self.next_customer = top("Customers", "CustomerID")
+        self.next_order = top("Orders", "OrderID")
+        self.next_payment = top("Payments", "PaymentID")
         self.customers = [
             r[0]
             for r in conn.execute(
@@ -107,21 +154,29 @@ class SimulatedBusiness:
                     self.t["Customers"].c.CustomerID
                 )
             )
+            if self.owns(r[0])
         ]
         orders = self.t["Orders"]
-        self.open_orders: dict[int, tuple[int, int, Decimal, Decimal]] = {}
+        self.open_orders = _OpenOrders()
         for oid, status, cid, total in conn.execute(
             sa.select(orders.c.OrderID, orders.c.OrderStatusID, orders.c.CustomerID, orders.c.Total)
             .where(orders.c.OrderStatusID.in_([PENDING, ACCEPTED, PRINTED]))
             .order_by(orders.c.OrderID)
         ):
-            self.open_orders[oid] = (status, cid, Decimal(total), Decimal(0))
+            if self.owns(oid):
+                self.open_orders[oid] = (status, cid, Decimal(total), Decimal(0))
+
+    def owns(self, key: int) -> bool:
+        """Whether the customer or order ``key`` is this simulator's to touch (its share)."""
+        return key % self.stride == self.offset
 
     def feasible(self, action: str, conn: sa.Connection | None = None) -> str:
         """``action``, or what must come first: a customer, or an order to pay, move or cancel.
         A delete (:data:`~producer.sim_deletes.DELETE_ACTIONS`) reads its candidates
         through ``conn``; without one it gives way to the ordinary action."""
         if action in DELETE_ACTIONS:
+            if conn is not None:
+                self.pending.flush(conn)
             action = feasible_delete(self, conn, action)
         if not self.customers:
             return "new_customer"
@@ -130,16 +185,24 @@ class SimulatedBusiness:
         return action
 
     def perform(self, conn: sa.Connection, action: str) -> int:
-        """Write ``action`` (a name of :data:`ACTIONS`) through ``conn``; the rows written."""
+        """Write ``action`` (a name of :data:`ACTIONS`) through ``conn``, or hold its rows
+        until :meth:`flush`; the rows written. A delete reads the database: it flushes first."""
+        if action in DELETE_ACTIONS:
+            self.pending.flush(conn)
         return self._actions[action](conn)
 
-    def _insert(self, conn: sa.Connection, table: str, rows: list[dict[str, Any]]) -> int:
-        conn.execute(sa.insert(self.t[table]), rows)
-        return len(rows)
+    def flush(self, conn: sa.Connection) -> None:
+        """Write the rows the actions hold through ``conn``; before every commit."""
+        self.pending.flush(conn)
 
-    def _update(self, conn: sa.Connection, table: str, where: Any, values: dict[str, Any]) -> int:
-        result = conn.execute(sa.update(self.t[table]).where(where).values(**values))
-        return result.rowcount
+    def _insert(self, table: str, row: dict[str, Any]) -> int:
+        return self.pending.insert(table, [row])
+
+    def _update(self, table: str, key: int, values: dict[str, Any]) -> int:
+        """Update the row of ``table`` keyed ``key`` (OrderID for Orders, else CustomerID)."""
+        return self.pending.update(
+            table, "OrderID" if table == "Orders" else "CustomerID", key, values
+        )
 
     def _address(self) -> dict[str, str]:
         city, state, zipcode, country = self.rng.choice(_CITIES)
@@ -154,75 +217,66 @@ class SimulatedBusiness:
     def _new_customer(self, conn: sa.Connection) -> int:
         now = self.clock()
         cid = self.next_customer
-        self.next_customer += 1
+        self.next_customer += self.stride
         first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
         addr = self._address()
         email = f"{first}.{last}.{cid}@example.com".lower().replace("'", "")
         phone = f"+1-555-{self.rng.randint(1000, 9999)}"
         stamps = {"CreatedDate": now, "ModifiedDate": now}
         rows = self._insert(
-            conn,
             "Customers",
-            [
-                {
-                    "CustomerID": cid,
-                    "FirstName": first,
-                    "LastName": last,
-                    "Company": None,
-                    "CustomerTypeID": self.rng.choice([1, 2, 3]),
-                    "CustomerStatusID": 1,
-                    "Email": email,
-                    "Phone": phone,
-                    "MainAddress1": addr["Address1"],
-                    "MainAddress2": None,
-                    "MainCity": addr["City"],
-                    "MainState": addr["State"],
-                    "MainZip": addr["Zip"],
-                    "MainCountry": addr["Country"],
-                    "CurrencyCode": "usd" if addr["Country"] == "US" else "eur",
-                    "LanguageID": 0,
-                    "EnrollerID": self.rng.choice(self.customers) if self.customers else None,
-                    "BirthDate": None,
-                    **stamps,
-                }
-            ],
+            {
+                "CustomerID": cid,
+                "FirstName": first,
+                "LastName": last,
+                "Company": None,
+                "CustomerTypeID": self.rng.choice([1, 2, 3]),
+                "CustomerStatusID": 1,
+                "Email": email,
+                "Phone": phone,
+                "MainAddress1": addr["Address1"],
+                "MainAddress2": None,
+                "MainCity": addr["City"],
+                "MainState": addr["State"],
+                "MainZip": addr["Zip"],
+                "MainCountry": addr["Country"],
+                "CurrencyCode": "usd" if addr["Country"] == "US" else "eur",
+                "LanguageID": 0,
+                "EnrollerID": self.rng.choice(self.customers) if self.customers else None,
+                "BirthDate": None,
+                **stamps,
+            },
         )
         rows += self._insert(
-            conn,
             "CustomerSites",
-            [
-                {
-                    "CustomerID": cid,
-                    "WebAlias": f"{first.lower()}{cid}",
-                    "FirstName": first,
-                    "LastName": last,
-                    "Company": None,
-                    "Email": email,
-                    "Phone": phone,
-                    **addr,
-                    "Address2": None,
-                    **stamps,
-                }
-            ],
+            {
+                "CustomerID": cid,
+                "WebAlias": f"{first.lower()}{cid}",
+                "FirstName": first,
+                "LastName": last,
+                "Company": None,
+                "Email": email,
+                "Phone": phone,
+                **addr,
+                "Address2": None,
+                **stamps,
+            },
         )
         rows += self._insert(
-            conn,
             "CustomerAccounts",
-            [
-                {
-                    "CustomerID": cid,
-                    "PrimaryCreditCardNumberDisplay": f"4111{self.rng.randint(10**11, 10**12 - 1)}",
-                    "PrimaryCreditCardType": 1,
-                    "PrimaryCreditCardExpirationMonth": self.rng.randint(1, 12),
-                    "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),
-                    "PrimaryBillingName": f"{first} {last}",
-                    "BankAccountNumber": str(self.rng.randint(10**9, 10**10 - 1)),
-                    "BankRoutingNumber": str(self.rng.randint(10**8, 10**9 - 1)),
-                    "BankNameOnAccount": f"{first} {last}",
-                    "BankAccountType": 1,
-                    **stamps,
-                }
-            ],
+            {
+                "CustomerID": cid,
+                "PrimaryCreditCardNumberDisplay": f"4111{self.rng.randint(10**11, 10**12 - 1)}",
+                "PrimaryCreditCardType": 1,
+                "PrimaryCreditCardExpirationMonth": self.rng.randint(1, 12),
+                "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),
+                "PrimaryBillingName": f"{first} {last}",
+                "BankAccountNumber": str(self.rng.randint(10**9, 10**10 - 1)),
+                "BankRoutingNumber": str(self.rng.randint(10**8, 10**9 - 1)),
+                "BankNameOnAccount": f"{first} {last}",
+                "BankAccountType": 1,
+                **stamps,
+            },
         )
         self.customers.append(cid)
         return rows
@@ -231,7 +285,7 @@ class SimulatedBusiness:
         now = self.clock()
         cid = self.rng.choice(self.customers)
         oid = self.next_order
-        self.next_order += 1
+        self.next_order += self.stride
         lines = []
         subtotal = tax = Decimal(0)
         for line in range(1, self.rng.randint(1, 5) + 1):
@@ -260,47 +314,44 @@ class SimulatedBusiness:
         total = subtotal + tax + shipping
         ship_to = self._address() if self.rng.random() < 0.7 else {}
         rows = self._insert(
-            conn,
             "Orders",
-            [
-                {
-                    "OrderID": oid,
-                    "CustomerID": cid,
-                    "OrderStatusID": PENDING,
-                    "OrderTypeID": self.rng.choice([1, 1, 1, 4]),
-                    "OrderDate": now,
-                    "CurrencyCode": "usd",
-                    "WarehouseID": 1,
-                    "ShipMethodID": self.rng.choice([1, 2]),
-                    "SubTotal": subtotal,
-                    "TaxTotal": tax,
-                    "ShippingTotal": shipping,
-                    "Total": total,
-                    "FirstName": None,
-                    "LastName": None,
-                    "Company": None,
-                    "Address1": ship_to.get("Address1"),
-                    "Address2": None,
-                    "City": ship_to.get("City"),
-                    "State": ship_to.get("State"),
-                    "Zip": ship_to.get("Zip"),
-                    "Country": ship_to.get("Country"),
-                    "Email": None,
-                    "Phone": None,
-                    "TrackingNumber1": None,
-                    "ShippedDate": None,
-                    "Notes": None,
-                    "CreatedDate": now,
-                    "ModifiedDate": now,
-                }
-            ],
+            {
+                "OrderID": oid,
+                "CustomerID": cid,
+                "OrderStatusID": PENDING,
+                "OrderTypeID": self.rng.choice([1, 1, 1, 4]),
+                "OrderDate": now,
+                "CurrencyCode": "usd",
+                "WarehouseID": 1,
+                "ShipMethodID": self.rng.choice([1, 2]),
+                "SubTotal": subtotal,
+                "TaxTotal": tax,
+                "ShippingTotal": shipping,
+                "Total": total,
+                "FirstName": None,
+                "LastName": None,
+                "Company": None,
+                "Address1": ship_to.get("Address1"),
+                "Address2": None,
+                "City": ship_to.get("City"),
+                "State": ship_to.get("State"),
+                "Zip": ship_to.get("Zip"),
+                "Country": ship_to.get("Country"),
+                "Email": None,
+                "Phone": None,
+                "TrackingNumber1": None,
+                "ShippedDate": None,
+                "Notes": None,
+                "CreatedDate": now,
+                "ModifiedDate": now,
+            },
         )
-        rows += self._insert(conn, "OrderDetails", lines)
+        rows += self.pending.insert("OrderDetails", lines)
         self.open_orders[oid] = (PENDING, cid, total, Decimal(0))
         return rows
 
     def _pick_open_order(self) -> int:
-        return self.rng.choice(sorted(self.open_orders))
+        return self.rng.choice(self.open_orders.ids)
 
     def _payment(self, conn: sa.Connection) -> int:
         now = self.clock()
@@ -311,25 +362,22 @@ class SimulatedBusiness:
             return self._advance_order(conn, oid)
         amount = remaining if self.rng.random() < 0.8 else (remaining / 2).quantize(_CENTS)
         pid = self.next_payment
-        self.next_payment += 1
+        self.next_payment += self.stride
         rows = self._insert(
-            conn,
             "Payments",
-            [
-                {
-                    "PaymentID": pid,
-                    "CustomerID": cid,
-                    "OrderID": oid,
-                    "PaymentTypeID": 1,
-                    "PaymentDate": now,
-                    "Amount": amount,
-                    "CurrencyCode": "usd",
-                    "AuthorizationCode": f"AUTH{self.rng.randint(100000, 999999)}",
-                    "Memo": None,
-                    "CreatedDate": now,
-                    "ModifiedDate": now,
-                }
-            ],
+            {
+                "PaymentID": pid,
+                "CustomerID": cid,
+                "OrderID": oid,
+                "PaymentTypeID": 1,
+                "PaymentDate": now,
+                "Amount": amount,
+                "CurrencyCode": "usd",
+                "AuthorizationCode": f"AUTH{self.rng.randint(100000, 999999)}",
+                "Memo": None,
+                "CreatedDate": now,
+                "ModifiedDate": now,
+            },
         )
         self.open_orders[oid] = (status, cid, total, paid + amount)
         return rows
@@ -346,27 +394,21 @@ class SimulatedBusiness:
             del self.open_orders[oid]
         else:
             self.open_orders[oid] = (new, cid, total, paid)
-        return self._update(conn, "Orders", self.t["Orders"].c.OrderID == oid, values)
+        return self._update("Orders", oid, values)
 
     def _cancel_order(self, conn: sa.Connection) -> int:
         now = self.clock()
         oid = self._pick_open_order()
         del self.open_orders[oid]
-        return self._update(
-            conn,
-            "Orders",
-            self.t["Orders"].c.OrderID == oid,
-            {"OrderStatusID": CANCELED, "ModifiedDate": now},
-        )
+        return self._update("Orders", oid, {"OrderStatusID": CANCELED, "ModifiedDate": now})
 
     def _address_edit(self, conn: sa.Connection) -> int:
         now = self.clock()
         cid = self.rng.choice(self.customers)
         addr = self._address()
         rows = self._update(
-            conn,
             "Customers",
-            self.t["Customers"].c.CustomerID == cid,
+            cid,
             {
                 "MainAddress1": addr["Address1"],
                 "MainCity": addr["City"],
@@ -376,20 +418,14 @@ class SimulatedBusiness:
                 "ModifiedDate": now,
             },
         )
-        return rows + self._update(
-            conn,
-            "CustomerSites",
-            self.t["CustomerSites"].c.CustomerID == cid,
-            {**addr, "ModifiedDate": now},
-        )
+        return rows + self._update("CustomerSites", cid, {**addr, "ModifiedDate": now})
 
     def _card_update(self, conn: sa.Connection) -> int:
         now = self.clock()
         cid = self.rng.choice(self.customers)
         return self._update(
-            conn,
             "CustomerAccounts",
-            self.t["CustomerAccounts"].c.CustomerID == cid,
+            cid,
             {
                 "PrimaryCreditCardNumberDisplay": f"5500000000{self.rng.randint(100000, 999999)}",
                 "PrimaryCreditCardExpirationYear": now.year + self.rng.randint(1, 5),

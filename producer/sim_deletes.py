@@ -95,7 +95,9 @@ def _candidates(business: SimulatedBusiness, conn: sa.Connection, action: str) -
             )
             .order_by(customers.c.CustomerID)
         )
-    return [tuple(row) for row in conn.execute(query)]
+    # the order's id (a payment's is second), else the customer's: this simulator's share
+    key = 1 if action == "delete_payment" else 0
+    return [tuple(row) for row in conn.execute(query) if business.owns(row[key])]
 
 
 def feasible_delete(business: SimulatedBusiness, conn: sa.Connection | None, action: str) -> str:
@@ -159,7 +161,8 @@ def delete_actions(
     def delete_order(conn: sa.Connection) -> int:
         orders, details = business.t["Orders"], business.t["OrderDetails"]
         [oid] = business.rng.choice(_candidates(business, conn, "delete_order"))
-        business.open_orders.pop(oid, None)
+        if oid in business.open_orders:
+            del business.open_orders[oid]
         rows = conn.execute(sa.delete(details).where(details.c.OrderID == oid)).rowcount
         return rows + conn.execute(sa.delete(orders).where(orders.c.OrderID == oid)).rowcount
 

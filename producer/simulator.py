@@ -11,6 +11,7 @@ the same changes; timestamps are the clock's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -51,7 +52,8 @@ class SimStats:
 class Simulator:
     """Writes business activity; ``per_transaction`` actions a source transaction.
     ``deletes``: the business deletes rows too (:mod:`producer.sim_deletes`); only a
-    pipeline that sweeps converges on all of them."""
+    pipeline that sweeps converges on all of them. ``stride`` simulators may write one
+    source at once, each with its own ``offset`` (:mod:`producer.sim_actions`)."""
 
     def __init__(
         self,
@@ -60,16 +62,20 @@ class Simulator:
         seed: int = 42,
         clock: Callable[[], datetime] | None = None,
         deletes: bool = False,
+        stride: int = 1,
+        offset: int = 0,
     ) -> None:
         self.engine = engine
         self.weights = {**ACTIONS, **(DELETE_ACTIONS if deletes else {})}
+        self._names = list(self.weights)
+        self._cumulative = list(itertools.accumulate(self.weights.values()))
         self.zone = zone
         self.rng = random.Random(seed)
         self._clock = clock or (lambda: datetime.now(zone).replace(tzinfo=None))
         self.stats = SimStats()
         create_source_schema(engine)
         with engine.connect() as conn:
-            self.business = SimulatedBusiness(conn, self.rng, self._clock)
+            self.business = SimulatedBusiness(conn, self.rng, self._clock, stride, offset)
 
     def run(
         self,
@@ -87,6 +93,7 @@ class Simulator:
             with self.engine.begin() as conn:
                 for _ in range(chunk):
                     self.step(conn)
+                self.business.flush(conn)
             done += chunk
             if on_progress:
                 on_progress(chunk)
@@ -100,9 +107,10 @@ class Simulator:
         return self.stats
 
     def step(self, conn: sa.Connection) -> str:
-        """One action, chosen by weight (or what must come first), written through ``conn``."""
-        names = list(self.weights)
-        chosen = self.rng.choices(names, weights=[self.weights[n] for n in names])[0]
+        """One action, chosen by weight (or what must come first), written through ``conn``
+        or held until the business's ``flush`` (:mod:`producer.sim_actions`)."""
+        # the same draw as choices(weights=...), which accumulates them on every call
+        chosen = self.rng.choices(self._names, cum_weights=self._cumulative)[0]
         action = self.business.feasible(chosen, conn)
         self.stats.rows_written += self.business.perform(conn, action)
         self.stats.actions[action] += 1

@@ -37,6 +37,16 @@ def sim(
             "first reach consumers only through a sweep (sweep, produce --sweep-every)."
         ),
     ] = False,
+    id_stride: Annotated[
+        int,
+        typer.Option(
+            help="Simulators writing this source at once: run each with its own --id-offset; "
+            "each allocates every id-stride-th id and touches only its own customers and orders."
+        ),
+    ] = 1,
+    id_offset: Annotated[
+        int, typer.Option(help="This simulator's share of the ids, 0 to id-stride - 1.")
+    ] = 0,
 ) -> None:
     """Generate customers, orders, payments, shipping and cancellations in the sync database."""
     from producer.simulator import Simulator
@@ -44,7 +54,9 @@ def sim(
 
     settings = command_settings()
     engine = create_engine(settings.source_url, writer=True)
-    simulator = Simulator(engine, settings.zone, seed=seed, deletes=deletes)
+    simulator = Simulator(
+        engine, settings.zone, seed=seed, deletes=deletes, stride=id_stride, offset=id_offset
+    )
     if with_queue_procedure:
         from producer.queue_procedure import install_queue_procedure
 

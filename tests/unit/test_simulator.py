@@ -1,4 +1,5 @@
-"""The simulator: same seed, same changes, deletes included; its deletes keep orders whole."""
+"""The simulator: same seed, same changes, deletes included; its deletes keep orders whole;
+what it holds until a commit (producer/sim_writes.py) commits what a commit per action does."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from producer.simulator import DELETE_ACTIONS, SimStats, Simulator
 from queuestream.sync_schema import Base
@@ -24,11 +27,13 @@ def _clock() -> Callable[[], datetime]:
     return lambda: start + timedelta(milliseconds=next(ticks))
 
 
-def _simulate(path: Path, actions: int, *, deletes: bool, seed: int = 5) -> SimStats:
+def _simulate(
+    path: Path, actions: int, *, deletes: bool, seed: int = 5, per_transaction: int = 25
+) -> SimStats:
     engine = sa.create_engine(f"sqlite:///{path}")
     try:
         simulator = Simulator(engine, UTC_ZONE, seed=seed, clock=_clock(), deletes=deletes)
-        return simulator.run(actions, per_transaction=25)
+        return simulator.run(actions, per_transaction=per_transaction)
     finally:
         engine.dispose()
 
@@ -90,3 +95,63 @@ def test_deletes_leave_orders_whole(tmp_path: Path) -> None:
         assert payment[2] in order_ids, "a payment of a deleted order remains"
     for site in content["CustomerSites"] + content["CustomerAccounts"]:
         assert site[0] in customers, "a deleted customer's site or account remains"
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 10**6),
+    per_transaction=st.integers(2, 400),
+    deletes=st.booleans(),
+)
+def test_held_writes_commit_what_a_commit_per_action_does(
+    tmp_path: Path, seed: int, per_transaction: int, deletes: bool
+) -> None:
+    # One action a transaction flushes after every action: the rows as each action wrote
+    # them, in order (the reference). Held over many actions, inserts go first and several
+    # updates of a row merge: the committed rows must not differ.
+    name = f"{seed}-{per_transaction}-{deletes}"
+    reference = _simulate(
+        tmp_path / f"{name}-one.db", 400, deletes=deletes, seed=seed, per_transaction=1
+    )
+    held = _simulate(
+        tmp_path / f"{name}-many.db",
+        400,
+        deletes=deletes,
+        seed=seed,
+        per_transaction=per_transaction,
+    )
+    assert held == reference
+    assert _content(tmp_path / f"{name}-many.db") == _content(tmp_path / f"{name}-one.db")
+
+
+def test_simulators_sharing_a_source_keep_to_their_own_ids(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    _simulate(path, 300, deletes=False)
+    seeded = _content(path)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        # Both start before either writes (max() + 1 would give both the same next ids).
+        shares = [
+            Simulator(engine, UTC_ZONE, seed=offset, deletes=True, stride=3, offset=offset)
+            for offset in (0, 2)
+        ]
+        for _ in range(3):
+            for simulator in shares:
+                simulator.run(200, per_transaction=50)
+    finally:
+        engine.dispose()
+    content = _content(path)
+    for table in ("Customers", "Orders", "Payments"):
+        new = {row[0] for row in content[table]} - {row[0] for row in seeded[table]}
+        assert new, table
+        assert {key % 3 for key in new} == {0, 2}, f"{table}: ids outside the two shares"
+    # What a share touched (updated or deleted) is its own: seeded rows of share 1 are as seeded.
+    for table in ("Customers", "CustomerAccounts", "Orders"):
+        untouched = [row for row in seeded[table] if row[0] % 3 == 1]
+        assert untouched
+        assert [row for row in content[table] if row[0] % 3 == 1 and row in seeded[table]] == (
+            untouched
+        ), table
+    assert sum(s.stats.deletes for s in shares) > 0
