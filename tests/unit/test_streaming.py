@@ -23,6 +23,7 @@ from consumers.ownership import Ownership
 from consumers.runtime import _prefetch
 from consumers.streaming import Streaming
 from queuestream.errors import DecodeError
+from queuestream.kafka_clients import consumer_config
 from queuestream.settings import load_settings
 from tests.accounting_rig import TOPIC, AccountingRig, customer_change
 
@@ -214,6 +215,27 @@ def test_poison_among_the_parts_and_tombstones_after_them_move_the_offsets(
 
 
 def test_the_read_ahead_is_bounded_unless_the_kafka_options_say_otherwise() -> None:
-    assert _prefetch(load_settings()) == {"queued.max.messages.kbytes": 16_384}
+    # Fetches of 32 MB of lz4 batches made a consumer fetch a whole refresh ahead: its
+    # memory grew with the refresh (make bench-memory). Queue and fetches stay small.
+    assert _prefetch(load_settings()) == {
+        "queued.max.messages.kbytes": 4_096,
+        "fetch.max.bytes": 4 * 1024 * 1024,
+        "max.partition.fetch.bytes": 1024 * 1024,
+    }
     chosen = load_settings(kafka={"queued.max.messages.kbytes": "65536"})
-    assert _prefetch(chosen) == {}  # the user's value reaches librdkafka untouched
+    # the user's value reaches librdkafka untouched; the other bounds stay
+    assert "queued.max.messages.kbytes" not in _prefetch(chosen)
+    assert _prefetch(chosen)["fetch.max.bytes"] == 4 * 1024 * 1024
+    every = {k: "33554432" for k in _prefetch(load_settings())}
+    assert _prefetch(load_settings(kafka=every)) == {}
+
+
+def test_the_change_consumer_gets_the_bounded_read_ahead() -> None:
+    """The bounds override consumer_config's fetch sizes (sized for END markers)."""
+    settings = load_settings()
+    config = consumer_config(settings, "g", **_prefetch(settings))
+    assert config["fetch.max.bytes"] == 4 * 1024 * 1024
+    assert config["max.partition.fetch.bytes"] == 1024 * 1024
+    assert config["queued.max.messages.kbytes"] == 4_096
+    chosen = load_settings(kafka={"fetch.max.bytes": "8388608"})
+    assert consumer_config(chosen, "g", **_prefetch(chosen))["fetch.max.bytes"] == "8388608"
