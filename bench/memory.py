@@ -15,6 +15,8 @@ takes:
 2. ``queuestream refresh``: publishes them in one refresh (one Kafka transaction);
 3. ``queuestream consume <target> --until-idle``, each target into a fresh
    PostgreSQL database, one after the other (so that they do not share the CPUs);
+   with ``--instances N``, N such processes of one consumer group at once (how a
+   group scales on this machine: each member owns its share of the partitions);
 4. ``queuestream verify`` of each target against the source.
 
 For each command: its peak RSS (the child's ``ru_maxrss`` from :func:`os.wait4`, the
@@ -22,6 +24,7 @@ kernel's own high-water mark, not a sample), its seconds, events or rows per sec
 
     .venv/bin/python -m bench.memory                     # 1,000,000 rows
     .venv/bin/python -m bench.memory --rows 100000 --json
+    .venv/bin/python -m bench.memory --instances 2     # two members per target's group
 
 Kafka and PostgreSQL as for bench/producer.py (``make bench-memory`` starts both).
 """
@@ -50,7 +53,16 @@ from bench.session import main_with, session
 from bench.source import copy_rows, count_rows, simulate
 from queuestream.sync_schema import Base
 
-__all__ = ["GOAL_MB", "main", "parse_args", "print_table", "replicate", "run", "run_command"]
+__all__ = [
+    "GOAL_MB",
+    "main",
+    "parse_args",
+    "print_table",
+    "replicate",
+    "run",
+    "run_command",
+    "run_commands",
+]
 
 log = logging.getLogger("bench.memory")
 
@@ -80,8 +92,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=50_000,
         help="rows simulated, then replicated up to --rows (default: %(default)s)",
     )
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="consumer processes per target, members of one group, run at once "
+        "(default: %(default)s)",
+    )
     args = p.parse_args(argv)
     check_common_arguments(p, args)
+    if args.instances < 1:
+        p.error("--instances must be at least 1")
     if args.base_rows < 1:
         p.error("--base-rows must be at least 1")
     if args.breakdown or args.profile:
@@ -98,33 +119,65 @@ def run_command(
     on Linux): the kernel's high-water mark of the process, so no peak falls between
     two samples.
     """
-    with log_file.open("wb") as sink, tempfile.TemporaryFile() as stdout:
+    return run_commands(name, [command], env, [log_file], deadline)[0]
+
+
+def run_commands(
+    name: str,
+    commands: list[list[str]],
+    env: dict[str, str],
+    log_files: list[Path],
+    deadline: Deadline,
+) -> list[dict[str, Any]]:
+    """Run ``commands`` at once, each to its end (see :func:`run_command`).
+
+    Each result's ``seconds`` runs from the start of all of them to that one's end.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        outputs = [Path(folder) / f"{i}.out" for i in range(len(commands))]
         started = time.perf_counter()
-        popen = subprocess.Popen(command, env=env, stdout=stdout, stderr=sink)
-        while True:
-            pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
-            if pid:
-                break
-            if deadline.left() <= 0:
-                popen.kill()
-                popen.wait()
+        running: dict[int, int] = {}
+        results: list[dict[str, Any]] = [{} for _ in commands]
+        popens = []
+        for i, (command, log_file, output) in enumerate(
+            zip(commands, log_files, outputs, strict=True)
+        ):
+            with log_file.open("wb") as sink, output.open("wb") as stdout:
+                popen = subprocess.Popen(command, env=env, stdout=stdout, stderr=sink)
+            popens.append(popen)
+            running[popen.pid] = i
+        while running:
+            for pid_waited in list(running):
+                pid, status, usage = os.wait4(pid_waited, os.WNOHANG)
+                if not pid:
+                    continue
+                i = running.pop(pid)
+                code = os.waitstatus_to_exitcode(status)
+                popens[i].returncode = code
+                if code != 0:
+                    tail = " | ".join(
+                        log_files[i].read_text(errors="replace").strip().splitlines()[-3:]
+                    )
+                    for other in popens:
+                        if other.returncode is None:
+                            other.kill()
+                    msg = f"{name} exited with {code}: {tail}"
+                    raise BenchError(msg)
+                results[i] = {
+                    "process": name,
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+                    "stdout": outputs[i].read_bytes().decode(errors="replace"),
+                }
+            if running and deadline.left() <= 0:
+                for popen in popens:
+                    if popen.returncode is None:
+                        popen.kill()
+                        popen.wait()
                 msg = f"--timeout {deadline.seconds:g}s reached while running {name}"
                 raise BenchError(msg)
             time.sleep(0.05)
-        seconds = time.perf_counter() - started
-        popen.returncode = os.waitstatus_to_exitcode(status)
-        stdout.seek(0)
-        printed = stdout.read().decode(errors="replace")
-    if popen.returncode != 0:
-        tail = " | ".join(log_file.read_text(errors="replace").strip().splitlines()[-3:])
-        msg = f"{name} exited with {popen.returncode}: {tail}"
-        raise BenchError(msg)
-    return {
-        "process": name,
-        "seconds": round(seconds, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-        "stdout": printed,
-    }
+    return results
 
 
 #: Per table, its id columns and the id each holds: shifted alike in every copy.
@@ -269,14 +322,20 @@ def _consume(
         deadline.check(f"consuming into {name}")
         progress(f"queuestream consume {name} --until-idle")
         env = {**env, "QUEUESTREAM_IDLE_SECONDS": "2"}
-        done = run_command(
+        members = run_commands(
             name,
-            _command("consume", name, "--target", target, "--until-idle"),
+            [_command("consume", name, "--target", target, "--until-idle")] * args.instances,
             env,
-            logs / f"{name}.log",
+            [logs / f"{name}-{i}.log" for i in range(args.instances)],
             deadline,
         )
-        printed = done.pop("stdout")
+        printed = [m.pop("stdout") for m in members]
+        done = {
+            "process": name if args.instances == 1 else f"{name} x{args.instances}",
+            "instances": args.instances,
+            "seconds": max(m["seconds"] for m in members),
+            "peak_rss_mb": max(m["peak_rss_mb"] for m in members),
+        }
         checked = subprocess.run(
             _command("verify", name, "--target", target, "--json"),
             env=env,
@@ -291,7 +350,7 @@ def _consume(
     if checked.returncode == 1:
         msg = f"{name} differs from the source after consuming: {checked.stdout[-2000:]}"
         raise BenchError(msg)
-    rows = _synchronized(printed)
+    rows = sum(_synchronized(each) for each in printed)
     done.update(events=rows, per_second=_rate(rows, done["seconds"]), verified=True)
     progress(
         f"{name}: verified equal to the source; {done['seconds']:.1f}s, "
