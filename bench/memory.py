@@ -158,9 +158,7 @@ def run_commands(
                     tail = " | ".join(
                         log_files[i].read_text(errors="replace").strip().splitlines()[-3:]
                     )
-                    for other in popens:
-                        if other.returncode is None:
-                            other.kill()
+                    _kill(popens)
                     msg = f"{name} exited with {code}: {tail}"
                     raise BenchError(msg)
                 results[i] = {
@@ -170,14 +168,19 @@ def run_commands(
                     "stdout": outputs[i].read_bytes().decode(errors="replace"),
                 }
             if running and deadline.left() <= 0:
-                for popen in popens:
-                    if popen.returncode is None:
-                        popen.kill()
-                        popen.wait()
+                _kill(popens)
                 msg = f"--timeout {deadline.seconds:g}s reached while running {name}"
                 raise BenchError(msg)
             time.sleep(0.05)
     return results
+
+
+def _kill(popens: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the commands still running (a sibling failed, or the deadline passed)."""
+    for popen in popens:
+        if popen.returncode is None:
+            popen.kill()
+            popen.wait()
 
 
 #: Per table, its id columns and the id each holds: shifted alike in every copy.

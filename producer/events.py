@@ -25,8 +25,7 @@ from producer.state_changelog import Key, Published
 from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
-from schemas.avro import AvroCodec, load_schema, row_schema
-from schemas.avro.record_writer import Unhandled, record_writer
+from schemas.avro import AvroCodec, row_schema
 
 __all__ = ["EncodedEvent", "EventBuilder", "RefreshContext", "row_key", "version_micros"]
 
@@ -96,8 +95,6 @@ class EventBuilder:
         self.partitioner = partitioner
         self.zone = zone
         self._encode_key = codec.encoder(spec.name, "key")
-        self._key_header = codec.header(spec.name, "key")
-        self._fast_key = record_writer(load_schema(f"{spec.name}.key"))
         self._sensitive: Callable[[dict[str, Any]], None] | None = policy.for_table(spec.name)
         self._timestamps = _timestamp_columns(spec.name)
         self._key_columns = spec.key
@@ -143,7 +140,7 @@ class EventBuilder:
         if self._sensitive is not None:
             self._sensitive(row)
         try:
-            key = self._key(key_values)
+            key = self._encode_key(key_values)
         except EncodingError as exc:
             raise EncodingError(
                 exc.reason, table=self.spec.name, key=key_values, column=exc.column
@@ -162,15 +159,6 @@ class EventBuilder:
         )
         partition = self.partitioner(changed.customer_id)
         return EncodedEvent(key, value, partition, op, micros, row_bytes)
-
-    def _key(self, key_values: dict[str, Any]) -> bytes:
-        """The encoded key: the generated writer's, else the codec's (which names a misfit)."""
-        if self._fast_key is not None:
-            try:
-                return self._key_header + self._fast_key(key_values)
-            except Unhandled:
-                pass
-        return self._encode_key(key_values)
 
     def row_bytes(self, changed: ChangedRow) -> bytes:
         """The Avro bytes :meth:`build` would publish for this row (masked): what the sweep
@@ -199,7 +187,7 @@ class EventBuilder:
             published.row, found_ms, total_order, self.count
         )
         return EncodedEvent(
-            self._key(key_values),
+            self._encode_key(key_values),
             value,
             self.partitioner(published.customer),
             "d",

@@ -45,7 +45,8 @@ from queuestream.errors import ConfigurationError, DecodeError, EncodingError, Q
 from queuestream.failures import hide_logins, registry_failure
 from schemas.avro.envelope import EnvelopeEncoder
 from schemas.avro.fast_reader import Projection, Reader, ValueCache, compile_reader, project
-from schemas.avro.misfit import find_misfit
+from schemas.avro.misfit import WRITE_ERRORS, find_misfit
+from schemas.avro.record_writer import Unhandled, record_writer
 from schemas.avro.schema_files import load_schema, schema_names
 
 __all__ = ["REGISTRY_TIMEOUT", "SINGLE_OBJECT_MAGIC", "AvroCodec"]
@@ -139,6 +140,9 @@ class AvroCodec:
     def encoder(self, table: str, field: str) -> Callable[[dict[str, Any]], bytes]:
         """A function that encodes ``table``'s ``key`` or ``value`` records.
 
+        A flat record (keys, say) is written by the writer generated from its schema
+        (:mod:`.record_writer`), byte-identical to fastavro, which writes what it leaves.
+
         Raises EncodingError naming the column when a value does not fit.
         """
         stem = f"{table}.{field}"
@@ -153,12 +157,19 @@ class AvroCodec:
 
     def _make_encoder(self, table: str, field: str) -> Callable[[dict[str, Any]], bytes]:
         schema = _schema(f"{table}.{field}")
-        body = _body_writer(schema, self.header(table, field))
+        header = self.header(table, field)
+        body = _body_writer(schema, header)
+        fast = record_writer(schema.json)  # None for a schema it does not handle
 
         def encode(record: dict[str, Any]) -> bytes:
+            if fast is not None:
+                try:
+                    return header + fast(record)
+                except Unhandled:
+                    pass  # a value the generated writer leaves to fastavro
             try:
                 return body(record)
-            except (ValueError, TypeError, UnicodeError, AttributeError, KeyError) as exc:
+            except WRITE_ERRORS as exc:
                 column, reason = find_misfit(schema.json, record)
                 raise EncodingError(reason, table=table, column=column) from exc
 
