@@ -25,12 +25,10 @@ from producer.state_changelog import Key, Published
 from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
-from schemas.avro import AvroCodec, row_schema
+from schemas.avro import AvroCodec
+from schemas.avro.record_writer import wall_micros
 
 __all__ = ["EncodedEvent", "EventBuilder", "RefreshContext", "row_key", "version_micros"]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_TIMESTAMP = "timestamp-micros"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +53,7 @@ class EncodedEvent:
 
 def version_micros(moment: datetime) -> int:
     """An aware datetime as microseconds since the epoch (the state's versions)."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return wall_micros(moment, UTC)
 
 
 def row_key(spec: TableSpec, row: dict[str, Any]) -> Key:
@@ -65,17 +62,6 @@ def row_key(spec: TableSpec, row: dict[str, Any]) -> Key:
     if len(key) == 1:
         return (int(row[key[0]]), 0)
     return (int(row[key[0]]), int(row[key[1]]))
-
-
-def _timestamp_columns(table: str) -> list[str]:
-    names = []
-    for field in row_schema(table)["fields"]:
-        branches = field["type"] if isinstance(field["type"], list) else [field["type"]]
-        if any(
-            isinstance(b, dict) and b.get("logicalType") == "timestamp-micros" for b in branches
-        ):
-            names.append(field["name"])
-    return names
 
 
 class EventBuilder:
@@ -96,10 +82,10 @@ class EventBuilder:
         self.zone = zone
         self._encode_key = codec.encoder(spec.name, "key")
         self._sensitive: Callable[[dict[str, Any]], None] | None = policy.for_table(spec.name)
-        self._timestamps = _timestamp_columns(spec.name)
         self._key_columns = spec.key
         self._resync = context.resync
-        self._window_start = context.window_start
+        start = context.window_start
+        self._window_start_us = None if start is None else version_micros(start)
         source = {
             "version": __version__,
             "connector": "queuestream",
@@ -114,24 +100,26 @@ class EventBuilder:
             "window_end": context.window_end,
         }
         published_ms = int(datetime.now(UTC).timestamp() * 1000)
-        self._envelope = codec.envelope_encoder(spec.name, source, published_ms, context.refresh_id)
+        self._envelope = codec.envelope_encoder(
+            spec.name, source, published_ms, context.refresh_id, wall_zone=zone
+        )
         self.count = 0
 
     def build(self, changed: ChangedRow, total_order: int, op: str | None = None) -> EncodedEvent:
         """The event of a changed row; ``op`` overrides the op the window gives (the
-        sweep's ``r``)."""
+        sweep's ``r``). The row's timestamps are read as the source's wall times (naive,
+        in the source zone) or aware; the row itself is left as it is but for masking."""
         row = changed.row
         zone = self.zone
-        for column in self._timestamps:
-            value = row[column]
-            if value is not None:
-                row[column] = value.replace(tzinfo=zone)
-        version: datetime = row["ModifiedDate"]
+        micros = wall_micros(row["ModifiedDate"], zone)
         key_values = {k: row[k] for k in self._key_columns}
         if op is None:
             if self._resync:
                 op = "r"
-            elif self._window_start is not None and row["CreatedDate"] >= self._window_start:
+            elif (
+                self._window_start_us is not None
+                and wall_micros(row["CreatedDate"], zone) >= self._window_start_us
+            ):
                 op = "c"
             else:
                 op = "u"
@@ -146,7 +134,6 @@ class EventBuilder:
                 exc.reason, table=self.spec.name, key=key_values, column=exc.column
             ) from exc
         self.count += 1
-        micros = version_micros(version)
         try:
             row_bytes = self._envelope.encode_row(row)
         except EncodingError as exc:
@@ -163,12 +150,9 @@ class EventBuilder:
     def row_bytes(self, changed: ChangedRow) -> bytes:
         """The Avro bytes :meth:`build` would publish for this row (masked): what the sweep
         compares with the state. Raises EncodingError like :meth:`build`."""
-        row = dict(changed.row)
-        for column in self._timestamps:
-            value = row[column]
-            if value is not None:
-                row[column] = value.replace(tzinfo=self.zone)
+        row = changed.row
         if self._sensitive is not None:
+            row = dict(row)
             self._sensitive(row)
         try:
             return self._envelope.encode_row(row)
@@ -202,7 +186,7 @@ class EventBuilder:
         """
         row = changed.row
         key = {k: row[k] for k in self.spec.key}
-        return _json(key), _json(row)
+        return _json(key), _json(self._envelope.aware(row))
 
 
 def _json(values: dict[str, Any]) -> bytes:

@@ -62,6 +62,7 @@ from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec
 from schemas.avro import AvroCodec
+from schemas.avro.record_writer import wall_micros
 
 __all__ = ["RefreshResult", "Refresher"]
 
@@ -343,8 +344,9 @@ class Refresher:
                 for spec in TABLES:
                     for changed in source.rows(spec):
                         if overlap is not None:
-                            version = changed.row["ModifiedDate"].replace(tzinfo=zone)
-                            if overlap.needs_digest(version):
+                            stamp = changed.row["ModifiedDate"]
+                            if overlap.needs_digest_at(wall_micros(stamp, zone)):
+                                version = stamp if stamp.tzinfo else stamp.replace(tzinfo=zone)
                                 key = tuple(changed.row[k] for k in spec.key)
                                 digest = change_digest(spec.name, key, version)
                                 if not overlap.admit(digest, version):

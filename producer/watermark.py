@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+
+from schemas.avro.record_writer import wall_micros
 
 __all__ = ["OverlapFilter", "Progress", "Window", "WindowPlanner", "change_digest"]
 
@@ -105,6 +107,13 @@ class OverlapFilter:
     keep_from: datetime
     recorded: list[bytes] = field(default_factory=list)
     skipped: int = 0
+    #: window.start and keep_from in microseconds: what every row's version is held to.
+    _start_us: int = field(init=False, default=0)
+    _keep_us: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._start_us = wall_micros(self.window.start, UTC)
+        self._keep_us = wall_micros(self.keep_from, UTC)
 
     @classmethod
     def for_window(cls, window: Window, progress: Progress, overlap: timedelta) -> OverlapFilter:
@@ -112,7 +121,12 @@ class OverlapFilter:
         return cls(window=window, seen=seen, keep_from=window.end - overlap)
 
     def needs_digest(self, version: datetime) -> bool:
-        return version < self.window.start or version >= self.keep_from
+        return self.needs_digest_at(wall_micros(version, UTC))
+
+    def needs_digest_at(self, version_us: int) -> bool:
+        """:meth:`needs_digest` of a version in microseconds since the epoch (the cheap test
+        made of every row; only the few it selects are digested)."""
+        return version_us < self._start_us or version_us >= self._keep_us
 
     def admit(self, digest: bytes, version: datetime) -> bool:
         """False when this change was already published; records it for the next window."""

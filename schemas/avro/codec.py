@@ -33,6 +33,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from datetime import tzinfo
 from functools import cache
 from typing import Any, cast
 
@@ -196,11 +197,17 @@ class AvroCodec:
         return found
 
     def envelope_encoder(
-        self, table: str, source: dict[str, Any], published_ms: int, transaction_id: str
+        self,
+        table: str,
+        source: dict[str, Any],
+        published_ms: int,
+        transaction_id: str,
+        wall_zone: tzinfo | None = None,
     ) -> EnvelopeEncoder:
-        """A fast encoder of ``table``'s change events for one refresh (see EnvelopeEncoder)."""
+        """A fast encoder of ``table``'s change events for one refresh (see EnvelopeEncoder);
+        ``wall_zone``: the zone of the rows' naive timestamps."""
         return EnvelopeEncoder(
-            table, self.header(table, "value"), source, published_ms, transaction_id
+            table, self.header(table, "value"), source, published_ms, transaction_id, wall_zone
         )
 
     # -- decoding ---------------------------------------------------------------

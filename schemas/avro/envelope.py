@@ -10,6 +10,7 @@ producer's partitioner uses too.
 from __future__ import annotations
 
 import io
+from datetime import datetime, tzinfo
 from typing import Any
 
 import fastavro
@@ -63,7 +64,10 @@ class EnvelopeEncoder:
         source: dict[str, Any],
         published_ms: int,
         transaction_id: str,
+        wall_zone: tzinfo | None = None,
     ) -> None:
+        """``wall_zone``: a row's naive timestamps are wall times in that zone (the source's
+        stamps as read); without it timestamps must be aware."""
         envelope = load_schema(f"{table}.value")
         names = [f["name"] for f in envelope["fields"]]
         if names != _ENVELOPE_FIELDS:
@@ -72,7 +76,14 @@ class EnvelopeEncoder:
         self.table = table
         self._row_json = row_schema(table)
         self._row = fastavro.parse_schema(self._row_json, named_schemas={})
-        self._fast = record_writer(self._row_json)
+        self._fast = record_writer(self._row_json, wall_zone)
+        self._wall_zone = wall_zone
+        self._timestamps = [
+            f["name"]
+            for f in self._row_json["fields"]
+            for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
+            if isinstance(t, dict) and t.get("logicalType") == "timestamp-micros"
+        ]
         source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
         prefix, suffix, seen_ts = bytearray(), bytearray(), False
         for field in source_fields["fields"]:
@@ -99,6 +110,21 @@ class EnvelopeEncoder:
             for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
             if isinstance(t, dict) and t.get("logicalType") == "decimal"
         ]
+
+    def aware(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with its naive timestamps made aware in the wall zone (a copy when any
+        is naive): what fastavro and a dead letter's JSON are given."""
+        zone = self._wall_zone
+        if zone is None:
+            return row
+        naive = [
+            c
+            for c in self._timestamps
+            if isinstance(row.get(c), datetime) and row[c].tzinfo is None
+        ]
+        if not naive:
+            return row
+        return {**row, **{c: row[c].replace(tzinfo=zone) for c in naive}}
 
     def _check_decimals(self, row: dict[str, Any]) -> None:
         """fastavro checks the digits written, not the magnitude (1E+30 passes): check it."""
@@ -131,6 +157,7 @@ class EnvelopeEncoder:
                 return self._fast(row)
             except (Unhandled, UnicodeError):
                 pass
+        row = self.aware(row)
         if self._decimals:
             self._check_decimals(row)
         buffer = self._buffer

@@ -11,27 +11,33 @@ The function writes only what it knows to be written exactly as fastavro writes
 it: ``int``/``long`` from ``int`` (no ``bool``), ``string`` from ``str``,
 ``timestamp-micros`` from an *aware* ``datetime``, ``decimal`` (bytes) from a
 finite ``Decimal`` that fits the precision and scale, and ``["null", X]`` of
-those. Anything else (a naive datetime, which fastavro reads in the process's
-local zone; a value that does not fit; a type it does not handle) raises
-:class:`Unhandled`, and the caller writes the record with fastavro, the
-reference, which writes it or says why not. A property test
-(``tests/unit/test_record_writer.py``) checks byte-for-byte equality with
-fastavro on random rows of every table.
+those. Anything else (a naive datetime, which fastavro reads as UTC; a value
+that does not fit; a type it does not handle) raises :class:`Unhandled`, and the
+caller writes the record with fastavro, the reference, which writes it or says
+why not. A property test (``tests/unit/test_record_writer.py``) checks
+byte-for-byte equality with fastavro on random rows of every table.
+
+A writer made with a ``wall_zone`` also takes a *naive* datetime, as the wall
+time it is in that zone: exactly what ``value.replace(tzinfo=wall_zone)`` would
+mean (fold 0 in a repeated hour). The sync database stamps rows in its local
+time; turning each of them into an aware datetime first costs more than the
+rest of the timestamp's writing (:func:`wall_micros`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["RecordWriter", "Unhandled", "record_writer", "varint"]
+__all__ = ["RecordWriter", "Unhandled", "record_writer", "varint", "wall_micros"]
 
 #: Writes the Avro binary body of one record given as a mapping of field name to value.
 RecordWriter = Callable[[Mapping[str, Any]], bytes]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001  # the epoch as a wall time
 _LONG_MIN = -(1 << 63)
 _LONG_MAX = (1 << 63) - 1
 _INT_MIN = -(1 << 31)
@@ -154,7 +160,42 @@ def _timestamp(value: Any) -> bytes:
     return varint((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
 
 
-def _plain_writer(schema: Any) -> tuple[str, Callable[[Any], bytes]] | None:
+def wall_micros(value: datetime, zone: tzinfo) -> int:
+    """Microseconds since the epoch of ``value``: an aware datetime, or a naive one read as
+    the wall time it is in ``zone`` (as ``value.replace(tzinfo=zone)``: fold 0)."""
+    if value.tzinfo is not None:
+        delta = value - _EPOCH
+    else:
+        offset = zone.utcoffset(value)
+        if offset is None:
+            msg = f"the zone {zone} has no UTC offset at {value}"
+            raise ValueError(msg)
+        # Timedeltas only: no datetime near year 1 or 9999 is made out of range.
+        delta = (value - _NAIVE_EPOCH) - offset
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _wall_timestamp_writer(zone: tzinfo) -> Callable[[Any], bytes]:
+    """timestamp-micros from an aware datetime, or a naive one as wall time in ``zone``."""
+    utcoffset = zone.utcoffset
+
+    def write(value: Any) -> bytes:
+        if type(value) is not datetime:
+            raise Unhandled
+        if value.tzinfo is not None:
+            return _timestamp(value)
+        offset = utcoffset(value)
+        if offset is None:
+            raise Unhandled
+        delta = (value - _NAIVE_EPOCH) - offset
+        return varint((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+    return write
+
+
+def _plain_writer(
+    schema: Any, wall_zone: tzinfo | None = None
+) -> tuple[str, Callable[[Any], bytes]] | None:
     """The name and function that write a non-union ``schema``, or None if not handled."""
     if schema == "int":
         return "_int", _int
@@ -165,6 +206,8 @@ def _plain_writer(schema: Any) -> tuple[str, Callable[[Any], bytes]] | None:
     if isinstance(schema, dict):
         logical, base = schema.get("logicalType"), schema.get("type")
         if logical == "timestamp-micros" and base == "long":
+            if wall_zone is not None:
+                return "_wall_timestamp", _wall_timestamp_writer(wall_zone)
             return "_timestamp", _timestamp
         if logical == "decimal" and base == "bytes":
             precision, scale = int(schema["precision"]), int(schema.get("scale", 0))
@@ -173,13 +216,16 @@ def _plain_writer(schema: Any) -> tuple[str, Callable[[Any], bytes]] | None:
             name = f"_decimal_{precision}_{scale}"
             return name, _decimal_writer(precision, scale)
         if logical is None and base in ("int", "long", "string"):
-            return _plain_writer(base)
+            return _plain_writer(base, wall_zone)
     return None
 
 
-def record_writer(schema: Mapping[str, Any]) -> RecordWriter | None:
+def record_writer(
+    schema: Mapping[str, Any], wall_zone: tzinfo | None = None
+) -> RecordWriter | None:
     """A generated writer of ``schema`` (a record), or None when a field's type is not one
-    it handles (then fastavro writes every record).
+    it handles (then fastavro writes every record). ``wall_zone``: naive timestamps are
+    wall times in that zone (without it, a naive timestamp is Unhandled).
 
     The function made for a record of an int ``Id`` and a nullable string ``Name`` reads::
 
@@ -197,7 +243,7 @@ def record_writer(schema: Mapping[str, Any]) -> RecordWriter | None:
     for number, field in enumerate(schema["fields"]):
         ftype = field["type"]
         nullable = isinstance(ftype, list) and len(ftype) == 2 and ftype[0] == "null"
-        found = _plain_writer(ftype[1] if nullable else ftype)
+        found = _plain_writer(ftype[1] if nullable else ftype, wall_zone)
         if found is None:
             return None
         name, function = found

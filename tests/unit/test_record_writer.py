@@ -24,7 +24,7 @@ from queuestream.errors import EncodingError
 from queuestream.tables import TABLES
 from schemas.avro import AvroCodec, row_schema
 from schemas.avro.envelope import EnvelopeEncoder
-from schemas.avro.record_writer import Unhandled, record_writer, varint
+from schemas.avro.record_writer import Unhandled, record_writer, varint, wall_micros
 from tests.unit.test_codec import SOURCE as _SOURCE
 
 _codec = AvroCodec("exigo")
@@ -190,3 +190,63 @@ def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
     with pytest.raises(EncodingError) as refused:
         _FAST["payments"].encode_row(row)
     assert refused.value.column == "PaymentID"
+
+
+_WALL_ZONES = [
+    UTC,
+    ZoneInfo("America/New_York"),
+    ZoneInfo("Europe/Berlin"),
+    ZoneInfo("Australia/Lord_Howe"),  # a 30-minute daylight saving shift
+    ZoneInfo("Asia/Kolkata"),
+    timezone(timedelta(hours=-3)),
+]
+#: Wall times all over the calendar, and around the daylight saving changes of 2026.
+_WALL = st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),  # noqa: DTZ001
+    st.datetimes(
+        min_value=datetime(2026, 3, 1),  # noqa: DTZ001
+        max_value=datetime(2026, 4, 30),  # noqa: DTZ001
+    ),
+    st.datetimes(
+        min_value=datetime(2026, 10, 1),  # noqa: DTZ001
+        max_value=datetime(2026, 11, 30),  # noqa: DTZ001
+    ),
+    st.sampled_from(
+        [
+            datetime(2026, 11, 1, 1, 30),  # noqa: DTZ001  # New York's repeated hour
+            datetime(2026, 11, 1, 1, 30, fold=1),  # noqa: DTZ001
+            datetime(2026, 3, 8, 2, 30),  # noqa: DTZ001  # New York's missing hour
+            datetime(2026, 10, 25, 2, 30),  # noqa: DTZ001  # Berlin's repeated hour
+            datetime(2026, 4, 5, 1, 45),  # noqa: DTZ001  # Lord Howe's repeated half hour
+        ]
+    ),
+)
+
+
+@pytest.mark.parametrize("table", ["orders", "payments"])
+@pytest.mark.parametrize("zone", _WALL_ZONES, ids=str)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_naive_wall_times_encode_as_their_aware_selves(
+    table: str, zone: Any, data: st.DataObject
+) -> None:
+    """A producer's rows carry the source's naive wall times: written with the zone, they are
+    byte for byte what fastavro writes of ``value.replace(tzinfo=zone)``."""
+    row = data.draw(_rows(table, odd=False))
+    stamps = [f["name"] for f in row_schema(table)["fields"] if "timestamp" in str(f["type"])]
+    for name in stamps:
+        if row[name] is not None or data.draw(st.booleans()):
+            row[name] = data.draw(_WALL)
+    aware = {
+        k: v.replace(tzinfo=zone) if isinstance(v, datetime) and v.tzinfo is None else v
+        for k, v in row.items()
+    }
+    wall = _codec.envelope_encoder(table, _SOURCE, 0, "r", wall_zone=zone)
+    assert _outcome(wall, row) == _outcome(_reference(table), aware)
+    for name in stamps:
+        value = row[name]
+        if value is not None:
+            assert wall_micros(value, zone) == wall_micros(aware[name], UTC)
+            assert wall_micros(value, zone) == (aware[name] - datetime(1970, 1, 1, tzinfo=UTC)) // (
+                timedelta(microseconds=1)
+            )
