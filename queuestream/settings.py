@@ -37,6 +37,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,6 +53,7 @@ from sqlalchemy.exc import ArgumentError
 from queuestream.errors import ConfigurationError, SettingsFileError
 from queuestream.retry import Backoff
 from queuestream.secrets import hide_secrets, read_secret, with_password
+from queuestream.sqlserver import sqlserver_url
 
 __all__ = [
     "DEFAULT_BOOTSTRAP_SERVERS",
@@ -109,17 +111,19 @@ class Settings(BaseSettings):
     # --- source ---------------------------------------------------------------
     source_url: str = Field(
         DEFAULT_SOURCE_URL,
-        description="SQLAlchemy URL of the sync database (SQLite file or PostgreSQL).",
+        description="SQLAlchemy URL of the sync database (SQLite file, PostgreSQL, or "
+        "SQL Server: mssql://, read through mssql-python).",
     )
     source_timezone: str = Field(
         "UTC",
         description="IANA time zone the source stamps CreatedDate/ModifiedDate in "
-        "(Exigo stamps local time), e.g. America/Chicago.",
+        "(Exigo stamps local time), e.g. America/Chicago; required for SQL Server.",
     )
     refresh_mode: Literal["watermark", "procedure"] = Field(
         "watermark",
         description="'watermark': queuestream freezes the changed rows itself; "
-        "'procedure': run the source's own refresh statement and read its queue tables.",
+        "'procedure': run the source's own refresh statement and read its queue tables "
+        "(the default for a SQL Server source).",
     )
     refresh_statement: str = Field(
         DEFAULT_REFRESH_STATEMENT,
@@ -280,19 +284,56 @@ class Settings(BaseSettings):
 
     @field_validator("source_url", "target_url")
     @classmethod
-    def _database_url(cls, value: str | None) -> str | None:
+    def _database_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         # The value is not repeated: it may hold a password.
         if value is None:
             return value
         try:
-            backend = make_url(value).get_backend_name()
+            url = make_url(value)
+            backend = url.get_backend_name()
         except (ArgumentError, ValueError):
             msg = "not a database URL: use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
             raise ValueError(msg) from None
+        if backend == "mssql" and info.field_name == "source_url":
+            try:
+                sqlserver_url(url)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
+            return value
+        if backend == "mssql":
+            msg = (
+                "SQL Server is supported as a source only (source_url): a target runs on "
+                "sqlite:/// or postgresql://"
+            )
+            raise ValueError(msg)
         if backend not in ("sqlite", "postgresql"):
-            msg = f"unsupported database {backend!r}: use sqlite:/// or postgresql://"
+            msg = f"unsupported database {backend!r}: use sqlite:///, postgresql:// or mssql://"
             raise ValueError(msg)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sqlserver_runs_its_procedure(cls, data: Any) -> Any:
+        """A SQL Server source is Exigo's sync database: unless told otherwise, run its own
+        ``EXEC queue.Refresh`` (procedure mode) rather than freezing rows ourselves."""
+        if (
+            isinstance(data, dict)
+            and _is_sqlserver(data.get("source_url"))
+            and data.get("refresh_mode") is None
+        ):
+            return {**data, "refresh_mode": "procedure"}
+        return data
+
+    @model_validator(mode="after")
+    def _sqlserver_zone_named(self) -> Settings:
+        if _is_sqlserver(self.source_url) and "source_timezone" not in self.model_fields_set:
+            msg = (
+                "a SQL Server source stamps CreatedDate/ModifiedDate in the server's local "
+                "time: set source_timezone to the server's zone, an IANA name such as "
+                "America/Chicago (UTC only if the server's clock runs in UTC)"
+            )
+            raise ValueError(msg)
+        return self
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -384,6 +425,15 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+
+def _is_sqlserver(url: object) -> bool:
+    if not isinstance(url, str):
+        return False
+    try:
+        return make_url(url).get_backend_name() == "mssql"
+    except (ArgumentError, ValueError):
+        return False  # the field's own validator names the problem
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
