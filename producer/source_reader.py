@@ -34,6 +34,7 @@ from producer.sqlserver_source import (
     check_sqlserver_source,
     column_problem,
     key_after,
+    run_procedure,
 )
 from queuestream.databases import describe_url, is_postgres, retriable_outages
 from queuestream.errors import ConfigurationError, SourceSchemaError
@@ -201,7 +202,10 @@ class SourceReader:
         log.info("running the source's refresh: %s %s", statement, params or "")
         try:
             with retriable_outages(self.engine), self.engine.begin() as conn:
-                conn.execute(sa.text(statement), params)
+                if self._sqlserver is not None:
+                    run_procedure(conn, statement, params)
+                else:
+                    conn.execute(sa.text(statement), params)
         except sa.exc.DBAPIError as exc:  # not an outage: the source rejects the statement
             msg = f"the refresh statement {statement!r} failed: {exc.orig}; check refresh_statement"
             raise ConfigurationError(msg) from None

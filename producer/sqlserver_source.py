@@ -18,6 +18,10 @@
   SERVER STATE (SQL Server 2019 and before) or VIEW SERVER PERFORMANCE STATE (2022
   on), or VIEW DATABASE STATE on Azure SQL Database; without it the bound stays
   ``settle_seconds`` behind the server's clock, with one warning.
+* **The refresh procedure** (:func:`run_procedure`): ``EXEC queue.Refresh`` runs with
+  NOCOUNT on, and whatever results it returns are read to the end before the commit:
+  SQL Server runs a procedure only as far as its client reads, and a commit with
+  results pending fails.
 * **Key order** (:func:`key_after`): T-SQL has no row-value comparison
   (``(a, b) > (x, y)``), so the sweep's "after this key" is spelled out.
 """
@@ -47,6 +51,7 @@ __all__ = [
     "column_problem",
     "earliest_utc",
     "key_after",
+    "run_procedure",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,6 +124,22 @@ def key_after(columns: Sequence[sa.ColumnElement[Any]], after: tuple[int, ...]) 
     ):
         condition = sa.or_(column > value, sa.and_(column == value, condition))
     return condition
+
+
+def run_procedure(conn: sa.Connection, statement: str, params: dict[str, Any]) -> int:
+    """Run the refresh ``statement`` (``EXEC queue.Refresh``) with NOCOUNT on, reading every
+    result set it returns; the number of result sets read."""
+    result = conn.execute(sa.text(f"SET NOCOUNT ON; {statement}"), params)
+    cursor = result.cursor  # None once SQLAlchemy has closed it: nothing came back
+    sets = 0
+    while cursor is not None:
+        if cursor.description is not None:
+            cursor.fetchall()
+            sets += 1
+        if not cursor.nextset():
+            break
+    result.close()
+    return sets
 
 
 def check_sqlserver_source(engine: sa.Engine, settings: Settings) -> None:

@@ -39,11 +39,14 @@ from producer.sqlserver_source import (
     CLOCK_SQL,
     IN_FLIGHT_SQL,
     SNAPSHOT_ALLOWED_SQL,
+    SqlServerBound,
+    check_sqlserver_source,
     earliest_utc,
     key_after,
+    run_procedure,
 )
 from queuestream.databases import create_engine
-from queuestream.errors import ConfigurationError, EncodingError
+from queuestream.errors import ConfigurationError, EncodingError, SourceSchemaError
 from queuestream.settings import Settings, load_settings
 from queuestream.sqlserver import (
     ContractDecimal,
@@ -522,3 +525,129 @@ def test_the_refresh_statements_bind_since_in_the_driver_style() -> None:
         assert str(sa.text(settings.refresh_statement).compile(dialect=DIALECTS[driver])) == (
             "EXEC queue.Refresh"
         )
+
+
+class _Cursor:
+    """A DB-API cursor holding the result sets a procedure returned (None: a row count)."""
+
+    def __init__(self, sets: list[list[tuple[int]] | None]) -> None:
+        self.sets = sets
+        self.read: list[list[tuple[int]]] = []
+
+    @property
+    def description(self) -> Any:
+        return None if self.sets[0] is None else [("n",)]
+
+    def fetchall(self) -> list[tuple[int]]:
+        rows = self.sets[0] or []
+        self.read.append(rows)
+        return rows
+
+    def nextset(self) -> bool:
+        self.sets.pop(0)
+        return bool(self.sets)
+
+
+def test_the_refresh_procedure_runs_without_counts_and_is_read_to_its_end() -> None:
+    cursor = _Cursor([[(1,)], None, [(2,), (3,)]])
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    class _Conn:
+        def execute(self, statement: sa.TextClause, params: dict[str, Any]) -> Any:
+            sent.append((str(statement.compile(dialect=DIALECTS["mssqlpython"])), params))
+            return SimpleNamespace(cursor=cursor, close=lambda: None)
+
+    since = {"since": _local(2017, 1, 1)}
+    assert run_procedure(cast("sa.Connection", _Conn()), "EXEC queue.Refresh :since", since) == 2
+    assert sent == [("SET NOCOUNT ON; EXEC queue.Refresh %(since)s", since)]
+    assert cursor.read == [[(1,)], [(2,), (3,)]]
+    nothing = SimpleNamespace(cursor=None, close=lambda: None)  # no result: SQLAlchemy closed it
+
+    class _Quiet:
+        def execute(self, statement: sa.TextClause, params: dict[str, Any]) -> Any:
+            return nothing
+
+    assert run_procedure(cast("sa.Connection", _Quiet()), "EXEC queue.Refresh", {}) == 0
+
+
+class _Server:
+    """An engine whose connections answer the safe-bound and check queries as given."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.answers = answers
+        self.url = make_url(URL)
+        self.asked: list[str] = []
+
+    def connect(self) -> _Server:
+        return self
+
+    def execution_options(self, **options: Any) -> _Server:
+        assert options == {"isolation_level": "AUTOCOMMIT"}
+        return self
+
+    def __enter__(self) -> _Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def execute(self, statement: sa.TextClause) -> Any:
+        name = {CLOCK_SQL: "clock", IN_FLIGHT_SQL: "oldest", SNAPSHOT_ALLOWED_SQL: "snapshot"}[
+            statement
+        ]
+        self.asked.append(name)
+        answer = self.answers[name]
+        return SimpleNamespace(one=lambda: answer, scalar=lambda: answer)
+
+
+def _bound(server: _Server, **settings: Any) -> datetime:
+    values = {"source_url": URL, "source_timezone": "America/Chicago", **settings}
+    return SqlServerBound(cast("sa.Engine", server), Settings(**values)).safe_end()
+
+
+def test_the_bound_is_the_oldest_transaction_in_flight_less_the_allowance() -> None:
+    now = _local(2026, 7, 1, 17, 0, 0, 123456)  # SYSUTCDATETIME(): UTC, naive
+    server = _Server(clock=(now, -300, 1), oldest=_local(2026, 7, 1, 11, 59, 0, 3000))
+    assert _bound(server) == datetime(2026, 7, 1, 16, 58, 59, 0, UTC)
+    assert server.asked == ["clock", "oldest"]
+    idle = _Server(clock=(now, -300, 1), oldest=None)
+    assert _bound(idle, pg_clock_allowance_seconds=0) == datetime(2026, 7, 1, 17, 0, 0, 120000, UTC)
+
+
+def test_a_transaction_open_in_the_repeated_hour_bounds_at_its_earlier_reading() -> None:
+    now = _local(2026, 11, 1, 7, 40)  # 01:40 CST, the second time 01:40 came
+    server = _Server(clock=(now, -360, 1), oldest=_local(2026, 11, 1, 1, 35))
+    # 01:35 could be 06:35Z (CDT) or 07:35Z (CST): the bound takes the earlier.
+    assert _bound(server, pg_clock_allowance_seconds=0) == datetime(2026, 11, 1, 6, 35, tzinfo=UTC)
+
+
+def test_without_view_server_state_the_bound_stays_settle_seconds_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = _Server(clock=(_local(2026, 7, 1, 17, 0, 0, 123456), -300, 0))
+    assert _bound(server, settle_seconds=5) == datetime(2026, 7, 1, 16, 59, 55, 120000, UTC)
+    assert server.asked == ["clock"]  # the transaction views would refuse this login
+    assert "GRANT VIEW SERVER STATE" in caplog.text
+
+
+def test_the_server_clock_must_run_in_source_timezone() -> None:
+    now = _local(2026, 7, 1, 17, 0)
+    settings = Settings(source_url=URL, source_timezone="America/Chicago")
+    check_sqlserver_source(cast("sa.Engine", _Server(clock=(now, -300, 1))), settings)
+    with pytest.raises(SourceSchemaError, match=r"UTC-05:00 now.*runs at UTC\+00:00"):
+        check_sqlserver_source(cast("sa.Engine", _Server(clock=(now, 0, 1))), settings)
+    # In winter Chicago is UTC-6: the check compares the offsets in force now.
+    winter = _Server(clock=(_local(2026, 1, 15, 17, 0), -360, 1))
+    check_sqlserver_source(cast("sa.Engine", winter), settings)
+
+
+def test_watermark_mode_needs_snapshot_isolation_allowed() -> None:
+    clock = (_local(2026, 7, 1, 17, 0), -300, 1)
+    settings = Settings(source_url=URL, source_timezone="America/Chicago", refresh_mode="watermark")
+    check_sqlserver_source(cast("sa.Engine", _Server(clock=clock, snapshot=1)), settings)
+    with pytest.raises(SourceSchemaError, match="ALLOW_SNAPSHOT_ISOLATION ON"):
+        check_sqlserver_source(cast("sa.Engine", _Server(clock=clock, snapshot=0)), settings)
+    procedure = Settings(source_url=URL, source_timezone="America/Chicago")
+    server = _Server(clock=clock)
+    check_sqlserver_source(cast("sa.Engine", server), procedure)
+    assert server.asked == ["clock"]
