@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from producer.events import EventBuilder, RefreshContext
 from producer.partitioning import CustomerPartitioner
 from producer.sensitive import ColumnPolicy
-from producer.source_reader import ChangedRow, FrozenSnapshot
+from producer.source_reader import ChangedRow, FrozenSnapshot, SourceReader
 from producer.sqlserver_source import (
     CLOCK_SQL,
     IN_FLIGHT_SQL,
@@ -651,3 +651,43 @@ def test_watermark_mode_needs_snapshot_isolation_allowed() -> None:
     server = _Server(clock=clock)
     check_sqlserver_source(cast("sa.Engine", server), procedure)
     assert server.asked == ["clock"]
+
+
+class _Snapshots:
+    """An mssql engine that records the isolation level each snapshot is taken in."""
+
+    def __init__(self) -> None:
+        self.dialect = DIALECTS["mssqlpython"]
+        self.url = make_url(URL)
+        self.levels: list[str | None] = []
+        self._level: str | None = None
+
+    def connect(self) -> _Snapshots:
+        self._level = None
+        return self
+
+    def execution_options(self, isolation_level: str) -> _Snapshots:
+        self._level = isolation_level
+        return self
+
+    def begin(self) -> _Snapshots:
+        self.levels.append(self._level)
+        return self
+
+    def __enter__(self) -> _Snapshots:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("mode", "level"), [("watermark", "SNAPSHOT"), ("procedure", None)])
+def test_watermark_mode_reads_in_a_snapshot_procedure_mode_in_read_committed(
+    mode: str, level: str | None
+) -> None:
+    engine = _Snapshots()
+    settings = Settings(source_url=URL, source_timezone="America/Chicago", refresh_mode=mode)
+    reader = SourceReader(cast("sa.Engine", engine), settings)
+    with reader.frozen() as snapshot:
+        assert isinstance(snapshot, FrozenSnapshot)
+    assert engine.levels == [level]  # None: the database's default, READ COMMITTED
