@@ -17,7 +17,7 @@ settings are built; a missing or empty one is a ConfigurationError naming the
 setting and the path, never the content. The settings' repr shows neither those
 values nor the passwords in URLs or in ``kafka`` (:mod:`queuestream.secrets`).
 
-The module is a little over 400 lines because it is the one list of every setting,
+The module is over 400 lines because it is the one list of every setting,
 each with its default, validation and description: it reads better whole.
 """
 
@@ -53,7 +53,12 @@ from sqlalchemy.exc import ArgumentError
 from queuestream.errors import ConfigurationError, SettingsFileError
 from queuestream.retry import Backoff
 from queuestream.secrets import hide_secrets, read_secret, with_password
-from queuestream.sqlserver import sqlserver_url
+from queuestream.sqlserver import (
+    SQLSERVER_ZONE_REQUIRED,
+    check_sqlserver_url,
+    is_sqlserver_url,
+    sqlserver_defaults,
+)
 
 __all__ = [
     "DEFAULT_BOOTSTRAP_SERVERS",
@@ -294,18 +299,12 @@ class Settings(BaseSettings):
         except (ArgumentError, ValueError):
             msg = "not a database URL: use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
             raise ValueError(msg) from None
-        if backend == "mssql" and info.field_name == "source_url":
+        if backend == "mssql":
             try:
-                sqlserver_url(url)
+                check_sqlserver_url(url, source=info.field_name == "source_url")
             except ConfigurationError as exc:
                 raise ValueError(str(exc)) from None
             return value
-        if backend == "mssql":
-            msg = (
-                "SQL Server is supported as a source only (source_url): a target runs on "
-                "sqlite:/// or postgresql://"
-            )
-            raise ValueError(msg)
         if backend not in ("sqlite", "postgresql"):
             msg = f"unsupported database {backend!r}: use sqlite:///, postgresql:// or mssql://"
             raise ValueError(msg)
@@ -313,26 +312,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _sqlserver_runs_its_procedure(cls, data: Any) -> Any:
-        """A SQL Server source is Exigo's sync database: unless told otherwise, run its own
-        ``EXEC queue.Refresh`` (procedure mode) rather than freezing rows ourselves."""
-        if (
-            isinstance(data, dict)
-            and _is_sqlserver(data.get("source_url"))
-            and data.get("refresh_mode") is None
-        ):
-            return {**data, "refresh_mode": "procedure"}
-        return data
+    def _sqlserver_defaults(cls, data: Any) -> Any:
+        return sqlserver_defaults(data)
 
     @model_validator(mode="after")
     def _sqlserver_zone_named(self) -> Settings:
-        if _is_sqlserver(self.source_url) and "source_timezone" not in self.model_fields_set:
-            msg = (
-                "a SQL Server source stamps CreatedDate/ModifiedDate in the server's local "
-                "time: set source_timezone to the server's zone, an IANA name such as "
-                "America/Chicago (UTC only if the server's clock runs in UTC)"
-            )
-            raise ValueError(msg)
+        if is_sqlserver_url(self.source_url) and "source_timezone" not in self.model_fields_set:
+            raise ValueError(SQLSERVER_ZONE_REQUIRED)
         return self
 
     @field_validator("kafka_bootstrap_servers")
@@ -425,15 +411,6 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
-
-
-def _is_sqlserver(url: object) -> bool:
-    if not isinstance(url, str):
-        return False
-    try:
-        return make_url(url).get_backend_name() == "mssql"
-    except (ArgumentError, ValueError):
-        return False  # the field's own validator names the problem
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

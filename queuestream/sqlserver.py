@@ -10,7 +10,9 @@ other drivers are refused. A bare ``mssql://`` URL means ``mssql+mssqlpython://`
 
 A SQL Server database is a *source* only: queuestream never writes one (the simulator,
 the targets and every writer engine refuse it), as the sync database is read, never
-written.
+written. The settings check its URL before anything connects
+(:func:`check_sqlserver_url`), default it to procedure mode (:func:`sqlserver_defaults`)
+and require ``source_timezone``.
 
 How Exigo's column types reach the contract (``schemas/avro``):
 
@@ -46,20 +48,25 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
+from sqlalchemy.engine import make_url
 
 from queuestream.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_DRIVER",
     "DRIVERS",
+    "SQLSERVER_ZONE_REQUIRED",
     "ContractDecimal",
     "SqlServerDriver",
+    "check_sqlserver_url",
     "column_type_problem",
     "contract_decimal",
     "create_sqlserver_engine",
     "datetime_bound",
     "is_sqlserver",
+    "is_sqlserver_url",
     "require_driver",
+    "sqlserver_defaults",
     "sqlserver_url",
 ]
 
@@ -101,6 +108,48 @@ def sqlserver_url(url: sa.URL) -> sa.URL:
         )
         raise ConfigurationError(msg)
     return url.set(drivername=f"mssql+{driver}")
+
+
+def check_sqlserver_url(url: sa.URL, *, source: bool) -> None:
+    """Raise ConfigurationError unless ``url`` may be used: a source, with a supported
+    driver (settings check this before anything connects)."""
+    if not source:
+        msg = (
+            "SQL Server is supported as a source only (source_url): a target runs on "
+            "sqlite:/// or postgresql://"
+        )
+        raise ConfigurationError(msg)
+    sqlserver_url(url)
+
+
+def is_sqlserver_url(url: object) -> bool:
+    """Is ``url`` (a setting's raw value) a SQL Server URL?"""
+    if not isinstance(url, str):
+        return False
+    try:
+        return make_url(url).get_backend_name() == "mssql"
+    except (sa.exc.ArgumentError, ValueError):
+        return False  # the setting's own validator names the problem
+
+
+SQLSERVER_ZONE_REQUIRED = (
+    "a SQL Server source stamps CreatedDate/ModifiedDate in the server's local time: set "
+    "source_timezone to the server's zone, an IANA name such as America/Chicago (UTC only if "
+    "the server's clock runs in UTC)"
+)
+
+
+def sqlserver_defaults(data: Any) -> Any:
+    """Raw settings ``data`` with SQL Server's defaults: a SQL Server source is Exigo's sync
+    database, so unless told otherwise it runs its own ``EXEC queue.Refresh`` (procedure
+    mode) rather than queuestream freezing rows itself."""
+    if (
+        isinstance(data, dict)
+        and is_sqlserver_url(data.get("source_url"))
+        and data.get("refresh_mode") is None
+    ):
+        return {**data, "refresh_mode": "procedure"}
+    return data
 
 
 def require_driver(url: sa.URL) -> None:
