@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -115,3 +116,23 @@ def test_sql_server_urls_are_checked(overrides: dict[str, str], expected: str) -
     with pytest.raises(ConfigurationError, match=expected) as caught:
         load_settings(None, source_timezone="UTC", **overrides)
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mssql_python") is not None,
+    reason="mssql-python is installed here: the missing-driver error cannot happen",
+)
+def test_the_command_prints_what_to_install_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from queuestream.cli import main
+
+    monkeypatch.setenv("QUEUESTREAM_SOURCE_TIMEZONE", "America/Chicago")
+    monkeypatch.setattr(sys, "argv", ["queuestream", "--source", URL, "refresh"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "ConfigurationError: the SQL Server driver mssql_python cannot be imported" in err
+    assert "pip install 'queuestream[mssql]'" in err  # brackets are not markup to the console
+    assert "s3cret" not in err
