@@ -32,7 +32,8 @@ How Exigo's column types reach the contract (``schemas/avro``):
 * NVARCHAR, NCHAR, VARCHAR, CHAR, NTEXT, TEXT: a str. NVARCHAR is UTF-16 and accepts a
   lone surrogate, which no UTF-8 string can hold: the encoder refuses it, naming the column.
 * BIT: a bool; where the contract has an int, it is written as 0 or 1.
-* INT, SMALLINT, TINYINT (and BIGINT, whose values past 32 bits are refused per row).
+* INT, SMALLINT, TINYINT. BIGINT is refused: the contract's int has 32 bits (and the
+  encoder would write a larger value into it rather than refuse it).
 
 :func:`column_type_problem` holds the accepted pairs; the producer checks every column
 against it before its first refresh.
@@ -232,8 +233,8 @@ _ACCEPTED: tuple[tuple[type[sa.types.TypeEngine[Any]], tuple[type[Any], ...], st
     ),
     (
         sa.Integer,
-        (sa.INTEGER, sa.SMALLINT, mssql.TINYINT, sa.BIGINT, mssql.BIT),
-        "INT, SMALLINT, TINYINT, BIGINT or BIT",
+        (sa.INTEGER, sa.SMALLINT, mssql.TINYINT, mssql.BIT),
+        "INT, SMALLINT, TINYINT or BIT (the contract's int has 32 bits)",
     ),
     (
         sa.String,

@@ -212,6 +212,7 @@ def test_window_bounds_fall_on_times_datetime_holds_exactly() -> None:
         ("Amount", reflected_type(mssql.REAL), "it is REAL"),
         ("PaymentTypeID", mssql.BIT(), None),
         ("PaymentTypeID", mssql.TINYINT(), None),
+        ("PaymentTypeID", sa.BIGINT(), "it is BIGINT; the contract needs INT"),
         ("PaymentTypeID", sa.VARCHAR(10), "it is VARCHAR(10)"),
         ("Memo", sa.NVARCHAR(200), None),
         ("Memo", mssql.NTEXT(), None),
