@@ -10,6 +10,9 @@ Two modes (``refresh_mode``):
 * ``procedure``: the source has its own refresh (Exigo's ``EXEC queue.Refresh``)
   that fills ``queue.*`` tables; queuestream runs the configured statement and
   reads those tables as they are.
+
+Where SQL Server differs (its snapshot isolation, its safe bound, its checks, key
+order without row values) :mod:`producer.sqlserver_source` says how.
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
+from producer.sqlserver_source import (
+    SNAPSHOT,
+    SqlServerBound,
+    check_sqlserver_source,
+    column_problem,
+    key_after,
+    run_procedure,
+)
 from queuestream.databases import describe_url, is_postgres, retriable_outages
 from queuestream.errors import ConfigurationError, SourceSchemaError
 from queuestream.settings import Settings
+from queuestream.sqlserver import is_sqlserver
 from queuestream.sync_schema import Base, to_source_local
 from queuestream.tables import TABLES, TableSpec
 
@@ -81,10 +93,15 @@ def _check_table(
         )
         msg = f"the sync database {where} has no table {name} ({mode} mode reads it): {hint}"
         raise SourceSchemaError(msg)
-    present = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+    reflected = {c["name"]: c["type"] for c in inspector.get_columns(table.name, schema=schema)}
+    present = set(reflected)
     folded = {c.lower(): c for c in present}
     for column in table.columns:
         if column.name in present:
+            if is_sqlserver(engine):
+                problem = column_problem(name, column.name, column.type, reflected[column.name])
+                if problem is not None:
+                    raise problem
             continue
         near = folded.get(column.name.lower())
         also = f" (it has {near!r}: names must match exactly)" if near else ""
@@ -108,6 +125,7 @@ class SourceReader:
         self.settings = settings
         self.zone = settings.zone
         self._warned_hidden = False
+        self._sqlserver = SqlServerBound(engine, settings) if is_sqlserver(engine) else None
 
     def check_schema(self) -> None:
         """Stop with one line naming the first table or column the refresh needs but the
@@ -123,6 +141,8 @@ class SourceReader:
                 needed += [(queue, Base.metadata.tables[spec.source]) for spec in TABLES]
             for schema, table in needed:
                 _check_table(inspector, schema, table, self.engine, self.settings.refresh_mode)
+        if self._sqlserver is not None:
+            check_sqlserver_source(self.engine, self.settings)
 
     def safe_end(self) -> datetime:
         """A bound before which every change is already visible (aware, UTC).
@@ -130,6 +150,8 @@ class SourceReader:
         Computed *before* the snapshot is taken, so that no transaction in flight
         now can commit a row stamped below it that the snapshot misses.
         """
+        if self._sqlserver is not None:
+            return self._sqlserver.safe_end()
         if is_postgres(self.engine):
             with (
                 retriable_outages(self.engine),
@@ -163,6 +185,8 @@ class SourceReader:
             snapshot_conn = conn
             if is_postgres(self.engine):
                 snapshot_conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            elif self._sqlserver is not None and self.settings.refresh_mode == "watermark":
+                snapshot_conn = conn.execution_options(isolation_level=SNAPSHOT)
             with snapshot_conn.begin():
                 if is_postgres(self.engine):
                     snapshot_conn.exec_driver_sql("SET TRANSACTION READ ONLY")
@@ -178,7 +202,10 @@ class SourceReader:
         log.info("running the source's refresh: %s %s", statement, params or "")
         try:
             with retriable_outages(self.engine), self.engine.begin() as conn:
-                conn.execute(sa.text(statement), params)
+                if self._sqlserver is not None:
+                    run_procedure(conn, statement, params)
+                else:
+                    conn.execute(sa.text(statement), params)
         except sa.exc.DBAPIError as exc:  # not an outage: the source rejects the statement
             msg = f"the refresh statement {statement!r} failed: {exc.orig}; check refresh_statement"
             raise ConfigurationError(msg) from None
@@ -275,6 +302,8 @@ class FrozenSnapshot:
         if after is not None:
             if len(columns) == 1:
                 query = query.where(columns[0] > after[0])
+            elif self.conn.dialect.name == "mssql":  # T-SQL has no row-value comparison
+                query = query.where(key_after(columns, after))
             else:
                 query = query.where(sa.tuple_(*columns) > sa.tuple_(*after))
         with retriable_outages(self.conn.engine):

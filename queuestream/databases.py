@@ -1,4 +1,5 @@
-"""SQLAlchemy engines for the sync database and the targets (SQLite or PostgreSQL).
+"""SQLAlchemy engines for the sync database and the targets (SQLite or PostgreSQL), and
+for a sync database on SQL Server (read only: :mod:`queuestream.sqlserver`).
 
 SQLite engines run in WAL mode and start every transaction with an explicit
 BEGIN, so that a read transaction is a real snapshot (pysqlite otherwise opens
@@ -33,6 +34,7 @@ from sqlalchemy.engine import make_url
 
 from queuestream.errors import ConfigurationError, DatabaseUnavailableError, QueuestreamError
 from queuestream.failures import database_failure, database_unreachable
+from queuestream.sqlserver import create_sqlserver_engine
 
 __all__ = [
     "create_engine",
@@ -78,7 +80,12 @@ def create_engine(url: str, *, writer: bool = False, **kwargs: Any) -> sa.Engine
         engine = sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
         _quiet_lost_connection_cleanup(engine)
         return engine
-    msg = f"unsupported database {backend!r} in {describe_url(parsed)}: use sqlite:/// or postgresql://"
+    if backend == "mssql":
+        return create_sqlserver_engine(parsed, writer=writer, **kwargs)
+    msg = (
+        f"unsupported database {backend!r} in {describe_url(parsed)}: use sqlite:///, "
+        "postgresql:// or (a source only) mssql://"
+    )
     raise ConfigurationError(msg)
 
 

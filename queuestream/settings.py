@@ -17,7 +17,7 @@ settings are built; a missing or empty one is a ConfigurationError naming the
 setting and the path, never the content. The settings' repr shows neither those
 values nor the passwords in URLs or in ``kafka`` (:mod:`queuestream.secrets`).
 
-The module is a little over 400 lines because it is the one list of every setting,
+The module is over 400 lines because it is the one list of every setting,
 each with its default, validation and description: it reads better whole.
 """
 
@@ -37,6 +37,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,6 +53,12 @@ from sqlalchemy.exc import ArgumentError
 from queuestream.errors import ConfigurationError, SettingsFileError
 from queuestream.retry import Backoff
 from queuestream.secrets import hide_secrets, read_secret, with_password
+from queuestream.sqlserver import (
+    SQLSERVER_ZONE_REQUIRED,
+    check_sqlserver_url,
+    is_sqlserver_url,
+    sqlserver_defaults,
+)
 
 __all__ = [
     "DEFAULT_BOOTSTRAP_SERVERS",
@@ -109,17 +116,19 @@ class Settings(BaseSettings):
     # --- source ---------------------------------------------------------------
     source_url: str = Field(
         DEFAULT_SOURCE_URL,
-        description="SQLAlchemy URL of the sync database (SQLite file or PostgreSQL).",
+        description="SQLAlchemy URL of the sync database (SQLite file, PostgreSQL, or "
+        "SQL Server: mssql://, read through mssql-python).",
     )
     source_timezone: str = Field(
         "UTC",
         description="IANA time zone the source stamps CreatedDate/ModifiedDate in "
-        "(Exigo stamps local time), e.g. America/Chicago.",
+        "(Exigo stamps local time), e.g. America/Chicago; required for SQL Server.",
     )
     refresh_mode: Literal["watermark", "procedure"] = Field(
         "watermark",
         description="'watermark': queuestream freezes the changed rows itself; "
-        "'procedure': run the source's own refresh statement and read its queue tables.",
+        "'procedure': run the source's own refresh statement and read its queue tables "
+        "(the default for a SQL Server source).",
     )
     refresh_statement: str = Field(
         DEFAULT_REFRESH_STATEMENT,
@@ -280,19 +289,37 @@ class Settings(BaseSettings):
 
     @field_validator("source_url", "target_url")
     @classmethod
-    def _database_url(cls, value: str | None) -> str | None:
+    def _database_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         # The value is not repeated: it may hold a password.
         if value is None:
             return value
         try:
-            backend = make_url(value).get_backend_name()
+            url = make_url(value)
+            backend = url.get_backend_name()
         except (ArgumentError, ValueError):
             msg = "not a database URL: use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
             raise ValueError(msg) from None
+        if backend == "mssql":
+            try:
+                check_sqlserver_url(url, source=info.field_name == "source_url")
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
+            return value
         if backend not in ("sqlite", "postgresql"):
-            msg = f"unsupported database {backend!r}: use sqlite:/// or postgresql://"
+            msg = f"unsupported database {backend!r}: use sqlite:///, postgresql:// or mssql://"
             raise ValueError(msg)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sqlserver_defaults(cls, data: Any) -> Any:
+        return sqlserver_defaults(data)
+
+    @model_validator(mode="after")
+    def _sqlserver_zone_named(self) -> Settings:
+        if is_sqlserver_url(self.source_url) and "source_timezone" not in self.model_fields_set:
+            raise ValueError(SQLSERVER_ZONE_REQUIRED)
+        return self
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -6,7 +6,10 @@ targets with them, and the simulator (only it) creates and writes them.
 Columns follow Exigo's sync database (CustomerID, OrderStatusID, money as exact
 decimals, ship-to address on the order, CreatedDate/ModifiedDate on every row).
 Dates are stored naive, in the source's local time zone, as Exigo does; the
-``source_timezone`` setting says which zone that is.
+``source_timezone`` setting says which zone that is. On SQL Server the money
+columns are read through :func:`queuestream.sqlserver.contract_decimal` (MONEY's
+four decimals brought to the contract's scale when exact); the other databases
+read the same types as before.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from queuestream.sqlserver import contract_decimal
 from queuestream.tables import TABLES
 
 __all__ = [
@@ -49,9 +53,9 @@ ORDER_STATUS = {
     10: "Shipped",
 }
 
-Money = sa.Numeric(16, 2)
-Price = sa.Numeric(16, 4)
-Qty = sa.Numeric(12, 4)
+Money = contract_decimal(16, 2)
+Price = contract_decimal(16, 4)
+Qty = contract_decimal(12, 4)
 
 
 class Base(DeclarativeBase):

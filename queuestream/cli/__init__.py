@@ -30,6 +30,7 @@ import sys
 from typing import NoReturn
 
 import typer
+from rich.markup import escape
 
 from queuestream.cli.consumer_commands import consume, verify
 from queuestream.cli.demo_command import demo
@@ -58,7 +59,7 @@ def _stop(exc: QueuestreamError) -> NoReturn:
     """One line, ``Type: message``, and exit status 1 (the traceback too with --traceback)."""
     if state.traceback:
         err_console.print_exception()
-    err_console.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False)
+    err_console.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False)
     sys.exit(1)
 
 
