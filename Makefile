@@ -29,7 +29,7 @@ BENCH_ARGS ?=
 .PHONY: help venv test-deps kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-memory bench-kafka-up bench-kafka-down lint clean distclean
 
 help:
-	@echo "make venv        create .venv and install queuestream[test,dev] (editable)"
+	@echo "make venv        create .venv and install queuestream[test,dev,mssql] (editable)"
 	@echo "make test        run the test suite (starts its own Kafka, PostgreSQL and schema registry;"
 	@echo "                 installs missing system packages first, see make test-deps)"
 	@echo "make test-deps   install what the tests need and is missing (Java, Maven, PostgreSQL,"
@@ -58,7 +58,7 @@ help:
 # Re-installs whenever pyproject.toml changes.
 $(VENV_STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install python3-venv (apt-get install -y python3-venv) or set PYTHON=python3.X" >&2; exit 1; }
-	$(VPY) -m pip install -q -e '.[test,dev]'
+	$(VPY) -m pip install -q -e '.[test,dev,mssql]'
 	@touch $@
 
 venv: $(VENV_STAMP)

@@ -2,7 +2,8 @@
 # Install the system packages that `make lint` and `make test` need and that are missing:
 # make, python3 with venv, Java 17+ (Kafka, its tools, the schema registry), Maven (builds
 # the registry), a PostgreSQL server (tests/services.py runs throwaway clusters) and
-# Debian's chromium (the monitor's web page is tested in it). Used by `make test` and by
+# Debian's chromium (the monitor's web page is tested in it), and the two libraries
+# mssql-python loads (queuestream[mssql], whose unit tests import it). Used by `make test` and by
 # .ci/run, so that both install the same things the same way.
 #
 #   scripts/test-deps.sh          install what is missing (apt-get, as root or through sudo -n)
@@ -45,6 +46,11 @@ java_ok || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 postgres_ok || missing+=(postgresql)
 [[ -x "${QUEUESTREAM_TEST_CHROMIUM:-/usr/bin/chromium}" ]] || missing+=(chromium)
+# queuestream[mssql]: mssql-python's bundled ODBC driver loads these (its unit tests import it).
+if command -v ldconfig >/dev/null 2>&1; then
+    ldconfig -p | grep -q 'libltdl\.so\.7' || missing+=(libltdl7)
+    ldconfig -p | grep -q 'libgssapi_krb5\.so\.2' || missing+=(libgssapi-krb5-2)
+fi
 
 if ((${#missing[@]} == 0)); then
     log "nothing to install"

@@ -6,8 +6,6 @@ not been run against a live server.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 
 import pytest
@@ -17,16 +15,13 @@ from queuestream.databases import create_engine
 from queuestream.errors import ConfigurationError
 from queuestream.settings import load_settings
 from queuestream.sqlserver import sqlserver_url
-from tests.unit.sqlserver_support import URL
+from tests.unit.sqlserver_support import URL, without_module
 
 # -- the driver -------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("mssql_python") is not None,
-    reason="mssql-python is installed here: the missing-driver error cannot happen",
-)
-def test_a_missing_driver_says_what_to_install() -> None:
+def test_a_missing_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_module(monkeypatch, "mssql_python")
     with pytest.raises(ConfigurationError) as caught:
         create_engine(URL)
     message = str(caught.value)
@@ -35,20 +30,14 @@ def test_a_missing_driver_says_what_to_install() -> None:
     assert "s3cret" not in message
 
 
-def test_a_pyodbc_url_that_cannot_load_says_what_it_needs() -> None:
-    try:
-        importlib.import_module("pyodbc")
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pyodbc imports here")
+def test_a_pyodbc_url_that_cannot_load_says_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_module(monkeypatch, "pyodbc")
     with pytest.raises(ConfigurationError, match=r"pyodbc cannot be imported.*ODBC Driver 18"):
         create_engine("mssql+pyodbc://sync@db.internal/exigo")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("mssql_python") is None, reason="needs queuestream[mssql]"
-)
 def test_with_the_driver_an_mssql_url_reads_through_mssql_python() -> None:
     engine = create_engine(URL)
     assert (engine.dialect.name, engine.dialect.driver) == ("mssql", "mssqlpython")
@@ -118,15 +107,12 @@ def test_sql_server_urls_are_checked(overrides: dict[str, str], expected: str) -
     assert "s3cret" not in str(caught.value)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("mssql_python") is not None,
-    reason="mssql-python is installed here: the missing-driver error cannot happen",
-)
 def test_the_command_prints_what_to_install_as_it_is(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from queuestream.cli import main
 
+    without_module(monkeypatch, "mssql_python")
     monkeypatch.setenv("QUEUESTREAM_SOURCE_TIMEZONE", "America/Chicago")
     monkeypatch.setattr(sys, "argv", ["queuestream", "--source", URL, "refresh"])
     with pytest.raises(SystemExit) as stopped:
