@@ -110,6 +110,11 @@ class EnvelopeEncoder:
             for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
             if isinstance(t, dict) and t.get("logicalType") == "decimal"
         ]
+        self._ints = [
+            f["name"]
+            for f in self._row_json["fields"]
+            if "int" in (f["type"] if isinstance(f["type"], list) else [f["type"]])
+        ]
 
     def aware(self, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` with its naive timestamps made aware in the wall zone (a copy when any
@@ -126,8 +131,14 @@ class EnvelopeEncoder:
             return row
         return {**row, **{c: row[c].replace(tzinfo=zone) for c in naive}}
 
-    def _check_decimals(self, row: dict[str, Any]) -> None:
-        """fastavro checks the digits written, not the magnitude (1E+30 passes): check it."""
+    def _check_ranges(self, row: dict[str, Any]) -> None:
+        """What fastavro does not check: a decimal's magnitude (1E+30 passes its digit
+        count) and an ``int`` field's 32 bits (it writes any long there)."""
+        for name in self._ints:
+            value = row.get(name)
+            if isinstance(value, int) and not -(1 << 31) <= value < 1 << 31:
+                reason = f"{value} does not fit the contract's int (32 bits)"
+                raise EncodingError(reason, table=self.table, column=name)
         for name, precision, scale in self._decimals:
             value = row.get(name)
             if value is None:
@@ -158,8 +169,7 @@ class EnvelopeEncoder:
             except (Unhandled, UnicodeError):
                 pass
         row = self.aware(row)
-        if self._decimals:
-            self._check_decimals(row)
+        self._check_ranges(row)
         buffer = self._buffer
         buffer.seek(0)
         buffer.truncate()

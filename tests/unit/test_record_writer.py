@@ -190,6 +190,13 @@ def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
     with pytest.raises(EncodingError) as refused:
         _FAST["payments"].encode_row(row)
     assert refused.value.column == "PaymentID"
+    # Past 32 bits fastavro writes a long where the contract says int: refused too.
+    for value in (2**31, -(2**31) - 1, 2**40):
+        row["PaymentID"] = 7
+        row["OrderID"] = value
+        with pytest.raises(EncodingError, match="32 bits") as refused:
+            _FAST["payments"].encode_row(row)
+        assert refused.value.column == "OrderID"
 
 
 _WALL_ZONES = [
