@@ -21,12 +21,14 @@ from typing import Any
 from bench.errors import BenchError, Deadline
 from bench.rss import PhaseMemory
 from bench.source import timed_refresh
+from queuestream.gc_tuning import tune_for_streaming
 from queuestream.settings import Settings
 
 __all__ = ["in_fresh_process", "refresh_phase"]
 
 
 def _child(send: Connection, verbose: bool, target: Callable[..., Any], *args: Any) -> None:
+    tune_for_streaming()  # as the commands measured do (queuestream.cli.main)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -21,6 +21,7 @@ from bench.errors import BenchError, Deadline
 from bench.output import Progress, err, progress_printer
 from bench.scratch import Prefixes, delete_topics
 from bench.services import check_kafka, resolve_bootstrap
+from queuestream.gc_tuning import tune_for_streaming
 
 __all__ = ["Session", "main_with", "session"]
 
@@ -55,6 +56,7 @@ def main_with(
     print_table: Callable[[dict[str, Any]], None],
 ) -> int:
     """Log to stderr, ``run``, then print the report as JSON or a table; 1 on BenchError."""
+    tune_for_streaming()  # as the commands measured do (queuestream.cli.main)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

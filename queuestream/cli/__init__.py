@@ -41,6 +41,7 @@ from queuestream.cli.producer_commands import produce, refresh, sim, sweep
 from queuestream.cli.recovery_commands import rebuild, replay
 from queuestream.errors import QueuestreamError
 from queuestream.failures import escaped_failure
+from queuestream.gc_tuning import tune_for_streaming
 
 __all__ = ["app", "main"]
 
@@ -64,6 +65,7 @@ def _stop(exc: QueuestreamError) -> NoReturn:
 
 
 def main() -> None:
+    tune_for_streaming()
     try:
         # Without standalone mode click returns a command's typer.Exit code instead of exiting.
         code = app(standalone_mode=False)
