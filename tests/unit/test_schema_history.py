@@ -129,34 +129,36 @@ def _single_object(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
     return SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint_of(schema)) + buffer.getvalue()
 
 
-def _read_back() -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def event() -> dict[str, Any]:
+    """A whole change event, as the current codec reads one back (every field filled in)."""
     codec = AvroCodec("exigo")
-    event = codec.decode("orders", "value", codec.encode("orders", "value", _envelope(_order())))
-    assert event is not None
-    return event
+    read = codec.decode("orders", "value", codec.encode("orders", "value", _envelope(_order())))
+    assert read is not None
+    return read
 
 
-#: A whole change event, as the current codec reads one back (every field filled in).
-EVENT = _read_back()
-
-
-def test_a_newer_writer_is_read_with_its_history_folder(contract: Path) -> None:
+def test_a_newer_writer_is_read_with_its_history_folder(
+    contract: Path, event: dict[str, Any]
+) -> None:
     """A consumer on the released contract reads a newer producer's events once it has
     their history folder; without it, the fingerprint is unknown (a DecodeError)."""
     (contract / "orders.value.avsc").write_text(json.dumps(NEWER))
     record(contract, contract / "history")
-    after = {**EVENT["after"], "GiftMessage": "with love"}
-    data = _single_object(NEWER, {**EVENT, "after": after})
+    after = {**event["after"], "GiftMessage": "with love"}
+    data = _single_object(NEWER, {**event, "after": after})
 
     with pytest.raises(DecodeError, match=f"unknown schema fingerprint {fingerprint_of(NEWER)}"):
         AvroCodec("exigo").decode("orders", "value", data)
 
     codec = AvroCodec("exigo", history=[contract / "history"])
-    assert codec.decode("orders", "value", data) == EVENT  # the reader's shape: no GiftMessage
-    assert codec.decode("orders", "value", data, CHANGE) == project(EVENT, CHANGE)
+    assert codec.decode("orders", "value", data) == event  # the reader's shape: no GiftMessage
+    assert codec.decode("orders", "value", data, CHANGE) == project(event, CHANGE)
 
 
-def test_an_older_writer_is_read_from_the_history(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_older_writer_is_read_from_the_history(
+    monkeypatch: pytest.MonkeyPatch, event: dict[str, Any]
+) -> None:
     """A consumer on a newer contract (a column added) reads the released contract's events:
     their writer schema found by fingerprint in the history, the new column its default."""
     import schemas.avro.codec as codec_module
@@ -166,10 +168,10 @@ def test_an_older_writer_is_read_from_the_history(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(codec_module, "_schema", newer)
     codec = AvroCodec("exigo")
-    data = _single_object(load_schema("orders.value"), EVENT)
+    data = _single_object(load_schema("orders.value"), event)
     assert codec.decode("orders", "value", data) == {
-        **EVENT,
-        "after": {**EVENT["after"], "GiftMessage": None},
+        **event,
+        "after": {**event["after"], "GiftMessage": None},
     }
     projected = codec.decode("orders", "value", data, CHANGE)
     assert projected is not None
