@@ -29,6 +29,7 @@ from schemas.avro.history import (
     incompatibility,
 )
 from schemas.avro.record_history import main, record
+from schemas.avro.schema_files import row_record
 from tests.unit.test_codec import _envelope, _order
 
 RELEASED = history()
@@ -59,9 +60,7 @@ def test_history_holds_only_current_stems() -> None:
 def _with_column(schema: dict[str, Any], column: dict[str, Any]) -> dict[str, Any]:
     """``schema`` (an envelope) with ``column`` appended to its row record."""
     changed = copy.deepcopy(schema)
-    before = next(f for f in changed["fields"] if f["name"] == "before")
-    row = next(b for b in before["type"] if isinstance(b, dict))
-    row["fields"].append(column)
+    row_record(changed)["fields"].append(column)
     return changed
 
 
