@@ -31,6 +31,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from consumers.dead_letters import dlq_topic
 from queuestream.errors import QueuestreamError
 from schemas.avro import AvroCodec
 from tests.helpers import CLI, CLI_TIMEOUT, cli_env, wait_for
@@ -40,7 +41,11 @@ from tests.integration.contract_release import (
     release_env,
     release_with_column,
 )
-from tests.integration.kafka_readback import wait_until_readable
+from tests.integration.kafka_readback import (
+    committed_messages,
+    message_headers,
+    wait_until_readable,
+)
 from tests.integration.pipeline import Pipeline, run_in_thread
 
 GIFT = {"name": "GiftMessage", "type": ["null", "string"], "default": None}
@@ -201,13 +206,24 @@ def test_a_column_added_while_consumers_run(evolving: Pipeline, wire: str, tmp_p
 
     if wire == "single-object":
         # Without the new release's history, the released consumer cannot know the new
-        # writer schema: it stops on the first such event, naming its fingerprint.
+        # writer schema: it stops on the first such event, naming its fingerprint, or
+        # within an error budget sends each one to the dead-letter topic, bytes and all.
+        unaware = f"sqlite:///{tmp_path / 'unaware.db'}"
+        group = f"{pipe.prefix}-unaware"
         with pytest.raises(QueuestreamError, match="unknown schema fingerprint"):
-            pipe.consume(
-                "accounting",
-                f"sqlite:///{tmp_path / 'unaware.db'}",
-                consumer_group=f"{pipe.prefix}-unaware",
+            pipe.consume("accounting", unaware, consumer_group=group)
+        stats = pipe.consume("accounting", unaware, consumer_group=group, max_errors=1000)
+        newer = {w: f for w, (f, _) in old_view.items() if f != released_framing}
+        letters = committed_messages(pipe.bootstrap, [dlq_topic(f"{pipe.prefix}.orders")])
+        assert stats.errors == len(newer) == len(letters) > 0
+        (framing,) = set(newer.values())
+        for letter in letters:
+            headers = message_headers(letter)
+            assert headers["queuestream.errors.class"] == "DecodeError"
+            assert (
+                f"unknown schema fingerprint {framing[4:]}" in headers["queuestream.errors.message"]
             )
+            assert (letter.value() or b"").hex().startswith(framing)  # the event as it was
 
     # 3. A consumer on the new contract reads both versions from the start ...
     _ok(
