@@ -26,7 +26,7 @@ BENCH_KAFKA_HEAP_OPTS ?= -Xms512m -Xmx1g
 BENCH_KAFKA_JVM_OPTS ?= -XX:+UseParallelGC -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true
 BENCH_ARGS ?=
 
-.PHONY: help venv test-deps kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-memory bench-kafka-up bench-kafka-down lint clean distclean
+.PHONY: help venv test-deps kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-memory bench-kafka-up bench-kafka-down lint schema-history clean distclean
 
 help:
 	@echo "make venv        create .venv and install queuestream[test,dev,mssql] (editable)"
@@ -52,6 +52,7 @@ help:
 	@echo "                      10 minutes; RSS growth, lag and errors (BENCH_ARGS=\"--minutes 2 --json\")"
 	@echo "make bench-kafka-down  stop the benchmark's broker"
 	@echo "make lint        ruff + mypy"
+	@echo "make schema-history  record the current .avsc files in schemas/avro/history (after a contract change)"
 	@echo "make clean       stop local services, remove var/ and tool caches (keeps .venv, .cache)"
 	@echo "make distclean   clean + remove .venv and .cache"
 
@@ -131,6 +132,9 @@ lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy $(MYPY_PATHS)
+
+schema-history: venv
+	$(VPY) -m schemas.avro.record_history
 
 clean:
 	@for d in var/kafka/*/; do [ -d "$$d" ] || continue; KAFKA_PORT="$$(basename "$$d")" scripts/kafka-local.sh down || true; done

@@ -154,7 +154,10 @@ class ConsumerRuntime:
         self.metrics = metrics
         self.stop_at = stop_at
         self.member = f"{socket.gethostname()}:{os.getpid()}"
-        self.codec = AvroCodec.from_url(settings.topic_prefix, settings.schema_registry_url)
+        history = [settings.schema_history_dir] if settings.schema_history_dir else []
+        self.codec = AvroCodec.from_url(
+            settings.topic_prefix, settings.schema_registry_url, history
+        )
         self.tables = {topic_for(settings.topic_prefix, t): t for t in target.tables}
         self.topics = {t: topic for topic, t in self.tables.items()}
         self.budget = ErrorBudget(settings.max_errors)

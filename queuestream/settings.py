@@ -200,6 +200,12 @@ class Settings(BaseSettings):
         ),
         description="Confluent-compatible schema registry; unset: Avro single-object encoding.",
     )
+    schema_history_dir: Path | None = Field(
+        None,
+        description="Without a registry: a folder of released writer schemas "
+        "(<stem>/<fingerprint>.avsc, a newer release's schemas/avro/history) with which a "
+        "consumer reads the events of a producer on a newer contract than its own.",
+    )
     publish_attempts: int = Field(
         3, ge=1, description="Attempts to publish one refresh before giving up."
     )

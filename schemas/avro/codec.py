@@ -7,7 +7,9 @@ Two wire formats:
   then the Avro binary body. Any Avro library can decode it with the .avsc files.
 * Confluent Schema Registry framing (registry URL configured): ``00``, the
   4-byte big-endian schema id, then the body; schemas are registered under
-  ``<topic>-key`` / ``<topic>-value`` through confluent-kafka's client.
+  ``<topic>-key`` / ``<topic>-value`` through confluent-kafka's client, each subject
+  set to BACKWARD compatibility first (unless its level includes BACKWARD already),
+  so that the registry refuses a schema that cannot read the subject's last one.
 
 A registry that does not answer (down, or a request that outlasts
 :data:`REGISTRY_TIMEOUT`) raises a RetriableError, which ``produce`` waits out
@@ -18,6 +20,11 @@ password. They pass through :meth:`AvroCodec.decode` as they are: a registry
 that is down is not a message that cannot be decoded. The HTTP client logs every
 request's URL at INFO, with the password the URL may carry: a filter on its
 logger masks it.
+
+A single-object message written with a schema other than the current file's (an
+earlier or later contract) is read with the released schema of its fingerprint
+(:mod:`.history`), resolved against the current one, as a registry-framed message
+is read with the schema its id names; an unknown fingerprint is a DecodeError.
 
 Each schema is parsed once and cached. The schema files themselves are
 :mod:`.schema_files`; the fast encoder of a refresh's change events, which
@@ -32,9 +39,10 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import tzinfo
 from functools import cache
+from pathlib import Path
 from typing import Any, cast
 
 import fastavro
@@ -46,17 +54,22 @@ from queuestream.errors import ConfigurationError, DecodeError, EncodingError, Q
 from queuestream.failures import hide_logins, registry_failure
 from schemas.avro.envelope import EnvelopeEncoder
 from schemas.avro.fast_reader import Projection, Reader, ValueCache, compile_reader, project
+from schemas.avro.history import writer_schemas
 from schemas.avro.misfit import WRITE_ERRORS, find_misfit
 from schemas.avro.record_writer import Unhandled, record_writer
 from schemas.avro.schema_files import load_schema, schema_names
 
 __all__ = ["REGISTRY_TIMEOUT", "SINGLE_OBJECT_MAGIC", "AvroCodec"]
 
+log = logging.getLogger(__name__)
+
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _Record = Callable[[bytes, int], dict[str, Any]]  # a Reader of a record schema
 _CONFLUENT_MAGIC = 0
 #: Seconds a registry request may take (the client's default is to wait forever).
 REGISTRY_TIMEOUT = 10.0
+#: Compatibility levels under which a registry refuses what new readers cannot read.
+_INCLUDES_BACKWARD = frozenset({"BACKWARD", "BACKWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"})
 #: The login part of a URL (``scheme://user:password@``, or without the scheme).
 _LOGIN = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^/@]*@", re.IGNORECASE)
 
@@ -66,33 +79,48 @@ class _Schema:
 
     __slots__ = ("canonical", "header", "json", "parsed", "stem")
 
-    def __init__(self, stem: str, text: str | None = None) -> None:
-        """The schema file ``stem``, or (``text`` given) a writer's schema from the registry."""
+    def __init__(self, stem: str, schema: dict[str, Any], *, framed: bool = True) -> None:
+        """``schema`` (the JSON) of ``stem``; ``framed``: with its single-object header
+        (a writer's schema from the registry has none: its messages carry an id)."""
         self.stem = stem
-        self.json = load_schema(stem) if text is None else json.loads(text)
-        self.parsed = fastavro.parse_schema(self.json, named_schemas={})
-        self.canonical = to_parsing_canonical_form(self.json)
+        self.json = schema
+        self.parsed = fastavro.parse_schema(schema, named_schemas={})
+        self.canonical = to_parsing_canonical_form(schema)
         self.header = (
-            b""
-            if text is not None
-            else SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(self.canonical, "CRC-64-AVRO"))
+            SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(self.canonical, "CRC-64-AVRO"))
+            if framed
+            else b""
         )
 
 
 @cache
 def _schema(stem: str) -> _Schema:
-    return _Schema(stem)
+    return _Schema(stem, load_schema(stem))
+
+
+@cache
+def _released(extra: tuple[Path, ...]) -> dict[bytes, tuple[str, dict[str, Any]]]:
+    """The writer schemas of the history (and of ``extra`` folders), by fingerprint."""
+    return writer_schemas(extra)
 
 
 class AvroCodec:
     """Encoder and decoder for every queuestream topic of one topic prefix.
 
     ``registry`` is a confluent_kafka SchemaRegistryClient, or None for
-    single-object encoding.
+    single-object encoding. ``history`` adds folders of writer schemas (laid out as
+    :mod:`.history`) to the released ones that single-object messages are looked up in.
     """
 
-    def __init__(self, prefix: str, registry: Any = None, registry_url: str = "") -> None:
+    def __init__(
+        self,
+        prefix: str,
+        registry: Any = None,
+        registry_url: str = "",
+        history: Iterable[Path] = (),
+    ) -> None:
         self.prefix = prefix
+        self._history = tuple(Path(folder).resolve() for folder in history)
         self.registry = registry
         self._registry_where = _masked(registry_url) if registry_url else "(configured)"
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
@@ -108,11 +136,15 @@ class AvroCodec:
         for stem in schema_names():
             parsed = _schema(stem)
             self._by_fingerprint[parsed.header[2:]] = parsed
+        if self._history:
+            _released(self._history)  # a folder that is not one fails here, not at a message
 
     @classmethod
-    def from_url(cls, prefix: str, registry_url: str | None) -> AvroCodec:
+    def from_url(
+        cls, prefix: str, registry_url: str | None, history: Iterable[Path] = ()
+    ) -> AvroCodec:
         if not registry_url:
-            return cls(prefix)
+            return cls(prefix, history=history)
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         for name in _HTTP_LOGGERS:
@@ -125,7 +157,7 @@ class AvroCodec:
                 "http://host:port or https://host:port (user:password@host for basic auth)"
             )
             raise ConfigurationError(msg) from None
-        return cls(prefix, client, registry_url)
+        return cls(prefix, client, registry_url, history)
 
     def _registry_call(self, call: Callable[[], Any]) -> Any:
         """``call()`` to the registry, its failures classified (see the module docstring)."""
@@ -188,6 +220,7 @@ class AvroCodec:
                 from confluent_kafka.schema_registry import Schema
 
                 subject = f"{self.prefix}.{table}-{field}"
+                self._require_backward(subject)
                 written = Schema(json.dumps(schema.json), "AVRO")
                 schema_id = self._registry_call(
                     lambda: self.registry.register_schema(subject, written)
@@ -195,6 +228,28 @@ class AvroCodec:
                 found = bytes([_CONFLUENT_MAGIC]) + int(schema_id).to_bytes(4, "big")
             self._headers[stem] = found
         return found
+
+    def _require_backward(self, subject: str) -> None:
+        """Have the registry check each new schema of ``subject`` against the last one.
+
+        A subject whose compatibility level already includes BACKWARD (BACKWARD, FULL,
+        or their _TRANSITIVE forms) keeps it; any other (none of its own, the registry's
+        default NONE, FORWARD) is set to BACKWARD (``PUT /config/<subject>``) before a
+        schema is registered, so that a schema that consumers on it could not use to
+        read the events already written is refused (HTTP 409: a SchemaError).
+        """
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            level = self._registry_call(lambda: self.registry.get_compatibility(subject))
+        except SchemaRegistryError as exc:  # the registry's own 404: no subject, or no level
+            if exc.http_status_code != 404:
+                raise
+            level = None
+        if level in _INCLUDES_BACKWARD:
+            return
+        self._registry_call(lambda: self.registry.set_compatibility(subject, "BACKWARD"))
+        log.info("schema registry: compatibility of %s set to BACKWARD (was %s)", subject, level)
 
     def envelope_encoder(
         self,
@@ -265,14 +320,7 @@ class AvroCodec:
 
     def _writer_schema(self, data: bytes, reader: _Schema) -> _Schema:
         if data[:2] == SINGLE_OBJECT_MAGIC:
-            found = self._by_fingerprint.get(bytes(data[2:10]))
-            if found is None:
-                reason = (
-                    f"unknown schema fingerprint {bytes(data[2:10]).hex()}: the writer used a "
-                    "schema not in schemas/avro/ (upgrade queuestream)"
-                )
-                raise DecodeError(reason, table=reader.stem, raw=data)
-            return found
+            return self._released_schema(bytes(data[2:10]), reader, data)
         if data[:1] == bytes([_CONFLUENT_MAGIC]) and len(data) >= 5:
             if self.registry is None:
                 reason = "Confluent-framed message but no schema registry is configured"
@@ -282,12 +330,35 @@ class AvroCodec:
         reason = "not Avro: neither single-object (C3 01) nor Confluent (00) framing"
         raise DecodeError(reason, table=reader.stem, raw=data)
 
+    def _released_schema(self, fingerprint: bytes, reader: _Schema, data: bytes) -> _Schema:
+        """The writer schema of a single-object message: the reader's own, or a released one.
+
+        Released schemas are the history's (:mod:`.history`) and those of the folders
+        given as ``history``; a fingerprint in none of them is a DecodeError (the
+        message goes where undecodable messages go).
+        """
+        found = self._by_fingerprint.get(fingerprint)
+        if found is None:
+            released = _released(self._history).get(fingerprint)
+            if released is None:
+                hexed = fingerprint.hex()
+                reason = (
+                    f"unknown schema fingerprint {hexed}: the writer used a schema that is "
+                    f"neither {reader.stem}.avsc nor in the schema history "
+                    f"(<stem>/{hexed}.avsc): upgrade queuestream, or add the writer's "
+                    "schemas/avro/history folder with schema_history_dir"
+                )
+                raise DecodeError(reason, table=reader.stem, raw=data)
+            found = _Schema(released[0], released[1])
+            self._by_fingerprint[fingerprint] = found
+        return found
+
     def _registry_schema(self, schema_id: int) -> _Schema:
         key = schema_id.to_bytes(8, "big")
         found = self._by_fingerprint.get(b"id" + key)
         if found is None:
             text = self._registry_call(lambda: self.registry.get_schema(schema_id)).schema_str
-            found = _Schema(f"registry id {schema_id}", text)
+            found = _Schema(f"registry id {schema_id}", json.loads(text), framed=False)
             self._by_fingerprint[b"id" + key] = found
         return found
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from queuestream.errors import SchemaError
 
-__all__ = ["SCHEMA_DIR", "load_schema", "row_schema", "schema_names"]
+__all__ = ["SCHEMA_DIR", "load_schema", "row_record", "row_schema", "schema_names"]
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 
@@ -39,6 +39,10 @@ def load_schema(stem: str) -> dict[str, Any]:
 
 def row_schema(table: str) -> dict[str, Any]:
     """The row record (``Value``) inside ``table``'s envelope schema."""
-    envelope = load_schema(f"{table}.value")
+    return row_record(load_schema(f"{table}.value"))
+
+
+def row_record(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The row record inside an envelope schema's JSON (the record branch of ``before``)."""
     before = next(f for f in envelope["fields"] if f["name"] == "before")
     return cast("dict[str, Any]", next(b for b in before["type"] if isinstance(b, dict)))

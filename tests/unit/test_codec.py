@@ -327,7 +327,8 @@ def test_the_registry_clients_request_log_shows_no_password(
     registry = AvroCodec.from_url("exigo", f"http://qs:hunter2@127.0.0.1:{web_page.server_port}/")
     with caplog.at_level(logging.INFO), pytest.raises(ConfigurationError):
         registry.encode("customers", "key", {"CustomerID": 1})
-    assert "HTTP Request: POST http://qs:***@127.0.0.1:" in caplog.text
+    # The first request asks for the subject's compatibility level (GET /config/...).
+    assert "HTTP Request: GET http://qs:***@127.0.0.1:" in caplog.text
     assert "hunter2" not in caplog.text
 
 
