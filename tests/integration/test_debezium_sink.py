@@ -44,6 +44,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from bench.connect_sink import Connector, readme_properties
 from producer.refresh import Refresher
 from producer.sensitive import ColumnPolicy
 from producer.simulator import Simulator
@@ -55,7 +56,6 @@ from queuestream.sync_schema import create_source_schema, source_table
 from queuestream.tables import BATCHES, TABLES, TableSpec, topic_for
 from schemas.avro import AvroCodec
 from tests.helpers import producer_settings
-from tests.integration.connect_sink import Connector, readme_properties
 from tests.integration.kafka_readback import committed_messages, located, wait_until_readable
 
 #: Seconds for a sink to bring its target level with the source (the history is small).

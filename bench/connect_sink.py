@@ -1,11 +1,15 @@
-"""Debezium's JDBC sink on a Kafka Connect worker, driven from a test.
+"""Debezium's JDBC sink on a Kafka Connect worker, driven from Python.
 
-The connector configuration is the README's (section "Kafka Connect"): its fenced
-``properties`` blocks, each after a ``<!-- connect: NAME -->`` comment, are read here with
-Java's ``.properties`` escaping (``\\\\.`` is a regex's ``\\.``), so that what the README
-tells users to copy is exactly what the test runs; a test overrides only the addresses.
+Two users: the test that holds the event contract to Debezium's sink
+(tests/integration/test_debezium_sink.py) and the consumers benchmark's peer
+(bench/debezium_peer.py, ``--peer debezium``). Both run the README's connector
+configuration (section "Kafka Connect"): its fenced ``properties`` blocks, each after a
+``<!-- connect: NAME -->`` comment, are read here with Java's ``.properties`` escaping
+(``\\\\.`` is a regex's ``\\.``), so that what the README tells users to copy is exactly
+what runs; a caller overrides only addresses, names and what it says it adds.
 Connectors are created, watched and deleted through the worker's REST API; every wait is
 bounded and says what it waited for, with the connector's own status and error trace.
+Failures are :class:`~bench.errors.BenchError`.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from bench.errors import BenchError
+from bench.services import REPO_ROOT
 
 __all__ = ["Connector", "readme_properties"]
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = REPO_ROOT / "README.md"
 REST_TIMEOUT = 30.0  # seconds for one REST call
 _BLOCK = re.compile(r"<!-- connect: ([\w.-]+) -->\s*```properties\n(.*?)```", re.DOTALL)
 
@@ -31,7 +37,7 @@ def readme_properties(name: str) -> dict[str, str]:
     blocks = dict(_BLOCK.findall(README.read_text(encoding="utf-8")))
     if name not in blocks:
         msg = f"README.md has no properties block after <!-- connect: {name} -->"
-        raise AssertionError(msg)
+        raise BenchError(msg)
     found: dict[str, str] = {}
     for raw in blocks[name].splitlines():
         line = raw.strip()
@@ -52,7 +58,7 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
         msg = f"{method} {url} -> HTTP {exc.code}: {detail}"
-        raise AssertionError(msg) from exc
+        raise BenchError(msg) from exc
     return json.loads(text) if text else None
 
 
@@ -88,7 +94,7 @@ class Connector:
         """The connector's or a task's error trace, when one of them failed."""
         try:
             status = self.status()
-        except AssertionError:
+        except BenchError:
             return None  # not created yet
         for part in [status["connector"], *status.get("tasks", [])]:
             if part.get("state") == "FAILED":
@@ -104,7 +110,7 @@ class Connector:
             failure = self.failure()
             if failure is not None:
                 msg = f"connector {self.name} failed:\n{failure}"
-                raise AssertionError(msg)
+                raise BenchError(msg)
             found = differences()
             if not found:
                 return
@@ -114,4 +120,4 @@ class Connector:
             f"connector {self.name}: the target still differs from the source after "
             f"{timeout:g}s ({len(found)} differences; status {self.status()}):\n  {shown}"
         )
-        raise AssertionError(msg)
+        raise BenchError(msg)
