@@ -77,7 +77,7 @@ from typing import Any
 from bench.consumer_breakdown import breakdown
 from bench.consumer_ceiling import CEILING_NAMES, CEILINGS, ceiling
 from bench.consuming import check_verified, consume, count_target_rows
-from bench.debezium_peer import PEERS, measure_peer, peer_services
+from bench.debezium_peer import PEERS, measure_peer, peer_services, warm_up
 from bench.environment import environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.options import add_common_arguments, check_common_arguments
@@ -332,6 +332,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress(f"refresh to {prefix}.*")
         result, refresh_seconds = timed_refresh(settings)
         progress(f"{result.events:,} events in {refresh_seconds:.2f}s")
+        if peer is not None:
+            first = args.targets[0]
+            events = sum(result.counts.get(t, 0) for t in target_named(first).tables)
+            warm_up(first, settings, events, str(args.postgres_url), peer, deadline, progress)
         for name in args.targets:
             deadline.check(f"starting the {name} consumer")
             events = sum(result.counts.get(t, 0) for t in target_named(name).tables)

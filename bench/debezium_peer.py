@@ -12,7 +12,9 @@ The connector is the README's (``bench.connect_sink.readme_properties``) with th
 changes: ``topics`` names the target's topics instead of ``topics.regex``,
 ``collection.name.format=${source.table}`` (the benchmark's topic prefixes hold hyphens,
 which the sink's default unquoted table names cannot), and ``batch.size`` 10,000 (the
-sink's default is 500; a user loading a refresh raises it). Timed by polling the row
+sink's default is 500; a user loading a refresh raises it). The worker runs with the
+full JIT and a 1 GB heap, warmed up first as a long-running worker is: one untimed
+connector over the first target's topics (:func:`warm_up`). Timed by polling the row
 counts of the sink's tables (every :data:`POLL_SECONDS`) from the connector's creation:
 ``seconds`` until every event's row is there, ``apply_seconds`` from the first row seen
 (the counterpart of the consumer's apply: fetching, converting and writing). Every
@@ -45,13 +47,17 @@ from queuestream.databases import create_engine
 from queuestream.settings import Settings
 from queuestream.tables import TABLES_BY_NAME, topic_for
 
-__all__ = ["PEERS", "Peer", "PeerRun", "measure_peer", "peer_services"]
+__all__ = ["PEERS", "Peer", "PeerRun", "measure_peer", "peer_services", "warm_up"]
 
 PEERS = ("debezium",)
 POLL_SECONDS = 0.1
 BATCH_SIZE = "10000"
 START_TIMEOUT = 180  # seconds for a script's `up` (a cold fetch of the plugins excluded)
 FETCH_TIMEOUT = 1200  # seconds for a cold download or build from Maven Central
+#: The worker's JVM as a user runs one: the full JIT (connect-local.sh's default stops at
+#: C1 to start fast, which caps throughput), as make bench does for its broker.
+CONNECT_HEAP_OPTS = "-Xms256m -Xmx1g"
+CONNECT_JVM_OPTS = "-XX:+UseParallelGC -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true"
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,8 @@ def peer_services(bootstrap: str, progress: Progress) -> Iterator[Peer]:
             "CONNECT_PORT": str(_free_port()),
             "CONNECT_BOOTSTRAP_SERVERS": bootstrap,
             "CONNECT_OWNER_PID": owner,
+            "CONNECT_HEAP_OPTS": CONNECT_HEAP_OPTS,
+            "CONNECT_JVM_OPTS": CONNECT_JVM_OPTS,
         }
         rest = stack.enter_context(_service("connect-local.sh", env))
         yield Peer(rest, registry, f"{base}/apis/registry/v2")
@@ -222,3 +230,17 @@ def measure_peer(
         f"{events / item.apply_seconds:,.0f} rows/s"
     )
     return item
+
+
+def warm_up(
+    name: str,
+    settings: Settings,
+    events: int,
+    server_url: str,
+    peer: Peer,
+    deadline: Deadline,
+    progress: Progress,
+) -> None:
+    """One untimed run of the sink over target ``name``'s events: the worker's JIT warm."""
+    progress("debezium: warming the worker up (one untimed connector)")
+    measure_peer(name, settings, events, server_url, peer, deadline, lambda _line: None)
