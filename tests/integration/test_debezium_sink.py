@@ -30,7 +30,6 @@ check of the source blocks.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -53,7 +52,7 @@ from queuestream.databases import create_engine
 from queuestream.kafka_clients import batches_topic, change_topics
 from queuestream.settings import Settings
 from queuestream.sync_schema import create_source_schema, source_table
-from queuestream.tables import BATCHES, TABLES, TableSpec, topic_for
+from queuestream.tables import TABLES, TableSpec, topic_for
 from schemas.avro import AvroCodec
 from tests.helpers import producer_settings
 from tests.integration.kafka_readback import committed_messages, located, wait_until_readable
@@ -335,13 +334,3 @@ def test_debezium_jdbc_sink_copies_the_source_cell_for_cell(
     finally:
         for _variant, connector, _target in started:
             connector.delete()
-
-
-def test_the_readme_pattern_takes_the_change_topics_only() -> None:
-    """Java's Pattern.matches and Python's fullmatch agree on this pattern's syntax."""
-    pattern = re.compile(readme_properties("sink")["topics.regex"])
-    for spec in TABLES:
-        assert pattern.fullmatch(topic_for("exigo", spec.name)), spec.name
-    for name in (BATCHES, "orders.dlq", "orders.x"):
-        assert not pattern.fullmatch(topic_for("exigo", name)), name
-    assert not pattern.fullmatch("exigo2.orders")
