@@ -57,6 +57,9 @@ and writes the report to DIR. The JSON holds the process's peak RSS (``peak_rss_
     .venv/bin/python -m bench.consumers --target-db sqlite --rows 20000
     .venv/bin/python -m bench.consumers --peer debezium
 
+(About 450 lines: the run, its figures and their table read best whole; what the peer
+does is in bench/debezium_peer.py.)
+
 Kafka: ``--bootstrap-servers``, else ``KAFKA_BOOTSTRAP_SERVERS``, else
 ``scripts/kafka-local.sh bootstrap``. PostgreSQL: ``--postgres-url`` (a server's
 maintenance database), else ``scripts/postgres-local.sh url``. The databases are

@@ -30,8 +30,9 @@ would switch every producer under test to the registry's framing). A service
 that could not be started is handed over as its error, so that the tests that
 need it fail with the reason (they never skip).
 
-(A little over 400 lines: each service's start, its hand-over to the workers and
-the Kafka tools the tests read it with read best in one place.)
+(About 520 lines: each service's start, its hand-over to the workers and the Kafka
+tools the tests read it with read best in one place; the Connect worker's start
+depends on the broker's, and that hand-over is here too.)
 """
 
 from __future__ import annotations
