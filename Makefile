@@ -1,6 +1,7 @@
 # queuestream developer tasks. Services run locally from packages/jars (no Docker needed):
 #   Kafka:      scripts/kafka-local.sh     (KAFKA_PORT, default 9092)
 #   PostgreSQL: scripts/postgres-local.sh  (PGPORT_LOCAL, default 55432)
+#   Kafka Connect (Debezium's JDBC sink): scripts/connect-local.sh (CONNECT_PORT, default 8083)
 # Tests start their own throwaway services (see tests/services.py).
 
 SHELL := bash
@@ -26,7 +27,7 @@ BENCH_KAFKA_HEAP_OPTS ?= -Xms512m -Xmx1g
 BENCH_KAFKA_JVM_OPTS ?= -XX:+UseParallelGC -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true
 BENCH_ARGS ?=
 
-.PHONY: help venv test-deps kafka-jars registry-jar kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-memory bench-kafka-up bench-kafka-down lint schema-history clean distclean
+.PHONY: help venv test-deps kafka-jars registry-jar connect-plugins kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-memory bench-kafka-up bench-kafka-down lint schema-history clean distclean
 
 help:
 	@echo "make venv        create .venv and install queuestream[test,dev,mssql] (editable)"
@@ -77,6 +78,11 @@ kafka-jars:
 registry-jar:
 	@scripts/registry-local.sh fetch
 
+# scripts/connect-local.sh fetch downloads Debezium's JDBC sink and Apicurio's converter
+# into .cache/connect once (Maven Central, ~80 MB).
+connect-plugins:
+	@scripts/connect-local.sh fetch
+
 kafka-up:
 	@scripts/kafka-local.sh up
 
@@ -93,7 +99,7 @@ pg-down:
 	@scripts/postgres-local.sh down
 
 # Prerequisites in this order: the system packages before the jars (Java, Maven).
-test: test-deps venv kafka-jars registry-jar
+test: test-deps venv kafka-jars registry-jar connect-plugins
 	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 demo: venv kafka-up
@@ -140,6 +146,7 @@ clean:
 	@for d in var/kafka/*/; do [ -d "$$d" ] || continue; KAFKA_PORT="$$(basename "$$d")" scripts/kafka-local.sh down || true; done
 	@for d in var/postgres/*/; do [ -d "$$d" ] || continue; PGPORT_LOCAL="$$(basename "$$d")" scripts/postgres-local.sh down || true; done
 	@for d in var/registry/*/; do [ -d "$$d" ] || continue; REGISTRY_PORT="$$(basename "$$d")" scripts/registry-local.sh down || true; done
+	@for d in var/connect/*/; do [ -d "$$d" ] || continue; CONNECT_PORT="$$(basename "$$d")" scripts/connect-local.sh down || true; done
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache build dist
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
 

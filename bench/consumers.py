@@ -38,10 +38,14 @@ The benchmark
 4. checks the target against the source (``consumers.verify.verify``)
    and fails the run when they differ.
 
-Optional: ``--breakdown`` reads the target's committed messages back from Kafka
-(timed: fetch), decodes them with ``decode_change`` (timed: decode) and applies
-them with ``Target.apply`` in one transaction to another fresh database (timed:
-target apply, i.e. mapping in Python plus SQL), to split the time between Kafka,
+Optional: ``--peer debezium`` publishes the refresh in registry mode and runs
+Debezium's JDBC sink over each target's topics into a fresh database on the same
+server, in the same run, and prints the ratio of the consumer's apply rows/s to the
+sink's (bench/debezium_peer.py says how it is timed). ``--breakdown`` reads the
+target's committed messages back from Kafka (timed: fetch), decodes them with
+``decode_change`` (timed: decode) and applies them with ``Target.apply`` in one
+transaction to another fresh database (timed: target apply, i.e. mapping in Python
+plus SQL), to split the time between Kafka,
 decoding and the target; ``--profile DIR`` runs one more consumer per target (fresh
 group and database) under pyinstrument (cProfile when pyinstrument is not installed)
 and writes the report to DIR. The JSON holds the process's peak RSS (``peak_rss_mb``,
@@ -51,6 +55,10 @@ and writes the report to DIR. The JSON holds the process's peak RSS (``peak_rss_
     .venv/bin/python -m bench.consumers --rows 20000 --targets shipping --json
     .venv/bin/python -m bench.consumers --breakdown --profile var/bench-profile
     .venv/bin/python -m bench.consumers --target-db sqlite --rows 20000
+    .venv/bin/python -m bench.consumers --peer debezium
+
+(About 450 lines: the run, its figures and their table read best whole; what the peer
+does is in bench/debezium_peer.py.)
 
 Kafka: ``--bootstrap-servers``, else ``KAFKA_BOOTSTRAP_SERVERS``, else
 ``scripts/kafka-local.sh bootstrap``. PostgreSQL: ``--postgres-url`` (a server's
@@ -72,6 +80,7 @@ from typing import Any
 from bench.consumer_breakdown import breakdown
 from bench.consumer_ceiling import CEILING_NAMES, CEILINGS, ceiling
 from bench.consuming import check_verified, consume, count_target_rows
+from bench.debezium_peer import PEERS, measure_peer, peer_services, warm_up
 from bench.environment import environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.options import add_common_arguments, check_common_arguments
@@ -128,8 +137,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the consumer stops after this long with nothing to apply; not part of any "
         "timing (default: %(default)s)",
     )
+    p.add_argument(
+        "--peer",
+        choices=PEERS,
+        help="also run Debezium's JDBC sink (Kafka Connect) over the same events into "
+        "PostgreSQL and print the ratio; publishes in registry mode",
+    )
     args = p.parse_args(argv)
     check_common_arguments(p, args)
+    if args.peer and args.target_db != "postgresql":
+        p.error("--peer debezium writes into PostgreSQL: leave --target-db at postgresql")
     if args.idle_seconds <= 0:
         p.error("--idle-seconds must be positive")
     if args.target_db == "sqlite":
@@ -162,6 +179,7 @@ class Run:
     target_apply_seconds: float | None = None
     verified: bool = False
     profile: str | None = None
+    peer: dict[str, Any] | None = None  # --peer: PeerRun.as_dict()
 
     def rate(self, seconds: float | None) -> float | None:
         """Events per second over ``seconds``."""
@@ -183,6 +201,8 @@ class Run:
         data["ceiling_target_rows_per_second"] = round(total / ceiling, 1) if ceiling else None
         data["ratio"] = round(ceiling / self.apply_seconds, 4) if ceiling else None
         data["ratio_end_to_end"] = round(ceiling / self.seconds, 4) if ceiling else None
+        if self.peer is not None:  # the consumer's apply rows/s over the peer's
+            data["peer_ratio"] = round(self.peer["apply_seconds"] / self.apply_seconds, 4)
         return data
 
 
@@ -289,8 +309,13 @@ def measure(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[Run] = []
-    with session(args) as started, sqlite_database() as source_url:
+    with contextlib.ExitStack() as stack:
+        started = stack.enter_context(session(args))
+        source_url = stack.enter_context(sqlite_database())
         deadline, progress = started.deadline, started.progress
+        peer = None
+        if args.peer:
+            peer = stack.enter_context(peer_services(started.bootstrap, progress))
         if args.target_db == "postgresql":
             args.postgres_url = resolve_postgres(args)
             with postgres_database(args.postgres_url):
@@ -305,13 +330,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings = bench_settings(
             source_url, started.bootstrap, prefix, args, idle_seconds=args.idle_seconds
         )
+        if peer is not None:  # the Connect path is registry mode
+            settings = settings.model_copy(update={"schema_registry_url": peer.registry_url})
         progress(f"refresh to {prefix}.*")
         result, refresh_seconds = timed_refresh(settings)
         progress(f"{result.events:,} events in {refresh_seconds:.2f}s")
+        if peer is not None:
+            first = args.targets[0]
+            events = sum(result.counts.get(t, 0) for t in target_named(first).tables)
+            warm_up(first, settings, events, str(args.postgres_url), peer, deadline, progress)
         for name in args.targets:
             deadline.check(f"starting the {name} consumer")
             events = sum(result.counts.get(t, 0) for t in target_named(name).tables)
             runs.append(measure(name, settings, events, args, deadline, progress))
+            if peer is not None:
+                deadline.check(f"starting Debezium's sink for {name}")
+                server = str(args.postgres_url)
+                found = measure_peer(name, settings, events, server, peer, deadline, progress)
+                runs[-1].peer = found.as_dict()
 
     return {
         "rows_requested": args.rows,
@@ -327,6 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "target_db": args.target_db,
         "ceiling": CEILING_NAMES[args.ceiling],
+        "peer": args.peer,
         "runs": [r.as_dict() for r in runs],
         "goal_rows_per_second": GOAL_ROWS_PER_SECOND,
         # Peak RSS of this process (the whole run: simulation, refresh, every consumer),
@@ -388,6 +425,15 @@ def print_table(report: dict[str, Any]) -> None:
             )
         if r["profile"]:
             out.print(f"{r['target']} profile: {r['profile']}")
+        if r["peer"] is not None:
+            p = r["peer"]
+            out.print(
+                f"{r['target']} beside Debezium's JDBC sink (the same events, batch.size "
+                f"{p['batch_size']}): sink apply {p['apply_seconds']:.2f}s = "
+                f"{p['apply_rows_per_second']:,.0f} rows/s, end to end {p['seconds']:.2f}s = "
+                f"{p['rows_per_second']:,.0f} rows/s; queuestream/Debezium apply ratio "
+                f"{r['peer_ratio']:.2f}"
+            )
     out.print(environment_line(report["environment"], "Kafka options"))
     out.print(f"peak RSS of the benchmark process: {report['peak_rss_mb']:,.0f} MB")
     goal = report["goal_rows_per_second"]

@@ -36,6 +36,7 @@ class RefreshContext:
     refresh_id: str
     prefix: str
     database: str
+    schema: str
     window_start: datetime | None
     window_end: datetime | None
     resync: bool
@@ -92,7 +93,7 @@ class EventBuilder:
             "name": context.prefix,
             "snapshot": "true" if context.resync else "false",
             "db": context.database,
-            "schema": None,
+            "schema": context.schema,
             "table": spec.source,
             "system": "exigo",
             "refresh_id": context.refresh_id,

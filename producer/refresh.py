@@ -30,7 +30,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from producer.batch_writer import BatchParts, BatchWriter
 from producer.events import RefreshContext, row_key
@@ -40,6 +39,7 @@ from producer.progress import read_progress
 from producer.published_state import PublishedState
 from producer.publisher import TransactionalPublisher
 from producer.sensitive import ColumnPolicy
+from producer.source_names import source_database, source_schema
 from producer.source_reader import ChangedRow, SourceReader
 from producer.state_changelog import Key, state_topic
 from producer.watermark import (
@@ -168,7 +168,8 @@ class Refresher:
             state=self.state,
             budget=self.budget,
         )
-        self.database = make_url(settings.source_url).database or ""
+        self.database = source_database(settings.source_url)
+        self.schema = source_schema(self.engine)
         year = datetime.now(UTC).year
         if (
             datetime(year, 1, 1, tzinfo=settings.zone).utcoffset()
@@ -318,6 +319,7 @@ class Refresher:
             refresh_id=new_refresh_id(),
             prefix=self.settings.topic_prefix,
             database=self.database,
+            schema=self.schema,
             window_start=window.start if window else None,
             window_end=window.end if window else None,
             resync=bool(window.resync if window else since),

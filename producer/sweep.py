@@ -336,6 +336,7 @@ def _context(refresher: Refresher) -> RefreshContext:
         refresh_id=new_refresh_id(),
         prefix=refresher.settings.topic_prefix,
         database=refresher.database,
+        schema=refresher.schema,
         window_start=None,
         window_end=refresher.progress.watermark,
         resync=True,

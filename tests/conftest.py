@@ -5,6 +5,8 @@ Session fixtures
   postgres_server_url  SQLAlchemy URL of a PostgreSQL server's maintenance database
   schema_registry_url  base URL of a Confluent-compatible schema registry
                        (SCHEMA_REGISTRY_URL, else a local Apicurio started for the session)
+  connect_url          REST URL of a Kafka Connect worker reading kafka_bootstrap, with
+                       Debezium's JDBC sink and Apicurio's converter (scripts/connect-local.sh)
 Function fixtures
   postgres_url         SQLAlchemy URL of a fresh, empty PostgreSQL database (dropped after)
   sqlite_url           SQLAlchemy URL of a fresh SQLite file in tmp_path
@@ -19,7 +21,8 @@ automatically, so ``pytest -m "not kafka and not postgres"`` runs without servic
 
 With pytest-xdist (``pytest -n N``, as ``make test`` runs it) the controller starts
 one broker, one PostgreSQL and one registry before the workers exist (only PostgreSQL
-when every path asked for is under tests/unit), and stops them at the end; the workers'
+when every path asked for is under tests/unit; a Connect worker too when the paths include
+tests/integration/test_debezium_sink.py), and stops them at the end; the workers'
 session fixtures find them in the environment (``services.start_shared``).
 """
 
@@ -40,6 +43,7 @@ from tests import services
 KAFKA_FIXTURES = {"kafka_bootstrap"}
 POSTGRES_FIXTURES = {"postgres_server_url", "postgres_url"}
 UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+CONNECT_TESTS = Path(__file__).resolve().parent / "integration" / "test_debezium_sink.py"
 _SHARED = pytest.StashKey[list[services.Service]]()
 
 
@@ -54,11 +58,15 @@ def _starts_workers(config: pytest.Config) -> bool:
 
 
 def _shared_services(config: pytest.Config) -> tuple[str, ...]:
-    """What the tests asked for need: a few unit tests use PostgreSQL, and only that."""
+    """What the tests asked for need: a few unit tests use PostgreSQL, and only that; one
+    module uses a Kafka Connect worker."""
     paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]
     if paths and all(path.is_relative_to(UNIT_TESTS) for path in paths):
         return ("postgres",)
-    return ("kafka", "postgres", "registry")
+    kinds: tuple[str, ...] = ("kafka", "postgres", "registry")
+    if not paths or any(CONNECT_TESTS.is_relative_to(path) for path in paths):
+        kinds += ("connect",)
+    return kinds
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -129,6 +137,15 @@ def postgres_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def schema_registry_url() -> Iterator[str]:
     service = _start(services.start_schema_registry, "schema registry")
+    try:
+        yield service.address
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def connect_url(kafka_bootstrap: str) -> Iterator[str]:
+    service = _start(lambda: services.start_connect(kafka_bootstrap), "Kafka Connect worker")
     try:
         yield service.address
     finally:

@@ -15,6 +15,9 @@ Schema registry (Confluent-compatible):
   2. Apicurio Registry built from Maven Central by ``scripts/registry-local.sh``
      (in-memory storage: every start is empty).
 
+Kafka Connect (a standalone worker reading the Kafka above, with Debezium's JDBC sink and
+Apicurio's converter from Maven Central): ``scripts/connect-local.sh``.
+
 Locally started services get free ports and fresh temporary directories, and
 are told the pid of this process: they stop by themselves when it goes away,
 even if pytest is killed before its finalizers run.
@@ -27,8 +30,9 @@ would switch every producer under test to the registry's framing). A service
 that could not be started is handed over as its error, so that the tests that
 need it fail with the reason (they never skip).
 
-(A little over 400 lines: each service's start, its hand-over to the workers and
-the Kafka tools the tests read it with read best in one place.)
+(About 520 lines: each service's start, its hand-over to the workers and the Kafka
+tools the tests read it with read best in one place; the Connect worker's start
+depends on the broker's, and that hand-over is here too.)
 """
 
 from __future__ import annotations
@@ -49,11 +53,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka-local.sh"
 PG_SCRIPT = REPO_ROOT / "scripts" / "postgres-local.sh"
 REGISTRY_SCRIPT = REPO_ROOT / "scripts" / "registry-local.sh"
+CONNECT_SCRIPT = REPO_ROOT / "scripts" / "connect-local.sh"
 
 KAFKA_START_TIMEOUT = 90  # seconds, readiness wait inside kafka-local.sh
 PG_START_TIMEOUT = 60  # seconds, readiness wait inside postgres-local.sh
 REGISTRY_FETCH_TIMEOUT = 1200  # seconds, a cold Maven build of the registry (~30 s usually)
 REGISTRY_START_TIMEOUT = 90  # seconds, readiness wait inside registry-local.sh
+CONNECT_FETCH_TIMEOUT = 900  # seconds, a cold download of the plugins (~80 MB)
+CONNECT_START_TIMEOUT = 120  # seconds, readiness wait inside connect-local.sh
 DOCKER_PING_TIMEOUT = 3  # seconds
 
 
@@ -353,16 +360,63 @@ def start_local_schema_registry(port: int | None = None) -> Service:
     return Service(url, f"local Apicurio schema registry at {url}", stop)
 
 
+# ---------------------------------------------------------- Kafka Connect --
+
+
+def start_connect(bootstrap: str | None = None) -> Service:
+    """A Connect worker reading ``bootstrap`` (default: ``KAFKA_BOOTSTRAP_SERVERS``)."""
+    _raise_if_failed_for_all("connect")
+    shared = os.environ.get(SHARED_CONNECT_VARIABLE)
+    if shared:
+        return Service(shared, f"Kafka Connect worker at {shared} ({SHARED_CONNECT_VARIABLE})")
+    bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        msg = "no Kafka for the Connect worker: start Kafka first or set KAFKA_BOOTSTRAP_SERVERS"
+        raise ServiceError(msg)
+    if shutil.which("java") is None or shutil.which("mvn") is None:
+        msg = (
+            "the Kafka Connect worker needs Java 17+ and Maven (apt-get install -y "
+            "openjdk-17-jre-headless maven), then `scripts/connect-local.sh fetch`."
+        )
+        raise ServiceError(msg)
+    (port,) = free_ports(1)
+    env = dict(os.environ)
+    env.update(
+        CONNECT_PORT=str(port),
+        CONNECT_BOOTSTRAP_SERVERS=bootstrap,
+        CONNECT_START_TIMEOUT=str(CONNECT_START_TIMEOUT),
+        CONNECT_OWNER_PID=str(os.getpid()),
+    )
+    for command, timeout in (("fetch", CONNECT_FETCH_TIMEOUT), ("up", CONNECT_START_TIMEOUT + 60)):
+        proc = _run_script([str(CONNECT_SCRIPT), command], env, timeout)
+        if proc.returncode != 0:
+            what = f"scripts/connect-local.sh {command}"
+            hint = f"The worker's files are in {REPO_ROOT / 'var' / 'connect' / str(port)}."
+            raise _script_failed(what, proc, hint)
+    url = proc.stdout.strip().splitlines()[-1]
+
+    def stop() -> None:
+        if _run_script([str(CONNECT_SCRIPT), "down"], env, 90).returncode == 0:
+            shutil.rmtree(REPO_ROOT / "var" / "connect" / str(port), ignore_errors=True)
+
+    return Service(url, f"local Kafka Connect worker at {url} (reading {bootstrap})", stop)
+
+
 # ----------------------------------------------- once per pytest-xdist run --
 
 #: Where a registry started by the xdist controller is handed to the workers.
 SHARED_REGISTRY_VARIABLE = "QUEUESTREAM_TEST_SCHEMA_REGISTRY_URL"
+#: Where a Connect worker started by the xdist controller is handed to the workers.
+SHARED_CONNECT_VARIABLE = "QUEUESTREAM_TEST_CONNECT_URL"
 #: Each service's starter, and the variable through which its address is handed over.
 _SHARED: dict[str, tuple[Callable[[], Service], str]] = {
     "kafka": (start_kafka, "KAFKA_BOOTSTRAP_SERVERS"),
     "postgres": (start_postgres, "QUEUESTREAM_TEST_POSTGRES_URL"),
     "registry": (start_schema_registry, SHARED_REGISTRY_VARIABLE),
+    "connect": (start_connect, SHARED_CONNECT_VARIABLE),
 }
+#: A service started with the address of another (its thread waits for that one).
+_NEEDS = {"connect": "kafka"}
 
 
 def _failed_variable(kind: str) -> str:
@@ -377,16 +431,25 @@ def _raise_if_failed_for_all(kind: str) -> None:
 
 
 def start_shared(kinds: tuple[str, ...] = tuple(_SHARED)) -> list[Service]:
-    """Start ``kinds`` of service ("kafka", "postgres", "registry") side by side, for this
-    process's children (pytest-xdist's workers): each address, or the error that stopped
-    its start, goes into ``os.environ``. Returns what to stop at the end (``stop_all``)."""
+    """Start ``kinds`` of service ("kafka", "postgres", "registry", "connect") side by side,
+    for this process's children (pytest-xdist's workers): each address, or the error that
+    stopped its start, goes into ``os.environ``. Returns what to stop at the end
+    (``stop_all``). A service of ``_NEEDS`` starts once the one it needs is up."""
     outcomes: dict[str, Service | str] = {}
+    done = {kind: threading.Event() for kind in kinds}
 
     def start(kind: str) -> None:
         try:
-            outcomes[kind] = _SHARED[kind][0]()
+            need = _NEEDS.get(kind)
+            if need is None or need not in done:
+                outcomes[kind] = _SHARED[kind][0]()
+            else:
+                done[need].wait()
+                outcomes[kind] = start_connect(_needed(kind, need, outcomes.get(need)))
         except Exception as exc:  # handed to the tests that need it, as their failure
             outcomes[kind] = str(exc) if isinstance(exc, ServiceError) else repr(exc)
+        finally:
+            done[kind].set()
 
     _side_by_side([functools.partial(start, kind) for kind in kinds])
     started = []
@@ -397,6 +460,14 @@ def start_shared(kinds: tuple[str, ...] = tuple(_SHARED)) -> list[Service]:
         else:
             os.environ[_failed_variable(kind)] = outcome
     return started
+
+
+def _needed(kind: str, need: str, outcome: Service | str | None) -> str:
+    """The address of the service ``kind`` needs, or why it has none."""
+    if not isinstance(outcome, Service):
+        msg = f"{kind} needs {need}, which did not start: {outcome}"
+        raise ServiceError(msg)
+    return outcome.address
 
 
 def stop_all(started: list[Service]) -> None:

@@ -100,11 +100,15 @@ def _published(
     """All committed changes, the changes per refresh id, and the ops per refresh id."""
     everything, values = committed_changes(bootstrap, prefix)
     keys = {t.name: t.key for t in TABLES}
+    table_source = {t.name: t.source for t in TABLES}
     per_refresh: dict[str, Counter[Change]] = defaultdict(Counter)
     ops: dict[str, Counter[str]] = defaultdict(Counter)
     for table, _, value in values:
         after: dict[str, Any] = value["after"]
         refresh_id = value["source"]["refresh_id"]
+        # The rows read from queue.* are images of the sync tables: named after those.
+        source = value["source"]
+        assert (source["schema"], source["table"]) == ("public", table_source[table])
         change = (table, tuple(after[k] for k in keys[table]), after["ModifiedDate"])
         per_refresh[refresh_id][change] += 1
         ops[refresh_id][value["op"]] += 1

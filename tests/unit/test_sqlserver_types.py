@@ -74,7 +74,7 @@ def test_other_databases_read_decimals_as_before() -> None:
 
 
 def _event_builder(table: str) -> EventBuilder:
-    context = RefreshContext("r1", "exigo", "exigo", None, None, resync=False)
+    context = RefreshContext("r1", "exigo", "exigo", "dbo", None, None, resync=False)
     return EventBuilder(
         TABLES_BY_NAME[table],
         context,
