@@ -61,6 +61,9 @@ from schemas.avro.schema_files import load_schema, schema_names
 
 __all__ = ["REGISTRY_TIMEOUT", "SINGLE_OBJECT_MAGIC", "AvroCodec"]
 
+#: Registrations of one schema when the registry reports a race (see AvroCodec._register).
+_REGISTER_ATTEMPTS = 3
+
 log = logging.getLogger(__name__)
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -222,12 +225,31 @@ class AvroCodec:
                 subject = f"{self.prefix}.{table}-{field}"
                 self._require_backward(subject)
                 written = Schema(json.dumps(schema.json), "AVRO")
-                schema_id = self._registry_call(
-                    lambda: self.registry.register_schema(subject, written)
-                )
+                schema_id = self._registry_call(lambda: self._register(subject, written))
                 found = bytes([_CONFLUENT_MAGIC]) + int(schema_id).to_bytes(4, "big")
             self._headers[stem] = found
         return found
+
+    def _register(self, subject: str, schema: Any) -> int:
+        """Register ``schema`` under ``subject`` (an existing equal version: its id).
+
+        Apicurio Registry 2.4.2 may refuse a registration that races another, of the same
+        schema under another subject, with HTTP 409 "artifact ... already exists" for the
+        subject being created (8 of 80 concurrent registrations when tried): the artifact
+        is there by then, and registering again returns its id. A 409 for any other reason
+        (an incompatible schema) is not asked again.
+        """
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        for attempt in range(_REGISTER_ATTEMPTS):
+            try:
+                return int(self.registry.register_schema(subject, schema))
+            except SchemaRegistryError as exc:
+                raced = exc.http_status_code == 409 and "already exists" in exc.error_message
+                if not raced or attempt == _REGISTER_ATTEMPTS - 1:
+                    raise
+                log.info("schema registry: %s raced another registration; asking again", subject)
+        raise AssertionError  # unreachable: the last attempt returns or raises
 
     def _require_backward(self, subject: str) -> None:
         """Have the registry check each new schema of ``subject`` against the last one.

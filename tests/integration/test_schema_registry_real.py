@@ -8,6 +8,7 @@ Without either (no java/mvn), these tests fail: CI never skips a service.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from typing import Any
@@ -23,6 +24,7 @@ from producer.simulator import Simulator
 from queuestream.databases import create_engine
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, topic_for
+from schemas.avro import AvroCodec
 from tests.integration.kafka_readback import committed_messages, located
 
 READ_TIMEOUT = 30.0  # seconds to read the topics back to their ends
@@ -161,3 +163,29 @@ def test_refresher_publishes_confluent_framed_events(
     assert [m["status"] for m in markers] == ["BEGIN", "END"]
     assert all(m["refresh_id"] == result.refresh_id for m in markers)
     assert markers[1]["counts"] == result.counts
+
+
+def test_producers_starting_together_all_register(schema_registry_url: str) -> None:
+    """Apicurio may refuse one of several registrations made at once (HTTP 409, "artifact
+    already exists" for the very subject being created): producers starting together must
+    all start, each with the id of its schema."""
+    failures: list[str] = []
+    ids: list[bytes] = []
+
+    def start(prefix: str) -> None:
+        try:
+            ids.append(AvroCodec.from_url(prefix, schema_registry_url).header("orders", "value"))
+        except Exception as exc:  # collected: a thread's exception is lost otherwise
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    for _ in range(10):
+        threads = [
+            threading.Thread(target=start, args=(f"race-{uuid.uuid4().hex[:8]}",)) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert failures == []
+    assert len(ids) == 40
+    assert len(set(ids)) == 1  # one schema: the registry gives every subject its one id
