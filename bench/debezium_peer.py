@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,7 +40,7 @@ from bench.connect_sink import Connector, readme_properties
 from bench.errors import BenchError, Deadline
 from bench.output import Progress
 from bench.scratch import postgres_database
-from bench.services import REPO_ROOT
+from bench.services import run_script
 from consumers import target_named
 from queuestream.databases import create_engine
 from queuestream.settings import Settings
@@ -92,37 +91,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _script(name: str, command: str, env: dict[str, str], timeout: float) -> str:
-    try:
-        proc = subprocess.run(
-            [str(REPO_ROOT / "scripts" / name), command],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        msg = f"scripts/{name} {command} did not finish within {timeout:g}s"
-        raise BenchError(msg) from None
-    if proc.returncode != 0:
-        msg = f"scripts/{name} {command} failed: {proc.stderr.strip()[-2000:]}"
-        raise BenchError(msg)
-    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-
-
 @contextlib.contextmanager
 def _service(name: str, env: dict[str, str]) -> Iterator[str]:
     """``scripts/NAME`` fetched and up (its URL), down at the end."""
-    _script(name, "fetch", env, FETCH_TIMEOUT)
-    url = _script(name, "up", env, START_TIMEOUT)
+    run_script(name, "fetch", env=env, timeout=FETCH_TIMEOUT)
+    url = run_script(name, "up", env=env, timeout=START_TIMEOUT)
     try:
         yield url
     finally:
         with contextlib.suppress(BenchError):
-            _script(name, "down", env, 60)
+            run_script(name, "down", env=env, timeout=60)
 
 
 @contextlib.contextmanager

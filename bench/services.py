@@ -2,7 +2,8 @@
 
 Kafka: ``--bootstrap-servers``, else ``KAFKA_BOOTSTRAP_SERVERS``, else
 ``scripts/kafka-local.sh bootstrap``. PostgreSQL: ``--postgres-url`` (a server's
-maintenance database), else ``scripts/postgres-local.sh url``.
+maintenance database), else ``scripts/postgres-local.sh url``. :func:`run_script` runs
+those scripts for every benchmark (bench/debezium_peer.py starts its services with it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +27,42 @@ __all__ = [
     "check_kafka",
     "resolve_bootstrap",
     "resolve_postgres",
+    "run_script",
 ]
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script(args: list[str]) -> str:
-    proc = subprocess.run(
-        args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
-    )
+def run_script(
+    name: str, command: str, *, env: Mapping[str, str] | None = None, timeout: float = 30
+) -> str:
+    """``scripts/NAME COMMAND`` run from the repository root: the last line it printed.
+
+    ``env`` replaces the environment when given. A failure or a timeout is a
+    :class:`BenchError` naming the command, with the end of what the script said.
+    """
+    what = f"scripts/{name} {command}"
+    try:
+        proc = subprocess.run(
+            [str(REPO_ROOT / "scripts" / name), command],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        msg = f"{what} did not finish within {timeout:g}s"
+        raise BenchError(msg) from None
     if proc.returncode != 0:
-        msg = f"{' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}"
+        said = proc.stderr.strip() or proc.stdout.strip()
+        msg = f"{what} failed: {said[-2000:]}"
         raise BenchError(msg)
-    return proc.stdout.strip().splitlines()[-1]
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def resolve_bootstrap(args: argparse.Namespace) -> str:
@@ -46,13 +70,13 @@ def resolve_bootstrap(args: argparse.Namespace) -> str:
         return str(args.bootstrap_servers)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    return _script([str(REPO_ROOT / "scripts" / "kafka-local.sh"), "bootstrap"])
+    return run_script("kafka-local.sh", "bootstrap")
 
 
 def resolve_postgres(args: argparse.Namespace) -> str:
     if args.postgres_url:
         return str(args.postgres_url)
-    return _script([str(REPO_ROOT / "scripts" / "postgres-local.sh"), "url"])
+    return run_script("postgres-local.sh", "url")
 
 
 def check_kafka(bootstrap: str) -> None:

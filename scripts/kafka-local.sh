@@ -27,6 +27,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/_service.sh
+. "$(dirname "${BASH_SOURCE[0]}")/_service.sh"
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
 LOG4J_VERSION="${LOG4J_VERSION:-2.24.3}"
@@ -54,10 +56,6 @@ BOOTSTRAP="127.0.0.1:$PORT"
 
 log() { printf 'kafka-local: %s\n' "$*"; }
 die() { printf 'kafka-local: ERROR: %s\n' "$*" >&2; exit 1; }
-
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-}
 
 # ---------------------------------------------------------------- fetch ----
 
@@ -216,16 +214,7 @@ external_cluster() {
 
 # pid of our running broker, or nothing (removes a stale pid file)
 running_pid() {
-    [[ -f "$PID_FILE" ]] || return 1
-    local pid
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
-        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'; then
-        printf '%s' "$pid"
-        return 0
-    fi
-    rm -f "$PID_FILE"
-    return 1
+    service_running_pid "$PID_FILE" 'kafka\.Kafka'
 }
 
 port_open() {
@@ -250,6 +239,11 @@ metadata_ok() {
             -Dlog4j2.configurationFile="$(tools_log4j_conf)" -cp "$LIB_DIR/*" \
             org.apache.kafka.tools.ClusterTool cluster-id --bootstrap-server "$BOOTSTRAP" >/dev/null 2>&1
     fi
+}
+
+# 0 when the port is open and the broker answers metadata requests
+broker_ready() {
+    port_open "$PORT" && metadata_ok
 }
 
 write_configs() {
@@ -349,73 +343,32 @@ cmd_up() {
 
     log "starting broker+controller on $BOOTSTRAP (controller 127.0.0.1:$CONTROLLER_PORT, data $DATA_DIR)"
     local start=$SECONDS
-    # setsid: own session, so a Ctrl-C in the calling terminal does not hit the broker.
-    # The inner shell writes its own pid, then execs java (same pid).
-    # shellcheck disable=SC2086,SC2016
-    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' kafka-launch "$PID_FILE" \
+    # shellcheck disable=SC2086  # option lists are meant to split
+    pid="$(service_launch kafka-launch "$PID_FILE" "$LOG_DIR/stdout.log" \
         java $HEAP_OPTS $JVM_OPTS \
         -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$LOG_DIR" \
-        -cp "$LIB_DIR/*" kafka.Kafka "$SERVER_PROPS" \
-        </dev/null >"$LOG_DIR/stdout.log" 2>&1 &
-    local deadline=$((SECONDS + START_TIMEOUT))
-    while [[ ! -s "$PID_FILE" ]] && ((SECONDS < deadline)); do sleep 0.1; done
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    [[ -n "$pid" ]] || die "the broker process did not start (no pid file $PID_FILE)"
+        -cp "$LIB_DIR/*" kafka.Kafka "$SERVER_PROPS")" \
+        || die "the broker process did not start (no pid file $PID_FILE)"
 
-    while :; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            rm -f "$PID_FILE"
-            log_tail
-            die "the broker exited during start-up (logs: $LOG_DIR)"
-        fi
-        if port_open "$PORT" && metadata_ok; then
-            break
-        fi
-        if ((SECONDS >= deadline)); then
-            log_tail
-            stop_pid "$pid" >&2 || true
-            die "the broker did not become ready within ${START_TIMEOUT}s (KAFKA_START_TIMEOUT); stopped it. Logs: $LOG_DIR"
-        fi
-        sleep 0.5
-    done
-    log "ready on $BOOTSTRAP (pid $pid) after $((SECONDS - start)) s"
-    if [[ -n "${KAFKA_OWNER_PID:-}" ]]; then
-        start_watchdog "$KAFKA_OWNER_PID" "$pid"
+    local waited=0
+    service_wait_ready "$pid" "$START_TIMEOUT" broker_ready || waited=$?
+    if ((waited == 1)); then
+        rm -f "$PID_FILE"
+        log_tail
+        die "the broker exited during start-up (logs: $LOG_DIR)"
+    elif ((waited == 2)); then
+        log_tail
+        stop_pid "$pid" >&2 || true
+        die "the broker did not become ready within ${START_TIMEOUT}s (KAFKA_START_TIMEOUT); stopped it. Logs: $LOG_DIR"
     fi
-}
-
-# Stop the broker (via `down`) once process $1 has gone; ends by itself when
-# the broker $2 stops first.
-start_watchdog() {
-    local owner="$1" pid="$2"
-    kill -0 "$owner" 2>/dev/null || die "KAFKA_OWNER_PID=$owner is not a running process"
-    # shellcheck disable=SC2016
-    setsid bash -c '
-        owner=$1 pid=$2; shift 2
-        while kill -0 "$owner" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 2; done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "owner process $owner is gone: stopping the broker"
-            exec "$@"
-        fi
-    ' kafka-watchdog "$owner" "$pid" "${BASH_SOURCE[0]}" down \
-        </dev/null >>"$LOG_DIR/watchdog.log" 2>&1 &
-    log "watchdog: the broker stops when process $owner exits"
+    log "ready on $BOOTSTRAP (pid $pid) after $((SECONDS - start)) s"
+    service_watchdog KAFKA_OWNER_PID kafka-watchdog "the broker" "$pid" "$LOG_DIR/watchdog.log" \
+        "${BASH_SOURCE[0]}" down
 }
 
 stop_pid() {
-    local pid="$1"
-    kill -TERM "$pid" 2>/dev/null || return 0
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            log "still running ${STOP_TIMEOUT}s after SIGTERM (KAFKA_STOP_TIMEOUT); sending SIGKILL to $pid"
-            kill -KILL "$pid" 2>/dev/null || true
-            sleep 0.5
-            break
-        fi
-        sleep 0.2
-    done
-    rm -f "$PID_FILE"
+    service_stop "$1" "$PID_FILE" "$STOP_TIMEOUT" \
+        "still running ${STOP_TIMEOUT}s after SIGTERM (KAFKA_STOP_TIMEOUT); sending SIGKILL to $1"
 }
 
 cmd_down() {
@@ -441,7 +394,7 @@ cmd_status() {
         log "not running on $BOOTSTRAP"
         return 3
     fi
-    if port_open "$PORT" && metadata_ok; then
+    if broker_ready; then
         log "running (pid $pid) on $BOOTSTRAP, data $DATA_DIR, logs $LOG_DIR"
         return 0
     fi
@@ -460,8 +413,8 @@ main() {
         tool)   cmd_tool "$@" ;;
         tools)  cmd_tools ;;
         bootstrap) printf '%s\n' "${KAFKA_BOOTSTRAP_SERVERS:-$BOOTSTRAP}" ;;
-        -h|--help|help) usage ;;
-        *) usage >&2; exit 2 ;;
+        -h|--help|help) service_usage ;;
+        *) service_usage >&2; exit 2 ;;
     esac
 }
 

@@ -22,6 +22,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/_service.sh
+. "$(dirname "${BASH_SOURCE[0]}")/_service.sh"
 PORT="${PGPORT_LOCAL:-55432}"
 STATE_DIR="${PG_STATE_DIR:-$ROOT/var/postgres/$PORT}"
 DATA_DIR="$STATE_DIR/data"
@@ -34,10 +36,6 @@ PG_USER_OS=postgres   # OS account used when running as root
 
 log() { printf 'postgres-local: %s\n' "$*"; }
 die() { printf 'postgres-local: ERROR: %s\n' "$*" >&2; exit 1; }
-
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-}
 
 find_pg_bin() {
     if [[ -n "${PG_BIN:-}" ]]; then
@@ -181,27 +179,9 @@ EOF
         sleep 0.2
     done
     log "ready on 127.0.0.1:$PORT after $((SECONDS - start)) s: $(url)"
-    if [[ -n "${PG_OWNER_PID:-}" ]]; then
-        start_watchdog "$PG_OWNER_PID"
-    fi
-}
-
-# Stop the server (via `down`) once process $1 has gone; ends by itself when
-# the server stops first (postmaster.pid disappears).
-start_watchdog() {
-    local owner="$1"
-    kill -0 "$owner" 2>/dev/null || die "PG_OWNER_PID=$owner is not a running process"
-    # shellcheck disable=SC2016
-    setsid bash -c '
-        owner=$1 pidfile=$2; shift 2
-        while kill -0 "$owner" 2>/dev/null && [[ -f "$pidfile" ]]; do sleep 2; done
-        if [[ -f "$pidfile" ]]; then
-            echo "owner process $owner is gone: stopping the server"
-            exec "$@"
-        fi
-    ' pg-watchdog "$owner" "$DATA_DIR/postmaster.pid" "${BASH_SOURCE[0]}" down \
-        </dev/null >>"$STATE_DIR/watchdog.log" 2>&1 &
-    log "watchdog: the server stops when process $owner exits"
+    # the server runs while postmaster.pid exists
+    service_watchdog PG_OWNER_PID pg-watchdog "the server" "$DATA_DIR/postmaster.pid" \
+        "$STATE_DIR/watchdog.log" "${BASH_SOURCE[0]}" down
 }
 
 cmd_down() {
@@ -240,6 +220,6 @@ case "${1:-}" in
     down)    cmd_down ;;
     status)  cmd_status ;;
     url)     url ;;
-    -h|--help|help) usage ;;
-    *) usage >&2; exit 2 ;;
+    -h|--help|help) service_usage ;;
+    *) service_usage >&2; exit 2 ;;
 esac

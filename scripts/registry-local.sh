@@ -25,6 +25,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/_service.sh
+. "$(dirname "${BASH_SOURCE[0]}")/_service.sh"
 APICURIO_VERSION="2.4.2.Final"
 QUARKUS_VERSION="2.16.4.Final"
 PORT="${REGISTRY_PORT:-8081}"
@@ -40,18 +42,11 @@ LOG="$VAR/registry.log"
 URL="http://127.0.0.1:$PORT/apis/ccompat/v7"
 
 log() { echo "registry-local: $*" >&2; }
+die() { log "$*"; exit 1; }
 
 write_build_project() {
   mkdir -p "$BUILD/src/main/resources"
-  # Apicurio's poms declare extra repositories (GitHub packages, Confluent, JitPack) that are
-  # unreachable here; route everything to Central.
-  cat > "$CACHE/settings.xml" <<'EOF'
-<settings>
-  <mirrors>
-    <mirror><id>central-only</id><mirrorOf>*</mirrorOf><url>https://repo.maven.apache.org/maven2</url></mirror>
-  </mirrors>
-</settings>
-EOF
+  service_central_settings "$CACHE/settings.xml"
   cat > "$BUILD/pom.xml" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
 <project xmlns="http://maven.apache.org/POM/4.0.0" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://maven.apache.org/POM/4.0.0 http://maven.apache.org/xsd/maven-4.0.0.xsd">
@@ -162,24 +157,18 @@ EOF
   log "built $RUNNER"
 }
 
-running_pid() {
-  [[ -f "$PIDFILE" ]] || return 1
-  local pid; pid="$(cat "$PIDFILE")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
-}
+# pid of our running registry, or nothing (removes a stale pid file)
+running_pid() { service_running_pid "$PIDFILE" ''; }
 
 ready() { curl -sf -o /dev/null --max-time 2 "$URL/subjects"; }
 
 up() {
   fetch
-  mkdir -p "$VAR"
-  exec 9>"$VAR/.lock"
-  flock -w $((TIMEOUT + 30)) 9 || { log "timed out waiting for another up/down on port $PORT"; exit 1; }
+  service_lock "$VAR" $((TIMEOUT + 30)) || die "timed out waiting for another up/down on port $PORT"
   local pid
   if pid="$(running_pid)"; then
     if ready; then log "already running (pid $pid)"; echo "$URL"; return 0; fi
   else
-    rm -f "$PIDFILE"
     if ready; then log "something else already serves $URL; not starting another"; exit 1; fi
     pid=""
   fi
@@ -192,50 +181,24 @@ up() {
     pid=$!
     echo "$pid" >"$PIDFILE"
   fi
-  local deadline=$((SECONDS + TIMEOUT))
-  until ready; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      rm -f "$PIDFILE"; log "registry exited during startup; last log lines:"; tail -30 "$LOG" >&2; exit 1
-    fi
-    if (( SECONDS >= deadline )); then
-      log "not ready after ${TIMEOUT}s; stopping it. Last log lines:"; tail -30 "$LOG" >&2; down; exit 1
-    fi
-    sleep 0.5
-  done
+  local waited=0
+  service_wait_ready "$pid" "$TIMEOUT" ready || waited=$?
+  if (( waited == 1 )); then
+    rm -f "$PIDFILE"; log "registry exited during startup; last log lines:"; tail -30 "$LOG" >&2; exit 1
+  elif (( waited == 2 )); then
+    log "not ready after ${TIMEOUT}s; stopping it. Last log lines:"; tail -30 "$LOG" >&2; down; exit 1
+  fi
   log "ready (pid $pid)"
-  if [[ -n "${REGISTRY_OWNER_PID:-}" ]]; then start_watchdog "$REGISTRY_OWNER_PID" "$pid"; fi
+  service_watchdog REGISTRY_OWNER_PID registry-watchdog "the registry" "$pid" "$VAR/watchdog.log" \
+    env REGISTRY_PORT="$PORT" bash "${BASH_SOURCE[0]}" down
   echo "$URL"
 }
 
-# Stop the registry (via `down`) once process $1 has gone; ends by itself when the registry
-# $2 stops first.
-start_watchdog() {
-  local owner="$1" pid="$2"
-  kill -0 "$owner" 2>/dev/null || { log "REGISTRY_OWNER_PID=$owner is not a running process"; exit 1; }
-  # shellcheck disable=SC2016
-  REGISTRY_PORT="$PORT" setsid bash -c '
-    owner=$1 pid=$2; shift 2
-    while kill -0 "$owner" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do sleep 2; done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "owner process $owner is gone: stopping the registry"
-      exec "$@"
-    fi
-  ' registry-watchdog "$owner" "$pid" bash "${BASH_SOURCE[0]}" down \
-    </dev/null >>"$VAR/watchdog.log" 2>&1 9>&- &
-  log "watchdog: the registry stops when process $owner exits"
-}
-
 down() {
-  mkdir -p "$VAR"
-  exec 9>"$VAR/.lock"
-  flock -w $((STOP_TIMEOUT + 30)) 9 || { log "timed out waiting for another up/down on port $PORT"; exit 1; }
+  service_lock "$VAR" $((STOP_TIMEOUT + 30)) || die "timed out waiting for another up/down on port $PORT"
   local pid
-  if ! pid="$(running_pid)"; then rm -f "$PIDFILE"; log "not running"; return 0; fi
-  kill "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then log "pid $pid ignored SIGTERM; killing"; kill -9 "$pid" 2>/dev/null || true; fi
-  rm -f "$PIDFILE"
+  if ! pid="$(running_pid)"; then log "not running"; return 0; fi
+  service_stop "$pid" "$PIDFILE" "$STOP_TIMEOUT" "pid $pid ignored SIGTERM; killing"
   log "stopped (pid $pid)"
 }
 
