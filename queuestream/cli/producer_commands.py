@@ -95,7 +95,13 @@ def refresh(
 
 
 def produce(
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 10.0,
+    interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds from the start of one refresh to the start of the next (at once "
+            "when a refresh takes longer)."
+        ),
+    ] = 10.0,
     since: Annotated[
         str | None, typer.Option(help="Start date for the first refresh only.")
     ] = None,

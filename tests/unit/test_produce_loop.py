@@ -3,11 +3,16 @@ stops on request."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from producer.produce_loop import ProduceLoop
+import pytest
+
+from producer import produce_loop
+from producer.produce_loop import SWEEP_SHARE, ProduceLoop
 from producer.refresh import Refresher, RefreshResult
+from producer.sweep import SweepStep
 from producer.watermark import Progress
 from queuestream.errors import BrokerUnavailableError, EncodingError, QueuestreamError
 from queuestream.retry import Backoff
@@ -90,3 +95,86 @@ def test_a_row_that_cannot_be_encoded_holds_the_feed_without_ending_the_loop() -
     assert made == [1]  # nothing was committed or left open: the refresher is kept
     # The status topic hears of the row once (not on every attempt), then of the recovery.
     assert fake.reports == [bad, None]
+
+
+class _Clock:
+    """time.monotonic for the loop: advanced by the refreshes, and by the waits it asks for."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(round(seconds, 6))
+        self.now += seconds
+        return False
+
+
+class _TimedRefresher(FakeRefresher):
+    """Each refresh takes the next of ``durations`` seconds on ``clock``."""
+
+    def __init__(self, clock: _Clock, durations: list[float]) -> None:
+        super().__init__(failures=0)
+        self.clock = clock
+        self.durations = durations
+        self.starts: list[float] = []
+
+    def refresh(self, since: datetime | None = None) -> list[RefreshResult]:
+        self.starts.append(self.clock.now)
+        self.clock.now += self.durations[len(self.starts) - 1]
+        return super().refresh(since)
+
+
+def _timed_loop(
+    monkeypatch: pytest.MonkeyPatch, durations: list[float], interval: float, **kw: Any
+) -> tuple[ProduceLoop, _TimedRefresher, _Clock]:
+    clock = _Clock()
+    monkeypatch.setattr(time, "monotonic", clock.monotonic)  # the loop reads time.monotonic
+    fake = _TimedRefresher(clock, durations)
+    loop = ProduceLoop(lambda: fake, interval=interval, **kw)
+    monkeypatch.setattr(loop._stop, "wait", clock.wait)
+    return loop, fake, clock
+
+
+def test_the_interval_runs_from_one_refresh_start_to_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh shorter than the interval waits for the rest of it; a longer one is
+    followed at once (waiting a whole interval after it would only make the next longer)."""
+    loop, fake, clock = _timed_loop(monkeypatch, [0.25, 1.5, 0.5, 0.0], interval=1.0)
+    assert loop.run(max_refreshes=4) == 4
+    assert fake.starts == [100.0, 101.0, 102.5, 103.5]
+    assert clock.waits == [0.75, 0.0, 0.5]
+
+
+class _Pass:
+    """A sweep pass that is always due and never ends: each step asks for a 0.01 s pause."""
+
+    made: ClassVar[list[_Pass]] = []
+
+    def __init__(self, refresher: Refresher) -> None:
+        self.refresher = refresher
+        self.steps = 0
+        _Pass.made.append(self)
+
+    def due(self, every: float) -> bool:
+        return True
+
+    def step(self) -> SweepStep:
+        self.steps += 1
+        return SweepStep(table="orders", rows=0, events=0, pause=0.01)
+
+
+def test_a_producer_at_its_limit_still_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refreshes as long as the interval leave no time between them: a due sweep pass
+    still gets SWEEP_SHARE of the interval after each."""
+    monkeypatch.setattr(produce_loop, "Sweeper", _Pass)
+    loop, fake, _clock = _timed_loop(monkeypatch, [2.0, 2.0, 2.0], interval=2.0, sweep_every=60.0)
+    assert loop.run(max_refreshes=3) == 3
+    [sweeper] = _Pass.made
+    assert sweeper.steps == 2 * 20  # 0.2 s after each of the first two refreshes
+    gaps = [b - a - 2.0 for a, b in zip(fake.starts, fake.starts[1:], strict=False)]
+    assert gaps == pytest.approx([2.0 * SWEEP_SHARE] * 2)
