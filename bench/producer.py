@@ -62,7 +62,7 @@ from bench.source import Generation, copy_rows, simulate
 __all__ = ["BACKENDS", "GOAL_EVENTS_PER_SECOND", "Run", "main", "parse_args", "print_table", "run"]
 
 BACKENDS = ("postgres", "sqlite")
-GOAL_EVENTS_PER_SECOND = 50_000  # the issue's target for PostgreSQL
+GOAL_EVENTS_PER_SECOND = 75_000  # issue 10: from PostgreSQL and from SQLite
 
 log = logging.getLogger("bench.producer")
 
@@ -311,14 +311,11 @@ def print_table(report: dict[str, Any]) -> None:
             out.print(f"{r['backend']} profile: {r['profile']}")
     out.print(environment_line(report["environment"], "producer options"))
     for r in report["runs"]:
-        if r["backend"] == "postgres":
-            verdict = (
-                "meets" if r["events_per_second"] >= report["goal_events_per_second"] else "below"
-            )
-            out.print(
-                f"goal ≥ {report['goal_events_per_second']:,} events/s from PostgreSQL: "
-                f"{verdict} ({r['events_per_second']:,.0f})"
-            )
+        verdict = "meets" if r["events_per_second"] >= report["goal_events_per_second"] else "below"
+        out.print(
+            f"goal ≥ {report['goal_events_per_second']:,} events/s from {r['backend']}: "
+            f"{verdict} ({r['events_per_second']:,.0f})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
