@@ -47,8 +47,8 @@ from producer.watermark import (
     Progress,
     Window,
     WindowPlanner,
-    change_digest,
 )
+from producer.window_rows import window_rows
 from queuestream.batches import BeginMarker, TablePartition, encode_batch_key
 from queuestream.databases import create_engine
 from queuestream.dead_letters import (
@@ -62,7 +62,6 @@ from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TableSpec
 from schemas.avro import AvroCodec
-from schemas.avro.record_writer import wall_micros
 
 __all__ = ["RefreshResult", "Refresher"]
 
@@ -226,16 +225,19 @@ class Refresher:
             # The bound first, the snapshot after it (inside the transaction).
             window = self.planner.plan(self.progress, self.reader.safe_end(), since)
 
+            zone = self.settings.zone
+
             @contextmanager
-            def window_rows() -> Iterator[RefreshSource]:
+            def window_source(overlap: OverlapFilter | None) -> Iterator[RefreshSource]:
+                assert overlap is not None  # a window has its overlap
                 with self.reader.frozen() as snapshot:
                     yield RefreshSource(
-                        lambda spec: snapshot.changed_rows(spec, window.read_from, window.end),
+                        lambda spec: window_rows(snapshot, spec, window, overlap, zone),
                         snapshot.keys_under,
                         rows_in_snapshot=True,
                     )
 
-            return self._publish(window_rows, window, None)
+            return self._publish(window_source, window, None)
 
         return self._publish_with_retries(attempt)
 
@@ -268,7 +270,7 @@ class Refresher:
         # snapshot waits on Kafka). The END marker carries the fingerprint, so the rows
         # published must be the ones it describes: checked again inside this snapshot.
         @contextmanager
-        def queue_rows() -> Iterator[RefreshSource]:
+        def queue_rows(_overlap: OverlapFilter | None) -> Iterator[RefreshSource]:
             with self.reader.frozen() as snapshot:
                 again, _ = snapshot.queue_fingerprint()
                 if again != fingerprint:
@@ -306,14 +308,15 @@ class Refresher:
 
     def _publish(
         self,
-        open_source: Callable[[], AbstractContextManager[RefreshSource]],
+        open_source: Callable[[OverlapFilter | None], AbstractContextManager[RefreshSource]],
         window: Window | None,
         fingerprint: str | None,
         since: datetime | None = None,
     ) -> RefreshResult:
         """``open_source`` takes the snapshot, inside the transaction, and releases it once
-        the rows are read. ``since``: procedure mode's start-date override (watermark mode:
-        ``window``)."""
+        the rows are read; given the window's overlap filter, its rows leave out what
+        the last refresh published (:mod:`producer.window_rows`). ``since``: procedure
+        mode's start-date override (watermark mode: ``window``)."""
         started = time.monotonic()
         context = RefreshContext(
             refresh_id=new_refresh_id(),
@@ -328,7 +331,6 @@ class Refresher:
             context.refresh_id, self.settings.refresh_mode, context.window_start, context.window_end
         )
         overlap = OverlapFilter.for_window(window, self.progress, self.overlap) if window else None
-        zone = self.settings.zone
 
         def body(writer: BatchWriter) -> None:
             begin = BeginMarker(
@@ -342,17 +344,9 @@ class Refresher:
             parents: dict[str, set[int]] = {parent: set() for parent in CHILDREN.values()}
             # The keys of the lines this refresh publishes (with rows from the snapshot).
             sent: dict[str, set[Key]] = {child: set() for child in CHILDREN}
-            with open_source() as source:
+            with open_source(overlap) as source:
                 for spec in TABLES:
-                    for changed in source.rows(spec):
-                        if overlap is not None:
-                            stamp = changed.row["ModifiedDate"]
-                            if overlap.needs_digest_at(wall_micros(stamp, zone)):
-                                version = stamp if stamp.tzinfo else stamp.replace(tzinfo=zone)
-                                key = tuple(changed.row[k] for k in spec.key)
-                                digest = change_digest(spec.name, key, version)
-                                if not overlap.admit(digest, version):
-                                    continue
+                    for changed in source.rows(spec):  # the overlap's duplicates left out
                         writer.upsert(spec, changed)
                         if spec.name in parents:
                             parents[spec.name].add(int(changed.row[spec.key[0]]))
