@@ -174,7 +174,9 @@ class ProduceLoop:
         the interval; what is left of them to wait."""
         if self.sweep_every is None or self.refresher is None:
             return seconds
-        deadline = time.monotonic() + max(seconds, self.interval * SWEEP_SHARE)
+        now = time.monotonic()
+        refresh_at = now + seconds  # when the next refresh is due
+        deadline = now + max(seconds, self.interval * SWEEP_SHARE)
         if self._sweeper is None or self._sweeper.refresher is not self.refresher:
             self._sweeper = Sweeper(self.refresher)
         if not self._sweeper.due(self.sweep_every):
@@ -188,7 +190,8 @@ class ProduceLoop:
                 self._report(None)
                 break
             self._stop.wait(min(step.pause, max(0.0, deadline - time.monotonic())))
-        return max(0.0, deadline - time.monotonic())
+        # A pass that ended early does not hold the refresh back for the rest of its share.
+        return max(0.0, refresh_at - time.monotonic())
 
     def _discard(self) -> None:
         self._sweeper = None

@@ -12,7 +12,7 @@ import pytest
 from producer import produce_loop
 from producer.produce_loop import SWEEP_SHARE, ProduceLoop
 from producer.refresh import Refresher, RefreshResult
-from producer.sweep import SweepStep
+from producer.sweep import SweepReport, SweepStep
 from producer.watermark import Progress
 from queuestream.errors import BrokerUnavailableError, EncodingError, QueuestreamError
 from queuestream.retry import Backoff
@@ -178,3 +178,22 @@ def test_a_producer_at_its_limit_still_sweeps(monkeypatch: pytest.MonkeyPatch) -
     assert sweeper.steps == 2 * 20  # 0.2 s after each of the first two refreshes
     gaps = [b - a - 2.0 for a, b in zip(fake.starts, fake.starts[1:], strict=False)]
     assert gaps == pytest.approx([2.0 * SWEEP_SHARE] * 2)
+
+
+class _ShortPass(_Pass):
+    """A sweep pass that is due and ends at its first step."""
+
+    def step(self) -> SweepStep:
+        self.steps += 1
+        finished = SweepReport(started=datetime(2026, 12, 5, tzinfo=UTC))
+        return SweepStep(table="orders", rows=0, events=0, pause=0.01, finished=finished)
+
+
+def test_a_pass_that_ends_early_does_not_hold_the_next_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(produce_loop, "Sweeper", _ShortPass)
+    loop, fake, _clock = _timed_loop(monkeypatch, [2.0, 2.0, 2.0], interval=2.0, sweep_every=60.0)
+    assert loop.run(max_refreshes=3) == 3
+    gaps = [b - a - 2.0 for a, b in zip(fake.starts, fake.starts[1:], strict=False)]
+    assert gaps == pytest.approx([0.0, 0.0])
