@@ -25,6 +25,7 @@ from queuestream.errors import (
     CommitOutcomeUnknownError,
     FatalError,
     FencedError,
+    RetriableError,
 )
 from queuestream.failures import broker_failure
 from queuestream.kafka_clients import transactional_producer
@@ -87,6 +88,14 @@ class TransactionalPublisher:
             )
         if error.fatal():
             return FatalError(f"{where}: fatal error while trying to {doing}: {error.str()}")
+        if error.txn_requires_abort():
+            # e.g. the epoch bump librdkafka needs after an abort that raced its own
+            # produce requests: the transaction is aborted, the refresh is tried again.
+            return RetriableError(
+                f"{where}: the transaction failed while trying to {doing} ({error.str()}); "
+                "it is aborted and the refresh tried again: nothing was committed and the "
+                "watermark did not move"
+            )
         failure = broker_failure(error, self.settings.kafka_bootstrap_servers, doing)
         if isinstance(failure, BrokerUnavailableError):
             return BrokerUnavailableError(
@@ -129,6 +138,8 @@ class TransactionalPublisher:
                 self.producer.produce(topic, value, key, partition, headers=headers)
         except BufferError:
             self._send_when_room(topic, key, value, partition, headers)
+        except KafkaException as exc:  # the transaction is in an error state (the body aborts)
+            raise self._error(exc, f"queue a message for {topic}") from None
 
     def _send_when_room(
         self,
@@ -147,6 +158,8 @@ class TransactionalPublisher:
                 else:
                     self.producer.produce(topic, value, key, partition, headers=headers)
                 return
+            except KafkaException as exc:
+                raise self._error(exc, f"queue a message for {topic}") from None
             except BufferError:
                 now = time.monotonic()
                 if now - full_since > _STUCK_SECONDS:
