@@ -32,13 +32,12 @@ from schemas.avro.record_writer import wall_micros
 __all__ = ["window_rows"]
 
 
-def admitted(
+def _admitted(
     spec: TableSpec, key: tuple[Any, ...], stamp: datetime, overlap: OverlapFilter, zone: ZoneInfo
 ) -> bool:
-    """Is the change of ``key`` stamped ``stamp`` (the source's, naive or aware) published?
-    False for one the last refresh published (recorded for the next one either way)."""
-    if not overlap.needs_digest_at(wall_micros(stamp, zone)):
-        return True
+    """Is the change of ``key`` stamped ``stamp`` (the source's, naive or aware), which the
+    filter wants digested, new? False for one the last refresh published; recorded for the
+    next refresh either way."""
     version = stamp if stamp.tzinfo else stamp.replace(tzinfo=zone)
     return overlap.admit(change_digest(spec.name, key, version), version)
 
@@ -46,9 +45,14 @@ def admitted(
 def _filtered(
     rows: Iterator[ChangedRow], spec: TableSpec, overlap: OverlapFilter, zone: ZoneInfo
 ) -> Iterator[ChangedRow]:
+    """``rows`` less what the last refresh published; most rows are tested by their version
+    alone (no key or digest made)."""
     for changed in rows:
         row = changed.row
-        if admitted(spec, tuple(row[k] for k in spec.key), row["ModifiedDate"], overlap, zone):
+        stamp = row["ModifiedDate"]
+        if not overlap.needs_digest_at(wall_micros(stamp, zone)) or _admitted(
+            spec, tuple(row[k] for k in spec.key), stamp, overlap, zone
+        ):
             yield changed
 
 
@@ -71,7 +75,8 @@ def window_rows(
     unseen = {
         key
         for key, stamp in snapshot.versions(spec, window.read_from, window.start)
-        if admitted(spec, key, stamp, overlap, zone)
+        if not overlap.needs_digest_at(wall_micros(stamp, zone))
+        or _admitted(spec, key, stamp, overlap, zone)
     }
     if unseen:  # committed late: read whole, and published
         for changed in snapshot.changed_rows(spec, window.read_from, window.start):

@@ -10,6 +10,7 @@ producer's partitioner uses too.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -40,6 +41,18 @@ _SOURCE_TS_FIELD = "ts_ms"
 #: (branch 1), after null (branch 0).
 _NULL_THEN_ROW = (b"\x00\x02", b"")
 _ROW_THEN_NULL = (b"\x02", b"\x00")
+
+
+def _branches(record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Each field of ``record`` with each type it may hold (a union's every branch)."""
+    for field in record["fields"]:
+        ftype = field["type"]
+        for branch in ftype if isinstance(ftype, list) else [ftype]:
+            yield field["name"], branch
+
+
+def _logical(ftype: Any, logical: str) -> bool:
+    return isinstance(ftype, dict) and ftype.get("logicalType") == logical
 
 
 class EnvelopeEncoder:
@@ -79,10 +92,7 @@ class EnvelopeEncoder:
         self._fast = record_writer(self._row_json, wall_zone)
         self._wall_zone = wall_zone
         self._timestamps = [
-            f["name"]
-            for f in self._row_json["fields"]
-            for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
-            if isinstance(t, dict) and t.get("logicalType") == "timestamp-micros"
+            name for name, t in _branches(self._row_json) if _logical(t, "timestamp-micros")
         ]
         source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
         prefix, suffix, seen_ts = bytearray(), bytearray(), False
@@ -105,16 +115,11 @@ class EnvelopeEncoder:
         self._ops = {op: _string(op) for op in ("c", "u", "d", "r")}
         self._buffer = io.BytesIO()
         self._decimals = [
-            (f["name"], t["precision"], t.get("scale", 0))
-            for f in self._row_json["fields"]
-            for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
-            if isinstance(t, dict) and t.get("logicalType") == "decimal"
+            (name, t["precision"], t.get("scale", 0))
+            for name, t in _branches(self._row_json)
+            if _logical(t, "decimal")
         ]
-        self._ints = [
-            f["name"]
-            for f in self._row_json["fields"]
-            if "int" in (f["type"] if isinstance(f["type"], list) else [f["type"]])
-        ]
+        self._ints = [name for name, t in _branches(self._row_json) if t == "int"]
 
     def aware(self, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` with its naive timestamps made aware in the wall zone (a copy when any
