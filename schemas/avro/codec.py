@@ -7,19 +7,12 @@ Two wire formats:
   then the Avro binary body. Any Avro library can decode it with the .avsc files.
 * Confluent Schema Registry framing (registry URL configured): ``00``, the
   4-byte big-endian schema id, then the body; schemas are registered under
-  ``<topic>-key`` / ``<topic>-value`` through confluent-kafka's client, each subject
-  set to BACKWARD compatibility first (unless its level includes BACKWARD already),
-  so that the registry refuses a schema that cannot read the subject's last one.
+  ``<topic>-key`` / ``<topic>-value``, each subject at BACKWARD compatibility at least
+  (:mod:`.registry`).
 
-A registry that does not answer (down, or a request that outlasts
-:data:`REGISTRY_TIMEOUT`) raises a RetriableError, which ``produce`` waits out
-like any outage; one that answers but not as a registry (404, an HTML page) or
-refuses the credentials raises a ConfigurationError: both decided by
-:func:`queuestream.failures.registry_failure`, named by the URL without its
-password. They pass through :meth:`AvroCodec.decode` as they are: a registry
-that is down is not a message that cannot be decoded. The HTTP client logs every
-request's URL at INFO, with the password the URL may carry: a filter on its
-logger masks it.
+What is asked of the registry, and how its failures are told apart, is
+:mod:`.registry`. Its failures pass through :meth:`AvroCodec.decode` as they are: a
+registry that is down is not a message that cannot be decoded.
 
 A single-object message written with a schema other than the current file's (an
 earlier or later contract) is read with the released schema of its fingerprint
@@ -37,8 +30,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import re
 from collections.abc import Callable, Iterable
 from datetime import tzinfo
 from functools import cache
@@ -47,34 +38,21 @@ from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-from sqlalchemy.exc import ArgumentError
 
-from queuestream.databases import describe_url
-from queuestream.errors import ConfigurationError, DecodeError, EncodingError, QueuestreamError
-from queuestream.failures import hide_logins, registry_failure
+from queuestream.errors import DecodeError, EncodingError, QueuestreamError
 from schemas.avro.envelope import EnvelopeEncoder
 from schemas.avro.fast_reader import Projection, Reader, ValueCache, compile_reader, project
 from schemas.avro.history import writer_schemas
 from schemas.avro.misfit import WRITE_ERRORS, find_misfit
 from schemas.avro.record_writer import Unhandled, record_writer
+from schemas.avro.registry import SchemaRegistry
 from schemas.avro.schema_files import load_schema, schema_names
 
-__all__ = ["REGISTRY_TIMEOUT", "SINGLE_OBJECT_MAGIC", "AvroCodec"]
-
-#: Registrations of one schema when the registry reports a race (see AvroCodec._register).
-_REGISTER_ATTEMPTS = 3
-
-log = logging.getLogger(__name__)
+__all__ = ["SINGLE_OBJECT_MAGIC", "AvroCodec"]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _Record = Callable[[bytes, int], dict[str, Any]]  # a Reader of a record schema
 _CONFLUENT_MAGIC = 0
-#: Seconds a registry request may take (the client's default is to wait forever).
-REGISTRY_TIMEOUT = 10.0
-#: Compatibility levels under which a registry refuses what new readers cannot read.
-_INCLUDES_BACKWARD = frozenset({"BACKWARD", "BACKWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"})
-#: The login part of a URL (``scheme://user:password@``, or without the scheme).
-_LOGIN = re.compile(r"^([a-z][a-z0-9+.-]*://)?[^/@]*@", re.IGNORECASE)
 
 
 class _Schema:
@@ -110,9 +88,10 @@ def _released(extra: tuple[Path, ...]) -> dict[bytes, tuple[str, dict[str, Any]]
 class AvroCodec:
     """Encoder and decoder for every queuestream topic of one topic prefix.
 
-    ``registry`` is a confluent_kafka SchemaRegistryClient, or None for
-    single-object encoding. ``history`` adds folders of writer schemas (laid out as
-    :mod:`.history`) to the released ones that single-object messages are looked up in.
+    ``registry`` is a :class:`.registry.SchemaRegistry` (or a confluent_kafka
+    SchemaRegistryClient, wrapped in one), or None for single-object encoding.
+    ``history`` adds folders of writer schemas (laid out as :mod:`.history`) to the
+    released ones that single-object messages are looked up in.
     """
 
     def __init__(
@@ -124,8 +103,11 @@ class AvroCodec:
     ) -> None:
         self.prefix = prefix
         self._history = tuple(Path(folder).resolve() for folder in history)
-        self.registry = registry
-        self._registry_where = _masked(registry_url) if registry_url else "(configured)"
+        self.registry = (
+            registry
+            if registry is None or isinstance(registry, SchemaRegistry)
+            else SchemaRegistry(registry, registry_url)
+        )
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
         self._headers: dict[str, bytes] = {}
         self._by_fingerprint: dict[bytes, _Schema] = {}
@@ -146,31 +128,8 @@ class AvroCodec:
     def from_url(
         cls, prefix: str, registry_url: str | None, history: Iterable[Path] = ()
     ) -> AvroCodec:
-        if not registry_url:
-            return cls(prefix, history=history)
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
-        for name in _HTTP_LOGGERS:
-            logging.getLogger(name).addFilter(_HIDE_LOGINS)
-        try:
-            client = SchemaRegistryClient({"url": registry_url, "timeout": REGISTRY_TIMEOUT})
-        except ValueError:  # the client's reason repeats the URL, password and all
-            msg = (
-                f"schema_registry_url {_masked(registry_url)} is not a registry URL: give "
-                "http://host:port or https://host:port (user:password@host for basic auth)"
-            )
-            raise ConfigurationError(msg) from None
-        return cls(prefix, client, registry_url, history)
-
-    def _registry_call(self, call: Callable[[], Any]) -> Any:
-        """``call()`` to the registry, its failures classified (see the module docstring)."""
-        try:
-            return call()
-        except Exception as exc:
-            failure = registry_failure(exc, self._registry_where)
-            if failure is None:
-                raise
-            raise failure from None
+        registry = SchemaRegistry.connect(registry_url) if registry_url else None
+        return cls(prefix, registry, history=history)
 
     # -- encoding ---------------------------------------------------------------
     def encoder(self, table: str, field: str) -> Callable[[dict[str, Any]], bytes]:
@@ -223,55 +182,10 @@ class AvroCodec:
                 from confluent_kafka.schema_registry import Schema
 
                 subject = f"{self.prefix}.{table}-{field}"
-                self._require_backward(subject)
-                written = Schema(json.dumps(schema.json), "AVRO")
-                schema_id = self._registry_call(lambda: self._register(subject, written))
+                schema_id = self.registry.register(subject, Schema(json.dumps(schema.json), "AVRO"))
                 found = bytes([_CONFLUENT_MAGIC]) + int(schema_id).to_bytes(4, "big")
             self._headers[stem] = found
         return found
-
-    def _register(self, subject: str, schema: Any) -> int:
-        """Register ``schema`` under ``subject`` (an existing equal version: its id).
-
-        Apicurio Registry 2.4.2 may refuse a registration that races another, of the same
-        schema under another subject, with HTTP 409 "artifact ... already exists" for the
-        subject being created (8 of 80 concurrent registrations when tried): the artifact
-        is there by then, and registering again returns its id. A 409 for any other reason
-        (an incompatible schema) is not asked again.
-        """
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-        for attempt in range(_REGISTER_ATTEMPTS):
-            try:
-                return int(self.registry.register_schema(subject, schema))
-            except SchemaRegistryError as exc:
-                raced = exc.http_status_code == 409 and "already exists" in exc.error_message
-                if not raced or attempt == _REGISTER_ATTEMPTS - 1:
-                    raise
-                log.info("schema registry: %s raced another registration; asking again", subject)
-        raise AssertionError  # unreachable: the last attempt returns or raises
-
-    def _require_backward(self, subject: str) -> None:
-        """Have the registry check each new schema of ``subject`` against the last one.
-
-        A subject whose compatibility level already includes BACKWARD (BACKWARD, FULL,
-        or their _TRANSITIVE forms) keeps it; any other (none of its own, the registry's
-        default NONE, FORWARD) is set to BACKWARD (``PUT /config/<subject>``) before a
-        schema is registered, so that a schema that consumers on it could not use to
-        read the events already written is refused (HTTP 409: a SchemaError).
-        """
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-        try:
-            level = self._registry_call(lambda: self.registry.get_compatibility(subject))
-        except SchemaRegistryError as exc:  # the registry's own 404: no subject, or no level
-            if exc.http_status_code != 404:
-                raise
-            level = None
-        if level in _INCLUDES_BACKWARD:
-            return
-        self._registry_call(lambda: self.registry.set_compatibility(subject, "BACKWARD"))
-        log.info("schema registry: compatibility of %s set to BACKWARD (was %s)", subject, level)
 
     def envelope_encoder(
         self,
@@ -379,39 +293,16 @@ class AvroCodec:
         key = schema_id.to_bytes(8, "big")
         found = self._by_fingerprint.get(b"id" + key)
         if found is None:
-            text = self._registry_call(lambda: self.registry.get_schema(schema_id)).schema_str
+            assert self.registry is not None  # a Confluent-framed message needs one (checked)
+            text = self.registry.schema_text(schema_id)
             found = _Schema(f"registry id {schema_id}", json.loads(text), framed=False)
             self._by_fingerprint[b"id" + key] = found
         return found
 
 
-class _HideLogins(logging.Filter):
-    """The HTTP client logs each request's URL, password included: masked here."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        masked = hide_logins(text)
-        if masked != text:
-            record.msg, record.args = masked, None
-        return True
-
-
-#: The loggers of the HTTP clients the registry client may use (httpx2, or httpx).
-_HTTP_LOGGERS = ("httpx2", "httpx")
-_HIDE_LOGINS = _HideLogins()
-
-
 def _undecodable(table: str, field: str, data: bytes, exc: Exception) -> DecodeError:
     reason = f"cannot decode {field}: {type(exc).__name__}: {exc}"
     return DecodeError(reason, table=table, raw=data)
-
-
-def _masked(url: str) -> str:
-    """``url`` without its password, as every message names a URL."""
-    try:
-        return describe_url(url)
-    except (ArgumentError, ValueError):  # not a URL SQLAlchemy parses: mask what may be a login
-        return _LOGIN.sub(r"\1***@", url)
 
 
 def _body_writer(schema: _Schema, header: bytes) -> Callable[[dict[str, Any]], bytes]:
