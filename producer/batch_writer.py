@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from producer.events import EventBuilder, RefreshContext, row_key
+from producer.events import EventBuilder, PreparedRow, RefreshContext, RefusedRow
 from producer.partitioning import CustomerPartitioner
 from producer.published_state import PublishedState
 from producer.publisher import Send, TransactionalPublisher
@@ -144,21 +144,33 @@ class BatchWriter:
     def upsert(self, spec: TableSpec, changed: ChangedRow, op: str | None = None) -> bool:
         """Publish a changed row (``op`` as the window says, unless given). False: the row
         could not be encoded and went to the dead-letter topic."""
+        return self.publish(spec, self.builder(spec).preparer.prepare(changed, op))
+
+    def prepared(
+        self, spec: TableSpec, rows: Iterable[ChangedRow]
+    ) -> Iterator[PreparedRow | RefusedRow]:
+        """``rows`` prepared here, for :meth:`publish` (the row reader prepares its own)."""
+        prepare = self.builder(spec).preparer.prepare
+        for changed in rows:
+            yield prepare(changed)
+
+    def publish(self, spec: TableSpec, prepared: PreparedRow | RefusedRow) -> bool:
+        """Publish a prepared row, at its place in the batch; a refused one goes to the
+        dead-letter topic while the budget lasts (False)."""
         builder = self.builder(spec)
         topic = self.parts.topics[spec.name]
-        try:
-            event = builder.build(changed, self.total + 1, op)
-        except EncodingError as exc:
-            self._dead_letter(builder, topic, changed, exc)
+        if isinstance(prepared, RefusedRow):
+            self._dead_letter(topic, prepared, prepared.error(spec.name))
             return False
         self.total += 1
+        value = builder.finish(prepared, self.total)
         send = self.send
-        partition = event.partition
-        send(topic, event.key, event.value, partition)
-        counted = (spec.name, event.op, partition)
+        partition = prepared.partition
+        send(topic, prepared.key, value, partition)
+        counted = (spec.name, prepared.op, partition)
         self._events[counted] = self._events.get(counted, 0) + 1
-        key = row_key(spec, changed.row)
-        version, customer, row = event.version, changed.customer_id, event.row
+        key = prepared.state_key
+        version, customer, row = prepared.version, prepared.customer, prepared.row
         send(self.parts.state_topic, record_key(spec.name, key), pack(version, customer, row), 0)
         self.parts.state.put_row(spec.name, key, version, customer, row)
         return True
@@ -227,13 +239,11 @@ class BatchWriter:
             found[(table, partition)] += n
         return found
 
-    def _dead_letter(
-        self, builder: EventBuilder, topic: str, changed: ChangedRow, error: EncodingError
-    ) -> None:
+    def _dead_letter(self, topic: str, refused: RefusedRow, error: EncodingError) -> None:
         parts = self.parts
         if not parts.budget.fits(self.refused.total() + 1):
             raise error
-        self.refused[builder.spec.name] += 1
+        self.refused[error.table] += 1
         where = ErrorContext(
             topic=topic,
             partition=-1,
@@ -243,5 +253,4 @@ class BatchWriter:
             by={"producer": parts.producer_id, "refresh_id": self.context.refresh_id},
             connector=parts.producer_id,
         )
-        key, value = builder.unencodable(changed)
-        self.send(dlq_topic(topic), key, value, 0, error_headers(error, where))
+        self.send(dlq_topic(topic), refused.key, refused.value, 0, error_headers(error, where))

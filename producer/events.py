@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from producer.partitioning import CustomerPartitioner
@@ -26,9 +26,19 @@ from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
 from schemas.avro import AvroCodec
+from schemas.avro.envelope import RowEncoder
 from schemas.avro.record_writer import wall_micros
 
-__all__ = ["EncodedEvent", "EventBuilder", "RefreshContext", "row_key", "version_micros"]
+__all__ = [
+    "EncodedEvent",
+    "EventBuilder",
+    "PreparedRow",
+    "RefreshContext",
+    "RefusedRow",
+    "RowPreparer",
+    "row_key",
+    "version_micros",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,49 +75,62 @@ def row_key(spec: TableSpec, row: dict[str, Any]) -> Key:
     return (int(row[key[0]]), int(row[key[1]]))
 
 
-class EventBuilder:
-    """Builds and encodes the events of one table within one refresh."""
+class PreparedRow(NamedTuple):
+    """All of a change event that its row alone decides: made by :class:`RowPreparer`, in
+    this process or in the row reader's (:mod:`producer.row_process`); the event's place
+    in the batch is added by :meth:`EventBuilder.finish`."""
+
+    key: bytes  # the event's Kafka key
+    row: bytes  # the row's Avro bytes (``after``)
+    op: str
+    version: int  # ModifiedDate, microseconds since the epoch
+    partition: int
+    state_key: Key
+    customer: int
+
+
+class RefusedRow(NamedTuple):
+    """A row :class:`RowPreparer` could not encode: its dead letter and why."""
+
+    state_key: Key
+    key: bytes  # the dead letter's key and value: JSON
+    value: bytes
+    reason: str
+    column: str | None
+    key_values: dict[str, Any]
+
+    def error(self, table: str) -> EncodingError:
+        return EncodingError(self.reason, table=table, key=self.key_values, column=self.column)
+
+
+class RowPreparer:
+    """Makes the part of a table's events that depends on the row alone, for one refresh:
+    op, key, the row's Avro bytes, partition. Any process can hold one."""
 
     def __init__(
         self,
         spec: TableSpec,
-        context: RefreshContext,
         codec: AvroCodec,
         policy: ColumnPolicy,
         partitioner: CustomerPartitioner,
         zone: ZoneInfo,
+        window_start: datetime | None,
+        resync: bool,
+        rows: RowEncoder | None = None,
     ) -> None:
+        """``rows``: the table's row encoder, when one is at hand (one is made otherwise)."""
         self.spec = spec
-        self.context = context
         self.partitioner = partitioner
         self.zone = zone
+        self.rows = rows or RowEncoder(spec.name, zone)
         self._encode_key = codec.encoder(spec.name, "key")
         self._sensitive: Callable[[dict[str, Any]], None] | None = policy.for_table(spec.name)
         self._key_columns = spec.key
-        self._resync = context.resync
-        start = context.window_start
-        self._window_start_us = None if start is None else version_micros(start)
-        source = {
-            "version": __version__,
-            "connector": "queuestream",
-            "name": context.prefix,
-            "snapshot": "true" if context.resync else "false",
-            "db": context.database,
-            "schema": context.schema,
-            "table": spec.source,
-            "system": "exigo",
-            "refresh_id": context.refresh_id,
-            "window_start": context.window_start,
-            "window_end": context.window_end,
-        }
-        published_ms = int(datetime.now(UTC).timestamp() * 1000)
-        self._envelope = codec.envelope_encoder(
-            spec.name, source, published_ms, context.refresh_id, wall_zone=zone
-        )
-        self.count = 0
+        self._resync = resync
+        self._window_start_us = None if window_start is None else version_micros(window_start)
 
-    def build(self, changed: ChangedRow, total_order: int, op: str | None = None) -> EncodedEvent:
-        """The event of a changed row; ``op`` overrides the op the window gives (the
+    def prepare(self, changed: ChangedRow, op: str | None = None) -> PreparedRow | RefusedRow:
+        """The row's part of its event; ``op`` overrides the op the window gives (the
         sweep's ``r``). The row's timestamps are read as the source's wall times (naive,
         in the source zone) or aware; the row itself is left as it is but for masking."""
         row = changed.row
@@ -130,23 +153,98 @@ class EventBuilder:
             self._sensitive(row)
         try:
             key = self._encode_key(key_values)
+            row_bytes = self.rows.encode_row(row)
         except EncodingError as exc:
-            raise EncodingError(
-                exc.reason, table=self.spec.name, key=key_values, column=exc.column
-            ) from exc
-        self.count += 1
-        try:
-            row_bytes = self._envelope.encode_row(row)
-        except EncodingError as exc:
-            self.count -= 1  # not published: the next event takes its place in the order
-            raise EncodingError(
-                exc.reason, table=self.spec.name, key=key_values, column=exc.column
-            ) from exc
-        value = self._envelope.encode_from_row_bytes(
-            row_bytes, op, micros // 1000, total_order, self.count
+            return self._refused(changed, key_values, exc)
+        return PreparedRow(
+            key,
+            row_bytes,
+            op,
+            micros,
+            self.partitioner(changed.customer_id),
+            row_key(self.spec, row),
+            changed.customer_id,
         )
-        partition = self.partitioner(changed.customer_id)
-        return EncodedEvent(key, value, partition, op, micros, row_bytes)
+
+    def _refused(
+        self, changed: ChangedRow, key_values: dict[str, Any], error: EncodingError
+    ) -> RefusedRow:
+        """The dead letter of a row :meth:`prepare` refused: JSON (masked already)."""
+        return RefusedRow(
+            row_key(self.spec, changed.row),
+            _json(key_values),
+            _json(self.rows.aware(changed.row)),
+            error.reason,
+            error.column,
+            key_values,
+        )
+
+
+class EventBuilder:
+    """Builds and encodes the events of one table within one refresh."""
+
+    def __init__(
+        self,
+        spec: TableSpec,
+        context: RefreshContext,
+        codec: AvroCodec,
+        policy: ColumnPolicy,
+        partitioner: CustomerPartitioner,
+        zone: ZoneInfo,
+    ) -> None:
+        self.spec = spec
+        self.context = context
+        self.partitioner = partitioner
+        self.zone = zone
+        self._encode_key = codec.encoder(spec.name, "key")
+        self._sensitive = policy.for_table(spec.name)
+        source = {
+            "version": __version__,
+            "connector": "queuestream",
+            "name": context.prefix,
+            "snapshot": "true" if context.resync else "false",
+            "db": context.database,
+            "schema": context.schema,
+            "table": spec.source,
+            "system": "exigo",
+            "refresh_id": context.refresh_id,
+            "window_start": context.window_start,
+            "window_end": context.window_end,
+        }
+        published_ms = int(datetime.now(UTC).timestamp() * 1000)
+        self._envelope = codec.envelope_encoder(
+            spec.name, source, published_ms, context.refresh_id, wall_zone=zone
+        )
+        self.preparer = RowPreparer(
+            spec,
+            codec,
+            policy,
+            partitioner,
+            zone,
+            context.window_start,
+            context.resync,
+            self._envelope.rows,
+        )
+        self.count = 0
+
+    def finish(self, prepared: PreparedRow, total_order: int) -> bytes:
+        """The event's value: the prepared row in its envelope, at its place in the batch
+        (``total_order``) and in its table (the next ``count``)."""
+        self.count += 1
+        return self._envelope.encode_from_row_bytes(
+            prepared.row, prepared.op, prepared.version // 1000, total_order, self.count
+        )
+
+    def build(self, changed: ChangedRow, total_order: int, op: str | None = None) -> EncodedEvent:
+        """The event of a changed row (:meth:`RowPreparer.prepare`, then :meth:`finish`).
+        Raises EncodingError for a row that cannot be encoded."""
+        prepared = self.preparer.prepare(changed, op)
+        if isinstance(prepared, RefusedRow):
+            raise prepared.error(self.spec.name)
+        value = self.finish(prepared, total_order)
+        return EncodedEvent(
+            prepared.key, value, prepared.partition, prepared.op, prepared.version, prepared.row
+        )
 
     def row_bytes(self, changed: ChangedRow) -> bytes:
         """The Avro bytes :meth:`build` would publish for this row (masked): what the sweep
@@ -179,15 +277,6 @@ class EventBuilder:
             published.version,
             published.row,
         )
-
-    def unencodable(self, changed: ChangedRow) -> tuple[bytes, bytes]:
-        """The key and value of a dead letter for a row :meth:`build` refused: JSON.
-
-        :meth:`build` masked the row's sensitive columns before it failed.
-        """
-        row = changed.row
-        key = {k: row[k] for k in self.spec.key}
-        return _json(key), _json(self._envelope.aware(row))
 
 
 def _json(values: dict[str, Any]) -> bytes:

@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from producer.batch_writer import BatchParts, BatchWriter
-from producer.events import RefreshContext, row_key
+from producer.events import PreparedRow, RefreshContext, RefusedRow
 from producer.ids import new_refresh_id
 from producer.partitioning import CustomerPartitioner
 from producer.progress import read_progress
@@ -85,6 +85,10 @@ class RefreshSource:
     #: The rows come from the snapshot ``keys_under`` reads (watermark mode), so a line
     #: this refresh publishes is one the source has: only the others need asking about.
     rows_in_snapshot: bool = False
+
+    def prepared(self, spec: TableSpec, writer: BatchWriter) -> Iterator[PreparedRow | RefusedRow]:
+        """The rows of ``spec``, prepared (in this process) for ``writer.publish``."""
+        return writer.prepared(spec, self.rows(spec))
 
 
 @dataclass
@@ -346,14 +350,15 @@ class Refresher:
             sent: dict[str, set[Key]] = {child: set() for child in CHILDREN}
             with open_source(overlap) as source:
                 for spec in TABLES:
-                    for changed in source.rows(spec):  # the overlap's duplicates left out
-                        writer.upsert(spec, changed)
+                    # the overlap's duplicates left out; prepared here or by the row reader
+                    for prepared in source.prepared(spec, writer):
+                        writer.publish(spec, prepared)
                         if spec.name in parents:
-                            parents[spec.name].add(int(changed.row[spec.key[0]]))
+                            parents[spec.name].add(prepared.state_key[0])
                         elif spec.name in CHILDREN:
-                            parents[CHILDREN[spec.name]].add(int(changed.row[spec.key[0]]))
+                            parents[CHILDREN[spec.name]].add(prepared.state_key[0])
                             if source.rows_in_snapshot:
-                                sent[spec.name].add(row_key(spec, changed.row))
+                                sent[spec.name].add(prepared.state_key)
                     if spec.name in CHILDREN:
                         self._delete_removed_children(
                             writer, spec, parents[CHILDREN[spec.name]], source, sent[spec.name]

@@ -21,7 +21,7 @@ from schemas.avro.misfit import WRITE_ERRORS, find_misfit, not_a_number
 from schemas.avro.record_writer import Unhandled, record_writer, varint
 from schemas.avro.schema_files import load_schema, row_schema
 
-__all__ = ["EnvelopeEncoder", "encode_long"]
+__all__ = ["EnvelopeEncoder", "RowEncoder", "encode_long"]
 
 
 def encode_long(value: int) -> bytes:
@@ -55,37 +55,17 @@ def _logical(ftype: Any, logical: str) -> bool:
     return isinstance(ftype, dict) and ftype.get("logicalType") == logical
 
 
-class EnvelopeEncoder:
-    """Encodes change-event values of one table within one refresh, fast.
+class RowEncoder:
+    """Encodes one table's rows against the row record alone: what an envelope carries
+    in ``after`` (or ``before``), and all of an event that depends on the row only.
 
-    Avro's binary encoding of a record is the concatenation of its fields'
-    encodings, so the envelope is assembled from parts: the union branches of
-    ``before`` and ``after`` around the row written by fastavro against the row
-    record alone (no union resolution): ``before`` null and ``after`` the row for
-    c/u/r, ``before`` the row and ``after`` null for a delete (op ``d``); the
-    ``source`` block whose only varying field is ``ts_ms`` (its other fields are
-    encoded once per refresh); ``op``, ``ts_ms`` and ``transaction``. The result
-    is byte-identical to encoding the whole envelope with fastavro (a unit test
-    checks), at a third of the cost. The row's bytes alone (:meth:`encode_row`)
-    are what a producer keeps of a published row, to build its delete later.
+    Any process can hold one (the producer's row reader encodes in a process of its
+    own, :mod:`producer.row_process`); :class:`EnvelopeEncoder` wraps the bytes.
     """
 
-    def __init__(
-        self,
-        table: str,
-        header: bytes,
-        source: dict[str, Any],
-        published_ms: int,
-        transaction_id: str,
-        wall_zone: tzinfo | None = None,
-    ) -> None:
+    def __init__(self, table: str, wall_zone: tzinfo | None = None) -> None:
         """``wall_zone``: a row's naive timestamps are wall times in that zone (the source's
         stamps as read); without it timestamps must be aware."""
-        envelope = load_schema(f"{table}.value")
-        names = [f["name"] for f in envelope["fields"]]
-        if names != _ENVELOPE_FIELDS:
-            msg = f"{table}.value.avsc: envelope fields {names}, expected {_ENVELOPE_FIELDS}"
-            raise SchemaError(msg)
         self.table = table
         self._row_json = row_schema(table)
         self._row = fastavro.parse_schema(self._row_json, named_schemas={})
@@ -94,25 +74,6 @@ class EnvelopeEncoder:
         self._timestamps = [
             name for name, t in _branches(self._row_json) if _logical(t, "timestamp-micros")
         ]
-        source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
-        prefix, suffix, seen_ts = bytearray(), bytearray(), False
-        for field in source_fields["fields"]:
-            if field["name"] == _SOURCE_TS_FIELD:
-                seen_ts = True
-                continue
-            part = io.BytesIO()
-            fastavro.schemaless_writer(
-                part,
-                fastavro.parse_schema(field["type"], named_schemas={}),
-                source.get(field["name"]),
-            )
-            (suffix if seen_ts else prefix).extend(part.getvalue())
-        self._header = header
-        self._source_prefix = bytes(prefix)
-        self._source_suffix = bytes(suffix)
-        self._published = b"\x02" + encode_long(published_ms)  # ts_ms: branch 1 (long)
-        self._transaction = b"\x02" + _string(transaction_id)  # branch 1 (Transaction)
-        self._ops = {op: _string(op) for op in ("c", "u", "d", "r")}
         self._buffer = io.BytesIO()
         self._decimals = [
             (name, t["precision"], t.get("scale", 0))
@@ -184,6 +145,62 @@ class EnvelopeEncoder:
             column, reason = find_misfit(self._row_json, row)
             raise EncodingError(reason, table=self.table, column=column) from exc
         return buffer.getvalue()
+
+
+class EnvelopeEncoder:
+    """Encodes change-event values of one table within one refresh, fast.
+
+    Avro's binary encoding of a record is the concatenation of its fields'
+    encodings, so the envelope is assembled from parts: the union branches of
+    ``before`` and ``after`` around the row written by fastavro against the row
+    record alone (no union resolution): ``before`` null and ``after`` the row for
+    c/u/r, ``before`` the row and ``after`` null for a delete (op ``d``); the
+    ``source`` block whose only varying field is ``ts_ms`` (its other fields are
+    encoded once per refresh); ``op``, ``ts_ms`` and ``transaction``. The result
+    is byte-identical to encoding the whole envelope with fastavro (a unit test
+    checks), at a third of the cost. The row's bytes alone (:meth:`encode_row`)
+    are what a producer keeps of a published row, to build its delete later.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        header: bytes,
+        source: dict[str, Any],
+        published_ms: int,
+        transaction_id: str,
+        wall_zone: tzinfo | None = None,
+    ) -> None:
+        """``wall_zone``: a row's naive timestamps are wall times in that zone (the source's
+        stamps as read); without it timestamps must be aware."""
+        envelope = load_schema(f"{table}.value")
+        names = [f["name"] for f in envelope["fields"]]
+        if names != _ENVELOPE_FIELDS:
+            msg = f"{table}.value.avsc: envelope fields {names}, expected {_ENVELOPE_FIELDS}"
+            raise SchemaError(msg)
+        self.table = table
+        self.rows = RowEncoder(table, wall_zone)
+        self.encode_row = self.rows.encode_row
+        self.aware = self.rows.aware
+        source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
+        prefix, suffix, seen_ts = bytearray(), bytearray(), False
+        for field in source_fields["fields"]:
+            if field["name"] == _SOURCE_TS_FIELD:
+                seen_ts = True
+                continue
+            part = io.BytesIO()
+            fastavro.schemaless_writer(
+                part,
+                fastavro.parse_schema(field["type"], named_schemas={}),
+                source.get(field["name"]),
+            )
+            (suffix if seen_ts else prefix).extend(part.getvalue())
+        self._header = header
+        self._source_prefix = bytes(prefix)
+        self._source_suffix = bytes(suffix)
+        self._published = b"\x02" + encode_long(published_ms)  # ts_ms: branch 1 (long)
+        self._transaction = b"\x02" + _string(transaction_id)  # branch 1 (Transaction)
+        self._ops = {op: _string(op) for op in ("c", "u", "d", "r")}
 
     def encode(
         self,
