@@ -31,7 +31,8 @@ What is measured, per target, over the refreshes that started during the load:
 
 Beside them: rows and refreshes measured, the simulator's achieved rate (rows it
 wrote per second; changed rows the refreshes carried per second of source time),
-the peak RSS (``VmHWM``) of the producer and of each consumer, and a breakdown of
+the peak RSS (``VmHWM``) of the producer (with its row reader process) and of each
+consumer, and a breakdown of
 the latency (bench/freshness_figures.py), row-weighted p50 and p99 of each part:
 the refresh (start -> END built: the END marker's ``ts_ms``), END -> the apply
 began (Kafka commit, fetch, waiting for the END, decoding; of which the Kafka
@@ -78,7 +79,7 @@ from bench.freshness_figures import (
 )
 from bench.freshness_records import read_refreshes, read_sync_log, tracks_commit_times
 from bench.output import out, print_runs, progress_printer
-from bench.rss import peak_rss_mb
+from bench.rss import FamilyPeak
 from bench.scratch import Prefixes, delete_topics, postgres_database
 from bench.services import check_kafka, resolve_bootstrap, resolve_postgres
 from bench.session import main_with
@@ -153,11 +154,16 @@ class _Command:
     popen: subprocess.Popen[bytes]
     log: Path
     peak_mb: float | None = None
+    family: FamilyPeak | None = None
 
     def sample(self) -> None:
-        peak = peak_rss_mb(self.popen.pid)
-        if peak is not None:  # VmHWM only grows: the last reading is the peak so far
-            self.peak_mb = round(peak, 1)
+        """The command's peak so far, with those of the processes it started (the
+        producer's row reader): VmHWM only grows, so each last reading is its peak."""
+        if self.family is None:
+            self.family = FamilyPeak(self.popen.pid)
+        self.family.sample()
+        if self.family.peaks:
+            self.peak_mb = self.family.total_mb()
 
     def check_alive(self) -> None:
         if self.popen.poll() is not None:

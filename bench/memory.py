@@ -20,7 +20,8 @@ takes:
 4. ``queuestream verify`` of each target against the source.
 
 For each command: its peak RSS (the child's ``ru_maxrss`` from :func:`os.wait4`, the
-kernel's own high-water mark, not a sample), its seconds, events or rows per second.
+kernel's own high-water mark, not a sample; for the producer, with its row reader
+process's peak added), its seconds, events or rows per second.
 
     .venv/bin/python -m bench.memory                     # 1,000,000 rows
     .venv/bin/python -m bench.memory --rows 100000 --json
@@ -47,6 +48,7 @@ from bench.environment import environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.options import add_common_arguments, check_common_arguments
 from bench.output import out, print_runs
+from bench.rss import FamilyPeak
 from bench.scratch import postgres_database, sqlite_database, writer_engine
 from bench.services import resolve_postgres
 from bench.session import main_with, session
@@ -117,7 +119,9 @@ def run_command(
 
     The peak RSS is the child's ``ru_maxrss`` as :func:`os.wait4` reports it (kilobytes
     on Linux): the kernel's high-water mark of the process, so no peak falls between
-    two samples.
+    two samples. A command that starts processes of its own (the producer's row
+    reader) counts theirs too: each one's VmHWM read every 0.05 s, added to the
+    command's own (``helpers_peak_rss_mb`` says how much of it is theirs).
     """
     return run_commands(name, [command], env, [log_file], deadline)[0]
 
@@ -146,8 +150,10 @@ def run_commands(
                 popen = subprocess.Popen(command, env=env, stdout=stdout, stderr=sink)
             popens.append(popen)
             running[popen.pid] = i
+        families = {popen.pid: FamilyPeak(popen.pid) for popen in popens}
         while running:
             for pid_waited in list(running):
+                families[pid_waited].sample()
                 pid, status, usage = os.wait4(pid_waited, os.WNOHANG)
                 if not pid:
                     continue
@@ -161,10 +167,17 @@ def run_commands(
                     _kill(popens)
                     msg = f"{name} exited with {code}: {tail}"
                     raise BenchError(msg)
+                # ru_maxrss is the largest of the command and the processes it started (a
+                # producer's row reader): with those, the command's own last VmHWM
+                # reading, and theirs, added up.
+                helpers = families[pid].helpers_mb()
+                own = families[pid].peaks.get(pid) if helpers else None
+                own = usage.ru_maxrss / 1024 if own is None else own
                 results[i] = {
                     "process": name,
                     "seconds": round(time.perf_counter() - started, 2),
-                    "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+                    "peak_rss_mb": round(own + helpers, 1),
+                    "helpers_peak_rss_mb": helpers,
                     "stdout": outputs[i].read_bytes().decode(errors="replace"),
                 }
             if running and deadline.left() <= 0:

@@ -12,7 +12,9 @@ For each backend the benchmark
    ``settle_seconds=0``), timed from the call until Kafka acknowledged the
    commit: **queuestream events/s**. The refresh runs in a process started for
    it (bench/phases.py), so its **peak RSS** (``VmHWM``) is the refresh's own,
-   beside the RSS that process had before the refresh and the growth;
+   beside the RSS that process had before the refresh and the growth, and the
+   peak of the producer's row reader process (``reader_process``, read every
+   0.1 s while it lives; ``total_peak_rss_mb`` adds both);
 3. measures the **ceiling**: the committed messages of that refresh are read
    back, then produced again, byte for byte to the same partitions, by a plain
    confluent-kafka Producer with ``queuestream.kafka_clients.producer_config``
@@ -118,6 +120,8 @@ class Run:
     peak_rss_mb: float | None = None  # the refresh's process: its VmHWM
     rss_before_mb: float | None = None  # that process before the refresh (imports, set-up)
     rss_growth_mb: float | None = None
+    row_reader_peak_rss_mb: float | None = None  # the producer's row reader process
+    total_peak_rss_mb: float | None = None  # both processes' peaks added up
 
     @property
     def events_per_second(self) -> float:
@@ -205,11 +209,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 peak_rss_mb=refreshed["peak_rss_mb"],
                 rss_before_mb=refreshed["rss_before_mb"],
                 rss_growth_mb=refreshed["rss_growth_mb"],
+                row_reader_peak_rss_mb=refreshed["helpers_peak_rss_mb"],
+                total_peak_rss_mb=refreshed["total_peak_rss_mb"],
             )
             runs.append(item)
             progress(
                 f"{backend}: {item.events:,} events in {item.seconds:.2f}s = "
-                f"{item.events_per_second:,.0f} events/s, peak RSS {item.peak_rss_mb} MB"
+                f"{item.events_per_second:,.0f} events/s, peak RSS {item.peak_rss_mb} MB "
+                f"(+ row reader {item.row_reader_peak_rss_mb} MB)"
             )
             if item.events != item.rows:
                 log.warning(
@@ -281,6 +288,7 @@ _COLUMNS = (
     ("ceiling events/s", "{ceiling_events_per_second:,.0f}"),
     ("ratio", "{ratio:.2f}"),
     ("peak RSS MB", "{peak_rss_mb:.1f}"),
+    ("+ reader MB", "{row_reader_peak_rss_mb:.1f}"),
 )
 
 
@@ -290,7 +298,8 @@ def print_table(report: dict[str, Any]) -> None:
         title,
         _COLUMNS,
         report["runs"],
-        caption="peak RSS: VmHWM of the process the refresh ran in (started for it)",
+        caption="peak RSS: VmHWM of the process the refresh ran in (started for it), and "
+        "of the producer's row reader process beside it",
     )
     for g in report["generation"]:
         speed = f"{g['rows_per_second']:,.0f} rows/s"

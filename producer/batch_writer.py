@@ -164,13 +164,11 @@ class BatchWriter:
             return False
         self.total += 1
         value = builder.finish(prepared, self.total)
+        event_key, row, op, version, partition, key, customer = prepared
         send = self.send
-        partition = prepared.partition
-        send(topic, prepared.key, value, partition)
-        counted = (spec.name, prepared.op, partition)
+        send(topic, event_key, value, partition)
+        counted = (spec.name, op, partition)
         self._events[counted] = self._events.get(counted, 0) + 1
-        key = prepared.state_key
-        version, customer, row = prepared.version, prepared.customer, prepared.row
         send(self.parts.state_topic, record_key(spec.name, key), pack(version, customer, row), 0)
         self.parts.state.put_row(spec.name, key, version, customer, row)
         return True

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
 from producer.partitioning import CustomerPartitioner
@@ -30,6 +30,7 @@ from schemas.avro.envelope import RowEncoder
 from schemas.avro.record_writer import wall_micros
 
 __all__ = [
+    "STATE_KEY",
     "EncodedEvent",
     "EventBuilder",
     "PreparedRow",
@@ -75,29 +76,27 @@ def row_key(spec: TableSpec, row: dict[str, Any]) -> Key:
     return (int(row[key[0]]), int(row[key[1]]))
 
 
-class PreparedRow(NamedTuple):
-    """All of a change event that its row alone decides: made by :class:`RowPreparer`, in
-    this process or in the row reader's (:mod:`producer.row_process`); the event's place
-    in the batch is added by :meth:`EventBuilder.finish`."""
-
-    key: bytes  # the event's Kafka key
-    row: bytes  # the row's Avro bytes (``after``)
-    op: str
-    version: int  # ModifiedDate, microseconds since the epoch
-    partition: int
-    state_key: Key
-    customer: int
+#: All of a change event that its row alone decides: made by :class:`RowPreparer`, in
+#: this process or in the row reader's (:mod:`producer.row_process`); the event's place
+#: in the batch is added by :meth:`EventBuilder.finish`. A plain tuple, the cheapest to
+#: make and to send between processes: ``(key, row, op, version, partition, state_key,
+#: customer)``: the event's Kafka key, the row's Avro bytes (``after``), the op,
+#: ModifiedDate in microseconds since the epoch, the partition, the row's key in the
+#: state (at :data:`STATE_KEY`, as in a :class:`RefusedRow`), its CustomerID.
+PreparedRow = tuple[bytes, bytes, str, int, int, Key, int]
+#: Where a PreparedRow and a RefusedRow hold the row's key in the state.
+STATE_KEY: Final = 5
 
 
 class RefusedRow(NamedTuple):
     """A row :class:`RowPreparer` could not encode: its dead letter and why."""
 
-    state_key: Key
     key: bytes  # the dead letter's key and value: JSON
     value: bytes
     reason: str
     column: str | None
     key_values: dict[str, Any]
+    state_key: Key  # at STATE_KEY, as in a PreparedRow
 
     def error(self, table: str) -> EncodingError:
         return EncodingError(self.reason, table=table, key=self.key_values, column=self.column)
@@ -156,7 +155,7 @@ class RowPreparer:
             row_bytes = self.rows.encode_row(row)
         except EncodingError as exc:
             return self._refused(changed, key_values, exc)
-        return PreparedRow(
+        return (
             key,
             row_bytes,
             op,
@@ -171,12 +170,12 @@ class RowPreparer:
     ) -> RefusedRow:
         """The dead letter of a row :meth:`prepare` refused: JSON (masked already)."""
         return RefusedRow(
-            row_key(self.spec, changed.row),
             _json(key_values),
             _json(self.rows.aware(changed.row)),
             error.reason,
             error.column,
             key_values,
+            row_key(self.spec, changed.row),
         )
 
 
@@ -232,7 +231,7 @@ class EventBuilder:
         (``total_order``) and in its table (the next ``count``)."""
         self.count += 1
         return self._envelope.encode_from_row_bytes(
-            prepared.row, prepared.op, prepared.version // 1000, total_order, self.count
+            prepared[1], prepared[2], prepared[3] // 1000, total_order, self.count
         )
 
     def build(self, changed: ChangedRow, total_order: int, op: str | None = None) -> EncodedEvent:
@@ -242,9 +241,8 @@ class EventBuilder:
         if isinstance(prepared, RefusedRow):
             raise prepared.error(self.spec.name)
         value = self.finish(prepared, total_order)
-        return EncodedEvent(
-            prepared.key, value, prepared.partition, prepared.op, prepared.version, prepared.row
-        )
+        key, row, op, version, partition, _state_key, _customer = prepared
+        return EncodedEvent(key, value, partition, op, version, row)
 
     def row_bytes(self, changed: ChangedRow) -> bytes:
         """The Avro bytes :meth:`build` would publish for this row (masked): what the sweep

@@ -27,18 +27,19 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from producer.batch_writer import BatchParts, BatchWriter
-from producer.events import PreparedRow, RefreshContext, RefusedRow
+from producer.events import STATE_KEY, PreparedRow, RefreshContext, RefusedRow
 from producer.ids import new_refresh_id
 from producer.partitioning import CustomerPartitioner
 from producer.progress import read_progress
 from producer.published_state import PublishedState
 from producer.publisher import TransactionalPublisher
-from producer.sensitive import ColumnPolicy
+from producer.row_process import ReaderJob, RowReader
+from producer.sensitive import column_policy
 from producer.source_names import source_database, source_schema
 from producer.source_reader import ChangedRow, SourceReader
 from producer.state_changelog import Key, state_topic
@@ -55,7 +56,7 @@ from queuestream.dead_letters import (
     ErrorBudget,
     ensure_dlq_topics,
 )
-from queuestream.errors import CommitOutcomeUnknownError, EncodingError, RetriableError
+from queuestream.errors import CommitOutcomeUnknownError, EncodingError
 from queuestream.kafka_clients import batches_topic, change_topics, ensure_topics
 from queuestream.producer_status import ProducerStatus, status_topic
 from queuestream.retry import Outage, retry
@@ -75,19 +76,33 @@ Rows = Callable[[TableSpec], Iterator[ChangedRow]]
 CHILDREN = {"order_details": "orders"}
 
 
+class RefreshSource(Protocol):
+    """What a refresh reads inside its snapshot: the changed rows, prepared for
+    ``BatchWriter.publish``, and the keys of an order's lines as they are now (to find
+    the lines that were removed)."""
+
+    #: The rows come from the snapshot ``keys_under`` reads (watermark mode), so a line
+    #: this refresh publishes is one the source has: only the others need asking about.
+    @property
+    def rows_in_snapshot(self) -> bool: ...
+
+    def prepared(
+        self, spec: TableSpec, writer: BatchWriter
+    ) -> Iterator[PreparedRow | RefusedRow]: ...
+
+    def keys_under(self, spec: TableSpec, parents: set[int]) -> set[Key]: ...
+
+
 @dataclass(frozen=True, slots=True)
-class RefreshSource:
-    """What a refresh reads inside its snapshot: the changed rows, and the keys of an
-    order's lines as they are now (to find the lines that were removed)."""
+class LocalSource:
+    """A :class:`RefreshSource` read and prepared in this process (``reader_process``
+    off; the reader's own is :class:`producer.row_process.ReaderSource`)."""
 
     rows: Rows
     keys_under: Callable[[TableSpec, set[int]], set[Key]]
-    #: The rows come from the snapshot ``keys_under`` reads (watermark mode), so a line
-    #: this refresh publishes is one the source has: only the others need asking about.
     rows_in_snapshot: bool = False
 
     def prepared(self, spec: TableSpec, writer: BatchWriter) -> Iterator[PreparedRow | RefusedRow]:
-        """The rows of ``spec``, prepared (in this process) for ``writer.publish``."""
         return writer.prepared(spec, self.rows(spec))
 
 
@@ -142,10 +157,7 @@ class Refresher:
         self.reader = SourceReader(self.engine, settings)
         self.reader.check_schema()
         self.codec = AvroCodec.from_url(settings.topic_prefix, settings.schema_registry_url)
-        self.policy = ColumnPolicy(
-            settings.sensitive_columns,
-            settings.hash_key.get_secret_value().encode() if settings.hash_key else None,
-        )
+        self.policy = column_policy(settings)
         prefix = settings.topic_prefix
         self.partitions = ensure_topics(
             settings, internal=(status_topic(prefix), state_topic(prefix))
@@ -153,6 +165,8 @@ class Refresher:
         self.budget = ErrorBudget(settings.max_errors)
         if settings.max_errors:
             ensure_dlq_topics(settings, set(change_topics(settings)))
+        # Started before the rest, so that it is up by the first refresh.
+        self.row_reader = RowReader(settings, self.partitions) if settings.reader_process else None
         self.publisher = TransactionalPublisher(settings)
         # After init_transactions (in the publisher): nothing of ours is left open.
         self.progress: Progress = read_progress(settings, self.codec)
@@ -216,6 +230,9 @@ class Refresher:
         self.publisher.transaction(lambda send: send(topic, key, value, 0))
 
     def close(self) -> None:
+        row_reader: RowReader | None = getattr(self, "row_reader", None)
+        if row_reader is not None:
+            row_reader.close()
         if self.publisher is not None:
             self.publisher.close()
         state: PublishedState | None = getattr(self, "state", None)
@@ -234,8 +251,13 @@ class Refresher:
             @contextmanager
             def window_source(overlap: OverlapFilter | None) -> Iterator[RefreshSource]:
                 assert overlap is not None  # a window has its overlap
+                if self.row_reader is not None:
+                    job = ReaderJob(window, overlap, None, window.start, window.resync)
+                    with self.row_reader.snapshot(job) as source:
+                        yield source
+                    return
                 with self.reader.frozen() as snapshot:
-                    yield RefreshSource(
+                    yield LocalSource(
                         lambda spec: window_rows(snapshot, spec, window, overlap, zone),
                         snapshot.keys_under,
                         rows_in_snapshot=True,
@@ -275,16 +297,14 @@ class Refresher:
         # published must be the ones it describes: checked again inside this snapshot.
         @contextmanager
         def queue_rows(_overlap: OverlapFilter | None) -> Iterator[RefreshSource]:
+            if self.row_reader is not None:
+                job = ReaderJob(fingerprint=fingerprint, resync=since is not None)
+                with self.row_reader.snapshot(job) as source:
+                    yield source
+                return
             with self.reader.frozen() as snapshot:
-                again, _ = snapshot.queue_fingerprint()
-                if again != fingerprint:
-                    msg = (
-                        "the queue tables changed between their fingerprint and publishing "
-                        "(does another process run the refresh statement?); nothing was "
-                        "committed, the refresh starts over"
-                    )
-                    raise RetriableError(msg)
-                yield RefreshSource(snapshot.queue_rows, snapshot.keys_under)
+                snapshot.check_fingerprint(fingerprint)
+                yield LocalSource(snapshot.queue_rows, snapshot.keys_under)
 
         result = self._publish_with_retries(
             lambda: self._publish(queue_rows, None, fingerprint, since)
@@ -354,11 +374,11 @@ class Refresher:
                     for prepared in source.prepared(spec, writer):
                         writer.publish(spec, prepared)
                         if spec.name in parents:
-                            parents[spec.name].add(prepared.state_key[0])
+                            parents[spec.name].add(prepared[STATE_KEY][0])
                         elif spec.name in CHILDREN:
-                            parents[CHILDREN[spec.name]].add(prepared.state_key[0])
+                            parents[CHILDREN[spec.name]].add(prepared[STATE_KEY][0])
                             if source.rows_in_snapshot:
-                                sent[spec.name].add(prepared.state_key)
+                                sent[spec.name].add(prepared[STATE_KEY])
                     if spec.name in CHILDREN:
                         self._delete_removed_children(
                             writer, spec, parents[CHILDREN[spec.name]], source, sent[spec.name]

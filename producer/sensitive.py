@@ -12,13 +12,16 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from queuestream.errors import ConfigurationError
 from queuestream.tables import TABLES_BY_NAME
 from schemas.avro import row_schema
 
-__all__ = ["ColumnPolicy", "mask"]
+if TYPE_CHECKING:
+    from queuestream.settings import Settings
+
+__all__ = ["ColumnPolicy", "column_policy", "mask"]
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +115,9 @@ class ColumnPolicy:
                 row[column] = transform(row.get(column))
 
         return apply
+
+
+def column_policy(settings: Settings) -> ColumnPolicy:
+    """The policy ``sensitive_columns`` and ``hash_key`` configure."""
+    key = settings.hash_key.get_secret_value().encode() if settings.hash_key else None
+    return ColumnPolicy(settings.sensitive_columns, key)

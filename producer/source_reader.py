@@ -37,7 +37,7 @@ from producer.sqlserver_source import (
     run_procedure,
 )
 from queuestream.databases import describe_url, is_postgres, retriable_outages
-from queuestream.errors import ConfigurationError, SourceSchemaError
+from queuestream.errors import ConfigurationError, RetriableError, SourceSchemaError
 from queuestream.settings import Settings
 from queuestream.sqlserver import is_sqlserver
 from queuestream.sync_schema import Base, to_source_local
@@ -328,6 +328,19 @@ class FrozenSnapshot:
                 query = query.where(sa.tuple_(*columns) > sa.tuple_(*after))
         with retriable_outages(self.conn.engine):
             return list(self._rows(query))
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Procedure mode: raise RetriableError unless the queue tables are still the ones
+        ``fingerprint`` describes (the END marker carries it: the rows published must be
+        the ones it names)."""
+        again, _ = self.queue_fingerprint()
+        if again != fingerprint:
+            msg = (
+                "the queue tables changed between their fingerprint and publishing "
+                "(does another process run the refresh statement?); nothing was "
+                "committed, the refresh starts over"
+            )
+            raise RetriableError(msg)
 
     def queue_fingerprint(self) -> tuple[str, int]:
         """Digest and row count of the queue tables' keys and versions."""

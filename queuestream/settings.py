@@ -209,6 +209,11 @@ class Settings(BaseSettings):
     publish_attempts: int = Field(
         3, ge=1, description="Attempts to publish one refresh before giving up."
     )
+    reader_process: bool = Field(
+        True,
+        description="Read and encode a refresh's rows in a second process, beside "
+        "publishing them (on a second core); false: all in the producer's own process.",
+    )
     retry_backoff_seconds: float = Field(2.0, ge=0)
     state_dir: Path = Field(
         Path("var/state"),

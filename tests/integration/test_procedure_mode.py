@@ -219,8 +219,13 @@ def test_crash_between_source_refresh_and_publishing_loses_nothing(
     source.close()
 
 
+@pytest.mark.parametrize("reader_process", [True, False], ids=["reader-process", "one-process"])
 def test_queue_tables_changed_before_publishing_are_not_published_under_the_old_fingerprint(
-    postgres_url: str, kafka_bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str,
+    kafka_bootstrap: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+    reader_process: bool,
 ) -> None:
     """The fingerprint is read in one snapshot and the rows in another (no snapshot waits
     on Kafka). If another process runs the refresh statement in between, the END marker
@@ -230,7 +235,7 @@ def test_queue_tables_changed_before_publishing_are_not_published_under_the_old_
     source.simulate(100)
     source.install()
     settings = _settings(postgres_url, kafka_bootstrap, unique).model_copy(
-        update={"publish_attempts": 1}
+        update={"publish_attempts": 1, "reader_process": reader_process}
     )
     [first] = _refresh(settings)
 
@@ -244,13 +249,15 @@ def test_queue_tables_changed_before_publishing_are_not_published_under_the_old_
 
     @contextmanager
     def refreshed_between_snapshots(reader: SourceReader) -> Iterator[FrozenSnapshot]:
+        # This process takes the fingerprint's snapshot first (the publishing one is the
+        # row reader's, or this process's again): the refresh runs once it is released.
+        with real(reader) as snapshot:
+            yield snapshot
         opened.append(1)
-        if len(opened) == 2:  # after the fingerprint's snapshot, before publishing's
+        if len(opened) == 1:
             between.append(_now())
             source.simulate(30)
             source.call_refresh()
-        with real(reader) as snapshot:
-            yield snapshot
 
     monkeypatch.setattr(SourceReader, "frozen", refreshed_between_snapshots)
     with pytest.raises(RetriableError, match="queue tables changed"):

@@ -1,0 +1,224 @@
+"""The row reader (producer.row_process) gives the body what reading here gives it.
+
+A real second process on a simulated SQLite source: the same prepared rows in the
+same order, the same overlap decisions and lines, an unencodable row as its dead
+letter; an error in the reader raised here as itself; a reader that dies replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from producer.events import PreparedRow, RefusedRow, RowPreparer
+from producer.partitioning import CustomerPartitioner
+from producer.row_process import CHUNK, ReaderJob, RowReader
+from producer.sensitive import column_policy
+from producer.simulator import Simulator
+from producer.source_reader import SourceReader
+from producer.watermark import OverlapFilter, Window, change_digest
+from producer.window_rows import window_rows
+from queuestream.databases import create_engine
+from queuestream.errors import DatabaseAccessError, RetriableError
+from queuestream.settings import Settings, load_settings
+from queuestream.sync_schema import Base
+from queuestream.tables import TABLES, TABLES_BY_NAME, TableSpec
+from schemas.avro import AvroCodec
+
+PARTITIONS = 6
+ZONE = "America/New_York"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A simulated sync database (some 5,000 rows over every table), one value too wide."""
+    path: Path = tmp_path_factory.mktemp("source") / "sync.db"
+    settings = load_settings(
+        None,
+        source_url=f"sqlite:///{path}",
+        source_timezone=ZONE,
+        sensitive_columns={"customers": {"Email": "hash"}},
+        hash_key="not-a-secret-only-a-test-key",
+    )
+    engine = create_engine(settings.source_url, writer=True)
+    try:
+        Simulator(engine, settings.zone, seed=7).run(1500, per_transaction=50)
+        payments = Base.metadata.tables["Payments"]
+        with engine.begin() as conn:  # an int column's value past 32 bits: refused
+            first, last = conn.execute(
+                sa.select(sa.func.min(payments.c.PaymentID), sa.func.max(payments.c.ModifiedDate))
+            ).one()
+            conn.execute(
+                payments.update()
+                .where(payments.c.PaymentID == first)
+                .values(PaymentTypeID=1 << 40, ModifiedDate=last)
+            )
+    finally:
+        engine.dispose()
+    yield settings
+
+
+def _window(settings: Settings) -> tuple[Window, OverlapFilter]:
+    """A window over everything, its overlap the last minute of the rows' stamps, some of
+    those rows published by the 'last refresh' (their digests seen)."""
+    engine = create_engine(settings.source_url)
+    reader = SourceReader(engine, settings)
+    end = datetime.now(UTC) + timedelta(days=1)
+    with reader.frozen() as snapshot:
+        stamps = [
+            c.row["ModifiedDate"].replace(tzinfo=settings.zone)
+            for c in snapshot.changed_rows(
+                TABLES_BY_NAME["orders"], datetime(2000, 1, 1, tzinfo=UTC), end
+            )
+        ]
+        start = stamps[len(stamps) // 2].astimezone(UTC)
+        window = Window(start=start, end=end, read_from=start - timedelta(minutes=1))
+        seen = frozenset(
+            change_digest(
+                spec.name,
+                tuple(c.row[k] for k in spec.key),
+                c.row["ModifiedDate"].replace(tzinfo=settings.zone),
+            )
+            for spec in TABLES
+            for i, c in enumerate(snapshot.changed_rows(spec, window.read_from, window.start))
+            if i % 2 == 0
+        )
+    engine.dispose()
+    return window, OverlapFilter(window=window, seen=seen, keep_from=window.start)
+
+
+def _local(settings: Settings, window: Window, overlap: OverlapFilter) -> dict[str, Any]:
+    """Read and prepared in this process: the reference."""
+    engine = create_engine(settings.source_url)
+    codec = AvroCodec.from_url(settings.topic_prefix, None)
+    partitioner = CustomerPartitioner(PARTITIONS)
+    out: dict[str, Any] = {}
+    with SourceReader(engine, settings).frozen() as snapshot:
+        for spec in TABLES:
+            preparer = RowPreparer(
+                spec,
+                codec,
+                column_policy(settings),
+                partitioner,
+                settings.zone,
+                window.start,
+                False,
+            )
+            out[spec.name] = [
+                preparer.prepare(c)
+                for c in window_rows(snapshot, spec, window, overlap, settings.zone)
+            ]
+        out["lines"] = snapshot.keys_under(TABLES_BY_NAME["order_details"], {1, 2, 3, 10**9})
+    engine.dispose()
+    return out
+
+
+def _job(window: Window, overlap: OverlapFilter) -> ReaderJob:
+    return ReaderJob(window, overlap, None, window.start, False)
+
+
+def test_the_reader_prepares_what_this_process_prepares(source: Settings) -> None:
+    window, overlap = _window(source)
+    here_overlap = OverlapFilter(window=window, seen=overlap.seen, keep_from=overlap.keep_from)
+    expected = _local(source, window, here_overlap)
+    reader = RowReader(source, PARTITIONS)
+    try:
+        got: dict[str, Any] = {}
+        with reader.snapshot(_job(window, overlap)) as rows:
+            for spec in TABLES:
+                got[spec.name] = list(rows.prepared(spec, None))  # type: ignore[arg-type]
+                if spec.name == "orders":  # asked mid-stream, as the body does
+                    got["lines"] = rows.keys_under(
+                        TABLES_BY_NAME["order_details"], {1, 2, 3, 10**9}
+                    )
+    finally:
+        reader.close()
+    assert got == expected
+    assert sum(len(got[s.name]) for s in TABLES) > 2 * CHUNK  # more than one chunk a table
+    refused = [r for r in got["payments"] if isinstance(r, RefusedRow)]
+    assert [(r.column, "32 bits" in r.reason) for r in refused] == [("PaymentTypeID", True)]
+    assert got["lines"]  # the orders asked about have lines
+    # The overlap's decisions came back: what it skipped, what it recorded for the next.
+    assert overlap.skipped == here_overlap.skipped > 0
+    assert overlap.packed() == here_overlap.packed() != b""
+
+
+def _first_rows(
+    reader: RowReader, job: ReaderJob, spec: TableSpec
+) -> list[PreparedRow | RefusedRow]:
+    with reader.snapshot(job) as rows:
+        return list(rows.prepared(spec, None))  # type: ignore[arg-type]
+
+
+def test_a_body_that_fails_releases_the_snapshot_and_the_reader_serves_the_next(
+    source: Settings,
+) -> None:
+    window, overlap = _window(source)
+    reader = RowReader(source, PARTITIONS)
+    try:
+        with pytest.raises(ZeroDivisionError), reader.snapshot(_job(window, overlap)) as rows:
+            next(iter(rows.prepared(TABLES[0], None)))  # type: ignore[arg-type]
+            _ = 1 / 0
+        # Released: a writer can commit to the source now (SQLite would wait for a
+        # reader's snapshot only to checkpoint, so ask the reader to read again instead).
+        again = _first_rows(reader, _job(window, overlap), TABLES[0])
+        assert again
+    finally:
+        reader.close()
+
+
+def test_an_error_in_the_reader_is_raised_here_as_itself(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "sync.db"
+    settings = load_settings(None, source_url=f"sqlite:///{missing}", source_timezone=ZONE)
+    reader = RowReader(settings, PARTITIONS)
+    window = Window(
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        end=datetime(2026, 1, 2, tzinfo=UTC),
+        read_from=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    overlap = OverlapFilter(window=window, seen=frozenset(), keep_from=window.end)
+    try:
+        for _ in range(2):  # and again: the reader is still there
+            with pytest.raises(DatabaseAccessError, match="nowhere"):
+                _first_rows(reader, _job(window, overlap), TABLES[0])
+    finally:
+        reader.close()
+
+
+def test_a_reader_that_dies_fails_the_attempt_and_is_replaced(source: Settings) -> None:
+    window, overlap = _window(source)
+    reader = RowReader(source, PARTITIONS)
+    try:
+        with (
+            pytest.raises(RetriableError, match="row reader process ended"),
+            reader.snapshot(_job(window, overlap)) as rows,
+        ):
+            reader._process.kill()
+            for spec in TABLES:
+                list(rows.prepared(spec, None))  # type: ignore[arg-type]
+        fresh = OverlapFilter(window=window, seen=overlap.seen, keep_from=overlap.keep_from)
+        assert _first_rows(reader, _job(window, fresh), TABLES[0])
+    finally:
+        reader.close()
+
+
+def test_an_error_answering_a_question_is_raised_to_the_one_who_asked(source: Settings) -> None:
+    """The body waits for the reader's answer (which lines an order has now): an error
+    instead of the answer is raised there, not waited on (a stopped source did that)."""
+    window, overlap = _window(source)
+    reader = RowReader(source, PARTITIONS)
+    nowhere = TableSpec("no_such_table", "NoSuchTable", ("Id",), "CustomerID")
+    try:
+        with (
+            pytest.raises(KeyError, match="no_such_table"),
+            reader.snapshot(_job(window, overlap)) as rows,
+        ):
+            rows.keys_under(nowhere, {1})
+        assert _first_rows(reader, _job(window, overlap), TABLES[0])  # and it serves on
+    finally:
+        reader.close()
