@@ -13,11 +13,13 @@ which every retry loop (:mod:`queuestream.retry`) waits out; permanent ones beco
 so every command stops with one line that says what is wrong and what to do.
 
 The codes decide wherever the driver gives one: PostgreSQL's SQLSTATE (psycopg's
-``sqlstate``, reached through SQLAlchemy's ``exc.orig``), SQLite's result code
-(``sqlite_errorname``), librdkafka's error code and the schema registry's HTTP
-status. Two places give no code, and there the message is read: libpq reports a
-failed connection attempt (wrong password, database missing) as text only, and
-SQLite reports a missing table as a generic SQLITE_ERROR.
+``sqlstate``, reached through SQLAlchemy's ``exc.orig``), SQL Server's ODBC SQLSTATE
+(pyodbc's first argument; mssql-python keeps only the standard's words for it, from
+which it is found back: it raises OperationalError for a wrong password as for a lost
+server), SQLite's result code (``sqlite_errorname``), librdkafka's error code and the
+schema registry's HTTP status. Two places give no code, and there the message is
+read: libpq reports a failed connection attempt (wrong password, database missing)
+as text only, and SQLite reports a missing table as a generic SQLITE_ERROR.
 
 Anything else a database raises is the database refusing the data (a constraint, a
 value that does not fit): :func:`database_failure` returns None for it, and the
@@ -26,6 +28,7 @@ caller decides (the consumer isolates the events that cause it).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -52,8 +55,21 @@ __all__ = [
     "sqlstate_of",
 ]
 
-#: SQLSTATEs (or their two-letter classes) of a server that may come back.
-_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40P01", "55P03")
+#: SQLSTATEs (or their two-letter classes) of a server that may come back; the ODBC
+#: ones (SQL Server) are HYT00/HYT01, a timeout, and 40001, a deadlock victim or a
+#: snapshot that conflicts with a concurrent update.
+_TRANSIENT_SQLSTATES = (
+    "08",
+    "57P01",
+    "57P02",
+    "57P03",
+    "53300",
+    "40P01",
+    "55P03",
+    "40001",
+    "HYT00",
+    "HYT01",
+)
 
 #: SQLSTATEs that no retry can fix, with what to do about them.
 _PERMANENT_SQLSTATES = {
@@ -66,7 +82,18 @@ _PERMANENT_SQLSTATES = {
     "42703": "a column is missing: the database's tables do not match what this version "
     "reads or writes; point the URL at the right database",
     "42704": "an object is missing: check the database the URL names",
+    # ODBC's (SQL Server through mssql-python or pyodbc)
+    "42S02": "a table is missing: create it, or point the URL at the right database",
+    "42S22": "a column is missing: the database's tables do not match what this version "
+    "reads; point the URL at the right database",
+    "42000": "SQL Server refuses the statement or this login's access (the message says "
+    "which): GRANT the permissions it names, fix the database name in the URL, or create "
+    "the procedure it names",
+    "IM002": "the ODBC driver the URL names is not installed: install it, or use "
+    "mssql+mssqlpython:// (pip install 'queuestream[mssql]'), which brings its own",
 }
+#: SQL Server reports a failed login with 28000 like PostgreSQL, in its own words.
+_ODBC_LOGIN = "28000"
 
 #: libpq gives no SQLSTATE for a failed connection attempt; the server's message says it.
 _CONNECT_MESSAGES = (
@@ -94,11 +121,18 @@ _SQLITE_PERMANENT = {
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
-    """The PostgreSQL SQLSTATE of ``exc`` or of the driver error SQLAlchemy wraps."""
+    """The SQLSTATE of ``exc`` or of the driver error SQLAlchemy wraps: psycopg's, pyodbc's
+    (its first argument), or mssql-python's (which keeps only the standard's words
+    for it, ``driver_error``: the code is found back from them)."""
     orig = getattr(exc, "orig", None) or exc
     state = getattr(orig, "sqlstate", None)
     if isinstance(state, str) and state:
         return state
+    module = type(orig).__module__
+    if module.startswith("mssql_python"):
+        return _mssql_python_states().get(str(getattr(orig, "driver_error", "")))
+    if module.startswith("pyodbc") and orig.args and _ODBC_STATE.fullmatch(str(orig.args[0])):
+        return str(orig.args[0])
     if type(orig).__module__.startswith("psycopg") and _is_connect_failure(orig):
         text = str(orig)
         for pattern, code in _CONNECT_MESSAGES:
@@ -106,6 +140,44 @@ def sqlstate_of(exc: BaseException) -> str | None:
                 return code
         return "08001"  # could not establish the connection: refused, timed out, no route
     return None
+
+
+_ODBC_STATE = re.compile(r"[0-9A-Z]{5}")
+#: The ODBC SQLSTATEs that decide something here, whose words mssql-python gives.
+_ODBC_STATES = (
+    _ODBC_LOGIN,
+    *(s for s in _PERMANENT_SQLSTATES if s.startswith(("42S", "42000", "IM"))),
+    "08001",
+    "08002",
+    "08003",
+    "08004",
+    "08007",
+    "08S01",
+    "40001",
+    "HYT00",
+    "HYT01",
+)
+
+
+@functools.cache
+def _mssql_python_states() -> dict[str, str]:
+    """mssql-python's words for each SQLSTATE above -> the SQLSTATE, from its own table
+    (``sqlstate_to_exception``), so that its wording can change with it."""
+    try:
+        from mssql_python.exceptions import sqlstate_to_exception
+    except ImportError:
+        return {}
+    found: dict[str, str] = {}
+    for state in _ODBC_STATES:
+        made = sqlstate_to_exception(state, "")
+        words = getattr(made, "driver_error", None)
+        if isinstance(words, str) and words not in found:
+            found[words] = state
+    return found
+
+
+def _is_odbc(orig: BaseException) -> bool:
+    return type(orig).__module__.startswith(("mssql_python", "pyodbc"))
 
 
 def _is_connect_failure(orig: BaseException) -> bool:
@@ -124,6 +196,8 @@ def database_failure(exc: BaseException, where: str) -> QueuestreamError | None:
     reason = _reason(exc)
     state = sqlstate_of(exc)
     if state is not None:
+        if state == _ODBC_LOGIN and _is_odbc(orig):
+            return _access(where, reason, "login failed: check the user name and password")
         if state in _PERMANENT_SQLSTATES:
             return _access(where, reason, _PERMANENT_SQLSTATES[state])
         if state.startswith(_TRANSIENT_SQLSTATES):
@@ -159,8 +233,14 @@ def database_unreachable(where: str, exc: BaseException) -> DatabaseUnavailableE
 
 def _reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
-    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    return reason.removeprefix("connection failed: ")
+    # mssql-python: "Driver Error: <the standard's words>; DDBC Error: [Microsoft][ODBC
+    # Driver 18 for SQL Server][SQL Server]<the server's words>": the server's words.
+    server_says = _ODBC_VENDORS.sub("", str(getattr(orig, "ddbc_error", "") or "")).strip()
+    reason = (server_says or str(orig).strip()).splitlines() or [type(orig).__name__]
+    return reason[0].removeprefix("connection failed: ")
+
+
+_ODBC_VENDORS = re.compile(r"^(\[[^\]]*\])+")
 
 
 def _unavailable(where: str, reason: str) -> DatabaseUnavailableError:

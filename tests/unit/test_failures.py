@@ -52,9 +52,10 @@ from tests.services import free_ports
 WHERE = "postgresql://app:***@db/sync"
 
 
-def _wrapped(orig: Exception) -> sa.exc.DBAPIError:
-    """``orig`` wrapped by SQLAlchemy as an engine raises it."""
-    base = sqlite3.Error if isinstance(orig, sqlite3.Error) else psycopg.Error
+def _wrapped(orig: Exception, base: type[Exception] | None = None) -> sa.exc.DBAPIError:
+    """``orig`` wrapped by SQLAlchemy as an engine raises it (``base``: its driver's Error)."""
+    if base is None:
+        base = sqlite3.Error if isinstance(orig, sqlite3.Error) else psycopg.Error
     wrapped = sa.exc.DBAPIError.instance("SELECT 1", None, orig, base)
     assert isinstance(wrapped, sa.exc.DBAPIError)
     return wrapped
@@ -170,6 +171,80 @@ def test_postgresql_connection_failures_by_the_servers_message(
     # libpq gives no SQLSTATE for a failed connection attempt; psycopg words it so.
     text = f'connection failed: connection to server at "10.0.0.1", port 5432 failed: {server_says}'
     exc = _wrapped(psycopg.OperationalError(text))
+    assert sqlstate_of(exc) == sqlstate
+    assert type(database_failure(exc, WHERE)) is expected
+
+
+_ODBC = "[Microsoft][ODBC Driver 18 for SQL Server]"
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "server_says", "expected", "advice"),
+    [
+        ("28000", "[SQL Server]Login failed for user 'sync'.", DatabaseAccessError, "password"),
+        (
+            "42000",
+            '[SQL Server]Cannot open database "sync" requested by the login.',
+            DatabaseAccessError,
+            "database name",
+        ),
+        ("42000", "[SQL Server]The SELECT permission was denied", DatabaseAccessError, "GRANT"),
+        ("42S02", "[SQL Server]Invalid object name 'dbo.Orders'.", DatabaseAccessError, "table"),
+        ("42S22", "[SQL Server]Invalid column name 'ModifiedDate'.", DatabaseAccessError, "column"),
+        ("08001", "TCP Provider: No connection could be made", DatabaseUnavailableError, "retry"),
+        (
+            "08S01",
+            "TCP Provider: An existing connection was forcibly closed",
+            DatabaseUnavailableError,
+            "retry",
+        ),
+        ("HYT00", "Login timeout expired", DatabaseUnavailableError, "retry"),
+        (
+            "40001",
+            "[SQL Server]Transaction (Process ID 57) was deadlocked",
+            DatabaseUnavailableError,
+            "retry",
+        ),
+    ],
+)
+def test_sql_server_errors_by_the_sqlstate_mssql_python_words(
+    sqlstate: str, server_says: str, expected: type[Exception], advice: str
+) -> None:
+    """mssql-python raises OperationalError for a wrong password as for a lost server,
+    and keeps no SQLSTATE, only the standard's words for it: a wrong password must stop
+    the command, not be waited out as an outage."""
+    from mssql_python import exceptions  # the test venv has the extra: never skipped
+
+    orig = exceptions.sqlstate_to_exception(sqlstate, _ODBC + server_says)  # as the driver does
+    assert orig is not None
+    exc = _wrapped(orig, exceptions.Error)
+    assert sqlstate_of(exc) == sqlstate
+    failure = database_failure(exc, WHERE)
+    assert type(failure) is expected
+    assert advice in str(failure)
+    # The server's own words, without the driver's brackets.
+    assert server_says.removeprefix("[SQL Server]") in str(failure)
+    assert "[Microsoft]" not in str(failure)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "expected"),
+    [
+        ("28000", DatabaseAccessError),
+        ("08S01", DatabaseUnavailableError),
+        ("IM002", DatabaseAccessError),
+    ],
+)
+def test_sql_server_errors_through_pyodbc_by_their_sqlstate(
+    sqlstate: str, expected: type[Exception]
+) -> None:
+    class Error(Exception):  # pyodbc's errors: (sqlstate, message)
+        pass
+
+    Error.__module__ = "pyodbc"
+    exc = _wrapped(
+        Error(sqlstate, f"{_ODBC}[SQL Server]the server's words (0) (SQLDriverConnect)"), Error
+    )
     assert sqlstate_of(exc) == sqlstate
     assert type(database_failure(exc, WHERE)) is expected
 
