@@ -32,8 +32,8 @@ def status_mb(field: str, pid: int | None = None) -> float | None:
     for line in text.splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    if "\nState:\tZ" in text:
-        return None  # a zombie has no memory left to report
+    if "\nVmSize:" not in text:
+        return None  # exiting: its memory is gone already (a zombie, or on its way there)
     msg = f"{where} has no {field} (the benchmarks measure RSS on Linux only)"
     raise BenchError(msg)
 
@@ -79,7 +79,7 @@ class FamilyPeak:
 
     def sample(self) -> None:
         for pid in [self.pid, *children(self.pid)]:
-            peak = peak_rss_mb(pid)
+            peak = peak_rss_mb(pid)  # None for one on its way out: its last reading stands
             if peak is not None:
                 self.peaks[os.getpid() if pid is None else pid] = peak
 

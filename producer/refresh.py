@@ -76,6 +76,11 @@ Rows = Callable[[TableSpec], Iterator[ChangedRow]]
 CHILDREN = {"order_details": "orders"}
 
 
+def packed_key(key: Key) -> int:
+    """A state key as one int, one to one: both columns are the contract's 32-bit ints."""
+    return (key[0] << 32) | (key[1] & 0xFFFF_FFFF)
+
+
 class RefreshSource(Protocol):
     """What a refresh reads inside its snapshot: the changed rows, prepared for
     ``BatchWriter.publish``, and the keys of an order's lines as they are now (to find
@@ -367,7 +372,8 @@ class Refresher:
             writer.begin(begin)
             parents: dict[str, set[int]] = {parent: set() for parent in CHILDREN.values()}
             # The keys of the lines this refresh publishes (with rows from the snapshot).
-            sent: dict[str, set[Key]] = {child: set() for child in CHILDREN}
+            # Packed (packed_key): a million lines take a third of the memory as tuples.
+            sent: dict[str, set[int]] = {child: set() for child in CHILDREN}
             with open_source(overlap) as source:
                 for spec in TABLES:
                     # the overlap's duplicates left out; prepared here or by the row reader
@@ -378,7 +384,7 @@ class Refresher:
                         elif spec.name in CHILDREN:
                             parents[CHILDREN[spec.name]].add(prepared[STATE_KEY][0])
                             if source.rows_in_snapshot:
-                                sent[spec.name].add(prepared[STATE_KEY])
+                                sent[spec.name].add(packed_key(prepared[STATE_KEY]))
                     if spec.name in CHILDREN:
                         self._delete_removed_children(
                             writer, spec, parents[CHILDREN[spec.name]], source, sent[spec.name]
@@ -423,17 +429,20 @@ class Refresher:
         spec: TableSpec,
         parents: set[int],
         source: RefreshSource,
-        sent: set[Key],
+        sent: set[int],
     ) -> None:
         """Delete the rows of ``spec`` (an order's lines) that the state holds for the
         ``parents`` in this refresh but the source no longer has.
 
-        The lines in ``sent`` were read from the snapshot just now, so the source has
-        them; the source is asked only about the parents of the other lines held.
+        The lines in ``sent`` (:func:`packed_key`) were read from the snapshot just now,
+        so the source has them; the source is asked only about the parents of the other
+        lines held.
         """
         if not parents:
             return
-        held = self.state.children_keys(spec.name, parents) - sent
+        held = {
+            k for k in self.state.children_keys(spec.name, parents) if packed_key(k) not in sent
+        }
         if not held:
             return
         present = source.keys_under(spec, {key[0] for key in held})

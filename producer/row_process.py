@@ -33,9 +33,11 @@ and ``("error", report)``.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import pickle
 import signal
+import socket
+import subprocess
+import sys
 import traceback
 from collections import deque
 from collections.abc import Iterator
@@ -108,24 +110,29 @@ class RowReader:
     def __init__(self, settings: Settings, partitions: int) -> None:
         self.settings = settings
         self.partitions = partitions
-        self._process: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._pending: deque[tuple[Any, ...]] = deque()
         self._start()
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        ours, theirs = context.Pipe()
-        self._process = context.Process(
-            target=serve,
-            args=(theirs, self.settings, self.partitions),
-            name="queuestream-row-reader",
-            daemon=True,
-        )
-        self._process.start()
-        theirs.close()
-        self._conn = ours
+        """``python -m producer.row_process`` with one end of a socket pair: it imports
+        what reading needs and nothing of the program that started it (multiprocessing's
+        spawn would run that program's main module again in it)."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        self._conn = Connection(ours.detach())
         self._pending.clear()
+        self._conn.send(("start", self.settings, self.partitions))
+
+    def pid(self) -> int | None:
+        """The reader's process id, while it runs."""
+        return None if self._process is None else self._process.pid
 
     def close(self) -> None:
         """Stop the reader (it ends by itself too once this process has gone)."""
@@ -137,10 +144,11 @@ class RowReader:
             self._conn.close()
             self._conn = None
         if self._process is not None:
-            self._process.join(5)
-            if self._process.is_alive():
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
                 self._process.kill()
-                self._process.join(5)
+                self._process.wait(5)
             self._process = None
 
     def _restart(self) -> None:
@@ -155,7 +163,7 @@ class RowReader:
         Left normally, the snapshot is released (and any error the reader met at the end
         is raised); left by an exception, the reader is told to stop and release it.
         """
-        if self._process is None or not self._process.is_alive():
+        if self._process is None or self._process.poll() is not None:
             self._restart()
         self._send(("open", job))
         self._expect("opened", _OPEN_SECONDS)
@@ -207,7 +215,7 @@ class RowReader:
         return message
 
     def _gone(self) -> RetriableError:
-        code = self._process.exitcode if self._process is not None else None
+        code = self._process.poll() if self._process is not None else None
         self._process = None  # started again by the next snapshot
         if self._conn is not None:
             self._conn.close()
@@ -407,8 +415,9 @@ class _Reader:
             raise SystemExit(0)
 
 
-def serve(conn: Connection, settings: Settings, partitions: int) -> None:
-    """The reader process: serves snapshots until told to stop or this pipe closes.
+def serve(conn: Connection) -> None:
+    """The reader process: told its settings first, it serves snapshots until told to
+    stop or this pipe closes.
 
     It ignores SIGINT and SIGTERM: a producer told to stop finishes the refresh in
     hand, with its reader, then stops the reader (Ctrl-C reaches both processes).
@@ -416,14 +425,17 @@ def serve(conn: Connection, settings: Settings, partitions: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tune_for_streaming()
-    # The producer logs what the settings warn of; the reader only what goes wrong in it.
-    logging.getLogger("producer.sensitive").setLevel(logging.ERROR)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s row reader: %(message)s"
     )
+    # The producer logs what the settings warn of; the reader only what goes wrong in it.
+    logging.getLogger("producer.sensitive").setLevel(logging.ERROR)
     try:
+        _kind, settings, partitions = conn.recv()
         reader = _Reader(conn, settings, partitions)
-    except Exception as exc:
+    except (EOFError, OSError):
+        return  # the producer went away
+    except Exception as exc:  # reported at the first snapshot
         _refuse_every_snapshot(conn, _report(exc))
         return
     try:
@@ -445,3 +457,10 @@ def _refuse_every_snapshot(conn: Connection, report: _ErrorReport) -> None:
                 conn.send(("closed",))
     except (EOFError, OSError, KeyboardInterrupt):
         pass
+
+
+if __name__ == "__main__":
+    # The module's own copy, not __main__'s: what it sends names producer.row_process.
+    from producer.row_process import serve as _serve
+
+    _serve(Connection(int(sys.argv[1])))

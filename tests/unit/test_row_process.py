@@ -7,6 +7,10 @@ letter; an error in the reader raised here as itself; a reader that dies replace
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -198,7 +202,9 @@ def test_a_reader_that_dies_fails_the_attempt_and_is_replaced(source: Settings) 
             pytest.raises(RetriableError, match="row reader process ended"),
             reader.snapshot(_job(window, overlap)) as rows,
         ):
-            reader._process.kill()
+            pid = reader.pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
             for spec in TABLES:
                 list(rows.prepared(spec, None))  # type: ignore[arg-type]
         fresh = OverlapFilter(window=window, seen=overlap.seen, keep_from=overlap.keep_from)
@@ -222,3 +228,35 @@ def test_an_error_answering_a_question_is_raised_to_the_one_who_asked(source: Se
         assert _first_rows(reader, _job(window, overlap), TABLES[0])  # and it serves on
     finally:
         reader.close()
+
+
+def test_the_reader_does_not_run_the_program_that_started_it(
+    source: Settings, tmp_path: Path
+) -> None:
+    """A script that reads at its top level, without ``if __name__ == "__main__"``, runs
+    once: the reader is ``python -m producer.row_process``, not a copy of the script."""
+    script = tmp_path / "embedded.py"
+    script.write_text(
+        "from producer.row_process import RowReader\n"
+        "from queuestream.settings import load_settings\n"
+        "from queuestream.tables import TABLES\n"
+        f"settings = load_settings(None, source_url={source.source_url!r}, "
+        f"source_timezone={ZONE!r})\n"
+        "print('script ran', flush=True)\n"
+        "reader = RowReader(settings, 6)\n"
+        "from datetime import UTC, datetime\n"
+        "from producer.row_process import ReaderJob\n"
+        "from producer.watermark import OverlapFilter, Window\n"
+        "now = datetime.now(UTC)\n"
+        "window = Window(start=now, end=now, read_from=now)\n"
+        "overlap = OverlapFilter(window=window, seen=frozenset(), keep_from=now)\n"
+        "with reader.snapshot(ReaderJob(window, overlap, None, now, False)) as rows:\n"
+        "    print(sum(1 for t in TABLES for _ in rows.prepared(t, None)), 'rows')\n"
+        "reader.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("script ran") == 1, done.stdout
+    assert "0 rows" in done.stdout
