@@ -26,7 +26,7 @@ UNTHROTTLED = 1e12
 
 
 def sweep_phase(settings: Settings) -> dict[str, Any]:
-    refresher = Refresher(settings)
+    refresher = Refresher(settings.model_copy(update={"reader_process": False}))  # as the CLI
     try:
         sweeper = Sweeper(refresher, max_rows_per_second=UNTHROTTLED)
         events: list[int] = []

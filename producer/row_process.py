@@ -56,7 +56,7 @@ from producer.watermark import OverlapFilter, Window
 from producer.window_rows import window_rows
 from queuestream import errors
 from queuestream.databases import create_engine
-from queuestream.errors import FatalError, RetriableError
+from queuestream.errors import ConfigurationError, FatalError, QueuestreamError, RetriableError
 from queuestream.gc_tuning import tune_for_streaming
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TABLES_BY_NAME, TableSpec
@@ -113,6 +113,8 @@ class RowReader:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._pending: deque[tuple[Any, ...]] = deque()
+        #: A reader has opened a snapshot: one that ends later failed, not its start.
+        self._has_served = False
         self._start()
 
     def _start(self) -> None:
@@ -167,6 +169,7 @@ class RowReader:
             self._restart()
         self._send(("open", job))
         self._expect("opened", _OPEN_SECONDS)
+        self._has_served = True
         source = ReaderSource(self, job.overlap, rows_in_snapshot=job.window is not None)
         try:
             yield source
@@ -214,12 +217,19 @@ class RowReader:
             raise FatalError(msg)
         return message
 
-    def _gone(self) -> RetriableError:
+    def _gone(self) -> QueuestreamError:
         code = self._process.poll() if self._process is not None else None
         self._process = None  # started again by the next snapshot
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if not self._has_served:
+            return ConfigurationError(
+                f"the row reader process (python -m {__name__}) ended before it could read "
+                f"(exit code {code}; its error is above); fix what it says, or set "
+                "reader_process = false (QUEUESTREAM_READER_PROCESS=false) to read in this "
+                "process"
+            )
         return RetriableError(
             f"the row reader process ended (exit code {code}); nothing was committed, and "
             "a new one reads the refresh again"

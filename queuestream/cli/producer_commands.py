@@ -199,7 +199,8 @@ def sweep(
     if unknown:  # before anything connects
         msg = f"--tables: no table {', '.join(unknown)}; choose from {', '.join(TABLES_BY_NAME)}"
         raise ConfigurationError(msg)
-    refresher = Refresher(settings)
+    # A sweep reads in key order in its own snapshots: no row reader to start.
+    refresher = Refresher(settings.model_copy(update={"reader_process": False}))
     try:
         sweeper = Sweeper(refresher, named or None, chunk, max_rows_per_second)
         with progress_bar() as bar:

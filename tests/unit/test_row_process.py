@@ -28,7 +28,7 @@ from producer.source_reader import SourceReader
 from producer.watermark import OverlapFilter, Window, change_digest
 from producer.window_rows import window_rows
 from queuestream.databases import create_engine
-from queuestream.errors import DatabaseAccessError, RetriableError
+from queuestream.errors import ConfigurationError, DatabaseAccessError, RetriableError
 from queuestream.settings import Settings, load_settings
 from queuestream.sync_schema import Base
 from queuestream.tables import TABLES, TABLES_BY_NAME, TableSpec
@@ -260,3 +260,18 @@ def test_the_reader_does_not_run_the_program_that_started_it(
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("script ran") == 1, done.stdout
     assert "0 rows" in done.stdout
+
+
+def test_a_reader_that_cannot_start_stops_the_command_with_what_to_do(
+    source: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not an outage to wait out: a reader that ends before its first snapshot (it
+    cannot import, say) is a ConfigurationError naming the setting that avoids it."""
+    window, overlap = _window(source)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # what the reader is started with
+    reader = RowReader(source, PARTITIONS)
+    try:
+        with pytest.raises(ConfigurationError, match="reader_process = false"):
+            _first_rows(reader, _job(window, overlap), TABLES[0])
+    finally:
+        reader.close()
