@@ -46,17 +46,21 @@ class _FirstChange(Assembler):
 class Consumed:
     """What :func:`consume` noted: monotonic times, counts and every batch with its time."""
 
-    started: float
+    started: float  # when run() was called
     first_change: float | None
     changes: int
     batches: list[tuple[float, BatchOutcome]]  # (when on_batch ran, the outcome)
     rows_applied: int
     stale: int
     errors: int
+    #: Before the target was named and the runtime made (imports, codec, engine): where
+    #: a command starting up would start; bench.recovery times the rebuild from there too.
+    began: float = 0.0
 
 
 def consume(settings: Settings, name: str, deadline: Deadline) -> Consumed:
     """Run one consumer of ``name`` until idle (or the deadline) and note the times."""
+    began = time.monotonic()
     batches: list[tuple[float, BatchOutcome]] = []
     engine = writer_engine(settings.target_url_for(name))
     stop = threading.Event()
@@ -85,7 +89,7 @@ def consume(settings: Settings, name: str, deadline: Deadline) -> Consumed:
     if stop.is_set():
         deadline.check(f"consuming into {name}")
     return Consumed(
-        started, first.first, first.changes, batches, stats.rows, stats.stale, stats.errors
+        started, first.first, first.changes, batches, stats.rows, stats.stale, stats.errors, began
     )
 
 

@@ -11,10 +11,13 @@ The benchmark
    member of a group; then **rebuilds** the target as of now into another fresh
    database (``consumers.rebuild``: stop offsets looked up, every
    partition owned without a group, stops at the point in time). Both are timed
-   the same way, from their start (the consumer's ``run()``, which joins its group;
-   the rebuild's plan) to the commit of their last batch, when the target holds
-   everything: the consumer then waits to be idle, the rebuild closes its clients
-   (``rebuild_exit_seconds`` is until ``rebuild()`` returned). Both targets are
+   the same way, from where each starts as a command would, before its target is
+   named and its runtime made (the consumer then joins its group; the rebuild plans,
+   then owns its partitions), to the commit of their last batch, when the target
+   holds everything: the consumer then waits to be idle, the rebuild closes its
+   clients (``rebuild_exit_seconds`` is until ``rebuild()`` returned). Until
+   0.6.0 the consumer's time began at ``run()``, after its target's imports and
+   its runtime were made, which the rebuild's included. Both targets are
    verified against the source. The ratio is the consumer's seconds over the
    rebuild's. Each runs
    in a process started for it (bench/phases.py), so its **peak RSS** (``VmHWM``)
@@ -137,7 +140,7 @@ def consume_phase(settings: Settings, name: str, deadline: Deadline) -> dict[str
     """The ordinary consumer until idle, in the process :func:`measure` started for it."""
     memory = PhaseMemory()
     consumed = consume(settings, name, deadline)
-    return {"seconds": consumed.batches[-1][0] - consumed.started, **memory.figures()}
+    return {"seconds": consumed.batches[-1][0] - consumed.began, **memory.figures()}
 
 
 def rebuild_phase(settings: Settings, name: str) -> dict[str, Any]:
