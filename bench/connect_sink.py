@@ -2,10 +2,10 @@
 
 Two users: the test that holds the event contract to Debezium's sink
 (tests/integration/test_debezium_sink.py) and the consumers benchmark's peer
-(bench/debezium_peer.py, ``--peer debezium``). Both run the README's connector
-configuration (section "Kafka Connect"): its fenced ``properties`` blocks, each after a
+(bench/debezium_peer.py, ``--peer debezium``). Both run the connector
+configuration of docs/kafka-connect.md: its fenced ``properties`` blocks, each after a
 ``<!-- connect: NAME -->`` comment, are read here with Java's ``.properties`` escaping
-(``\\\\.`` is a regex's ``\\.``), so that what the README tells users to copy is exactly
+(``\\\\.`` is a regex's ``\\.``), so that what the page tells users to copy is exactly
 what runs; a caller overrides only addresses, names and what it says it adds.
 Connectors are created, watched and deleted through the worker's REST API; every wait is
 bounded and says what it waited for, with the connector's own status and error trace.
@@ -25,18 +25,19 @@ from typing import Any
 from bench.errors import BenchError
 from bench.services import REPO_ROOT
 
-__all__ = ["Connector", "readme_properties"]
+__all__ = ["Connector", "documented_properties"]
 
-README = REPO_ROOT / "README.md"
+CONNECT_DOC = REPO_ROOT / "docs" / "kafka-connect.md"
 REST_TIMEOUT = 30.0  # seconds for one REST call
 _BLOCK = re.compile(r"<!-- connect: ([\w.-]+) -->\s*```properties\n(.*?)```", re.DOTALL)
 
 
-def readme_properties(name: str) -> dict[str, str]:
-    """The README's ``properties`` block named ``name``, as a Java Properties file reads."""
-    blocks = dict(_BLOCK.findall(README.read_text(encoding="utf-8")))
+def documented_properties(name: str) -> dict[str, str]:
+    """The ``properties`` block named ``name`` in docs/kafka-connect.md, as a Java
+    Properties file reads it."""
+    blocks = dict(_BLOCK.findall(CONNECT_DOC.read_text(encoding="utf-8")))
     if name not in blocks:
-        msg = f"README.md has no properties block after <!-- connect: {name} -->"
+        msg = f"docs/kafka-connect.md has no properties block after <!-- connect: {name} -->"
         raise BenchError(msg)
     found: dict[str, str] = {}
     for raw in blocks[name].splitlines():

@@ -8,7 +8,7 @@ topics that target reads, into a fresh PostgreSQL database on the same server, o
 Kafka Connect worker started here with scripts/connect-local.sh (both stop at the end,
 and by themselves if this process dies).
 
-The connector is the README's (``bench.connect_sink.readme_properties``) with three
+The connector is docs/kafka-connect.md's (``bench.connect_sink.documented_properties``) with three
 changes: ``topics`` names the target's topics instead of ``topics.regex``,
 ``collection.name.format=${source.table}`` (the benchmark's topic prefixes hold hyphens,
 which the sink's default unquoted table names cannot), and ``batch.size`` 10,000 (the
@@ -36,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from bench.connect_sink import Connector, readme_properties
+from bench.connect_sink import Connector, documented_properties
 from bench.errors import BenchError, Deadline
 from bench.output import Progress
 from bench.scratch import postgres_database
@@ -131,7 +131,7 @@ def peer_services(bootstrap: str, progress: Progress) -> Iterator[Peer]:
 
 
 def _config(peer: Peer, settings: Settings, tables: tuple[str, ...], url: str) -> dict[str, str]:
-    config = readme_properties("sink")
+    config = documented_properties("sink")
     del config["topics.regex"]
     target = make_url(url)
     config.update(

@@ -7,8 +7,8 @@ history of a simulated SQLite source: creates, updates, a line deleted with its 
 change, a sweep that publishes what the simulator deleted, a re-sync with ``--since``
 (op ``r``), then more of the same. One Connect worker (the session's ``connect_url``,
 scripts/connect-local.sh) runs one sink connector per variant side by side, each
-configured as the README's "Kafka Connect" section says (the blocks are read from the
-README; only addresses and names change) and writing into a fresh PostgreSQL database;
+configured as docs/kafka-connect.md says (the blocks are read from that page; only
+addresses and names change) and writing into a fresh PostgreSQL database;
 the test waits (bounded) until every table of each equals the source. One test, not one
 per variant: pytest-xdist would give each worker that runs one its own history.
 
@@ -19,7 +19,7 @@ per variant: pytest-xdist would give each worker that runs one its own history.
 * with the sink's default table names (``<prefix>_<table>``), with
   ``collection.name.format=${source.schema}_${source.table}`` (``main_orders``: SQLite's
   schema) and through Debezium's ``ExtractNewRecordState``;
-* the README's ``topics.regex`` takes every change topic and leaves out the batches topic.
+* the documented ``topics.regex`` takes every change topic and leaves out the batches topic.
 
 Each protection fails this test when removed: without ``connect.name`` on the
 timestamp fields they arrive as BIGINT; with ``source.schema`` null the
@@ -43,7 +43,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from bench.connect_sink import Connector, readme_properties
+from bench.connect_sink import Connector, documented_properties
 from producer.refresh import Refresher
 from producer.sensitive import ColumnPolicy
 from producer.simulator import Simulator
@@ -67,7 +67,7 @@ _TEXTS = {"text", "character varying"}
 
 Rows = dict[tuple[Any, ...], dict[str, Any]]
 #: The connectors the test runs: variant -> (the table the sink writes for a topic prefix
-#: and a table, what the variant adds to the README's configuration).
+#: and a table, what the variant adds to the documented configuration).
 VARIANTS: dict[str, tuple[Callable[[str, TableSpec], str], dict[str, str]]] = {
     "default_names": (lambda prefix, spec: f"{prefix}_{spec.name}", {}),
     "source_names": (
@@ -186,8 +186,8 @@ def _publish_history(kafka_bootstrap: str, registry_url: str, where: Path) -> Hi
 
 
 def _sink_config(history: History, target_url: str, **more: str) -> dict[str, str]:
-    """The README's sink connector, pointed at this test's topics, registry and target."""
-    config = readme_properties("sink")
+    """The documented sink connector, pointed at this test's topics, registry and target."""
+    config = documented_properties("sink")
     target = make_url(target_url)
     config["topics.regex"] = config["topics.regex"].replace("exigo", history.prefix, 1)
     config["connection.url"] = f"jdbc:postgresql://{target.host}:{target.port}/{target.database}"

@@ -1,6 +1,6 @@
 """A SQL Server source: its driver (the real import, not a stand-in), its URLs and settings.
 
-No SQL Server runs on this machine; the README's "SQL Server source" section lists what has
+No SQL Server runs on this machine; docs/sqlserver.md lists what has
 not been run against a live server.
 """
 
