@@ -130,7 +130,7 @@ class RowReader:
             )
         self._conn = Connection(ours.detach())
         self._pending.clear()
-        self._conn.send(("start", self.settings, self.partitions))
+        self._send(("start", self.settings, self.partitions))
 
     def pid(self) -> int | None:
         """The reader's process id, while it runs."""
@@ -218,8 +218,16 @@ class RowReader:
         return message
 
     def _gone(self) -> QueuestreamError:
-        code = self._process.poll() if self._process is not None else None
-        self._process = None  # started again by the next snapshot
+        """The pipe broke: the reader ended (or is made to), and is started again by the
+        next snapshot. What to raise about it."""
+        code = None
+        if self._process is not None:
+            try:
+                code = self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                code = self._process.wait(5)
+            self._process = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
