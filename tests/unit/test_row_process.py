@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -275,3 +276,38 @@ def test_a_reader_that_cannot_start_stops_the_command_with_what_to_do(
             _first_rows(reader, _job(window, overlap), TABLES[0])
     finally:
         reader.close()
+
+
+def test_the_reader_ends_when_the_producer_is_killed(source: Settings, tmp_path: Path) -> None:
+    """A producer killed outright (SIGKILL, the OOM killer) leaves no reader behind: the
+    reader reads the end of its pipe and exits."""
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from producer.row_process import RowReader\n"
+        "from queuestream.settings import load_settings\n"
+        f"settings = load_settings(None, source_url={source.source_url!r}, "
+        f"source_timezone={ZONE!r})\n"
+        "reader = RowReader(settings, 6)\n"
+        "print(reader.pid(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    producer = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert producer.stdout is not None
+    reader_pid = int(producer.stdout.readline())
+    time.sleep(1.0)  # the reader is up and waiting for its first snapshot
+    producer.kill()
+    producer.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(reader_pid):
+        time.sleep(0.1)
+    assert not _alive(reader_pid), "the reader outlived its producer"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
