@@ -104,6 +104,23 @@ DEFAULT_SENSITIVE_COLUMNS: dict[str, dict[str, ColumnAction]] = {
 }
 
 
+#: librdkafka keys that confluent-kafka itself reads, as Python objects: not settable here.
+PYTHON_OBJECT_OPTIONS = frozenset(
+    {
+        "error_cb",
+        "throttle_cb",
+        "stats_cb",
+        "oauth_cb",
+        "logger",
+        "on_delivery",
+        "on_commit",
+        "default.topic.config",
+    }
+)
+#: librdkafka keys that confluent-kafka reads as a Python bool (a string fails there).
+PYTHON_BOOL_OPTIONS = frozenset({"delivery.report.only.error"})
+
+
 class Settings(BaseSettings):
     """Settings shared by every queuestream command."""
 
@@ -342,6 +359,23 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return value
 
+    @field_validator("kafka")
+    @classmethod
+    def _kafka_strings(cls, value: dict[str, str]) -> dict[str, str]:
+        """Refuse the keys confluent-kafka reads as Python objects (callbacks, a logger):
+        a string there fails deep in the client instead of here."""
+        for key, given in value.items():
+            if key in PYTHON_OBJECT_OPTIONS:
+                msg = (
+                    f"{key!r} takes a Python object in confluent-kafka and cannot be set "
+                    "from settings; leave it out (queuestream sets the callbacks it needs)"
+                )
+                raise ValueError(msg)
+            if key in PYTHON_BOOL_OPTIONS and given.strip().lower() not in ("true", "false"):
+                msg = f"{key!r} must be true or false, not {given!r}"
+                raise ValueError(msg)
+        return value
+
     @field_validator("source_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -371,9 +405,13 @@ class Settings(BaseSettings):
             self.target_url = with_password("target_url", self.target_url, password)
         return self
 
-    def kafka_options(self) -> dict[str, str]:
-        """``kafka`` with the values read from ``kafka_secret_files`` (which win)."""
-        return {**self.kafka, **self._kafka_secrets}
+    def kafka_options(self) -> dict[str, Any]:
+        """``kafka`` with the values read from ``kafka_secret_files`` (which win); the
+        options confluent-kafka reads as a Python bool made one (``"true"`` -> True)."""
+        options: dict[str, Any] = {**self.kafka, **self._kafka_secrets}
+        for key in PYTHON_BOOL_OPTIONS & options.keys():
+            options[key] = str(options[key]).strip().lower() == "true"
+        return options
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

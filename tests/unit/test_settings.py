@@ -40,3 +40,24 @@ def test_invalid_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_a_kafka_option_confluent_kafka_reads_as_a_bool_may_be_given_as_text() -> None:
+    """``QUEUESTREAM_KAFKA='{"delivery.report.only.error": "true"}'`` used to end in a
+    TypeError from deep inside the producer's constructor."""
+    from confluent_kafka import Producer
+
+    from queuestream.kafka_clients import producer_config
+
+    settings = load_settings(None, kafka={"delivery.report.only.error": "True"})
+    config = producer_config(settings)
+    assert config["delivery.report.only.error"] is True
+    Producer(config).flush(0)  # confluent-kafka takes it (a str raised TypeError)
+    with pytest.raises(ConfigurationError, match="must be true or false"):
+        load_settings(None, kafka={"delivery.report.only.error": "yes"})
+
+
+@pytest.mark.parametrize("key", ["error_cb", "logger", "on_delivery", "stats_cb"])
+def test_kafka_options_that_take_python_objects_are_refused_by_name(key: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{key}.*cannot be set from settings"):
+        load_settings(None, kafka={key: "anything"})
