@@ -270,12 +270,16 @@ def test_a_reader_that_cannot_start_stops_the_command_with_what_to_do(
     cannot import, say) is a ConfigurationError naming the setting that avoids it."""
     window, overlap = _window(source)
     monkeypatch.setattr(sys, "executable", "/bin/false")  # what the reader is started with
-    reader = RowReader(source, PARTITIONS)
+    reader: RowReader | None = None
     try:
+        # Said when the reader is started, or at its first snapshot, whichever meets
+        # its end first.
         with pytest.raises(ConfigurationError, match="reader_process = false"):
+            reader = RowReader(source, PARTITIONS)
             _first_rows(reader, _job(window, overlap), TABLES[0])
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
 
 
 def test_the_reader_ends_when_the_producer_is_killed(source: Settings, tmp_path: Path) -> None:
