@@ -143,7 +143,10 @@ class ConsumerRuntime:
         on_batch: Callable[[BatchOutcome], None] | None = None,
         metrics: ConsumerMetrics | None = None,
         stop_at: StopAt | None = None,
+        assembler: Assembler | None = None,
     ) -> None:
+        """``assembler``: the one to hold refreshes in (a benchmark's, which notes what
+        arrives); every part of the runtime shares it."""
         self.settings = settings
         self.target = target
         self.group = settings.group_for(target.name)
@@ -165,7 +168,7 @@ class ConsumerRuntime:
         self.dead_letters = DeadLetters(
             settings, target.name, f"{self.group}.rebuild" if stop_at else self.group
         )
-        self.assembler = Assembler()
+        self.assembler = assembler or Assembler()
         self.stats = RunStats()
         store = OffsetStore(target.name, self.group)
         self.ownership = Ownership(
