@@ -122,11 +122,26 @@ class RowPreparer:
         self.partitioner = partitioner
         self.zone = zone
         self.rows = rows or RowEncoder(spec.name, zone)
-        self._encode_key = codec.encoder(spec.name, "key")
+        self.encode_key = codec.encoder(spec.name, "key")
         self._sensitive: Callable[[dict[str, Any]], None] | None = policy.for_table(spec.name)
         self._key_columns = spec.key
         self._resync = resync
         self._window_start_us = None if window_start is None else version_micros(window_start)
+
+    def row_bytes(self, changed: ChangedRow) -> bytes:
+        """The Avro bytes :meth:`prepare` would publish for this row (masked, on a copy):
+        what the sweep compares with the state. Raises EncodingError naming the row."""
+        row = changed.row
+        if self._sensitive is not None:
+            row = dict(row)
+            self._sensitive(row)
+        try:
+            return self.rows.encode_row(row)
+        except EncodingError as exc:
+            key_values = {k: row[k] for k in self._key_columns}
+            raise EncodingError(
+                exc.reason, table=self.spec.name, key=key_values, column=exc.column
+            ) from exc
 
     def prepare(self, changed: ChangedRow, op: str | None = None) -> PreparedRow | RefusedRow:
         """The row's part of its event; ``op`` overrides the op the window gives (the
@@ -151,7 +166,7 @@ class RowPreparer:
         if self._sensitive is not None:
             self._sensitive(row)
         try:
-            key = self._encode_key(key_values)
+            key = self.encode_key(key_values)
             row_bytes = self.rows.encode_row(row)
         except EncodingError as exc:
             return self._refused(changed, key_values, exc)
@@ -195,8 +210,6 @@ class EventBuilder:
         self.context = context
         self.partitioner = partitioner
         self.zone = zone
-        self._encode_key = codec.encoder(spec.name, "key")
-        self._sensitive = policy.for_table(spec.name)
         source = {
             "version": __version__,
             "connector": "queuestream",
@@ -247,17 +260,7 @@ class EventBuilder:
     def row_bytes(self, changed: ChangedRow) -> bytes:
         """The Avro bytes :meth:`build` would publish for this row (masked): what the sweep
         compares with the state. Raises EncodingError like :meth:`build`."""
-        row = changed.row
-        if self._sensitive is not None:
-            row = dict(row)
-            self._sensitive(row)
-        try:
-            return self._envelope.encode_row(row)
-        except EncodingError as exc:
-            key_values = {k: row[k] for k in self.spec.key}
-            raise EncodingError(
-                exc.reason, table=self.spec.name, key=key_values, column=exc.column
-            ) from exc
+        return self.preparer.row_bytes(changed)
 
     def delete(self, key: Key, published: Published, total_order: int) -> EncodedEvent:
         """The delete of a row the state holds: op ``d``, ``before`` its published bytes."""
@@ -268,7 +271,7 @@ class EventBuilder:
             published.row, found_ms, total_order, self.count
         )
         return EncodedEvent(
-            self._encode_key(key_values),
+            self.preparer.encode_key(key_values),
             value,
             self.partitioner(published.customer),
             "d",

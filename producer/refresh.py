@@ -257,7 +257,7 @@ class Refresher:
             def window_source(overlap: OverlapFilter | None) -> Iterator[RefreshSource]:
                 assert overlap is not None  # a window has its overlap
                 if self.row_reader is not None:
-                    job = ReaderJob(window, overlap, None, window.start, window.resync)
+                    job = ReaderJob(window, overlap, resync=window.resync)
                     with self.row_reader.snapshot(job) as source:
                         yield source
                     return

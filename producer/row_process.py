@@ -88,9 +88,12 @@ class ReaderJob:
     overlap: OverlapFilter | None = None
     fingerprint: str | None = None
     #: The op of a row: ``r`` throughout a re-sync; otherwise ``c`` for a row created at
-    #: or after ``window_start``, ``u`` before it.
-    window_start: datetime | None = None
+    #: or after the window's start, ``u`` before it.
     resync: bool = False
+
+    @property
+    def window_start(self) -> datetime | None:
+        return None if self.window is None else self.window.start
 
 
 @dataclass(frozen=True)

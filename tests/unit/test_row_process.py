@@ -124,7 +124,7 @@ def _local(settings: Settings, window: Window, overlap: OverlapFilter) -> dict[s
 
 
 def _job(window: Window, overlap: OverlapFilter) -> ReaderJob:
-    return ReaderJob(window, overlap, None, window.start, False)
+    return ReaderJob(window, overlap)
 
 
 def test_the_reader_prepares_what_this_process_prepares(source: Settings) -> None:
@@ -251,7 +251,7 @@ def test_the_reader_does_not_run_the_program_that_started_it(
         "now = datetime.now(UTC)\n"
         "window = Window(start=now, end=now, read_from=now)\n"
         "overlap = OverlapFilter(window=window, seen=frozenset(), keep_from=now)\n"
-        "with reader.snapshot(ReaderJob(window, overlap, None, now, False)) as rows:\n"
+        "with reader.snapshot(ReaderJob(window, overlap)) as rows:\n"
         "    print(sum(1 for t in TABLES for _ in rows.prepared(t, None)), 'rows')\n"
         "reader.close()\n"
     )
