@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -219,6 +220,37 @@ def _queue_tables(schema: str) -> dict[str, sa.Table]:
     return {spec.name: Base.metadata.tables[spec.source].to_metadata(queue_md) for spec in TABLES}
 
 
+#: PostgreSQL types (OIDs) whose values psycopg returns as SQLAlchemy would hand them on
+#: for the sync schema's columns: int2, int4, int8, numeric, text, bpchar, varchar,
+#: timestamp, timestamptz. Any other (a float, money) is read through SQLAlchemy.
+_PLAIN_OIDS = frozenset({21, 23, 20, 1700, 25, 1042, 1043, 1114, 1184})
+
+
+#: Names of the server-side cursors opened on the driver (one per query).
+_CURSOR_NUMBERS = itertools.count()
+
+
+def _plain_postgres_columns(cursor: Any) -> bool:
+    """Are all of the cursor's columns of the types in :data:`_PLAIN_OIDS`?"""
+    description = cursor.description
+    return description is not None and all(c.type_code in _PLAIN_OIDS for c in description)
+
+
+def _changed_row_factory(columns: list[str]) -> Any:
+    """A psycopg row factory that makes each row a :class:`ChangedRow` (CustomerID last)."""
+
+    def factory(_cursor: Any) -> Any:
+        def make(values: Any) -> ChangedRow:
+            customer = values[-1]
+            return ChangedRow(
+                dict(zip(columns, values, strict=False)), 0 if customer is None else int(customer)
+            )
+
+        return make
+
+    return factory
+
+
 class FrozenSnapshot:
     """Rows of one refresh, read inside one snapshot transaction."""
 
@@ -227,30 +259,37 @@ class FrozenSnapshot:
         self.settings = settings
         self.zone = settings.zone
         self._queue_tables = _queue_tables(settings.queue_schema)
+        self._psycopg = conn.dialect.driver == "psycopg"
 
     def _base(self, spec: TableSpec) -> sa.Table:
         return Base.metadata.tables[spec.source]
 
     def _select(self, spec: TableSpec, table: sa.Table) -> sa.Select[Any]:
-        orders = Base.metadata.tables["Orders"]
-        customer: sa.ColumnElement[Any]
+        """The rows of ``table`` with their CustomerID last (``__customer_id``), in
+        ModifiedDate, key order. An order's lines take theirs from the order (an outer
+        join: a line whose order is gone has none); the planner picks a hash join for a
+        large window and a look-up by key for a small one."""
+        order_by = (table.c.ModifiedDate, *(table.c[k] for k in spec.key))
         if spec.partition_via_order:
-            customer = (
-                sa.select(orders.c.CustomerID)
-                .where(orders.c.OrderID == table.c.OrderID)
-                .scalar_subquery()
+            orders = Base.metadata.tables["Orders"]
+            return (
+                sa.select(*table.c, orders.c.CustomerID.label("__customer_id"))
+                .select_from(table.outerjoin(orders, orders.c.OrderID == table.c.OrderID))
+                .order_by(*order_by)
             )
-        else:
-            customer = table.c[spec.customer_column or "CustomerID"]
-        return sa.select(*table.c, customer.label("__customer_id")).order_by(
-            table.c.ModifiedDate, *(table.c[k] for k in spec.key)
-        )
+        customer = table.c[spec.customer_column or "CustomerID"]
+        return sa.select(*table.c, customer.label("__customer_id")).order_by(*order_by)
 
     def _stream(self, spec: TableSpec, query: sa.Select[Any]) -> Iterator[ChangedRow]:
         with retriable_outages(self.conn.engine):
             yield from self._rows(query)
 
     def _rows(self, query: sa.Select[Any]) -> Iterator[ChangedRow]:
+        if self._psycopg:
+            cursor = self._driver_cursor(query)
+            if cursor is not None:
+                yield from self._driver_rows(cursor)
+                return
         result = self.conn.execution_options(yield_per=_FETCH).execute(query)
         columns = list(result.keys())[:-1]  # _select puts __customer_id last: zip stops before
         # A chunk at a time (partitions): far fewer calls per row than iterating rows.
@@ -260,6 +299,46 @@ class FrozenSnapshot:
                 if customer is None:
                     customer = 0  # an order line whose order is gone: CustomerID 0's partition
                 yield ChangedRow(dict(zip(columns, values, strict=False)), int(customer))
+
+    @contextmanager
+    def _driver_errors(self, statement: str) -> Iterator[None]:
+        """psycopg's errors as SQLAlchemy raises them (for :func:`retriable_outages`)."""
+        error = self.conn.dialect.loaded_dbapi.Error
+        try:
+            yield
+        except error as exc:
+            raise sa.exc.DBAPIError.instance(statement, None, exc, error) from exc
+
+    def _driver_cursor(self, query: sa.Select[Any]) -> Any:
+        """PostgreSQL: ``query`` opened as a server-side cursor of psycopg's own, in the
+        snapshot's transaction, or None when a column is not of :data:`_PLAIN_OIDS`.
+
+        SQLAlchemy would hand psycopg's values of those types on unchanged; reading them
+        without its Row between (and making each row a ChangedRow as psycopg reads it)
+        takes a third of the time a row takes to read.
+        """
+        compiled = query.compile(dialect=self.conn.dialect)
+        statement = str(compiled)
+        driver = self.conn.connection.driver_connection
+        assert driver is not None  # an open connection
+        with self._driver_errors(statement):
+            cursor = driver.cursor(name=f"queuestream_rows_{next(_CURSOR_NUMBERS)}")
+            cursor.execute(statement, compiled.params)
+            if _plain_postgres_columns(cursor):
+                return cursor
+            cursor.close()
+        return None
+
+    def _driver_rows(self, cursor: Any) -> Iterator[ChangedRow]:
+        columns = [c.name for c in cursor.description][:-1]  # __customer_id is last
+        cursor.row_factory = _changed_row_factory(columns)
+        try:
+            with self._driver_errors("FETCH"):
+                while chunk := cursor.fetchmany(_FETCH):
+                    yield from chunk
+        finally:
+            with suppress(self.conn.dialect.loaded_dbapi.Error):
+                cursor.close()  # not sent when the connection or its transaction failed
 
     def changed_rows(
         self, spec: TableSpec, read_from: datetime, end: datetime

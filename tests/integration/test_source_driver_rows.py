@@ -1,0 +1,137 @@
+"""PostgreSQL rows read through psycopg's own cursor are the rows SQLAlchemy reads.
+
+The producer reads a PostgreSQL source's changed rows through a server-side
+cursor of psycopg's, each row made a ChangedRow as psycopg reads it
+(``FrozenSnapshot._driver_rows``), where SQLAlchemy would hand the same values on
+unchanged. On a simulated source in a real PostgreSQL, with an order line whose
+order is gone, both readings give the same rows, values and types for every table
+and every way a snapshot reads; a column of another type (a float) is read
+through SQLAlchemy; and a connection that breaks mid-read is an outage, as it is
+through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from producer import source_reader
+from producer.simulator import Simulator
+from producer.source_reader import ChangedRow, FrozenSnapshot, SourceReader
+from queuestream.databases import create_engine
+from queuestream.errors import DatabaseUnavailableError
+from queuestream.settings import Settings, load_settings
+from queuestream.sync_schema import Base
+from queuestream.tables import TABLES, TABLES_BY_NAME
+
+pytestmark = pytest.mark.postgres
+
+ALL_TIME = (datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(days=2))
+
+
+@pytest.fixture
+def source(postgres_url: str) -> Iterator[Settings]:
+    settings = load_settings(None, source_url=postgres_url, source_timezone="America/Chicago")
+    engine = create_engine(postgres_url, writer=True)
+    try:
+        Simulator(engine, settings.zone, seed=11).run(600, per_transaction=40)
+        orders = Base.metadata.tables["Orders"]
+        details = Base.metadata.tables["OrderDetails"]
+        with engine.begin() as conn:  # an order line whose order is gone
+            gone = conn.execute(sa.select(sa.func.min(details.c.OrderID))).scalar_one()
+            conn.execute(orders.delete().where(orders.c.OrderID == gone))
+    finally:
+        engine.dispose()
+    yield settings
+
+
+def _readings(snapshot: FrozenSnapshot) -> dict[str, list[ChangedRow]]:
+    found: dict[str, list[ChangedRow]] = {}
+    for spec in TABLES:
+        found[spec.name] = list(snapshot.changed_rows(spec, *ALL_TIME))
+        found[f"{spec.name} after"] = snapshot.rows_after(spec, (1, 0), 50)
+    return found
+
+
+def _typed(rows: list[ChangedRow]) -> list[tuple[Any, ...]]:
+    """Every value with its type: a str where a Decimal was is a difference."""
+    return [
+        (changed.customer_id, tuple((k, type(v), v) for k, v in changed.row.items()))
+        for changed in rows
+    ]
+
+
+def _both(settings: Settings) -> tuple[dict[str, list[ChangedRow]], dict[str, list[ChangedRow]]]:
+    """Each reading of the same snapshot: through psycopg's cursor, then SQLAlchemy's."""
+    reader = SourceReader(create_engine(settings.source_url), settings)
+    try:
+        with reader.frozen() as snapshot:
+            assert snapshot._psycopg  # the driver's cursor is the default here
+            driver = _readings(snapshot)
+            snapshot._psycopg = False
+            alchemy = _readings(snapshot)
+    finally:
+        reader.engine.dispose()
+    return driver, alchemy
+
+
+def test_the_driver_reads_what_sqlalchemy_reads(source: Settings) -> None:
+    driver, alchemy = _both(source)
+    assert driver.keys() == alchemy.keys()
+    for name in driver:
+        assert _typed(driver[name]) == _typed(alchemy[name]), name
+    lines = driver["order_details"]
+    assert len(lines) > 100
+    assert any(changed.customer_id == 0 for changed in lines)  # the orphaned line
+    assert all(changed.customer_id > 0 for changed in driver["orders"])
+    assert any(v is None for changed in driver["customers"] for v in changed.row.values())
+    assert all(len(rows) > 0 for rows in driver.values())
+
+
+def test_a_column_of_another_type_is_read_through_sqlalchemy(source: Settings) -> None:
+    engine = create_engine(source.source_url, writer=True)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                'ALTER TABLE "Payments" ALTER COLUMN "Amount" TYPE double precision'
+            )
+    finally:
+        engine.dispose()
+    driver, alchemy = _both(source)
+    payments = driver["payments"]
+    assert payments
+    assert all(type(changed.row["Amount"]) is Decimal for changed in payments)
+    assert _typed(payments) == _typed(alchemy["payments"])
+
+
+def test_a_connection_broken_mid_read_is_an_outage(
+    source: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(source_reader, "_FETCH", 10)  # the rows after the first ten: FETCHed
+    reader = SourceReader(create_engine(source.source_url), source)
+    admin = create_engine(source.source_url)
+    spec = TABLES_BY_NAME["order_details"]
+    raised: BaseException | None = None
+    try:
+        # Leaving the snapshot fails too (its rollback): the outage is caught where the
+        # rows are read, and again where the snapshot is left.
+        with pytest.raises(DatabaseUnavailableError), reader.frozen() as snapshot:
+            pid = snapshot.conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            rows = snapshot.changed_rows(spec, *ALL_TIME)
+            next(rows)
+            with admin.connect() as conn:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            try:
+                for _ in rows:
+                    pass
+            except Exception as exc:  # its kind is the assertion
+                raised = exc
+    finally:
+        reader.engine.dispose()
+        admin.dispose()
+    assert isinstance(raised, DatabaseUnavailableError), repr(raised)
