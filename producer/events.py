@@ -12,7 +12,7 @@ null; its ``source.ts_ms`` is when the delete was found.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from producer.partitioning import CustomerPartitioner
 from producer.sensitive import ColumnPolicy
-from producer.source_reader import ChangedRow
+from producer.source_reader import ChangedRow, row_layout
 from producer.state_changelog import Key, Published
 from queuestream import __version__
 from queuestream.errors import EncodingError
@@ -37,7 +37,6 @@ __all__ = [
     "RefreshContext",
     "RefusedRow",
     "RowPreparer",
-    "row_key",
     "version_micros",
 ]
 
@@ -68,14 +67,6 @@ def version_micros(moment: datetime) -> int:
     return wall_micros(moment, UTC)
 
 
-def row_key(spec: TableSpec, row: dict[str, Any]) -> Key:
-    """The state's key of a source row: its key columns, the second 0 when there is one."""
-    key = spec.key
-    if len(key) == 1:
-        return (int(row[key[0]]), 0)
-    return (int(row[key[0]]), int(row[key[1]]))
-
-
 #: All of a change event that its row alone decides: made by :class:`RowPreparer`, in
 #: this process or in the row reader's (:mod:`producer.row_process`); the event's place
 #: in the batch is added by :meth:`EventBuilder.finish`. A plain tuple, the cheapest to
@@ -104,7 +95,10 @@ class RefusedRow(NamedTuple):
 
 class RowPreparer:
     """Makes the part of a table's events that depends on the row alone, for one refresh:
-    op, key, the row's Avro bytes, partition. Any process can hold one."""
+    op, key, the row's Avro bytes, partition. Any process can hold one.
+
+    It reads a row by its values' positions (:class:`RowLayout`), with no dict made of
+    it but for a row it refuses."""
 
     def __init__(
         self,
@@ -123,74 +117,89 @@ class RowPreparer:
         self.zone = zone
         self.rows = rows or RowEncoder(spec.name, zone)
         self.encode_key = codec.encoder(spec.name, "key")
-        self._sensitive: Callable[[dict[str, Any]], None] | None = policy.for_table(spec.name)
+        self.layout = layout = row_layout(spec)
+        self._encode_values = self.rows.values_encoder(layout.columns)
+        self._sensitive = policy.for_values(spec.name, layout.columns)
         self._key_columns = spec.key
         self._resync = resync
         self._window_start_us = None if window_start is None else version_micros(window_start)
 
+    def _masked(self, changed: ChangedRow) -> Sequence[Any]:
+        """The row's values with sensitive columns handled (a copy; key columns are never
+        masked)."""
+        return changed.values if self._sensitive is None else self._sensitive(changed.values)
+
     def row_bytes(self, changed: ChangedRow) -> bytes:
-        """The Avro bytes :meth:`prepare` would publish for this row (masked, on a copy):
-        what the sweep compares with the state. Raises EncodingError naming the row."""
-        row = changed.row
-        if self._sensitive is not None:
-            row = dict(row)
-            self._sensitive(row)
+        """The Avro bytes :meth:`prepare` would publish for this row (masked): what the sweep
+        compares with the state. Raises EncodingError naming the row."""
+        values = self._masked(changed)
         try:
-            return self.rows.encode_row(row)
+            return self._encode_values(values)
         except EncodingError as exc:
-            key_values = {k: row[k] for k in self._key_columns}
             raise EncodingError(
-                exc.reason, table=self.spec.name, key=key_values, column=exc.column
+                exc.reason, table=self.spec.name, key=self._key_values(values), column=exc.column
             ) from exc
+
+    def _key_values(self, values: Sequence[Any]) -> dict[str, Any]:
+        return {k: values[i] for k, i in zip(self._key_columns, self.layout.key, strict=True)}
 
     def prepare(self, changed: ChangedRow, op: str | None = None) -> PreparedRow | RefusedRow:
         """The row's part of its event; ``op`` overrides the op the window gives (the
         sweep's ``r``). The row's timestamps are read as the source's wall times (naive,
-        in the source zone) or aware; the row itself is left as it is but for masking."""
-        row = changed.row
+        in the source zone) or aware."""
+        layout = self.layout
+        # Masked before anything can fail: a row that cannot be encoded goes to a
+        # dead-letter topic as it is here.
+        values = self._masked(changed)
         zone = self.zone
-        micros = wall_micros(row["ModifiedDate"], zone)
-        key_values = {k: row[k] for k in self._key_columns}
+        micros = wall_micros(values[layout.modified], zone)
         if op is None:
             if self._resync:
                 op = "r"
             elif (
                 self._window_start_us is not None
-                and wall_micros(row["CreatedDate"], zone) >= self._window_start_us
+                and wall_micros(values[layout.created], zone) >= self._window_start_us
             ):
                 op = "c"
             else:
                 op = "u"
-        # Masked before anything can fail: a row that cannot be encoded goes to a
-        # dead-letter topic as it is here (key columns are never masked).
-        if self._sensitive is not None:
-            self._sensitive(row)
+        key_values = self._key_values(values)
         try:
             key = self.encode_key(key_values)
-            row_bytes = self.rows.encode_row(row)
+            row_bytes = self._encode_values(values)
         except EncodingError as exc:
-            return self._refused(changed, key_values, exc)
+            return self._refused(values, key_values, exc)
         return (
             key,
             row_bytes,
             op,
             micros,
             self.partitioner(changed.customer_id),
-            row_key(self.spec, row),
+            self._state_key(values),
             changed.customer_id,
         )
 
+    def state_key(self, changed: ChangedRow) -> Key:
+        """The state's key of a row: its key columns, the second 0 when there is one."""
+        return self._state_key(changed.values)
+
+    def _state_key(self, values: Sequence[Any]) -> Key:
+        key = self.layout.key
+        if len(key) == 1:
+            return (int(values[key[0]]), 0)
+        return (int(values[key[0]]), int(values[key[1]]))
+
     def _refused(
-        self, changed: ChangedRow, key_values: dict[str, Any], error: EncodingError
+        self, values: Sequence[Any], key_values: dict[str, Any], error: EncodingError
     ) -> RefusedRow:
         """The dead letter of a row :meth:`prepare` refused: JSON (masked already)."""
         return RefusedRow(
             _json(key_values),
-            _json(self.rows.aware(changed.row)),
+            _json(self.rows.aware(dict(zip(self.layout.columns, values, strict=False)))),
             error.reason,
             error.column,
             key_values,
-            row_key(self.spec, changed.row),
+            self._state_key(values),
         )
 
 

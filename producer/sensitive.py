@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from queuestream.errors import ConfigurationError
@@ -113,6 +113,23 @@ class ColumnPolicy:
         def apply(row: dict[str, Any]) -> None:
             for column, transform in actions:
                 row[column] = transform(row.get(column))
+
+        return apply
+
+    def for_values(
+        self, table: str, columns: Sequence[str]
+    ) -> Callable[[Sequence[Any]], list[Any]] | None:
+        """As :meth:`for_table`, for a row given as its values in the order of ``columns``:
+        a function returning a copy of the values with the rules applied."""
+        actions = [(columns.index(c), t) for c, t in self._by_table.get(table, ())]
+        if not actions:
+            return None
+
+        def apply(values: Sequence[Any]) -> list[Any]:
+            applied = list(values)
+            for position, transform in actions:
+                applied[position] = transform(applied[position])
+            return applied
 
         return apply
 

@@ -21,7 +21,7 @@ import functools
 import hashlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,7 +44,7 @@ from queuestream.sqlserver import is_sqlserver
 from queuestream.sync_schema import Base, to_source_local
 from queuestream.tables import TABLES, TableSpec
 
-__all__ = ["ChangedRow", "FrozenSnapshot", "SourceReader"]
+__all__ = ["ChangedRow", "FrozenSnapshot", "RowLayout", "SourceReader", "row_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,49 @@ _FETCH = 5000
 _IN_CHUNK = 1000  # values per IN (...) list
 
 
+@dataclass(frozen=True, slots=True)
+class RowLayout:
+    """Where a table's columns stand in a :class:`ChangedRow`'s values: the sync table's
+    column order (:func:`row_layout`)."""
+
+    columns: tuple[str, ...]
+    modified: int  # ModifiedDate
+    created: int  # CreatedDate
+    key: tuple[int, ...]  # the key columns, in the key's order
+
+
+@functools.cache
+def row_layout(spec: TableSpec) -> RowLayout:
+    """The layout of ``spec``'s rows as a snapshot reads them (the sync table's columns)."""
+    columns = tuple(c.name for c in Base.metadata.tables[spec.source].columns)
+    return RowLayout(
+        columns,
+        columns.index("ModifiedDate"),
+        columns.index("CreatedDate"),
+        tuple(columns.index(k) for k in spec.key),
+    )
+
+
 @dataclass(slots=True)
 class ChangedRow:
-    row: dict[str, Any]
+    """A row as read: its values in the table's column order (``layout``; more may follow
+    them, which nothing reads) and its CustomerID. A row is read and published without
+    a dict made of it; :attr:`row` makes one."""
+
+    values: Sequence[Any]
     customer_id: int
+    layout: RowLayout
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The row as a dict of column to value (a new one each time)."""
+        return dict(zip(self.layout.columns, self.values, strict=False))
+
+    @classmethod
+    def of(cls, spec: TableSpec, row: Mapping[str, Any], customer_id: int) -> ChangedRow:
+        """The changed row of a dict holding every column of ``spec``'s table."""
+        layout = row_layout(spec)
+        return cls(tuple(row[c] for c in layout.columns), customer_id, layout)
 
 
 _IN_FLIGHT_SQL = sa.text(
@@ -236,19 +275,23 @@ def _plain_postgres_columns(cursor: Any) -> bool:
     return description is not None and all(c.type_code in _PLAIN_OIDS for c in description)
 
 
-def _changed_row_factory(columns: list[str]) -> Any:
+def _changed_row_factory(layout: RowLayout) -> Any:
     """A psycopg row factory that makes each row a :class:`ChangedRow` (CustomerID last)."""
 
     def factory(_cursor: Any) -> Any:
         def make(values: Any) -> ChangedRow:
             customer = values[-1]
-            return ChangedRow(
-                dict(zip(columns, values, strict=False)), 0 if customer is None else int(customer)
-            )
+            return ChangedRow(values, 0 if customer is None else int(customer), layout)
 
         return make
 
     return factory
+
+
+def _check_columns(names: list[str], layout: RowLayout) -> None:
+    """A query's columns are the layout's, then CustomerID (as :meth:`FrozenSnapshot._select`
+    puts them)."""
+    assert tuple(names[:-1]) == layout.columns, f"{names} read, {layout.columns} expected"
 
 
 class FrozenSnapshot:
@@ -282,23 +325,25 @@ class FrozenSnapshot:
 
     def _stream(self, spec: TableSpec, query: sa.Select[Any]) -> Iterator[ChangedRow]:
         with retriable_outages(self.conn.engine):
-            yield from self._rows(query)
+            yield from self._rows(spec, query)
 
-    def _rows(self, query: sa.Select[Any]) -> Iterator[ChangedRow]:
+    def _rows(self, spec: TableSpec, query: sa.Select[Any]) -> Iterator[ChangedRow]:
+        """The rows of ``query`` (a :meth:`_select` of ``spec``'s table)."""
+        layout = row_layout(spec)
         if self._psycopg:
             cursor = self._driver_cursor(query)
             if cursor is not None:
-                yield from self._driver_rows(cursor)
+                yield from self._driver_rows(cursor, layout)
                 return
         result = self.conn.execution_options(yield_per=_FETCH).execute(query)
-        columns = list(result.keys())[:-1]  # _select puts __customer_id last: zip stops before
+        _check_columns(list(result.keys()), layout)
         # A chunk at a time (partitions): far fewer calls per row than iterating rows.
         for chunk in result.partitions():
             for values in chunk:
                 customer = values[-1]
                 if customer is None:
                     customer = 0  # an order line whose order is gone: CustomerID 0's partition
-                yield ChangedRow(dict(zip(columns, values, strict=False)), int(customer))
+                yield ChangedRow(values, int(customer), layout)
 
     @contextmanager
     def _driver_errors(self, statement: str) -> Iterator[None]:
@@ -329,9 +374,9 @@ class FrozenSnapshot:
             cursor.close()
         return None
 
-    def _driver_rows(self, cursor: Any) -> Iterator[ChangedRow]:
-        columns = [c.name for c in cursor.description][:-1]  # __customer_id is last
-        cursor.row_factory = _changed_row_factory(columns)
+    def _driver_rows(self, cursor: Any, layout: RowLayout) -> Iterator[ChangedRow]:
+        _check_columns([c.name for c in cursor.description], layout)
+        cursor.row_factory = _changed_row_factory(layout)
         try:
             with self._driver_errors("FETCH"):
                 while chunk := cursor.fetchmany(_FETCH):
@@ -406,7 +451,7 @@ class FrozenSnapshot:
             else:
                 query = query.where(sa.tuple_(*columns) > sa.tuple_(*after))
         with retriable_outages(self.conn.engine):
-            return list(self._rows(query))
+            return list(self._rows(spec, query))
 
     def check_fingerprint(self, fingerprint: str) -> None:
         """Procedure mode: raise RetriableError unless the queue tables are still the ones

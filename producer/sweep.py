@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from producer.batch_writer import BatchWriter
-from producer.events import RefreshContext, row_key, version_micros
+from producer.events import RefreshContext, version_micros
 from producer.ids import new_refresh_id
 from producer.source_reader import ChangedRow
 from producer.state_changelog import SWEEP_KEY, Key, Published
@@ -228,22 +228,23 @@ class Sweeper:
         spec = TABLES_BY_NAME[position.table]
         with refresher.reader.frozen() as snapshot:
             rows = snapshot.rows_after(spec, position.after, self.chunk)
-        upto = row_key(spec, rows[-1].row) if len(rows) == self.chunk else None
+        preparer = refresher.parts.builder(spec, _context(refresher)).preparer
+        upto = preparer.state_key(rows[-1]) if len(rows) == self.chunk else None
         held = dict(refresher.state.between(spec.name, position.after, upto))
         found: Counter[str] = Counter(checked=len(rows))
         upserts: list[ChangedRow] = []
-        builder = refresher.parts.builder(spec, _context(refresher))
         zone = refresher.settings.zone
+        modified = preparer.layout.modified
         for changed in rows:
-            key = row_key(spec, changed.row)
+            key = preparer.state_key(changed)
             published = held.pop(key, None)
-            stamp = changed.row["ModifiedDate"].replace(tzinfo=zone)
+            stamp = changed.values[modified].replace(tzinfo=zone)
             if stamp >= horizon:
                 continue  # the refreshes publish it
             version = version_micros(stamp)
             if published is None or version > published.version:
                 found["late"] += 1
-            elif version < published.version or builder.row_bytes(changed) != published.row:
+            elif version < published.version or preparer.row_bytes(changed) != published.row:
                 found["repaired"] += 1
             else:
                 continue

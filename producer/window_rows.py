@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from producer.source_reader import ChangedRow, FrozenSnapshot
+from producer.source_reader import ChangedRow, FrozenSnapshot, row_layout
 from producer.watermark import OverlapFilter, Window, change_digest
 from queuestream.sync_schema import to_source_local
 from queuestream.tables import TableSpec
@@ -47,11 +47,13 @@ def _filtered(
 ) -> Iterator[ChangedRow]:
     """``rows`` less what the last refresh published; most rows are tested by their version
     alone (no key or digest made)."""
+    layout = row_layout(spec)
+    modified = layout.modified
     for changed in rows:
-        row = changed.row
-        stamp = row["ModifiedDate"]
+        values = changed.values
+        stamp = values[modified]
         if not overlap.needs_digest_at(wall_micros(stamp, zone)) or _admitted(
-            spec, tuple(row[k] for k in spec.key), stamp, overlap, zone
+            spec, tuple(values[i] for i in layout.key), stamp, overlap, zone
         ):
             yield changed
 
@@ -79,7 +81,8 @@ def window_rows(
         or _admitted(spec, key, stamp, overlap, zone)
     }
     if unseen:  # committed late: read whole, and published
+        key = row_layout(spec).key
         for changed in snapshot.changed_rows(spec, window.read_from, window.start):
-            if tuple(changed.row[k] for k in spec.key) in unseen:
+            if tuple(changed.values[i] for i in key) in unseen:
                 yield changed
     yield from _filtered(snapshot.changed_rows(spec, window.start, window.end), spec, overlap, zone)

@@ -10,7 +10,7 @@ producer's partitioner uses too.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -18,7 +18,7 @@ import fastavro
 
 from queuestream.errors import EncodingError, SchemaError
 from schemas.avro.misfit import WRITE_ERRORS, find_misfit, not_a_number
-from schemas.avro.record_writer import Unhandled, record_writer, varint
+from schemas.avro.record_writer import Unhandled, record_writer, values_writer, varint
 from schemas.avro.schema_files import load_schema, row_schema
 
 __all__ = ["EnvelopeEncoder", "RowEncoder", "encode_long"]
@@ -145,6 +145,24 @@ class RowEncoder:
             column, reason = find_misfit(self._row_json, row)
             raise EncodingError(reason, table=self.table, column=column) from exc
         return buffer.getvalue()
+
+    def values_encoder(self, columns: Sequence[str]) -> Callable[[Sequence[Any]], bytes]:
+        """:meth:`encode_row` for a row given as its values in the order of ``columns``
+        (a row as read, with no dict made of it): the same bytes, and the same
+        EncodingError. What the generated writer does not write itself is written from
+        the row as a dict."""
+        fast = values_writer(self._row_json, columns, self._wall_zone)
+        encode_row = self.encode_row
+
+        def encode(values: Sequence[Any]) -> bytes:
+            if fast is not None:
+                try:
+                    return fast(values)
+                except (Unhandled, UnicodeError):
+                    pass
+            return encode_row(dict(zip(columns, values, strict=False)))
+
+        return encode
 
 
 class EnvelopeEncoder:

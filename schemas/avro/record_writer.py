@@ -26,15 +26,25 @@ rest of the timestamp's writing (:func:`wall_micros`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-__all__ = ["RecordWriter", "Unhandled", "record_writer", "varint", "wall_micros"]
+__all__ = [
+    "RecordWriter",
+    "Unhandled",
+    "ValuesWriter",
+    "record_writer",
+    "values_writer",
+    "varint",
+    "wall_micros",
+]
 
 #: Writes the Avro binary body of one record given as a mapping of field name to value.
 RecordWriter = Callable[[Mapping[str, Any]], bytes]
+#: Writes the Avro binary body of one record given as its values in a known order.
+ValuesWriter = Callable[[Sequence[Any]], bytes]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001  # the epoch as a wall time
@@ -237,8 +247,29 @@ def record_writer(
             p1 = b'\\x00' if v is None else b'\\x02' + _string(v)
             return b''.join((p0, p1))
     """
+    return cast("RecordWriter | None", _generate(schema, wall_zone, None))
+
+
+def values_writer(
+    schema: Mapping[str, Any], columns: Sequence[str], wall_zone: tzinfo | None = None
+) -> ValuesWriter | None:
+    """As :func:`record_writer`, for a record given as its values in the order of
+    ``columns`` (a row as read, with no dict made of it): ``v = row[3]`` where the other
+    reads ``v = get('Id')``. None also when a field is not one of ``columns``."""
+    fields = [field["name"] for field in schema["fields"]]
+    if not set(fields) <= set(columns):
+        return None
+    positions = {name: columns.index(name) for name in fields}
+    return cast("ValuesWriter | None", _generate(schema, wall_zone, positions))
+
+
+def _generate(
+    schema: Mapping[str, Any], wall_zone: tzinfo | None, positions: Mapping[str, int] | None
+) -> Callable[[Any], bytes] | None:
     names: dict[str, Any] = {"Unhandled": Unhandled, "_POSITIVE": _POSITIVE, "_int": _int}
-    lines = ["def write(row):", "    get = row.get"]
+    lines = ["def write(row):"]
+    if positions is None:
+        lines.append("    get = row.get")
     parts = []
     for number, field in enumerate(schema["fields"]):
         ftype = field["type"]
@@ -256,12 +287,15 @@ def record_writer(
         )
         if nullable:
             write = f"b'\\x00' if v is None else b'\\x02' + {write}"
-        lines.append(f"    v = get({field['name']!r})")
+        read = (
+            f"get({field['name']!r})" if positions is None else f"row[{positions[field['name']]}]"
+        )
+        lines.append(f"    v = {read}")
         lines.append(f"    p{number} = {write}")
         parts.append(f"p{number}")
     lines.append(f"    return b''.join(({', '.join(parts)},))")
     source = "\n".join(lines)
     code = compile(source, f"<record writer of {schema.get('name', 'record')}>", "exec")
     exec(code, names)
-    writer: RecordWriter = names["write"]
+    writer: Callable[[Any], bytes] = names["write"]
     return writer

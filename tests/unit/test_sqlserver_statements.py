@@ -31,8 +31,11 @@ from tests.unit.sqlserver_support import DIALECTS, URL, local
 
 
 class _Result:
+    def __init__(self, statement: Any) -> None:
+        self._keys = [c.key for c in getattr(statement, "selected_columns", ())]
+
     def keys(self) -> list[str]:
-        return []
+        return self._keys
 
     def partitions(self) -> Iterator[list[Any]]:
         return iter(())
@@ -59,7 +62,7 @@ class _Recorder:
         self.compiled.append(
             statement.compile(dialect=self.dialect, compile_kwargs={"render_postcompile": True})
         )
-        return _Result()
+        return _Result(statement)
 
 
 def _producer_statements(dialect: sa.Dialect) -> list[sa.engine.Compiled]:

@@ -101,7 +101,7 @@ def _payment(**values: Any) -> ChangedRow:
         "ModifiedDate": stamp,
     }
     row.update(values)
-    return ChangedRow(row, 3)
+    return ChangedRow.of(TABLES_BY_NAME["payments"], row, 3)
 
 
 def _decoded(table: str, row_bytes: bytes) -> dict[str, Any]:
