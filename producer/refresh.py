@@ -44,6 +44,7 @@ from producer.source_names import source_database, source_schema
 from producer.source_reader import ChangedRow, SourceReader
 from producer.state_changelog import Key, state_topic
 from producer.watermark import (
+    DigestMemo,
     OverlapFilter,
     Progress,
     Window,
@@ -178,6 +179,7 @@ class Refresher:
         self.state = PublishedState.open(settings, self.progress.refresh_id)
         self.overlap = timedelta(seconds=settings.overlap_seconds)
         self.planner = WindowPlanner(timedelta(hours=settings.first_window_hours), self.overlap)
+        self.digests = DigestMemo(settings.zone)  # when this process reads the rows
         self.parts = BatchParts(
             codec=self.codec,
             policy=self.policy,
@@ -261,9 +263,12 @@ class Refresher:
                     with self.row_reader.snapshot(job) as source:
                         yield source
                     return
+                self.digests.next_refresh()
                 with self.reader.frozen() as snapshot:
                     yield LocalSource(
-                        lambda spec: window_rows(snapshot, spec, window, overlap, zone),
+                        lambda spec: window_rows(
+                            snapshot, spec, window, overlap, zone, self.digests
+                        ),
                         snapshot.keys_under,
                         rows_in_snapshot=True,
                     )

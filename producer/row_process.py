@@ -52,7 +52,7 @@ from producer.partitioning import CustomerPartitioner
 from producer.sensitive import column_policy
 from producer.source_reader import FrozenSnapshot, SourceReader
 from producer.state_changelog import Key
-from producer.watermark import OverlapFilter, Window
+from producer.watermark import DigestMemo, OverlapFilter, Window
 from producer.window_rows import window_rows
 from queuestream import errors
 from queuestream.databases import create_engine
@@ -358,6 +358,7 @@ class _Reader:
         self.policy = column_policy(settings)
         self.partitioner = CustomerPartitioner(partitions)
         self.encoders = {spec.name: RowEncoder(spec.name, settings.zone) for spec in TABLES}
+        self.digests = DigestMemo(settings.zone)
 
     def run(self) -> None:
         while True:
@@ -389,6 +390,7 @@ class _Reader:
 
     def _stream(self, snapshot: FrozenSnapshot, job: ReaderJob) -> None:
         zone = self.settings.zone
+        self.digests.next_refresh()
         overlap = job.overlap
         conn = self.conn
         for spec in TABLES:
@@ -404,7 +406,7 @@ class _Reader:
             ).prepare
             if job.window is not None:
                 assert overlap is not None  # a window has its overlap
-                rows = window_rows(snapshot, spec, job.window, overlap, zone)
+                rows = window_rows(snapshot, spec, job.window, overlap, zone, self.digests)
                 recorded, skipped = len(overlap.recorded), overlap.skipped
             else:
                 rows = snapshot.queue_rows(spec)

@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from schemas.avro.record_writer import wall_micros
 
-__all__ = ["OverlapFilter", "Progress", "Window", "WindowPlanner", "change_digest"]
+__all__ = [
+    "DigestMemo",
+    "OverlapFilter",
+    "Progress",
+    "Window",
+    "WindowPlanner",
+    "change_digest",
+]
 
 DIGEST_SIZE = 8
 
@@ -62,6 +69,46 @@ def change_digest(table: str, key: tuple[object, ...], version: datetime) -> byt
     """8 bytes identifying one version of one row."""
     text = f"{table}\x1f{key!r}\x1f{version.isoformat()}"
     return hashlib.blake2b(text.encode(), digest_size=DIGEST_SIZE).digest()
+
+
+class DigestMemo:
+    """The :func:`change_digest` of the changes digested lately, by table, key and stamp as
+    read: a change is digested when a refresh records it for the next one, and again by
+    each refresh that re-reads it in its overlap (at a refresh a second and an overlap
+    of two, three times in all).
+
+    Only a naive stamp (the source's wall time; ``fold`` 0, as drivers read it) is kept:
+    its digest depends on the table, the key and the stamp's wall time alone. An aware
+    stamp is digested each time (two equal ones may spell their offsets differently).
+    It holds what the last two refreshes digested (:meth:`next_refresh` starts another),
+    at most ``limit`` of each.
+    """
+
+    def __init__(self, zone: tzinfo, limit: int = 200_000) -> None:
+        self.zone = zone
+        self.limit = limit
+        self._current: dict[tuple[str, tuple[object, ...], datetime], bytes] = {}
+        self._previous: dict[tuple[str, tuple[object, ...], datetime], bytes] = {}
+
+    def next_refresh(self) -> None:
+        self._previous, self._current = self._current, {}
+
+    def digest(self, table: str, key: tuple[object, ...], stamp: datetime) -> bytes:
+        """:func:`change_digest` of ``key``'s change stamped ``stamp`` (naive: a wall time
+        in the zone)."""
+        if stamp.tzinfo is not None or stamp.fold:
+            return change_digest(
+                table, key, stamp if stamp.tzinfo else stamp.replace(tzinfo=self.zone)
+            )
+        found = (table, key, stamp)
+        digest = self._current.get(found)
+        if digest is None:
+            digest = self._previous.get(found)
+            if digest is None:
+                digest = change_digest(table, key, stamp.replace(tzinfo=self.zone))
+            if len(self._current) < self.limit:
+                self._current[found] = digest
+        return digest
 
 
 class WindowPlanner:
@@ -130,9 +177,13 @@ class OverlapFilter:
 
     def admit(self, digest: bytes, version: datetime) -> bool:
         """False when this change was already published; records it for the next window."""
-        if version >= self.keep_from:
+        return self.admit_at(digest, wall_micros(version, UTC))
+
+    def admit_at(self, digest: bytes, version_us: int) -> bool:
+        """:meth:`admit` of a version in microseconds since the epoch."""
+        if version_us >= self._keep_us:
             self.recorded.append(digest)
-        if version < self.window.start and digest in self.seen:
+        if version_us < self._start_us and digest in self.seen:
             self.skipped += 1
             return False
         return True

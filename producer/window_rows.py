@@ -24,7 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from producer.source_reader import ChangedRow, FrozenSnapshot, row_layout
-from producer.watermark import OverlapFilter, Window, change_digest
+from producer.watermark import DigestMemo, OverlapFilter, Window
 from queuestream.sync_schema import to_source_local
 from queuestream.tables import TableSpec
 from schemas.avro.record_writer import wall_micros
@@ -33,17 +33,25 @@ __all__ = ["window_rows"]
 
 
 def _admitted(
-    spec: TableSpec, key: tuple[Any, ...], stamp: datetime, overlap: OverlapFilter, zone: ZoneInfo
+    spec: TableSpec,
+    key: tuple[Any, ...],
+    stamp: datetime,
+    version_us: int,
+    overlap: OverlapFilter,
+    digests: DigestMemo,
 ) -> bool:
-    """Is the change of ``key`` stamped ``stamp`` (the source's, naive or aware), which the
-    filter wants digested, new? False for one the last refresh published; recorded for the
-    next refresh either way."""
-    version = stamp if stamp.tzinfo else stamp.replace(tzinfo=zone)
-    return overlap.admit(change_digest(spec.name, key, version), version)
+    """Is the change of ``key`` stamped ``stamp`` (the source's, naive or aware; at
+    ``version_us``), which the filter wants digested, new? False for one the last refresh
+    published; recorded for the next refresh either way."""
+    return overlap.admit_at(digests.digest(spec.name, key, stamp), version_us)
 
 
 def _filtered(
-    rows: Iterator[ChangedRow], spec: TableSpec, overlap: OverlapFilter, zone: ZoneInfo
+    rows: Iterator[ChangedRow],
+    spec: TableSpec,
+    overlap: OverlapFilter,
+    zone: ZoneInfo,
+    digests: DigestMemo,
 ) -> Iterator[ChangedRow]:
     """``rows`` less what the last refresh published; most rows are tested by their version
     alone (no key or digest made)."""
@@ -52,8 +60,9 @@ def _filtered(
     for changed in rows:
         values = changed.values
         stamp = values[modified]
-        if not overlap.needs_digest_at(wall_micros(stamp, zone)) or _admitted(
-            spec, tuple(values[i] for i in layout.key), stamp, overlap, zone
+        version_us = wall_micros(stamp, zone)
+        if not overlap.needs_digest_at(version_us) or _admitted(
+            spec, tuple(values[i] for i in layout.key), stamp, version_us, overlap, digests
         ):
             yield changed
 
@@ -64,25 +73,36 @@ def window_rows(
     window: Window,
     overlap: OverlapFilter,
     zone: ZoneInfo,
+    digests: DigestMemo | None = None,
 ) -> Iterator[ChangedRow]:
-    """The rows of ``spec`` a refresh of ``window`` publishes, in ModifiedDate, key order."""
+    """The rows of ``spec`` a refresh of ``window`` publishes, in ModifiedDate, key order.
+    ``digests``: the digests made lately (one refresh after another), else none."""
+    if digests is None:
+        digests = DigestMemo(zone)
     low, middle, high = (
         to_source_local(m, zone) for m in (window.read_from, window.start, window.end)
     )
     if not low <= middle <= high:
         yield from _filtered(
-            snapshot.changed_rows(spec, window.read_from, window.end), spec, overlap, zone
+            snapshot.changed_rows(spec, window.read_from, window.end),
+            spec,
+            overlap,
+            zone,
+            digests,
         )
         return
-    unseen = {
-        key
-        for key, stamp in snapshot.versions(spec, window.read_from, window.start)
-        if not overlap.needs_digest_at(wall_micros(stamp, zone))
-        or _admitted(spec, key, stamp, overlap, zone)
-    }
+    unseen = set()
+    for key, stamp in snapshot.versions(spec, window.read_from, window.start):
+        version_us = wall_micros(stamp, zone)
+        if not overlap.needs_digest_at(version_us) or _admitted(
+            spec, key, stamp, version_us, overlap, digests
+        ):
+            unseen.add(key)
     if unseen:  # committed late: read whole, and published
-        key = row_layout(spec).key
+        key_at = row_layout(spec).key
         for changed in snapshot.changed_rows(spec, window.read_from, window.start):
-            if tuple(changed.values[i] for i in key) in unseen:
+            if tuple(changed.values[i] for i in key_at) in unseen:
                 yield changed
-    yield from _filtered(snapshot.changed_rows(spec, window.start, window.end), spec, overlap, zone)
+    yield from _filtered(
+        snapshot.changed_rows(spec, window.start, window.end), spec, overlap, zone, digests
+    )

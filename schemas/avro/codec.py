@@ -40,7 +40,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from queuestream.errors import DecodeError, EncodingError, QueuestreamError
-from schemas.avro.envelope import EnvelopeEncoder
+from schemas.avro.envelope import EnvelopeEncoder, RowEncoder
 from schemas.avro.fast_reader import Projection, Reader, ValueCache, compile_reader, project
 from schemas.avro.history import writer_schemas
 from schemas.avro.misfit import WRITE_ERRORS, find_misfit
@@ -109,6 +109,9 @@ class AvroCodec:
             else SchemaRegistry(registry, registry_url)
         )
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
+        #: One row encoder per table and zone: its generated writers are made once, not
+        #: for every refresh.
+        self._row_encoders: dict[tuple[str, tzinfo | None], RowEncoder] = {}
         self._headers: dict[str, bytes] = {}
         self._by_fingerprint: dict[bytes, _Schema] = {}
         #: Generated readers by writer schema and projection (None: that one is fastavro's),
@@ -197,8 +200,11 @@ class AvroCodec:
     ) -> EnvelopeEncoder:
         """A fast encoder of ``table``'s change events for one refresh (see EnvelopeEncoder);
         ``wall_zone``: the zone of the rows' naive timestamps."""
+        rows = self._row_encoders.get((table, wall_zone))
+        if rows is None:
+            rows = self._row_encoders[table, wall_zone] = RowEncoder(table, wall_zone)
         return EnvelopeEncoder(
-            table, self.header(table, "value"), source, published_ms, transaction_id, wall_zone
+            table, self.header(table, "value"), source, published_ms, transaction_id, rows
         )
 
     # -- decoding ---------------------------------------------------------------

@@ -81,6 +81,7 @@ class RowEncoder:
             if _logical(t, "decimal")
         ]
         self._ints = [name for name, t in _branches(self._row_json) if t == "int"]
+        self._values_encoders: dict[tuple[str, ...], Callable[[Sequence[Any]], bytes]] = {}
 
     def aware(self, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` with its naive timestamps made aware in the wall zone (a copy when any
@@ -150,7 +151,11 @@ class RowEncoder:
         """:meth:`encode_row` for a row given as its values in the order of ``columns``
         (a row as read, with no dict made of it): the same bytes, and the same
         EncodingError. What the generated writer does not write itself is written from
-        the row as a dict."""
+        the row as a dict. Made once per column order (a refresh makes one per table)."""
+        columns = tuple(columns)
+        made = self._values_encoders.get(columns)
+        if made is not None:
+            return made
         fast = values_writer(self._row_json, columns, self._wall_zone)
         encode_row = self.encode_row
 
@@ -162,6 +167,7 @@ class RowEncoder:
                     pass
             return encode_row(dict(zip(columns, values, strict=False)))
 
+        self._values_encoders[columns] = encode
         return encode
 
 
@@ -187,17 +193,16 @@ class EnvelopeEncoder:
         source: dict[str, Any],
         published_ms: int,
         transaction_id: str,
-        wall_zone: tzinfo | None = None,
+        rows: RowEncoder,
     ) -> None:
-        """``wall_zone``: a row's naive timestamps are wall times in that zone (the source's
-        stamps as read); without it timestamps must be aware."""
+        """``rows``: the table's row encoder (its zone is the rows' naive timestamps')."""
         envelope = load_schema(f"{table}.value")
         names = [f["name"] for f in envelope["fields"]]
         if names != _ENVELOPE_FIELDS:
             msg = f"{table}.value.avsc: envelope fields {names}, expected {_ENVELOPE_FIELDS}"
             raise SchemaError(msg)
         self.table = table
-        self.rows = RowEncoder(table, wall_zone)
+        self.rows = rows
         self.encode_row = self.rows.encode_row
         self.aware = self.rows.aware
         source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]

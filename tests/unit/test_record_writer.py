@@ -34,8 +34,9 @@ _TABLE_NAMES = [spec.name for spec in TABLES]
 
 
 def _reference(table: str) -> EnvelopeEncoder:
-    """The envelope encoder with fastavro alone (its generated writer taken away)."""
-    encoder = _codec.envelope_encoder(table, _SOURCE, 0, "r")
+    """The envelope encoder with fastavro alone (its generated writer taken away; a codec
+    of its own: a codec shares its row encoders)."""
+    encoder = AvroCodec("exigo").envelope_encoder(table, _SOURCE, 0, "r")
     encoder.rows._fast = None
     return encoder
 

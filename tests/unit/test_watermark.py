@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producer.watermark import (
+    DigestMemo,
     OverlapFilter,
     Progress,
     WindowPlanner,
@@ -80,3 +84,59 @@ def test_rows_sharing_the_end_timestamp_wait_for_the_next_window() -> None:
     assert not (window.read_from <= stamp < window.end)
     nxt = planner.plan(Progress(watermark=window.end), safe_end=stamp + timedelta(seconds=5))
     assert nxt.start <= stamp < nxt.end
+
+
+# -- the digests kept from one refresh to the next ----------------------------------------
+
+_CHICAGO = ZoneInfo("America/Chicago")
+#: Wall times around Chicago's DST changes of 2026: 02:00-03:00 on March 8 does not
+#: exist, 01:00-02:00 on November 1 happens twice.
+_EDGES = [datetime(2026, 3, 8, 1, 30), datetime(2026, 11, 1, 0, 30)]  # noqa: DTZ001
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(["orders", "order_details"]),
+            st.tuples(st.integers(0, 5), st.integers(0, 2)),
+            st.sampled_from(_EDGES),
+            st.integers(0, 3 * 3600 * 1_000_000).map(lambda us: timedelta(microseconds=us)),
+            st.sampled_from([None, _CHICAGO, UTC]),
+        ),
+        max_size=30,
+    ),
+    refreshes=st.lists(st.integers(0, 29), max_size=4),
+)
+def test_a_remembered_digest_is_the_digest_made_again(
+    changes: list[tuple[str, tuple[int, int], datetime, timedelta, ZoneInfo | None]],
+    refreshes: list[int],
+) -> None:
+    """Naive stamps in and around the hour that does not exist and the one that happens
+    twice, aware ones too, the same change asked again across refreshes: every digest is
+    change_digest's."""
+    memo = DigestMemo(_CHICAGO, limit=20)
+    for number, (table, key, edge, after, zone) in enumerate(changes * 2):
+        if number in refreshes:
+            memo.next_refresh()
+        stamp = edge + after
+        if zone is not None:
+            stamp = stamp.replace(tzinfo=zone)
+        version = stamp if stamp.tzinfo else stamp.replace(tzinfo=_CHICAGO)
+        assert memo.digest(table, key, stamp) == change_digest(table, key, version)
+
+
+def test_a_stamp_of_the_second_hour_is_digested_as_itself() -> None:
+    """fold=1 (the repeated hour's second pass) is equal to fold=0 but not the same change."""
+    first = datetime(2026, 11, 1, 1, 30)  # noqa: DTZ001
+    second = first.replace(fold=1)
+    memo = DigestMemo(_CHICAGO)
+    assert memo.digest("orders", (1,), first) == change_digest(
+        "orders", (1,), first.replace(tzinfo=_CHICAGO)
+    )
+    assert memo.digest("orders", (1,), second) == change_digest(
+        "orders", (1,), second.replace(tzinfo=_CHICAGO)
+    )
+    assert change_digest("orders", (1,), first.replace(tzinfo=_CHICAGO)) != change_digest(
+        "orders", (1,), second.replace(tzinfo=_CHICAGO)
+    )

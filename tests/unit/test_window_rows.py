@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from producer.source_reader import ChangedRow, SourceReader
-from producer.watermark import OverlapFilter, Window, change_digest
+from producer.watermark import DigestMemo, OverlapFilter, Window, change_digest
 from producer.window_rows import window_rows
 from queuestream.databases import create_engine
 from queuestream.settings import load_settings
@@ -112,9 +112,21 @@ def test_the_narrow_overlap_read_decides_as_the_one_query_did(
                 snapshot.changed_rows(SPEC, WINDOW.read_from, WINDOW.end), old, zone
             )
             got = [c.row["PaymentID"] for c in window_rows(snapshot, SPEC, WINDOW, new, zone)]
+            # The reader's digests kept from one refresh to the next: the same decisions.
+            digests = DigestMemo(zone)
+            list(window_rows(snapshot, SPEC, WINDOW, fresh(), zone, digests))
+            digests.next_refresh()
+            again = fresh()
+            remembered = [
+                c.row["PaymentID"]
+                for c in window_rows(snapshot, SPEC, WINDOW, again, zone, digests)
+            ]
         assert got == expected
         assert new.packed() == old.packed()
         assert new.skipped == old.skipped
+        assert remembered == expected
+        assert again.packed() == old.packed()
+        assert again.skipped == old.skipped
         if any(-2_000 <= ms < 0 for ms in stamps):
             assert new.skipped + len(got) > 0
     finally:
