@@ -42,6 +42,12 @@ def read_committed(
                 raise BenchError(msg)
             for partition in metadata.topics[topic].partitions:
                 assignment.append(TopicPartition(topic, partition, 0))
+        # Where each partition ends now: read to there. Reading on to the end as it moves
+        # would never stop while a producer keeps committing (produce --interval 1).
+        ends = {
+            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=15)[1]
+            for tp in assignment
+        }
         consumer.assign(assignment)
         pending = {(tp.topic, tp.partition) for tp in assignment}
         found: dict[tuple[str, int], list[Record]] = {k: [] for k in pending}
@@ -66,27 +72,25 @@ def read_committed(
                         message.value(),
                     )
                 )
-            pending -= _read_to_end(consumer, at_eof)
+            pending -= _read_to_end(consumer, at_eof, ends)
             at_eof &= pending
     finally:
         consumer.close()
     return found
 
 
-def _read_to_end(consumer: Consumer, at_eof: set[tuple[str, int]]) -> set[tuple[str, int]]:
-    """The partitions of ``at_eof`` whose every committed message has been read.
+def _read_to_end(
+    consumer: Consumer, at_eof: set[tuple[str, int]], ends: dict[tuple[str, int], int]
+) -> set[tuple[str, int]]:
+    """The partitions of ``at_eof`` read to the ``ends`` taken before reading.
 
     read_committed stops at the last stable offset, which trails the end until the
     transaction's commit markers are written, a moment after commit_transaction()
-    returned: an end-of-partition there is not the end yet. The high watermark is
-    the one the last fetch brought (cached): asking the broker would wait behind the
-    consumer's long-polling fetch on the same connection.
+    returned: an end-of-partition there is not the end yet.
     """
     done = set()
     for topic, partition in at_eof:
-        tp = TopicPartition(topic, partition)
-        _, high = consumer.get_watermark_offsets(tp, cached=True)
-        (position,) = consumer.position([tp])
-        if position.offset >= high:
+        (position,) = consumer.position([TopicPartition(topic, partition)])
+        if position.offset >= ends[topic, partition]:
             done.add((topic, partition))
     return done
