@@ -81,10 +81,11 @@ class DigestMemo:
     its digest depends on the table, the key and the stamp's wall time alone. An aware
     stamp is digested each time (two equal ones may spell their offsets differently).
     It holds what the last two refreshes digested (:meth:`next_refresh` starts another),
-    at most ``limit`` of each.
+    at most ``limit`` of each (about 15 MB each: a refresh a second at 10,000 changed
+    rows a second digests some 30,000).
     """
 
-    def __init__(self, zone: tzinfo, limit: int = 200_000) -> None:
+    def __init__(self, zone: tzinfo, limit: int = 50_000) -> None:
         self.zone = zone
         self.limit = limit
         self._current: dict[tuple[str, tuple[object, ...], datetime], bytes] = {}
