@@ -44,14 +44,15 @@ def read_committed(
                 assignment.append(TopicPartition(topic, partition, 0))
         # Where each partition ends now: read to there. Reading on to the end as it moves
         # would never stop while a producer keeps committing (produce --interval 1).
-        ends = {
-            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=15)[1]
+        marks = {
+            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=15)
             for tp in assignment
         }
+        ends = {slot: high for slot, (_low, high) in marks.items()}
         consumer.assign(assignment)
-        pending = {(tp.topic, tp.partition) for tp in assignment}
-        found: dict[tuple[str, int], list[Record]] = {k: [] for k in pending}
-        at_eof: set[tuple[str, int]] = set()
+        # Nothing to read of a partition that is empty (all of it deleted, or none written).
+        pending = {slot for slot, (low, high) in marks.items() if high > low}
+        found: dict[tuple[str, int], list[Record]] = {slot: [] for slot in marks}
         while pending:
             deadline.check(f"reading back {topics[0]} and {len(topics) - 1} more topics")
             for message in consumer.consume(num_messages=10_000, timeout=1.0):
@@ -59,38 +60,36 @@ def read_committed(
                 topic, partition = str(message.topic()), int(message.partition() or 0)
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        at_eof.add((topic, partition))
                         continue
                     msg = f"reading back {topic}[{partition}]: {error.str()}"
                     raise BenchError(msg)
-                at_eof.discard((topic, partition))
+                offset = int(message.offset() or 0)
+                if offset >= ends[topic, partition]:
+                    continue  # committed after reading began
                 found[(topic, partition)].append(
                     (
-                        int(message.offset() or 0),
+                        offset,
                         message.timestamp()[1],
                         message.key(),
                         message.value(),
                     )
                 )
-            pending -= _read_to_end(consumer, at_eof, ends)
-            at_eof &= pending
+            pending -= _read_to_end(consumer, pending, ends)
     finally:
         consumer.close()
     return found
 
 
 def _read_to_end(
-    consumer: Consumer, at_eof: set[tuple[str, int]], ends: dict[tuple[str, int], int]
+    consumer: Consumer, pending: set[tuple[str, int]], ends: dict[tuple[str, int], int]
 ) -> set[tuple[str, int]]:
-    """The partitions of ``at_eof`` read to the ``ends`` taken before reading.
+    """The partitions of ``pending`` read to the ``ends`` taken before reading.
 
-    read_committed stops at the last stable offset, which trails the end until the
-    transaction's commit markers are written, a moment after commit_transaction()
-    returned: an end-of-partition there is not the end yet.
+    Not their end-of-partition: read_committed stops at the last stable offset, which
+    trails the end until a transaction's commit marker is written, and a producer that
+    keeps committing keeps moving the end; the consumer's position tells.
     """
-    done = set()
-    for topic, partition in at_eof:
-        (position,) = consumer.position([TopicPartition(topic, partition)])
-        if position.offset >= ends[topic, partition]:
-            done.add((topic, partition))
-    return done
+    positions = consumer.position([TopicPartition(t, p) for t, p in pending])
+    return {
+        (tp.topic, tp.partition) for tp in positions if tp.offset >= ends[tp.topic, tp.partition]
+    }
