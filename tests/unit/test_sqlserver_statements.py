@@ -129,12 +129,7 @@ def test_procedure_mode_reads_the_queue_schema() -> None:
     compiled = [str(c) for c in _producer_statements(DIALECTS["mssqlpython"])]
     queue_reads = [c for c in compiled if "FROM queue.[" in c]
     assert len(queue_reads) == 6 + 6  # the rows, and the fingerprint of each table
-    # an order line's CustomerID comes from the sync table of orders
-    assert any(
-        "FROM queue.[OrderDetails] LEFT OUTER JOIN [Orders] ON [Orders].[OrderID] = "
-        "queue.[OrderDetails].[OrderID]" in c
-        for c in queue_reads
-    )
+    assert any("FROM queue.[OrderDetails]" in c and "FROM [Orders]" in c for c in queue_reads)
 
 
 @pytest.mark.parametrize(
