@@ -266,11 +266,6 @@ class EventBuilder:
         key, row, op, version, partition, _state_key, _customer = prepared
         return EncodedEvent(key, value, partition, op, version, row)
 
-    def row_bytes(self, changed: ChangedRow) -> bytes:
-        """The Avro bytes :meth:`build` would publish for this row (masked): what the sweep
-        compares with the state. Raises EncodingError like :meth:`build`."""
-        return self.preparer.row_bytes(changed)
-
     def delete(self, key: Key, published: Published, total_order: int) -> EncodedEvent:
         """The delete of a row the state holds: op ``d``, ``before`` its published bytes."""
         key_values = dict(zip(self.spec.key, key, strict=False))

@@ -10,6 +10,7 @@ import pytest
 from producer.sensitive import ColumnPolicy, mask
 from queuestream.errors import ConfigurationError
 from queuestream.settings import DEFAULT_SENSITIVE_COLUMNS
+from schemas.avro import row_schema
 
 
 def test_account_numbers_are_masked_by_default() -> None:
@@ -66,3 +67,28 @@ def test_mask_short_values() -> None:
 def test_bad_rules_say_what_to_do(rules: dict[str, dict[str, str]], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         ColumnPolicy(rules)
+
+
+@pytest.mark.parametrize(
+    ("table", "rules"),
+    [
+        ("customer_accounts", DEFAULT_SENSITIVE_COLUMNS["customer_accounts"]),
+        ("customers", {"Email": "hash", "Phone": "exclude", "LastName": "mask"}),
+    ],
+)
+def test_a_row_given_as_its_values_is_handled_as_the_row(table: str, rules: dict[str, str]) -> None:
+    """The producer applies the rules to a row's values in column order (a copy), with
+    what the row as a dict gets in place; a value more after them is left alone."""
+    policy = ColumnPolicy({table: rules}, hash_key=b"secret")
+    columns = [f["name"] for f in row_schema(table)["fields"]]
+    row: dict[str, str | None] = {c: f"value of {c} 0123456789" for c in columns}
+    row[columns[-1]] = None
+    by_name, by_position = policy.for_table(table), policy.for_values(table, columns)
+    assert by_name is not None
+    assert by_position is not None
+    values = [*row.values(), 42]
+    handled = by_position(values)
+    by_name(row)
+    assert handled == [*row.values(), 42]
+    assert values[: len(columns)] != handled[: len(columns)]  # a copy: the values as read
+    assert policy.for_values("orders", columns) is None
