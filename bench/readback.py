@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from bench.errors import BenchError, Deadline
 
@@ -28,7 +28,6 @@ def read_committed(
             "group.id": f"bench-readback-{uuid.uuid4().hex}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
-            "enable.partition.eof": True,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
         }
@@ -59,8 +58,6 @@ def read_committed(
                 error = message.error()
                 topic, partition = str(message.topic()), int(message.partition() or 0)
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
                     msg = f"reading back {topic}[{partition}]: {error.str()}"
                     raise BenchError(msg)
                 offset = int(message.offset() or 0)

@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from producer.changed_rows import ChangedRow
 from producer.events import EventBuilder, PreparedRow, RefreshContext, RefusedRow
 from producer.partitioning import CustomerPartitioner
 from producer.published_state import PublishedState
 from producer.publisher import Send, TransactionalPublisher
 from producer.sensitive import ColumnPolicy
-from producer.source_reader import ChangedRow
 from producer.state_changelog import Key, Published, pack, record_key, state_topic
 from queuestream.batches import BeginMarker, EndMarker, TablePartition, encode_marker
 from queuestream.dead_letters import ErrorBudget, ErrorContext, dlq_topic, error_headers

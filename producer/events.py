@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
+from producer.changed_rows import ChangedRow, row_layout
 from producer.partitioning import CustomerPartitioner
 from producer.sensitive import ColumnPolicy
-from producer.source_reader import ChangedRow, row_layout
 from producer.state_changelog import Key, Published
 from queuestream import __version__
 from queuestream.errors import EncodingError

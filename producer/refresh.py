@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from producer.batch_writer import BatchParts, BatchWriter
+from producer.changed_rows import ChangedRow
 from producer.events import STATE_KEY, PreparedRow, RefreshContext, RefusedRow
 from producer.ids import new_refresh_id
 from producer.partitioning import CustomerPartitioner
@@ -41,7 +42,7 @@ from producer.publisher import TransactionalPublisher
 from producer.row_process import ReaderJob, RowReader
 from producer.sensitive import column_policy
 from producer.source_names import source_database, source_schema
-from producer.source_reader import ChangedRow, SourceReader
+from producer.source_reader import SourceReader
 from producer.state_changelog import Key, state_topic
 from producer.watermark import (
     DigestMemo,

@@ -12,23 +12,25 @@ Two modes (``refresh_mode``):
   reads those tables as they are.
 
 Where SQL Server differs (its snapshot isolation, its safe bound, its checks, key
-order without row values) :mod:`producer.sqlserver_source` says how.
+order without row values) :mod:`producer.sqlserver_source` says how; how a row is
+held, :mod:`producer.changed_rows`; how PostgreSQL's are read without SQLAlchemy's
+Row between, :mod:`producer.postgres_rows`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
 
+from producer import postgres_rows
+from producer.changed_rows import ChangedRow, check_columns, row_layout
 from producer.sqlserver_source import (
     SNAPSHOT,
     SqlServerBound,
@@ -44,57 +46,12 @@ from queuestream.sqlserver import is_sqlserver
 from queuestream.sync_schema import Base, to_source_local
 from queuestream.tables import TABLES, TableSpec
 
-__all__ = ["ChangedRow", "FrozenSnapshot", "RowLayout", "SourceReader", "row_layout"]
+__all__ = ["FrozenSnapshot", "SourceReader"]
 
 log = logging.getLogger(__name__)
 
 _FETCH = 5000
 _IN_CHUNK = 1000  # values per IN (...) list
-
-
-@dataclass(frozen=True, slots=True)
-class RowLayout:
-    """Where a table's columns stand in a :class:`ChangedRow`'s values: the sync table's
-    column order (:func:`row_layout`)."""
-
-    columns: tuple[str, ...]
-    modified: int  # ModifiedDate
-    created: int  # CreatedDate
-    key: tuple[int, ...]  # the key columns, in the key's order
-
-
-@functools.cache
-def row_layout(spec: TableSpec) -> RowLayout:
-    """The layout of ``spec``'s rows as a snapshot reads them (the sync table's columns)."""
-    columns = tuple(c.name for c in Base.metadata.tables[spec.source].columns)
-    return RowLayout(
-        columns,
-        columns.index("ModifiedDate"),
-        columns.index("CreatedDate"),
-        tuple(columns.index(k) for k in spec.key),
-    )
-
-
-@dataclass(slots=True)
-class ChangedRow:
-    """A row as read: its values in the table's column order (``layout``; more may follow
-    them, which nothing reads) and its CustomerID. A row is read and published without
-    a dict made of it; :attr:`row` makes one."""
-
-    values: Sequence[Any]
-    customer_id: int
-    layout: RowLayout
-
-    @property
-    def row(self) -> dict[str, Any]:
-        """The row as a dict of column to value (a new one each time)."""
-        return dict(zip(self.layout.columns, self.values, strict=False))
-
-    @classmethod
-    def of(cls, spec: TableSpec, row: Mapping[str, Any], customer_id: int) -> ChangedRow:
-        """The changed row of a dict holding every column of ``spec``'s table."""
-        layout = row_layout(spec)
-        return cls(tuple(row[c] for c in layout.columns), customer_id, layout)
 
 
 _IN_FLIGHT_SQL = sa.text(
@@ -259,41 +216,6 @@ def _queue_tables(schema: str) -> dict[str, sa.Table]:
     return {spec.name: Base.metadata.tables[spec.source].to_metadata(queue_md) for spec in TABLES}
 
 
-#: PostgreSQL types (OIDs) whose values psycopg returns as SQLAlchemy would hand them on
-#: for the sync schema's columns: int2, int4, int8, numeric, text, bpchar, varchar,
-#: timestamp, timestamptz. Any other (a float, money) is read through SQLAlchemy.
-_PLAIN_OIDS = frozenset({21, 23, 20, 1700, 25, 1042, 1043, 1114, 1184})
-
-
-#: Names of the server-side cursors opened on the driver (one per query).
-_CURSOR_NUMBERS = itertools.count()
-
-
-def _plain_postgres_columns(cursor: Any) -> bool:
-    """Are all of the cursor's columns of the types in :data:`_PLAIN_OIDS`?"""
-    description = cursor.description
-    return description is not None and all(c.type_code in _PLAIN_OIDS for c in description)
-
-
-def _changed_row_factory(layout: RowLayout) -> Any:
-    """A psycopg row factory that makes each row a :class:`ChangedRow` (CustomerID last)."""
-
-    def factory(_cursor: Any) -> Any:
-        def make(values: Any) -> ChangedRow:
-            customer = values[-1]
-            return ChangedRow(values, 0 if customer is None else int(customer), layout)
-
-        return make
-
-    return factory
-
-
-def _check_columns(names: list[str], layout: RowLayout) -> None:
-    """A query's columns are the layout's, then CustomerID (as :meth:`FrozenSnapshot._select`
-    puts them)."""
-    assert tuple(names[:-1]) == layout.columns, f"{names} read, {layout.columns} expected"
-
-
 class FrozenSnapshot:
     """Rows of one refresh, read inside one snapshot transaction."""
 
@@ -335,12 +257,12 @@ class FrozenSnapshot:
         """The rows of ``query`` (a :meth:`_select` of ``spec``'s table)."""
         layout = row_layout(spec)
         if self._psycopg:
-            cursor = self._driver_cursor(query)
+            cursor = postgres_rows.open_cursor(self.conn, query)
             if cursor is not None:
-                yield from self._driver_rows(cursor, layout)
+                yield from postgres_rows.read(self.conn, cursor, layout, _FETCH)
                 return
         result = self.conn.execution_options(yield_per=_FETCH).execute(query)
-        _check_columns(list(result.keys()), layout)
+        check_columns(list(result.keys()), layout)
         # A chunk at a time (partitions): far fewer calls per row than iterating rows.
         for chunk in result.partitions():
             for values in chunk:
@@ -348,46 +270,6 @@ class FrozenSnapshot:
                 if customer is None:
                     customer = 0  # an order line whose order is gone: CustomerID 0's partition
                 yield ChangedRow(values, int(customer), layout)
-
-    @contextmanager
-    def _driver_errors(self, statement: str) -> Iterator[None]:
-        """psycopg's errors as SQLAlchemy raises them (for :func:`retriable_outages`)."""
-        error = self.conn.dialect.loaded_dbapi.Error
-        try:
-            yield
-        except error as exc:
-            raise sa.exc.DBAPIError.instance(statement, None, exc, error) from exc
-
-    def _driver_cursor(self, query: sa.Select[Any]) -> Any:
-        """PostgreSQL: ``query`` opened as a server-side cursor of psycopg's own, in the
-        snapshot's transaction, or None when a column is not of :data:`_PLAIN_OIDS`.
-
-        SQLAlchemy would hand psycopg's values of those types on unchanged; reading them
-        without its Row between (and making each row a ChangedRow as psycopg reads it)
-        takes a third of the time a row takes to read.
-        """
-        compiled = query.compile(dialect=self.conn.dialect)
-        statement = str(compiled)
-        driver = self.conn.connection.driver_connection
-        assert driver is not None  # an open connection
-        with self._driver_errors(statement):
-            cursor = driver.cursor(name=f"queuestream_rows_{next(_CURSOR_NUMBERS)}")
-            cursor.execute(statement, compiled.params)
-            if _plain_postgres_columns(cursor):
-                return cursor
-            cursor.close()
-        return None
-
-    def _driver_rows(self, cursor: Any, layout: RowLayout) -> Iterator[ChangedRow]:
-        _check_columns([c.name for c in cursor.description], layout)
-        cursor.row_factory = _changed_row_factory(layout)
-        try:
-            with self._driver_errors("FETCH"):
-                while chunk := cursor.fetchmany(_FETCH):
-                    yield from chunk
-        finally:
-            with suppress(self.conn.dialect.loaded_dbapi.Error):
-                cursor.close()  # not sent when the connection or its transaction failed
 
     def changed_rows(
         self, spec: TableSpec, read_from: datetime, end: datetime

@@ -39,9 +39,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from producer.batch_writer import BatchWriter
+from producer.changed_rows import ChangedRow
 from producer.events import RefreshContext, version_micros
 from producer.ids import new_refresh_id
-from producer.source_reader import ChangedRow
 from producer.state_changelog import SWEEP_KEY, Key, Published
 from queuestream.batches import BeginMarker
 from queuestream.errors import ConfigurationError

@@ -23,7 +23,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from producer.source_reader import ChangedRow, FrozenSnapshot, row_layout
+from producer.changed_rows import ChangedRow, row_layout
+from producer.source_reader import FrozenSnapshot
 from producer.watermark import DigestMemo, OverlapFilter, Window
 from queuestream.sync_schema import to_source_local
 from queuestream.tables import TableSpec

@@ -135,6 +135,11 @@ class RowEncoder:
                 return self._fast(row)
             except (Unhandled, UnicodeError):
                 pass
+        return self._encode_with_fastavro(row)
+
+    def _encode_with_fastavro(self, row: dict[str, Any]) -> bytes:
+        """What the generated writer leaves: fastavro writes it, or says which column
+        does not fit."""
         row = self.aware(row)
         self._check_ranges(row)
         buffer = self._buffer
@@ -157,7 +162,7 @@ class RowEncoder:
         if made is not None:
             return made
         fast = values_writer(self._row_json, columns, self._wall_zone)
-        encode_row = self.encode_row
+        slow = self._encode_with_fastavro if fast is not None else self.encode_row
 
         def encode(values: Sequence[Any]) -> bytes:
             if fast is not None:
@@ -165,7 +170,7 @@ class RowEncoder:
                     return fast(values)
                 except (Unhandled, UnicodeError):
                     pass
-            return encode_row(dict(zip(columns, values, strict=False)))
+            return slow(dict(zip(columns, values, strict=False)))
 
         self._values_encoders[columns] = encode
         return encode

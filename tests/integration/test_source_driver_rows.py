@@ -21,8 +21,9 @@ import pytest
 import sqlalchemy as sa
 
 from producer import source_reader
+from producer.changed_rows import ChangedRow
 from producer.simulator import Simulator
-from producer.source_reader import ChangedRow, FrozenSnapshot, SourceReader
+from producer.source_reader import FrozenSnapshot, SourceReader
 from queuestream.databases import create_engine
 from queuestream.errors import DatabaseUnavailableError
 from queuestream.settings import Settings, load_settings

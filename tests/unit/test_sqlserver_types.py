@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
+from producer.changed_rows import ChangedRow
 from producer.events import EventBuilder, RefreshContext
 from producer.partitioning import CustomerPartitioner
 from producer.sensitive import ColumnPolicy
-from producer.source_reader import ChangedRow
 from producer.sqlserver_source import earliest_utc
 from queuestream.errors import EncodingError
 from queuestream.sqlserver import (

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producer.source_reader import ChangedRow, SourceReader
+from producer.changed_rows import ChangedRow
+from producer.source_reader import SourceReader
 from producer.watermark import DigestMemo, OverlapFilter, Window, change_digest
 from producer.window_rows import window_rows
 from queuestream.databases import create_engine
