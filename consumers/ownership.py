@@ -42,6 +42,7 @@ from consumers.offsets import OffsetStore
 from consumers.offsets import TopicPartition as Partition
 from consumers.target_db import retriable_outages
 from queuestream.errors import DatabaseUnavailableError
+from queuestream.kafka_clients import assign_at_once
 
 __all__ = ["Ownership"]
 
@@ -112,7 +113,10 @@ class Ownership:
             return
         for tp in partitions:
             tp.offset = self.start_offset(tp.topic, tp.partition, stored)
-        consumer.assign(partitions)
+        if self.stops is None:
+            consumer.assign(partitions)  # a rebalance callback: the leaders are known
+        else:
+            assign_at_once(consumer, partitions)  # a bounded run, on a consumer just made
         for tp in partitions:
             self._past_stop(tp.topic, tp.partition, max(tp.offset, 0))
         if self.paused:

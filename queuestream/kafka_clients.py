@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from queuestream.errors import BrokerAccessError, ConfigurationError
@@ -38,6 +38,7 @@ __all__ = [
     "PRODUCER_ONLY",
     "ClientErrors",
     "admin_client",
+    "assign_at_once",
     "batches_topic",
     "change_topics",
     "client_options",
@@ -246,6 +247,28 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
     }
     config.update({"isolation.level": "read_committed", "enable.auto.commit": False})
     return _with_errors(config, settings)
+
+
+#: How long :func:`assign_at_once` waits for the topics' leaders before assigning anyway.
+_LEADERS_SECONDS = 5.0
+
+
+def assign_at_once(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    """``consumer.assign(partitions)``, reading from them at once.
+
+    librdkafka, asked to read a partition whose leader it does not know yet (a consumer
+    just made), waits for a fixed 500 ms timer before it first asks where to start:
+    every ``rebuild``, monitor snapshot and producer start lost half a second there.
+    One metadata request for the topics first takes a round trip instead. Should it
+    fail, the partitions are assigned anyway and librdkafka finds the leaders itself.
+    """
+    for topic in sorted({tp.topic for tp in partitions}):
+        try:
+            consumer.list_topics(topic, timeout=_LEADERS_SECONDS)
+        except KafkaException as exc:
+            log.debug("no metadata for %s before assigning it (%s): assigning anyway", topic, exc)
+            break
+    consumer.assign(partitions)
 
 
 def idempotent_producer(settings: Settings) -> Producer:

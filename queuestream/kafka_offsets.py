@@ -17,7 +17,8 @@ message stamped T or later, as with Kafka's offsets-for-times and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,8 +33,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from queuestream.errors import BrokerUnavailableError, ConfigurationError
+from queuestream.errors import BrokerUnavailableError, ConfigurationError, QueuestreamError
 from queuestream.failures import broker_failure
+from queuestream.retry import Backoff, Outage
 
 __all__ = [
     "ADMIN_TIMEOUT",
@@ -54,6 +56,24 @@ __all__ = [
 Partition = tuple[str, int]  # (topic, partition)
 
 ADMIN_TIMEOUT = 15.0
+
+#: A partition without a leader yet (a new topic), or with one moving, is asked again:
+#: first after 0.1 s, then doubling up to 2 s.
+_LEADER_BACKOFF = Backoff(0.1, 2.0)
+
+#: What a partition answers while its leader is elected or moves (librdkafka does not
+#: mark these retriable on an admin result, so they are named).
+_LEADER_SETTLING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,  # NOT_LEADER_OR_FOLLOWER
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,  # a topic just made, not known to every broker yet
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,  # "leader election in progress"
+        KafkaError.REPLICA_NOT_AVAILABLE,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +118,19 @@ def _result(future: Future[Any], what: str) -> Any:
         raise BrokerUnavailableError(msg) from None
 
 
+def _transient(future: Future[Any]) -> KafkaError | None:
+    """The error ``future`` failed with when it is one of a partition whose leader is not
+    settled (:data:`_LEADER_SETTLING`), else None."""
+    try:
+        error = future.exception(timeout=ADMIN_TIMEOUT + 5)
+    except TimeoutError:
+        return None  # _result says so
+    if isinstance(error, KafkaException) and isinstance(error.args[0], KafkaError):
+        kafka_error: KafkaError = error.args[0]
+        return kafka_error if kafka_error.code() in _LEADER_SETTLING else None
+    return None
+
+
 def partitions_of(admin: AdminClient, topics: Iterable[str]) -> list[Partition]:
     """Every partition of ``topics``; a topic that does not exist is an error naming it."""
     wanted = list(dict.fromkeys(topics))
@@ -124,16 +157,43 @@ def list_offsets(
     specs: Mapping[Partition, OffsetSpec],
     what: str,
     isolation: IsolationLevel = IsolationLevel.READ_COMMITTED,
+    *,
+    within: float = ADMIN_TIMEOUT,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[Partition, Any]:
-    """One ListOffsets round: ``ListOffsetsResultInfo`` (offset, timestamp) per partition."""
+    """ListOffsets of every partition at once: ``ListOffsetsResultInfo`` (offset, timestamp).
+
+    A partition whose leader is not settled (right after a topic is made, or while a
+    leader moves, it answers NOT_LEADER_OR_FOLLOWER and the like) is asked
+    again, with the project's backoff, for up to ``within`` seconds; then, or for any
+    other error, the error is raised as :func:`broker_failure` classifies it.
+    """
     if not specs:
         return {}
-    request = {TopicPartition(t, p): spec for (t, p), spec in specs.items()}
-    futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=ADMIN_TIMEOUT)
-    return {
-        (tp.topic, tp.partition): _result(future, f"the {what} of {tp.topic}[{tp.partition}]")
-        for tp, future in futures.items()
-    }
+    found: dict[Partition, Any] = {}
+    wanted = dict(specs)
+    outage = Outage(f"reading the {what} of {len(wanted)} partitions", _LEADER_BACKOFF)
+    give_up = clock() + within
+    while True:
+        request = {TopicPartition(t, p): spec for (t, p), spec in wanted.items()}
+        futures = admin.list_offsets(
+            request, isolation_level=isolation, request_timeout=ADMIN_TIMEOUT
+        )
+        again: dict[Partition, QueuestreamError] = {}
+        for tp, future in futures.items():
+            partition, doing = (tp.topic, tp.partition), f"the {what} of {tp.topic}[{tp.partition}]"
+            error = _transient(future)
+            if error is not None and clock() < give_up:
+                again[partition] = broker_failure(error, None, f"read {doing}")
+            else:
+                found[partition] = _result(future, doing)
+        if not again:
+            if outage.ongoing:
+                outage.succeeded()
+            return found
+        sleep(outage.failed(again[min(again)]))
+        wanted = {p: wanted[p] for p in again}
 
 
 def log_bounds(admin: AdminClient, partitions: Iterable[Partition]) -> dict[Partition, LogBounds]:

@@ -37,7 +37,7 @@ from confluent_kafka import (
 from queuestream.batches.markers import EndMarker, decode_batch_key, decode_marker
 from queuestream.errors import BrokerUnavailableError, DecodeError
 from queuestream.failures import broker_failure
-from queuestream.kafka_clients import batches_topic, consumer_config
+from queuestream.kafka_clients import assign_at_once, batches_topic, consumer_config
 from queuestream.settings import Settings
 from schemas.avro import AvroCodec
 
@@ -136,7 +136,9 @@ class BatchesReader:
 
     def _last_between(self, start: int, end: int, producer: str | None) -> EndMarker | None:
         consumer = self.consumer
-        consumer.assign([TopicPartition(self.topic, 0, start if start > 0 else OFFSET_BEGINNING)])
+        assign_at_once(
+            consumer, [TopicPartition(self.topic, 0, start if start > 0 else OFFSET_BEGINNING)]
+        )
         found: EndMarker | None = None
         while True:
             message = consumer.poll(_TIMEOUT)
