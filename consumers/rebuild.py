@@ -54,8 +54,8 @@ def plan_rebuild(settings: Settings, target: str, as_of: datetime) -> RebuildPla
     moment_ms = to_ms(as_of)
     url = settings.target_url_for(target)
     _check_fresh(url, target)
-    ensure_topics(settings)
     admin = admin_client(settings)
+    ensure_topics(settings, admin)
     topics = [topic_for(settings.topic_prefix, t) for t in spec.tables]
     partitions = partitions_of(admin, topics)
     batches = (batches_topic(settings), 0)

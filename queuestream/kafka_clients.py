@@ -354,7 +354,8 @@ def ensure_topics(
     partition, the latest record per key kept forever. Existing change topics must all have the same
     partition count, or customers would not be co-partitioned. Returns that count.
     """
-    admin = admin or admin_client(settings)
+    if admin is None:  # not `admin or ...`: an AdminClient with nothing queued is falsy
+        admin = admin_client(settings)
     existing = _describe(admin, settings)
     retention = str(settings.retention_ms)
     wanted = {
