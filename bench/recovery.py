@@ -19,7 +19,9 @@ The benchmark
    0.6.0 the consumer's time began at ``run()``, after its target's imports and
    its runtime were made, which the rebuild's included. Both targets are
    verified against the source. The ratio is the consumer's seconds over the
-   rebuild's. Each runs
+   rebuild's. Consume and rebuild are alternated ``--rounds`` times (3), each into
+   fresh databases, and the medians reported beside each round's seconds: a run of
+   4-5 s varies by a fifth from one round to the next on 2 cores. Each runs
    in a process started for it (bench/phases.py), so its **peak RSS** (``VmHWM``)
    is its own;
 3. times one ``queuestream monitor`` snapshot (``SnapshotCollector.collect``) with
@@ -36,10 +38,12 @@ Kafka and PostgreSQL as for bench/consumers.py (``make bench-recovery`` starts b
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,10 +98,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=5,
         help="refreshes the rows are published in (default: %(default)s)",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="consume then rebuild, each into fresh databases, this many times per target; "
+        "the medians are reported, with each (default: %(default)s: one of 4-5 s varies by "
+        "a fifth from one round to the next)",
+    )
     args = p.parse_args(argv)
     check_common_arguments(p, args)
     if args.refreshes < 1:
         p.error("--refreshes must be at least 1")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.breakdown or args.profile:
         p.error("--breakdown and --profile are not measured here (see bench/consumers.py)")
     return args
@@ -105,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @dataclass
 class Run:
+    """One target's figures: the medians of its rounds, and each round's seconds."""
+
     target: str
     events: int
     consume_seconds: float = 0.0
@@ -112,14 +128,35 @@ class Run:
     rebuild_plan_seconds: float = 0.0
     rebuild_exit_seconds: float = 0.0
     refreshes: int = 0
-    consume_peak_rss_mb: float = 0.0  # VmHWM of the process each ran in
+    consume_peak_rss_mb: float = 0.0  # VmHWM of the process each ran in (the highest)
     rebuild_peak_rss_mb: float = 0.0
+    consume_seconds_each: list[float] = field(default_factory=list)
+    rebuild_seconds_each: list[float] = field(default_factory=list)
+    rebuild_plan_seconds_each: list[float] = field(default_factory=list)
+    rebuild_exit_seconds_each: list[float] = field(default_factory=list)
+
+    def add_round(self, consumed: dict[str, Any], rebuilt: dict[str, Any]) -> None:
+        self.consume_seconds_each.append(round(consumed["seconds"], 3))
+        self.rebuild_seconds_each.append(round(rebuilt["seconds"], 3))
+        self.rebuild_plan_seconds_each.append(round(rebuilt["plan_seconds"], 3))
+        self.rebuild_exit_seconds_each.append(round(rebuilt["exit_seconds"], 3))
+        self.consume_seconds = statistics.median(self.consume_seconds_each)
+        self.rebuild_seconds = statistics.median(self.rebuild_seconds_each)
+        self.rebuild_plan_seconds = statistics.median(self.rebuild_plan_seconds_each)
+        self.rebuild_exit_seconds = statistics.median(self.rebuild_exit_seconds_each)
+        self.refreshes = rebuilt["refreshes"]
+        self.consume_peak_rss_mb = max(self.consume_peak_rss_mb, consumed["peak_rss_mb"])
+        self.rebuild_peak_rss_mb = max(self.rebuild_peak_rss_mb, rebuilt["peak_rss_mb"])
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["consume_rows_per_second"] = round(self.events / self.consume_seconds, 1)
         data["rebuild_rows_per_second"] = round(self.events / self.rebuild_seconds, 1)
         data["ratio"] = round(self.consume_seconds / self.rebuild_seconds, 3)
+        data["ratio_each"] = [
+            round(c / r, 3)
+            for c, r in zip(self.consume_seconds_each, self.rebuild_seconds_each, strict=True)
+        ]
         return data
 
 
@@ -174,38 +211,43 @@ def measure(
 ) -> tuple[Run, dict[str, Any]]:
     deadline, progress = bench_session.deadline, bench_session.progress
     item = Run(name, events)
-    group = f"bench-{uuid.uuid4().hex[:8]}-{name}"
-    with postgres_database(str(args.postgres_url)) as url:
-        live = settings.model_copy(update={"target_url": url, "consumer_group": group})
-        progress(f"{name}: consuming {events:,} events into a fresh database (the ceiling)")
-        consumed = in_fresh_process(
-            f"consuming into {name}", deadline, args.verbose, consume_phase, live, name, deadline
-        )
-        item.consume_seconds = consumed["seconds"]
-        item.consume_peak_rss_mb = consumed["peak_rss_mb"]
-        check_verified(live, name)
-        progress(
-            f"{name}: consumed in {item.consume_seconds:.2f}s (peak RSS "
-            f"{item.consume_peak_rss_mb} MB); rebuilding as of now"
-        )
-
-        with postgres_database(str(args.postgres_url)) as rebuilt_url:
-            rebuilt = settings.model_copy(update={"target_url": rebuilt_url})
-            done = in_fresh_process(
-                f"rebuilding {name}", deadline, args.verbose, rebuild_phase, rebuilt, name
+    group = ""
+    url = ""
+    with ExitStack() as kept:  # the last round's consumer target and group: looked at below
+        for number in range(1, args.rounds + 1):
+            kept.close()
+            group = f"bench-{uuid.uuid4().hex[:8]}-{name}"
+            url = kept.enter_context(postgres_database(str(args.postgres_url)))
+            live = settings.model_copy(update={"target_url": url, "consumer_group": group})
+            of = f"{name} ({number} of {args.rounds})"
+            progress(f"{of}: consuming {events:,} events into a fresh database (the ceiling)")
+            consumed = in_fresh_process(
+                f"consuming into {name}",
+                deadline,
+                args.verbose,
+                consume_phase,
+                live,
+                name,
+                deadline,
             )
-            item.rebuild_seconds = done["seconds"]
-            item.rebuild_plan_seconds = done["plan_seconds"]
-            item.rebuild_exit_seconds = done["exit_seconds"]
-            item.refreshes = done["refreshes"]
-            item.rebuild_peak_rss_mb = done["peak_rss_mb"]
-            check_verified(rebuilt, name)
-        progress(
-            f"{name}: rebuilt in {item.rebuild_seconds:.2f}s (returned after "
-            f"{item.rebuild_exit_seconds:.2f}s; {item.refreshes} refreshes, "
-            f"peak RSS {item.rebuild_peak_rss_mb} MB)"
-        )
-
+            check_verified(live, name)
+            progress(
+                f"{of}: consumed in {consumed['seconds']:.2f}s (peak RSS "
+                f"{consumed['peak_rss_mb']} MB); rebuilding as of now"
+            )
+            with postgres_database(str(args.postgres_url)) as rebuilt_url:
+                rebuilt = settings.model_copy(update={"target_url": rebuilt_url})
+                done = in_fresh_process(
+                    f"rebuilding {name}", deadline, args.verbose, rebuild_phase, rebuilt, name
+                )
+                check_verified(rebuilt, name)
+            item.add_round(consumed, done)
+            progress(
+                f"{of}: rebuilt in {done['seconds']:.2f}s (returned after "
+                f"{done['exit_seconds']:.2f}s; {done['refreshes']} refreshes, "
+                f"peak RSS {done['peak_rss_mb']} MB)"
+            )
+        live = settings.model_copy(update={"target_url": url, "consumer_group": group})
         caught_up_seconds, caught_up_lag = _timed_snapshot(settings, group)
         started = time.perf_counter()
         replay = plan_replay(live, group, ReplaySpec(to_earliest=True), target_url=url)
@@ -286,8 +328,8 @@ def print_table(report: dict[str, Any]) -> None:
         _COLUMNS,
         report["runs"],
         caption="consume: ConsumerRuntime (fresh group) until idle = the ceiling; rebuild: "
-        "plan_rebuild + rebuild; both to their last batch's commit; ratio: consume seconds "
-        "over rebuild seconds; peak RSS: "
+        "plan_rebuild + rebuild; both to their last batch's commit, medians of --rounds "
+        "alternated rounds; ratio: consume seconds over rebuild seconds; peak RSS: "
         "VmHWM of the process each ran in (started for it)",
     )
     for look in report["looks"]:
