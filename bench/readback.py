@@ -11,6 +11,7 @@ import uuid
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.errors import BenchError, Deadline
+from queuestream.kafka_clients import consume_arrived
 
 __all__ = ["Record", "read_committed"]
 
@@ -54,7 +55,7 @@ def read_committed(
         found: dict[tuple[str, int], list[Record]] = {slot: [] for slot in marks}
         while pending:
             deadline.check(f"reading back {topics[0]} and {len(topics) - 1} more topics")
-            for message in consumer.consume(num_messages=10_000, timeout=1.0):
+            for message in consume_arrived(consumer, 10_000, 1.0):
                 error = message.error()
                 topic, partition = str(message.topic()), int(message.partition() or 0)
                 if error is not None:

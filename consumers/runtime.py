@@ -56,7 +56,7 @@ from consumers.streaming import Streaming
 from consumers.target import Target
 from queuestream.databases import create_engine, describe_url
 from queuestream.errors import RetriableError
-from queuestream.kafka_clients import consumer_config, ensure_topics
+from queuestream.kafka_clients import consume_arrived, consumer_config, ensure_topics
 from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
@@ -314,7 +314,7 @@ class ConsumerRuntime:
     # -- reading ----------------------------------------------------------------------------
     def _read(self, timeout: float) -> None:
         assert self._consumer is not None and self._intake is not None
-        for message in self._consumer.consume(num_messages=_CONSUME_BATCH, timeout=timeout):
+        for message in consume_arrived(self._consumer, _CONSUME_BATCH, timeout):
             self._intake.take(message)
 
     def _forget(self, slots: set[Slot]) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from queuestream.errors import BrokerUnavailableError
-from queuestream.kafka_clients import assign_at_once, consumer_config
+from queuestream.kafka_clients import assign_at_once, consume_arrived, consumer_config
 from queuestream.settings import Settings
 
 __all__ = [
@@ -120,7 +120,7 @@ def read_changelog(settings: Settings) -> Iterator[tuple[bytes, bytes | None]]:
         assign_at_once(consumer, [TopicPartition(topic, 0, OFFSET_BEGINNING)])
         last_progress = time.monotonic()
         while True:
-            messages = consumer.consume(num_messages=5000, timeout=1.0)
+            messages = consume_arrived(consumer, 5000, 1.0)
             if not messages:
                 if time.monotonic() - last_progress > _READ_TIMEOUT:
                     msg = f"reading {topic} back made no progress for {_READ_TIMEOUT:g}s"

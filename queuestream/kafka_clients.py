@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from queuestream.errors import BrokerAccessError, ConfigurationError
@@ -42,6 +42,7 @@ __all__ = [
     "batches_topic",
     "change_topics",
     "client_options",
+    "consume_arrived",
     "consumer_config",
     "create_topics",
     "ensure_topics",
@@ -269,6 +270,24 @@ def assign_at_once(consumer: Consumer, partitions: list[TopicPartition]) -> None
             log.debug("no metadata for %s before assigning it (%s): assigning anyway", topic, exc)
             break
     consumer.assign(partitions)
+
+
+def consume_arrived(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to ``max_messages`` messages: those that have arrived, at once; when none has,
+    the first to arrive within ``timeout`` seconds and those that came with it.
+
+    ``consumer.consume(max_messages, timeout)`` returns only once it holds
+    ``max_messages`` or the time is up: a refresh of fewer events than that (and the
+    end-of-partition events) waited out the whole timeout, 0.2 s per turn of a
+    consumer's loop, and a second at the end of the producer's state.
+    """
+    messages = consumer.consume(num_messages=max_messages, timeout=0)
+    if messages or timeout <= 0:
+        return messages
+    first = consumer.consume(num_messages=1, timeout=timeout)
+    if not first or max_messages == 1:
+        return first
+    return first + consumer.consume(num_messages=max_messages - 1, timeout=0)
 
 
 def idempotent_producer(settings: Settings) -> Producer:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from queuestream.kafka_clients import consumer_config
+from queuestream.kafka_clients import consume_arrived, consumer_config
 from queuestream.settings import Settings
 
 __all__ = ["COUNT_LIMIT", "MessageCounter", "Range", "Unconsumed", "UnconsumedTally"]
@@ -142,7 +142,7 @@ class MessageCounter:
         try:
             while pending and time.monotonic() < deadline:
                 wait = max(0.0, min(0.5, deadline - time.monotonic()))
-                for message in reader.consume(num_messages=10_000, timeout=wait):
+                for message in consume_arrived(reader, 10_000, wait):
                     key = (message.topic() or "", message.partition() or 0)
                     tally = tallies.get(key)
                     if tally is None or tally.done:
