@@ -14,6 +14,13 @@ exists by then; several updates of one row in a transaction merge into one, the
 later values winning, as they did when each was its own statement. A reader that
 needs the database to be current within the transaction (the deletes of
 :mod:`producer.sim_deletes` read their candidates) flushes first.
+
+On PostgreSQL the same writes go through psycopg on the transaction's own
+connection: the inserts of a table as one ``COPY``, the updates of a shape as one
+``UPDATE ... FROM unnest(...)`` of typed arrays. ``executemany`` there still built
+and sent each row's parameters in Python, about 35 µs of CPU a row: at the freshness
+benchmark's 10,000 rows/s the two simulators took 40% of one of the machine's two
+cores from the pipeline they were loading.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.dialects import postgresql
 
 __all__ = ["INSERT_ORDER", "PendingWrites"]
 
@@ -58,15 +67,69 @@ class PendingWrites:
 
     def flush(self, conn: sa.Connection) -> None:
         """Send what is held through ``conn`` (inserts, then updates); hold nothing after."""
-        for name, rows in self._inserts.items():
-            if rows:
-                conn.execute(sa.insert(self._tables[name]), rows)
-                self._inserts[name] = []
+        inserts = {name: rows for name, rows in self._inserts.items() if rows}
         shapes: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]] = {}
         for (name, key_column, key), values in self._updates.items():
             shape = (name, key_column, tuple(sorted(values)))
             shapes.setdefault(shape, []).append({_KEY: key, **values})
+        self._inserts = {name: [] for name in INSERT_ORDER}
         self._updates.clear()
+        if conn.dialect.name == "postgresql":
+            self._flush_postgres(conn, inserts, shapes)
+        else:
+            self._flush_statements(conn, inserts, shapes)
+
+    def _flush_statements(
+        self,
+        conn: sa.Connection,
+        inserts: dict[str, list[dict[str, Any]]],
+        shapes: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]],
+    ) -> None:
+        """Through SQLAlchemy: one ``executemany`` per table, and per table and shape."""
+        for name, rows in inserts.items():
+            conn.execute(sa.insert(self._tables[name]), rows)
         for (name, key_column, _columns), params in shapes.items():
             table = self._tables[name]
             conn.execute(sa.update(table).where(table.c[key_column] == sa.bindparam(_KEY)), params)
+
+    def _flush_postgres(
+        self,
+        conn: sa.Connection,
+        inserts: dict[str, list[dict[str, Any]]],
+        shapes: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]],
+    ) -> None:
+        """Through psycopg, in the same transaction: a COPY per table, an UPDATE per shape."""
+        driver = conn.connection.driver_connection  # the transaction's own connection
+        assert driver is not None
+        with driver.cursor() as cursor:
+            for name, rows in inserts.items():
+                given = [c.name for c in self._tables[name].columns if c.name in rows[0]]
+                statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, given))
+                )
+                with cursor.copy(statement) as copy:
+                    for row in rows:
+                        copy.write_row([row[c] for c in given])
+            for (name, key_column, columns), params in shapes.items():
+                table = self._tables[name]
+                arrays = [[p[_KEY] for p in params], *([p[c] for p in params] for c in columns)]
+                cursor.execute(_unnest_update(table, key_column, columns), arrays)
+
+
+def _unnest_update(table: sa.Table, key_column: str, columns: tuple[str, ...]) -> sql.Composed:
+    """``UPDATE table SET c = u.c, ... FROM unnest(%s::type[], ...) AS u(key, c, ...) WHERE
+    table.key = u.key``: one statement for every row of one shape."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    names = [key_column, *columns]
+    types = [sql.SQL(table.c[n].type.compile(dialect=dialect) + "[]") for n in names]
+    return sql.SQL(
+        "UPDATE {t} SET {sets} FROM unnest({arrays}) AS u({names}) WHERE {t}.{k} = u.{k}"
+    ).format(
+        t=sql.Identifier(table.name),
+        sets=sql.SQL(", ").join(
+            sql.SQL("{c} = u.{c}").format(c=sql.Identifier(c)) for c in columns
+        ),
+        arrays=sql.SQL(", ").join(sql.SQL("%s::") + t for t in types),
+        names=sql.SQL(", ").join(map(sql.Identifier, names)),
+        k=sql.Identifier(key_column),
+    )
