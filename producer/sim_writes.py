@@ -25,6 +25,7 @@ cores from the pipeline they were loading.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +43,8 @@ INSERT_ORDER = (
     "OrderDetails",
     "Payments",
 )
+#: What the UPDATE's arrays are typed by: the column types as PostgreSQL spells them.
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 #: The parameter carrying an update's key (apart from the column names it sets).
 _KEY = "_sim_key"
 
@@ -103,11 +106,9 @@ class PendingWrites:
         assert driver is not None
         with driver.cursor() as cursor:
             for name, rows in inserts.items():
-                given = [c.name for c in self._tables[name].columns if c.name in rows[0]]
-                statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, given))
-                )
-                with cursor.copy(statement) as copy:
+                table = self._tables[name]
+                given = tuple(c.name for c in table.columns if c.name in rows[0])
+                with cursor.copy(_copy_in(table, given)) as copy:
                     for row in rows:
                         copy.write_row([row[c] for c in given])
             for (name, key_column, columns), params in shapes.items():
@@ -116,20 +117,32 @@ class PendingWrites:
                 cursor.execute(_unnest_update(table, key_column, columns), arrays)
 
 
-def _unnest_update(table: sa.Table, key_column: str, columns: tuple[str, ...]) -> sql.Composed:
+@functools.cache
+def _copy_in(table: sa.Table, columns: tuple[str, ...]) -> str:
+    """``COPY table (columns) FROM STDIN``, made once."""
+    return (
+        sql.SQL("COPY {} ({}) FROM STDIN")
+        .format(sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        .as_string()
+    )
+
+
+@functools.cache
+def _unnest_update(table: sa.Table, key_column: str, columns: tuple[str, ...]) -> str:
     """``UPDATE table SET c = u.c, ... FROM unnest(%s::type[], ...) AS u(key, c, ...) WHERE
-    table.key = u.key``: one statement for every row of one shape."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    table.key = u.key``: one statement for every row of one shape, made once."""
     names = [key_column, *columns]
-    types = [sql.SQL(table.c[n].type.compile(dialect=dialect) + "[]") for n in names]
-    return sql.SQL(
-        "UPDATE {t} SET {sets} FROM unnest({arrays}) AS u({names}) WHERE {t}.{k} = u.{k}"
-    ).format(
-        t=sql.Identifier(table.name),
-        sets=sql.SQL(", ").join(
-            sql.SQL("{c} = u.{c}").format(c=sql.Identifier(c)) for c in columns
-        ),
-        arrays=sql.SQL(", ").join(sql.SQL("%s::") + t for t in types),
-        names=sql.SQL(", ").join(map(sql.Identifier, names)),
-        k=sql.Identifier(key_column),
+    types = [sql.SQL(table.c[n].type.compile(dialect=_DIALECT) + "[]") for n in names]
+    return (
+        sql.SQL("UPDATE {t} SET {sets} FROM unnest({arrays}) AS u({names}) WHERE {t}.{k} = u.{k}")
+        .format(
+            t=sql.Identifier(table.name),
+            sets=sql.SQL(", ").join(
+                sql.SQL("{c} = u.{c}").format(c=sql.Identifier(c)) for c in columns
+            ),
+            arrays=sql.SQL(", ").join(sql.SQL("%s::") + t for t in types),
+            names=sql.SQL(", ").join(map(sql.Identifier, names)),
+            k=sql.Identifier(key_column),
+        )
+        .as_string()
     )
