@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from producer.changed_rows import ChangedRow, RowLayout, check_columns
 
-__all__ = ["open_cursor", "read"]
+__all__ = ["open_cursor", "read", "read_tuples"]
 
 #: PostgreSQL types (OIDs) whose values psycopg returns as SQLAlchemy would hand them on
 #: for the sync schema's columns: int2, int4, int8, numeric, text, bpchar, varchar,
@@ -87,6 +87,12 @@ def read(conn: sa.Connection, cursor: Any, layout: RowLayout, fetch: int) -> Ite
     at the end."""
     check_columns([c.name for c in cursor.description], layout)
     cursor.row_factory = _changed_row_factory(layout)
+    return read_tuples(conn, cursor, fetch)
+
+
+def read_tuples(conn: sa.Connection, cursor: Any, fetch: int) -> Iterator[Any]:
+    """The rows of a cursor from :func:`open_cursor` as its row factory makes them (tuples
+    unless set), ``fetch`` at a time; it is closed at the end."""
     try:
         with _driver_errors(conn, "FETCH"):
             while chunk := cursor.fetchmany(fetch):

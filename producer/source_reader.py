@@ -297,6 +297,12 @@ class FrozenSnapshot:
             .order_by(table.c.ModifiedDate, *keys)
         )
         with retriable_outages(self.conn.engine):
+            if self._psycopg:
+                cursor = postgres_rows.open_cursor(self.conn, query)
+                if cursor is not None:
+                    for values in postgres_rows.read_tuples(self.conn, cursor, _FETCH):
+                        yield values[:-1], values[-1]
+                    return
             result = self.conn.execution_options(yield_per=_FETCH).execute(query)
             for chunk in result.partitions():
                 for values in chunk:

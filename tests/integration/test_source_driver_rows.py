@@ -94,6 +94,31 @@ def test_the_driver_reads_what_sqlalchemy_reads(source: Settings) -> None:
     assert all(len(rows) > 0 for rows in driver.values())
 
 
+def test_the_overlaps_keys_and_versions_are_what_sqlalchemy_reads(source: Settings) -> None:
+    """What the overlap is checked by (``FrozenSnapshot.versions``): each row's key and
+    ModifiedDate, read through psycopg's cursor as through SQLAlchemy."""
+    reader = SourceReader(create_engine(source.source_url), source)
+
+    def versions(snapshot: FrozenSnapshot) -> dict[str, list[tuple[Any, ...]]]:
+        return {
+            spec.name: [
+                (key, type(key), tuple(map(type, key)), stamp, type(stamp))
+                for key, stamp in snapshot.versions(spec, *ALL_TIME)
+            ]
+            for spec in TABLES
+        }
+
+    try:
+        with reader.frozen() as snapshot:
+            driver = versions(snapshot)
+            snapshot._psycopg = False
+            alchemy = versions(snapshot)
+    finally:
+        reader.engine.dispose()
+    assert all(len(found) > 0 for found in driver.values())
+    assert driver == alchemy  # keys as tuples both ways: the overlap holds them in a set
+
+
 def test_a_column_of_another_type_is_read_through_sqlalchemy(source: Settings) -> None:
     engine = create_engine(source.source_url, writer=True)
     try:
