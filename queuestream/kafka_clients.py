@@ -14,6 +14,10 @@ A client that the broker refuses (wrong SASL password, TLS certificate not trust
 is told apart from a broker that is down: :class:`ClientErrors` records librdkafka's
 authentication and TLS errors and turns them into a
 :class:`~queuestream.errors.ConfigurationError` within seconds instead of a time-out.
+
+Two of librdkafka's calls wait where nobody asked them to; the readers use the
+helpers here instead: :func:`assign_at_once` to assign partitions to a consumer that
+may not know their leaders yet, :func:`consume_arrived` to read what has arrived.
 """
 
 from __future__ import annotations

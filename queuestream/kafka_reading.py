@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from queuestream.kafka_clients import consume_arrived, consumer_config
+from queuestream.kafka_clients import assign_at_once, consume_arrived, consumer_config
 from queuestream.settings import Settings
 
 __all__ = ["COUNT_LIMIT", "MessageCounter", "Range", "Unconsumed", "UnconsumedTally"]
@@ -137,7 +137,9 @@ class MessageCounter:
 
     def _read_round(self, tallies: dict[tuple[str, int], UnconsumedTally], deadline: float) -> None:
         reader = self._reader
-        reader.assign([TopicPartition(t, p, tally.start) for (t, p), tally in tallies.items()])
+        assign_at_once(
+            reader, [TopicPartition(t, p, tally.start) for (t, p), tally in tallies.items()]
+        )
         pending = set(tallies)
         try:
             while pending and time.monotonic() < deadline:
