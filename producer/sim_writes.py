@@ -17,10 +17,11 @@ needs the database to be current within the transaction (the deletes of
 
 On PostgreSQL the same writes go through psycopg on the transaction's own
 connection: the inserts of a table as one ``COPY``, the updates of a shape as one
-``UPDATE ... FROM unnest(...)`` of typed arrays. ``executemany`` there still built
-and sent each row's parameters in Python, about 35 µs of CPU a row: at the freshness
-benchmark's 10,000 rows/s the two simulators took 40% of one of the machine's two
-cores from the pipeline they were loading.
+``UPDATE ... FROM unnest(...)`` of typed arrays, each statement made once.
+``executemany`` there built and sent each row's parameters in Python: the simulator
+took about 45 µs of CPU a row written, 18 µs since, and at the freshness benchmark's
+10,000 rows/s its two processes had taken 40% of one of the machine's two cores from
+the pipeline they were loading.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ INSERT_ORDER = (
 )
 #: What the UPDATE's arrays are typed by: the column types as PostgreSQL spells them.
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+#: Rows to insert, by table; rows to update, by (table, key column, the columns set).
+_Inserts = dict[str, list[dict[str, Any]]]
+_Shapes = dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]]
 #: The parameter carrying an update's key (apart from the column names it sets).
 _KEY = "_sim_key"
 
@@ -71,7 +75,7 @@ class PendingWrites:
     def flush(self, conn: sa.Connection) -> None:
         """Send what is held through ``conn`` (inserts, then updates); hold nothing after."""
         inserts = {name: rows for name, rows in self._inserts.items() if rows}
-        shapes: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]] = {}
+        shapes: _Shapes = {}
         for (name, key_column, key), values in self._updates.items():
             shape = (name, key_column, tuple(sorted(values)))
             shapes.setdefault(shape, []).append({_KEY: key, **values})
@@ -82,12 +86,7 @@ class PendingWrites:
         else:
             self._flush_statements(conn, inserts, shapes)
 
-    def _flush_statements(
-        self,
-        conn: sa.Connection,
-        inserts: dict[str, list[dict[str, Any]]],
-        shapes: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]],
-    ) -> None:
+    def _flush_statements(self, conn: sa.Connection, inserts: _Inserts, shapes: _Shapes) -> None:
         """Through SQLAlchemy: one ``executemany`` per table, and per table and shape."""
         for name, rows in inserts.items():
             conn.execute(sa.insert(self._tables[name]), rows)
@@ -95,12 +94,7 @@ class PendingWrites:
             table = self._tables[name]
             conn.execute(sa.update(table).where(table.c[key_column] == sa.bindparam(_KEY)), params)
 
-    def _flush_postgres(
-        self,
-        conn: sa.Connection,
-        inserts: dict[str, list[dict[str, Any]]],
-        shapes: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]],
-    ) -> None:
+    def _flush_postgres(self, conn: sa.Connection, inserts: _Inserts, shapes: _Shapes) -> None:
         """Through psycopg, in the same transaction: a COPY per table, an UPDATE per shape."""
         driver = conn.connection.driver_connection  # the transaction's own connection
         assert driver is not None

@@ -134,3 +134,27 @@ def scrape_metrics(port: int, timeout: float = 5.0) -> Samples:
 def sample(samples: Samples, name: str, **labels: str) -> float | None:
     """The value of ``name`` with exactly ``labels``; None when there is none."""
     return samples.get((name, tuple(sorted(labels.items()))))
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told: by a test, or by a wait it is asked
+    for (``sleep``, or ``wait`` standing in for ``Event.wait``), each of which is noted."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(round(seconds, 6))
+        self.now += seconds
+
+    def wait(self, seconds: float) -> bool:
+        """``Event.wait`` of an event never set: the whole wait passes, False."""
+        self.sleep(seconds)
+        return False

@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from queuestream.errors import BrokerAccessError, BrokerUnavailableError
 from queuestream.kafka_offsets import list_offsets
+from tests.helpers import FakeClock
 
 
 class _Answer:
@@ -49,23 +50,10 @@ class _Admin:
         return futures
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 _OFFSETS = {("t", 0): 10, ("t", 1): 20, ("t", 2): 30}
 
 
-def _read(admin: _Admin, clock: _Clock, within: float = 15.0) -> dict[tuple[str, int], Any]:
+def _read(admin: _Admin, clock: FakeClock, within: float = 15.0) -> dict[tuple[str, int], Any]:
     return list_offsets(
         admin,  # type: ignore[arg-type]
         dict.fromkeys(_OFFSETS, object()),  # type: ignore[arg-type]
@@ -79,16 +67,16 @@ def _read(admin: _Admin, clock: _Clock, within: float = 15.0) -> dict[tuple[str,
 def test_a_partition_without_a_leader_yet_is_asked_again_alone() -> None:
     not_leader = KafkaError.NOT_LEADER_FOR_PARTITION
     admin = _Admin(_OFFSETS, {("t", 1): [not_leader, KafkaError.LEADER_NOT_AVAILABLE]})
-    clock = _Clock()
+    clock = FakeClock()
     found = _read(admin, clock)
     assert {p: a.offset for p, a in found.items()} == _OFFSETS
     assert admin.asked == [set(_OFFSETS), {("t", 1)}, {("t", 1)}]
-    assert clock.slept == [0.1, 0.2]  # the project's backoff, doubling
+    assert clock.waits == [0.1, 0.2]  # the project's backoff, doubling
 
 
 def test_a_leader_that_never_settles_is_an_outage_after_the_bound() -> None:
     admin = _Admin(_OFFSETS, {("t", 2): [KafkaError.NOT_LEADER_FOR_PARTITION] * 100})
-    clock = _Clock()
+    clock = FakeClock()
     with pytest.raises(BrokerUnavailableError, match=r"log end of t\[2\].*tried again"):
         _read(admin, clock, within=5.0)
     assert 5.0 <= clock.now <= 5.0 + 2.0  # asked until the bound, then raised
@@ -97,8 +85,8 @@ def test_a_leader_that_never_settles_is_an_outage_after_the_bound() -> None:
 
 def test_an_error_that_does_not_pass_is_raised_at_once() -> None:
     admin = _Admin(_OFFSETS, {("t", 0): [KafkaError.TOPIC_AUTHORIZATION_FAILED]})
-    clock = _Clock()
+    clock = FakeClock()
     with pytest.raises(BrokerAccessError, match=r"t\[0\]"):
         _read(admin, clock)
     assert admin.asked == [set(_OFFSETS)]
-    assert clock.slept == []
+    assert clock.waits == []

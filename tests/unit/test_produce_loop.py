@@ -16,6 +16,7 @@ from producer.sweep import SweepReport, SweepStep
 from producer.watermark import Progress
 from queuestream.errors import BrokerUnavailableError, EncodingError, QueuestreamError
 from queuestream.retry import Backoff
+from tests.helpers import FakeClock
 
 
 class FakeRefresher(Refresher):
@@ -97,26 +98,10 @@ def test_a_row_that_cannot_be_encoded_holds_the_feed_without_ending_the_loop() -
     assert fake.reports == [bad, None]
 
 
-class _Clock:
-    """time.monotonic for the loop: advanced by the refreshes, and by the waits it asks for."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.waits: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wait(self, seconds: float) -> bool:
-        self.waits.append(round(seconds, 6))
-        self.now += seconds
-        return False
-
-
 class _TimedRefresher(FakeRefresher):
     """Each refresh takes the next of ``durations`` seconds on ``clock``."""
 
-    def __init__(self, clock: _Clock, durations: list[float]) -> None:
+    def __init__(self, clock: FakeClock, durations: list[float]) -> None:
         super().__init__(failures=0)
         self.clock = clock
         self.durations = durations
@@ -130,8 +115,8 @@ class _TimedRefresher(FakeRefresher):
 
 def _timed_loop(
     monkeypatch: pytest.MonkeyPatch, durations: list[float], interval: float, **kw: Any
-) -> tuple[ProduceLoop, _TimedRefresher, _Clock]:
-    clock = _Clock()
+) -> tuple[ProduceLoop, _TimedRefresher, FakeClock]:
+    clock = FakeClock(100.0)
     monkeypatch.setattr(time, "monotonic", clock.monotonic)  # the loop reads time.monotonic
     fake = _TimedRefresher(clock, durations)
     loop = ProduceLoop(lambda: fake, interval=interval, **kw)
