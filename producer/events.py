@@ -26,7 +26,6 @@ from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
 from schemas.avro import AvroCodec
-from schemas.avro.envelope import RowEncoder
 from schemas.avro.record_writer import wall_micros
 
 __all__ = [
@@ -109,13 +108,11 @@ class RowPreparer:
         zone: ZoneInfo,
         window_start: datetime | None,
         resync: bool,
-        rows: RowEncoder | None = None,
     ) -> None:
-        """``rows``: the table's row encoder, when one is at hand (one is made otherwise)."""
         self.spec = spec
         self.partitioner = partitioner
         self.zone = zone
-        self.rows = rows or RowEncoder(spec.name, zone)
+        self.rows = codec.row_encoder(spec.name, zone)
         self.encode_key = codec.encoder(spec.name, "key")
         self.layout = layout = row_layout(spec)
         self._encode_values = self.rows.values_encoder(layout.columns)
@@ -244,7 +241,6 @@ class EventBuilder:
             zone,
             context.window_start,
             context.resync,
-            self._envelope.rows,
         )
         self.count = 0
 

@@ -61,7 +61,6 @@ from queuestream.gc_tuning import tune_for_streaming
 from queuestream.settings import Settings
 from queuestream.tables import TABLES, TABLES_BY_NAME, TableSpec
 from schemas.avro import AvroCodec
-from schemas.avro.envelope import RowEncoder
 
 if TYPE_CHECKING:
     from producer.batch_writer import BatchWriter
@@ -348,7 +347,7 @@ class _Closed(Exception):
 
 
 class _Reader:
-    """The reader's side: one source connection, one codec, the tables' row encoders."""
+    """The reader's side: one source connection, one codec (with the tables' row encoders)."""
 
     def __init__(self, conn: Connection, settings: Settings, partitions: int) -> None:
         self.conn = conn
@@ -357,7 +356,6 @@ class _Reader:
         self.codec = AvroCodec.from_url(settings.topic_prefix, settings.schema_registry_url)
         self.policy = column_policy(settings)
         self.partitioner = CustomerPartitioner(partitions)
-        self.encoders = {spec.name: RowEncoder(spec.name, settings.zone) for spec in TABLES}
         self.digests = DigestMemo(settings.zone)
 
     def run(self) -> None:
@@ -402,7 +400,6 @@ class _Reader:
                 zone,
                 job.window_start,
                 job.resync,
-                self.encoders[spec.name],
             ).prepare
             if job.window is not None:
                 assert overlap is not None  # a window has its overlap

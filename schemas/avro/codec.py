@@ -200,12 +200,22 @@ class AvroCodec:
     ) -> EnvelopeEncoder:
         """A fast encoder of ``table``'s change events for one refresh (see EnvelopeEncoder);
         ``wall_zone``: the zone of the rows' naive timestamps."""
+        return EnvelopeEncoder(
+            table,
+            self.header(table, "value"),
+            source,
+            published_ms,
+            transaction_id,
+            self.row_encoder(table, wall_zone),
+        )
+
+    def row_encoder(self, table: str, wall_zone: tzinfo | None = None) -> RowEncoder:
+        """``table``'s row encoder for rows whose naive timestamps are wall times in
+        ``wall_zone``: one per table and zone, so its generated writers are made once."""
         rows = self._row_encoders.get((table, wall_zone))
         if rows is None:
             rows = self._row_encoders[table, wall_zone] = RowEncoder(table, wall_zone)
-        return EnvelopeEncoder(
-            table, self.header(table, "value"), source, published_ms, transaction_id, rows
-        )
+        return rows
 
     # -- decoding ---------------------------------------------------------------
     def decode(
