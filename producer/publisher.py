@@ -52,7 +52,9 @@ class Send(Protocol):
 
 
 _INIT_TIMEOUT = 60.0
-_COMMIT_TIMEOUT = 60.0
+#: How long a commit or abort waits for the broker, in logged steps, before its outcome
+#: counts as unknown and the producer restarts.
+_FINISH_PATIENCE = 120.0
 #: A send that finds the local queue full this long asks whether the broker is still there.
 _STUCK_SECONDS = 2.0
 #: Sends between two ``poll(0)`` that serve the delivery reports already in.
@@ -189,21 +191,50 @@ class TransactionalPublisher:
     def _commit(self) -> None:
         """Commit; a retriable failure is resumed by calling commit again, never aborted
         (the commit may already be in progress on the broker)."""
-        deadline = time.monotonic() + _COMMIT_TIMEOUT * 2
+        try:
+            self._wait_for_broker(self.producer.commit_transaction, "commit")
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.retriable():
+                raise self._unknown(error) from None
+            if error.txn_requires_abort():
+                self._abort()
+            raise self._error(exc, "commit the refresh") from None
+
+    def _abort(self) -> None:
+        try:
+            self._wait_for_broker(self.producer.abort_transaction, "abort")
+        except KafkaException as exc:
+            raise self._unknown(exc.args[0]) from None
+
+    def _wait_for_broker(self, finish: Callable[[float], None], what: str) -> None:
+        """Commit or abort, calling ``finish`` again after each retriable failure, in
+        steps of ``broker_timeout_seconds``, for up to :data:`_FINISH_PATIENCE`.
+
+        A broker that goes away between the body and its end (a rolling restart, an
+        outage) leaves the call waiting: each step says so in the log at once, rather
+        than after a minute of silence. Raises the last KafkaException when it is not
+        retriable or the patience is spent.
+        """
+        step = self.settings.broker_timeout_seconds
+        started = time.monotonic()
         while True:
             try:
-                self.producer.commit_transaction(_COMMIT_TIMEOUT)
+                finish(step)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if error.retriable():
-                    if time.monotonic() < deadline:
-                        log.warning("commit not acknowledged yet (%s); retrying", error.str())
-                        continue
-                    raise self._unknown(error) from None
-                if error.txn_requires_abort():
-                    self._abort()
-                raise self._error(exc, "commit the refresh") from None
+                waited = time.monotonic() - started
+                if not error.retriable() or waited >= _FINISH_PATIENCE:
+                    raise
+                log.warning(
+                    "%s not acknowledged yet after %.0f s (%s); retrying, for up to %.0f s "
+                    "before the producer restarts and reads back what committed",
+                    what,
+                    waited,
+                    error.str(),
+                    _FINISH_PATIENCE,
+                )
 
     def _unknown(self, error: KafkaError) -> CommitOutcomeUnknownError:
         return CommitOutcomeUnknownError(
@@ -211,19 +242,6 @@ class TransactionalPublisher:
             f"({error.str()}); whether the refresh committed is unknown, so the producer "
             "restarts and reads back its committed watermark"
         )
-
-    def _abort(self) -> None:
-        deadline = time.monotonic() + _COMMIT_TIMEOUT * 2
-        while True:
-            try:
-                self.producer.abort_transaction(_COMMIT_TIMEOUT)
-                return
-            except KafkaException as exc:
-                error: KafkaError = exc.args[0]
-                if error.retriable() and time.monotonic() < deadline:
-                    log.warning("abort not acknowledged yet (%s); retrying", error.str())
-                    continue
-                raise self._unknown(error) from None
 
     def close(self) -> None:
         self.producer.flush(10)

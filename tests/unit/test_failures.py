@@ -397,46 +397,6 @@ def test_the_publisher_classifies_what_the_broker_answers(
         TransactionalPublisher(load_settings(None), producer)
 
 
-class _AbortableProducer:
-    """A Producer stand-in in a transaction that must be aborted: produce raises, as
-    librdkafka's does after an abort that raced its own produce requests."""
-
-    def __init__(self) -> None:
-        self.aborted = 0
-
-    def init_transactions(self, _timeout: float) -> None:
-        pass
-
-    def list_topics(self, timeout: float) -> None:
-        pass
-
-    def begin_transaction(self) -> None:
-        pass
-
-    def poll(self, _timeout: float) -> int:
-        return 0
-
-    def produce(self, *_args: Any, **_kwargs: Any) -> None:
-        error = KafkaError(
-            KafkaError._STATE,
-            "Unable to produce message: Local: Erroneous state",
-            txn_requires_abort=True,
-        )
-        raise KafkaException(error)
-
-    def abort_transaction(self, _timeout: float) -> None:
-        self.aborted += 1
-
-
-def test_a_transaction_that_must_be_aborted_is_aborted_and_retried() -> None:
-    """Not a raw KafkaException out of the refresh: a RetriableError, after the abort."""
-    producer: Any = _AbortableProducer()
-    publisher = TransactionalPublisher(load_settings(None), producer)
-    with pytest.raises(RetriableError, match="tried again: nothing was committed"):
-        publisher.transaction(lambda send: send("exigo.orders", b"k", b"v", 0))
-    assert producer.aborted == 1
-
-
 def test_a_malformed_toml_file_is_named_with_line_and_column(tmp_path: Path) -> None:
     config = tmp_path / "queuestream.toml"
     config.write_text('topic_prefix = "shop"\nkafka_bootstrap_servers = \n')
