@@ -13,7 +13,10 @@ tests use them at the same time):
   ``produce`` runs: it keeps running, logs each failed attempt, and catches up,
   with no traceback in its output;
 * a connection lost under a streaming read is cleaned up with one DEBUG line
-  instead of SQLAlchemy's "Error closing cursor" traceback.
+  instead of SQLAlchemy's "Error closing cursor" traceback;
+* the broker stopped after a transaction's body has sent its messages (a rolling
+  restart): the commit logs each wait and, once the broker is back, completes, every
+  message committed once.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import functools
 import logging
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,13 +37,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from producer.publisher import Send, TransactionalPublisher
 from producer.queue_procedure import install_queue_procedure
 from producer.simulator import Simulator
 from queuestream.databases import create_engine
+from queuestream.kafka_clients import ensure_topics
 from queuestream.sync_schema import create_source_schema
 from tests import services
-from tests.helpers import CLI, cli_env, wait_for
-from tests.integration.kafka_readback import committed_changes
+from tests.helpers import CLI, cli_env, producer_settings, wait_for
+from tests.integration.kafka_readback import committed_changes, committed_messages
 from tests.integration.source_versions import (
     assert_exactly_once,
     source_versions,
@@ -444,3 +450,52 @@ def test_a_connection_lost_under_a_streaming_read_is_cleaned_up_quietly(
     noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert not noisy, [f"{r.name}: {r.getMessage()}" for r in noisy]
     assert "Error closing cursor of a lost connection (" in caplog.text
+
+
+def test_a_commit_the_broker_stops_under_waits_logged_and_completes_once_it_is_back(
+    own_kafka: services.Service, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker stops inside the transaction (after the body's sends, before the
+    commit: the window a rolling restart meets). The commit must say at once, and
+    again at each step, that it waits; resumed (never aborted), it commits once the
+    broker is back, and every message is committed exactly once."""
+    settings = producer_settings("sqlite://", own_kafka.address, unique, broker_timeout_seconds=2)
+    topic = f"{unique}.orders"
+    ensure_topics(settings)
+    publisher = TransactionalPublisher(settings)
+    messages = 50
+    restarted = threading.Event()
+
+    def body(send: Send) -> None:
+        for n in range(messages):
+            send(topic, str(n).encode(), f"value {n}".encode(), n % 3)
+        _control(own_kafka, "down")  # the sends are queued or in flight, not committed
+        # Back after several of the commit's steps, from another thread: the commit
+        # below runs meanwhile.
+        threading.Thread(target=_up_later, args=(own_kafka, restarted), daemon=True).start()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="producer.publisher"):
+            publisher.transaction(body)
+    finally:
+        restarted.wait(KAFKA_BACK_TIMEOUT)
+        _control(own_kafka, "up")  # for the next test, whatever happened in this one
+        publisher.close()
+    waits = [r.getMessage() for r in caplog.records if "not acknowledged yet" in r.getMessage()]
+    assert len(waits) >= 2, f"the commit's waits were not logged: {waits}"
+    assert all(w.startswith("commit ") for w in waits), waits  # resumed, never aborted
+    committed = committed_messages(own_kafka.address, [topic])
+    assert sorted(int(m.key() or b"-1") for m in committed) == list(range(messages))
+
+
+#: How long the broker stays down under a commit, and the bound on its start again.
+COMMIT_OUTAGE_SECONDS = 6.0
+KAFKA_BACK_TIMEOUT = 120.0
+
+
+def _up_later(kafka: services.Service, done: threading.Event) -> None:
+    try:
+        time.sleep(COMMIT_OUTAGE_SECONDS)
+        _control(kafka, "up")
+    finally:
+        done.set()
