@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -85,16 +86,34 @@ def run_cli(
 
 
 def stop_gracefully(process: subprocess.Popen[Any], timeout: float) -> bool:
-    """SIGTERM ``process`` and wait; kill it after ``timeout``. False: it had to be killed."""
+    """SIGTERM ``process`` and wait; kill it after ``timeout``. False: it had to be killed
+    (what each of its threads was doing is printed first, for the test's report)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        print(f"not stopped {timeout} s after SIGTERM; its threads:\n{thread_stacks(process.pid)}")
         process.kill()
         process.wait(timeout=timeout)
         return False
     return True
+
+
+def thread_stacks(pid: int) -> str:
+    """What each thread of a Python process is doing (``py-spy dump``), or why it is unknown."""
+    spy = Path(sys.executable).with_name("py-spy")
+    try:
+        done = subprocess.run(
+            [str(spy), "dump", "--pid", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(py-spy dump failed: {exc})"
+    return done.stdout + done.stderr
 
 
 def cli_env(bootstrap: str, prefix: str, **more: str) -> dict[str, str]:

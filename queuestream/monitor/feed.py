@@ -20,6 +20,9 @@ __all__ = ["FeedState", "SnapshotFeed"]
 
 log = logging.getLogger(__name__)
 
+#: How long stopping waits for a snapshot being collected (:meth:`SnapshotFeed.stop`).
+STOP_WAIT_SECONDS = 3.0
+
 
 @dataclass(frozen=True, slots=True)
 class FeedState:
@@ -55,10 +58,16 @@ class SnapshotFeed:
             self._changed.wait_for(lambda: self._state.version > after, timeout)
             return self._state
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_WAIT_SECONDS) -> None:
+        """Stop collecting; a round under way has ``timeout`` seconds to end. The monitor
+        holds nothing that must be finished, and a round waiting on a slow broker can
+        take tens of seconds (each of its reads is bounded): SIGTERM does not wait it out.
+        """
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.info("monitor: stopped without waiting for the snapshot being collected")
 
     def _publish(self, snapshot: Snapshot | None, error: str | None) -> None:
         with self._changed:

@@ -114,7 +114,7 @@ def test_page_needs_the_token_and_works_with_it_in_chromium(
         context.close()
     finally:
         if not stop_gracefully(process, SERVER_STOP_TIMEOUT):
-            pytest.fail("the monitor did not stop on SIGTERM")
+            pytest.fail(f"the monitor did not stop on SIGTERM:\n{err_path.read_text()[-4000:]}")
     output = out_path.read_text() + err_path.read_text()
     assert process.returncode == 0, output
     assert f"monitor page at {url}" in output

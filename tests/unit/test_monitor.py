@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -14,7 +16,7 @@ from rich.console import Console
 from queuestream.errors import ConfigurationError
 from queuestream.kafka_reading import Unconsumed, UnconsumedTally
 from queuestream.monitor.alerts import LagLimits, breaches
-from queuestream.monitor.feed import FeedState, SnapshotFeed
+from queuestream.monitor.feed import STOP_WAIT_SECONDS, FeedState, SnapshotFeed
 from queuestream.monitor.lag import partition_lag
 from queuestream.monitor.snapshot import (
     GroupInfo,
@@ -314,3 +316,31 @@ def test_check_on_age_flags_lag_whose_age_is_unknown() -> None:
     [breach] = breaches(unknown, LagLimits(max_seconds=30))
     assert "age unknown" in breach.describe()
     assert breaches(_snapshot(lag_messages=0, lag_seconds=None), LagLimits(max_seconds=30)) == []
+
+
+class _StuckCollector(_Collector):
+    """A collector whose round waits on a broker that does not answer (until released)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def collect(self) -> Snapshot:
+        self.started.set()
+        self.release.wait(60)
+        return _snapshot()
+
+
+def test_stopping_does_not_wait_out_a_round_stuck_on_the_broker() -> None:
+    collector = _StuckCollector()
+    feed = SnapshotFeed(lambda: collector, interval=0.5).start()  # type: ignore[arg-type,return-value]
+    try:
+        assert collector.started.wait(10)
+        started = time.monotonic()
+        feed.stop()  # as the monitor's SIGTERM does
+        assert time.monotonic() - started < STOP_WAIT_SECONDS + 2
+    finally:
+        collector.release.set()
+    # The round, once over, closes its collector and collects no more.
+    wait_for(lambda: collector.closed, timeout=10, message="the collector closed")
