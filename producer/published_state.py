@@ -52,12 +52,17 @@ CREATE TABLE IF NOT EXISTS published (
     customer INTEGER NOT NULL,
     row BLOB NOT NULL,
     PRIMARY KEY (tbl, k1, k2)
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _PUT = "INSERT OR REPLACE INTO published VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM published WHERE tbl = ? AND k1 = ? AND k2 = ?"
 _FLUSH_EVERY = 5000
+#: The file's layout, in ``meta``: a cache of another layout is rebuilt at start. "2"
+#: (0.7.2): ``published`` is a rowid table with its key as an index. Before, it was
+#: WITHOUT ROWID: its rows (the row's bytes, a few hundred) are too large for that,
+#: and a write cost twice as much (8.5 against 4.3 µs a row into an empty file).
+_LAYOUT = "2"
 #: SQLite's page cache (KiB): a refresh writes keys in no order, all over the file.
 _CACHE_KIB = 32_768
 _IN_CHUNK = 500  # keys per IN (...) list
@@ -102,7 +107,9 @@ class PublishedState:
         state = cls(state_path(settings))
         held = state.meta("refresh_id")
         if held is not None and held == (refresh_id or ""):
-            return state
+            if state.meta("layout") == _LAYOUT:
+                return state
+            log.info("the published state in %s has an older layout: rebuilt", state.path)
         state.close()
         state.path.unlink(missing_ok=True)
         for suffix in ("-wal", "-shm"):
@@ -117,6 +124,7 @@ class PublishedState:
         """Fill the (empty) cache from changelog ``records``, the latest of each key winning."""
         started = time.monotonic()
         self.begin()
+        self.set_meta("layout", _LAYOUT)
         count = 0
         for key, value in records:
             count += 1

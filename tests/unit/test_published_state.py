@@ -4,6 +4,7 @@ the producer's last committed batch (otherwise rebuilt from the changelog)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +99,39 @@ def test_open_uses_the_cache_only_when_it_reflects_the_last_batch(
     assert state.meta("refresh_id") == "r10"
     state.close()
     assert state_path(settings).exists()
+
+
+def test_a_cache_of_the_older_layout_is_rebuilt_in_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0.7.1's file (``published`` WITHOUT ROWID, no layout noted) holding the last
+    batch is rebuilt from the changelog, into a rowid table (writes cost half)."""
+    settings = _settings(tmp_path)
+    path = state_path(settings)
+    path.parent.mkdir(parents=True)
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE published (tbl TEXT NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL,"
+        " version INTEGER NOT NULL, customer INTEGER NOT NULL, row BLOB NOT NULL,"
+        " PRIMARY KEY (tbl, k1, k2)) WITHOUT ROWID;"
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('refresh_id', 'r9');"
+    )
+    old.commit()
+    old.close()
+    records: list[tuple[bytes, bytes | None]] = [(record_key("orders", (1, 0)), _row(1).encode())]
+    monkeypatch.setattr(published_state, "read_changelog", lambda _s: _changelog(records))
+
+    state = PublishedState.open(settings, "r9")
+    assert state.get("orders", [(1, 0)]) == {(1, 0): _row(1)}  # read from the changelog
+    state.close()
+    found = sqlite3.connect(path)
+    [sql] = found.execute("SELECT sql FROM sqlite_master WHERE name = 'published'").fetchone()
+    found.close()
+    assert "WITHOUT ROWID" not in sql.upper()
+    # Used as it is from now on.
+    monkeypatch.setattr(published_state, "read_changelog", lambda _s: pytest.fail("rebuilt"))
+    PublishedState.open(settings, "r9").close()
 
 
 def test_record_keys_round_trip() -> None:
