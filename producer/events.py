@@ -115,6 +115,7 @@ class RowPreparer:
         self.rows = codec.row_encoder(spec.name, zone)
         self.encode_key = codec.encoder(spec.name, "key")
         self.layout = layout = row_layout(spec)
+        self._encode_key = codec.key_encoder(spec.name, layout.columns)
         self._encode_values = self.rows.values_encoder(layout.columns)
         self._sensitive = policy.for_values(spec.name, layout.columns)
         self._key_columns = spec.key
@@ -160,12 +161,11 @@ class RowPreparer:
                 op = "c"
             else:
                 op = "u"
-        key_values = self._key_values(values)
         try:
-            key = self.encode_key(key_values)
+            key = self._encode_key(values)
             row_bytes = self._encode_values(values)
         except EncodingError as exc:
-            return self._refused(values, key_values, exc)
+            return self._refused(values, self._key_values(values), exc)
         return (
             key,
             row_bytes,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import tzinfo
 from functools import cache
 from pathlib import Path
@@ -44,7 +44,7 @@ from schemas.avro.envelope import EnvelopeEncoder, RowEncoder
 from schemas.avro.fast_reader import Projection, Reader, ValueCache, compile_reader, project
 from schemas.avro.history import writer_schemas
 from schemas.avro.misfit import WRITE_ERRORS, find_misfit
-from schemas.avro.record_writer import Unhandled, record_writer
+from schemas.avro.record_writer import Unhandled, record_writer, values_writer
 from schemas.avro.registry import SchemaRegistry
 from schemas.avro.schema_files import load_schema, schema_names
 
@@ -109,6 +109,7 @@ class AvroCodec:
             else SchemaRegistry(registry, registry_url)
         )
         self._encoders: dict[str, Callable[[dict[str, Any]], bytes]] = {}
+        self._key_encoders: dict[tuple[str, tuple[str, ...]], Callable[[Sequence[Any]], bytes]] = {}
         #: One row encoder per table and zone: its generated writers are made once, not
         #: for every refresh.
         self._row_encoders: dict[tuple[str, tzinfo | None], RowEncoder] = {}
@@ -152,6 +153,32 @@ class AvroCodec:
 
     def encode(self, table: str, field: str, record: dict[str, Any]) -> bytes:
         return self.encoder(table, field)(record)
+
+    def key_encoder(self, table: str, columns: Sequence[str]) -> Callable[[Sequence[Any]], bytes]:
+        """:meth:`encoder` of ``table``'s key for a row given as its values in the order
+        of ``columns`` (a row as read): the same bytes and the same EncodingError, with no
+        dict made of the key but for a value the generated writer leaves to fastavro."""
+        columns = tuple(columns)
+        cached = (table, columns)
+        found = self._key_encoders.get(cached)
+        if found is not None:
+            return found
+        header = self.header(table, "key")
+        by_dict = self.encoder(table, "key")
+        schema = _schema(f"{table}.key").json
+        fast = values_writer(schema, columns)
+        positions = [(f["name"], columns.index(f["name"])) for f in schema["fields"]]
+
+        def encode(values: Sequence[Any]) -> bytes:
+            if fast is not None:
+                try:
+                    return header + fast(values)
+                except Unhandled:
+                    pass  # a value the generated writer leaves to fastavro
+            return by_dict({name: values[i] for name, i in positions})
+
+        self._key_encoders[cached] = encode
+        return encode
 
     def _make_encoder(self, table: str, field: str) -> Callable[[dict[str, Any]], bytes]:
         schema = _schema(f"{table}.{field}")

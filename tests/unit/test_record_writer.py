@@ -27,6 +27,7 @@ from queuestream.tables import TABLES
 from schemas.avro import AvroCodec, row_schema
 from schemas.avro.envelope import EnvelopeEncoder
 from schemas.avro.record_writer import Unhandled, record_writer, values_writer, varint, wall_micros
+from schemas.avro.schema_files import load_schema
 from tests.unit.test_codec import SOURCE as _SOURCE
 
 _codec = AvroCodec("exigo")
@@ -189,6 +190,41 @@ def test_the_generated_writer_writes_ordinary_rows_itself(table: str, data: st.D
         )
         return
     assert written == expected.getvalue()
+
+
+@pytest.mark.parametrize("table", _TABLE_NAMES)
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_keys_given_as_a_rows_values_encode_as_fastavro_encodes_them(
+    table: str, data: st.DataObject
+) -> None:
+    """The key from a row's values by position (``AvroCodec.key_encoder``, what the
+    producer publishes) is the key record's bytes as fastavro writes them, framing
+    first; a value that does not fit is the same EncodingError as from the record."""
+    schema = load_schema(f"{table}.key")
+    key = data.draw(
+        st.fixed_dictionaries(
+            {f["name"]: _plain(f["type"], data.draw(st.booleans())) for f in schema["fields"]}
+        )
+    )
+    row = data.draw(_rows(table, odd=False))
+    row.update(key)
+    columns = data.draw(st.permutations(list(row)))
+    values = [row[c] for c in columns] + [data.draw(st.integers())]  # CustomerID after
+    expected = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(expected, fastavro.parse_schema(schema, named_schemas={}), key)
+    except (ValueError, TypeError, OverflowError):
+        with pytest.raises(EncodingError) as refused:
+            _codec.key_encoder(table, columns)(values)
+        assert _outcome(_codec.encoder(table, "key"), key) == (
+            "refused",
+            (refused.value.column, refused.value.reason),
+        )
+        return
+    written = _codec.key_encoder(table, columns)(values)
+    assert written == _codec.header(table, "key") + expected.getvalue()
+    assert written == _codec.encoder(table, "key")(key)
 
 
 @given(st.integers(-(2**63), 2**63 - 1))
