@@ -165,9 +165,7 @@ class AvroCodec:
             return found
         header = self.header(table, "key")
         by_dict = self.encoder(table, "key")
-        schema = _schema(f"{table}.key").json
-        fast = values_writer(schema, columns)
-        positions = [(f["name"], columns.index(f["name"])) for f in schema["fields"]]
+        fast = values_writer(_schema(f"{table}.key").json, columns)
 
         def encode(values: Sequence[Any]) -> bytes:
             if fast is not None:
@@ -175,7 +173,7 @@ class AvroCodec:
                     return header + fast(values)
                 except Unhandled:
                     pass  # a value the generated writer leaves to fastavro
-            return by_dict({name: values[i] for name, i in positions})
+            return by_dict(dict(zip(columns, values, strict=False)))
 
         self._key_encoders[cached] = encode
         return encode
