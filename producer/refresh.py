@@ -178,6 +178,8 @@ class Refresher:
         # After init_transactions (in the publisher): nothing of ours is left open.
         self.progress: Progress = read_progress(settings, self.codec)
         self.state = PublishedState.open(settings, self.progress.refresh_id)
+        if self.row_reader is not None:
+            self.row_reader.wait_ready()  # started meanwhile
         self.overlap = timedelta(seconds=settings.overlap_seconds)
         self.planner = WindowPlanner(timedelta(hours=settings.first_window_hours), self.overlap)
         self.digests = DigestMemo(settings.zone)  # when this process reads the rows

@@ -22,9 +22,11 @@ An error in the reader reaches the body as the same exception (a
 DatabaseUnavailableError is waited out like one raised here). A reader that dies
 fails the attempt with a RetriableError and is started again for the next one.
 
-The pipe carries, this process to the reader: ``("open", job)``, ``("keys", table,
+The pipe carries, this process to the reader: ``("start", settings, partitions)`` once,
+then ``("open", job)``, ``("keys", table,
 parents)``, ``("close",)`` (the body is done) and ``("cancel",)`` (the body failed);
-the reader to this process: ``("opened",)``, ``("rows", table, prepared)``,
+the reader to this process: ``("ready",)`` once it has started (its imports, the
+codec), ``("opened",)``, ``("rows", table, prepared)``,
 ``("table", table, recorded, skipped)`` at the end of each table, ``("read",)``
 after the last, ``("keys", found)``, ``("closed",)`` once the snapshot is released,
 and ``("error", report)``.
@@ -117,6 +119,7 @@ class RowReader:
         self._pending: deque[tuple[Any, ...]] = deque()
         #: A reader has opened a snapshot: one that ends later failed, not its start.
         self._has_served = False
+        self._ready = False
         self._start()
 
     def _start(self) -> None:
@@ -132,7 +135,16 @@ class RowReader:
             )
         self._conn = Connection(ours.detach())
         self._pending.clear()
+        self._ready = False
         self._send(("start", self.settings, self.partitions))
+
+    def wait_ready(self) -> None:
+        """Wait until the reader has started (half a second of imports and codec), so that
+        the first refresh does not wait for it. A reader that could not start says why
+        at the first snapshot, as before."""
+        if not self._ready:
+            self._expect("ready", _OPEN_SECONDS)
+            self._ready = True
 
     def pid(self) -> int | None:
         """The reader's process id, while it runs."""
@@ -169,6 +181,7 @@ class RowReader:
         """
         if self._process is None or self._process.poll() is not None:
             self._restart()
+        self.wait_ready()
         self._send(("open", job))
         self._expect("opened", _OPEN_SECONDS)
         self._has_served = True
@@ -459,6 +472,7 @@ def serve(conn: Connection) -> None:
         _refuse_every_snapshot(conn, _report(exc))
         return
     try:
+        conn.send(("ready",))
         reader.run()
     except (EOFError, OSError, KeyboardInterrupt):
         pass  # the producer went away
@@ -467,6 +481,7 @@ def serve(conn: Connection) -> None:
 def _refuse_every_snapshot(conn: Connection, report: _ErrorReport) -> None:
     """A reader that could not start answers every snapshot with why."""
     try:
+        conn.send(("ready",))  # to answer
         while True:
             message = conn.recv()
             if message[0] == "stop":

@@ -263,6 +263,23 @@ def test_the_reader_does_not_run_the_program_that_started_it(
     assert "0 rows" in done.stdout
 
 
+def test_wait_ready_returns_once_the_reader_has_started(source: Settings) -> None:
+    """The producer waits for its reader's start (imports, codec: half a second) before it
+    says it is ready, so that its first refresh does not: once ``wait_ready`` returns,
+    the reader has loaded its Avro codec and answers a snapshot at once."""
+    window, overlap = _window(source)
+    reader = RowReader(source, PARTITIONS)
+    try:
+        reader.wait_ready()
+        pid = reader.pid()
+        assert pid is not None
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "fastavro" in maps, "wait_ready returned before the reader loaded its codec"
+        assert _first_rows(reader, _job(window, overlap), TABLES[0]) is not None
+    finally:
+        reader.close()
+
+
 def test_a_reader_that_cannot_start_stops_the_command_with_what_to_do(
     source: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
