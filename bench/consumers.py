@@ -333,7 +333,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if peer is not None:  # the Connect path is registry mode
             settings = settings.model_copy(update={"schema_registry_url": peer.registry_url})
         progress(f"refresh to {prefix}.*")
-        result, refresh_seconds = timed_refresh(settings)
+        timed = timed_refresh(settings)
+        result, refresh_seconds = timed.result, timed.seconds
         progress(f"{result.events:,} events in {refresh_seconds:.2f}s")
         if peer is not None:
             first = args.targets[0]

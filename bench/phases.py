@@ -73,12 +73,16 @@ def in_fresh_process(
 
 
 def refresh_phase(settings: Settings) -> dict[str, Any]:
-    """One timed refresh (:func:`bench.source.timed_refresh`) with its process's memory."""
+    """One timed refresh (:func:`bench.source.timed_refresh`) with its process's memory
+    and the CPU it took."""
     memory = PhaseMemory()
-    result, seconds = timed_refresh(settings)
+    timed = timed_refresh(settings)
+    result = timed.result
     return {
         "events": result.events,
-        "seconds": seconds,
+        "seconds": timed.seconds,
+        "cpu_seconds": timed.cpu_seconds,
+        "reader_cpu_seconds": timed.reader_cpu_seconds,
         "counts": dict(result.counts),
         "refresh_id": result.refresh_id,
         "watermark": result.window_end,

@@ -135,6 +135,10 @@ class Run:
     row_reader_peak_rss_mb: float | None = None  # the producer's row reader process
     total_peak_rss_mb: float | None = None  # both processes' peaks added up
     events_per_second_each: list[float] = field(default_factory=list)  # every refresh's
+    #: CPU microseconds an event took in the refresh's process (all its threads) and in
+    #: the row reader, in the median refresh: what the machine's noise moves least.
+    cpu_us_per_event: float | None = None
+    reader_cpu_us_per_event: float | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -161,6 +165,10 @@ class Run:
             secs = data[f"{key}_seconds"]
             data[f"{key}_events_per_second"] = round(self.events / secs, 1) if secs else None
         return data
+
+
+def _per_event(cpu_seconds: float | None, events: int) -> float | None:
+    return round(cpu_seconds * 1e6 / events, 2) if cpu_seconds is not None and events else None
 
 
 # -------------------------------------------------------------------- main --
@@ -236,12 +244,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row_reader_peak_rss_mb=max(m["helpers_peak_rss_mb"] for m in everything),
                 total_peak_rss_mb=max(m["total_peak_rss_mb"] for m in everything),
                 events_per_second_each=[round(m["events"] / m["seconds"], 1) for m in everything],
+                cpu_us_per_event=_per_event(refreshed["cpu_seconds"], refreshed["events"]),
+                reader_cpu_us_per_event=_per_event(
+                    refreshed["reader_cpu_seconds"], refreshed["events"]
+                ),
             )
             runs.append(item)
             progress(
                 f"{backend}: median of {args.refreshes} refreshes {item.events:,} events in "
                 f"{item.seconds:.2f}s = {item.events_per_second:,.0f} events/s, peak RSS "
-                f"{item.peak_rss_mb} MB (+ row reader {item.row_reader_peak_rss_mb} MB)"
+                f"{item.peak_rss_mb} MB (+ row reader {item.row_reader_peak_rss_mb} MB), CPU "
+                f"{item.cpu_us_per_event} us an event (+ row reader "
+                f"{item.reader_cpu_us_per_event})"
             )
             if item.events != item.rows:
                 log.warning(

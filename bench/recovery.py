@@ -286,7 +286,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             simulate(
                 source_url, "sqlite", args.rows * i // args.refreshes, args, deadline, progress
             )
-            result, seconds = timed_refresh(settings)
+            timed = timed_refresh(settings)
+            result, seconds = timed.result, timed.seconds
             for table, n in result.counts.items():
                 counts[table] = counts.get(table, 0) + n
             progress(f"refresh {i}/{args.refreshes}: {result.events:,} events in {seconds:.2f}s")

@@ -3,14 +3,17 @@
 :func:`simulate` runs ``producer.simulator.Simulator`` on a fresh database until it
 holds the rows asked for; :func:`copy_rows` copies such a database into another
 (``bench.producer --generator copy``); :func:`timed_refresh` publishes it in ONE
-refresh, timed from the call until Kafka acknowledged the commit.
+refresh, timed from the call until Kafka acknowledged the commit, with the CPU time
+the refresh took in its own process and in the producer's row reader.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -28,9 +31,11 @@ from queuestream.tables import TABLES
 __all__ = [
     "SOURCE_TABLES",
     "Generation",
+    "TimedRefresh",
     "copy_rows",
     "count_rows",
     "new_refresher",
+    "process_cpu_seconds",
     "simulate",
     "timed_refresh",
 ]
@@ -127,16 +132,44 @@ def new_refresher(settings: Settings) -> Refresher:
     return Refresher(settings)
 
 
-def timed_refresh(settings: Settings) -> tuple[RefreshResult, float]:
-    """One refresh by a new Refresher; seconds from refresh() until the commit returned."""
+@dataclass(frozen=True)
+class TimedRefresh:
+    result: RefreshResult
+    seconds: float  # from refresh() until the commit returned
+    #: CPU seconds (user and system, every thread: librdkafka's, the state's writer)
+    #: of the process the refresh ran in, and of its row reader (None without one).
+    cpu_seconds: float
+    reader_cpu_seconds: float | None
+
+
+def timed_refresh(settings: Settings) -> TimedRefresh:
+    """One refresh by a new Refresher, timed and with the CPU it took."""
     refresher = new_refresher(settings)  # topics, init_transactions, progress: not timed
     try:
+        reader = refresher.row_reader.pid() if refresher.row_reader is not None else None
+        reader_before = process_cpu_seconds(reader)
+        cpu = time.process_time()
         started = time.perf_counter()
         results = refresher.refresh()
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        reader_after = process_cpu_seconds(reader)
+        reader_cpu = (
+            reader_after - reader_before
+            if reader_after is not None and reader_before is not None
+            else None
+        )
     finally:
         refresher.close()
     if len(results) != 1:
         msg = f"expected one refresh result, got {len(results)}"
         raise BenchError(msg)
-    return results[0], seconds
+    return TimedRefresh(results[0], seconds, cpu, reader_cpu)
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User and system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
