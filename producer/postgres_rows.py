@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from producer.changed_rows import ChangedRow, RowLayout, check_columns
 
-__all__ = ["open_cursor", "read", "read_tuples"]
+__all__ = ["driver_errors", "open_cursor", "read", "read_tuples"]
 
 #: PostgreSQL types (OIDs) whose values psycopg returns as SQLAlchemy would hand them on
 #: for the sync schema's columns: int2, int4, int8, numeric, text, bpchar, varchar,
@@ -57,7 +57,7 @@ def _check_columns(names: list[str], layout: RowLayout) -> None:
 
 
 @contextmanager
-def _driver_errors(conn: sa.Connection, statement: str) -> Iterator[None]:
+def driver_errors(conn: sa.Connection, statement: str) -> Iterator[None]:
     """psycopg's errors as SQLAlchemy raises them."""
     error = conn.dialect.loaded_dbapi.Error
     try:
@@ -73,7 +73,7 @@ def open_cursor(conn: sa.Connection, query: sa.Select[Any]) -> Any:
     statement = str(compiled)
     driver = conn.connection.driver_connection
     assert driver is not None  # an open connection
-    with _driver_errors(conn, statement):
+    with driver_errors(conn, statement):
         cursor = driver.cursor(name=f"queuestream_rows_{next(_CURSOR_NUMBERS)}")
         cursor.execute(statement, compiled.params)
         if _plain_postgres_columns(cursor):
@@ -94,7 +94,7 @@ def read_tuples(conn: sa.Connection, cursor: Any, fetch: int) -> Iterator[Any]:
     """The rows of a cursor from :func:`open_cursor` as its row factory makes them (tuples
     unless set), ``fetch`` at a time; it is closed at the end."""
     try:
-        with _driver_errors(conn, "FETCH"):
+        with driver_errors(conn, "FETCH"):
             while chunk := cursor.fetchmany(fetch):
                 yield from chunk
     finally:

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from producer import postgres_rows
+from producer import postgres_rows, sqlite_rows
 from producer.changed_rows import ChangedRow, check_columns, row_layout
 from producer.sqlserver_source import (
     SNAPSHOT,
@@ -225,6 +225,7 @@ class FrozenSnapshot:
         self.zone = settings.zone
         self._queue_tables = _queue_tables(settings.queue_schema)
         self._psycopg = conn.dialect.driver == "psycopg"
+        self._sqlite = conn.dialect.name == "sqlite"
 
     def _base(self, spec: TableSpec) -> sa.Table:
         return Base.metadata.tables[spec.source]
@@ -261,6 +262,9 @@ class FrozenSnapshot:
             if cursor is not None:
                 yield from postgres_rows.read(self.conn, cursor, layout, _FETCH)
                 return
+        if self._sqlite:
+            yield from sqlite_rows.read(self.conn, query, layout, _FETCH)
+            return
         result = self.conn.execution_options(yield_per=_FETCH).execute(query)
         check_columns(list(result.keys()), layout)
         # A chunk at a time (partitions): far fewer calls per row than iterating rows.

@@ -1,0 +1,185 @@
+"""SQLite rows read through the sqlite3 driver's cursor are the rows SQLAlchemy reads.
+
+The producer reads a SQLite source's changed rows from the driver's cursor and runs
+SQLAlchemy's own result processors on them (``producer.sqlite_rows``). On a simulated
+source, with an order line whose order is gone, amounts stored as text, as floats and
+as integers, text that is not UTF-8 and NULLs, both readings give the same rows, values
+and types for every table and every way a snapshot reads; and a locked database is
+still an outage to wait out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy.dialects import sqlite
+
+from producer import source_reader, sqlite_rows
+from producer.changed_rows import ChangedRow, RowLayout
+from producer.simulator import Simulator
+from producer.source_reader import FrozenSnapshot, SourceReader
+from queuestream.databases import create_engine
+from queuestream.errors import DatabaseUnavailableError
+from queuestream.settings import Settings, load_settings
+from queuestream.sync_schema import Base
+from queuestream.tables import TABLES, TABLES_BY_NAME
+
+ALL_TIME = (datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(days=2))
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[Settings]:
+    url = f"sqlite:///{tmp_path / 'sync.db'}"
+    settings = load_settings(None, source_url=url, source_timezone="America/Chicago")
+    engine = create_engine(url, writer=True)
+    try:
+        Simulator(engine, settings.zone, seed=11).run(400, per_transaction=40)
+        orders = Base.metadata.tables["Orders"]
+        details = Base.metadata.tables["OrderDetails"]
+        with engine.begin() as conn:
+            gone = conn.execute(sa.select(sa.func.min(details.c.OrderID))).scalar_one()
+            conn.execute(orders.delete().where(orders.c.OrderID == gone))
+            # Amounts as a writer other than SQLAlchemy may leave them: text, an integer,
+            # a float with more digits than the scale; and a name that is not UTF-8.
+            conn.exec_driver_sql(
+                'UPDATE "OrderDetails" SET "PriceEach" = \'12.5\', "Tax" = 3, '
+                '"PriceTotal" = 0.1 + 0.2 WHERE "OrderLine" = 1'
+            )
+            conn.exec_driver_sql(
+                'UPDATE "Customers" SET "FirstName" = CAST(X\'4aff6f\' AS TEXT) '
+                'WHERE "CustomerID" = (SELECT "CustomerID" FROM "Customers" '
+                'ORDER BY "ModifiedDate" DESC LIMIT 1)'
+            )
+    finally:
+        engine.dispose()
+    yield settings
+
+
+def _readings(snapshot: FrozenSnapshot) -> dict[str, list[ChangedRow]]:
+    found: dict[str, list[ChangedRow]] = {}
+    for spec in TABLES:
+        found[spec.name] = list(snapshot.changed_rows(spec, *ALL_TIME))
+        found[f"{spec.name} after"] = snapshot.rows_after(spec, (1, 0), 50)
+    return found
+
+
+def _typed(rows: list[ChangedRow]) -> list[tuple[Any, ...]]:
+    """Every value with its type: a str where a Decimal was is a difference."""
+    return [
+        (changed.customer_id, tuple((k, type(v), v) for k, v in changed.row.items()))
+        for changed in rows
+    ]
+
+
+@pytest.mark.parametrize("fetch", [7, 5000])
+def test_the_driver_reads_what_sqlalchemy_reads(
+    source: Settings, fetch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 7 rows a fetch, the row that is not UTF-8 comes after some were given: the
+    query read again skips them."""
+    monkeypatch.setattr(source_reader, "_FETCH", fetch)
+    reader = SourceReader(create_engine(source.source_url), source)
+    try:
+        with reader.frozen() as snapshot:
+            assert snapshot._sqlite  # the driver's cursor is the default here
+            driver = _readings(snapshot)
+            snapshot._sqlite = False
+            alchemy = _readings(snapshot)
+    finally:
+        reader.engine.dispose()
+    assert driver.keys() == alchemy.keys()
+    for name in driver:
+        assert _typed(driver[name]) == _typed(alchemy[name]), name
+    lines = driver["order_details"]
+    assert any(changed.customer_id == 0 for changed in lines)  # the orphaned line
+    first = [changed.row for changed in lines if changed.row["OrderLine"] == 1]
+    assert first
+    assert all(type(row["PriceEach"]) is Decimal for row in first)
+    assert {row["PriceEach"] for row in first} >= {Decimal("12.50")}
+    assert any(v is None for changed in driver["customers"] for v in changed.row.values())
+    assert any("\udcff" in str(changed.row["FirstName"]) for changed in driver["customers"])
+    assert all(len(rows) > 0 for rows in driver.values())
+
+
+def test_a_read_the_driver_fails_midway_is_an_outage_to_wait_out(
+    source: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver's errors reach the snapshot as SQLAlchemy's, which the outage handling
+    sorts: here SQLite stops the query after its first rows (SQLITE_INTERRUPT)."""
+    monkeypatch.setattr(source_reader, "_FETCH", 10)
+    reader = SourceReader(create_engine(source.source_url), source)
+    spec = TABLES_BY_NAME["order_details"]
+    raised: BaseException | None = None
+    try:
+        with reader.frozen() as snapshot:
+            rows = snapshot.changed_rows(spec, *ALL_TIME)
+            next(rows)
+            driver = snapshot.conn.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            driver.set_progress_handler(lambda: 1, 1)  # every step is interrupted
+            try:
+                for _ in rows:
+                    pass
+            except Exception as exc:  # its kind is the assertion
+                raised = exc
+            driver.set_progress_handler(None, 1)
+    finally:
+        reader.engine.dispose()
+    assert isinstance(raised, DatabaseUnavailableError), repr(raised)
+    assert "interrupted" in str(raised)
+
+
+def test_no_row_is_lost_to_a_connection_told_to_read_ahead(source: Settings) -> None:
+    """``Connection.execution_options(yield_per=...)`` (what an earlier SQLAlchemy read
+    does) sets the connection itself: its results would read rows into a buffer of
+    SQLAlchemy's, which the driver's cursor never gives again."""
+    reader = SourceReader(create_engine(source.source_url), source)
+    spec = TABLES_BY_NAME["payments"]
+    try:
+        with reader.frozen() as snapshot:
+            everything = [c.values for c in snapshot.changed_rows(spec, *ALL_TIME)]
+            snapshot.conn.execution_options(yield_per=3)
+            again = [c.values for c in snapshot.changed_rows(spec, *ALL_TIME)]
+    finally:
+        reader.engine.dispose()
+    assert len(everything) > 3
+    assert again == everything
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.sampled_from([0.0, -0.0, 0, 3, 3.0, 12.5, -12.5, 0.1 + 0.2, 1e-9, 2.0**60, 2**60]),
+            st.floats(allow_nan=True, allow_infinity=False, width=64),
+            st.integers(-(10**12), 10**12),
+        ),
+        max_size=60,
+    )
+)
+def test_amounts_kept_by_their_stored_value_are_what_sqlalchemy_makes_of_them(
+    stored: list[Any],
+) -> None:
+    """The reference is SQLAlchemy's processor applied to each value; the converter keeps
+    what it made by the stored value, which must never give 0.00 for -0.0 (one key),
+    nor anything else than the processor would make."""
+    dialect = sqlite.dialect()
+    amount = sa.Numeric(18, 2)
+    process = amount.dialect_impl(dialect).result_processor(dialect, None)
+    assert process is not None
+    layout = RowLayout(("Amount",), 0, 0, (0,))
+    convert = sqlite_rows._converter([(process, True), (None, False)], layout)
+    rows = [(v, 1) for v in stored]
+    got = [changed.values[0] for changed in convert(rows + rows)]
+    expected = [process(value) for value in stored + stored]
+    shown = [(type(v), str(v)) for v in got]
+    assert shown == [(type(v), str(v)) for v in expected]
