@@ -21,9 +21,10 @@ carries the order (``CHILDREN``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,7 @@ from producer.partitioning import CustomerPartitioner
 from producer.progress import read_progress
 from producer.published_state import PublishedState
 from producer.publisher import TransactionalPublisher
-from producer.row_process import ReaderJob, RowReader
+from producer.row_process import CHUNK, ReaderJob, RowReader
 from producer.sensitive import column_policy
 from producer.source_names import source_database, source_schema
 from producer.source_reader import SourceReader
@@ -85,17 +86,17 @@ def packed_key(key: Key) -> int:
 
 class RefreshSource(Protocol):
     """What a refresh reads inside its snapshot: the changed rows, prepared for
-    ``BatchWriter.publish``, and the keys of an order's lines as they are now (to find
-    the lines that were removed)."""
+    ``BatchWriter.publish_all`` a chunk at a time, and the keys of an order's lines as
+    they are now (to find the lines that were removed)."""
 
     #: The rows come from the snapshot ``keys_under`` reads (watermark mode), so a line
     #: this refresh publishes is one the source has: only the others need asking about.
     @property
     def rows_in_snapshot(self) -> bool: ...
 
-    def prepared(
+    def chunks(
         self, spec: TableSpec, writer: BatchWriter
-    ) -> Iterator[PreparedRow | RefusedRow]: ...
+    ) -> Iterator[Sequence[PreparedRow | RefusedRow]]: ...
 
     def keys_under(self, spec: TableSpec, parents: set[int]) -> set[Key]: ...
 
@@ -109,8 +110,12 @@ class LocalSource:
     keys_under: Callable[[TableSpec, set[int]], set[Key]]
     rows_in_snapshot: bool = False
 
-    def prepared(self, spec: TableSpec, writer: BatchWriter) -> Iterator[PreparedRow | RefusedRow]:
-        return writer.prepared(spec, self.rows(spec))
+    def chunks(
+        self, spec: TableSpec, writer: BatchWriter
+    ) -> Iterator[Sequence[PreparedRow | RefusedRow]]:
+        prepared = writer.prepared(spec, self.rows(spec))
+        while chunk := list(itertools.islice(prepared, CHUNK)):
+            yield chunk
 
 
 @dataclass
@@ -384,15 +389,16 @@ class Refresher:
             sent: dict[str, set[int]] = {child: set() for child in CHILDREN}
             with open_source(overlap) as source:
                 for spec in TABLES:
+                    name = spec.name
                     # the overlap's duplicates left out; prepared here or by the row reader
-                    for prepared in source.prepared(spec, writer):
-                        writer.publish(spec, prepared)
-                        if spec.name in parents:
-                            parents[spec.name].add(prepared[STATE_KEY][0])
-                        elif spec.name in CHILDREN:
-                            parents[CHILDREN[spec.name]].add(prepared[STATE_KEY][0])
+                    for chunk in source.chunks(spec, writer):
+                        writer.publish_all(spec, chunk)
+                        if name in parents:
+                            parents[name].update([p[STATE_KEY][0] for p in chunk])
+                        elif name in CHILDREN:
+                            parents[CHILDREN[name]].update([p[STATE_KEY][0] for p in chunk])
                             if source.rows_in_snapshot:
-                                sent[spec.name].add(packed_key(prepared[STATE_KEY]))
+                                sent[name].update([packed_key(p[STATE_KEY]) for p in chunk])
                     if spec.name in CHILDREN:
                         self._delete_removed_children(
                             writer, spec, parents[CHILDREN[spec.name]], source, sent[spec.name]

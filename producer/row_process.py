@@ -42,7 +42,7 @@ import subprocess
 import sys
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -278,9 +278,10 @@ class RowReader:
             self._gone()
 
     # -- what the body asks ---------------------------------------------------------------
-    def rows(
+    def chunks(
         self, spec: TableSpec, overlap: OverlapFilter | None
-    ) -> Iterator[PreparedRow | RefusedRow]:
+    ) -> Iterator[Sequence[PreparedRow | RefusedRow]]:
+        """``spec``'s prepared rows, as the reader sent them: a chunk at a time."""
         while True:
             message = self._receive()
             kind = message[0]
@@ -288,7 +289,7 @@ class RowReader:
                 msg = f"the row reader sent {message[1]}'s rows where {spec.name}'s were due"
                 raise FatalError(msg)
             if kind == "rows":
-                yield from message[2]
+                yield message[2]
             elif kind == "table":
                 if overlap is not None:
                     overlap.recorded.extend(message[2])
@@ -319,8 +320,10 @@ class ReaderSource:
     overlap: OverlapFilter | None
     rows_in_snapshot: bool
 
-    def prepared(self, spec: TableSpec, _writer: BatchWriter) -> Iterator[PreparedRow | RefusedRow]:
-        return self.reader.rows(spec, self.overlap)
+    def chunks(
+        self, spec: TableSpec, _writer: BatchWriter
+    ) -> Iterator[Sequence[PreparedRow | RefusedRow]]:
+        return self.reader.chunks(spec, self.overlap)
 
     def keys_under(self, spec: TableSpec, parents: set[int]) -> set[Key]:
         return self.reader.keys_under(spec, parents)

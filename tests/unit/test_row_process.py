@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from producer.events import PreparedRow, RefusedRow, RowPreparer
 from producer.partitioning import CustomerPartitioner
-from producer.row_process import CHUNK, ReaderJob, RowReader
+from producer.row_process import CHUNK, ReaderJob, ReaderSource, RowReader
 from producer.sensitive import column_policy
 from producer.simulator import Simulator
 from producer.source_reader import SourceReader
@@ -123,6 +123,11 @@ def _local(settings: Settings, window: Window, overlap: OverlapFilter) -> dict[s
     return out
 
 
+def _flat(source: ReaderSource, spec: TableSpec) -> list[PreparedRow | RefusedRow]:
+    """``spec``'s prepared rows from a reader's snapshot, its chunks joined."""
+    return [row for chunk in source.chunks(spec, None) for row in chunk]  # type: ignore[arg-type]
+
+
 def _job(window: Window, overlap: OverlapFilter) -> ReaderJob:
     return ReaderJob(window, overlap)
 
@@ -136,7 +141,7 @@ def test_the_reader_prepares_what_this_process_prepares(source: Settings) -> Non
         got: dict[str, Any] = {}
         with reader.snapshot(_job(window, overlap)) as rows:
             for spec in TABLES:
-                got[spec.name] = list(rows.prepared(spec, None))  # type: ignore[arg-type]
+                got[spec.name] = _flat(rows, spec)
                 if spec.name == "orders":  # asked mid-stream, as the body does
                     got["lines"] = rows.keys_under(
                         TABLES_BY_NAME["order_details"], {1, 2, 3, 10**9}
@@ -157,7 +162,7 @@ def _first_rows(
     reader: RowReader, job: ReaderJob, spec: TableSpec
 ) -> list[PreparedRow | RefusedRow]:
     with reader.snapshot(job) as rows:
-        return list(rows.prepared(spec, None))  # type: ignore[arg-type]
+        return _flat(rows, spec)
 
 
 def test_a_body_that_fails_releases_the_snapshot_and_the_reader_serves_the_next(
@@ -167,7 +172,7 @@ def test_a_body_that_fails_releases_the_snapshot_and_the_reader_serves_the_next(
     reader = RowReader(source, PARTITIONS)
     try:
         with pytest.raises(ZeroDivisionError), reader.snapshot(_job(window, overlap)) as rows:
-            next(iter(rows.prepared(TABLES[0], None)))  # type: ignore[arg-type]
+            next(iter(rows.chunks(TABLES[0], None)))  # type: ignore[arg-type]
             _ = 1 / 0
         # Released: a writer can commit to the source now (SQLite would wait for a
         # reader's snapshot only to checkpoint, so ask the reader to read again instead).
@@ -207,7 +212,7 @@ def test_a_reader_that_dies_fails_the_attempt_and_is_replaced(source: Settings) 
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             for spec in TABLES:
-                list(rows.prepared(spec, None))  # type: ignore[arg-type]
+                _flat(rows, spec)
         fresh = OverlapFilter(window=window, seen=overlap.seen, keep_from=overlap.keep_from)
         assert _first_rows(reader, _job(window, fresh), TABLES[0])
     finally:
@@ -252,7 +257,7 @@ def test_the_reader_does_not_run_the_program_that_started_it(
         "window = Window(start=now, end=now, read_from=now)\n"
         "overlap = OverlapFilter(window=window, seen=frozenset(), keep_from=now)\n"
         "with reader.snapshot(ReaderJob(window, overlap)) as rows:\n"
-        "    print(sum(1 for t in TABLES for _ in rows.prepared(t, None)), 'rows')\n"
+        "    print(sum(len(c) for t in TABLES for c in rows.chunks(t, None)), 'rows')\n"
         "reader.close()\n"
     )
     done = subprocess.run(
