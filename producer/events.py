@@ -26,7 +26,7 @@ from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
 from schemas.avro import AvroCodec
-from schemas.avro.record_writer import wall_micros
+from schemas.avro.record_writer import wall_micros, wall_micros_in
 
 __all__ = [
     "STATE_KEY",
@@ -121,6 +121,7 @@ class RowPreparer:
         self._key_columns = spec.key
         self._resync = resync
         self._window_start_us = None if window_start is None else version_micros(window_start)
+        self._micros = wall_micros_in(zone)
 
     def _masked(self, changed: ChangedRow) -> Sequence[Any]:
         """The row's values with sensitive columns handled (a copy; key columns are never
@@ -149,14 +150,13 @@ class RowPreparer:
         # Masked before anything can fail: a row that cannot be encoded goes to a
         # dead-letter topic as it is here.
         values = self._masked(changed)
-        zone = self.zone
-        micros = wall_micros(values[layout.modified], zone)
+        micros = self._micros(values[layout.modified])
         if op is None:
             if self._resync:
                 op = "r"
             elif (
                 self._window_start_us is not None
-                and wall_micros(values[layout.created], zone) >= self._window_start_us
+                and self._micros(values[layout.created]) >= self._window_start_us
             ):
                 op = "c"
             else:

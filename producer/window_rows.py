@@ -28,7 +28,7 @@ from producer.source_reader import FrozenSnapshot
 from producer.watermark import DigestMemo, OverlapFilter, Window
 from queuestream.sync_schema import to_source_local
 from queuestream.tables import TableSpec
-from schemas.avro.record_writer import wall_micros
+from schemas.avro.record_writer import wall_micros, wall_micros_in
 
 __all__ = ["window_rows"]
 
@@ -58,11 +58,13 @@ def _filtered(
     alone (no key or digest made)."""
     layout = row_layout(spec)
     modified = layout.modified
+    micros = wall_micros_in(zone)
+    needs_digest_at = overlap.needs_digest_at
     for changed in rows:
         values = changed.values
         stamp = values[modified]
-        version_us = wall_micros(stamp, zone)
-        if not overlap.needs_digest_at(version_us) or _admitted(
+        version_us = micros(stamp)
+        if not needs_digest_at(version_us) or _admitted(
             spec, tuple(values[i] for i in layout.key), stamp, version_us, overlap, digests
         ):
             yield changed

@@ -26,7 +26,15 @@ from queuestream.errors import EncodingError
 from queuestream.tables import TABLES
 from schemas.avro import AvroCodec, row_schema
 from schemas.avro.envelope import EnvelopeEncoder
-from schemas.avro.record_writer import Unhandled, record_writer, values_writer, varint, wall_micros
+from schemas.avro.record_writer import (
+    Unhandled,
+    _timestamp_varint_writer,
+    record_writer,
+    values_writer,
+    varint,
+    wall_micros,
+    wall_micros_in,
+)
 from schemas.avro.schema_files import load_schema
 from tests.unit.test_codec import SOURCE as _SOURCE
 
@@ -234,6 +242,32 @@ def test_varint_is_fastavros_long(value: int) -> None:
     assert varint(value) == expected.getvalue()
 
 
+#: Microseconds since the epoch whose zig-zag varint changes length or its high bytes.
+_VARINT_EDGES = [(1 << k) // 2 + d for k in (28, 42, 56, 63) for d in (-2, -1, 0, 1)]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1),
+            st.integers(1_700_000_000_000_000, 1_900_000_000_000_000),  # our time
+            st.sampled_from(_VARINT_EDGES + [-v for v in _VARINT_EDGES]),
+        ),
+        max_size=50,
+    ),
+    st.booleans(),
+)
+def test_timestamps_close_together_are_written_as_varint_writes_them(
+    values: list[int], close: bool
+) -> None:
+    """The timestamp writer keeps the high bytes of the last one: whatever came before,
+    in order (as in a refresh) or not, each is written as :func:`varint` writes it."""
+    if close:
+        values = sorted(values)
+    write = _timestamp_varint_writer()
+    assert [write(v) for v in values] == [varint(v) for v in values]
+
+
 def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
     """fastavro raises OverflowError for it: an EncodingError like any other misfit."""
     moment = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -266,6 +300,8 @@ def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
 
 _WALL_ZONES = [
     UTC,
+    ZoneInfo("UTC"),  # one offset forever: the zone is not asked (wall_micros_in)
+    ZoneInfo("Etc/GMT+5"),
     ZoneInfo("America/New_York"),
     ZoneInfo("Europe/Berlin"),
     ZoneInfo("Australia/Lord_Howe"),  # a 30-minute daylight saving shift
@@ -319,6 +355,8 @@ def test_naive_wall_times_encode_as_their_aware_selves(
         value = row[name]
         if value is not None:
             assert wall_micros(value, zone) == wall_micros(aware[name], UTC)
+            assert wall_micros_in(zone)(value) == wall_micros(value, zone)
+            assert wall_micros_in(zone)(aware[name]) == wall_micros(aware[name], UTC)
             assert wall_micros(value, zone) == (aware[name] - datetime(1970, 1, 1, tzinfo=UTC)) // (
                 timedelta(microseconds=1)
             )
