@@ -18,7 +18,12 @@ import fastavro
 
 from queuestream.errors import EncodingError, SchemaError
 from schemas.avro.misfit import WRITE_ERRORS, find_misfit, not_a_number
-from schemas.avro.record_writer import Unhandled, record_writer, values_writer, varint
+from schemas.avro.record_writer import (
+    Unhandled,
+    record_writer,
+    values_writer,
+    varint,
+)
 from schemas.avro.schema_files import load_schema, row_schema
 
 __all__ = ["EnvelopeEncoder", "RowEncoder", "encode_long"]
@@ -229,6 +234,14 @@ class EnvelopeEncoder:
         self._published = b"\x02" + encode_long(published_ms)  # ts_ms: branch 1 (long)
         self._transaction = b"\x02" + _string(transaction_id)  # branch 1 (Transaction)
         self._ops = {op: _string(op) for op in ("c", "u", "d", "r")}
+        # A change event (``before`` null) as few parts: what stands before the row,
+        # between it and source.ts_ms, and after that up to the two orders, per op.
+        self._change_head = header + _NULL_THEN_ROW[0]
+        self._change_middle = _NULL_THEN_ROW[1] + self._source_prefix
+        self._change_tails = {
+            op: self._source_suffix + written + self._published + self._transaction
+            for op, written in self._ops.items()
+        }
 
     def encode(
         self,
@@ -251,9 +264,18 @@ class EnvelopeEncoder:
         total_order: int,
         data_collection_order: int,
     ) -> bytes:
-        """:meth:`encode` of a row given as the bytes :meth:`encode_row` returned."""
-        return self._envelope(
-            _NULL_THEN_ROW, row, op, source_ts_ms, total_order, data_collection_order
+        """:meth:`encode` of a row given as the bytes :meth:`encode_row` returned: what
+        :meth:`_envelope` writes, from parts joined once per refresh."""
+        return b"".join(
+            (
+                self._change_head,
+                row,
+                self._change_middle,
+                varint(source_ts_ms),
+                self._change_tails[op],
+                varint(total_order),
+                varint(data_collection_order),
+            )
         )
 
     def encode_delete(

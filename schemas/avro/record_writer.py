@@ -26,7 +26,7 @@ forever (UTC, ``Etc/GMT+5``) the zone is not asked at all (:func:`wall_micros_in
 
 A refresh's timestamps lie close together, and a timestamp's varint is eight bytes
 whose last four change every 134 seconds: each writer keeps those of the last
-timestamp it wrote (:func:`_timestamp_varint_writer`).
+timestamp it wrote (:func:`timestamp_varint_writer`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "Unhandled",
     "ValuesWriter",
     "record_writer",
+    "timestamp_varint_writer",
     "values_writer",
     "varint",
     "wall_micros",
@@ -168,7 +169,7 @@ def _int(value: Any) -> bytes:
     return varint(value)
 
 
-def _timestamp_varint_writer() -> Callable[[int], bytes]:
+def timestamp_varint_writer() -> Callable[[int], bytes]:
     """:func:`varint` for timestamps that lie close together: the varint of a timestamp
     of our time is eight bytes (zig-zagged, below 2**56), whose last four stand for its
     bits from 28 up and change every 134 seconds. The last ones written are kept, as
@@ -191,7 +192,7 @@ def _timestamp_varint_writer() -> Callable[[int], bytes]:
 
 def _timestamp_writer() -> Callable[[Any], bytes]:
     """timestamp-micros from an aware datetime, as fastavro computes it."""
-    write_varint = _timestamp_varint_writer()
+    write_varint = timestamp_varint_writer()
 
     def write(value: Any) -> bytes:
         if type(value) is not datetime or value.tzinfo is None:
@@ -248,7 +249,7 @@ def wall_micros(value: datetime, zone: tzinfo) -> int:
 def _wall_timestamp_writer(zone: tzinfo) -> Callable[[Any], bytes]:
     """timestamp-micros from an aware datetime, or a naive one as wall time in ``zone``."""
     utcoffset = zone.utcoffset
-    write_varint = _timestamp_varint_writer()
+    write_varint = timestamp_varint_writer()
     fixed = _fixed_offset(zone)
     base = None if fixed is None else _NAIVE_EPOCH + fixed
 

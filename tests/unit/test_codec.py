@@ -16,6 +16,8 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from queuestream.errors import ConfigurationError, DecodeError, EncodingError, RetriableError
 from queuestream.tables import TABLES
@@ -161,6 +163,44 @@ def test_envelope_encoder_is_byte_identical_to_a_full_encode() -> None:
     assert fast.encode(row, "u", 1_795_000_000_123, 70_000, 3) == expected
     row_bytes = fast.encode_row(row)
     assert fast.encode_from_row_bytes(row_bytes, "u", 1_795_000_000_123, 70_000, 3) == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["c", "u", "r"]),
+            st.one_of(
+                st.integers(1_795_000_000_000, 1_795_000_600_000),  # a refresh's, close
+                st.integers(-(2**62), 2**62),
+            ),
+            st.integers(1, 2**40),
+            st.integers(1, 2**40),
+        ),
+        max_size=8,
+    ),
+)
+def test_change_events_one_after_another_are_byte_identical_to_full_encodes(
+    events: list[tuple[str, int, int, int]],
+) -> None:
+    """Change events written from parts joined once per refresh, one after another: each
+    is what encoding the whole envelope writes."""
+    fast = codec.envelope_encoder(
+        "orders", SOURCE, published_ms=1_795_000_000_000, transaction_id="r-1"
+    )
+    row = _order(TrackingNumber1="1Z999")
+    row_bytes = fast.encode_row(row)
+    for op, ts_ms, total, order in events:
+        full = {
+            "before": None,
+            "after": row,
+            "op": op,
+            "ts_ms": 1_795_000_000_000,
+            "source": {**SOURCE, "ts_ms": ts_ms},
+            "transaction": {"id": "r-1", "total_order": total, "data_collection_order": order},
+        }
+        written = fast.encode_from_row_bytes(row_bytes, op, ts_ms, total, order)
+        assert written == codec.encode("orders", "value", full)
 
 
 @pytest.mark.parametrize("table", [t.name for t in TABLES])

@@ -28,8 +28,8 @@ from schemas.avro import AvroCodec, row_schema
 from schemas.avro.envelope import EnvelopeEncoder
 from schemas.avro.record_writer import (
     Unhandled,
-    _timestamp_varint_writer,
     record_writer,
+    timestamp_varint_writer,
     values_writer,
     varint,
     wall_micros,
@@ -256,15 +256,19 @@ _VARINT_EDGES = [(1 << k) // 2 + d for k in (28, 42, 56, 63) for d in (-2, -1, 0
         max_size=50,
     ),
     st.booleans(),
+    st.integers(12_600_000, 14_200_000),
+    st.lists(st.integers(-3, 3), max_size=10),
 )
 def test_timestamps_close_together_are_written_as_varint_writes_them(
-    values: list[int], close: bool
+    values: list[int], close: bool, change: int, around: list[int]
 ) -> None:
     """The timestamp writer keeps the high bytes of the last one: whatever came before,
-    in order (as in a refresh) or not, each is written as :func:`varint` writes it."""
+    in order (as in a refresh) or not, each is written as :func:`varint` writes it. The
+    kept bytes change every 2**27 microseconds: ``around`` lie either side of one."""
+    values = values + [change * (1 << 27) + d for d in around]
     if close:
         values = sorted(values)
-    write = _timestamp_varint_writer()
+    write = timestamp_varint_writer()
     assert [write(v) for v in values] == [varint(v) for v in values]
 
 
