@@ -88,6 +88,10 @@ _MORE = tuple(bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(_SMALL)
 #: Varints of 0 .. _INLINE - 1 (ids and counts), which generated code looks up inline.
 _INLINE = 1 << 16
 _POSITIVE = tuple(_varint_slow(n << 1) for n in range(_INLINE))
+#: A string's length as its varint (below _SMALL // 2), and after a union's branch 1,
+#: which generated code looks up inline.
+_LENGTHS = tuple(_varint_slow(n << 1) for n in range(_SMALL // 2))
+_BRANCH_LENGTHS = tuple(b"\x02" + length for length in _LENGTHS)
 
 
 def varint(value: int) -> bytes:
@@ -145,6 +149,7 @@ def _decimal_writer(precision: int, scale: int) -> Callable[[Any], bytes]:
         written[text] = found
         return found
 
+    write.kept = written  # type: ignore[attr-defined]  # looked up inline (_inline_decimal)
     return write
 
 
@@ -330,10 +335,55 @@ def values_writer(
     return cast("ValuesWriter | None", _generate(schema, wall_zone, positions))
 
 
+def _inline_string(part: str, nullable: bool) -> list[str]:
+    """Statements writing the string ``v`` into ``part`` as :func:`_string` does (behind
+    the union's branch when ``nullable``), without calling it: a row has up to 14."""
+    lengths, branch = ("_BRANCH_LENGTHS", "b'\\x02' + ") if nullable else ("_LENGTHS", "")
+    lines = []
+    if nullable:
+        lines += ["    if v is None:", f"        {part} = b'\\x00'", "    elif type(v) is str:"]
+    else:
+        lines.append("    if type(v) is str:")
+    lines += [
+        "        d = v.encode()",
+        "        n = len(d)",
+        f"        {part} = ({lengths}[n] if n < {_SMALL // 2} else {branch}varint(n)) + d",
+        "    else:",
+        f"        {part} = {branch}_string(v)",
+    ]
+    return lines
+
+
+def _inline_decimal(part: str, name: str, nullable: bool) -> list[str]:
+    """Statements writing the decimal ``v`` into ``part``: looked up among the ones its
+    writer ``name`` wrote (by its text, as that writer keeps them), written by it if not
+    there (its bytes are never empty), without calling it for an amount it wrote."""
+    branch = "b'\\x02' + " if nullable else ""
+    lines = []
+    if nullable:
+        lines += ["    if v is None:", f"        {part} = b'\\x00'", "    elif type(v) is Decimal:"]
+    else:
+        lines.append("    if type(v) is Decimal:")
+    lines += [
+        f"        {part} = {branch}({name}_kept.get(str(v)) or {name}(v))",
+        "    else:",
+        f"        {part} = {branch}{name}(v)",
+    ]
+    return lines
+
+
 def _generate(
     schema: Mapping[str, Any], wall_zone: tzinfo | None, positions: Mapping[str, int] | None
 ) -> Callable[[Any], bytes] | None:
-    names: dict[str, Any] = {"Unhandled": Unhandled, "_POSITIVE": _POSITIVE, "_int": _int}
+    names: dict[str, Any] = {
+        "Unhandled": Unhandled,
+        "_POSITIVE": _POSITIVE,
+        "_int": _int,
+        "_LENGTHS": _LENGTHS,
+        "_BRANCH_LENGTHS": _BRANCH_LENGTHS,
+        "varint": varint,
+        "Decimal": Decimal,
+    }
     lines = ["def write(row):"]
     if positions is None:
         lines.append("    get = row.get")
@@ -360,7 +410,13 @@ def _generate(
             f"get({field['name']!r})" if positions is None else f"row[{positions[field['name']]}]"
         )
         lines.append(f"    v = {read}")
-        lines.append(f"    p{number} = {write}")
+        if name == "_string":
+            lines += _inline_string(f"p{number}", nullable)
+        elif name.startswith("_decimal_"):
+            names[f"{name}_kept"] = function.kept  # type: ignore[attr-defined]
+            lines += _inline_decimal(f"p{number}", name, nullable)
+        else:
+            lines.append(f"    p{number} = {write}")
         parts.append(f"p{number}")
     lines.append(f"    return b''.join(({', '.join(parts)},))")
     source = "\n".join(lines)
