@@ -37,19 +37,6 @@ def _plain_postgres_columns(cursor: Any) -> bool:
     return description is not None and all(c.type_code in _PLAIN_OIDS for c in description)
 
 
-def _changed_row_factory(layout: RowLayout) -> Any:
-    """A psycopg row factory that makes each row a :class:`ChangedRow` (CustomerID last)."""
-
-    def factory(_cursor: Any) -> Any:
-        def make(values: Any) -> ChangedRow:
-            customer = values[-1]
-            return ChangedRow(values, 0 if customer is None else int(customer), layout)
-
-        return make
-
-    return factory
-
-
 def _check_columns(names: list[str], layout: RowLayout) -> None:
     """A query's columns are the layout's, then CustomerID (as :meth:`FrozenSnapshot._select`
     puts them)."""
@@ -83,20 +70,26 @@ def open_cursor(conn: sa.Connection, query: sa.Select[Any]) -> Any:
 
 
 def read(conn: sa.Connection, cursor: Any, layout: RowLayout, fetch: int) -> Iterator[ChangedRow]:
-    """The rows of a cursor from :func:`open_cursor`, ``fetch`` at a time; it is closed
-    at the end."""
+    """The rows of a cursor from :func:`open_cursor` as ChangedRows (CustomerID last, 0
+    where it is NULL: an order line whose order is gone), ``fetch`` at a time; it is
+    closed at the end. Made a chunk at a time, not by a row factory called for each."""
     check_columns([c.name for c in cursor.description], layout)
-    cursor.row_factory = _changed_row_factory(layout)
-    return read_tuples(conn, cursor, fetch)
+    for chunk in _chunks(conn, cursor, fetch):
+        yield from [ChangedRow(v, 0 if v[-1] is None else int(v[-1]), layout) for v in chunk]
 
 
-def read_tuples(conn: sa.Connection, cursor: Any, fetch: int) -> Iterator[Any]:
-    """The rows of a cursor from :func:`open_cursor` as its row factory makes them (tuples
-    unless set), ``fetch`` at a time; it is closed at the end."""
+def read_tuples(conn: sa.Connection, cursor: Any, fetch: int) -> Iterator[tuple[Any, ...]]:
+    """The rows of a cursor from :func:`open_cursor`, ``fetch`` at a time; it is closed at
+    the end."""
+    for chunk in _chunks(conn, cursor, fetch):
+        yield from chunk
+
+
+def _chunks(conn: sa.Connection, cursor: Any, fetch: int) -> Iterator[list[tuple[Any, ...]]]:
     try:
         with driver_errors(conn, "FETCH"):
             while chunk := cursor.fetchmany(fetch):
-                yield from chunk
+                yield chunk
     finally:
         with suppress(conn.dialect.loaded_dbapi.Error):
             cursor.close()  # not sent when the connection or its transaction failed
