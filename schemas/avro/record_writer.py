@@ -335,23 +335,26 @@ def values_writer(
     return cast("ValuesWriter | None", _generate(schema, wall_zone, positions))
 
 
+def _when_a(part: str, kind: str, nullable: bool) -> list[str]:
+    """The opening of inline statements for a value ``v`` of type ``kind``: a null (when
+    ``nullable``) written as the union's branch 0, then the test for ``kind``."""
+    if not nullable:
+        return [f"    if type(v) is {kind}:"]
+    return ["    if v is None:", f"        {part} = b'\\x00'", f"    elif type(v) is {kind}:"]
+
+
 def _inline_string(part: str, nullable: bool) -> list[str]:
     """Statements writing the string ``v`` into ``part`` as :func:`_string` does (behind
     the union's branch when ``nullable``), without calling it: a row has up to 14."""
     lengths, branch = ("_BRANCH_LENGTHS", "b'\\x02' + ") if nullable else ("_LENGTHS", "")
-    lines = []
-    if nullable:
-        lines += ["    if v is None:", f"        {part} = b'\\x00'", "    elif type(v) is str:"]
-    else:
-        lines.append("    if type(v) is str:")
-    lines += [
+    return [
+        *_when_a(part, "str", nullable),
         "        d = v.encode()",
         "        n = len(d)",
         f"        {part} = ({lengths}[n] if n < {_SMALL // 2} else {branch}varint(n)) + d",
         "    else:",
         f"        {part} = {branch}_string(v)",
     ]
-    return lines
 
 
 def _inline_decimal(part: str, name: str, nullable: bool) -> list[str]:
@@ -359,17 +362,12 @@ def _inline_decimal(part: str, name: str, nullable: bool) -> list[str]:
     writer ``name`` wrote (by its text, as that writer keeps them), written by it if not
     there (its bytes are never empty), without calling it for an amount it wrote."""
     branch = "b'\\x02' + " if nullable else ""
-    lines = []
-    if nullable:
-        lines += ["    if v is None:", f"        {part} = b'\\x00'", "    elif type(v) is Decimal:"]
-    else:
-        lines.append("    if type(v) is Decimal:")
-    lines += [
+    return [
+        *_when_a(part, "Decimal", nullable),
         f"        {part} = {branch}({name}_kept.get(str(v)) or {name}(v))",
         "    else:",
         f"        {part} = {branch}{name}(v)",
     ]
-    return lines
 
 
 def _generate(

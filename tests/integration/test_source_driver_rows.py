@@ -13,7 +13,6 @@ through SQLAlchemy.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,17 +21,19 @@ import sqlalchemy as sa
 
 from producer import source_reader
 from producer.changed_rows import ChangedRow
-from producer.simulator import Simulator
 from producer.source_reader import FrozenSnapshot, SourceReader
 from queuestream.databases import create_engine
 from queuestream.errors import DatabaseUnavailableError
 from queuestream.settings import Settings, load_settings
-from queuestream.sync_schema import Base
 from queuestream.tables import TABLES, TABLES_BY_NAME
+from tests.source_readings import (
+    ALL_TIME,
+    both_readings,
+    simulate_with_an_orphaned_line,
+    typed,
+)
 
 pytestmark = pytest.mark.postgres
-
-ALL_TIME = (datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(days=2))
 
 
 @pytest.fixture
@@ -40,52 +41,22 @@ def source(postgres_url: str) -> Iterator[Settings]:
     settings = load_settings(None, source_url=postgres_url, source_timezone="America/Chicago")
     engine = create_engine(postgres_url, writer=True)
     try:
-        Simulator(engine, settings.zone, seed=11).run(600, per_transaction=40)
-        orders = Base.metadata.tables["Orders"]
-        details = Base.metadata.tables["OrderDetails"]
-        with engine.begin() as conn:  # an order line whose order is gone
-            gone = conn.execute(sa.select(sa.func.min(details.c.OrderID))).scalar_one()
-            conn.execute(orders.delete().where(orders.c.OrderID == gone))
+        simulate_with_an_orphaned_line(engine, settings.zone, 600)
     finally:
         engine.dispose()
     yield settings
 
 
-def _readings(snapshot: FrozenSnapshot) -> dict[str, list[ChangedRow]]:
-    found: dict[str, list[ChangedRow]] = {}
-    for spec in TABLES:
-        found[spec.name] = list(snapshot.changed_rows(spec, *ALL_TIME))
-        found[f"{spec.name} after"] = snapshot.rows_after(spec, (1, 0), 50)
-    return found
-
-
-def _typed(rows: list[ChangedRow]) -> list[tuple[Any, ...]]:
-    """Every value with its type: a str where a Decimal was is a difference."""
-    return [
-        (changed.customer_id, tuple((k, type(v), v) for k, v in changed.row.items()))
-        for changed in rows
-    ]
-
-
 def _both(settings: Settings) -> tuple[dict[str, list[ChangedRow]], dict[str, list[ChangedRow]]]:
     """Each reading of the same snapshot: through psycopg's cursor, then SQLAlchemy's."""
-    reader = SourceReader(create_engine(settings.source_url), settings)
-    try:
-        with reader.frozen() as snapshot:
-            assert snapshot._psycopg  # the driver's cursor is the default here
-            driver = _readings(snapshot)
-            snapshot._psycopg = False
-            alchemy = _readings(snapshot)
-    finally:
-        reader.engine.dispose()
-    return driver, alchemy
+    return both_readings(settings, "_psycopg")
 
 
 def test_the_driver_reads_what_sqlalchemy_reads(source: Settings) -> None:
     driver, alchemy = _both(source)
     assert driver.keys() == alchemy.keys()
     for name in driver:
-        assert _typed(driver[name]) == _typed(alchemy[name]), name
+        assert typed(driver[name]) == typed(alchemy[name]), name
     lines = driver["order_details"]
     assert len(lines) > 100
     assert any(changed.customer_id == 0 for changed in lines)  # the orphaned line
@@ -132,7 +103,7 @@ def test_a_column_of_another_type_is_read_through_sqlalchemy(source: Settings) -
     payments = driver["payments"]
     assert payments
     assert all(type(changed.row["Amount"]) is Decimal for changed in payments)
-    assert _typed(payments) == _typed(alchemy["payments"])
+    assert typed(payments) == typed(alchemy["payments"])
 
 
 def test_a_connection_broken_mid_read_is_an_outage(

@@ -272,33 +272,7 @@ def test_timestamps_close_together_are_written_as_varint_writes_them(
     assert [write(v) for v in values] == [varint(v) for v in values]
 
 
-def test_an_amount_equal_to_one_written_but_finer_is_refused_as_fastavro_refuses_it() -> None:
-    """The generated writer looks an amount up among those it wrote by its text: 1.500 is
-    not 1.5, which was written (scale 2), but a finer scale, which fastavro refuses."""
-    moment = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
-    row: dict[str, Any] = {
-        "PaymentID": 1,
-        "CustomerID": 3,
-        "OrderID": 10,
-        "PaymentTypeID": 1,
-        "PaymentDate": moment,
-        "Amount": Decimal("18.68"),
-        "CurrencyCode": "usd",
-        "AuthorizationCode": None,
-        "Memo": None,
-        "CreatedDate": moment,
-        "ModifiedDate": moment,
-    }
-    fast = _codec.envelope_encoder("payments", _SOURCE, 0, "r")
-    for amount in ("1.5", "1.500", "1.50", "-0.00", "0.000"):
-        row["Amount"] = Decimal(amount)
-        assert _outcome(fast.encode_row, row) == _outcome(_reference("payments").encode_row, row)
-    row["Amount"] = Decimal("1.500")
-    assert _outcome(fast.encode_row, row)[0] == "refused"
-
-
-def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
-    """fastavro raises OverflowError for it: an EncodingError like any other misfit."""
+def _payment(**changes: Any) -> dict[str, Any]:
     moment = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
     row: dict[str, Any] = {
         "PaymentID": 7,
@@ -313,6 +287,24 @@ def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
         "CreatedDate": moment,
         "ModifiedDate": moment,
     }
+    return {**row, **changes}
+
+
+def test_an_amount_equal_to_one_written_but_finer_is_refused_as_fastavro_refuses_it() -> None:
+    """The generated writer looks an amount up among those it wrote by its text: 1.500 is
+    not 1.5, which was written (scale 2), but a finer scale, which fastavro refuses."""
+    row = _payment()
+    fast = _codec.envelope_encoder("payments", _SOURCE, 0, "r")
+    for amount in ("1.5", "1.500", "1.50", "-0.00", "0.000"):
+        row["Amount"] = Decimal(amount)
+        assert _outcome(fast.encode_row, row) == _outcome(_reference("payments").encode_row, row)
+    row["Amount"] = Decimal("1.500")
+    assert _outcome(fast.encode_row, row)[0] == "refused"
+
+
+def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
+    """fastavro raises OverflowError for it: an EncodingError like any other misfit."""
+    row = _payment()
     assert _outcome(_FAST["payments"].encode_row, row)[0] == "bytes"
     row["PaymentID"] = 2**64
     with pytest.raises(EncodingError) as refused:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,18 @@ from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
 
 from producer import source_reader, sqlite_rows
-from producer.changed_rows import ChangedRow, RowLayout
-from producer.simulator import Simulator
-from producer.source_reader import FrozenSnapshot, SourceReader
+from producer.changed_rows import RowLayout
+from producer.source_reader import SourceReader
 from queuestream.databases import create_engine
 from queuestream.errors import DatabaseUnavailableError
 from queuestream.settings import Settings, load_settings
-from queuestream.sync_schema import Base
-from queuestream.tables import TABLES, TABLES_BY_NAME
-
-ALL_TIME = (datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(days=2))
+from queuestream.tables import TABLES_BY_NAME
+from tests.source_readings import (
+    ALL_TIME,
+    both_readings,
+    simulate_with_an_orphaned_line,
+    typed,
+)
 
 
 @pytest.fixture
@@ -42,12 +43,8 @@ def source(tmp_path: Path) -> Iterator[Settings]:
     settings = load_settings(None, source_url=url, source_timezone="America/Chicago")
     engine = create_engine(url, writer=True)
     try:
-        Simulator(engine, settings.zone, seed=11).run(400, per_transaction=40)
-        orders = Base.metadata.tables["Orders"]
-        details = Base.metadata.tables["OrderDetails"]
+        simulate_with_an_orphaned_line(engine, settings.zone, 400)
         with engine.begin() as conn:
-            gone = conn.execute(sa.select(sa.func.min(details.c.OrderID))).scalar_one()
-            conn.execute(orders.delete().where(orders.c.OrderID == gone))
             # Amounts as a writer other than SQLAlchemy may leave them: text, an integer,
             # a float with more digits than the scale; and a name that is not UTF-8.
             conn.exec_driver_sql(
@@ -64,22 +61,6 @@ def source(tmp_path: Path) -> Iterator[Settings]:
     yield settings
 
 
-def _readings(snapshot: FrozenSnapshot) -> dict[str, list[ChangedRow]]:
-    found: dict[str, list[ChangedRow]] = {}
-    for spec in TABLES:
-        found[spec.name] = list(snapshot.changed_rows(spec, *ALL_TIME))
-        found[f"{spec.name} after"] = snapshot.rows_after(spec, (1, 0), 50)
-    return found
-
-
-def _typed(rows: list[ChangedRow]) -> list[tuple[Any, ...]]:
-    """Every value with its type: a str where a Decimal was is a difference."""
-    return [
-        (changed.customer_id, tuple((k, type(v), v) for k, v in changed.row.items()))
-        for changed in rows
-    ]
-
-
 @pytest.mark.parametrize("fetch", [7, 5000])
 def test_the_driver_reads_what_sqlalchemy_reads(
     source: Settings, fetch: int, monkeypatch: pytest.MonkeyPatch
@@ -87,18 +68,10 @@ def test_the_driver_reads_what_sqlalchemy_reads(
     """With 7 rows a fetch, the row that is not UTF-8 comes after some were given: the
     query read again skips them."""
     monkeypatch.setattr(source_reader, "_FETCH", fetch)
-    reader = SourceReader(create_engine(source.source_url), source)
-    try:
-        with reader.frozen() as snapshot:
-            assert snapshot._sqlite  # the driver's cursor is the default here
-            driver = _readings(snapshot)
-            snapshot._sqlite = False
-            alchemy = _readings(snapshot)
-    finally:
-        reader.engine.dispose()
+    driver, alchemy = both_readings(source, "_sqlite")
     assert driver.keys() == alchemy.keys()
     for name in driver:
-        assert _typed(driver[name]) == _typed(alchemy[name]), name
+        assert typed(driver[name]) == typed(alchemy[name]), name
     lines = driver["order_details"]
     assert any(changed.customer_id == 0 for changed in lines)  # the orphaned line
     first = [changed.row for changed in lines if changed.row["OrderLine"] == 1]
