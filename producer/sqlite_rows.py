@@ -37,8 +37,7 @@ __all__ = ["read"]
 
 #: Makes the ChangedRows of a chunk of the driver's rows.
 Converter = Callable[[Sequence[tuple[Any, ...]]], list[ChangedRow]]
-
-
+#: Execution options under which SQLAlchemy reads no row ahead of the driver's cursor.
 _UNBUFFERED = {"stream_results": False, "yield_per": None}
 #: What sqlite3 says of text it cannot decode as UTF-8 with ``text_factory`` str.
 _NOT_UTF8 = "Could not decode to UTF-8"
