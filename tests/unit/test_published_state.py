@@ -5,11 +5,14 @@ the producer's last committed batch (otherwise rebuilt from the changelog)."""
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producer import published_state
 from producer.published_state import PublishedState, state_path
@@ -149,22 +152,34 @@ def test_open_uses_the_cache_only_when_it_reflects_the_last_batch(
     assert state_path(settings).exists()
 
 
-def test_a_cache_of_the_older_layout_is_rebuilt_in_the_new_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+_LAYOUT_0_7_1 = (
+    "CREATE TABLE published (tbl TEXT NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL,"
+    " version INTEGER NOT NULL, customer INTEGER NOT NULL, row BLOB NOT NULL,"
+    " PRIMARY KEY (tbl, k1, k2)) WITHOUT ROWID;"
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "INSERT INTO meta VALUES ('refresh_id', 'r9');"
+)
+_LAYOUT_0_7_2 = (
+    "CREATE TABLE published (tbl TEXT NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL,"
+    " version INTEGER NOT NULL, customer INTEGER NOT NULL, row BLOB NOT NULL,"
+    " PRIMARY KEY (tbl, k1, k2));"
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "INSERT INTO meta VALUES ('refresh_id', 'r9'), ('layout', '2');"
+)
+
+
+@pytest.mark.parametrize("older", [_LAYOUT_0_7_1, _LAYOUT_0_7_2], ids=["0.7.1", "0.7.2"])
+def test_a_cache_of_an_older_layout_is_rebuilt_in_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, older: str
 ) -> None:
-    """0.7.1's file (``published`` WITHOUT ROWID, no layout noted) holding the last
-    batch is rebuilt from the changelog, into a rowid table (writes cost half)."""
+    """0.7.1's file (``published`` WITHOUT ROWID, no layout noted) or 0.7.2's (a rowid
+    table, layout 2), holding the last batch, is rebuilt from the changelog into a table
+    per contract table keyed by the packed key (a write is one B-tree's)."""
     settings = _settings(tmp_path)
     path = state_path(settings)
     path.parent.mkdir(parents=True)
     old = sqlite3.connect(path)
-    old.executescript(
-        "CREATE TABLE published (tbl TEXT NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL,"
-        " version INTEGER NOT NULL, customer INTEGER NOT NULL, row BLOB NOT NULL,"
-        " PRIMARY KEY (tbl, k1, k2)) WITHOUT ROWID;"
-        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
-        "INSERT INTO meta VALUES ('refresh_id', 'r9');"
-    )
+    old.executescript(older)
     old.commit()
     old.close()
     records: list[tuple[bytes, bytes | None]] = [(record_key("orders", (1, 0)), _row(1).encode())]
@@ -174,12 +189,49 @@ def test_a_cache_of_the_older_layout_is_rebuilt_in_the_new_one(
     assert state.get("orders", [(1, 0)]) == {(1, 0): _row(1)}  # read from the changelog
     state.close()
     found = sqlite3.connect(path)
-    [sql] = found.execute("SELECT sql FROM sqlite_master WHERE name = 'published'").fetchone()
+    tables = {name for (name,) in found.execute("SELECT name FROM sqlite_master")}
     found.close()
-    assert "WITHOUT ROWID" not in sql.upper()
+    assert "published" not in tables
+    assert "orders_state" in tables
     # Used as it is from now on.
     monkeypatch.setattr(published_state, "read_changelog", lambda _s: pytest.fail("rebuilt"))
     PublishedState.open(settings, "r9").close()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-(2**31), 2**31 - 1),
+            st.sampled_from([-(2**31), -1, 0, 1, 2**31 - 1]) | st.integers(-(2**31), 2**31 - 1),
+        ),
+        min_size=1,
+        max_size=30,
+        unique=True,
+    ),
+    st.data(),
+)
+@settings(max_examples=60, deadline=None)
+def test_keys_at_the_ends_of_32_bits_keep_their_order_and_their_children(
+    keys: list[tuple[int, int]], data: st.DataObject
+) -> None:
+    """A key is packed into one integer: any two 32-bit columns come back as they went in,
+    in (k1, k2) order between any two keys, and an order's lines are found by k1."""
+    with tempfile.TemporaryDirectory() as folder:
+        state = PublishedState(Path(folder) / "s.sqlite")
+        state.begin()
+        for n, key in enumerate(keys):
+            state.put("order_details", key, _row(n))
+        state.commit("r")
+        ordered = sorted(keys)
+        assert [k for k, _ in state.between("order_details", None, None)] == ordered
+        low, high = sorted(data.draw(st.sampled_from(ordered)) for _ in range(2))
+        assert [k for k, _ in state.between("order_details", low, high)] == [
+            k for k in ordered if low < k <= high
+        ]
+        parents = data.draw(st.sets(st.sampled_from([k[0] for k in keys] + [0, -1, 2**31 - 1])))
+        assert state.children_keys("order_details", parents) == {k for k in keys if k[0] in parents}
+        assert state.get("order_details", keys) == {k: _row(n) for n, k in enumerate(keys)}
+        state.close()
 
 
 def test_record_keys_round_trip() -> None:
