@@ -33,8 +33,10 @@ from producer.state_changelog import (
     SWEEP_KEY,
     Key,
     Published,
+    packed_key,
     parse_record_key,
     read_changelog,
+    unpacked_key,
 )
 from queuestream.errors import ConfigurationError
 from queuestream.settings import Settings
@@ -45,7 +47,8 @@ __all__ = ["PublishedState", "state_path"]
 log = logging.getLogger(__name__)
 
 #: One table per contract table, keyed by the row's key packed into SQLite's integer
-#: key (:func:`_packed`): a write is one B-tree's, with no index beside it.
+#: key (:func:`~producer.state_changelog.packed_key`): a write is one B-tree's, with no
+#: index beside it.
 _SCHEMA = (
     "".join(
         f"CREATE TABLE IF NOT EXISTS {spec.name}_state (key INTEGER PRIMARY KEY, "
@@ -63,21 +66,9 @@ _FLUSH_EVERY = 5000
 #: table with (tbl, k1, k2) as an index. Before: the same WITHOUT ROWID, whose rows (the
 #: row's bytes, a few hundred) are too large for that (8.5 against 4.3 µs a row).
 _LAYOUT = "3"
-#: k2's offset in a packed key: k2 runs from -2**31, so that the packing keeps the order.
-_K2 = 1 << 31
 #: SQLite's page cache (KiB): a refresh writes keys in no order, all over the file.
 _CACHE_KIB = 32_768
 _IN_CHUNK = 500  # keys per IN (...) list
-
-
-def _packed(key: Key) -> int:
-    """A state key as one signed 64-bit integer in the same order: both columns are the
-    contract's 32-bit ints."""
-    return (key[0] << 32) + key[1] + _K2
-
-
-def _unpacked(packed: int) -> Key:
-    return (packed >> 32, (packed & 0xFFFF_FFFF) - _K2)
 
 
 def _table(table: str) -> str:
@@ -186,7 +177,7 @@ class PublishedState:
         """The entries of ``keys`` that the state holds."""
         self._flush()
         found: dict[Key, Published] = {}
-        wanted = [_packed(key) for key in keys]
+        wanted = [packed_key(key) for key in keys]
         for start in range(0, len(wanted), _IN_CHUNK):
             part = wanted[start : start + _IN_CHUNK]
             query = (
@@ -194,7 +185,7 @@ class PublishedState:
                 f"WHERE key IN ({','.join('?' for _ in part)})"
             )
             for key, version, customer, row in self._db.execute(query, part):
-                found[_unpacked(key)] = Published(version, customer, row)
+                found[unpacked_key(key)] = Published(version, customer, row)
         return found
 
     def children_keys(self, table: str, parents: Iterable[int]) -> set[Key]:
@@ -209,9 +200,12 @@ class PublishedState:
                 f"SELECT t.key FROM (VALUES {','.join('(?, ?)' for _ in part)}) AS b "
                 f"JOIN {_table(table)} AS t ON t.key BETWEEN b.column1 AND b.column2"
             )
-            # The packed keys of (parent, -2**31) .. (parent, 2**31 - 1): within 64 bits.
-            bounds = [b for parent in part for b in (parent << 32, (parent << 32) + 0xFFFF_FFFF)]
-            found.update(_unpacked(key) for (key,) in self._db.execute(query, bounds))
+            bounds = [
+                packed_key(bound)
+                for parent in part
+                for bound in ((parent, -(1 << 31)), (parent, (1 << 31) - 1))
+            ]
+            found.update(unpacked_key(key) for (key,) in self._db.execute(query, bounds))
         return found
 
     def between(
@@ -223,12 +217,12 @@ class PublishedState:
         params: list[Any] = []
         if after is not None:
             query += " AND key > ?"
-            params.append(_packed(after))
+            params.append(packed_key(after))
         if upto is not None:
             query += " AND key <= ?"
-            params.append(_packed(upto))
+            params.append(packed_key(upto))
         for key, version, customer, row in self._db.execute(query + " ORDER BY key", params):
-            yield _unpacked(key), Published(version, customer, row)
+            yield unpacked_key(key), Published(version, customer, row)
 
     # -- writing ------------------------------------------------------------------------
     def begin(self) -> None:
@@ -244,12 +238,12 @@ class PublishedState:
     def put_row(self, table: str, key: Key, version: int, customer: int, row: bytes) -> None:
         """:meth:`put` of a Published given as its parts."""
         pending = self._pending
-        pending.append((_PUT[table], (_packed(key), version, customer, row)))
+        pending.append((_PUT[table], (packed_key(key), version, customer, row)))
         if len(pending) >= _FLUSH_EVERY:
             self._hand_over()
 
     def delete(self, table: str, key: Key) -> None:
-        self._pending.append((_DELETE[table], (_packed(key),)))
+        self._pending.append((_DELETE[table], (packed_key(key),)))
 
     def set_meta(self, name: str, value: str) -> None:
         self._flush()

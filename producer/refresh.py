@@ -44,7 +44,7 @@ from producer.row_process import CHUNK, ReaderJob, RowReader
 from producer.sensitive import column_policy
 from producer.source_names import source_database, source_schema
 from producer.source_reader import SourceReader
-from producer.state_changelog import Key, state_topic
+from producer.state_changelog import Key, packed_key, state_topic
 from producer.watermark import (
     DigestMemo,
     OverlapFilter,
@@ -77,11 +77,6 @@ Rows = Callable[[TableSpec], Iterator[ChangedRow]]
 #: Tables whose rows belong to a row of another, keyed by it first: when the parent
 #: is in a refresh, the children the state holds but the source lacks are deleted.
 CHILDREN = {"order_details": "orders"}
-
-
-def packed_key(key: Key) -> int:
-    """A state key as one int, one to one: both columns are the contract's 32-bit ints."""
-    return (key[0] << 32) | (key[1] & 0xFFFF_FFFF)
 
 
 class RefreshSource(Protocol):

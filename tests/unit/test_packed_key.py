@@ -1,12 +1,13 @@
 """The refresh keeps the keys of the lines it published packed in one int each
-(producer.refresh.packed_key): two different keys never pack alike."""
+(producer.state_changelog.packed_key, which also keys the local state): two different
+keys never pack alike."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.refresh import packed_key
+from producer.state_changelog import packed_key
 
 _INT = st.integers(-(1 << 31), (1 << 31) - 1)  # the contract's int: 32 bits, signed
 
