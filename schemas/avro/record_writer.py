@@ -88,10 +88,9 @@ _MORE = tuple(bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(_SMALL)
 #: Varints of 0 .. _INLINE - 1 (ids and counts), which generated code looks up inline.
 _INLINE = 1 << 16
 _POSITIVE = tuple(_varint_slow(n << 1) for n in range(_INLINE))
-#: A string's length as its varint (below _SMALL // 2), and after a union's branch 1,
-#: which generated code looks up inline.
-_LENGTHS = tuple(_varint_slow(n << 1) for n in range(_SMALL // 2))
-_BRANCH_LENGTHS = tuple(b"\x02" + length for length in _LENGTHS)
+#: A string's length (below _SMALL // 2) as its varint after a union's branch 1, which
+#: generated code looks up inline (without the branch: _POSITIVE).
+_BRANCH_LENGTHS = tuple(b"\x02" + length for length in _POSITIVE[: _SMALL // 2])
 
 
 def varint(value: int) -> bytes:
@@ -346,12 +345,15 @@ def _when_a(part: str, kind: str, nullable: bool) -> list[str]:
 def _inline_string(part: str, nullable: bool) -> list[str]:
     """Statements writing the string ``v`` into ``part`` as :func:`_string` does (behind
     the union's branch when ``nullable``), without calling it: a row has up to 14."""
-    lengths, branch = ("_BRANCH_LENGTHS", "b'\\x02' + ") if nullable else ("_LENGTHS", "")
+    if nullable:
+        lengths, below, branch = "_BRANCH_LENGTHS", len(_BRANCH_LENGTHS), "b'\\x02' + "
+    else:
+        lengths, below, branch = "_POSITIVE", _INLINE, ""
     return [
         *_when_a(part, "str", nullable),
         "        d = v.encode()",
         "        n = len(d)",
-        f"        {part} = ({lengths}[n] if n < {_SMALL // 2} else {branch}varint(n)) + d",
+        f"        {part} = ({lengths}[n] if n < {below} else {branch}varint(n)) + d",
         "    else:",
         f"        {part} = {branch}_string(v)",
     ]
@@ -377,7 +379,6 @@ def _generate(
         "Unhandled": Unhandled,
         "_POSITIVE": _POSITIVE,
         "_int": _int,
-        "_LENGTHS": _LENGTHS,
         "_BRANCH_LENGTHS": _BRANCH_LENGTHS,
         "varint": varint,
         "Decimal": Decimal,

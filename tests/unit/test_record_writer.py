@@ -302,6 +302,16 @@ def test_an_amount_equal_to_one_written_but_finer_is_refused_as_fastavro_refuses
     assert _outcome(fast.encode_row, row)[0] == "refused"
 
 
+@pytest.mark.parametrize("length", [0, 63, 64, 8191, 8192, 65535, 65536, 70_000])
+def test_strings_of_every_length_class_are_written_as_fastavro_writes_them(length: int) -> None:
+    """The generated writer looks a string's length up inline below 8,192 bytes (nullable)
+    or 65,536 (not), and writes its varint past that."""
+    text = "é" * (length // 2) + "x" * (length % 2)  # two bytes a letter, one for the odd
+    row = _payment(CurrencyCode=text, Memo=text)  # not nullable, and nullable
+    fast = _codec.envelope_encoder("payments", _SOURCE, 0, "r")
+    assert _outcome(fast.encode_row, row) == _outcome(_reference("payments").encode_row, row)
+
+
 def test_a_value_past_64_bits_is_refused_naming_its_column() -> None:
     """fastavro raises OverflowError for it: an EncodingError like any other misfit."""
     row = _payment()
