@@ -83,6 +83,8 @@ def refresh_phase(settings: Settings) -> dict[str, Any]:
         "seconds": timed.seconds,
         "cpu_seconds": timed.cpu_seconds,
         "reader_cpu_seconds": timed.reader_cpu_seconds,
+        "machine_cpu_seconds": timed.machine.busy,
+        "steal_seconds": timed.machine.steal,
         "counts": dict(result.counts),
         "refresh_id": result.refresh_id,
         "watermark": result.window_end,

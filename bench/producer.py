@@ -139,6 +139,10 @@ class Run:
     #: the row reader, in the median refresh: what the machine's noise moves least.
     cpu_us_per_event: float | None = None
     reader_cpu_us_per_event: float | None = None
+    #: the whole machine's CPU an event took (the broker's and the database's besides the
+    #: two above), and the time the host stole from it, in the same refresh.
+    machine_cpu_us_per_event: float | None = None
+    steal_us_per_event: float | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -248,6 +252,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 reader_cpu_us_per_event=_per_event(
                     refreshed["reader_cpu_seconds"], refreshed["events"]
                 ),
+                machine_cpu_us_per_event=_per_event(
+                    refreshed["machine_cpu_seconds"], refreshed["events"]
+                ),
+                steal_us_per_event=_per_event(refreshed["steal_seconds"], refreshed["events"]),
             )
             runs.append(item)
             progress(
@@ -255,7 +263,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{item.seconds:.2f}s = {item.events_per_second:,.0f} events/s, peak RSS "
                 f"{item.peak_rss_mb} MB (+ row reader {item.row_reader_peak_rss_mb} MB), CPU "
                 f"{item.cpu_us_per_event} us an event (+ row reader "
-                f"{item.reader_cpu_us_per_event})"
+                f"{item.reader_cpu_us_per_event}; the machine {item.machine_cpu_us_per_event}, "
+                f"stolen {item.steal_us_per_event})"
             )
             if item.events != item.rows:
                 log.warning(

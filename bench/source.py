@@ -4,7 +4,8 @@
 holds the rows asked for; :func:`copy_rows` copies such a database into another
 (``bench.producer --generator copy``); :func:`timed_refresh` publishes it in ONE
 refresh, timed from the call until Kafka acknowledged the commit, with the CPU time
-the refresh took in its own process and in the producer's row reader.
+the refresh took in its own process, in the producer's row reader and on the whole
+machine (the broker's and the database's share is the difference).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ __all__ = [
     "Generation",
     "TimedRefresh",
     "copy_rows",
+    "MachineCpu",
     "count_rows",
     "new_refresher",
+    "machine_cpu",
     "process_cpu_seconds",
     "simulate",
     "timed_refresh",
@@ -140,6 +143,9 @@ class TimedRefresh:
     #: of the process the refresh ran in, and of its row reader (None without one).
     cpu_seconds: float
     reader_cpu_seconds: float | None
+    #: the whole machine's over the same time: every process's, and the time stolen
+    #: from this machine by its host.
+    machine: MachineCpu
 
 
 def timed_refresh(settings: Settings) -> TimedRefresh:
@@ -148,11 +154,13 @@ def timed_refresh(settings: Settings) -> TimedRefresh:
     try:
         reader = refresher.row_reader.pid() if refresher.row_reader is not None else None
         reader_before = process_cpu_seconds(reader)
+        machine_before = machine_cpu()
         cpu = time.process_time()
         started = time.perf_counter()
         results = refresher.refresh()
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
+        machine = machine_cpu() - machine_before
         reader_after = process_cpu_seconds(reader)
         reader_cpu = (
             reader_after - reader_before
@@ -164,7 +172,26 @@ def timed_refresh(settings: Settings) -> TimedRefresh:
     if len(results) != 1:
         msg = f"expected one refresh result, got {len(results)}"
         raise BenchError(msg)
-    return TimedRefresh(results[0], seconds, cpu, reader_cpu)
+    return TimedRefresh(results[0], seconds, cpu, reader_cpu, machine)
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """CPU seconds of the whole machine, all cores together (``/proc/stat``)."""
+
+    busy: float  # user, nice, system, irq and softirq: every process's work
+    steal: float  # time the host gave to others while this machine wanted to run
+
+    def __sub__(self, earlier: MachineCpu) -> MachineCpu:
+        return MachineCpu(self.busy - earlier.busy, self.steal - earlier.steal)
+
+
+def machine_cpu() -> MachineCpu:
+    """The machine's CPU seconds so far (the ``cpu`` line of ``/proc/stat``)."""
+    line = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return MachineCpu((user + nice + system + irq + softirq) / tick, steal / tick)
 
 
 def process_cpu_seconds(pid: int | None) -> float | None:

@@ -187,6 +187,7 @@ class SourceReader:
             with snapshot_conn.begin():
                 if is_postgres(self.engine):
                     snapshot_conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                    _without_jit(snapshot_conn)
                 yield FrozenSnapshot(snapshot_conn, self.settings)
 
     def run_refresh_statement(self, since: datetime | None) -> None:
@@ -206,6 +207,17 @@ class SourceReader:
         except sa.exc.DBAPIError as exc:  # not an outage: the source rejects the statement
             msg = f"the refresh statement {statement!r} failed: {exc.orig}; check refresh_statement"
             raise ConfigurationError(msg) from None
+
+
+def _without_jit(conn: sa.Connection) -> None:
+    """No JIT compiling for the snapshot's queries (PostgreSQL 11 and later; the setting
+    ends with the transaction). A large window's query of an order's lines is costed
+    high enough (a lookup of its order for each line) that PostgreSQL compiles it: 90
+    to 140 ms before its first row, for a scan that then runs no faster (200,000 rows:
+    250-430 ms with JIT, 145-250 ms without)."""
+    version = conn.dialect.server_version_info
+    if version is not None and version >= (11,):
+        conn.exec_driver_sql("SET LOCAL jit = off")
 
 
 @functools.cache

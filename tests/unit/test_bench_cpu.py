@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.source import process_cpu_seconds
+from bench.source import machine_cpu, process_cpu_seconds
 
 _BURN_THEN_WAIT = (
     "import sys, time\n"
@@ -36,3 +36,18 @@ def test_another_process_cpu_time_counts_its_work_not_its_waits() -> None:
         child.stdin.close()
         child.wait(10)
     assert process_cpu_seconds(None) is None
+
+
+def test_the_machine_cpu_counts_another_process_work() -> None:
+    before = machine_cpu()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n",
+        ],
+        check=True,
+    )
+    spent = machine_cpu() - before
+    assert spent.busy >= 0.45
+    assert spent.steal >= 0.0
