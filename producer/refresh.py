@@ -379,8 +379,9 @@ class Refresher:
             )
             writer.begin(begin)
             parents: dict[str, set[int]] = {parent: set() for parent in CHILDREN.values()}
-            # The keys of the lines this refresh publishes (with rows from the snapshot).
-            # Packed (packed_key): a million lines take a third of the memory as tuples.
+            # The keys of the lines this refresh publishes (with rows from the snapshot),
+            # and so writes into the state: not those refused (dead letters), which the
+            # source still has. Packed (packed_key): a third of the memory of tuples.
             sent: dict[str, set[int]] = {child: set() for child in CHILDREN}
             with open_source(overlap) as source:
                 for spec in TABLES:
@@ -393,7 +394,13 @@ class Refresher:
                         elif name in CHILDREN:
                             parents[CHILDREN[name]].update([p[STATE_KEY][0] for p in chunk])
                             if source.rows_in_snapshot:
-                                sent[name].update([packed_key(p[STATE_KEY]) for p in chunk])
+                                sent[name].update(
+                                    [
+                                        packed_key(p[STATE_KEY])
+                                        for p in chunk
+                                        if type(p) is not RefusedRow
+                                    ]
+                                )
                     if spec.name in CHILDREN:
                         self._delete_removed_children(
                             writer, spec, parents[CHILDREN[spec.name]], source, sent[spec.name]
@@ -444,14 +451,13 @@ class Refresher:
         ``parents`` in this refresh but the source no longer has.
 
         The lines in ``sent`` (:func:`packed_key`) were read from the snapshot just now,
-        so the source has them; the source is asked only about the parents of the other
-        lines held.
+        so the source has them, and written into the state; the source is asked only
+        about the parents of the other lines held (a refused line the state held from
+        before among them: the source has it, so it stays).
         """
         if not parents:
             return
-        held = {
-            k for k in self.state.children_keys(spec.name, parents) if packed_key(k) not in sent
-        }
+        held = self.state.children_keys(spec.name, parents, sent)
         if not held:
             return
         present = source.keys_under(spec, {key[0] for key in held})

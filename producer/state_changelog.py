@@ -40,6 +40,7 @@ __all__ = [
     "Published",
     "pack",
     "packed_key",
+    "parent_range",
     "parse_record_key",
     "read_changelog",
     "record_key",
@@ -64,6 +65,13 @@ def packed_key(key: Key) -> int:
 
 def unpacked_key(packed: int) -> Key:
     return (packed >> 32, (packed & 0xFFFF_FFFF) - _SECOND)
+
+
+def parent_range(parent: int) -> tuple[int, int]:
+    """The first and last packed keys whose first column is ``parent`` (an order's lines;
+    a packed key's parent is ``key >> 32``)."""
+    first = parent << 32  # packed_key((parent, -2**31))
+    return first, first + 0xFFFF_FFFF  # packed_key((parent, 2**31 - 1))
 
 
 SWEEP_KEY = b"__sweep__"

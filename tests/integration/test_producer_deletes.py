@@ -182,6 +182,47 @@ def test_a_line_removed_while_its_order_changes_is_deleted_in_the_same_refresh(
     assert published_before  # (the first refresh published)
 
 
+def test_a_refused_new_line_does_not_hide_a_removed_one(pipeline: Pipeline) -> None:
+    """An order gets a new line that cannot be encoded (a dead letter) and loses another:
+    the lost line is still deleted. The refresh asks the state for the lines it holds
+    beyond those the refresh wrote, first by counting them; the refused line is not
+    written, and counting it as written would hide the lost one."""
+    pipeline.more["max_errors"] = 5
+    pipeline.simulate(200)
+    pipeline.refresh()
+    order, lines = _order_with_lines(pipeline)
+    removed, kept = lines[0], lines[-1]
+    details = Base.metadata.tables["OrderDetails"]
+    copied = [c.name for c in details.c if c.name not in ("OrderLine", "ItemDescription")]
+    now = _now()
+    with pipeline.source.begin() as conn:
+        conn.execute(
+            sa.text('DELETE FROM "OrderDetails" WHERE "OrderID" = :o AND "OrderLine" = :l'),
+            {"o": order, "l": removed},
+        )
+        # Invalid UTF-8: SQLite stores it, Avro cannot encode it.
+        columns = ", ".join(f'"{c}"' for c in copied)
+        conn.execute(
+            sa.text(
+                f'INSERT INTO "OrderDetails" ("OrderLine", "ItemDescription", {columns}) '
+                f"SELECT :new, CAST(X'EDA080' AS TEXT), {columns} "
+                'FROM "OrderDetails" WHERE "OrderID" = :o AND "OrderLine" = :l'
+            ),
+            {"o": order, "l": kept, "new": max(lines) + 1},
+        )
+        for table in ("OrderDetails", "Orders"):  # every line of the order is read again
+            conn.execute(
+                sa.text(f'UPDATE "{table}" SET "ModifiedDate" = :now WHERE "OrderID" = :o'),
+                {"o": order, "now": now},
+            )
+    [result] = pipeline.refresh()
+
+    assert result.dead_letters == {"order_details": 1}
+    assert result.op_counts.get("order_details.d") == 1
+    _, values = committed_changes(pipeline.bootstrap, pipeline.prefix)
+    assert {d["before"]["OrderLine"] for d in _deletes(values, "order_details")} == {removed}
+
+
 def _payment(payment: int, customer: int, order: int, stamp: datetime, memo: str) -> sa.Insert:
     return (
         Base.metadata.tables["Payments"]

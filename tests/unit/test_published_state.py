@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +17,14 @@ from hypothesis import strategies as st
 
 from producer import published_state
 from producer.published_state import PublishedState, state_path
-from producer.state_changelog import SWEEP_KEY, Published, parse_record_key, record_key
+from producer.state_changelog import (
+    SWEEP_KEY,
+    Published,
+    packed_key,
+    parent_range,
+    parse_record_key,
+    record_key,
+)
 from queuestream.errors import ConfigurationError
 from queuestream.settings import Settings, load_settings
 
@@ -53,6 +61,26 @@ def test_writes_commit_or_roll_back_with_their_batch(tmp_path: Path) -> None:
     assert [k for k, _ in state.between("order_details", None, None)] == [(10, 1), (10, 3)]
     assert [k for k, _ in state.between("order_details", (10, 1), (10, 3))] == [(10, 3)]
     assert state.meta("refresh_id") == "r2"
+    state.close()
+
+
+def test_lines_the_batch_wrote_are_counted_not_read_back(tmp_path: Path) -> None:
+    """Asked for an order's lines beyond those the batch wrote, the state counts them,
+    and reads keys back only for parents that hold more (the fetch a refresh of whole
+    orders no longer makes)."""
+    state = PublishedState(tmp_path / "s.sqlite")
+    state.begin()
+    for line in (1, 2, 3):
+        state.put("order_details", (10, line), _row(line))
+        state.put("order_details", (20, line), _row(line))
+    statements: list[str] = []
+    state._db.set_trace_callback(statements.append)
+    written = {packed_key((10, line)) for line in (1, 2, 3)}
+    assert state.children_keys("order_details", {10}, written) == set()
+    assert not [s for s in statements if s.startswith("SELECT t.key")]
+    assert [s for s in statements if s.startswith("SELECT count(*)")]
+    written.add(packed_key((20, 1)))
+    assert state.children_keys("order_details", {10, 20}, written) == {(20, 2), (20, 3)}
     state.close()
 
 
@@ -230,6 +258,12 @@ def test_keys_at_the_ends_of_32_bits_keep_their_order_and_their_children(
         ]
         parents = data.draw(st.sets(st.sampled_from([k[0] for k in keys] + [0, -1, 2**31 - 1])))
         assert state.children_keys("order_details", parents) == {k for k in keys if k[0] in parents}
+        # Less the keys the batch wrote: the parents asked 2 at a time, some counted out.
+        written = data.draw(st.sets(st.sampled_from(keys)))
+        with patch.object(published_state, "_IN_CHUNK", 2):
+            assert state.children_keys(
+                "order_details", parents, {packed_key(k) for k in written}
+            ) == {k for k in keys if k[0] in parents and k not in written}
         assert state.get("order_details", keys) == {k: _row(n) for n, k in enumerate(keys)}
         state.close()
 
@@ -244,3 +278,11 @@ def test_a_state_dir_that_cannot_be_written_is_one_clear_error(tmp_path: Path) -
     blocker.write_text("")
     with pytest.raises(ConfigurationError, match="QUEUESTREAM_STATE_DIR"):
         PublishedState(blocker / "state" / "s.sqlite")
+
+
+@given(st.integers(-(2**31), 2**31 - 1))
+def test_a_parents_range_runs_from_its_first_to_its_last_packed_key(parent: int) -> None:
+    assert parent_range(parent) == (
+        packed_key((parent, -(2**31))),
+        packed_key((parent, 2**31 - 1)),
+    )
