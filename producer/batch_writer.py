@@ -33,7 +33,7 @@ from producer.partitioning import CustomerPartitioner
 from producer.published_state import PublishedState
 from producer.publisher import Send, TransactionalPublisher
 from producer.sensitive import ColumnPolicy
-from producer.state_changelog import Key, Published, pack, record_key, state_topic
+from producer.state_changelog import Key, Published, pack, packed_key, record_key, state_topic
 from queuestream.batches import BeginMarker, EndMarker, TablePartition, encode_marker
 from queuestream.dead_letters import ErrorBudget, ErrorContext, dlq_topic, error_headers
 from queuestream.errors import EncodingError
@@ -167,9 +167,9 @@ class BatchWriter:
         finish = self.builder(spec).finish
         topic = self.parts.topics[name]
         state_topic = self.parts.state_topic
-        put_row = self.parts.state.put_row
         send = self.send
         events = self._events
+        written: list[tuple[int, int, int, bytes]] = []  # the local state's, for the chunk
         for prepared in rows:
             if isinstance(prepared, RefusedRow):
                 self._dead_letter(topic, prepared, prepared.error(name))
@@ -180,7 +180,8 @@ class BatchWriter:
             counted = (name, op, partition)
             events[counted] = events.get(counted, 0) + 1
             send(state_topic, record_key(name, key), pack(version, customer, row), 0)
-            put_row(name, key, version, customer, row)
+            written.append((packed_key(key), version, customer, row))
+        self.parts.state.put_rows(name, written)
 
     def delete(self, spec: TableSpec, key: Key, published: Published) -> None:
         """Publish the delete of a row the state holds, and its tombstone."""

@@ -25,7 +25,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,9 @@ class PublishedState:
                 "(QUEUESTREAM_STATE_DIR) to a folder this process can write"
             )
             raise ConfigurationError(msg) from None
-        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        # Writes not yet handed to the writer thread: runs of one statement each, in order.
+        self._pending: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self._pending_rows = 0
         self._open = False
         # One thread writes handed-over batches; the connection is used by one thread
         # at a time (every other use waits for that batch first: _settle).
@@ -251,13 +253,25 @@ class PublishedState:
 
     def put_row(self, table: str, key: Key, version: int, customer: int, row: bytes) -> None:
         """:meth:`put` of a Published given as its parts."""
-        pending = self._pending
-        pending.append((_PUT[table], (packed_key(key), version, customer, row)))
-        if len(pending) >= _FLUSH_EVERY:
-            self._hand_over()
+        self._queue(_PUT[table], ((packed_key(key), version, customer, row),))
+
+    def put_rows(self, table: str, rows: Sequence[tuple[int, int, int, bytes]]) -> None:
+        """:meth:`put_row` of each of ``rows``, given as (packed key (:func:`packed_key`),
+        version, customer, row): a refresh's chunk at a time, with no call for each."""
+        self._queue(_PUT[table], rows)
 
     def delete(self, table: str, key: Key) -> None:
-        self._pending.append((_DELETE[table], (packed_key(key),)))
+        self._queue(_DELETE[table], ((packed_key(key),),))
+
+    def _queue(self, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
+        pending = self._pending
+        if pending and pending[-1][0] == sql:
+            pending[-1][1].extend(params)
+        else:
+            pending.append((sql, list(params)))
+        self._pending_rows += len(params)
+        if self._pending_rows >= _FLUSH_EVERY:
+            self._hand_over()
 
     def set_meta(self, name: str, value: str) -> None:
         self._flush()
@@ -283,6 +297,7 @@ class PublishedState:
     def rollback(self) -> None:
         """The batch failed: forget its changes."""
         self._pending.clear()
+        self._pending_rows = 0
         try:
             self._settle()
         except sqlite3.Error:
@@ -305,7 +320,7 @@ class PublishedState:
         two batches are held): sqlite3 lets go of the GIL while SQLite works, so the
         batch is written while the caller encodes and sends the next events."""
         self._settle()
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_rows = self._pending, [], 0
         self._writing = self._writer.submit(self._write, pending)
 
     def _settle(self) -> None:
@@ -317,18 +332,11 @@ class PublishedState:
     def _flush(self) -> None:
         """Run every queued write, before a read or a commit sees the state."""
         self._settle()
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_rows = self._pending, [], 0
         self._write(pending)
 
-    def _write(self, pending: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Run ``pending`` in order (puts batched, a delete between them kept in place)."""
-        run: list[tuple[Any, ...]] = []
-        statement = None
+    def _write(self, pending: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Run ``pending``: its runs of one statement, in order (a delete between puts
+        keeps its place)."""
         for sql, params in pending:
-            if sql != statement and run:
-                self._db.executemany(statement or sql, run)
-                run = []
-            statement = sql
-            run.append(params)
-        if run and statement is not None:
-            self._db.executemany(statement, run)
+            self._db.executemany(sql, params)

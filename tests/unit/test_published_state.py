@@ -96,6 +96,38 @@ def test_a_delete_between_puts_keeps_its_place(tmp_path: Path) -> None:
     state.close()
 
 
+def test_rows_put_a_chunk_at_a_time_keep_their_order_among_the_other_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``put_rows`` (a refresh's chunk) queues its rows in one run with the puts beside
+    it, a delete between them keeps its place, and handing over to the writer thread
+    (every 3 rows here) neither loses nor reorders one; the caller's list is its own."""
+    monkeypatch.setattr(published_state, "_FLUSH_EVERY", 3)
+    state = PublishedState(tmp_path / "s.sqlite")
+    state.begin()
+
+    def chunk(*lines: int, version: int) -> list[tuple[int, int, int, bytes]]:
+        return [(packed_key((10, n)), version, 7, f"line {n} v{version}".encode()) for n in lines]
+
+    first = chunk(1, 2, version=1)
+    state.put_rows("order_details", first)
+    state.put_row("order_details", (10, 3), 1, 7, b"line 3 v1")
+    state.delete("order_details", (10, 2))
+    state.put_rows("order_details", chunk(2, 4, 5, 6, version=2))
+    state.delete("order_details", (10, 5))
+    state.put_rows("order_details", chunk(1, version=3))
+    assert first == chunk(1, 2, version=1)
+    state.commit("r")
+    assert {k: (p.version, p.row) for k, p in state.between("order_details", None, None)} == {
+        (10, 1): (3, b"line 1 v3"),
+        (10, 2): (2, b"line 2 v2"),
+        (10, 3): (1, b"line 3 v1"),
+        (10, 4): (2, b"line 4 v2"),
+        (10, 6): (2, b"line 6 v2"),
+    }
+    state.close()
+
+
 def test_a_committed_batch_is_checkpointed_into_the_file_beside_the_next_work(
     tmp_path: Path,
 ) -> None:
