@@ -160,9 +160,13 @@ class BatchWriter:
         self.publish_all(spec, (prepared,))
         return not isinstance(prepared, RefusedRow)
 
-    def publish_all(self, spec: TableSpec, rows: Sequence[PreparedRow | RefusedRow]) -> None:
+    def publish_all(
+        self, spec: TableSpec, rows: Sequence[PreparedRow | RefusedRow]
+    ) -> list[tuple[int, int, int, bytes]]:
         """:meth:`publish` each of ``rows`` in order (a chunk of them: one loop, with what
-        it needs at hand, for a refresh's hundreds of thousands of rows)."""
+        it needs at hand, for a refresh's hundreds of thousands of rows). Returns what it
+        wrote into the local state: (packed key (:func:`packed_key`), version, customer,
+        row) of each row published, the refused ones left out."""
         name = spec.name
         finish = self.builder(spec).finish
         topic = self.parts.topics[name]
@@ -182,6 +186,7 @@ class BatchWriter:
             send(state_topic, record_key(name, key), pack(version, customer, row), 0)
             written.append((packed_key(key), version, customer, row))
         self.parts.state.put_rows(name, written)
+        return written
 
     def delete(self, spec: TableSpec, key: Key, published: Published) -> None:
         """Publish the delete of a row the state holds, and its tombstone."""

@@ -25,7 +25,8 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -193,12 +194,13 @@ class PublishedState:
         return found
 
     def children_keys(
-        self, table: str, parents: Iterable[int], written: Collection[int] = ()
+        self, table: str, parents: Iterable[int], written: AbstractSet[int] = frozenset()
     ) -> set[Key]:
         """The keys of ``table``'s entries whose first key column is one of ``parents``
         (a range of packed keys each), but those in ``written``: packed keys
         (:func:`~producer.state_changelog.packed_key`) that this batch wrote, so the
-        state holds each of them.
+        state holds each of them (a key it does not hold would hide another under the
+        same 500 parents: pass what the writes were, ``BatchWriter.publish_all``'s).
 
         Parents are asked about 500 at a time, first for a count: where it is the
         number of ``written`` keys under them, they hold nothing else, and no key is

@@ -44,7 +44,7 @@ from producer.row_process import CHUNK, ReaderJob, RowReader
 from producer.sensitive import column_policy
 from producer.source_names import source_database, source_schema
 from producer.source_reader import SourceReader
-from producer.state_changelog import Key, packed_key, state_topic
+from producer.state_changelog import Key, state_topic
 from producer.watermark import (
     DigestMemo,
     OverlapFilter,
@@ -379,28 +379,22 @@ class Refresher:
             )
             writer.begin(begin)
             parents: dict[str, set[int]] = {parent: set() for parent in CHILDREN.values()}
-            # The keys of the lines this refresh publishes (with rows from the snapshot),
-            # and so writes into the state: not those refused (dead letters), which the
-            # source still has. Packed (packed_key): a third of the memory of tuples.
+            # The keys of the lines this refresh published (with rows from the snapshot),
+            # as the writer wrote them into the state: not those refused (dead letters),
+            # which the source still has. Packed: a third of the memory of tuples.
             sent: dict[str, set[int]] = {child: set() for child in CHILDREN}
             with open_source(overlap) as source:
                 for spec in TABLES:
                     name = spec.name
                     # the overlap's duplicates left out; prepared here or by the row reader
                     for chunk in source.chunks(spec, writer):
-                        writer.publish_all(spec, chunk)
+                        written = writer.publish_all(spec, chunk)
                         if name in parents:
                             parents[name].update([p[STATE_KEY][0] for p in chunk])
                         elif name in CHILDREN:
                             parents[CHILDREN[name]].update([p[STATE_KEY][0] for p in chunk])
                             if source.rows_in_snapshot:
-                                sent[name].update(
-                                    [
-                                        packed_key(p[STATE_KEY])
-                                        for p in chunk
-                                        if type(p) is not RefusedRow
-                                    ]
-                                )
+                                sent[name].update([w[0] for w in written])
                     if spec.name in CHILDREN:
                         self._delete_removed_children(
                             writer, spec, parents[CHILDREN[spec.name]], source, sent[spec.name]
@@ -450,7 +444,7 @@ class Refresher:
         """Delete the rows of ``spec`` (an order's lines) that the state holds for the
         ``parents`` in this refresh but the source no longer has.
 
-        The lines in ``sent`` (:func:`packed_key`) were read from the snapshot just now,
+        The lines in ``sent`` (packed keys) were read from the snapshot just now,
         so the source has them, and written into the state; the source is asked only
         about the parents of the other lines held (a refused line the state held from
         before among them: the source has it, so it stays).

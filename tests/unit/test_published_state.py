@@ -81,6 +81,12 @@ def test_lines_the_batch_wrote_are_counted_not_read_back(tmp_path: Path) -> None
     assert [s for s in statements if s.startswith("SELECT count(*)")]
     written.add(packed_key((20, 1)))
     assert state.children_keys("order_details", {10, 20}, written) == {(20, 2), (20, 3)}
+    # One order at a time: the first counted out, the second read back.
+    statements.clear()
+    with patch.object(published_state, "_IN_CHUNK", 1):
+        assert state.children_keys("order_details", {10, 20}, written) == {(20, 2), (20, 3)}
+    assert len([s for s in statements if s.startswith("SELECT count(*)")]) == 2
+    assert len([s for s in statements if s.startswith("SELECT t.key")]) == 1
     state.close()
 
 
