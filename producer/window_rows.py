@@ -28,7 +28,7 @@ from producer.source_reader import FrozenSnapshot
 from producer.watermark import DigestMemo, OverlapFilter, Window
 from queuestream.sync_schema import to_source_local
 from queuestream.tables import TableSpec
-from schemas.avro.record_writer import wall_micros, wall_micros_in
+from schemas.avro.record_writer import wall_micros_in
 
 __all__ = ["window_rows"]
 
@@ -95,8 +95,9 @@ def window_rows(
         )
         return
     unseen = set()
+    micros = wall_micros_in(zone)  # a zone of one offset is not asked for each
     for key, stamp in snapshot.versions(spec, window.read_from, window.start):
-        version_us = wall_micros(stamp, zone)
+        version_us = micros(stamp)
         if not overlap.needs_digest_at(version_us) or _admitted(
             spec, key, stamp, version_us, overlap, digests
         ):
