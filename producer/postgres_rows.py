@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 import sqlalchemy as sa
 
 from producer.changed_rows import ChangedRow, RowLayout, check_columns
+from queuestream.databases import driver_errors
 
-__all__ = ["driver_errors", "open_cursor", "read", "read_tuples"]
+__all__ = ["open_cursor", "read", "read_tuples"]
 
 #: PostgreSQL types (OIDs) whose values psycopg returns as SQLAlchemy would hand them on
 #: for the sync schema's columns: int2, int4, int8, numeric, text, bpchar, varchar,
@@ -35,22 +36,6 @@ def _plain_postgres_columns(cursor: Any) -> bool:
     """Are all of the cursor's columns of the types in :data:`_PLAIN_OIDS`?"""
     description = cursor.description
     return description is not None and all(c.type_code in _PLAIN_OIDS for c in description)
-
-
-def _check_columns(names: list[str], layout: RowLayout) -> None:
-    """A query's columns are the layout's, then CustomerID (as :meth:`FrozenSnapshot._select`
-    puts them)."""
-    assert tuple(names[:-1]) == layout.columns, f"{names} read, {layout.columns} expected"
-
-
-@contextmanager
-def driver_errors(conn: sa.Connection, statement: str) -> Iterator[None]:
-    """psycopg's errors as SQLAlchemy raises them."""
-    error = conn.dialect.loaded_dbapi.Error
-    try:
-        yield
-    except error as exc:
-        raise sa.exc.DBAPIError.instance(statement, None, exc, error) from exc
 
 
 def open_cursor(conn: sa.Connection, query: sa.Select[Any]) -> Any:

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine.cursor import CursorFetchStrategy
 
 from producer.changed_rows import ChangedRow, RowLayout, check_columns
-from producer.postgres_rows import driver_errors
+from queuestream.databases import driver_errors
 
 __all__ = ["read"]
 

@@ -39,6 +39,7 @@ from queuestream.sqlserver import create_sqlserver_engine
 __all__ = [
     "create_engine",
     "describe_url",
+    "driver_errors",
     "is_outage",
     "is_postgres",
     "retriable_outages",
@@ -160,6 +161,17 @@ def is_outage(exc: sa.exc.DBAPIError) -> bool:
     """Is ``exc`` the database failing us, for now or for good (rather than refusing the
     data)? See :func:`queuestream.failures.database_failure`."""
     return database_failure(exc, "") is not None
+
+
+@contextmanager
+def driver_errors(conn: sa.Connection, statement: str) -> Iterator[None]:
+    """The driver's own errors (from its cursor, used without SQLAlchemy) raised as
+    SQLAlchemy raises them, so that :func:`retriable_outages` knows them."""
+    error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except error as exc:
+        raise sa.exc.DBAPIError.instance(statement, None, exc, error) from exc
 
 
 @contextmanager

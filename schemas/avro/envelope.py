@@ -18,12 +18,7 @@ import fastavro
 
 from queuestream.errors import EncodingError, SchemaError
 from schemas.avro.misfit import WRITE_ERRORS, find_misfit, not_a_number
-from schemas.avro.record_writer import (
-    Unhandled,
-    record_writer,
-    values_writer,
-    varint,
-)
+from schemas.avro.record_writer import Unhandled, record_writer, values_writer, varint
 from schemas.avro.schema_files import load_schema, row_schema
 
 __all__ = ["EnvelopeEncoder", "RowEncoder", "encode_long"]
