@@ -23,6 +23,7 @@ from consumers import offsets, streaming, sync_log, target_named
 from consumers import runtime as runtime_module
 from consumers.assembly import Assembler, Batch
 from consumers.batch_apply import OpenBatch
+from consumers.ownership import Ownership
 from consumers.runtime import ConsumerRuntime
 from consumers.streaming import Streaming
 from queuestream.databases import create_engine
@@ -31,6 +32,7 @@ from tests.integration.pipeline import Pipeline, assert_ranges_disjoint, run_in_
 
 #: Bounds of the waits below (seconds).
 APPLIED_TIMEOUT = 90
+JOIN_TIMEOUT = 30  # seconds for a second member to subscribe
 STOP_TIMEOUT = 30
 
 TARGETS = ["accounting", "shipping"]
@@ -121,13 +123,27 @@ def test_a_member_that_loses_its_partitions_mid_refresh_rolls_back_and_loses_not
 
     take = Assembler.take
     taken = [0]
+    join_group = Ownership.join
+    joined: list[int] = []
+    second_joined = threading.Event()
+
+    def watched_join(self: Ownership, consumer: Any) -> None:
+        join_group(self, consumer)
+        joined.append(1)
+        if len(joined) == 2:
+            second_joined.set()
 
     def take_then_someone_joins(self: Assembler, refresh_ids: Any) -> Batch:
         taken[0] += 1
         if taken[0] == 2:  # the first member is in the middle of the refresh
             join()
         elif taken[0] > 2:
-            time.sleep(0.3)  # the refresh is not whole before the group rebalances
+            # The refresh is not whole before the group rebalances: no part more until
+            # the second member has subscribed (its start took longer than the rest of
+            # the refresh on a loaded machine), then a pause between parts, in which the
+            # first member polls and so takes part in the rebalance.
+            second_joined.wait(JOIN_TIMEOUT)
+            time.sleep(0.3)
         return take(self, refresh_ids)
 
     abandon = Streaming.abandon
@@ -140,6 +156,7 @@ def test_a_member_that_loses_its_partitions_mid_refresh_rolls_back_and_loses_not
 
     monkeypatch.setattr(Assembler, "take", take_then_someone_joins)
     monkeypatch.setattr(Streaming, "abandon", watched_abandon)
+    monkeypatch.setattr(Ownership, "join", watched_join)
     join()
     try:
 
