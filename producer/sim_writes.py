@@ -18,16 +18,6 @@ needs the database to be current within the transaction (the deletes of
 On PostgreSQL the same writes go through psycopg on the transaction's own
 connection: the inserts of a table as one ``COPY``, the updates of a shape as one
 ``UPDATE ... FROM unnest(...)`` of typed arrays, each statement made once.
-
-Those UPDATEs are never prepared (psycopg prepares a statement on its fifth run):
-PostgreSQL would then keep one generic plan, made for the tables as they were when
-it was made. The simulator's tables grow from a seed of a few hundred rows to
-hundreds of thousands within a run, and the plan made at the start (a sequential
-scan of the table, hashed against the arrays) was kept while they grew, until
-autovacuum happened to analyze them, which on a database just made may not come
-within the run: at the freshness benchmark's load the simulator's UPDATEs then took
-0.6 of a core by the minute's end instead of a few percent. Unprepared, each is
-planned for the table as it is (an index scan once it is more than a few pages).
 ``executemany`` there built and sent each row's parameters in Python: the simulator
 took about 45 µs of CPU a row written, 18 µs since, and at the freshness benchmark's
 10,000 rows/s its two processes had taken 40% of one of the machine's two cores from
@@ -118,8 +108,7 @@ class PendingWrites:
             for (name, key_column, columns), params in shapes.items():
                 table = self._tables[name]
                 arrays = [[p[_KEY] for p in params], *([p[c] for p in params] for c in columns)]
-                # planned each time for the table as it is now (see the module's note)
-                cursor.execute(_unnest_update(table, key_column, columns), arrays, prepare=False)
+                cursor.execute(_unnest_update(table, key_column, columns), arrays)
 
 
 @functools.cache

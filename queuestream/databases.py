@@ -10,6 +10,19 @@ timestamps it takes inside its transaction are close to its commit. A statement
 waits up to 30 s for another connection's lock (the URL's ``?timeout=SECONDS``,
 as for sqlite3.connect, sets another wait).
 
+Every PostgreSQL session plans each statement for the tables as they are when it
+runs (``plan_cache_mode = force_custom_plan``, where the server has the setting:
+PostgreSQL 12 on). psycopg prepares a statement on its fifth run, and PostgreSQL
+then settles on one generic plan, made for the tables as they were and kept until
+an ANALYZE of one of them. The tables queuestream writes grow from nothing while
+one process runs: a new target or a rebuild applying its first refreshes, the
+simulator filling a source. The generic plans made on them while they were small
+were sequential scans hashed against the batch's keys (the accounting consumer's
+invoice balances read every payment, the simulator's updates every customer),
+kept while the tables grew a hundredfold within a minute, because autovacuum had
+not yet analyzed a database just made. Planning each run costs well under a
+millisecond a statement; the statements are few and set-based.
+
 A PostgreSQL connection lost under an open server-side cursor (the source
 restarted while the producer streams rows with ``yield_per``) fails again when
 SQLAlchemy cleans it up: closing the cursor sends CLOSE to a server that is gone,
@@ -80,6 +93,7 @@ def create_engine(url: str, *, writer: bool = False, **kwargs: Any) -> sa.Engine
             parsed = parsed.set(drivername="postgresql+psycopg")
         engine = sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
         _quiet_lost_connection_cleanup(engine)
+        _plans_for_the_tables_as_they_are(engine)
         return engine
     if backend == "mssql":
         return create_sqlserver_engine(parsed, writer=writer, **kwargs)
@@ -117,6 +131,24 @@ def _sqlite_snapshot_transactions(engine: sa.Engine, begin: str, timeout: float)
     @sa.event.listens_for(engine, "begin")
     def _begin(connection: sa.Connection) -> None:
         connection.exec_driver_sql(begin)
+
+
+#: Session-wide; skipped on a server without the setting (before PostgreSQL 12).
+_CUSTOM_PLANS = (
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', false) "
+    "WHERE current_setting('plan_cache_mode', true) IS NOT NULL"
+)
+
+
+def _plans_for_the_tables_as_they_are(engine: sa.Engine) -> None:
+    """Each new session of ``engine`` plans every statement as it runs (see the module's
+    note): committed, so that it outlives the transaction it was set in."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(_CUSTOM_PLANS)
+        dbapi_connection.commit()
 
 
 class _LostConnectionCleanup(logging.Filter):

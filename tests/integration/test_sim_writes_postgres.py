@@ -64,24 +64,3 @@ def test_copy_and_unnest_commit_what_executemany_commits(
     }
     for name in plain:
         assert fast[name] == plain[name], name
-
-
-def test_the_unnest_updates_are_planned_for_the_table_as_it_is_now(
-    postgres_database: Callable[[str], str],
-) -> None:
-    """Never prepared: a generic plan made while the tables were a seed's few hundred rows
-    (a sequential scan, hashed against the arrays) would be kept while they grow."""
-    engine = create_engine(postgres_database("plans"), writer=True, poolclass=sa.pool.StaticPool)
-    backend = "SELECT pg_backend_pid()"
-    try:
-        with engine.connect() as conn:
-            before = conn.exec_driver_sql(backend).scalar()
-        stats = Simulator(engine, CHICAGO, seed=5, clock=_clock()).run(600, per_transaction=20)
-        with engine.connect() as conn:  # the one connection the simulator wrote through
-            after = conn.exec_driver_sql(backend).scalar()
-            prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements")
-            statements = [row[0] for row in prepared]
-    finally:
-        engine.dispose()
-    assert before == after and stats.actions["address_edit"] > 5  # psycopg prepares at 5
-    assert not [s for s in statements if "unnest" in s], statements
