@@ -39,7 +39,12 @@ from producer.sqlserver_source import (
     key_after,
     run_procedure,
 )
-from queuestream.databases import describe_url, is_postgres, retriable_outages
+from queuestream.databases import (
+    describe_url,
+    is_postgres,
+    retriable_outages,
+    setting_where_known,
+)
 from queuestream.errors import ConfigurationError, RetriableError, SourceSchemaError
 from queuestream.settings import Settings
 from queuestream.sqlserver import is_sqlserver
@@ -209,15 +214,17 @@ class SourceReader:
             raise ConfigurationError(msg) from None
 
 
+#: For the snapshot's transaction only; skipped on a server without the setting.
+_NO_JIT = setting_where_known("jit", "off", local=True)
+
+
 def _without_jit(conn: sa.Connection) -> None:
     """No JIT compiling for the snapshot's queries, where the server has the setting
     (PostgreSQL 11 on; it ends with the transaction). A large window's query of an
     order's lines is costed high enough (a lookup of its order for each line) that
     PostgreSQL compiles it: 90 to 140 ms before its first row, for a scan that then runs
     no faster (200,000 rows: 250-430 ms with JIT, 145-250 ms without)."""
-    conn.exec_driver_sql(
-        "SELECT set_config('jit', 'off', true) WHERE current_setting('jit', true) IS NOT NULL"
-    )
+    conn.exec_driver_sql(_NO_JIT)
 
 
 @functools.cache

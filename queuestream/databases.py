@@ -58,6 +58,7 @@ __all__ = [
     "is_outage",
     "is_postgres",
     "retriable_outages",
+    "setting_where_known",
     "unavailable",
 ]
 
@@ -135,11 +136,17 @@ def _sqlite_snapshot_transactions(engine: sa.Engine, begin: str, timeout: float)
         connection.exec_driver_sql(begin)
 
 
+def setting_where_known(name: str, value: str, *, local: bool) -> str:
+    """SQL that sets PostgreSQL's ``name`` to ``value``, for the transaction (``local``)
+    or the session, and does nothing on a server that lacks the setting."""
+    return (
+        f"SELECT set_config('{name}', '{value}', {'true' if local else 'false'}) "
+        f"WHERE current_setting('{name}', true) IS NOT NULL"
+    )
+
+
 #: Session-wide; skipped on a server without the setting (before PostgreSQL 12).
-_CUSTOM_PLANS = (
-    "SELECT set_config('plan_cache_mode', 'force_custom_plan', false) "
-    "WHERE current_setting('plan_cache_mode', true) IS NOT NULL"
-)
+_CUSTOM_PLANS = setting_where_known("plan_cache_mode", "force_custom_plan", local=False)
 
 
 def _plans_for_the_tables_as_they_are(engine: sa.Engine) -> None:
