@@ -102,6 +102,17 @@ class SecureKafka:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _cluster_id() -> str:
+    """A KRaft cluster id as Kafka's ``Uuid.randomUuid`` makes one: URL-safe base64 of
+    16 random bytes, never starting with "-", which the storage tool's argument parser
+    reads as an option (1 id in 64 did: the format failed with "--cluster-id expected
+    one argument")."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _run(args: list[str], what: str) -> None:
     proc = _run_script(args, dict(os.environ), TOOL_TIMEOUT)
     if proc.returncode != 0:
@@ -172,7 +183,7 @@ def _start(directory: Path) -> SecureKafka:
     ports = free_ports(3)
     props = directory / "server.properties"
     props.write_text(_properties(directory, ports, store_password))
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = _cluster_id()
     scram = f"SCRAM-SHA-512=[name={SECURE_USER},password={password}]"
     _run(
         _java(
