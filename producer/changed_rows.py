@@ -46,7 +46,8 @@ def row_layout(spec: TableSpec) -> RowLayout:
 class ChangedRow:
     """A row as read: its values in the table's column order (``layout``; more may follow
     them, which nothing reads) and its CustomerID. A row is read and published without
-    a dict made of it; :attr:`row` makes one."""
+    a dict made of it; :attr:`row` makes one. An amount read from PostgreSQL is the text
+    it was sent as (:mod:`producer.postgres_rows`), which the row writers take."""
 
     values: Sequence[Any]
     customer_id: int

@@ -192,7 +192,7 @@ class RowPreparer:
         """The dead letter of a row :meth:`prepare` refused: JSON (masked already)."""
         return RefusedRow(
             _json(key_values),
-            _json(self.rows.aware(dict(zip(self.layout.columns, values, strict=False)))),
+            _json(self.rows.resolved(dict(zip(self.layout.columns, values, strict=False)))),
             error.reason,
             error.column,
             key_values,

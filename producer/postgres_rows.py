@@ -6,6 +6,13 @@ reads it, takes a third of the time a row takes to read. A query with a column o
 another type is left to SQLAlchemy (:func:`open_cursor` says None). psycopg's
 errors are raised as SQLAlchemy's, so an outage is still one
 (:func:`queuestream.databases.retriable_outages`).
+
+An amount (``numeric``) is read as the text PostgreSQL sends, not made a Decimal:
+the row writers take a decimal field's text and write the Decimal it spells, the one
+psycopg would have made of it (``Decimal(text)``), keeping the bytes by that text, and
+only a row that goes to fastavro or a dead letter has Decimals made of its amounts
+(:meth:`schemas.avro.envelope.RowEncoder.resolved`). Reading an order line, five
+amounts, takes half the time.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from contextlib import suppress
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.types.string import TextLoader
 
 from producer.changed_rows import ChangedRow, RowLayout, check_columns
 from queuestream.databases import driver_errors
@@ -47,6 +55,7 @@ def open_cursor(conn: sa.Connection, query: sa.Select[Any]) -> Any:
     assert driver is not None  # an open connection
     with driver_errors(conn, statement):
         cursor = driver.cursor(name=f"queuestream_rows_{next(_CURSOR_NUMBERS)}")
+        cursor.adapters.register_loader("numeric", TextLoader)  # amounts as their text
         cursor.execute(statement, compiled.params)
         if _plain_postgres_columns(cursor):
             return cursor

@@ -9,9 +9,11 @@ producer's partitioner uses too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, tzinfo
+from decimal import Decimal
 from typing import Any
 
 import fastavro
@@ -83,20 +85,24 @@ class RowEncoder:
         self._ints = [name for name, t in _branches(self._row_json) if t == "int"]
         self._values_encoders: dict[tuple[str, ...], Callable[[Sequence[Any]], bytes]] = {}
 
-    def aware(self, row: dict[str, Any]) -> dict[str, Any]:
-        """``row`` with its naive timestamps made aware in the wall zone (a copy when any
-        is naive): what fastavro and a dead letter's JSON are given."""
+    def resolved(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` as fastavro and a dead letter's JSON take it (a copy where a value
+        changes): its naive timestamps made aware in the wall zone, and an amount given as
+        its text (PostgreSQL's numeric, as the producer reads it) made the Decimal it
+        spells; text that spells none is left for fastavro to refuse."""
+        changed: dict[str, Any] = {}
         zone = self._wall_zone
-        if zone is None:
-            return row
-        naive = [
-            c
-            for c in self._timestamps
-            if isinstance(row.get(c), datetime) and row[c].tzinfo is None
-        ]
-        if not naive:
-            return row
-        return {**row, **{c: row[c].replace(tzinfo=zone) for c in naive}}
+        if zone is not None:
+            for c in self._timestamps:
+                value = row.get(c)
+                if isinstance(value, datetime) and value.tzinfo is None:
+                    changed[c] = value.replace(tzinfo=zone)
+        for c, _precision, _scale in self._decimals:
+            value = row.get(c)
+            if type(value) is str:
+                with contextlib.suppress(ArithmeticError):
+                    changed[c] = Decimal(value)
+        return {**row, **changed} if changed else row
 
     def _check_ranges(self, row: dict[str, Any]) -> None:
         """What fastavro does not check: a decimal's magnitude (1E+30 passes its digit
@@ -108,8 +114,8 @@ class RowEncoder:
                 raise EncodingError(reason, table=self.table, column=name)
         for name, precision, scale in self._decimals:
             value = row.get(name)
-            if value is None:
-                continue
+            if not isinstance(value, Decimal):
+                continue  # None, or what fastavro refuses itself
             nan = not_a_number(value)
             if nan is not None:
                 raise EncodingError(nan, table=self.table, column=name)
@@ -140,7 +146,7 @@ class RowEncoder:
     def _encode_with_fastavro(self, row: dict[str, Any]) -> bytes:
         """What the generated writer leaves: fastavro writes it, or says which column
         does not fit."""
-        row = self.aware(row)
+        row = self.resolved(row)
         self._check_ranges(row)
         buffer = self._buffer
         buffer.seek(0)
@@ -209,7 +215,6 @@ class EnvelopeEncoder:
         self.table = table
         self.rows = rows
         self.encode_row = self.rows.encode_row
-        self.aware = self.rows.aware
         source_fields = next(f for f in envelope["fields"] if f["name"] == "source")["type"]
         prefix, suffix, seen_ts = bytearray(), bytearray(), False
         for field in source_fields["fields"]:

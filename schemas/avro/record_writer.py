@@ -148,7 +148,21 @@ def _decimal_writer(precision: int, scale: int) -> Callable[[Any], bytes]:
         written[text] = found
         return found
 
+    def write_text(text: str) -> bytes:
+        """The decimal ``text`` spells (an amount read as its text: PostgreSQL's numeric),
+        kept by that text."""
+        try:
+            value = Decimal(text)
+        except ArithmeticError:  # not a number's text: fastavro says why
+            raise Unhandled from None
+        found = write(value)
+        if len(written) >= _DECIMALS_KEPT:
+            written.clear()
+        written[text] = found
+        return found
+
     write.kept = written  # type: ignore[attr-defined]  # looked up inline (_inline_decimal)
+    write.text = write_text  # type: ignore[attr-defined]  # called inline for a str
     return write
 
 
@@ -326,7 +340,9 @@ def values_writer(
 ) -> ValuesWriter | None:
     """As :func:`record_writer`, for a record given as its values in the order of
     ``columns`` (a row as read, with no dict made of it): ``v = row[3]`` where the other
-    reads ``v = get('Id')``. None also when a field is not one of ``columns``."""
+    reads ``v = get('Id')``. None also when a field is not one of ``columns``. A decimal
+    field also takes its amount as text (a str: PostgreSQL's numeric as the producer
+    reads it), written as the Decimal it spells, kept by that text."""
     fields = [field["name"] for field in schema["fields"]]
     if not set(fields) <= set(columns):
         return None
@@ -359,14 +375,20 @@ def _inline_string(part: str, nullable: bool) -> list[str]:
     ]
 
 
-def _inline_decimal(part: str, name: str, nullable: bool) -> list[str]:
+def _inline_decimal(part: str, name: str, nullable: bool, text: bool) -> list[str]:
     """Statements writing the decimal ``v`` into ``part``: looked up among the ones its
     writer ``name`` wrote (by its text, as that writer keeps them), written by it if not
-    there (its bytes are never empty), without calling it for an amount it wrote."""
+    there (its bytes are never empty), without calling it for an amount it wrote. With
+    ``text``, ``v`` may also be the amount's text (a str), looked up as it is."""
     branch = "b'\\x02' + " if nullable else ""
+    as_text = [
+        "    elif type(v) is str:",
+        f"        {part} = {branch}({name}_kept.get(v) or {name}_text(v))",
+    ]
     return [
         *_when_a(part, "Decimal", nullable),
         f"        {part} = {branch}({name}_kept.get(str(v)) or {name}(v))",
+        *(as_text if text else []),
         "    else:",
         f"        {part} = {branch}{name}(v)",
     ]
@@ -413,7 +435,8 @@ def _generate(
             lines += _inline_string(f"p{number}", nullable)
         elif name.startswith("_decimal_"):
             names[f"{name}_kept"] = function.kept  # type: ignore[attr-defined]
-            lines += _inline_decimal(f"p{number}", name, nullable)
+            names[f"{name}_text"] = function.text  # type: ignore[attr-defined]
+            lines += _inline_decimal(f"p{number}", name, nullable, text=positions is not None)
         else:
             lines.append(f"    p{number} = {write}")
         parts.append(f"p{number}")

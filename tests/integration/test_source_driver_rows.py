@@ -3,11 +3,12 @@
 The producer reads a PostgreSQL source's changed rows through a server-side
 cursor of psycopg's, each row made a ChangedRow as psycopg reads it
 (``FrozenSnapshot._driver_rows``), where SQLAlchemy would hand the same values on
-unchanged. On a simulated source in a real PostgreSQL, with an order line whose
-order is gone, both readings give the same rows, values and types for every table
-and every way a snapshot reads; a column of another type (a float) is read
-through SQLAlchemy; and a connection that breaks mid-read is an outage, as it is
-through SQLAlchemy.
+unchanged, but for amounts: those the driver's cursor reads as the text PostgreSQL
+sends. On a simulated source in a real PostgreSQL, with an order line whose order
+is gone, both readings give the same rows, values and types for every table and
+every way a snapshot reads (each amount's text spelling SQLAlchemy's Decimal), and
+the same events; a column of another type (a float) is read through SQLAlchemy;
+and a connection that breaks mid-read is an outage, as it is through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ import sqlalchemy as sa
 
 from producer import source_reader
 from producer.changed_rows import ChangedRow
+from producer.events import RowPreparer
+from producer.partitioning import CustomerPartitioner
+from producer.sensitive import column_policy
 from producer.source_reader import FrozenSnapshot, SourceReader
 from queuestream.databases import create_engine
 from queuestream.errors import DatabaseUnavailableError
 from queuestream.settings import Settings, load_settings
+from queuestream.sync_schema import Base
 from queuestream.tables import TABLES, TABLES_BY_NAME
+from schemas.avro import AvroCodec
 from tests.source_readings import (
     ALL_TIME,
     both_readings,
@@ -52,17 +58,64 @@ def _both(settings: Settings) -> tuple[dict[str, list[ChangedRow]], dict[str, li
     return both_readings(settings, "_psycopg")
 
 
-def test_the_driver_reads_what_sqlalchemy_reads(source: Settings) -> None:
+def _amounts(name: str) -> set[str]:
+    """The amount (numeric) columns of the table a reading of ``name`` is of."""
+    spec = TABLES_BY_NAME[name.split()[0]]
+    table = Base.metadata.tables[spec.source]
+    return {c.name for c in table.columns if isinstance(c.type, sa.Numeric)}
+
+
+def _amounts_made_decimal(rows: list[ChangedRow], amounts: set[str]) -> list[ChangedRow]:
+    """``rows`` with every amount, read as its text, made the Decimal it spells."""
+    made = []
+    for changed in rows:
+        row = changed.row
+        for column in amounts:
+            if row[column] is not None:
+                assert type(row[column]) is str, (column, row[column])
+                row[column] = Decimal(row[column])
+        values = tuple(row[c] for c in changed.layout.columns)
+        made.append(ChangedRow(values, changed.customer_id, changed.layout))
+    return made
+
+
+def test_the_driver_reads_what_sqlalchemy_reads_amounts_as_their_text(source: Settings) -> None:
+    """Every value and its type as SQLAlchemy reads it, but amounts: those are the text
+    PostgreSQL sent, spelling the very Decimal SQLAlchemy reads (sign, digits, exponent)."""
     driver, alchemy = _both(source)
     assert driver.keys() == alchemy.keys()
     for name in driver:
-        assert typed(driver[name]) == typed(alchemy[name]), name
+        amounts = _amounts(name)
+        assert typed(_amounts_made_decimal(driver[name], amounts)) == typed(alchemy[name]), name
+        spelled = [
+            (Decimal(d.row[c]).as_tuple(), a.row[c].as_tuple())
+            for d, a in zip(driver[name], alchemy[name], strict=True)
+            for c in amounts
+            if a.row[c] is not None
+        ]
+        assert all(text == decimal for text, decimal in spelled), name
+        assert spelled or not amounts, name
     lines = driver["order_details"]
     assert len(lines) > 100
     assert any(changed.customer_id == 0 for changed in lines)  # the orphaned line
     assert all(changed.customer_id > 0 for changed in driver["orders"])
     assert any(v is None for changed in driver["customers"] for v in changed.row.values())
     assert all(len(rows) > 0 for rows in driver.values())
+
+
+def test_both_readings_make_the_same_events(source: Settings) -> None:
+    """What the row reader makes of each row (key, the row's Avro bytes, op, version,
+    partition) is the same from the amounts' text as from SQLAlchemy's Decimals."""
+    driver, alchemy = _both(source)
+    codec = AvroCodec(source.topic_prefix)
+    partitioner = CustomerPartitioner(6)
+    policy = column_policy(source)
+    for name in driver:
+        spec = TABLES_BY_NAME[name.split()[0]]
+        prepare = RowPreparer(spec, codec, policy, partitioner, source.zone, None, False).prepare
+        made = [prepare(changed) for changed in driver[name]]
+        assert made == [prepare(changed) for changed in alchemy[name]], name
+        assert all(type(event) is tuple for event in made), name  # none refused
 
 
 def test_the_overlaps_keys_and_versions_are_what_sqlalchemy_reads(source: Settings) -> None:

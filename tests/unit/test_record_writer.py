@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import fastavro
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from queuestream.errors import EncodingError
@@ -165,6 +165,54 @@ def test_rows_given_as_values_encode_as_the_row_does(table: str, data: st.DataOb
     assert by_position(values) == written
 
 
+def _decimal_fields(table: str) -> set[str]:
+    return {
+        f["name"]
+        for f in row_schema(table)["fields"]
+        for t in (f["type"] if isinstance(f["type"], list) else [f["type"]])
+        if isinstance(t, dict) and t.get("logicalType") == "decimal"
+    }
+
+
+@pytest.mark.parametrize("table", [t for t in _TABLE_NAMES if _decimal_fields(t)])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_amounts_given_as_their_text_encode_as_their_decimals_do(
+    table: str, data: st.DataObject
+) -> None:
+    """The producer reads PostgreSQL's amounts as the text the server sends (plain digits,
+    never an exponent) and hands that on: a row's values with each amount as its text
+    (PostgreSQL's spelling, or Python's) write the bytes of the row with Decimals, or
+    are refused naming the same column; fastavro, the reference, is given Decimals."""
+    row = data.draw(_rows(table, odd=data.draw(st.booleans())))
+    columns = data.draw(st.permutations(list(row)))
+    amounts = _decimal_fields(table)
+    plain = data.draw(st.booleans())  # PostgreSQL's spelling (no exponent), else Python's
+
+    def spell(amount: Decimal) -> str:
+        return format(amount, "f") if plain else str(amount)
+
+    values = [spell(row[c]) if c in amounts and row[c] is not None else row[c] for c in columns]
+    assume(any(row[c] is not None for c in amounts))
+    got = _outcome(_FAST[table].rows.values_encoder(columns), values)  # shared: its kept bytes
+    expected = _outcome(_reference(table).encode_row, row)
+    assert got[0] == expected[0]
+    if got[0] == "bytes":
+        assert got == expected
+    else:
+        assert got[1][0] == expected[1][0]  # the column (the reason shows the text read)
+
+
+def test_text_that_spells_no_amount_is_refused_naming_its_column() -> None:
+    """Not a number's text in an amount: left to fastavro, refused as a str would be."""
+    row = _payment(Amount="12,50")
+    columns = list(row)
+    encode = _FAST["payments"].rows.values_encoder(columns)
+    with pytest.raises(EncodingError) as refused:
+        encode([row[c] for c in columns])
+    assert refused.value.column == "Amount"
+
+
 @pytest.mark.parametrize("table", _TABLE_NAMES)
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
@@ -295,11 +343,21 @@ def test_an_amount_equal_to_one_written_but_finer_is_refused_as_fastavro_refuses
     not 1.5, which was written (scale 2), but a finer scale, which fastavro refuses."""
     row = _payment()
     fast = _codec.envelope_encoder("payments", _SOURCE, 0, "r")
+    columns = list(row)
+    as_text = fast.rows.values_encoder(columns)  # the amount as PostgreSQL's text
     for amount in ("1.5", "1.500", "1.50", "-0.00", "0.000"):
         row["Amount"] = Decimal(amount)
-        assert _outcome(fast.encode_row, row) == _outcome(_reference("payments").encode_row, row)
+        expected = _outcome(_reference("payments").encode_row, row)
+        assert _outcome(fast.encode_row, row) == expected
+        for _ in range(2):  # written, then found among the amounts kept
+            got = _outcome(as_text, [amount if c == "Amount" else row[c] for c in columns])
+            assert got == expected if expected[0] == "bytes" else got[:1] == expected[:1]
     row["Amount"] = Decimal("1.500")
     assert _outcome(fast.encode_row, row)[0] == "refused"
+    assert _outcome(as_text, ["1.500" if c == "Amount" else row[c] for c in columns]) == (
+        "refused",
+        ("Amount", _outcome(fast.encode_row, row)[1][1]),
+    )
 
 
 @pytest.mark.parametrize("length", [0, 63, 64, 8191, 8192, 65535, 65536, 70_000])
