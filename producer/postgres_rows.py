@@ -23,7 +23,6 @@ from contextlib import suppress
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg.types.string import TextLoader
 
 from producer.changed_rows import ChangedRow, RowLayout, check_columns
 from queuestream.databases import driver_errors
@@ -38,6 +37,14 @@ _PLAIN_OIDS = frozenset({21, 23, 20, 1700, 25, 1042, 1043, 1114, 1184})
 
 #: Names of the server-side cursors opened on the driver (one per query).
 _CURSOR_NUMBERS = itertools.count()
+
+
+def _text_loader() -> type:
+    """psycopg's loader of text as str, imported here: a producer reading SQLite loads no
+    psycopg (9 MB of its row reader's peak)."""
+    from psycopg.types.string import TextLoader
+
+    return TextLoader
 
 
 def _plain_postgres_columns(cursor: Any) -> bool:
@@ -55,7 +62,7 @@ def open_cursor(conn: sa.Connection, query: sa.Select[Any]) -> Any:
     assert driver is not None  # an open connection
     with driver_errors(conn, statement):
         cursor = driver.cursor(name=f"queuestream_rows_{next(_CURSOR_NUMBERS)}")
-        cursor.adapters.register_loader("numeric", TextLoader)  # amounts as their text
+        cursor.adapters.register_loader("numeric", _text_loader())  # amounts as their text
         cursor.execute(statement, compiled.params)
         if _plain_postgres_columns(cursor):
             return cursor

@@ -337,3 +337,16 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_the_reader_of_a_sqlite_source_loads_no_postgresql_driver() -> None:
+    """What the row reader imports to read SQLite leaves psycopg out (its peak RSS is 9 MB
+    more with it): PostgreSQL's own reading imports it where it is used."""
+    code = (
+        "import sys, producer.row_process, producer.sqlite_rows; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
