@@ -27,7 +27,7 @@ BENCH_KAFKA_HEAP_OPTS ?= -Xms512m -Xmx1g
 BENCH_KAFKA_JVM_OPTS ?= -XX:+UseParallelGC -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true
 BENCH_ARGS ?=
 
-.PHONY: help venv test-deps kafka-jars registry-jar connect-plugins kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-memory bench-kafka-up bench-kafka-down lint schema-history clean distclean
+.PHONY: help venv test-deps kafka-jars registry-jar connect-plugins kafka-up kafka-down kafka-status pg-up pg-down test demo bench bench-consumers bench-recovery bench-freshness bench-sweep bench-soak bench-state bench-memory bench-kafka-up bench-kafka-down lint schema-history clean distclean
 
 help:
 	@echo "make venv        create .venv and install queuestream[test,dev,mssql] (editable)"
@@ -51,6 +51,8 @@ help:
 	@echo "                      of the producer and of each consumer, real processes)"
 	@echo "make bench-soak       run bench/soak.py: producer and both consumers under steady load for"
 	@echo "                      10 minutes; RSS growth, lag and errors (BENCH_ARGS=\"--minutes 2 --json\")"
+	@echo "make bench-state      run bench/state.py: one refresh's writes into the producer's local"
+	@echo "                 state, empty and holding 1,000,000 rows (no service needed)"
 	@echo "make bench-kafka-down  stop the benchmark's broker"
 	@echo "make lint        ruff + mypy"
 	@echo "make schema-history  record the current .avsc files in schemas/avro/history (after a contract change)"
@@ -130,6 +132,9 @@ bench-sweep: venv bench-kafka-up pg-up
 
 bench-memory: venv bench-kafka-up pg-up
 	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) -m bench.memory $(BENCH_ARGS)
+
+bench-state: venv
+	@$(VPY) -m bench.state $(BENCH_ARGS)
 
 bench-soak: venv bench-kafka-up pg-up
 	@KAFKA_PORT=$(BENCH_KAFKA_PORT) $(VPY) -m bench.soak $(BENCH_ARGS)
