@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_common_arguments", "check_common_arguments"]
+__all__ = ["add_common_arguments", "add_run_arguments", "check_common_arguments"]
 
 
 def add_common_arguments(
@@ -70,6 +70,11 @@ def add_common_arguments(
     p.add_argument("--breakdown", action="store_true", help=breakdown_help)
     p.add_argument("--profile", type=Path, metavar="DIR", help=profile_help)
     p.add_argument("--keep-topics", action="store_true", help="do not delete the topics made")
+    add_run_arguments(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """How long a benchmark may take and what it prints: ``--timeout``, ``--json``, ``-v``."""
     p.add_argument(
         "--timeout",
         type=float,

@@ -35,6 +35,7 @@ from typing import Any
 
 from bench.environment import git_describe
 from bench.errors import BenchError, Deadline
+from bench.options import add_run_arguments
 from bench.output import err, out, print_runs, progress_printer
 from bench.phases import in_fresh_process
 from bench.rss import PhaseMemory
@@ -140,9 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--row-bytes", type=int, default=160, help="bytes of each row's Avro body")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dir", help="folder for the state files (default: a temporary one)")
-    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this long")
-    p.add_argument("--json", action="store_true", help="print the results as JSON only")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_run_arguments(p)
     return p
 
 
