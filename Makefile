@@ -52,7 +52,7 @@ help:
 	@echo "make bench-soak       run bench/soak.py: producer and both consumers under steady load for"
 	@echo "                      10 minutes; RSS growth, lag and errors (BENCH_ARGS=\"--minutes 2 --json\")"
 	@echo "make bench-state      run bench/state.py: one refresh's writes into the producer's local"
-	@echo "                 state, empty and holding 1,000,000 rows (no service needed)"
+	@echo "                      state, empty and holding 1,000,000 rows (no service needed)"
 	@echo "make bench-kafka-down  stop the benchmark's broker"
 	@echo "make lint        ruff + mypy"
 	@echo "make schema-history  record the current .avsc files in schemas/avro/history (after a contract change)"
