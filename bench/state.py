@@ -93,11 +93,11 @@ def _keys(rows: int, writes: int, updates: float, seed: int) -> list[int]:
 
 
 def write_phase(
-    path: str, rows: int, writes: int, updates: float, seed: int, size: int
+    path: str, rows: int, writes: int, updates: float, seed: int, payload: bytes
 ) -> dict[str, Any]:
-    """One refresh's writes into the state at ``path`` (run in a fresh process)."""
+    """One refresh's writes into the state at ``path`` (run in a fresh process), each row
+    ``payload`` as its bytes."""
     keys = _keys(rows, writes, updates, seed)
-    payload = random.Random(seed).randbytes(size)
     memory = PhaseMemory()
     state = PublishedState(Path(path))
     cpu = time.process_time()
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.writes,
                 args.updates,
                 args.seed,
-                args.row_bytes,
+                payload,
             )
             writes = found["writes"]
             found.update(

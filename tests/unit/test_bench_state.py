@@ -23,7 +23,7 @@ def test_a_refresh_into_a_full_state_replaces_the_share_asked_and_adds_the_rest(
 def test_one_pass_writes_every_row_and_reports_it(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     _fill(path, 300, b"x" * 20, lambda _line: None)
-    found = write_phase(str(path), 300, 200, 0.5, 7, 20)
+    found = write_phase(str(path), 300, 200, 0.5, 7, b"y" * 20)
     assert found["writes"] == 200
     assert found["updates"] == 100
     assert found["cpu_seconds"] > 0
