@@ -26,7 +26,10 @@ forever (UTC, ``Etc/GMT+5``) the zone is not asked at all (:func:`wall_micros_in
 
 A refresh's timestamps lie close together, and a timestamp's varint is eight bytes
 whose last four change every 134 seconds: each writer keeps those of the last
-timestamp it wrote (:func:`timestamp_varint_writer`).
+timestamp it wrote (:func:`timestamp_varint_writer`). Many are equal, too: a new
+row's CreatedDate is its ModifiedDate, and an order's lines share its stamps. The
+wall timestamp fields of one record keep the last stamp written, with its bytes, for
+the next one equal to it (:func:`_wall_timestamp_writer`).
 """
 
 from __future__ import annotations
@@ -264,16 +267,29 @@ def wall_micros(value: datetime, zone: tzinfo) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _wall_timestamp_writer(zone: tzinfo) -> Callable[[Any], bytes]:
-    """timestamp-micros from an aware datetime, or a naive one as wall time in ``zone``."""
+def _wall_timestamp_writer(
+    zone: tzinfo, last: list[tuple[Any, int, bytes]] | None = None
+) -> Callable[[Any], bytes]:
+    """timestamp-micros from an aware datetime, or a naive one as wall time in ``zone``.
+
+    ``last`` holds the last timestamp written and its bytes (shared by the timestamp
+    fields of one record: a new row's CreatedDate is its ModifiedDate, an order's
+    lines share its stamps); a timestamp equal to it, with the same fold, is not
+    written again. Equal naive datetimes are the same wall time, equal aware ones the
+    same instant, and a naive one never equals an aware one."""
     utcoffset = zone.utcoffset
     write_varint = timestamp_varint_writer()
     fixed = _fixed_offset(zone)
     base = None if fixed is None else _NAIVE_EPOCH + fixed
+    if last is None:
+        last = [(None, 0, b"")]
 
     def write(value: Any) -> bytes:
         if type(value) is not datetime:
             raise Unhandled
+        kept, fold, written = last[0]
+        if value == kept and value.fold == fold:
+            return written
         if value.tzinfo is not None:
             delta = value - _EPOCH
         elif base is not None:
@@ -283,15 +299,21 @@ def _wall_timestamp_writer(zone: tzinfo) -> Callable[[Any], bytes]:
             if offset is None:
                 raise Unhandled
             delta = (value - _NAIVE_EPOCH) - offset
-        return write_varint((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
+        micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+        written = write_varint(micros)
+        last[0] = (value, value.fold, written)
+        return written
 
     return write
 
 
 def _plain_writer(
-    schema: Any, wall_zone: tzinfo | None = None
+    schema: Any,
+    wall_zone: tzinfo | None = None,
+    last_stamp: list[tuple[Any, int, bytes]] | None = None,
 ) -> tuple[str, Callable[[Any], bytes]] | None:
-    """The name and function that write a non-union ``schema``, or None if not handled."""
+    """The name and function that write a non-union ``schema``, or None if not handled;
+    ``last_stamp``: the last wall timestamp written, shared by a record's fields."""
     if schema == "int":
         return "_int", _int
     if schema == "long":
@@ -302,7 +324,7 @@ def _plain_writer(
         logical, base = schema.get("logicalType"), schema.get("type")
         if logical == "timestamp-micros" and base == "long":
             if wall_zone is not None:
-                return "_wall_timestamp", _wall_timestamp_writer(wall_zone)
+                return "_wall_timestamp", _wall_timestamp_writer(wall_zone, last_stamp)
             return "_timestamp", _timestamp_writer()
         if logical == "decimal" and base == "bytes":
             precision, scale = int(schema["precision"]), int(schema.get("scale", 0))
@@ -409,10 +431,11 @@ def _generate(
     if positions is None:
         lines.append("    get = row.get")
     parts = []
+    last_stamp: list[tuple[Any, int, bytes]] = [(None, 0, b"")]
     for number, field in enumerate(schema["fields"]):
         ftype = field["type"]
         nullable = isinstance(ftype, list) and len(ftype) == 2 and ftype[0] == "null"
-        found = _plain_writer(ftype[1] if nullable else ftype, wall_zone)
+        found = _plain_writer(ftype[1] if nullable else ftype, wall_zone, last_stamp)
         if found is None:
             return None
         name, function = found

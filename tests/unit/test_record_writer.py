@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from queuestream.errors import EncodingError
 from queuestream.tables import TABLES
 from schemas.avro import AvroCodec, row_schema
-from schemas.avro.envelope import EnvelopeEncoder
+from schemas.avro.envelope import EnvelopeEncoder, RowEncoder
 from schemas.avro.record_writer import (
     Unhandled,
     record_writer,
@@ -418,6 +418,48 @@ _WALL = st.one_of(
         ]
     ),
 )
+
+
+#: Stamps that repeat, as a refresh's do: New York's repeated 01:30 in both folds, the
+#: instants they are (aware, in UTC and in New York), and a microsecond on.
+_REPEATED = [
+    datetime(2026, 11, 1, 1, 30),  # noqa: DTZ001
+    datetime(2026, 11, 1, 1, 30, fold=1),  # noqa: DTZ001
+    datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
+    datetime(2026, 11, 1, 6, 30, tzinfo=UTC),
+    datetime(2026, 11, 1, 1, 30, fold=1, tzinfo=ZoneInfo("America/New_York")),
+    datetime(2026, 11, 1, 1, 30, 0, 1),  # noqa: DTZ001
+]
+
+
+@pytest.mark.parametrize("zone", [ZoneInfo("UTC"), ZoneInfo("America/New_York")], ids=str)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_stamps_that_repeat_are_each_written_as_fastavro_writes_them(
+    zone: Any, data: st.DataObject
+) -> None:
+    """A writer keeps the last stamp it wrote for the next one equal to it (a new row's
+    CreatedDate is its ModifiedDate; an order's lines share its stamps). Row after row
+    of stamps drawn from a few, in both folds of a repeated hour and aware beside
+    naive, each row is still what fastavro writes of it, by either of its writers."""
+    rows = RowEncoder("orders", zone)  # its own: nothing kept from another test
+    fields = row_schema("orders")["fields"]
+    columns = [field["name"] for field in fields]
+    stamps = [field["name"] for field in fields if "timestamp" in str(field["type"])]
+    by_values = rows.values_encoder(columns)
+    reference = _reference("orders").rows
+    for _ in range(data.draw(st.integers(min_value=2, max_value=8))):
+        row = data.draw(_rows("orders", odd=False))
+        for name in stamps:
+            if row[name] is not None:
+                row[name] = data.draw(st.sampled_from(_REPEATED))
+        aware = {
+            k: v.replace(tzinfo=zone) if isinstance(v, datetime) and v.tzinfo is None else v
+            for k, v in row.items()
+        }
+        expected = _outcome(reference.encode_row, aware)
+        assert _outcome(rows.encode_row, row) == expected
+        assert _outcome(lambda r: by_values([r[c] for c in columns]), row) == expected
 
 
 @pytest.mark.parametrize("table", ["orders", "payments"])
