@@ -33,7 +33,15 @@ from producer.partitioning import CustomerPartitioner
 from producer.published_state import PublishedState
 from producer.publisher import Send, TransactionalPublisher
 from producer.sensitive import ColumnPolicy
-from producer.state_changelog import Key, Published, pack, packed_key, record_key, state_topic
+from producer.state_changelog import (
+    Key,
+    Published,
+    pack,
+    packed_key,
+    record_key,
+    record_key_format,
+    state_topic,
+)
 from queuestream.batches import BeginMarker, EndMarker, TablePartition, encode_marker
 from queuestream.dead_letters import ErrorBudget, ErrorContext, dlq_topic, error_headers
 from queuestream.errors import EncodingError
@@ -171,6 +179,7 @@ class BatchWriter:
         finish = self.builder(spec).finish
         topic = self.parts.topics[name]
         state_topic = self.parts.state_topic
+        state_key = record_key_format(name)
         send = self.send
         events = self._events
         written: list[tuple[int, int, int, bytes]] = []  # the local state's, for the chunk
@@ -183,7 +192,7 @@ class BatchWriter:
             send(topic, event_key, finish(prepared, self.total), partition)
             counted = (name, op, partition)
             events[counted] = events.get(counted, 0) + 1
-            send(state_topic, record_key(name, key), pack(version, customer, row), 0)
+            send(state_topic, state_key % key, pack(version, customer, row), 0)
             written.append((packed_key(key), version, customer, row))
         self.parts.state.put_rows(name, written)
         return written

@@ -21,6 +21,7 @@ compacted, one partition. Records:
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 import time
@@ -44,6 +45,7 @@ __all__ = [
     "parse_record_key",
     "read_changelog",
     "record_key",
+    "record_key_format",
     "state_topic",
     "unpacked_key",
 ]
@@ -110,7 +112,15 @@ def pack(version: int, customer: int, row: bytes) -> bytes:
 
 
 def record_key(table: str, key: Key) -> bytes:
-    return f"{table}/{key[0]}/{key[1]}".encode()
+    """A row's record key, ``<table>/<k1>/<k2>``."""
+    return record_key_format(table) % key
+
+
+@functools.cache
+def record_key_format(table: str) -> bytes:
+    """``record_key(table, key)`` is ``record_key_format(table) % key``: a refresh formats
+    hundreds of thousands, and bytes' ``%`` takes half the time of an f-string encoded."""
+    return table.replace("%", "%%").encode() + b"/%d/%d"
 
 
 def parse_record_key(data: bytes) -> tuple[str, Key]:

@@ -20,7 +20,14 @@ import fastavro
 
 from queuestream.errors import EncodingError, SchemaError
 from schemas.avro.misfit import WRITE_ERRORS, find_misfit, not_a_number
-from schemas.avro.record_writer import Unhandled, record_writer, values_writer, varint
+from schemas.avro.record_writer import (
+    POSITIVE_INLINE,
+    POSITIVE_VARINTS,
+    Unhandled,
+    record_writer,
+    values_writer,
+    varint,
+)
 from schemas.avro.schema_files import load_schema, row_schema
 
 __all__ = ["EnvelopeEncoder", "RowEncoder", "encode_long"]
@@ -242,6 +249,7 @@ class EnvelopeEncoder:
             op: self._source_suffix + written + self._published + self._transaction
             for op, written in self._ops.items()
         }
+        self._last_ts: tuple[int | None, bytes] = (None, b"")
 
     def encode(
         self,
@@ -265,16 +273,26 @@ class EnvelopeEncoder:
         data_collection_order: int,
     ) -> bytes:
         """:meth:`encode` of a row given as the bytes :meth:`encode_row` returned: what
-        :meth:`_envelope` writes, from parts joined once per refresh."""
+        :meth:`_envelope` writes, from parts joined once per refresh. The two orders
+        count up from 1, and below 65,536 their varints are looked up; the last
+        ``ts_ms`` written is kept with its varint (rows stamped alike follow each other)."""
+        kept_ms, ts = self._last_ts
+        if source_ts_ms != kept_ms:
+            ts = varint(source_ts_ms)
+            self._last_ts = (source_ts_ms, ts)
         return b"".join(
             (
                 self._change_head,
                 row,
                 self._change_middle,
-                varint(source_ts_ms),
+                ts,
                 self._change_tails[op],
-                varint(total_order),
-                varint(data_collection_order),
+                POSITIVE_VARINTS[total_order]
+                if 0 <= total_order < POSITIVE_INLINE
+                else varint(total_order),
+                POSITIVE_VARINTS[data_collection_order]
+                if 0 <= data_collection_order < POSITIVE_INLINE
+                else varint(data_collection_order),
             )
         )
 

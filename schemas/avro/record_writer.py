@@ -40,6 +40,8 @@ from decimal import Decimal
 from typing import Any, cast
 
 __all__ = [
+    "POSITIVE_INLINE",
+    "POSITIVE_VARINTS",
     "RecordWriter",
     "Unhandled",
     "ValuesWriter",
@@ -88,9 +90,10 @@ _VARINTS = tuple(_varint_slow(n) for n in range(_SMALL))
 _MORE = tuple(bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(_SMALL))
 
 
-#: Varints of 0 .. _INLINE - 1 (ids and counts), which generated code looks up inline.
-_INLINE = 1 << 16
-_POSITIVE = tuple(_varint_slow(n << 1) for n in range(_INLINE))
+#: Varints of 0 .. _INLINE - 1 (ids and counts), which generated code looks up inline;
+#: public as POSITIVE_VARINTS, below POSITIVE_INLINE, for other code that does.
+_INLINE = POSITIVE_INLINE = 1 << 16
+_POSITIVE = POSITIVE_VARINTS = tuple(_varint_slow(n << 1) for n in range(_INLINE))
 #: A string's length (below _SMALL // 2) as its varint after a union's branch 1, which
 #: generated code looks up inline (without the branch: _POSITIVE).
 _BRANCH_LENGTHS = tuple(b"\x02" + length for length in _POSITIVE[: _SMALL // 2])

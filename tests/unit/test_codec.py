@@ -173,11 +173,12 @@ def test_envelope_encoder_is_byte_identical_to_a_full_encode() -> None:
             st.one_of(
                 st.integers(1_795_000_000_000, 1_795_000_600_000),  # a refresh's, close
                 st.integers(-(2**62), 2**62),
+                st.sampled_from([-1, 0, 1_795_000_000_000]),  # again and again
             ),
-            st.integers(1, 2**40),
-            st.integers(1, 2**40),
+            st.one_of(st.integers(0, 70_000), st.integers(1, 2**40)),
+            st.one_of(st.integers(0, 70_000), st.integers(1, 2**40)),
         ),
-        max_size=8,
+        max_size=12,
     ),
 )
 def test_change_events_one_after_another_are_byte_identical_to_full_encodes(

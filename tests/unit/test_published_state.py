@@ -24,9 +24,11 @@ from producer.state_changelog import (
     parent_range,
     parse_record_key,
     record_key,
+    record_key_format,
 )
 from queuestream.errors import ConfigurationError
 from queuestream.settings import Settings, load_settings
+from queuestream.tables import TABLES
 
 
 def _row(n: int) -> Published:
@@ -309,6 +311,20 @@ def test_keys_at_the_ends_of_32_bits_keep_their_order_and_their_children(
 def test_record_keys_round_trip() -> None:
     assert parse_record_key(record_key("order_details", (12, 3))) == ("order_details", (12, 3))
     assert Published.decode(_row(5).encode()) == _row(5)
+
+
+@given(
+    st.sampled_from([spec.name for spec in TABLES] + ["50%_off"]),
+    st.tuples(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1)),
+)
+def test_a_record_key_is_its_table_and_key_columns_joined_by_slashes(
+    table: str, key: tuple[int, int]
+) -> None:
+    """The changelog's keys as the module says they are written, ``<table>/<k1>/<k2>``,
+    however they are formatted; and read back."""
+    assert record_key(table, key) == f"{table}/{key[0]}/{key[1]}".encode()
+    assert record_key_format(table) % key == record_key(table, key)
+    assert parse_record_key(record_key(table, key)) == (table, key)
 
 
 def test_a_state_dir_that_cannot_be_written_is_one_clear_error(tmp_path: Path) -> None:
