@@ -108,3 +108,16 @@ def test_a_refusal_is_a_configuration_error_without_the_password() -> None:
     with pytest.raises(ConfigurationError, match="refused the connection") as caught:
         kafka_clients.raise_if_refused(errors, settings.kafka_bootstrap_servers)
     assert SASL["sasl.password"] not in str(caught.value)
+
+
+def test_every_client_reconnects_soon_unless_the_user_says_otherwise() -> None:
+    """A new client's first answer waited 50 ms after librdkafka dropped its bootstrap
+    connection, at the default backoff of 100 ms (bench/recovery.py's plan time); every
+    role starts from 20 ms, and the user's own value wins."""
+    settings = _settings()
+    configs = (producer_config(settings), consumer_config(settings, "g"))
+    for config in (*configs, client_options(settings, "admin")):
+        assert config["reconnect.backoff.ms"] == 20
+    mine = _settings(**{"reconnect.backoff.ms": "250"})
+    for config in (producer_config(mine), consumer_config(mine, "g")):
+        assert config["reconnect.backoff.ms"] == "250"
