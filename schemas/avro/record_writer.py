@@ -271,7 +271,7 @@ def wall_micros(value: datetime, zone: tzinfo) -> int:
 
 
 def _wall_timestamp_writer(
-    zone: tzinfo, last: list[tuple[Any, int, bytes]] | None = None
+    zone: tzinfo, last: list[tuple[Any, int, bytes]]
 ) -> Callable[[Any], bytes]:
     """timestamp-micros from an aware datetime, or a naive one as wall time in ``zone``.
 
@@ -284,8 +284,6 @@ def _wall_timestamp_writer(
     write_varint = timestamp_varint_writer()
     fixed = _fixed_offset(zone)
     base = None if fixed is None else _NAIVE_EPOCH + fixed
-    if last is None:
-        last = [(None, 0, b"")]
 
     def write(value: Any) -> bytes:
         if type(value) is not datetime:
@@ -311,9 +309,7 @@ def _wall_timestamp_writer(
 
 
 def _plain_writer(
-    schema: Any,
-    wall_zone: tzinfo | None = None,
-    last_stamp: list[tuple[Any, int, bytes]] | None = None,
+    schema: Any, wall_zone: tzinfo | None, last_stamp: list[tuple[Any, int, bytes]]
 ) -> tuple[str, Callable[[Any], bytes]] | None:
     """The name and function that write a non-union ``schema``, or None if not handled;
     ``last_stamp``: the last wall timestamp written, shared by a record's fields."""
@@ -336,7 +332,7 @@ def _plain_writer(
             name = f"_decimal_{precision}_{scale}"
             return name, _decimal_writer(precision, scale)
         if logical is None and base in ("int", "long", "string"):
-            return _plain_writer(base, wall_zone)
+            return _plain_writer(base, wall_zone, last_stamp)
     return None
 
 
