@@ -85,6 +85,8 @@ def refresh_phase(settings: Settings) -> dict[str, Any]:
         "reader_cpu_seconds": timed.reader_cpu_seconds,
         "machine_cpu_seconds": timed.machine.busy,
         "steal_seconds": timed.machine.steal,
+        "broker_cpu_seconds": timed.services.get("broker"),
+        "postgres_cpu_seconds": timed.services.get("postgres"),
         "counts": dict(result.counts),
         "refresh_id": result.refresh_id,
         "watermark": result.window_end,

@@ -17,7 +17,10 @@ For each backend the benchmark
    it (bench/phases.py), so its **peak RSS** (``VmHWM``, the highest of them) is the refresh's own,
    beside the RSS that process had before the refresh and the growth, and the
    peak of the producer's row reader process (``reader_process``, read every
-   0.1 s while it lives; ``total_peak_rss_mb`` adds both);
+   0.1 s while it lives; ``total_peak_rss_mb`` adds both). The median refresh's
+   CPU an event is given for its process, its row reader, the broker and the
+   source's PostgreSQL server (each where it runs on this machine: they share
+   its two cores) and the whole machine;
 3. measures the **ceiling**: the committed messages of that refresh are read
    back, then produced again, byte for byte to the same partitions, by a plain
    confluent-kafka Producer with ``queuestream.kafka_clients.producer_config``
@@ -143,6 +146,10 @@ class Run:
     #: two above), and the time the host stole from it, in the same refresh.
     machine_cpu_us_per_event: float | None = None
     steal_us_per_event: float | None = None
+    #: of that, the broker's and the source's PostgreSQL server's (their children's too),
+    #: where they run on this machine; None where they do not.
+    broker_cpu_us_per_event: float | None = None
+    postgres_cpu_us_per_event: float | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -256,6 +263,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     refreshed["machine_cpu_seconds"], refreshed["events"]
                 ),
                 steal_us_per_event=_per_event(refreshed["steal_seconds"], refreshed["events"]),
+                broker_cpu_us_per_event=_per_event(
+                    refreshed["broker_cpu_seconds"], refreshed["events"]
+                ),
+                postgres_cpu_us_per_event=_per_event(
+                    refreshed["postgres_cpu_seconds"], refreshed["events"]
+                ),
             )
             runs.append(item)
             progress(
@@ -264,7 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{item.peak_rss_mb} MB (+ row reader {item.row_reader_peak_rss_mb} MB), CPU "
                 f"{item.cpu_us_per_event} us an event (+ row reader "
                 f"{item.reader_cpu_us_per_event}; the machine {item.machine_cpu_us_per_event}, "
-                f"stolen {item.steal_us_per_event})"
+                f"of it the broker {item.broker_cpu_us_per_event} and PostgreSQL "
+                f"{item.postgres_cpu_us_per_event}; stolen {item.steal_us_per_event})"
             )
             if item.events != item.rows:
                 log.warning(

@@ -4,21 +4,27 @@
 holds the rows asked for; :func:`copy_rows` copies such a database into another
 (``bench.producer --generator copy``); :func:`timed_refresh` publishes it in ONE
 refresh, timed from the call until Kafka acknowledged the commit, with the CPU time
-the refresh took in its own process, in the producer's row reader and on the whole
-machine (the broker's and the database's share is the difference).
+the refresh took in its own process, in the producer's row reader, in the broker and
+the source's PostgreSQL server where they run on this machine (:mod:`bench.cpu`), and
+on the whole machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from bench.cpu import (
+    MachineCpu,
+    local_services,
+    machine_cpu,
+    process_cpu_seconds,
+    services_cpu_seconds,
+)
 from bench.errors import BenchError, Deadline
 from bench.output import Progress
 from bench.scratch import ready_topics, writer_engine
@@ -32,13 +38,11 @@ from queuestream.tables import TABLES
 __all__ = [
     "SOURCE_TABLES",
     "Generation",
-    "MachineCpu",
     "TimedRefresh",
     "copy_rows",
     "count_rows",
-    "machine_cpu",
     "new_refresher",
-    "process_cpu_seconds",
+    "service_addresses",
     "simulate",
     "timed_refresh",
 ]
@@ -146,6 +150,9 @@ class TimedRefresh:
     #: the whole machine's over the same time: every process's, and the time stolen
     #: from this machine by its host.
     machine: MachineCpu
+    #: CPU seconds of the broker and of the source's PostgreSQL server over the same time
+    #: (``broker``, ``postgres``), each where it runs on this machine, with its children.
+    services: dict[str, float] = field(default_factory=dict)
 
 
 def timed_refresh(settings: Settings) -> TimedRefresh:
@@ -154,6 +161,8 @@ def timed_refresh(settings: Settings) -> TimedRefresh:
     try:
         reader = refresher.row_reader.pid() if refresher.row_reader is not None else None
         reader_before = process_cpu_seconds(reader)
+        services = local_services(service_addresses(settings))
+        services_before = services_cpu_seconds(services)
         machine_before = machine_cpu()
         cpu = time.process_time()
         started = time.perf_counter()
@@ -161,6 +170,7 @@ def timed_refresh(settings: Settings) -> TimedRefresh:
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
         machine = machine_cpu() - machine_before
+        services_after = services_cpu_seconds(services)
         reader_after = process_cpu_seconds(reader)
         reader_cpu = (
             reader_after - reader_before
@@ -172,31 +182,18 @@ def timed_refresh(settings: Settings) -> TimedRefresh:
     if len(results) != 1:
         msg = f"expected one refresh result, got {len(results)}"
         raise BenchError(msg)
-    return TimedRefresh(results[0], seconds, cpu, reader_cpu, machine)
+    took = {
+        name: services_after[name] - services_before[name]
+        for name in services_after.keys() & services_before.keys()
+    }
+    return TimedRefresh(results[0], seconds, cpu, reader_cpu, machine, took)
 
 
-@dataclass(frozen=True)
-class MachineCpu:
-    """CPU seconds of the whole machine, all cores together (``/proc/stat``)."""
-
-    busy: float  # user, nice, system, irq and softirq: every process's work
-    steal: float  # time the host gave to others while this machine wanted to run
-
-    def __sub__(self, earlier: MachineCpu) -> MachineCpu:
-        return MachineCpu(self.busy - earlier.busy, self.steal - earlier.steal)
-
-
-def machine_cpu() -> MachineCpu:
-    """The machine's CPU seconds so far (the ``cpu`` line of ``/proc/stat``)."""
-    line = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line[1:9])
-    tick = os.sysconf("SC_CLK_TCK")
-    return MachineCpu((user + nice + system + irq + softirq) / tick, steal / tick)
-
-
-def process_cpu_seconds(pid: int | None) -> float | None:
-    """User and system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
-    if pid is None:
-        return None
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def service_addresses(settings: Settings) -> dict[str, str]:
+    """``host:port`` of the broker (the first bootstrap server) and, for a PostgreSQL
+    source, of its server: what :func:`bench.cpu.local_services` looks for."""
+    found = {"broker": settings.kafka_bootstrap_servers.split(",")[0]}
+    url = sa.make_url(settings.source_url)
+    if url.get_backend_name() == "postgresql":
+        found["postgres"] = f"{url.host or 'localhost'}:{url.port or 5432}"
+    return found

@@ -3,10 +3,19 @@ row reader's) counts what it spent, and not what it only waited."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 
-from bench.source import machine_cpu, process_cpu_seconds
+from bench.cpu import (
+    listening_pid,
+    local_services,
+    machine_cpu,
+    process_cpu_seconds,
+    services_cpu_seconds,
+    tree_cpu_seconds,
+)
 
 _BURN_THEN_WAIT = (
     "import sys, time\n"
@@ -15,6 +24,23 @@ _BURN_THEN_WAIT = (
     "print('burnt', flush=True)\n"
     "sys.stdin.read()\n"
 )
+
+_BURN = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
+_BURN_THEN_SAY_AND_WAIT = _BURN + "print('burnt', flush=True)\nimport sys\nsys.stdin.read()\n"
+#: Runs one child that burns 0.5 s and ends (waited for), then one that burns 0.5 s and
+#: stays; says so, and waits for its stdin to close. The children's code is argv[1:].
+_PARENT_OF_BURNERS = """
+import subprocess, sys
+subprocess.run([sys.executable, "-c", sys.argv[1]], check=True)
+live = subprocess.Popen(
+    [sys.executable, "-c", sys.argv[2]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+)
+assert live.stdout.readline() == "burnt\\n"
+print("one ended, one burnt and waits", flush=True)
+sys.stdin.read()
+live.stdin.close()
+live.wait()
+"""
 
 
 def test_another_process_cpu_time_counts_its_work_not_its_waits() -> None:
@@ -51,3 +77,41 @@ def test_the_machine_cpu_counts_another_process_work() -> None:
     spent = machine_cpu() - before
     assert spent.busy >= 0.45
     assert spent.steal >= 0.0
+
+
+def test_a_process_tree_counts_its_children_running_and_ended() -> None:
+    """PostgreSQL serves each connection from a child process: its CPU is the server's."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_OF_BURNERS, _BURN, _BURN_THEN_SAY_AND_WAIT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None and parent.stdin is not None
+    try:
+        before = tree_cpu_seconds(parent.pid)
+        assert before is not None
+        assert parent.stdout.readline() == "one ended, one burnt and waits\n"
+        after = tree_cpu_seconds(parent.pid)
+        assert after is not None
+        own = process_cpu_seconds(parent.pid)
+        assert own is not None and own < 0.3  # the parent itself only waited
+        assert after - before >= 0.9  # 0.5 s of the ended child and 0.5 of the live one
+    finally:
+        parent.stdin.close()
+        parent.wait(10)
+    assert tree_cpu_seconds(parent.pid) is None  # gone (and reaped)
+
+
+def test_a_local_service_is_found_by_the_port_it_listens_on() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert listening_pid(port) == os.getpid()
+        found = local_services(
+            {"broker": f"127.0.0.1:{port}", "remote": f"192.0.2.1:{port}", "bad": "nowhere"}
+        )
+        assert found == {"broker": os.getpid()}
+        assert set(services_cpu_seconds(found)) == {"broker"}
+    assert listening_pid(port) is None

@@ -1,0 +1,141 @@
+"""CPU time read from /proc: the machine's, a process's, and a local service's.
+
+On this 2-core machine the broker and PostgreSQL run beside what a benchmark
+measures and take their share of the same cores. :func:`local_services` finds them
+by the TCP port they listen on (whoever started them), and :func:`tree_cpu_seconds`
+counts what one took, its children's too (PostgreSQL serves each connection from a
+process of its own). Nothing here is queuestream's code path: only what the
+benchmarks report beside their figures.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MachineCpu",
+    "listening_pid",
+    "local_services",
+    "machine_cpu",
+    "process_cpu_seconds",
+    "services_cpu_seconds",
+    "tree_cpu_seconds",
+]
+
+_TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+_LISTEN = "0A"  # the state column of a listening socket in /proc/net/tcp
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """CPU seconds of the whole machine, all cores together (``/proc/stat``)."""
+
+    busy: float  # user, nice, system, irq and softirq: every process's work
+    steal: float  # time the host gave to others while this machine wanted to run
+
+    def __sub__(self, earlier: MachineCpu) -> MachineCpu:
+        return MachineCpu(self.busy - earlier.busy, self.steal - earlier.steal)
+
+
+def machine_cpu() -> MachineCpu:
+    """The machine's CPU seconds so far (the ``cpu`` line of ``/proc/stat``)."""
+    line = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return MachineCpu((user + nice + system + irq + softirq) / tick, steal / tick)
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (the state is [0])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User and system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    if pid is None:
+        return None
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and its children so far: its own, those of the children it
+    has waited for (``cutime``, ``cstime``), and those of each child still running.
+    None when ``pid`` is gone. A child that ends between two readings moves its time
+    from the live sum to its parent's waited-for sum: nothing is lost."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        own = _stat(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    ticks = sum(int(v) for v in own[11:15])
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or entry.name == str(pid):
+            continue
+        try:
+            fields = _stat(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # ended meanwhile
+        if fields[1] == str(pid):
+            ticks += sum(int(v) for v in fields[11:15])
+    return ticks / tick
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` of this machine, None when none is (or /proc
+    does not say: another user's process, a container without /proc/net)."""
+    sockets: set[str] = set()
+    for table in _TCP_TABLES:
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                if os.readlink(fd.path) in sockets:
+                    return int(entry.name)
+        except OSError:
+            continue  # ended meanwhile, or not ours to look into
+    return None
+
+
+def _local_port(address: str) -> int | None:
+    """The port of ``host:port`` when the host is this machine's loopback, else None."""
+    host, _, port = address.strip().rpartition(":")
+    if host not in _LOCAL_HOSTS or not port.isdigit():
+        return None
+    return int(port)
+
+
+def local_services(services: dict[str, str]) -> dict[str, int]:
+    """The pid of each service (name: ``host:port``) that listens on this machine's
+    loopback; one elsewhere, or not found, is left out."""
+    found: dict[str, int] = {}
+    for name, address in services.items():
+        port = _local_port(address)
+        pid = None if port is None else listening_pid(port)
+        if pid is not None:
+            found[name] = pid
+    return found
+
+
+def services_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """:func:`tree_cpu_seconds` of each service still running."""
+    found: dict[str, float] = {}
+    for name, pid in pids.items():
+        seconds = tree_cpu_seconds(pid)
+        if seconds is not None:
+            found[name] = seconds
+    return found
