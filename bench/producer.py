@@ -150,6 +150,8 @@ class Run:
     #: where they run on this machine; None where they do not.
     broker_cpu_us_per_event: float | None = None
     postgres_cpu_us_per_event: float | None = None
+    #: every refresh's, in order (:func:`_cpu_per_event`): which part a slow one lost.
+    cpu_us_per_event_each: list[dict[str, float | None]] = field(default_factory=list)
 
     @property
     def events_per_second(self) -> float:
@@ -180,6 +182,23 @@ class Run:
 
 def _per_event(cpu_seconds: float | None, events: int) -> float | None:
     return round(cpu_seconds * 1e6 / events, 2) if cpu_seconds is not None and events else None
+
+
+def _cpu_per_event(refreshed: dict[str, Any]) -> dict[str, float | None]:
+    """CPU microseconds an event took in one refresh: in its process (``refresh``), its row
+    reader, the broker, PostgreSQL, the whole machine, and the time the host stole."""
+    events = refreshed["events"]
+    return {
+        name: _per_event(refreshed[key], events)
+        for name, key in (
+            ("refresh", "cpu_seconds"),
+            ("reader", "reader_cpu_seconds"),
+            ("broker", "broker_cpu_seconds"),
+            ("postgres", "postgres_cpu_seconds"),
+            ("machine", "machine_cpu_seconds"),
+            ("steal", "steal_seconds"),
+        )
+    }
 
 
 # -------------------------------------------------------------------- main --
@@ -241,6 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # The median refresh is the figure; memory is the highest of them all.
             prefix, refreshed = sorted(measured, key=lambda m: m[1]["seconds"])[len(measured) // 2]
             everything = [m[1] for m in measured]
+            median = _cpu_per_event(refreshed)
             item = Run(
                 backend,
                 rows_by_backend[backend],
@@ -255,20 +275,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row_reader_peak_rss_mb=max(m["helpers_peak_rss_mb"] for m in everything),
                 total_peak_rss_mb=max(m["total_peak_rss_mb"] for m in everything),
                 events_per_second_each=[round(m["events"] / m["seconds"], 1) for m in everything],
-                cpu_us_per_event=_per_event(refreshed["cpu_seconds"], refreshed["events"]),
-                reader_cpu_us_per_event=_per_event(
-                    refreshed["reader_cpu_seconds"], refreshed["events"]
-                ),
-                machine_cpu_us_per_event=_per_event(
-                    refreshed["machine_cpu_seconds"], refreshed["events"]
-                ),
-                steal_us_per_event=_per_event(refreshed["steal_seconds"], refreshed["events"]),
-                broker_cpu_us_per_event=_per_event(
-                    refreshed["broker_cpu_seconds"], refreshed["events"]
-                ),
-                postgres_cpu_us_per_event=_per_event(
-                    refreshed["postgres_cpu_seconds"], refreshed["events"]
-                ),
+                cpu_us_per_event=median["refresh"],
+                reader_cpu_us_per_event=median["reader"],
+                machine_cpu_us_per_event=median["machine"],
+                steal_us_per_event=median["steal"],
+                broker_cpu_us_per_event=median["broker"],
+                postgres_cpu_us_per_event=median["postgres"],
+                cpu_us_per_event_each=[_cpu_per_event(m) for m in everything],
             )
             runs.append(item)
             progress(
