@@ -65,7 +65,8 @@ def tree_cpu_seconds(pid: int) -> float | None:
     """CPU seconds of ``pid`` and its children so far: its own, those of the children it
     has waited for (``cutime``, ``cstime``), and those of each child still running.
     None when ``pid`` is gone. A child that ends between two readings moves its time
-    from the live sum to its parent's waited-for sum: nothing is lost."""
+    from the live sum to its parent's waited-for sum once the parent has waited for it
+    (PostgreSQL's postmaster does at once): nothing is lost."""
     tick = os.sysconf("SC_CLK_TCK")
     try:
         own = _stat(pid)

@@ -17,10 +17,10 @@ For each backend the benchmark
    it (bench/phases.py), so its **peak RSS** (``VmHWM``, the highest of them) is the refresh's own,
    beside the RSS that process had before the refresh and the growth, and the
    peak of the producer's row reader process (``reader_process``, read every
-   0.1 s while it lives; ``total_peak_rss_mb`` adds both). The median refresh's
-   CPU an event is given for its process, its row reader, the broker and the
-   source's PostgreSQL server (each where it runs on this machine: they share
-   its two cores) and the whole machine;
+   0.1 s while it lives; ``total_peak_rss_mb`` adds both). The CPU an event is
+   given for the refresh's process, its row reader, the broker and the source's
+   PostgreSQL server (each where it runs on this machine: they share its two
+   cores) and the whole machine, for the median refresh and for every one;
 3. measures the **ceiling**: the committed messages of that refresh are read
    back, then produced again, byte for byte to the same partitions, by a plain
    confluent-kafka Producer with ``queuestream.kafka_clients.producer_config``
