@@ -17,16 +17,9 @@ from bench.cpu import (
     tree_cpu_seconds,
 )
 
-_BURN_THEN_WAIT = (
-    "import sys, time\n"
-    "end = time.process_time() + 0.5\n"
-    "while time.process_time() < end: pass\n"
-    "print('burnt', flush=True)\n"
-    "sys.stdin.read()\n"
-)
-
+#: Burns 0.5 s of CPU; then says so and waits for its stdin to close.
 _BURN = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
-_BURN_THEN_SAY_AND_WAIT = _BURN + "print('burnt', flush=True)\nimport sys\nsys.stdin.read()\n"
+_BURN_THEN_WAIT = _BURN + "print('burnt', flush=True)\nimport sys\nsys.stdin.read()\n"
 #: Runs one child that burns 0.5 s and ends (waited for), then one that burns 0.5 s and
 #: stays; says so, and waits for its stdin to close. The children's code is argv[1:].
 _PARENT_OF_BURNERS = """
@@ -66,14 +59,7 @@ def test_another_process_cpu_time_counts_its_work_not_its_waits() -> None:
 
 def test_the_machine_cpu_counts_another_process_work() -> None:
     before = machine_cpu()
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n",
-        ],
-        check=True,
-    )
+    subprocess.run([sys.executable, "-c", _BURN], check=True)
     spent = machine_cpu() - before
     assert spent.busy >= 0.45
     assert spent.steal >= 0.0
@@ -82,7 +68,7 @@ def test_the_machine_cpu_counts_another_process_work() -> None:
 def test_a_process_tree_counts_its_children_running_and_ended() -> None:
     """PostgreSQL serves each connection from a child process: its CPU is the server's."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT_OF_BURNERS, _BURN, _BURN_THEN_SAY_AND_WAIT],
+        [sys.executable, "-c", _PARENT_OF_BURNERS, _BURN, _BURN_THEN_WAIT],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
