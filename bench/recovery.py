@@ -10,7 +10,9 @@ The benchmark
    database: that is the **ceiling**, the same runtime doing the same work as a
    member of a group; then **rebuilds** the target as of now into another fresh
    database (``consumers.rebuild``: stop offsets looked up, every
-   partition owned without a group, stops at the point in time). Both are timed
+   partition owned without a group, stops at the point in time; split across
+   processes by partition number as ``queuestream rebuild`` splits it, one per core
+   and per 25,000 offsets, or ``--rebuild-workers``). Both are timed
    the same way, from where each starts as a command would, before its target is
    named and its runtime made (the consumer then joins its group; the rebuild plans,
    then owns its partitions), to the commit of their last batch, when the target
@@ -59,7 +61,7 @@ from bench.services import bench_settings, resolve_postgres
 from bench.session import Session, main_with, session
 from bench.source import simulate, timed_refresh
 from consumers import TARGET_NAMES, target_named
-from consumers.rebuild import plan_rebuild, rebuild
+from consumers.rebuild import plan_rebuild, rebuild, workers_for
 from consumers.replay import ReplaySpec, execute_replay, plan_replay
 from consumers.runtime import BatchOutcome
 from queuestream.errors import QueuestreamError
@@ -99,6 +101,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="refreshes the rows are published in (default: %(default)s)",
     )
     p.add_argument(
+        "--rebuild-workers",
+        type=int,
+        metavar="N",
+        help="processes the rebuild is split across (default: as queuestream rebuild "
+        "chooses: one per core and per 25,000 offsets)",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=3,
@@ -112,6 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--refreshes must be at least 1")
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if args.rebuild_workers is not None and args.rebuild_workers < 1:
+        p.error("--rebuild-workers must be at least 1")
     if args.breakdown or args.profile:
         p.error("--breakdown and --profile are not measured here (see bench/consumers.py)")
     return args
@@ -128,8 +139,10 @@ class Run:
     rebuild_plan_seconds: float = 0.0
     rebuild_exit_seconds: float = 0.0
     refreshes: int = 0
+    rebuild_workers: int = 0
     consume_peak_rss_mb: float = 0.0  # VmHWM of the process each ran in (the highest)
     rebuild_peak_rss_mb: float = 0.0
+    rebuild_total_peak_rss_mb: float = 0.0  # with its workers' peaks added
     consume_seconds_each: list[float] = field(default_factory=list)
     rebuild_seconds_each: list[float] = field(default_factory=list)
     rebuild_plan_seconds_each: list[float] = field(default_factory=list)
@@ -145,8 +158,12 @@ class Run:
         self.rebuild_plan_seconds = statistics.median(self.rebuild_plan_seconds_each)
         self.rebuild_exit_seconds = statistics.median(self.rebuild_exit_seconds_each)
         self.refreshes = rebuilt["refreshes"]
+        self.rebuild_workers = rebuilt["workers"]
         self.consume_peak_rss_mb = max(self.consume_peak_rss_mb, consumed["peak_rss_mb"])
         self.rebuild_peak_rss_mb = max(self.rebuild_peak_rss_mb, rebuilt["peak_rss_mb"])
+        self.rebuild_total_peak_rss_mb = max(
+            self.rebuild_total_peak_rss_mb, rebuilt["total_peak_rss_mb"]
+        )
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -180,20 +197,21 @@ def consume_phase(settings: Settings, name: str, deadline: Deadline) -> dict[str
     return {"seconds": consumed.batches[-1][0] - consumed.began, **memory.figures()}
 
 
-def rebuild_phase(settings: Settings, name: str) -> dict[str, Any]:
+def rebuild_phase(settings: Settings, name: str, workers: int | None) -> dict[str, Any]:
     """A rebuild as of now, in the process :func:`measure` started for it."""
     memory = PhaseMemory()
     started = time.perf_counter()
     last_batch = started
     try:
         plan = plan_rebuild(settings, name, datetime.now(UTC))
+        workers = workers_for(plan, workers)
         planned = time.perf_counter()
 
         def committed(_outcome: BatchOutcome) -> None:
             nonlocal last_batch
             last_batch = time.perf_counter()
 
-        stats = rebuild(settings, plan, on_batch=committed)
+        stats = rebuild(settings, plan, workers=workers, on_batch=committed)
     except QueuestreamError as exc:
         msg = f"{name}: rebuild failed: {type(exc).__name__}: {exc}"
         raise BenchError(msg) from exc
@@ -202,6 +220,7 @@ def rebuild_phase(settings: Settings, name: str) -> dict[str, Any]:
         "exit_seconds": time.perf_counter() - started,
         "plan_seconds": planned - started,
         "refreshes": stats.refreshes,
+        "workers": workers,
         **memory.figures(),
     }
 
@@ -238,14 +257,20 @@ def measure(
             with postgres_database(str(args.postgres_url)) as rebuilt_url:
                 rebuilt = settings.model_copy(update={"target_url": rebuilt_url})
                 done = in_fresh_process(
-                    f"rebuilding {name}", deadline, args.verbose, rebuild_phase, rebuilt, name
+                    f"rebuilding {name}",
+                    deadline,
+                    args.verbose,
+                    rebuild_phase,
+                    rebuilt,
+                    name,
+                    args.rebuild_workers,
                 )
                 check_verified(rebuilt, name)
             item.add_round(consumed, done)
             progress(
                 f"{of}: rebuilt in {done['seconds']:.2f}s (returned after "
                 f"{done['exit_seconds']:.2f}s; {done['refreshes']} refreshes, "
-                f"peak RSS {done['peak_rss_mb']} MB)"
+                f"{done['workers']} processes, peak RSS {done['total_peak_rss_mb']} MB in all)"
             )
         live = settings.model_copy(update={"target_url": url, "consumer_group": group})
         caught_up_seconds, caught_up_lag = _timed_snapshot(settings, group)
@@ -317,9 +342,10 @@ _COLUMNS = (
     ("consume rows/s", "{consume_rows_per_second:,.0f}"),
     ("rebuild s", "{rebuild_seconds:.2f}"),
     ("rebuild rows/s", "{rebuild_rows_per_second:,.0f}"),
+    ("workers", "{rebuild_workers}"),
     ("ratio", "{ratio:.2f}"),
     ("consume peak RSS MB", "{consume_peak_rss_mb:.1f}"),
-    ("rebuild peak RSS MB", "{rebuild_peak_rss_mb:.1f}"),
+    ("rebuild peak RSS MB", "{rebuild_total_peak_rss_mb:.1f}"),
 )
 
 
@@ -329,9 +355,10 @@ def print_table(report: dict[str, Any]) -> None:
         _COLUMNS,
         report["runs"],
         caption="consume: ConsumerRuntime (fresh group) until idle = the ceiling; rebuild: "
-        "plan_rebuild + rebuild; both to their last batch's commit, medians of --rounds "
-        "alternated rounds; ratio: consume seconds over rebuild seconds; peak RSS: "
-        "VmHWM of the process each ran in (started for it)",
+        "plan_rebuild + rebuild (its workers: processes sharing the partitions); both to "
+        "their last batch's commit, medians of --rounds alternated rounds; ratio: consume "
+        "seconds over rebuild seconds; peak RSS: VmHWM of the process each ran in (started "
+        "for it), the rebuild's workers' added",
     )
     for look in report["looks"]:
         out.print(

@@ -108,6 +108,16 @@ def rebuild(
     ],
     as_of: Annotated[str, typer.Option(help=f"The point in time. {TIME_HELP}")],
     max_errors: MaxErrorsOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes sharing the partitions, each about 200 MB. Default: one per "
+            "core, one per 25,000 offsets to read, at most one per partition; a SQLite "
+            "target takes one.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Build a fresh target as it was at a point in time, from the earliest offsets.
 
@@ -115,7 +125,7 @@ def rebuild(
     stops. The new target keeps its offsets: `consume --target NEW_URL` later goes on
     from there.
     """
-    from consumers.rebuild import plan_rebuild
+    from consumers.rebuild import plan_rebuild, workers_for
     from consumers.rebuild import rebuild as run_rebuild
     from queuestream.databases import describe_url
 
@@ -127,9 +137,10 @@ def rebuild(
             "is committed now"
         )
     plan = plan_rebuild(settings, target, moment)
+    count = workers_for(plan, workers)
     console.print(
         f"rebuilding {target} as of {moment.isoformat()} into {describe_url(plan.target_url)}: "
-        f"{plan.events} offsets to read",
+        f"{plan.events} offsets to read, {count} {'process' if count == 1 else 'processes'}",
         highlight=False,
     )
     with progress_bar() as bar:
@@ -144,7 +155,7 @@ def rebuild(
             )
             bar.advance(task, read)
 
-        stats = run_rebuild(settings, plan, on_batch=_batch)
+        stats = run_rebuild(settings, plan, workers=count, on_batch=_batch)
     console.print(
         f"{target} as of {moment.isoformat()}: {stats.refreshes} refreshes, "
         f"synchronized {stats.rows} rows, {stats.errors} errors ({stats.seconds:.1f}s)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,17 +47,33 @@ def _content(url: str) -> dict[str, list[tuple[Any, ...]]]:
         engine.dispose()
 
 
-def _rebuild(pipe: Pipeline, target: str, url: str, as_of: str) -> subprocess.CompletedProcess[str]:
-    args = ["rebuild", target, "--target", url, "--as-of", as_of]
+def _rebuild(
+    pipe: Pipeline, target: str, url: str, as_of: str, *more: str
+) -> subprocess.CompletedProcess[str]:
+    args = ["rebuild", target, "--target", url, "--as-of", as_of, *more]
     return run_cli(args, cli_env(pipe.bootstrap, pipe.prefix))
 
 
 @pytest.mark.parametrize("target", ["accounting", "shipping"])
+@pytest.mark.parametrize(
+    "workers",
+    [
+        pytest.param(1, id="sqlite-one-process"),
+        # Split by partition number, the two processes' shares make the whole target.
+        pytest.param(2, id="postgres-two-processes", marks=pytest.mark.postgres),
+    ],
+)
 @pytest.mark.slow
 def test_rebuild_as_of_equals_the_target_captured_then(
-    pipeline: Pipeline, tmp_path: Path, target: str
+    pipeline: Pipeline, request: pytest.FixtureRequest, tmp_path: Path, target: str, workers: int
 ) -> None:
-    live = f"sqlite:///{tmp_path / 'live.db'}"
+    def database(name: str) -> str:
+        if workers == 1:  # a SQLite target takes one writer
+            return f"sqlite:///{tmp_path / f'{name}.db'}"
+        make: Callable[[str], str] = request.getfixturevalue("postgres_database")
+        return make(name)
+
+    live = database("live")
     pipeline.simulate(120)
     pipeline.refresh()
     pipeline.simulate(120)
@@ -74,10 +91,13 @@ def test_rebuild_as_of_equals_the_target_captured_then(
     pipeline.consume(target, live)
     assert _content(live) != captured, "nothing changed after T1: the test would prove nothing"
 
-    rebuilt = f"sqlite:///{tmp_path / 'rebuilt.db'}"
-    done = _rebuild(pipeline, target, rebuilt, t1.isoformat())
+    rebuilt = database("rebuilt")
+    done = _rebuild(pipeline, target, rebuilt, t1.isoformat(), "--workers", str(workers))
     assert done.returncode == 0, done.stderr
-    assert "2 refreshes" in done.stdout
+    assert f"{workers} process" in done.stdout
+    assert "2 refreshes" in done.stdout  # each once, however many processes applied it
+    # Each process applied its share, and wrote its own sync log rows.
+    assert len({row["member"] for row in pipeline.sync_log(target, rebuilt)}) == workers
     assert _content(rebuilt) == captured
     assert stored_offsets(rebuilt, target) == captured_offsets
 
