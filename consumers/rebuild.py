@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -41,13 +43,24 @@ from queuestream.kafka_offsets import log_bounds, offsets_at, partitions_of, to_
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
 
-__all__ = ["EVENTS_PER_WORKER", "RebuildPlan", "plan_rebuild", "rebuild", "workers_for"]
+__all__ = [
+    "EVENTS_PER_WORKER",
+    "MOST_WORKERS",
+    "RebuildPlan",
+    "plan_rebuild",
+    "rebuild",
+    "usable_cores",
+    "workers_for",
+]
 
 log = logging.getLogger(__name__)
 
 #: A worker process is started for every this many offsets to read (up to one per core
 #: and one per partition number): starting one takes 0.5 s of imports and connections.
 EVENTS_PER_WORKER = 25_000
+#: At most this many by default: each holds about 200 MB and a database connection.
+MOST_WORKERS = 8
+_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,18 +124,31 @@ def _check_fresh(url: str, target: str) -> None:
 
 
 def workers_for(plan: RebuildPlan, asked: int | None = None) -> int:
-    """How many processes rebuild ``plan``: ``asked``, else one per core and per
-    :data:`EVENTS_PER_WORKER` offsets; never more than the partition numbers, and one
-    into SQLite (a single writer)."""
+    """How many processes rebuild ``plan``: ``asked``, else one per usable core (at most
+    :data:`MOST_WORKERS`) and per :data:`EVENTS_PER_WORKER` offsets; never more than the
+    partition numbers, and one into SQLite (a single writer)."""
     numbers = len({p for _, p in plan.stop.offsets}) or 1
     if sa.make_url(plan.target_url).get_backend_name() == "sqlite":
         if asked is not None and asked > 1:
             log.info("a SQLite target takes one writer: rebuilding in one process")
         return 1
     if asked is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        asked = min(cores or os.cpu_count() or 1, max(1, plan.events // EVENTS_PER_WORKER))
+        cores = min(usable_cores(), MOST_WORKERS)
+        asked = min(cores, max(1, plan.events // EVENTS_PER_WORKER))
     return max(1, min(asked, numbers))
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, within a cgroup's CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores = cores or os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000", or "200000 100000" for two cores' worth
+        quota, period = Path(_CPU_MAX).read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max" or int(period) <= 0:
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
 def rebuild(

@@ -7,6 +7,7 @@ imported inside the commands so that ``queuestream --help`` starts at once.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,6 +22,7 @@ from queuestream.cli.options import (
     parse_time,
 )
 from queuestream.cli.output import console, err_console, progress_bar
+from queuestream.cli.signals import on_stop_signals
 
 if TYPE_CHECKING:
     from consumers.batch_apply import BatchOutcome
@@ -112,9 +114,10 @@ def rebuild(
         int | None,
         typer.Option(
             min=1,
-            help="Processes sharing the partitions, each about 200 MB. Default: one per "
-            "core, one per 25,000 offsets to read, at most one per partition; a SQLite "
-            "target takes one.",
+            help="Processes sharing the partitions, each about 200 MB and a database "
+            "connection, each with its own --max-errors (as the members of a consumer "
+            "group). Default: one per core (at most 8), one per 25,000 offsets to read, at "
+            "most one per partition; a SQLite target takes one.",
             show_default=False,
         ),
     ] = None,
@@ -138,6 +141,8 @@ def rebuild(
         )
     plan = plan_rebuild(settings, target, moment)
     count = workers_for(plan, workers)
+    stop = threading.Event()
+    on_stop_signals(stop.set, "stopping the rebuild after the batch in hand")
     console.print(
         f"rebuilding {target} as of {moment.isoformat()} into {describe_url(plan.target_url)}: "
         f"{plan.events} offsets to read, {count} {'process' if count == 1 else 'processes'}",
@@ -155,7 +160,13 @@ def rebuild(
             )
             bar.advance(task, read)
 
-        stats = run_rebuild(settings, plan, workers=count, on_batch=_batch)
+        stats = run_rebuild(settings, plan, workers=count, on_batch=_batch, stop=stop)
+    if stop.is_set():
+        err_console.print(
+            f"stopped before the end: {describe_url(plan.target_url)} holds part of the "
+            "rebuild; rebuild into a new, empty database"
+        )
+        raise typer.Exit(1)
     console.print(
         f"{target} as of {moment.isoformat()}: {stats.refreshes} refreshes, "
         f"synchronized {stats.rows} rows, {stats.errors} errors ({stats.seconds:.1f}s)",

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from consumers import rebuild as rebuild_module
 from consumers.batch_apply import BatchOutcome
-from consumers.rebuild import RebuildPlan, workers_for
+from consumers.rebuild import RebuildPlan, usable_cores, workers_for
 from consumers.rebuild_workers import run_shares, shares_of
 from consumers.runtime import RunStats, StopAt
 from consumers.sync_log import SyncEntry
@@ -63,6 +67,7 @@ def test_no_more_shares_than_partition_numbers() -> None:
 
 def test_how_many_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(rebuild_module, "_CPU_MAX", "/nonexistent/cpu.max")
     pg = "postgresql+psycopg://u@h/db"
     per = rebuild_module.EVENTS_PER_WORKER
     assert workers_for(_plan(pg, per - 1)) == 1  # too little to pay for a process
@@ -72,6 +77,21 @@ def test_how_many_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert workers_for(_plan(pg, 10, partitions=3), 2) == 2  # asked
     assert workers_for(_plan(pg, 10, partitions=3), 5) == 3
     assert workers_for(_plan("sqlite:///x.db", 100 * per), 4) == 1  # a single writer
+
+
+def test_cores_in_a_container(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A cgroup's CPU quota counts, not the machine's cores; and never more than 8 at once."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)), raising=False)
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(rebuild_module, "_CPU_MAX", str(cpu_max))
+    pg = "postgresql+psycopg://u@h/db"
+    many = 100 * rebuild_module.EVENTS_PER_WORKER
+    cpu_max.write_text("150000 100000\n")  # a core and a half
+    assert usable_cores() == 2
+    assert workers_for(_plan(pg, many, partitions=12)) == 2
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores() == 64
+    assert workers_for(_plan(pg, many, partitions=12)) == rebuild_module.MOST_WORKERS == 8
 
 
 # -- stand-ins for a share's runtime: importable by name, as the spawned processes need --
@@ -126,6 +146,67 @@ def dies(
     return applies_its_share(settings, stop_at, stop, on_batch)
 
 
+def fails_late_beside_a_slow_one(
+    _settings: Settings,
+    stop_at: StopAt,
+    _stop: threading.Event,
+    _on_batch: Callable[[BatchOutcome], None] | None,
+) -> RunStats:
+    """Share 0 ends at once; share 1 fails after a second; share 2 works for a minute,
+    heeding no stop (a batch that takes long)."""
+    numbers = {p for _, p in stop_at.offsets}
+    if 1 in numbers:
+        time.sleep(1.0)
+        msg = "share 1 failed"
+        raise ConfigurationError(msg)
+    if 2 in numbers:
+        time.sleep(60)
+    return RunStats(batches=1)
+
+
+def stops_when_asked(
+    _settings: Settings,
+    stop_at: StopAt,
+    stop: threading.Event,
+    _on_batch: Callable[[BatchOutcome], None] | None,
+) -> RunStats:
+    """Works until stopped (at most a minute); says where it is in a file when asked to."""
+    stopped = stop.wait(60)
+    marker = os.environ.get("QS_TEST_STOPPED_DIR")
+    if marker and stopped:
+        numbers = sorted({p for _, p in stop_at.offsets})
+        (Path(marker) / f"stopped-{numbers[0]}").write_text(str(os.getpid()))
+    return RunStats(batches=1, rows=1 if stopped else 0)
+
+
+class _Unpicklable:
+    def __reduce__(self) -> str:
+        msg = "cannot be pickled"
+        raise TypeError(msg)
+
+
+def logs_what_cannot_cross(
+    _settings: Settings,
+    stop_at: StopAt,
+    _stop: threading.Event,
+    _on_batch: Callable[[BatchOutcome], None] | None,
+) -> RunStats:
+    logging.getLogger("consumers.test").warning("with extra", extra={"thing": _Unpicklable()})
+    logging.getLogger("consumers.test").warning("and after it")
+    return RunStats(rows=len({p for _, p in stop_at.offsets}))
+
+
+def test_a_log_record_that_cannot_be_pickled_loses_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    stats = run_shares(_settings(), shares_of(_stop(), 2), logs_what_cannot_cross)
+    assert stats.rows == 6
+    lines = [r.getMessage() for r in caplog.records if r.name == "consumers.test"]
+    assert "worker 2 of 2: with extra" in lines
+    assert "worker 2 of 2: and after it" in lines
+
+
 def test_the_shares_run_in_processes_and_report_back(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     batches: list[BatchOutcome] = []
@@ -152,5 +233,61 @@ def test_a_failing_share_fails_the_rebuild_with_its_error() -> None:
 
 
 def test_a_share_that_dies_fails_the_rebuild() -> None:
-    with pytest.raises(QueuestreamError, match=r"worker 2 ended without a result \(exit code 3\)"):
+    with pytest.raises(
+        QueuestreamError,
+        match=r"worker 2 of 2 \(partitions 1, 3, 5\) ended without a result \(exit code 3\)",
+    ):
         run_shares(_settings(), shares_of(_stop(), 2), dies)
+
+
+def test_a_failure_stops_the_others_at_once() -> None:
+    """Share 1's error is raised, without waiting for share 2's minute of work."""
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match="share 1 failed"):
+        run_shares(_settings(), shares_of(_stop(), 3), fails_late_beside_a_slow_one)
+    assert time.monotonic() - started < 30
+
+
+def test_a_progress_callback_that_fails_fails_the_rebuild() -> None:
+    """Nothing can report a rebuild done that lost the news of a share."""
+
+    def broken(_outcome: BatchOutcome) -> None:
+        msg = "the progress bar broke"
+        raise RuntimeError(msg)
+
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        run_shares(_settings(), shares_of(_stop(), 2), applies_its_share, on_batch=broken)
+
+
+def test_asked_to_stop_every_share_stops_and_nothing_is_raised() -> None:
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    stats = run_shares(_settings(), shares_of(_stop(), 3), stops_when_asked, stop=stop)
+    assert stats.rows == 3  # each share saw the stop and ended by itself
+    assert stats.batches == 3
+
+
+def test_workers_stop_by_themselves_when_the_rebuild_process_dies(tmp_path: Path) -> None:
+    """A rebuild killed (SIGKILL, the OOM killer) leaves no worker applying on its own."""
+    script = (
+        "import sys\n"
+        "from tests.unit.test_rebuild_workers import _settings, _stop, stops_when_asked\n"
+        "from consumers.rebuild_workers import run_shares, shares_of\n"
+        "if __name__ == '__main__':\n"
+        "    run_shares(_settings(), shares_of(_stop(), 3), stops_when_asked)\n"
+    )
+    env = {**os.environ, "QS_TEST_STOPPED_DIR": str(tmp_path)}
+    (tmp_path / "run.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "run.py")], env=env, cwd=os.getcwd())
+    try:
+        time.sleep(3.0)  # the workers have started (spawned: their imports take ~1 s)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(list(tmp_path.glob("stopped-*"))) < 2:
+            time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    # Shares 1 and 2 ran in workers; each saw its rebuild gone and stopped.
+    assert sorted(p.name for p in tmp_path.glob("stopped-*")) == ["stopped-1", "stopped-2"]
