@@ -77,6 +77,7 @@ _READ_AHEAD = {
 _CONSUME_TIMEOUT = 0.2
 _WAIT_STEP = 0.5  # longest single poll while waiting
 _LAG_EVERY = 1.0  # seconds between lag updates (metrics) while the loop turns
+_BOUNDED_FETCH_WAIT_MS = 50  # a bounded run's longest fetch at a partition's end
 
 
 def _prefetch(settings: Settings) -> dict[str, int]:
@@ -261,6 +262,7 @@ class ConsumerRuntime:
                     "client.id": f"queuestream-{self.target.name}-{self.member}",
                     "on_commit": self.ownership.committed,
                     **_prefetch(self.settings),
+                    **self._bounded_fetch(),
                 },
             )
         )
@@ -275,6 +277,16 @@ class ConsumerRuntime:
             ", ".join(self.tables),
             describe_url(self.engine.url),
         )
+
+    def _bounded_fetch(self) -> dict[str, int]:
+        """A bounded run learns that a partition is read to its stop from the end of the
+        partition (its last event is followed by the commit marker, never delivered), and
+        librdkafka reports that end after a fetch at it comes back empty: the broker holds
+        such a fetch for ``fetch.wait.max.ms`` (500 ms by default). A rebuild reads what
+        is there already, so it asks for 50 ms (unless the Kafka options set it)."""
+        if self.stop_at is None or "fetch.wait.max.ms" in self.settings.kafka:
+            return {}
+        return {"fetch.wait.max.ms": _BOUNDED_FETCH_WAIT_MS}
 
     def _ready(self) -> Batch | None:
         """The next batch that is whole on the partitions this member owns."""

@@ -30,3 +30,21 @@ def test_a_heartbeat_not_below_the_session_is_refused(monkeypatch: pytest.Monkey
     monkeypatch.setenv("QUEUESTREAM_HEARTBEAT_INTERVAL_MS", "6000")
     with pytest.raises(ConfigurationError, match=r"heartbeat_interval_ms 6000 must be below"):
         load_settings()
+
+
+def test_a_bounded_run_asks_for_short_fetches_at_a_partitions_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebuild learns a partition is read to its stop from the empty fetch at its end,
+    which the broker would hold for 500 ms; the Kafka options still win."""
+    from consumers.runtime import ConsumerRuntime, StopAt
+
+    runtime = ConsumerRuntime.__new__(ConsumerRuntime)
+    runtime.settings = load_settings()
+    runtime.stop_at = None
+    assert runtime._bounded_fetch() == {}  # a group member waits as long as it likes
+    runtime.stop_at = StopAt(offsets={}, until_ms=0, markers_end=0)
+    assert runtime._bounded_fetch() == {"fetch.wait.max.ms": 50}
+    monkeypatch.setenv("QUEUESTREAM_KAFKA", '{"fetch.wait.max.ms": "200"}')
+    runtime.settings = load_settings()
+    assert runtime._bounded_fetch() == {}
