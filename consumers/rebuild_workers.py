@@ -40,8 +40,9 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -249,21 +250,22 @@ class _Supervisor:
         raise first
 
     def merged(self, seconds: float) -> RunStats:
-        """The shares' figures as one rebuild's: a refresh counts once, however many applied it."""
-        total = RunStats()
-        for stats in self.results.values():
-            total.batches += stats.batches
-            total.rows += stats.rows
-            total.stale += stats.stale
-            total.errors += stats.errors
-            total.skipped_applied += stats.skipped_applied
-            total.tombstones += stats.tombstones
-            total.outages += stats.outages
-            for name, n in stats.counts.items():
-                total.counts[name] = total.counts.get(name, 0) + n
-        total.refreshes = len(self.refresh_ids)
-        total.seconds = seconds
-        return total
+        """The shares' figures as one rebuild's: a refresh counts once, however many applied it.
+
+        Every count of :class:`RunStats` is added up, so one added to it later is too.
+        """
+        parts = list(self.results.values())
+        counts: Counter[str] = Counter()
+        for stats in parts:
+            counts.update(stats.counts)
+        sums = {
+            f.name: sum(getattr(stats, f.name) for stats in parts)
+            for f in fields(RunStats)
+            if f.type in ("int", int)
+        }
+        return RunStats(
+            **{**sums, "refreshes": len(self.refresh_ids)}, seconds=seconds, counts=dict(counts)
+        )
 
     # -- the listener thread --------------------------------------------------------------
     def _listen(self) -> None:

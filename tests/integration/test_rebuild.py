@@ -23,7 +23,7 @@ from consumers import markers
 from consumers.rebuild import plan_rebuild, rebuild
 from consumers.runtime import RunStats
 from queuestream.databases import create_engine
-from tests.helpers import cli_env, run_cli, start_cli, stop_gracefully
+from tests.helpers import cli_env, run_cli, start_cli, stop_gracefully, wait_for
 from tests.integration.pipeline import Pipeline, stored_offsets
 
 #: Bookkeeping that differs by nature between two runs (members, durations, times).
@@ -122,7 +122,9 @@ def test_a_rebuild_stopped_by_sigterm_stops_its_workers_and_says_so(
         assert process.stdout is not None
         first = process.stdout.readline()  # printed once SIGTERM is handled, before the workers
         assert "2 processes" in first, first
-        children = _children_of(process.pid, timeout=30)
+        children = wait_for(
+            lambda: _workers_started(process.pid), timeout=30, message="the rebuild's workers"
+        )
         assert stop_gracefully(process, 60), "the rebuild did not stop"
         _, err = process.communicate(timeout=30)
     finally:
@@ -131,10 +133,11 @@ def test_a_rebuild_stopped_by_sigterm_stops_its_workers_and_says_so(
     assert process.returncode == 1, err
     assert "stopped before the end" in err
     assert "rebuild into a new, empty database" in err
-    deadline = time.monotonic() + 15
-    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "a worker outlived it"
+    wait_for(
+        lambda: not [pid for pid in children if Path(f"/proc/{pid}").exists()],
+        timeout=15,
+        message="no worker outliving the rebuild",
+    )
 
 
 def _cmdline(pid: int) -> bytes:
@@ -144,20 +147,15 @@ def _cmdline(pid: int) -> bytes:
         return b""  # gone meanwhile
 
 
-def _children_of(pid: int, timeout: float) -> list[int]:
-    """The processes ``pid`` started, once it has started any (a rebuild's workers)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").glob("*")
-            for child in (task / "children").read_text().split()
-        ]
-        if any(b"spawn_main" in _cmdline(c) for c in found):
-            return found  # a worker among them (beside multiprocessing's resource tracker)
-        time.sleep(0.05)
-    msg = f"process {pid} started no worker in {timeout} s"
-    raise AssertionError(msg)
+def _workers_started(pid: int) -> list[int]:
+    """The processes ``pid`` started, once a worker is among them (beside
+    multiprocessing's resource tracker); none before."""
+    found = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").glob("*")
+        for child in (task / "children").read_text().split()
+    ]
+    return found if any(b"spawn_main" in _cmdline(c) for c in found) else []
 
 
 def test_rebuild_refuses_a_database_that_holds_a_target(pipeline: Pipeline, tmp_path: Path) -> None:
