@@ -64,12 +64,13 @@ _TRANSIENT_SQLSTATES = (
     "57P02",
     "57P03",
     "53300",
-    "40P01",
     "55P03",
-    "40001",
     "HYT00",
     "HYT01",
 )
+#: A deadlock or a serialization failure: the database is there, a concurrent
+#: transaction (a member of the same group) was in the way.
+_CONCURRENCY_SQLSTATES = ("40001", "40P01")
 
 #: SQLSTATEs that no retry can fix, with what to do about them.
 _PERMANENT_SQLSTATES = {
@@ -200,6 +201,11 @@ def database_failure(exc: BaseException, where: str) -> QueuestreamError | None:
             return _access(where, reason, "login failed: check the user name and password")
         if state in _PERMANENT_SQLSTATES:
             return _access(where, reason, _PERMANENT_SQLSTATES[state])
+        if state.startswith(_CONCURRENCY_SQLSTATES):
+            return DatabaseUnavailableError(
+                f"database {where} rolled the transaction back ({reason}): another "
+                "transaction held the same rows; nothing was committed, and a retry starts it over"
+            )
         if state.startswith(_TRANSIENT_SQLSTATES):
             return _unavailable(where, reason)
     name = getattr(orig, "sqlite_errorname", None)

@@ -8,12 +8,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumers.target import Target
+from queuestream.databases import create_engine
 from queuestream.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -177,3 +181,15 @@ class FakeClock:
         """``Event.wait`` of an event never set: the whole wait passes, False."""
         self.sleep(seconds)
         return False
+
+
+@contextmanager
+def target_engine(url: str, target: Target) -> Iterator[sa.Engine]:
+    """A writer's engine on ``url`` with ``target``'s tables made; disposed after."""
+    engine = create_engine(url, writer=True)
+    with engine.begin() as conn:
+        target.create_schema(conn)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

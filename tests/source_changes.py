@@ -19,7 +19,14 @@ from consumers.changes import Change, version_of
 from queuestream.sync_schema import source_table
 from queuestream.tables import TABLES_BY_NAME
 
-__all__ = ["SteppingClock", "change", "delete_rows", "shrink_order", "source_changes"]
+__all__ = [
+    "SteppingClock",
+    "change",
+    "delete_rows",
+    "order_row",
+    "shrink_order",
+    "source_changes",
+]
 
 _offsets = itertools.count()
 
@@ -33,6 +40,43 @@ class SteppingClock:
     def __call__(self) -> datetime:
         self.now += timedelta(milliseconds=1)
         return self.now
+
+
+def order_row(
+    order_id: int, customer: int, *, created: datetime, modified: datetime, **values: Any
+) -> dict[str, Any]:
+    """An Orders row (open, USD, 10.00) as a change carries it; ``values`` override."""
+    return {
+        "OrderID": order_id,
+        "CustomerID": customer,
+        "OrderStatusID": 2,
+        "OrderTypeID": 1,
+        "OrderDate": created,
+        "CurrencyCode": "USD",
+        "WarehouseID": 1,
+        "ShipMethodID": 1,
+        "SubTotal": 10,
+        "TaxTotal": 0,
+        "ShippingTotal": 0,
+        "Total": 10,
+        "FirstName": None,
+        "LastName": None,
+        "Company": None,
+        "Address1": None,
+        "Address2": None,
+        "City": None,
+        "State": None,
+        "Zip": None,
+        "Country": None,
+        "Email": None,
+        "Phone": None,
+        "TrackingNumber1": None,
+        "ShippedDate": None,
+        "Notes": None,
+        "CreatedDate": created,
+        "ModifiedDate": modified,
+        **values,
+    }
 
 
 def change(

@@ -16,10 +16,21 @@ sums the payments applied to an invoice in the invoice's currency. A payment who
 invoice has not arrived counts in the customer's balance at once; it is applied to
 the invoice when that arrives. Balances come from invoices and payments only:
 deleting a customer's ledger account leaves them.
+
+Members of a consumer group own a customer's rows by partition, but a row moved to
+a customer on another member's partitions makes that member recompute the first
+customer's balance too, maybe while its owner does. Each replaces the customer's
+rows (DELETE, then INSERT ... SELECT the sums), and under READ COMMITTED the one that
+comes second cannot see the rows the first inserted until the first commits: its
+INSERT then fails on the key. :func:`recompute_balances` replaces them again at
+once, inside a savepoint, now seeing the first member's committed rows and figures;
+so whichever commits last has summed what the other committed, and the balance is
+right (tests/integration/test_balance_conflicts.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,10 +45,18 @@ from consumers.accounting.schema import (
     STATUS_VOID,
 )
 from consumers.target_sql import KEYS, among, key_chunks
+from queuestream.errors import RetriableError
+from queuestream.failures import sqlstate_of
 
 __all__ = ["Touched", "owners", "recompute_balances", "refresh_invoices"]
 
+log = logging.getLogger(__name__)
+
 _ZERO: sa.ColumnClause[Any] = sa.literal_column("0")
+#: Replacements of one chunk of balances that another transaction's committed rows may
+#: refuse before the batch is rolled back and applied again from its offsets.
+_REPLACE_ATTEMPTS = 10
+_UNIQUE_VIOLATION = "23505"
 
 
 @dataclass
@@ -150,5 +169,48 @@ def recompute_balances(connection: sa.Connection, customer_ids: Iterable[int]) -
         ["customer_id", "currency", "invoiced", "paid", "open_balance", "source_version"], sums
     )
     for chunk in key_chunks(connection, customer_ids):
-        connection.execute(delete, {KEYS: chunk})
-        connection.execute(insert, {KEYS: chunk})
+        if dialect == "postgresql":
+            _replace_concurrently(connection, delete, insert, chunk)
+        else:  # SQLite: one writer at a time
+            connection.execute(delete, {KEYS: chunk})
+            connection.execute(insert, {KEYS: chunk})
+
+
+def _replace_concurrently(
+    connection: sa.Connection, delete: sa.Delete, insert: sa.Insert, chunk: list[Any]
+) -> None:
+    """DELETE and INSERT a chunk of balances in a savepoint, again while a transaction
+    that committed meanwhile (another member) holds rows under the same keys."""
+    for attempt in range(1, _REPLACE_ATTEMPTS + 1):
+        savepoint = connection.begin_nested()
+        try:
+            connection.execute(delete, {KEYS: chunk})
+            connection.execute(insert, {KEYS: chunk})
+        except sa.exc.IntegrityError as exc:
+            savepoint.rollback()
+            if not _balance_key_taken(exc):
+                raise
+            log.info(
+                "another transaction (a member of the group) committed balances of the "
+                "same customers while this one replaced them (attempt %d of %d); "
+                "replacing them again, from what it committed",
+                attempt,
+                _REPLACE_ATTEMPTS,
+            )
+            continue
+        savepoint.commit()
+        return
+    msg = (
+        f"customer balances were replaced by other transactions {_REPLACE_ATTEMPTS} times "
+        "while this batch replaced them; it is rolled back and applied again"
+    )
+    raise RetriableError(msg)
+
+
+def _balance_key_taken(exc: sa.exc.IntegrityError) -> bool:
+    """Is ``exc`` a row of customer_balances that another transaction inserted?"""
+    diag = getattr(exc.orig, "diag", None)
+    return (
+        sqlstate_of(exc) == _UNIQUE_VIOLATION
+        and getattr(diag, "table_name", None) == CUSTOMER_BALANCES.name
+    )

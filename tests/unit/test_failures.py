@@ -139,7 +139,8 @@ def test_a_refused_postgresql_connection_is_transient() -> None:
         ("57P02", DatabaseUnavailableError, "retry when it is back"),
         ("57P03", DatabaseUnavailableError, "retry when it is back"),
         ("08006", DatabaseUnavailableError, "retry when it is back"),
-        ("40P01", DatabaseUnavailableError, "retry when it is back"),
+        ("40P01", DatabaseUnavailableError, "another transaction held the same rows"),
+        ("40001", DatabaseUnavailableError, "another transaction held the same rows"),
     ],
 )
 def test_postgresql_server_errors_by_sqlstate(

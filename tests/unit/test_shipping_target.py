@@ -35,7 +35,8 @@ from consumers.target import ApplyReport
 from producer.simulator import Simulator
 from queuestream.databases import create_engine
 from queuestream.sync_schema import create_source_schema, source_table
-from tests.source_changes import SteppingClock, change, source_changes
+from tests.helpers import target_engine
+from tests.source_changes import SteppingClock, change, order_row, source_changes
 
 ZONE = ZoneInfo("UTC")
 ROUNDS = 8
@@ -266,37 +267,8 @@ def _site(customer: int, minute: int, **values: Any) -> Change:
 
 
 def _order(order: int, status: int, minute: int, customer: int = 1, **values: Any) -> Change:
-    row = {
-        "OrderID": order,
-        "CustomerID": customer,
-        "OrderStatusID": status,
-        "OrderTypeID": 1,
-        "OrderDate": _at(0),
-        "CurrencyCode": "usd",
-        "WarehouseID": 1,
-        "ShipMethodID": 2,
-        "SubTotal": 10,
-        "TaxTotal": 0,
-        "ShippingTotal": 0,
-        "Total": 10,
-        "FirstName": None,
-        "LastName": None,
-        "Company": None,
-        "Address1": None,
-        "Address2": None,
-        "City": None,
-        "State": None,
-        "Zip": None,
-        "Country": None,
-        "Email": None,
-        "Phone": None,
-        "TrackingNumber1": None,
-        "ShippedDate": None,
-        "Notes": None,
-        "CreatedDate": _at(0),
-        "ModifiedDate": _at(minute),
-        **values,
-    }
+    values = {"OrderStatusID": status, "CurrencyCode": "usd", "ShipMethodID": 2, **values}
+    row = order_row(order, customer, created=_at(0), modified=_at(minute), **values)
     return change("orders", row)
 
 
@@ -331,14 +303,9 @@ def _shipped(order: int, minute: int, status: int = 10, **values: Any) -> Change
 
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[tuple[sa.Engine, ShippingTarget]]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'shipping.db'}")
     shipping = ShippingTarget()
-    with engine.begin() as conn:
-        shipping.create_schema(conn)
-    try:
+    with target_engine(f"sqlite:///{tmp_path / 'shipping.db'}", shipping) as engine:
         yield engine, shipping
-    finally:
-        engine.dispose()
 
 
 def _batch(
