@@ -11,11 +11,14 @@ benchmarks report beside their figures.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "CpuSpan",
     "MachineCpu",
+    "child_pids",
     "listening_pid",
     "local_services",
     "machine_cpu",
@@ -85,6 +88,19 @@ def tree_cpu_seconds(pid: int) -> float | None:
     return ticks / tick
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started that are still running."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if _stat(int(entry.name))[1] == str(pid):
+                    found.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue  # ended meanwhile
+    return found
+
+
 def listening_pid(port: int) -> int | None:
     """The process listening on TCP ``port`` of this machine, None when none is (or /proc
     does not say: another user's process, a container without /proc/net)."""
@@ -140,3 +156,42 @@ def services_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
         if seconds is not None:
             found[name] = seconds
     return found
+
+
+class CpuSpan:
+    """Cores busy over a span of a run, by part: CPU seconds taken between
+    :meth:`start` and :meth:`stop`, divided by the span's seconds.
+
+    ``trees`` are read with their children (the producer's row reader, PostgreSQL's
+    backends); a part that ended before :meth:`stop` keeps its last reading
+    (:meth:`sample` it meanwhile), and one started after :meth:`start` counts from 0.
+    """
+
+    def __init__(self) -> None:
+        self._before: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._machine: MachineCpu | None = None
+        self._started = 0.0
+
+    def start(self, trees: dict[str, int]) -> None:
+        self._started = time.monotonic()
+        self._machine = machine_cpu()
+        self._before = services_cpu_seconds(trees)
+        self._last = dict(self._before)
+
+    def sample(self, trees: dict[str, int]) -> None:
+        self._last.update(services_cpu_seconds(trees))
+
+    def stop(self, trees: dict[str, int]) -> dict[str, float]:
+        """Cores busy per part, and ``machine`` (every process) and ``steal``."""
+        assert self._machine is not None, "start() first"
+        self.sample(trees)
+        seconds = time.monotonic() - self._started
+        machine = machine_cpu() - self._machine
+        busy = {
+            name: round((last - self._before.get(name, 0.0)) / seconds, 3)
+            for name, last in self._last.items()
+        }
+        busy["machine"] = round(machine.busy / seconds, 3)
+        busy["steal"] = round(machine.steal / seconds, 3)
+        return busy

@@ -67,7 +67,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import sqlalchemy as sa
+
 from bench.commands import add_live_arguments, cli_command, running, stderr_tail, stop
+from bench.cpu import CpuSpan, child_pids, local_services
 from bench.environment import environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.freshness_figures import (
@@ -221,6 +224,31 @@ def _wait(
     raise BenchError(msg)
 
 
+def _cpu_parts(bootstrap: str, server: str, pipeline: list[_Command]) -> dict[str, int]:
+    """The processes whose CPU the load's span is read from: the pipeline's commands
+    (the producer's row reader apart), the broker and PostgreSQL when they are local."""
+    url = sa.make_url(server)
+    parts = local_services(
+        {"broker": bootstrap.split(",")[0], "postgres": f"{url.host}:{url.port or 5432}"}
+    )
+    for command in pipeline:
+        parts[command.name] = command.popen.pid
+        if command.name == "producer":
+            for child in child_pids(command.popen.pid):
+                parts["row_reader"] = child
+    return parts
+
+
+def _by_part(busy: dict[str, float], sims: list[str]) -> dict[str, float]:
+    """:meth:`CpuSpan.stop`'s figures with the simulators added up and the producer's
+    own process told apart from its row reader (read with it, as its child)."""
+    found = dict(busy)
+    found["simulators"] = round(sum(found.pop(name, 0.0) for name in sims), 3)
+    if "row_reader" in found and "producer" in found:
+        found["producer"] = round(found["producer"] - found["row_reader"], 3)
+    return found
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = progress_printer(args.json)
     bootstrap = resolve_bootstrap(args)
@@ -270,6 +298,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         load_started = datetime.now(UTC)
         clock = time.monotonic()
+        parts = _cpu_parts(bootstrap, server, pipeline)
+        cpu = CpuSpan()
+        cpu.start(parts)
         n = args.simulators
         sims = []
         for i in range(n):
@@ -280,6 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "--id-stride", str(n), "--id-offset", str(i),
             ]  # fmt: skip
             sims.append(start(f"sim{i}", sim_args))
+        parts.update({s.name: s.popen.pid for s in sims})
         # The simulator's start-up (imports, connecting) is no load: it gets that long
         # again to finish its actions; past it, it fell behind and the load ends anyway.
         until = clock + args.seconds + _SIM_START_UP
@@ -288,7 +320,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for command in pipeline:
                 command.sample()
                 command.check_alive()
+            cpu.sample(parts)
             time.sleep(0.25)
+        cores_busy = _by_part(cpu.stop(parts), [s.name for s in sims])
         for sim in sims:
             stop(sim.popen)
         load_seconds = time.monotonic() - clock
@@ -355,6 +389,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "commit_time": "pg_xact_commit_timestamp" if commit_times else "sync_log.applied_at",
         "targets": per_target,
         "producer_peak_rss_mb": producer.peak_mb,
+        "cores_busy_during_load": cores_busy,
         "goal_p99_seconds": GOAL_P99_SECONDS,
         "environment": environment(bootstrap, args),
     }
@@ -404,6 +439,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"producer (produce --interval {report['interval_seconds']:g}): peak RSS "
         f"{report['producer_peak_rss_mb']} MB"
         + (f"; a refresh started every {cycle:.2f}s (median)" if cycle else "")
+    )
+    busy = report["cores_busy_during_load"]
+    out.print(
+        f"cores busy during the load, of {os.cpu_count()}: "
+        + ", ".join(f"{name} {cores:.2f}" for name, cores in busy.items())
     )
     for name, figures in report["targets"].items():
         parts = figures["breakdown_p50_seconds"]

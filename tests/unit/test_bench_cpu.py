@@ -7,8 +7,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from bench.cpu import (
+    CpuSpan,
+    child_pids,
     listening_pid,
     local_services,
     machine_cpu,
@@ -101,3 +104,59 @@ def test_a_local_service_is_found_by_the_port_it_listens_on() -> None:
         assert found == {"broker": os.getpid()}
         assert set(services_cpu_seconds(found)) == {"broker"}
     assert listening_pid(port) is None
+
+
+def test_a_span_counts_what_each_part_took_within_it_and_keeps_a_part_that_ended() -> None:
+    """The freshness benchmark's cores busy by part: a part's CPU before the span is not
+    counted, and one that ends before the span does (a simulator) keeps its last reading."""
+    burner = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nsys.stdin.readline()\n" + _BURN_THEN_WAIT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    idle = subprocess.Popen([sys.executable, "-c", _BURN_THEN_WAIT], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert burner.stdout is not None and burner.stdin is not None
+    assert idle.stdout is not None and idle.stdin is not None
+    try:
+        assert idle.stdout.readline() == "burnt\n"  # its 0.5 s come before the span
+        parts = {"burner": burner.pid, "idle": idle.pid}
+        span = CpuSpan()
+        span.start(parts)
+        started = time.monotonic()
+        burner.stdin.write("go\n")
+        burner.stdin.flush()
+        assert burner.stdout.readline() == "burnt\n"
+        span.sample(parts)
+        burner.stdin.close()
+        burner.wait(10)  # gone before the span ends
+        busy = span.stop(parts)
+        seconds = time.monotonic() - started
+    finally:
+        for process in (burner, idle):
+            if process.stdin is not None and not process.stdin.closed:
+                process.stdin.close()
+            process.wait(10)
+    assert 0.45 <= busy["burner"] * seconds < 2.0
+    assert busy["idle"] * seconds < 0.1
+    assert busy["machine"] >= busy["burner"] - 0.01
+    assert set(busy) == {"burner", "idle", "machine", "steal"}
+
+
+def test_the_children_of_a_process_are_found() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_OF_BURNERS, _BURN, _BURN_THEN_WAIT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None and parent.stdin is not None
+    try:
+        assert parent.stdout.readline() == "one ended, one burnt and waits\n"
+        [child] = child_pids(parent.pid)  # the ended one is gone
+        assert tree_cpu_seconds(child) is not None
+    finally:
+        parent.stdin.close()
+        parent.wait(10)
+    assert child_pids(parent.pid) == []
