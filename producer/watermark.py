@@ -23,7 +23,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from schemas.avro.record_writer import wall_micros
+from schemas.avro.record_writer import fixed_offset, wall_micros
 
 __all__ = [
     "DigestMemo",
@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 DIGEST_SIZE = 8
+_blake2b = hashlib.blake2b
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,12 @@ class DigestMemo:
         self.limit = limit
         self._current: dict[tuple[str, tuple[object, ...], datetime], bytes] = {}
         self._previous: dict[tuple[str, tuple[object, ...], datetime], bytes] = {}
+        #: In a zone of one offset forever, what ``isoformat`` appends to a naive stamp
+        #: made aware in it ("+00:00"): a new change's digest is made without the zone.
+        offset = fixed_offset(zone)
+        self._suffix = (
+            None if offset is None else datetime(2000, 1, 1, tzinfo=zone).isoformat()[19:]
+        )
 
     def next_refresh(self) -> None:
         self._previous, self._current = self._current, {}
@@ -106,7 +113,11 @@ class DigestMemo:
         if digest is None:
             digest = self._previous.get(found)
             if digest is None:
-                digest = change_digest(table, key, stamp.replace(tzinfo=self.zone))
+                if self._suffix is None:
+                    digest = change_digest(table, key, stamp.replace(tzinfo=self.zone))
+                else:  # change_digest's text, the stamp's offset appended as it is
+                    text = f"{table}\x1f{key!r}\x1f{stamp.isoformat()}{self._suffix}"
+                    digest = _blake2b(text.encode(), digest_size=DIGEST_SIZE).digest()
             if len(self._current) < self.limit:
                 self._current[found] = digest
         return digest

@@ -19,8 +19,6 @@ window (a clock put back in between), the single query is used.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from producer.changed_rows import ChangedRow, row_layout
@@ -33,20 +31,6 @@ from schemas.avro.record_writer import wall_micros_in
 __all__ = ["window_rows"]
 
 
-def _admitted(
-    spec: TableSpec,
-    key: tuple[Any, ...],
-    stamp: datetime,
-    version_us: int,
-    overlap: OverlapFilter,
-    digests: DigestMemo,
-) -> bool:
-    """Is the change of ``key`` stamped ``stamp`` (the source's, naive or aware; at
-    ``version_us``), which the filter wants digested, new? False for one the last refresh
-    published; recorded for the next refresh either way."""
-    return overlap.admit_at(digests.digest(spec.name, key, stamp), version_us)
-
-
 def _filtered(
     rows: Iterator[ChangedRow],
     spec: TableSpec,
@@ -57,15 +41,17 @@ def _filtered(
     """``rows`` less what the last refresh published; most rows are tested by their version
     alone (no key or digest made)."""
     layout = row_layout(spec)
-    modified = layout.modified
+    modified, key_at, name = layout.modified, layout.key, spec.name
     micros = wall_micros_in(zone)
-    needs_digest_at = overlap.needs_digest_at
+    # A change the filter wants digested is new unless the last refresh published it
+    # (admit_at); recorded for the next refresh either way.
+    needs_digest_at, admit_at, digest = overlap.needs_digest_at, overlap.admit_at, digests.digest
     for changed in rows:
         values = changed.values
         stamp = values[modified]
         version_us = micros(stamp)
-        if not needs_digest_at(version_us) or _admitted(
-            spec, tuple(values[i] for i in layout.key), stamp, version_us, overlap, digests
+        if not needs_digest_at(version_us) or admit_at(
+            digest(name, tuple(values[i] for i in key_at), stamp), version_us
         ):
             yield changed
 
@@ -96,11 +82,11 @@ def window_rows(
         return
     unseen = set()
     micros = wall_micros_in(zone)  # a zone of one offset is not asked for each
+    needs_digest_at, admit_at, digest = overlap.needs_digest_at, overlap.admit_at, digests.digest
+    name = spec.name
     for key, stamp in snapshot.versions(spec, window.read_from, window.start):
         version_us = micros(stamp)
-        if not overlap.needs_digest_at(version_us) or _admitted(
-            spec, key, stamp, version_us, overlap, digests
-        ):
+        if not needs_digest_at(version_us) or admit_at(digest(name, key, stamp), version_us):
             unseen.add(key)
     if unseen:  # committed late: read whole, and published
         key_at = row_layout(spec).key

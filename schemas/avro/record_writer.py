@@ -45,6 +45,7 @@ __all__ = [
     "RecordWriter",
     "Unhandled",
     "ValuesWriter",
+    "fixed_offset",
     "record_writer",
     "timestamp_varint_writer",
     "values_writer",
@@ -227,7 +228,7 @@ def _timestamp_writer() -> Callable[[Any], bytes]:
     return write
 
 
-def _fixed_offset(zone: tzinfo) -> timedelta | None:
+def fixed_offset(zone: tzinfo) -> timedelta | None:
     """The offset of a zone that has had one offset forever (a fixed ``timezone``, UTC,
     ``Etc/*``), else None."""
     if isinstance(zone, timezone):
@@ -240,7 +241,7 @@ def _fixed_offset(zone: tzinfo) -> timedelta | None:
 
 def wall_micros_in(zone: tzinfo) -> Callable[[datetime], int]:
     """:func:`wall_micros` in ``zone``, with a zone of one offset read once."""
-    fixed = _fixed_offset(zone)
+    fixed = fixed_offset(zone)
     if fixed is None:
         return lambda value: wall_micros(value, zone)
     base = _NAIVE_EPOCH + fixed
@@ -282,7 +283,7 @@ def _wall_timestamp_writer(
     same instant, and a naive one never equals an aware one."""
     utcoffset = zone.utcoffset
     write_varint = timestamp_varint_writer()
-    fixed = _fixed_offset(zone)
+    fixed = fixed_offset(zone)
     base = None if fixed is None else _NAIVE_EPOCH + fixed
 
     def write(value: Any) -> bytes:

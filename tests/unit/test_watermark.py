@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -140,3 +140,34 @@ def test_a_stamp_of_the_second_hour_is_digested_as_itself() -> None:
     assert change_digest("orders", (1,), first.replace(tzinfo=_CHICAGO)) != change_digest(
         "orders", (1,), second.replace(tzinfo=_CHICAGO)
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    table=st.text(max_size=12),
+    key=st.tuples(st.integers(), st.integers(-(2**70), 2**70)),
+    stamp=st.datetimes(),
+    zone=st.sampled_from(
+        [
+            ZoneInfo("UTC"),
+            ZoneInfo("Etc/GMT-14"),
+            ZoneInfo("Etc/GMT+5"),
+            UTC,
+            timezone(timedelta(hours=5, minutes=30, seconds=15, microseconds=7)),
+            timezone(-timedelta(hours=3)),
+        ]
+    ),
+    again=st.booleans(),
+)
+def test_a_new_digest_in_a_zone_of_one_offset_is_change_digests(
+    table: str, key: tuple[int, int], stamp: datetime, zone: tzinfo, again: bool
+) -> None:
+    """The memo makes a new change's digest without the zone where the zone has one offset
+    forever: byte for byte change_digest's, at any stamp (microseconds or none, years 1
+    to 9999), key and table."""
+    memo = DigestMemo(zone)
+    expected = change_digest(table, key, stamp.replace(tzinfo=zone))
+    assert memo.digest(table, key, stamp) == expected
+    if again:
+        memo.next_refresh()
+    assert memo.digest(table, key, stamp) == expected
