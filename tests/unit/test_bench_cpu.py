@@ -69,7 +69,8 @@ def test_the_machine_cpu_counts_another_process_work() -> None:
 
 
 def test_a_process_tree_counts_its_children_running_and_ended() -> None:
-    """PostgreSQL serves each connection from a child process: its CPU is the server's."""
+    """PostgreSQL serves each connection from a child process: its CPU is the server's.
+    The children still running are found (the producer's row reader)."""
     parent = subprocess.Popen(
         [sys.executable, "-c", _PARENT_OF_BURNERS, _BURN, _BURN_THEN_WAIT],
         stdin=subprocess.PIPE,
@@ -85,11 +86,14 @@ def test_a_process_tree_counts_its_children_running_and_ended() -> None:
         assert after is not None
         own = process_cpu_seconds(parent.pid)
         assert own is not None and own < 0.3  # the parent itself only waited
+        [child] = child_pids(parent.pid)  # the ended one is gone
+        assert tree_cpu_seconds(child) is not None
         assert after - before >= 0.9  # 0.5 s of the ended child and 0.5 of the live one
     finally:
         parent.stdin.close()
         parent.wait(10)
     assert tree_cpu_seconds(parent.pid) is None  # gone (and reaped)
+    assert child_pids(parent.pid) == []
 
 
 def test_a_local_service_is_found_by_the_port_it_listens_on() -> None:
@@ -142,21 +146,3 @@ def test_a_span_counts_what_each_part_took_within_it_and_keeps_a_part_that_ended
     assert busy["idle"] * seconds < 0.1
     assert busy["machine"] >= busy["burner"] - 0.01
     assert set(busy) == {"burner", "idle", "machine", "steal"}
-
-
-def test_the_children_of_a_process_are_found() -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT_OF_BURNERS, _BURN, _BURN_THEN_WAIT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert parent.stdout is not None and parent.stdin is not None
-    try:
-        assert parent.stdout.readline() == "one ended, one burnt and waits\n"
-        [child] = child_pids(parent.pid)  # the ended one is gone
-        assert tree_cpu_seconds(child) is not None
-    finally:
-        parent.stdin.close()
-        parent.wait(10)
-    assert child_pids(parent.pid) == []
