@@ -20,12 +20,17 @@ deleting a customer's ledger account leaves them.
 Members of a consumer group own a customer's rows by partition, but a row moved to
 a customer on another member's partitions makes that member recompute the first
 customer's balance too, maybe while its owner does. Each replaces the customer's
-rows (DELETE, then INSERT ... SELECT the sums), and under READ COMMITTED the one that
-comes second cannot see the rows the first inserted until the first commits: its
-INSERT then fails on the key. :func:`recompute_balances` replaces them again at
-once, inside a savepoint, now seeing the first member's committed rows and figures;
-so whichever commits last has summed what the other committed, and the balance is
-right (tests/integration/test_balance_conflicts.py).
+rows (DELETE, then INSERT ... SELECT the sums). Under READ COMMITTED a statement
+that waits for another transaction's rows still works from the snapshot it started
+with, so a DELETE that waited for the other member's would leave the rows that one
+inserted, summed without this transaction's change. So on PostgreSQL
+:func:`recompute_balances` first locks the customers' balance rows (SELECT ... FOR
+UPDATE, in key order, in chunks of sorted ids): the second member waits there, and
+its DELETE and INSERT start after the first has committed, seeing what it committed.
+A customer with no balance row yet has nothing to lock: two members inserting the
+same new key collide on it, and the one that comes second replaces its rows again,
+in a savepoint, once the first has committed. Whichever commits last has summed
+what the other committed (tests/integration/test_balance_conflicts.py).
 """
 
 from __future__ import annotations
@@ -179,26 +184,33 @@ def recompute_balances(connection: sa.Connection, customer_ids: Iterable[int]) -
 def _replace_concurrently(
     connection: sa.Connection, delete: sa.Delete, insert: sa.Insert, chunk: list[Any]
 ) -> None:
-    """DELETE and INSERT a chunk of balances in a savepoint, again while a transaction
-    that committed meanwhile (another member) holds rows under the same keys."""
+    """Lock a chunk of balances, DELETE and INSERT them, in a savepoint; again while a
+    transaction that committed meanwhile (another member) inserted rows under new keys
+    of the same customers."""
+    b = CUSTOMER_BALANCES.c
+    lock = (
+        sa.select(b.customer_id)
+        .where(among(b.customer_id, "postgresql"))
+        .order_by(b.customer_id, b.currency)
+        .with_for_update()
+    )
     for attempt in range(1, _REPLACE_ATTEMPTS + 1):
-        savepoint = connection.begin_nested()
         try:
-            connection.execute(delete, {KEYS: chunk})
-            connection.execute(insert, {KEYS: chunk})
+            with connection.begin_nested():
+                connection.execute(lock, {KEYS: chunk}).all()
+                connection.execute(delete, {KEYS: chunk})
+                connection.execute(insert, {KEYS: chunk})
         except sa.exc.IntegrityError as exc:
-            savepoint.rollback()
             if not _balance_key_taken(exc):
                 raise
             log.info(
-                "another transaction (a member of the group) committed balances of the "
-                "same customers while this one replaced them (attempt %d of %d); "
+                "another transaction (a member of the group) committed a new balance of "
+                "the same customers while this one replaced them (attempt %d of %d); "
                 "replacing them again, from what it committed",
                 attempt,
                 _REPLACE_ATTEMPTS,
             )
             continue
-        savepoint.commit()
         return
     msg = (
         f"customer balances were replaced by other transactions {_REPLACE_ATTEMPTS} times "

@@ -34,17 +34,37 @@ pytestmark = pytest.mark.postgres
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 
 
-def _order(order_id: int, customer: int, total: str, minutes: int) -> dict[str, Any]:
+def _order(order_id: int, customer: int, total: str, minutes: int) -> tuple[str, dict[str, Any]]:
     amount = Decimal(total)
     modified = T0 + timedelta(minutes=minutes)
-    return order_row(
+    row = order_row(
         order_id, customer, created=T0, modified=modified, SubTotal=amount, Total=amount
     )
+    return "orders", row
 
 
-def _apply(conn: sa.Connection, target: Target, *orders: dict[str, Any]) -> ApplyReport:
+def _payment(
+    payment_id: int, customer: int, order_id: int, amount: str
+) -> tuple[str, dict[str, Any]]:
+    return "payments", {
+        "PaymentID": payment_id,
+        "CustomerID": customer,
+        "OrderID": order_id,
+        "PaymentTypeID": 1,
+        "PaymentDate": T0,
+        "Amount": Decimal(amount),
+        "CurrencyCode": "USD",
+        "AuthorizationCode": None,
+        "Memo": None,
+        "CreatedDate": T0,
+        "ModifiedDate": T0,
+    }
+
+
+def _apply(conn: sa.Connection, target: Target, *rows: tuple[str, dict[str, Any]]) -> ApplyReport:
     changes: dict[str, list[Change]] = {t: [] for t in target.tables}
-    changes["orders"] = [change("orders", row) for row in orders]
+    for table, row in rows:
+        changes[table].append(change(table, row))
     report = ApplyReport()
     target.apply(conn, changes, report)
     return report
@@ -63,19 +83,55 @@ def accounting(postgres_database: Callable[[str], str]) -> Iterator[tuple[Target
         yield target, engine
 
 
+#: (invoiced, open_balance) of a customer's balance
+Figures = tuple[Decimal, Decimal]
+_SEEDED: dict[int, Figures] = {1: (Decimal("50.00"), Decimal("50.00"))}
+
+
+@pytest.mark.parametrize(
+    ("a_changes", "b_changes", "expected"),
+    [
+        pytest.param(
+            _order(1, 1, "15.00", 1),  # A: order 1 of customer 1 grows to 15.00
+            _order(2, 2, "40.00", 1),  # B: order 2 moves to customer 2
+            {1: (Decimal("15.00"), Decimal("15.00")), 2: (Decimal("40.00"), Decimal("40.00"))},
+            id="both-write-the-customers-row",
+        ),
+        pytest.param(
+            _order(1, 3, "10.00", 1),  # A: order 1 moves to customer 3 (found by a review)
+            _order(2, 2, "40.00", 1),  # B: order 2 moves to customer 2
+            {2: (Decimal("40.00"), Decimal("40.00")), 3: (Decimal("10.00"), Decimal("10.00"))},
+            id="the-second-leaves-it-without-a-row",
+        ),
+        pytest.param(
+            _order(5, 5, "20.00", 1),  # A: customer 5's first order
+            _payment(1, 5, 99, "5.00"),  # B: a payment of customer 5 before its invoice
+            {**_SEEDED, 5: (Decimal("20.00"), Decimal("15.00"))},
+            id="both-insert-a-new-customers-row",
+        ),
+    ],
+)
 def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
     accounting: tuple[Target, sa.Engine],
+    a_changes: tuple[str, dict[str, Any]],
+    b_changes: tuple[str, dict[str, Any]],
+    expected: dict[int, Figures],
 ) -> None:
+    """Customer 1 holds orders 1 (10.00) and 2 (40.00). A applies its change and holds
+    its transaction open; B applies its own and reaches the same customer's balance
+    while A holds it. In the second case customer 1 has no invoice left once both
+    committed: B's sums write no row for it, so only B's DELETE can remove the one A
+    inserted, and it must see it. In the third, customer 5 had no balance row to lock:
+    both insert one."""
     target, engine = accounting
     with engine.begin() as conn:
         _apply(conn, target, _order(1, 1, "10.00", 0), _order(2, 1, "40.00", 0))
-        assert _balances(conn) == {1: (Decimal("50.00"), Decimal("50.00"))}
+        assert _balances(conn) == _SEEDED
 
     member_a = engine.connect()
     a_transaction = member_a.begin()
     a_pid = member_a.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
-    # A: order 1 of customer 1 grows to 15.00; customer 1's balance is replaced, uncommitted.
-    _apply(member_a, target, _order(1, 1, "15.00", 1))
+    _apply(member_a, target, a_changes)  # its balances replaced, uncommitted
 
     outcome: dict[str, Any] = {}
 
@@ -83,8 +139,7 @@ def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
         try:
             with engine.begin() as conn:
                 outcome["b_pid"] = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
-                # B: order 2 moves to customer 2; B recomputes customers 1 and 2.
-                outcome["report"] = _apply(conn, target, _order(2, 2, "40.00", 1))
+                outcome["report"] = _apply(conn, target, b_changes)
         except BaseException as exc:  # reported below
             outcome["error"] = exc
 
@@ -101,7 +156,7 @@ def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
                 ).scalar_one()
             return a_pid in blocking
 
-        wait_for(b_waits_for_a, timeout=30, message="member B waiting on A's balance rows")
+        wait_for(b_waits_for_a, timeout=30, message="member B waiting on A's balances")
         a_transaction.commit()
     finally:
         member_a.close()
@@ -112,7 +167,4 @@ def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
     assert not report.rejected
 
     with engine.connect() as conn:
-        assert _balances(conn) == {
-            1: (Decimal("15.00"), Decimal("15.00")),
-            2: (Decimal("40.00"), Decimal("40.00")),
-        }
+        assert _balances(conn) == expected

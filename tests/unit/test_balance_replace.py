@@ -20,14 +20,17 @@ from queuestream.errors import RetriableError
 
 
 class _Savepoint:
+    """``with connection.begin_nested()``: released, or rolled back by an exception."""
+
     def __init__(self, log: list[str]) -> None:
         self.log = log
 
-    def rollback(self) -> None:
-        self.log.append("rollback")
+    def __enter__(self) -> _Savepoint:
+        self.log.append("savepoint")
+        return self
 
-    def commit(self) -> None:
-        self.log.append("release")
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.log.append("release" if kind is None else "rollback")
 
 
 class _Connection:
@@ -38,13 +41,13 @@ class _Connection:
         self.log: list[str] = []
 
     def begin_nested(self) -> _Savepoint:
-        self.log.append("savepoint")
         return _Savepoint(self.log)
 
-    def execute(self, statement: Any, _params: Any) -> None:
+    def execute(self, statement: Any, _params: Any) -> Any:
         self.log.append(type(statement).__name__)
         if isinstance(statement, sa.Insert) and self.refusals:
             raise self.refusals.pop(0)
+        return SimpleNamespace(all=list)
 
 
 class _UniqueViolation(psycopg.errors.UniqueViolation):
@@ -76,8 +79,8 @@ def test_a_balance_taken_once_is_replaced_again() -> None:
     conn = _Connection([_taken("customer_balances")])
     _replace(conn)
     assert conn.log == [
-        "savepoint", "Delete", "Insert", "rollback",
-        "savepoint", "Delete", "Insert", "release",
+        "savepoint", "Select", "Delete", "Insert", "rollback",  # the lock, then the rows
+        "savepoint", "Select", "Delete", "Insert", "release",
     ]  # fmt: skip
 
 
