@@ -311,7 +311,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "--id-stride", str(n), "--id-offset", str(i),
             ]  # fmt: skip
             sims.append(start(f"sim{i}", sim_args))
-        parts.update({s.name: s.popen.pid for s in sims})
+        simulators = {s.name: s.popen.pid for s in sims}
+        parts.update(simulators)
         # The simulator's start-up (imports, connecting) is no load: it gets that long
         # again to finish its actions; past it, it fell behind and the load ends anyway.
         until = clock + args.seconds + _SIM_START_UP
@@ -320,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for command in pipeline:
                 command.sample()
                 command.check_alive()
-            cpu.sample(parts)
+            cpu.sample(simulators)  # they end before the span does; the rest live on
             time.sleep(0.25)
         cores_busy = _by_part(cpu.stop(parts), [s.name for s in sims])
         for sim in sims:

@@ -201,7 +201,7 @@ def database_failure(exc: BaseException, where: str) -> QueuestreamError | None:
             return _access(where, reason, "login failed: check the user name and password")
         if state in _PERMANENT_SQLSTATES:
             return _access(where, reason, _PERMANENT_SQLSTATES[state])
-        if state.startswith(_CONCURRENCY_SQLSTATES):
+        if state in _CONCURRENCY_SQLSTATES:
             return DatabaseUnavailableError(
                 f"database {where} rolled the transaction back ({reason}): another "
                 "transaction held the same rows; nothing was committed, and a retry starts it over"

@@ -62,6 +62,13 @@ _ZERO: sa.ColumnClause[Any] = sa.literal_column("0")
 #: refuse before the batch is rolled back and applied again from its offsets.
 _REPLACE_ATTEMPTS = 10
 _UNIQUE_VIOLATION = "23505"
+#: The balance rows of a chunk of customers, locked in key order (PostgreSQL).
+_LOCK = (
+    sa.select(CUSTOMER_BALANCES.c.customer_id)
+    .where(among(CUSTOMER_BALANCES.c.customer_id, "postgresql"))
+    .order_by(CUSTOMER_BALANCES.c.customer_id, CUSTOMER_BALANCES.c.currency)
+    .with_for_update()
+)
 
 
 @dataclass
@@ -187,17 +194,10 @@ def _replace_concurrently(
     """Lock a chunk of balances, DELETE and INSERT them, in a savepoint; again while a
     transaction that committed meanwhile (another member) inserted rows under new keys
     of the same customers."""
-    b = CUSTOMER_BALANCES.c
-    lock = (
-        sa.select(b.customer_id)
-        .where(among(b.customer_id, "postgresql"))
-        .order_by(b.customer_id, b.currency)
-        .with_for_update()
-    )
     for attempt in range(1, _REPLACE_ATTEMPTS + 1):
         try:
             with connection.begin_nested():
-                connection.execute(lock, {KEYS: chunk}).all()
+                connection.execute(_LOCK, {KEYS: chunk}).all()
                 connection.execute(delete, {KEYS: chunk})
                 connection.execute(insert, {KEYS: chunk})
         except sa.exc.IntegrityError as exc:
