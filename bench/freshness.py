@@ -220,7 +220,10 @@ def _wait(
             command.check_alive()
         yield end - time.monotonic()
         time.sleep(1.0)
-    msg = f"{what}: not done after {seconds:g}s"
+    # What each process said last: where the run stands (a refresh that never ends, a
+    # consumer that never joined) without rerunning it to find out.
+    said = "; ".join(f"{c.name}: {stderr_tail(c.log) or '(nothing)'}" for c in commands)
+    msg = f"{what}: not done after {seconds:g}s; the processes' last lines: {said}"
     raise BenchError(msg)
 
 
