@@ -43,6 +43,7 @@ from consumers.target_stage import copy_into_stage, render, stage_table
 
 __all__ = [
     "DELETED_VERSION",
+    "INSERTED_AS",
     "KEYS",
     "STAGED_WRITES",
     "Archive",
@@ -64,6 +65,13 @@ KEYS = "keys"
 STAGED_WRITES = "queuestream_staged_writes"
 #: The column of an :class:`Archive` table that holds the version of the delete.
 DELETED_VERSION = "deleted_version"
+#: A column's ``info`` key: how a row the bulk path inserts sets this column where the
+#: incoming rows do not (a function of the incoming row's columns, giving an
+#: expression), instead of its default; an update leaves it as it is, as it leaves
+#: every column the rows do not set. Only for values the target recomputes anyway
+#: (a maintained figure): the other paths insert the default, and the recomputation
+#: brings both to the same row; the bulk path only spares it a write.
+INSERTED_AS = "queuestream_inserted_as"
 
 #: Keys per statement: one bound parameter each on SQLite (well below its limit of
 #: 32766), one array parameter on PostgreSQL.
@@ -289,18 +297,18 @@ def _staged_upsert(
 ) -> str:
     """The merge of ``stage`` into ``table``: :func:`_on_conflict` from a SELECT, as SQL."""
     names = tuple(c.name for c in stage.columns)
-    # Columns the rows do not set take their scalar defaults, inline (not as parameters).
-    defaults = [
-        c
-        for c in table.columns
-        if c.name not in names and c.default is not None and c.default.is_scalar
-    ]
+    # Columns the rows do not set take what INSERTED_AS makes of the row, or their
+    # scalar defaults, inline (not as parameters).
+    unset = [c for c in table.columns if c.name not in names]
+    inserted = {c.name: c.info[INSERTED_AS](stage.c) for c in unset if INSERTED_AS in c.info}
+    inserted.update(
+        (c.name, sa.literal(getattr(c.default, "arg", None), c.type))
+        for c in unset
+        if c.name not in inserted and c.default is not None and c.default.is_scalar
+    )
     insert = postgresql.insert(table).from_select(
-        [*names, *(c.name for c in defaults)],
-        sa.select(
-            *stage.columns,
-            *(sa.literal(getattr(c.default, "arg", None), c.type) for c in defaults),
-        ),
+        [*names, *inserted],
+        sa.select(*stage.columns, *inserted.values()),
         include_defaults=False,
     )
     return render(_on_conflict(insert, table, names, key, version_column, repair))

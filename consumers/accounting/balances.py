@@ -138,6 +138,8 @@ def refresh_invoices(connection: sa.Connection, order_ids: Iterable[int]) -> Non
     statement = (
         sa.update(INVOICES)
         .where(
+            # the chunk's keys again: the invoices read by key, not the whole table scanned
+            among(i.order_id, connection.dialect.name),
             i.order_id == sums.c.order_id,
             sa.or_(i.amount_paid != sums.c.paid, i.balance_due != due),
         )

@@ -40,10 +40,11 @@ applied to the invoice once that arrives) and a line before its invoice.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
-from consumers.target_sql import DELETED_VERSION, Money, version_column
+from consumers.target_sql import DELETED_VERSION, INSERTED_AS, Money, version_column
 
 __all__ = [
     "CANCELED",
@@ -69,6 +70,11 @@ STATUS_OPEN = "open"
 STATUS_VOID = "void"
 
 _ZERO = Decimal(0)
+
+
+def _owing_total(row: sa.ColumnCollection[str, sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:
+    """What a new invoice ``row`` (its incoming columns) owes before any payment."""
+    return sa.case((row["status"] == STATUS_VOID, sa.literal_column("0")), else_=row["total"])
 
 
 LEDGER_ACCOUNTS = sa.Table(
@@ -124,6 +130,10 @@ INVOICES = sa.Table(
         nullable=False,
         default=_ZERO,
         comment="total - amount_paid; 0 when void (maintained); negative means overpaid",
+        # A new invoice is inserted owing its total (nothing paid yet, as amount_paid's
+        # default says): where no payment came before it, the recomputation at the end
+        # of the batch finds it right and does not write it again (consumers.target_sql).
+        info={INSERTED_AS: _owing_total},
     ),
     version_column(),
     comment="One invoice per order (from Orders).",

@@ -89,9 +89,11 @@ def _derive_statement(dialect: str) -> Any:
             *(site[c].label(f"site_{c}") for c in SITE_COLUMNS),
         )
         .select_from(
-            ORDER_HEADERS.outerjoin(SHIPMENTS, old.order_id == o.order_id).outerjoin(
-                SHIP_TO_SITES, site.customer_id == o.customer_id
-            )
+            ORDER_HEADERS.outerjoin(
+                # the keys again: the shipments read by key, not the whole table scanned
+                SHIPMENTS,
+                sa.and_(old.order_id == o.order_id, among(old.order_id, dialect)),
+            ).outerjoin(SHIP_TO_SITES, site.customer_id == o.customer_id)
         )
         .where(among(o.order_id, dialect))
         .subquery("state")
