@@ -79,23 +79,34 @@ def _derive_statement(dialect: str) -> Any:
     Only a newer order version replaces a shipment, or the same version where the
     derived values differ: the order was repaired at the same version (op ``r``; a
     shipment is derived only for orders whose mirror row this batch changed).
+
+    The orders that get a shipment status are found first (``shipped``, materialized
+    on PostgreSQL) and only they are joined to their customer's site, by key. Joined
+    in one query, PostgreSQL merged all 2,466 orders of a refresh with every site (a
+    scan of the whole table): 17.5 ms against 9.0 ms on a copy of a benchmark's target.
     """
     o, old, site = ORDER_HEADERS.c, SHIPMENTS.c, SHIP_TO_SITES.c
-    state = (
+    shipped = (
         sa.select(
             *o,
             shipment_status(o, old).label("status"),
             *(old[c].label(f"old_{c}") for c in OLD_COLUMNS),
-            *(site[c].label(f"site_{c}") for c in SITE_COLUMNS),
         )
         .select_from(
             ORDER_HEADERS.outerjoin(
                 # the keys again: the shipments read by key, not the whole table scanned
                 SHIPMENTS,
                 sa.and_(old.order_id == o.order_id, among(old.order_id, dialect)),
-            ).outerjoin(SHIP_TO_SITES, site.customer_id == o.customer_id)
+            )
         )
         .where(among(o.order_id, dialect))
+        .cte("shipped")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    state = (
+        sa.select(shipped, *(site[c].label(f"site_{c}") for c in SITE_COLUMNS))
+        .select_from(shipped.outerjoin(SHIP_TO_SITES, site.customer_id == shipped.c.customer_id))
+        .where(shipped.c.status.is_not(None))
         .subquery("state")
     )
     values = derived_columns(state.c)
