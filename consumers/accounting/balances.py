@@ -53,7 +53,7 @@ from consumers.target_sql import KEYS, among, key_chunks
 from queuestream.errors import RetriableError
 from queuestream.failures import sqlstate_of
 
-__all__ = ["Touched", "owners", "recompute_balances", "refresh_invoices"]
+__all__ = ["Touched", "inserted_meanwhile", "owners", "recompute_balances", "refresh_invoices"]
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +102,50 @@ def owners(
     """key -> (customer, invoice) of the stored rows among ``keys`` (single-column keys).
 
     ``columns`` names the customer column and the invoice column (None: no invoice).
+    On PostgreSQL the rows are locked as they are read (``FOR UPDATE``, in key order):
+    another member that is moving one of them at this moment holds it, and the owner
+    read is the one it commits, not the one before it, which would leave the customer
+    it moved the row to with a balance that counts it.
     """
     if not keys:
         return {}
     (column,) = key
     customer_column, invoice_column = columns
     invoice = table.c[invoice_column] if invoice_column else sa.null()
+    dialect = connection.dialect.name
     query = sa.select(table.c[column], table.c[customer_column], invoice).where(
-        among(table.c[column], connection.dialect.name)
+        among(table.c[column], dialect)
     )
+    if dialect == "postgresql":
+        query = query.order_by(table.c[column]).with_for_update()
     found: dict[tuple[Any, ...], tuple[Any, Any]] = {}
     for chunk in key_chunks(connection, (k for (k,) in keys)):
         for k, customer, inv in connection.execute(query, {KEYS: chunk}):
             found[(k,)] = (customer, inv)
+    return found
+
+
+def inserted_meanwhile(
+    connection: sa.Connection, table: sa.Table, key: tuple[str, ...], keys: Sequence[Any]
+) -> list[Any]:
+    """Of ``keys`` (rows this transaction has just upserted, for which :func:`owners`
+    found no stored row), those that another transaction inserted after that read.
+
+    The upsert waited for that transaction and updated its row instead of inserting
+    one, so whom the row belonged to before was never read: a member moving an order
+    while another member inserts it. On PostgreSQL a row version an upsert updated
+    carries this transaction's lock (``xmax`` not 0), one it inserted does not; a
+    SQLite target has one writer at a time, and nothing to find.
+    """
+    if not keys or connection.dialect.name != "postgresql":
+        return []
+    (column,) = key
+    query = sa.select(table.c[column]).where(
+        among(table.c[column], "postgresql"), sa.literal_column("xmax::text") != "0"
+    )
+    found: list[Any] = []
+    for chunk in key_chunks(connection, keys):
+        found.extend(k for (k,) in connection.execute(query, {KEYS: chunk}))
     return found
 
 

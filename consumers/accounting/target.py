@@ -71,13 +71,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import ClassVar
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
 from consumers.accounting import reconcile
-from consumers.accounting.balances import Touched, owners
+from consumers.accounting.balances import Touched, inserted_meanwhile, owners
 from consumers.accounting.schema import (
     CANCELED,
     INVOICE_LINES,
@@ -106,6 +106,7 @@ from consumers.target_rows import (
 )
 from consumers.target_sql import KEYS, Archive, Money, among, key_chunks
 from consumers.target_write import write_rows
+from queuestream.errors import RetriableError
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["AccountingTarget"]
@@ -281,15 +282,34 @@ def _apply_table(
     movable = [w.key_tuple(TABLES_BY_NAME[table].key) for w in found.winners if w.op != "c"]
     before = owners(connection, route.target, route.key, route.owners, movable)
     written = write_rows(connection, found, route.target, report, log, archive=route.archive)
+    (key_column,) = route.key
+    keys = written.values(key_column)
+    unread = {k for (k,) in movable if (k,) not in before}
+    if unread:
+        _refuse_owners_unread(connection, route, [k for k in keys if k in unread])
     customer_column, invoice_column = route.owners
     customers = written.values(customer_column)
     invoices = written.values(invoice_column) if invoice_column else [None] * len(customers)
-    (key_column,) = route.key
-    for customer, invoice, k in zip(customers, invoices, written.values(key_column), strict=True):
+    for customer, invoice, k in zip(customers, invoices, keys, strict=True):
         touched.add(customer, invoice)
         touched.add(*before.get((k,), (None, None)))
     for values in written.deleted:
         touched.add(*before.get(values, (None, None)))
+
+
+def _refuse_owners_unread(connection: sa.Connection, route: _Route, keys: list[Any]) -> None:
+    """Roll the batch back when another member inserted rows it moved, after :func:`owners`
+    read that they had no owner: the customer they belonged to would keep them in its
+    balance. Applied again, the batch reads the owner that member committed."""
+    inserted = inserted_meanwhile(connection, route.target, route.key, keys)
+    if inserted:
+        shown = ", ".join(map(str, sorted(inserted)[:5])) + (", ..." if len(inserted) > 5 else "")
+        msg = (
+            f"{route.target.name} {shown}: another transaction (a member of the group) "
+            "inserted these rows while this batch changed them; the batch is rolled back "
+            "and applied again, reading whom they belong to from what it committed"
+        )
+        raise RetriableError(msg)
 
 
 def _touch_invoices(connection: sa.Connection, order_ids: set[int], touched: Touched) -> None:
