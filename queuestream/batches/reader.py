@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 _STEP = 200  # offsets read per step back from the log end
 _TIMEOUT = 30.0
 _LOOKUP_TIMEOUT = 10.0
+#: Between two look-ups of a partition that answered with an error.
+_LOOKUP_RETRY_SECONDS = 0.2
 #: Errors while a topic created a moment ago still has no leader: wait, they pass.
 _NOT_READY = frozenset(
     {
@@ -164,14 +166,31 @@ class BatchesReader:
 
     # -- following END markers from a time on ---------------------------------------
     def seek_time(self, from_ms: int) -> None:
-        """Read on from the first marker written at ``from_ms`` or later (the end if none)."""
-        try:
-            found = self.consumer.offsets_for_times(
-                [TopicPartition(self.topic, 0, from_ms)], timeout=_LOOKUP_TIMEOUT
-            )
-        except KafkaException as exc:
-            doing = f"look up batch markers in {self.topic}"
-            raise broker_failure(exc.args[0], self.where, doing) from None
+        """Read on from the first marker written at ``from_ms`` or later (the end if none).
+
+        The look-up can fail for the partition alone (its leader not known yet, on a
+        broker just started or a topic just made): librdkafka then answers offset -1
+        with the partition's error, which is also how it says "no marker that late".
+        Read as the latter, the reader went to the end, past the markers a consumer
+        needed, and waited for them for ever. So a partition error is asked again for
+        up to ``_LOOKUP_TIMEOUT`` seconds, then raised.
+        """
+        doing = f"look up batch markers in {self.topic}"
+        deadline = time.monotonic() + _LOOKUP_TIMEOUT
+        while True:
+            try:
+                found = self.consumer.offsets_for_times(
+                    [TopicPartition(self.topic, 0, from_ms)], timeout=_LOOKUP_TIMEOUT
+                )
+            except KafkaException as exc:
+                raise broker_failure(exc.args[0], self.where, doing) from None
+            error = found[0].error if found else None
+            if error is None:
+                break
+            if time.monotonic() >= deadline:
+                raise broker_failure(error, self.where, doing)
+            log.debug("%s: %s; asking again", doing, error.str())
+            time.sleep(_LOOKUP_RETRY_SECONDS)
         offset = found[0].offset if found and found[0].offset >= 0 else OFFSET_END
         log.debug(
             "reading batch markers of %s from offset %s (time %d)", self.topic, offset, from_ms

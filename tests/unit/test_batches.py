@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,8 +24,9 @@ from queuestream.batches import (
     encode_batch_key,
     encode_marker,
 )
+from queuestream.batches import reader as reader_module
 from queuestream.batches.reader import _STEP
-from queuestream.errors import DecodeError
+from queuestream.errors import BrokerUnavailableError, DecodeError
 from queuestream.settings import load_settings
 from schemas.avro import AvroCodec
 
@@ -211,8 +213,16 @@ class _Consumer:
         assert self.next is not None, "position() of an unassigned consumer"
         return [TopicPartition(TOPIC, 0, self.next)]
 
+    #: Look-ups that answer the partition's error first (a leader not known yet).
+    lookup_errors = 0
+
     def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> Any:
         [tp] = partitions
+        if self.lookup_errors:
+            self.lookup_errors -= 1
+            # librdkafka's answer: offset -1 and the partition's error (TopicPartition's
+            # error cannot be set from Python)
+            return [SimpleNamespace(offset=-1, error=KafkaError(KafkaError.LEADER_NOT_AVAILABLE))]
         offset = next(
             (i for i, m in enumerate(self.log) if m is not None and m._ts >= tp.offset), -1
         )
@@ -279,6 +289,36 @@ def test_following_from_a_time_gives_end_markers_with_their_place() -> None:
     assert reader.position() == len(log)
     reader.close()
     assert reader.consumer.closed  # type: ignore[attr-defined]
+
+
+def test_following_asks_again_when_the_look_up_fails_for_the_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Offset -1 with the partition's error is not "no marker that late": read from the
+    end, the reader would pass the markers it was asked for."""
+    monkeypatch.setattr(reader_module, "_LOOKUP_RETRY_SECONDS", 0.0)
+    log: list[_Message | None] = []
+    for refresh_id in ("r1", "r2"):
+        _refresh(log, refresh_id)
+    reader = _reader(log)
+    reader.consumer.lookup_errors = 2  # type: ignore[attr-defined]
+    reader.seek_time(0)
+    ends = reader.read()
+    assert ends is not None and [e.refresh_id for e in ends] == ["r1", "r2"]
+
+
+def test_a_look_up_that_keeps_failing_is_a_broker_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reader_module, "_LOOKUP_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(reader_module, "_LOOKUP_TIMEOUT", 0.05)
+    log: list[_Message | None] = []
+    _refresh(log, "r1")
+    reader = _reader(log)
+    reader.consumer.lookup_errors = 10**9  # type: ignore[attr-defined]
+    with pytest.raises(BrokerUnavailableError, match="look up batch markers"):
+        reader.seek_time(0)
+    assert reader.read() is None  # not assigned: nothing read from the end
 
 
 def test_following_skips_an_undecodable_marker_with_a_warning(
