@@ -95,7 +95,6 @@ def _stage_sql(stage: sa.Table) -> tuple[str, str, str, tuple[str, ...]]:
     )
     create = f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({definition}) ON COMMIT DELETE ROWS"
     emptied = f"{create}; TRUNCATE {name}"
-
     # Binary, but text where a numeric column is staged: psycopg dumps a Decimal in
     # text about twice as fast as in binary (measured, 50,000 invoice lines: 0.08 s
     # against 0.16 s), and every other type of these tables faster in binary.

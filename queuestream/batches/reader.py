@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 _STEP = 200  # offsets read per step back from the log end
 _TIMEOUT = 30.0
 _LOOKUP_TIMEOUT = 10.0
-#: Between two look-ups of a partition that answered with an error.
-_LOOKUP_RETRY_SECONDS = 0.2
 #: Errors while a topic created a moment ago still has no leader: wait, they pass.
 _NOT_READY = frozenset(
     {
@@ -60,6 +58,17 @@ _NOT_READY = frozenset(
         KafkaError._UNKNOWN_TOPIC,
     }
 )
+#: How long to wait before asking a partition that was not ready again.
+_NOT_READY_PAUSE = 0.1
+
+
+def _not_ready_yet(error: KafkaError, deadline: float) -> bool:
+    """Is ``error`` a leader still on the way (:data:`_NOT_READY`), with time left before
+    ``deadline`` to ask again? Then it waits a moment first."""
+    if error.code() in _NOT_READY and time.monotonic() < deadline:
+        time.sleep(_NOT_READY_PAUSE)
+        return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +181,8 @@ class BatchesReader:
         broker just started or a topic just made): librdkafka then answers offset -1
         with the partition's error, which is also how it says "no marker that late".
         Read as the latter, the reader went to the end, past the markers a consumer
-        needed, and waited for them for ever. So a partition error is asked again for
-        up to ``_LOOKUP_TIMEOUT`` seconds, then raised.
+        needed, and waited for them for ever. So a partition not ready is asked again
+        for up to ``_LOOKUP_TIMEOUT`` seconds, and any other error raised.
         """
         doing = f"look up batch markers in {self.topic}"
         deadline = time.monotonic() + _LOOKUP_TIMEOUT
@@ -187,10 +196,9 @@ class BatchesReader:
             error = found[0].error if found else None
             if error is None:
                 break
-            if time.monotonic() >= deadline:
+            if not _not_ready_yet(error, deadline):
                 raise broker_failure(error, self.where, doing)
             log.debug("%s: %s; asking again", doing, error.str())
-            time.sleep(_LOOKUP_RETRY_SECONDS)
         offset = found[0].offset if found and found[0].offset >= 0 else OFFSET_END
         log.debug(
             "reading batch markers of %s from offset %s (time %d)", self.topic, offset, from_ms
@@ -241,9 +249,8 @@ def _log_bounds(probe: Consumer, topic: str, settings: Settings) -> tuple[int, i
             low, high = probe.get_watermark_offsets(partition, timeout=_TIMEOUT)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.code() in _NOT_READY and time.monotonic() < deadline:
-                time.sleep(0.1)  # the topic was just created; its leader is on the way
-                continue
+            if _not_ready_yet(error, deadline):
+                continue  # the topic was just created; its leader is on the way
             where = settings.kafka_bootstrap_servers
             raise broker_failure(error, where, f"read the offsets of {topic}") from None
         return int(low), int(high)

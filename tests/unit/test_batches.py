@@ -296,7 +296,7 @@ def test_following_asks_again_when_the_look_up_fails_for_the_partition(
 ) -> None:
     """Offset -1 with the partition's error is not "no marker that late": read from the
     end, the reader would pass the markers it was asked for."""
-    monkeypatch.setattr(reader_module, "_LOOKUP_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(reader_module, "_NOT_READY_PAUSE", 0.0)
     log: list[_Message | None] = []
     for refresh_id in ("r1", "r2"):
         _refresh(log, refresh_id)
@@ -310,7 +310,7 @@ def test_following_asks_again_when_the_look_up_fails_for_the_partition(
 def test_a_look_up_that_keeps_failing_is_a_broker_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(reader_module, "_LOOKUP_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(reader_module, "_NOT_READY_PAUSE", 0.0)
     monkeypatch.setattr(reader_module, "_LOOKUP_TIMEOUT", 0.05)
     log: list[_Message | None] = []
     _refresh(log, "r1")
