@@ -134,6 +134,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=300.0,
         help="at most this long for the load's refreshes to reach the targets (%(default)s)",
     )
+    p.add_argument(
+        "--logs",
+        type=Path,
+        help="keep each process's log (producer, consumers, simulators) in this folder; "
+        "by default they are deleted with the run",
+    )
     add_live_arguments(p)
     args = p.parse_args(argv)
     positive = (args.rate, args.seconds, args.interval, args.seed_actions, args.per_transaction)
@@ -277,7 +283,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         progress(f"seeding the source with {args.seed_actions:,} actions")
         per_action = _seed(env, args.seed_actions)
-        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qs-freshness-")))
+        if args.logs is None:
+            logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qs-freshness-")))
+        else:
+            logs = args.logs
+            logs.mkdir(parents=True, exist_ok=True)
 
         def start(name: str, command: list[str]) -> _Command:
             log = logs / f"{name}.log"

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from producer import postgres_rows, sqlite_rows
 from producer.changed_rows import ChangedRow, check_columns, row_layout
+from producer.overlap_versions import OverlapMatch, TableVersions, match_overlap
 from producer.sqlserver_source import (
     SNAPSHOT,
     SqlServerBound,
@@ -330,6 +331,31 @@ class FrozenSnapshot:
             for chunk in result.partitions():
                 for values in chunk:
                     yield tuple(values[:-1]), values[-1]
+
+    @property
+    def matches_overlaps(self) -> bool:
+        """Can the server decide an overlap at once (:meth:`overlap_matches`; PostgreSQL)?"""
+        return self._psycopg
+
+    def overlap_matches(
+        self,
+        spec: TableSpec,
+        read_from: datetime,
+        start: datetime,
+        before: TableVersions,
+        start_us: int,
+        keep_us: int,
+    ) -> OverlapMatch | None:
+        """PostgreSQL's answer for the overlap ``read_from <= ModifiedDate < start``: which
+        of its rows are ``before``'s versions (:func:`~producer.overlap_versions.match_overlap`);
+        None from any other database, whose overlap is read row by row."""
+        if not self._psycopg:
+            return None
+        low, high = (to_source_local(m, self.zone) for m in (read_from, start))
+        with retriable_outages(self.conn.engine):
+            return match_overlap(
+                self.conn, self._base(spec), spec.key, low, high, before, start_us, keep_us
+            )
 
     def queue_rows(self, spec: TableSpec) -> Iterator[ChangedRow]:
         """Procedure mode: every row of ``queue.<Table>``."""

@@ -23,6 +23,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 
+from producer.overlap_versions import OverlapVersions, TableVersions
 from schemas.avro.record_writer import fixed_offset, wall_micros
 
 __all__ = [
@@ -84,6 +85,9 @@ class DigestMemo:
     It holds what the last two refreshes digested (:meth:`next_refresh` starts another),
     at most ``limit`` of each (about 15 MB each: a refresh a second at 10,000 changed
     rows a second digests some 30,000).
+
+    ``versions`` keeps what the last refresh recorded with its keys and stamps, which lets
+    PostgreSQL decide a whole overlap at once (:mod:`producer.overlap_versions`).
     """
 
     def __init__(self, zone: tzinfo, limit: int = 50_000) -> None:
@@ -91,6 +95,7 @@ class DigestMemo:
         self.limit = limit
         self._current: dict[tuple[str, tuple[object, ...], datetime], bytes] = {}
         self._previous: dict[tuple[str, tuple[object, ...], datetime], bytes] = {}
+        self.versions = OverlapVersions(zone)
         #: In a zone of one offset forever, what ``isoformat`` appends to a naive stamp
         #: made aware in it ("+00:00"): a new change's digest is made without the zone.
         offset = fixed_offset(zone)
@@ -100,6 +105,7 @@ class DigestMemo:
 
     def next_refresh(self) -> None:
         self._previous, self._current = self._current, {}
+        self.versions.next_refresh()
 
     def digest(self, table: str, key: tuple[object, ...], stamp: datetime) -> bytes:
         """:func:`change_digest` of ``key``'s change stamped ``stamp`` (naive: a wall time
@@ -179,6 +185,18 @@ class OverlapFilter:
         seen = frozenset() if window.resync else progress.overlap_seen
         return cls(window=window, seen=seen, keep_from=window.end - overlap)
 
+    @property
+    def start_us(self) -> int:
+        """The window's start in microseconds since the epoch: a version before it that
+        the filter has seen is skipped."""
+        return self._start_us
+
+    @property
+    def keep_us(self) -> int:
+        """``keep_from`` in microseconds since the epoch: a version at or after it is
+        recorded for the next refresh."""
+        return self._keep_us
+
     def needs_digest(self, version: datetime) -> bool:
         return self.needs_digest_at(wall_micros(version, UTC))
 
@@ -199,6 +217,31 @@ class OverlapFilter:
             self.skipped += 1
             return False
         return True
+
+    def skip_recorded(self, count: int, kept: list[bytes]) -> None:
+        """:meth:`admit_at` of ``count`` changes before the window's start whose digests the
+        filter has seen, of which those at or after ``keep_from`` have the digests ``kept``:
+        each skipped, those recorded again."""
+        self.recorded.extend(kept)
+        self.skipped += count
+
+    def admit_noting(
+        self,
+        digest: bytes,
+        version_us: int,
+        key: tuple[object, ...],
+        stamp: datetime,
+        versions: TableVersions | None,
+    ) -> bool:
+        """:meth:`admit_at`, noting ``key`` and ``stamp`` in ``versions`` (if any) when the
+        digest is recorded (:mod:`producer.overlap_versions`)."""
+        if versions is None:
+            return self.admit_at(digest, version_us)
+        recorded = len(self.recorded)
+        admitted = self.admit_at(digest, version_us)
+        if len(self.recorded) > recorded:
+            versions.add(key, stamp, version_us, digest)
+        return admitted
 
     def packed(self) -> bytes:
         return b"".join(sorted(set(self.recorded)))
