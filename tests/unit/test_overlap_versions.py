@@ -54,7 +54,8 @@ def test_no_more_than_the_limit_is_held() -> None:
     table = versions.recording("payments")
     for n in range(LIMIT + 1):
         table.add((n,), STAMP, n, _digest(n))
-    assert not table.whole and table.keys == table.digests == []
+    assert not table.whole
+    assert table.keys == [] and table.digests == []
     versions.next_refresh()
     assert versions.before("payments", frozenset()) is None
 
