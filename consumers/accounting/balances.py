@@ -30,7 +30,9 @@ its DELETE and INSERT start after the first has committed, seeing what it commit
 A customer with no balance row yet has nothing to lock: two members inserting the
 same new key collide on it, and the one that comes second replaces its rows again,
 in a savepoint, once the first has committed. Whichever commits last has summed
-what the other committed (tests/integration/test_balance_conflicts.py).
+what the other committed (tests/integration/test_balance_conflicts.py). An invoice
+one member inserts while another applies a payment to it is put in order by advisory
+locks (:func:`refresh_invoices`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ _LOCK = (
     .with_for_update()
 )
 
+#: Advisory locks (PostgreSQL) that order a member inserting an invoice with another
+#: applying a payment to it (:func:`_order_with_other_members`): this product's class
+#: of lock ("qs", 1) and the order id's bucket; exclusive where ``e``, else shared.
+_INVOICE_LOCK_CLASS = 0x71730001
+_INVOICE_LOCK_BUCKETS = 256
+_INVOICE_LOCKS = sa.text(
+    "SELECT count(*) FROM (SELECT CASE WHEN u.e THEN pg_advisory_xact_lock(:c, u.b) "
+    "ELSE pg_advisory_xact_lock_shared(:c, u.b) END "
+    "FROM (SELECT * FROM unnest(CAST(:b AS int[]), CAST(:e AS bool[])) AS x(b, e) "
+    "ORDER BY b) AS u) AS s"
+)
+
 
 @dataclass
 class Touched:
@@ -79,16 +93,22 @@ class Touched:
     invoices: set[int] = field(default_factory=set)
     #: Customers whose ledger account a delete removed (checked for what remains).
     deleted_customers: set[int] = field(default_factory=set)
+    #: Invoices this batch inserted, and those a payment it wrote, moved or deleted is
+    #: applied to (:func:`refresh_invoices` orders them with other members' batches).
+    inserted: set[int] = field(default_factory=set)
+    paid: set[int] = field(default_factory=set)
 
-    def add(self, customer: int | None, invoice: int | None) -> None:
+    def add(self, customer: int | None, invoice: int | None, *, by_payment: bool = False) -> None:
         if customer is not None:
             self.customers.add(customer)
         if invoice is not None:
             self.invoices.add(invoice)
+            if by_payment:
+                self.paid.add(invoice)
 
     def recompute(self, connection: sa.Connection) -> None:
         """Bring the invoices' figures, then the customers' balances, up to date."""
-        refresh_invoices(connection, self.invoices)
+        refresh_invoices(connection, self.invoices, self.inserted, self.paid)
         recompute_balances(connection, self.customers)
 
 
@@ -149,12 +169,22 @@ def inserted_meanwhile(
     return found
 
 
-def refresh_invoices(connection: sa.Connection, order_ids: Iterable[int]) -> None:
+def refresh_invoices(
+    connection: sa.Connection,
+    order_ids: Iterable[int],
+    inserted: Iterable[int] = (),
+    paid: Iterable[int] = (),
+) -> None:
     """Recompute amount_paid and balance_due of these invoices from the payments table.
 
     One UPDATE ... FROM a chunk, over the payments summed per invoice (in its
-    currency); rows whose figures are already right are not written again.
+    currency); rows whose figures are already right are not written again. On
+    PostgreSQL, ``inserted`` (invoices this batch inserted) and ``paid`` (those its
+    payments are applied to) are first put in order with other members' batches
+    (:func:`_order_with_other_members`).
     """
+    if connection.dialect.name == "postgresql":
+        _order_with_other_members(connection, set(inserted), set(paid))
     i, p = INVOICES.c, PAYMENTS.c
     invoice = INVOICES.alias("invoice")
     applied = sa.and_(p.order_id == invoice.c.order_id, p.currency == invoice.c.currency)
@@ -178,6 +208,36 @@ def refresh_invoices(connection: sa.Connection, order_ids: Iterable[int]) -> Non
     )
     for chunk in key_chunks(connection, order_ids):
         connection.execute(statement, {KEYS: chunk})
+
+
+def _order_with_other_members(
+    connection: sa.Connection, inserted: set[int], paid: set[int]
+) -> None:
+    """Wait for any member inserting an invoice that a payment of this batch is applied
+    to, or make it wait for this batch (PostgreSQL; advisory locks until the commit).
+
+    A payment's invoice may be inserted by another member at the same moment (the
+    order on its partitions, the payment on this one's). Neither transaction sees the
+    other's row: this one finds no invoice to apply the payment to, that one sums the
+    payments it can see, and the invoice would never count the payment. So a batch
+    takes a shared lock for each invoice it inserted, and an exclusive one for each
+    invoice a payment of it is applied to that it cannot see; the statements after the
+    locks see what the other committed. Locks are taken by bucket of the order id
+    (:data:`_INVOICE_LOCK_BUCKETS` at most a batch), in bucket order in one statement:
+    no two batches wait for each other. Batches that only insert invoices share them.
+    """
+    missing: set[int] = set(paid)
+    if paid:
+        query = sa.select(INVOICES.c.order_id).where(among(INVOICES.c.order_id, "postgresql"))
+        for chunk in key_chunks(connection, paid):
+            missing.difference_update(k for (k,) in connection.execute(query, {KEYS: chunk}))
+    exclusive = {k % _INVOICE_LOCK_BUCKETS for k in missing}
+    buckets = sorted(exclusive | {k % _INVOICE_LOCK_BUCKETS for k in inserted})
+    if buckets:
+        connection.execute(
+            _INVOICE_LOCKS,
+            {"c": _INVOICE_LOCK_CLASS, "b": buckets, "e": [b in exclusive for b in buckets]},
+        )
 
 
 def recompute_balances(connection: sa.Connection, customer_ids: Iterable[int]) -> None:

@@ -290,11 +290,14 @@ def _apply_table(
     customer_column, invoice_column = route.owners
     customers = written.values(customer_column)
     invoices = written.values(invoice_column) if invoice_column else [None] * len(customers)
+    by_payment = table == "payments"
     for customer, invoice, k in zip(customers, invoices, keys, strict=True):
-        touched.add(customer, invoice)
-        touched.add(*before.get((k,), (None, None)))
+        touched.add(customer, invoice, by_payment=by_payment)
+        touched.add(*before.get((k,), (None, None)), by_payment=by_payment)
     for values in written.deleted:
-        touched.add(*before.get(values, (None, None)))
+        touched.add(*before.get(values, (None, None)), by_payment=by_payment)
+    if table == "orders":  # rows it had no owner for: invoices it inserted
+        touched.inserted.update(k for k in keys if (k,) not in before)
 
 
 def _refuse_owners_unread(connection: sa.Connection, route: _Route, keys: list[Any]) -> None:

@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from consumers import target_named
-from consumers.accounting.schema import CUSTOMER_BALANCES
+from consumers.accounting.schema import CUSTOMER_BALANCES, INVOICES, PAYMENTS
 from consumers.changes import Change
 from consumers.target import ApplyReport, Target
 from queuestream.errors import RetriableError
@@ -70,6 +70,18 @@ def _apply(conn: sa.Connection, target: Target, *rows: tuple[str, dict[str, Any]
     report = ApplyReport()
     target.apply(conn, changes, report)
     return report
+
+
+def _unpaid_payments(conn: sa.Connection) -> list[tuple[int, Decimal, Decimal]]:
+    """Invoices whose amount_paid is not the sum of their payments (in their currency)."""
+    i, p = INVOICES.c, PAYMENTS.c
+    paid = (
+        sa.select(sa.func.coalesce(sa.func.sum(p.amount), 0))
+        .where(p.order_id == i.order_id, p.currency == i.currency)
+        .scalar_subquery()
+    )
+    rows = conn.execute(sa.select(i.order_id, i.amount_paid, paid).where(i.amount_paid != paid))
+    return [tuple(row) for row in rows]
 
 
 def _balances(conn: sa.Connection) -> dict[int, tuple[Decimal, Decimal]]:
@@ -123,6 +135,16 @@ _SEEDED: dict[int, Figures] = {1: (Decimal("50.00"), Decimal("50.00"))}
             {**_SEEDED, 2: (Decimal("30.00"), Decimal("30.00"))},
             id="one-moves-an-order-the-other-inserts",
         ),
+        pytest.param(
+            _order(8, 3, "30.00", 1),  # A: order 8 arrives, of customer 3
+            _payment(2, 2, 8, "10.00"),  # B: customer 2 pays 10.00 on it
+            {
+                **_SEEDED,
+                2: (Decimal("0.00"), Decimal("-10.00")),
+                3: (Decimal("30.00"), Decimal("30.00")),
+            },
+            id="one-pays-an-invoice-the-other-inserts",
+        ),
     ],
 )
 def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
@@ -140,7 +162,10 @@ def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
     it to (3), not the one before (1), or customer 3's balance keeps the order. In the
     fifth, B finds no order 7 to read its owner from, and its upsert then updates the
     one A inserted: B's batch must be rolled back and applied again (as the runtime
-    does with a RetriableError), reading customer 3, or customer 3 keeps the order."""
+    does with a RetriableError), reading customer 3, or customer 3 keeps the order. In
+    the sixth, B applies a payment to the invoice A is inserting: B must wait for A and
+    then apply it, or the invoice never counts it. In every case each invoice's
+    amount_paid is the sum of its payments."""
     target, engine = accounting
     with engine.begin() as conn:
         _apply(conn, target, _order(1, 1, "10.00", 0), _order(2, 1, "40.00", 0))
@@ -173,13 +198,17 @@ def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
     try:
 
         def b_waits_for_a() -> bool:
+            if not thread.is_alive():
+                return True  # done without waiting: the outcome below tells
             if "b_pid" not in outcome:
                 return False
             with engine.connect() as watcher:
                 blocking = watcher.execute(
                     sa.text("SELECT pg_blocking_pids(:pid)"), {"pid": outcome["b_pid"]}
                 ).scalar_one()
-            return a_pid in blocking
+            waited = a_pid in blocking
+            outcome["waited"] = waited
+            return waited
 
         wait_for(b_waits_for_a, timeout=30, message="member B waiting on A's balances")
         a_transaction.commit()
@@ -193,3 +222,5 @@ def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
 
     with engine.connect() as conn:
         assert _balances(conn) == expected
+        assert _unpaid_payments(conn) == []
+    assert outcome.get("waited"), "member B did not wait for A"
