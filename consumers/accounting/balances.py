@@ -223,8 +223,10 @@ def _order_with_other_members(
     takes a shared lock for each invoice it inserted, and an exclusive one for each
     invoice a payment of it is applied to that it cannot see; the statements after the
     locks see what the other committed. Locks are taken by bucket of the order id
-    (:data:`_INVOICE_LOCK_BUCKETS` at most a batch), in bucket order in one statement:
-    no two batches wait for each other. Batches that only insert invoices share them.
+    (:data:`_INVOICE_LOCK_BUCKETS` at most a batch), in bucket order in one statement,
+    so that these locks alone never hold two batches waiting for each other (one that
+    also waits for a row the other holds is a deadlock PostgreSQL breaks, and the batch
+    is applied again, as any). Batches that only insert invoices share them.
     """
     missing: set[int] = set(paid)
     if paid:

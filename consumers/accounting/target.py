@@ -296,7 +296,7 @@ def _apply_table(
         touched.add(*before.get((k,), (None, None)), by_payment=by_payment)
     for values in written.deleted:
         touched.add(*before.get(values, (None, None)), by_payment=by_payment)
-    if table == "orders":  # rows it had no owner for: invoices it inserted
+    if table == "orders":  # no owner read before: invoices it inserted
         touched.inserted.update(k for k in keys if (k,) not in before)
 
 
