@@ -18,20 +18,15 @@ replaces a newer one. :func:`write_rows`
 the checks (:func:`consumers.target_rows.validate`) that way and counts what they did.
 
 Sets of keys (the orders a batch touched, say) reach SQL through one filter,
-:func:`among`, in the chunks of :func:`key_chunks`: an expanding IN list on
-SQLite, one array parameter on PostgreSQL. The targets used to carry one each,
-and they parted on PostgreSQL: one cast the array to the key column's own type
-(a text key cast to VARCHAR(n) is cut to n characters, so a longer value matched
-the row holding its first n), the other to INTEGER[] whatever the column (a
-BIGINT key past 2**31 is refused). :func:`among` types the array as the
-unbounded form of the column's type, as :func:`upsert_versioned` types its
-arrays: a value matches exactly the rows that hold it, on both databases.
+:func:`queuestream.key_sets.among`, which the producer's source reader shares;
+:func:`upsert_versioned` types its arrays the same way (the unbounded form of the
+column's type), so a value matches exactly the rows that hold it, on both databases.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -40,18 +35,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from consumers.target_stage import copy_into_stage, render, stage_table
+from queuestream.key_sets import element_type
 
 __all__ = [
     "DELETED_VERSION",
     "INSERTED_AS",
-    "KEYS",
     "STAGED_WRITES",
     "Archive",
     "Money",
-    "among",
     "delete_versioned",
     "dialect_insert",
-    "key_chunks",
     "newer_or_repair",
     "staged",
     "upsert_tuples",
@@ -59,8 +52,6 @@ __all__ = [
     "version_column",
 ]
 
-#: The name of the parameter that carries the keys of :func:`among` at execution.
-KEYS = "keys"
 #: The execution option that turns PostgreSQL's bulk path off (:func:`staged`).
 STAGED_WRITES = "queuestream_staged_writes"
 #: The column of an :class:`Archive` table that holds the version of the delete.
@@ -72,10 +63,6 @@ DELETED_VERSION = "deleted_version"
 #: (a maintained figure): the other paths insert the default, and the recomputation
 #: brings both to the same row; the bulk path only spares it a write.
 INSERTED_AS = "queuestream_inserted_as"
-
-#: Keys per statement: one bound parameter each on SQLite (well below its limit of
-#: 32766), one array parameter on PostgreSQL.
-_CHUNK = {"sqlite": 2000, "postgresql": 50_000}
 
 
 class Money(sa.types.TypeDecorator[Decimal]):
@@ -135,43 +122,6 @@ def dialect_insert(dialect: str) -> Any:
         return sqlite.insert
     msg = f"unsupported target dialect {dialect}"
     raise NotImplementedError(msg)
-
-
-def _element_type(kind: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
-    """The unbounded form of a column type, for the elements of an array parameter.
-
-    An array cast to VARCHAR(n)[] or NUMERIC(p, s)[] would cut or round its values;
-    the assignment to (or comparison with) the column still refuses what does not fit.
-    """
-    if isinstance(kind, Money | sa.Numeric):
-        return sa.Numeric(asdecimal=True)
-    if isinstance(kind, sa.String):
-        return sa.Text()
-    return kind
-
-
-# -- sets of keys ---------------------------------------------------------------------
-def key_chunks(connection: sa.Connection, values: Iterable[Any]) -> Iterator[list[Any]]:
-    """``values`` sorted, each once, in lists small enough for one :func:`among` each."""
-    ordered = sorted(set(values))
-    size = _CHUNK.get(connection.dialect.name, _CHUNK["sqlite"])
-    for start in range(0, len(ordered), size):
-        yield ordered[start : start + size]
-
-
-def among(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[bool]:
-    """``column`` among the values of the parameter :data:`KEYS` (a list, bound at execution).
-
-    On PostgreSQL ``column = ANY(:keys)`` with one array of the column's unbounded
-    type: one parameter however many keys, an index lookup in the generic plans of
-    psycopg's prepared statements too, and an IN list of thousands of parameters
-    costs tens of milliseconds to send and plan. An expanding IN elsewhere. A
-    statement may use the filter more than once: every use takes the same list.
-    """
-    if dialect == "postgresql":
-        array = postgresql.ARRAY(_element_type(column.type))
-        return column == sa.any_(sa.bindparam(KEYS, type_=array))
-    return column.in_(sa.bindparam(KEYS, expanding=True))
 
 
 # -- versioned writes -----------------------------------------------------------------
@@ -254,7 +204,7 @@ def upsert_tuples(
             sa.bindparam(
                 f"{name}_values",
                 [row[i] for row in rows],
-                type_=postgresql.ARRAY(_element_type(table.c[name].type)),
+                type_=postgresql.ARRAY(element_type(table.c[name].type)),
             )
             for i, name in enumerate(names)
         ]

@@ -47,6 +47,7 @@ from queuestream.databases import (
     setting_where_known,
 )
 from queuestream.errors import ConfigurationError, RetriableError, SourceSchemaError
+from queuestream.key_sets import KEYS, among, key_chunks
 from queuestream.settings import Settings
 from queuestream.sqlserver import is_sqlserver
 from queuestream.sync_schema import Base, to_source_local
@@ -57,7 +58,6 @@ __all__ = ["FrozenSnapshot", "SourceReader"]
 log = logging.getLogger(__name__)
 
 _FETCH = 5000
-_IN_CHUNK = 1000  # values per IN (...) list
 
 
 _IN_FLIGHT_SQL = sa.text(
@@ -365,14 +365,12 @@ class FrozenSnapshot:
         """The keys of ``spec``'s rows whose first key column is one of ``parents`` (an
         order's lines), as the state keys them; read from the sync table in this snapshot."""
         table = self._base(spec)
-        first = table.c[spec.key[0]]
         columns = [table.c[k] for k in spec.key]
+        query = sa.select(*columns).where(among(columns[0], self.conn.dialect.name))
         found: set[tuple[int, int]] = set()
-        wanted = sorted(parents)
         with retriable_outages(self.conn.engine):
-            for start in range(0, len(wanted), _IN_CHUNK):
-                query = sa.select(*columns).where(first.in_(wanted[start : start + _IN_CHUNK]))
-                for values in self.conn.execute(query):
+            for chunk in key_chunks(self.conn, parents):
+                for values in self.conn.execute(query, {KEYS: chunk}):
                     found.add((int(values[0]), int(values[1]) if len(values) > 1 else 0))
         return found
 

@@ -51,9 +51,9 @@ from consumers.accounting.schema import (
     STATUS_OPEN,
     STATUS_VOID,
 )
-from consumers.target_sql import KEYS, among, key_chunks
 from queuestream.errors import RetriableError
 from queuestream.failures import sqlstate_of
+from queuestream.key_sets import KEYS, among, key_chunks
 
 __all__ = ["Touched", "inserted_meanwhile", "owners", "recompute_balances", "refresh_invoices"]
 

@@ -104,9 +104,10 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import KEYS, Archive, Money, among, key_chunks
+from consumers.target_sql import Archive, Money
 from consumers.target_write import write_rows
 from queuestream.errors import RetriableError
+from queuestream.key_sets import KEYS, among, key_chunks
 from queuestream.tables import TABLES_BY_NAME
 
 __all__ = ["AccountingTarget"]

@@ -40,7 +40,8 @@ from consumers.shipping.shipments import (
     site_ship_to,
 )
 from consumers.target import ApplyReport
-from consumers.target_sql import KEYS, among, dialect_insert, key_chunks, newer_or_repair
+from consumers.target_sql import dialect_insert, newer_or_repair
+from queuestream.key_sets import KEYS, among, key_chunks
 
 __all__ = ["derive_shipments", "refresh_site_ship_to", "withdraw_shipments"]
 

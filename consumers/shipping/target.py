@@ -54,8 +54,8 @@ There are no database foreign keys between the tables: the instances of a consum
 group write different customers concurrently, and a row may arrive before the row it
 refers to.
 
-Sets of orders and customers reach SQL through :func:`~consumers.target_sql.among`
-in chunks (:func:`~consumers.target_sql.key_chunks`): on PostgreSQL one array, not
+Sets of orders and customers reach SQL through :func:`~queuestream.key_sets.among`
+in chunks (:func:`~queuestream.key_sets.key_chunks`): on PostgreSQL one array, not
 thousands of parameters.
 """
 
@@ -97,8 +97,8 @@ from consumers.target_rows import (
     text_limit,
     validate,
 )
-from consumers.target_sql import KEYS, among, key_chunks
 from consumers.target_write import upsert_rows, write_rows
+from queuestream.key_sets import KEYS, among, key_chunks
 from queuestream.sync_schema import ORDER_STATUS
 
 __all__ = ["ShippingTarget"]

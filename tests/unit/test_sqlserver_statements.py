@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
@@ -47,25 +48,40 @@ class _Result:
         return iter(())
 
 
+@dataclass(frozen=True)
+class _Expanded:
+    """A statement compiled with the parameters it was executed with, as sent."""
+
+    text: str
+    params: dict[str, Any]
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class _Recorder:
     """A connection that compiles what it is asked to run for one mssql dialect."""
 
     def __init__(self, dialect: sa.Dialect) -> None:
         self.dialect = dialect
         self.engine = SimpleNamespace(url=make_url(URL))
-        self.compiled: list[sa.engine.Compiled] = []
+        self.compiled: list[sa.engine.Compiled | _Expanded] = []
 
     def execution_options(self, **_options: Any) -> _Recorder:
         return self
 
-    def execute(self, statement: Any, _params: Any = None) -> _Result:
-        self.compiled.append(
-            statement.compile(dialect=self.dialect, compile_kwargs={"render_postcompile": True})
-        )
+    def execute(self, statement: Any, params: Any = None) -> _Result:
+        if params:  # values bound at execution (a list of keys): expanded as the driver gets it
+            state = statement.compile(dialect=self.dialect).construct_expanded_state(params)
+            self.compiled.append(_Expanded(state.statement, state.parameters))
+        else:
+            self.compiled.append(
+                statement.compile(dialect=self.dialect, compile_kwargs={"render_postcompile": True})
+            )
         return _Result(statement)
 
 
-def _producer_statements(dialect: sa.Dialect) -> list[sa.engine.Compiled]:
+def _producer_statements(dialect: sa.Dialect) -> list[sa.engine.Compiled | _Expanded]:
     """Every SELECT a refresh, a procedure-mode refresh and a sweep issue, compiled."""
     recorder = _Recorder(dialect)
     settings = Settings(source_url=URL, source_timezone="America/Chicago")

@@ -1,11 +1,11 @@
-"""The key filter both targets use (``among`` in ``key_chunks``) selects exactly its keys.
+"""The key filter of both ends (``among`` in ``key_chunks``) selects exactly its keys.
 
 The targets used to carry a filter each, and they parted on PostgreSQL: one cast the
 array of keys to the column's own type (a text key longer than a VARCHAR(n) column
 was cut to n characters, and matched the row holding its prefix), the other to
 INTEGER[] whatever the column (a BIGINT key past 2**31 was refused).
 :func:`check_key_filter` pins the behaviour of the one filter; it runs here on
-SQLite and in tests/integration/test_target_key_filter.py on PostgreSQL.
+SQLite and in tests/integration/test_key_sets_postgres.py on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from consumers.target_sql import KEYS, among, key_chunks
 from queuestream.databases import create_engine
+from queuestream.key_sets import KEYS, among, key_chunks
 
 _metadata = sa.MetaData()
 _ROWS = sa.Table(
