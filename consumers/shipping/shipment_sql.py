@@ -2,7 +2,7 @@
 
 The shipping target (:mod:`consumers.shipping.target`) writes its mirrors, then
 calls these with the orders and customers a batch changed: each is one statement
-per chunk of keys (:func:`~consumers.target_sql.key_chunks`), never one per row.
+per chunk of keys (:func:`~queuestream.key_sets.key_chunks`), never one per row.
 
 - :func:`derive_shipments`: the shipments of orders whose mirror row changed,
   derived from what is stored now (the order, its shipment, its customer's site);
@@ -75,7 +75,7 @@ def derive_shipments(
 def _derive_statement(dialect: str) -> Any:
     """INSERT INTO shipments SELECT <the rules> FROM order_headers, shipments, ship_to_sites.
 
-    The state the rules read, for each order among :data:`~consumers.target_sql.KEYS`:
+    The state the rules read, for each order among :data:`~queuestream.key_sets.KEYS`:
     the order, its stored shipment (``old_*``) and its customer's site (``site_*``).
     Only a newer order version replaces a shipment, or the same version where the
     derived values differ: the order was repaired at the same version (op ``r``; a
