@@ -331,6 +331,7 @@ class OpenBatch:
         applier.dead_letters(self._letters)
         moved = {key: o for key, o in self._reach.items() if o > self._stored.get(key, 0)}
         with retriable_outages(applier.engine):
+            applier.target.before_commit(conn)
             applier.offsets.save(conn, moved, self._stored)
             if entries:
                 sync_log.write(

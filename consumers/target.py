@@ -102,6 +102,12 @@ class Target(ABC):
         the dead-letter topic within the error budget). Database errors propagate.
         """
 
+    def before_commit(self, connection: sa.Connection) -> None:
+        """Called once per target transaction, after its last :meth:`apply` and before
+        its offsets and sync log are written: what must see the whole transaction (a
+        lock wanted only until the commit). Nothing by default."""
+        return
+
     # -- reconciliation (queuestream verify) ---------------------------------------
     @abstractmethod
     def expected(self, source: sa.Connection, zone: ZoneInfo) -> dict[str, TableImage]:

@@ -42,6 +42,8 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from queuestream.databases import transaction_note
+
 __all__ = ["copy_into_stage", "render", "stage_table"]
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -107,22 +109,16 @@ def render(statement: Any) -> str:
     return str(statement.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))
 
 
-#: ``connection.info`` key: (the transaction, the staging tables it has used).
+#: The note (:func:`~queuestream.databases.transaction_note`) of the staging tables a
+#: transaction has used.
 _USED = "queuestream.staged"
 
 
 def _used_before(connection: sa.Connection, stage: str) -> bool:
     """Has the transaction open on ``connection`` used ``stage`` before? Noted for the
     next call. Without a transaction known, yes (the table is emptied)."""
-    transaction = connection.get_transaction()
-    if transaction is None:
-        return True
-    held = connection.info.get(_USED)
-    if held is None or held[0] is not transaction:
-        held = (transaction, set())
-        connection.info[_USED] = held
-    used: set[str] = held[1]
-    if stage in used:
+    used = transaction_note(connection, _USED)
+    if used is None or stage in used:
         return True
     used.add(stage)
     return False

@@ -59,6 +59,7 @@ __all__ = [
     "is_postgres",
     "retriable_outages",
     "setting_where_known",
+    "transaction_note",
     "unavailable",
 ]
 
@@ -69,6 +70,21 @@ SQLITE_BUSY_TIMEOUT = 30.0  # seconds a statement waits for another connection's
 
 def is_postgres(engine: sa.Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def transaction_note(connection: sa.Connection, name: str) -> set[Any] | None:
+    """A set kept for the transaction open on ``connection`` under ``name``: what earlier
+    statements of the same transaction noted for later ones. A new transaction starts
+    an empty one. None when no transaction is open (nothing to note it for)."""
+    transaction = connection.get_transaction()
+    if transaction is None:
+        return None
+    held = connection.info.get(name)
+    if held is None or held[0] is not transaction:
+        held = (transaction, set())
+        connection.info[name] = held
+    note: set[Any] = held[1]
+    return note
 
 
 def describe_url(url: str | sa.URL) -> str:

@@ -77,7 +77,12 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from consumers.accounting import reconcile
-from consumers.accounting.balances import Touched, inserted_meanwhile, owners
+from consumers.accounting.balances import (
+    Touched,
+    inserted_meanwhile,
+    order_unseen_invoices,
+    owners,
+)
 from consumers.accounting.schema import (
     CANCELED,
     INVOICE_LINES,
@@ -365,6 +370,12 @@ class AccountingTarget(Target):
         touched.recompute(connection)
         if touched.deleted_customers:
             _report_orphans(connection, touched.deleted_customers, report)
+
+    def before_commit(self, connection: sa.Connection) -> None:
+        """Invoices this transaction's payments are applied to but did not see: ordered
+        with the member inserting them, and recomputed (PostgreSQL)."""
+        if connection.dialect.name == "postgresql":
+            order_unseen_invoices(connection)
 
     # -- reconciliation (queuestream verify) -------------------------------------------
     def expected(self, source: sa.Connection, zone: ZoneInfo) -> dict[str, TableImage]:

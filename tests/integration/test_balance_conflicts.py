@@ -63,12 +63,18 @@ def _payment(
     }
 
 
-def _apply(conn: sa.Connection, target: Target, *rows: tuple[str, dict[str, Any]]) -> ApplyReport:
+def _apply(
+    conn: sa.Connection, target: Target, *rows: tuple[str, dict[str, Any]], last: bool = True
+) -> ApplyReport:
+    """One batch (``last``), or one part of it, as the runtime applies it: what ends a
+    batch (:meth:`Target.before_commit`) too, ready to commit."""
     changes: dict[str, list[Change]] = {t: [] for t in target.tables}
     for table, row in rows:
         changes[table].append(change(table, row))
     report = ApplyReport()
     target.apply(conn, changes, report)
+    if last:
+        target.before_commit(conn)
     return report
 
 
@@ -224,3 +230,39 @@ def test_a_balance_replaced_by_two_members_at_once_sums_what_both_committed(
         assert _balances(conn) == expected
         assert _unpaid_payments(conn) == []
     assert outcome.get("waited"), "member B did not wait for A"
+
+
+def test_payments_applied_before_their_orders_in_parts_do_not_hold_other_members(
+    accounting: tuple[Target, sa.Engine],
+) -> None:
+    """A refresh applied in parts may write its payments in a part before their orders
+    (consumers/streaming.py). Member A does, and holds its transaction open: its
+    payments' invoices are not there yet, but A inserts them itself in a later part,
+    so another member inserting invoices meanwhile (B, order 300 in the same lock
+    bucket as A's order 44) must not wait for A's commit. Once A has written its
+    orders and committed, every invoice counts its payments."""
+    target, engine = accounting
+    member_a = engine.connect()
+    a_transaction = member_a.begin()
+    try:
+        _apply(member_a, target, _payment(1, 1, 44, "10.00"), last=False)
+        finished = threading.Event()
+
+        def member_b() -> None:
+            with engine.begin() as conn:
+                _apply(conn, target, _order(44 + 256, 2, "30.00", 0), _payment(2, 2, 300, "5.00"))
+            finished.set()
+
+        thread = threading.Thread(target=member_b, daemon=True)
+        thread.start()
+        waited = not finished.wait(15)  # with A's exclusive lock taken at once: until A ends
+        _apply(member_a, target, _order(44, 1, "10.00", 0))
+        a_transaction.commit()
+        thread.join(30)
+    finally:
+        member_a.close()
+    assert not waited, "member B waited for A's transaction"
+    with engine.connect() as conn:
+        assert _unpaid_payments(conn) == []
+        paid = dict(conn.execute(sa.select(INVOICES.c.order_id, INVOICES.c.amount_paid)).all())
+    assert paid == {44: Decimal("10.00"), 300: Decimal("5.00")}
