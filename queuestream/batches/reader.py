@@ -175,7 +175,7 @@ class BatchesReader:
 
     # -- following END markers from a time on ---------------------------------------
     def seek_time(self, from_ms: int) -> None:
-        """Read on from the first marker written at ``from_ms`` or later (the end if none).
+        """Read on from the first marker written at ``from_ms`` or later.
 
         The look-up can fail for the partition alone (its leader not known yet, on a
         broker just started or a topic just made): librdkafka then answers offset -1
@@ -183,6 +183,16 @@ class BatchesReader:
         Read as the latter, the reader went to the end, past the markers a consumer
         needed, and waited for them for ever. So a partition not ready is asked again
         for up to ``_LOOKUP_TIMEOUT`` seconds, and any other error raised.
+
+        "No marker that late" is asked again too: a consumer looks markers up once it
+        holds an event that needs one, and the event is committed, so its END marker is
+        (or will be) there. But a transaction's commit reaches each of its partitions in
+        turn, and the broker answers a look-up only below the batches partition's last
+        stable offset: for a moment after the change topics show the event, the
+        partition answers -1 with no error. Read from the end then, the reader started
+        after the very END marker it needed (a consumer applied nothing for 180 s while
+        the producer went on). Only when nothing that late shows within the time does
+        the reader go to the end, and says so.
         """
         doing = f"look up batch markers in {self.topic}"
         deadline = time.monotonic() + _LOOKUP_TIMEOUT
@@ -195,11 +205,25 @@ class BatchesReader:
                 raise broker_failure(exc.args[0], self.where, doing) from None
             error = found[0].error if found else None
             if error is None:
-                break
+                if (found and found[0].offset >= 0) or time.monotonic() >= deadline:
+                    break
+                time.sleep(_NOT_READY_PAUSE)  # committed, not yet stable here: again
+                continue
             if not _not_ready_yet(error, deadline):
                 raise broker_failure(error, self.where, doing)
             log.debug("%s: %s; asking again", doing, error.str())
-        offset = found[0].offset if found and found[0].offset >= 0 else OFFSET_END
+        if found and found[0].offset >= 0:
+            offset = found[0].offset
+        else:
+            offset = OFFSET_END
+            log.warning(
+                "%s: none written at %d or later after %.0f s; reading the markers from "
+                "the end of %s",
+                doing,
+                from_ms,
+                _LOOKUP_TIMEOUT,
+                self.topic,
+            )
         log.debug(
             "reading batch markers of %s from offset %s (time %d)", self.topic, offset, from_ms
         )

@@ -215,6 +215,8 @@ class _Consumer:
 
     #: Look-ups that answer the partition's error first (a leader not known yet).
     lookup_errors = 0
+    #: Look-ups that answer -1 with no error first (the partition not stable yet).
+    lookup_unstable = 0
 
     def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> Any:
         [tp] = partitions
@@ -223,6 +225,9 @@ class _Consumer:
             # librdkafka's answer: offset -1 and the partition's error (TopicPartition's
             # error cannot be set from Python)
             return [SimpleNamespace(offset=-1, error=KafkaError(KafkaError.LEADER_NOT_AVAILABLE))]
+        if self.lookup_unstable:
+            self.lookup_unstable -= 1
+            return [TopicPartition(TOPIC, 0, -1)]
         offset = next(
             (i for i, m in enumerate(self.log) if m is not None and m._ts >= tp.offset), -1
         )
@@ -305,6 +310,40 @@ def test_following_asks_again_when_the_look_up_fails_for_the_partition(
     reader.seek_time(0)
     ends = reader.read()
     assert ends is not None and [e.refresh_id for e in ends] == ["r1", "r2"]
+
+
+def test_following_asks_again_while_the_partition_is_not_stable_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh's commit reaches the change topics before the batches partition: a
+    look-up in between answers -1 with no error, and the END marker is still to come.
+    Read from the end, the reader would pass it."""
+    monkeypatch.setattr(reader_module, "_NOT_READY_PAUSE", 0.0)
+    log: list[_Message | None] = []
+    for refresh_id in ("r1", "r2"):
+        _refresh(log, refresh_id)
+    reader = _reader(log)
+    reader.consumer.lookup_unstable = 3  # type: ignore[attr-defined]
+    reader.seek_time(0)
+    ends = reader.read()
+    assert ends is not None and [e.refresh_id for e in ends] == ["r1", "r2"]
+
+
+def test_with_no_marker_that_late_in_time_the_reader_goes_to_the_end(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(reader_module, "_NOT_READY_PAUSE", 0.0)
+    monkeypatch.setattr(reader_module, "_LOOKUP_TIMEOUT", 0.05)
+    log: list[_Message | None] = []
+    _refresh(log, "r1")
+    reader = _reader(log)
+    with caplog.at_level(logging.WARNING):
+        reader.seek_time(10**9)  # after every marker
+    assert "reading the markers from the end" in caplog.text
+    assert not reader.read()  # at the end: nothing yet
+    _refresh(log, "r2")
+    ends = reader.read()
+    assert ends is not None and [e.refresh_id for e in ends] == ["r2"]
 
 
 def test_a_look_up_that_keeps_failing_is_a_broker_failure(
