@@ -327,11 +327,12 @@ class OpenBatch:
         """Write ``last``, then commit everything with its offsets and sync log."""
         self.apply(last)
         applier, conn = self.applier, self._connection
+        with retriable_outages(applier.engine):  # before the dead letters: it may wait, or fail
+            applier.target.before_commit(conn)
         entries = _fold_undecodable(list(self._entries.values()))
         applier.dead_letters(self._letters)
         moved = {key: o for key, o in self._reach.items() if o > self._stored.get(key, 0)}
         with retriable_outages(applier.engine):
-            applier.target.before_commit(conn)
             applier.offsets.save(conn, moved, self._stored)
             if entries:
                 sync_log.write(

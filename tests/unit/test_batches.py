@@ -296,47 +296,38 @@ def test_following_from_a_time_gives_end_markers_with_their_place() -> None:
     assert reader.consumer.closed  # type: ignore[attr-defined]
 
 
-def test_following_asks_again_when_the_look_up_fails_for_the_partition(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("answer", ["lookup_errors", "lookup_unstable"])
+def test_following_asks_again_until_the_partition_answers(
+    monkeypatch: pytest.MonkeyPatch, answer: str
 ) -> None:
-    """Offset -1 with the partition's error is not "no marker that late": read from the
-    end, the reader would pass the markers it was asked for."""
+    """Offset -1 with the partition's error (a leader not known yet) is not "no marker
+    that late"; nor is -1 with no error while the batches partition has not yet got the
+    commit that the change topics show (a refresh's commit reaches its partitions in
+    turn). Read from the end, the reader would pass the markers it was asked for."""
     monkeypatch.setattr(reader_module, "_NOT_READY_PAUSE", 0.0)
     log: list[_Message | None] = []
     for refresh_id in ("r1", "r2"):
         _refresh(log, refresh_id)
     reader = _reader(log)
-    reader.consumer.lookup_errors = 2  # type: ignore[attr-defined]
+    setattr(reader.consumer, answer, 3)
     reader.seek_time(0)
     ends = reader.read()
     assert ends is not None and [e.refresh_id for e in ends] == ["r1", "r2"]
 
 
-def test_following_asks_again_while_the_partition_is_not_stable_yet(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A refresh's commit reaches the change topics before the batches partition: a
-    look-up in between answers -1 with no error, and the END marker is still to come.
-    Read from the end, the reader would pass it."""
+def _impatient(monkeypatch: pytest.MonkeyPatch) -> tuple[BatchesReader, list[_Message | None]]:
+    """A reader of one refresh's markers that asks again at once and for 0.05 s at most."""
     monkeypatch.setattr(reader_module, "_NOT_READY_PAUSE", 0.0)
+    monkeypatch.setattr(reader_module, "_LOOKUP_TIMEOUT", 0.05)
     log: list[_Message | None] = []
-    for refresh_id in ("r1", "r2"):
-        _refresh(log, refresh_id)
-    reader = _reader(log)
-    reader.consumer.lookup_unstable = 3  # type: ignore[attr-defined]
-    reader.seek_time(0)
-    ends = reader.read()
-    assert ends is not None and [e.refresh_id for e in ends] == ["r1", "r2"]
+    _refresh(log, "r1")
+    return _reader(log), log
 
 
 def test_with_no_marker_that_late_in_time_the_reader_goes_to_the_end(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(reader_module, "_NOT_READY_PAUSE", 0.0)
-    monkeypatch.setattr(reader_module, "_LOOKUP_TIMEOUT", 0.05)
-    log: list[_Message | None] = []
-    _refresh(log, "r1")
-    reader = _reader(log)
+    reader, log = _impatient(monkeypatch)
     with caplog.at_level(logging.WARNING):
         reader.seek_time(10**9)  # after every marker
     assert "reading the markers from the end" in caplog.text
@@ -349,11 +340,7 @@ def test_with_no_marker_that_late_in_time_the_reader_goes_to_the_end(
 def test_a_look_up_that_keeps_failing_is_a_broker_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(reader_module, "_NOT_READY_PAUSE", 0.0)
-    monkeypatch.setattr(reader_module, "_LOOKUP_TIMEOUT", 0.05)
-    log: list[_Message | None] = []
-    _refresh(log, "r1")
-    reader = _reader(log)
+    reader, _ = _impatient(monkeypatch)
     reader.consumer.lookup_errors = 10**9  # type: ignore[attr-defined]
     with pytest.raises(BrokerUnavailableError, match="look up batch markers"):
         reader.seek_time(0)
