@@ -30,9 +30,9 @@ __all__ = ["KEYS", "among", "element_type", "key_chunks"]
 KEYS = "keys"
 
 #: Keys per statement: one array parameter on PostgreSQL; one bound parameter each
-#: elsewhere, well below the limits (SQLite 32,766; SQL Server 2,100).
-_CHUNK = {"postgresql": 50_000, "sqlite": 2000, "mssql": 1000}
-_OTHER = 1000
+#: elsewhere, well below the limits (SQLite 32,766; SQL Server, and any other, 2,100).
+_CHUNK = {"postgresql": 50_000, "sqlite": 2000}
+_CHUNK_ELSEWHERE = 1000
 
 
 def element_type(kind: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
@@ -54,7 +54,7 @@ def element_type(kind: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
 def key_chunks(connection: sa.Connection, values: Iterable[Any]) -> Iterator[list[Any]]:
     """``values`` sorted, each once, in lists small enough for one :func:`among` each."""
     ordered = sorted(set(values))
-    size = _CHUNK.get(connection.dialect.name, _OTHER)
+    size = _CHUNK.get(connection.dialect.name, _CHUNK_ELSEWHERE)
     for start in range(0, len(ordered), size):
         yield ordered[start : start + size]
 
