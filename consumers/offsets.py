@@ -138,15 +138,25 @@ class OffsetStore:
 
         The rows exist and are locked: :meth:`lock` came first in this transaction.
         """
-        now = datetime.now(UTC)
-        for (topic, partition), offset in offsets.items():
-            if offset > before.get((topic, partition), 0):
-                connection.execute(
-                    sa.update(OFFSETS)
-                    .where(
-                        OFFSETS.c.target == self.target,
-                        OFFSETS.c.topic == topic,
-                        OFFSETS.c.partition == partition,
-                    )
-                    .values(next_offset=offset, consumer_group=self.group, updated_at=now)
-                )
+        moved = [
+            {"row_topic": topic, "row_partition": partition, "row_offset": offset}
+            for (topic, partition), offset in offsets.items()
+            if offset > before.get((topic, partition), 0)
+        ]
+        if not moved:
+            return
+        # One statement for every partition (an executemany: psycopg sends them at once).
+        update = (
+            sa.update(OFFSETS)
+            .where(
+                OFFSETS.c.target == self.target,
+                OFFSETS.c.topic == sa.bindparam("row_topic"),
+                OFFSETS.c.partition == sa.bindparam("row_partition"),
+            )
+            .values(
+                next_offset=sa.bindparam("row_offset"),
+                consumer_group=self.group,
+                updated_at=datetime.now(UTC),
+            )
+        )
+        connection.execute(update, moved)
