@@ -36,9 +36,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import make_url
 
 from tests import services
+
+# Property tests assert what the code does, never how fast: on 2 cores busy with a
+# benchmark (or CI's services), an example may take longer than Hypothesis's 200 ms.
+settings.register_profile(
+    "queuestream", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("queuestream")
 
 KAFKA_FIXTURES = {"kafka_bootstrap"}
 POSTGRES_FIXTURES = {"postgres_server_url", "postgres_url"}
