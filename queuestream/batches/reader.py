@@ -204,17 +204,16 @@ class BatchesReader:
             except KafkaException as exc:
                 raise broker_failure(exc.args[0], self.where, doing) from None
             error = found[0].error if found else None
+            offset = found[0].offset if found else -1
             if error is None:
-                if (found and found[0].offset >= 0) or time.monotonic() >= deadline:
+                if offset >= 0 or time.monotonic() >= deadline:
                     break
                 time.sleep(_NOT_READY_PAUSE)  # committed, not yet stable here: again
                 continue
             if not _not_ready_yet(error, deadline):
                 raise broker_failure(error, self.where, doing)
             log.debug("%s: %s; asking again", doing, error.str())
-        if found and found[0].offset >= 0:
-            offset = found[0].offset
-        else:
+        if offset < 0:
             offset = OFFSET_END
             log.warning(
                 "%s: none written at %d or later after %.0f s; reading the markers from "
