@@ -32,9 +32,12 @@ stamp back from that alone, elsewhere each stamp's own wall time goes with it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from operator import itemgetter
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -51,6 +54,9 @@ LIMIT = 100_000
 #: Stamps within this many microseconds of 1970 (years 1685 to 2255): PostgreSQL turns
 #: ``n`` back into the same stamp (the product is a double, exact below 2**53).
 _EXACT_MICROS = 2**53
+#: The text :func:`_array` makes of a list of ints, and of nothing else (``True``,
+#: ``'1'``, ``1.0``, ``None`` are spelled otherwise).
+_INT_ARRAY = re.compile(r"\{(?:-?[0-9]+(?:, -?[0-9]+)*)?\}")
 
 
 @dataclass(slots=True)
@@ -67,6 +73,8 @@ class TableVersions:
     #: Every version recorded is held here (no more than ``LIMIT``), every stamp naive
     #: (fold 0) as the sync schema's are read. Else nothing is held.
     whole: bool = True
+    #: :meth:`arrays` as last made, and how many versions it was made of.
+    _arrays: tuple[int, dict[str, str] | None] | None = field(default=None, repr=False)
 
     def add(self, key: tuple[object, ...], stamp: datetime, version_us: int, digest: bytes) -> None:
         if not self.whole:
@@ -84,6 +92,7 @@ class TableVersions:
         """Hold nothing: the next refresh's overlap of this table is read row by row."""
         self.whole = False
         self.keys, self.versions, self.digests, self.walls = [], [], [], []
+        self._arrays = None
 
     def copy(self, other: TableVersions, positions: Sequence[int]) -> None:
         """Record ``other``'s versions at ``positions`` here too."""
@@ -101,18 +110,41 @@ class TableVersions:
     def matchable(self) -> bool:
         """Can the server match these versions: all of them held, their stamps in its exact
         range, keys of integers (checked here, once a refresh, not as each is recorded)?"""
+        return self.arrays() is not None
+
+    def arrays(self) -> dict[str, str] | None:
+        """The versions as the texts of PostgreSQL arrays, for :func:`match_overlap`: the
+        keys' columns ``k0``, ``k1``, the versions ``v`` and, in a zone of more than one
+        offset, the wall times ``n``; None when the server cannot match them
+        (:meth:`matchable`). Made once for the versions held (the last refresh's are asked
+        for twice: whether to ask the server, then the question)."""
+        made = self._arrays
+        if made is not None and made[0] == len(self.versions):
+            return made[1]
+        found = self._make_arrays()
+        self._arrays = (len(self.versions), found)
+        return found
+
+    def _make_arrays(self) -> dict[str, str] | None:
         if not self.whole:
-            return False
+            return None
         walls = self.walls if self.shift is None else self.versions
         shift = self.shift or 0
         if walls and not -_EXACT_MICROS < min(walls) + shift <= max(walls) + shift < _EXACT_MICROS:
-            return False
-        return all(set(map(type, column)) <= {int} for column in self.key_columns())
+            return None
+        texts = {f"k{i}": _array(column) for i, column in enumerate(self.key_columns())}
+        if not all(map(_INT_ARRAY.fullmatch, texts.values())):
+            return None  # a key that is not an integer
+        texts["v"] = _array(self.versions)
+        if self.shift is None:
+            texts["n"] = _array(self.walls)
+        return texts
 
-    def key_columns(self) -> list[tuple[object, ...]]:
+    def key_columns(self) -> list[list[object]]:
         """The keys' columns: the first column of every key, then the second (none when
         no version is recorded)."""
-        return list(zip(*self.keys, strict=True))
+        keys = self.keys
+        return [list(map(itemgetter(i), keys)) for i in range(len(keys[0]))] if keys else []
 
 
 class OverlapVersions:
@@ -140,7 +172,7 @@ class OverlapVersions:
         last committed refresh recorded it, not an attempt that failed) and they can be
         matched exactly. A table the last refresh recorded nothing of: an empty record."""
         versions = self._previous.get(table) or TableVersions(self._shift)
-        if not versions.matchable() or not seen.issuperset(versions.digests):
+        if not seen.issuperset(versions.digests) or not versions.matchable():
             return None
         return versions
 
@@ -161,9 +193,9 @@ class OverlapMatch:
         return self.matched == self.rows and self.late == 0
 
 
-def _array(values: Sequence[object]) -> str:
+def _array(values: list[Any]) -> str:
     """``values`` (ints) as the text of a PostgreSQL array: ``{1, 2}``."""
-    return "{" + repr(list(values))[1:-1] + "}"
+    return "{" + repr(values)[1:-1] + "}"
 
 
 def match_overlap(
@@ -202,12 +234,13 @@ def match_overlap(
         f"ON {joined} AND {modified} = p.stamp "
         f"WHERE {modified} >= :low AND {modified} < :high"
     )
-    params: dict[str, object] = {c: "{}" for c in columns}
-    params.update(zip(columns, map(_array, before.key_columns()), strict=False))
-    params.update(v=_array(before.versions), start=start_us, keep=keep_us, low=low, high=high)
-    if before.shift is None:
-        params["n"] = _array(before.walls)
-    else:
+    texts = before.arrays()
+    if texts is None:
+        msg = "these versions cannot be matched by the server (TableVersions.matchable)"
+        raise ValueError(msg)
+    params: dict[str, object] = {c: "{}" for c in columns}  # no version recorded: none
+    params.update(texts, start=start_us, keep=keep_us, low=low, high=high)
+    if before.shift is not None:
         params["shift"] = before.shift
     rows, matched, late, kept = conn.execute(sa.text(statement), params).one()
     positions = [int(o) - 1 for o in kept[1:-1].split(",")] if len(kept) > 2 else []

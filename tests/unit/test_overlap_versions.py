@@ -10,9 +10,13 @@ answer itself is tested against the reading row by row on a real PostgreSQL
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from producer.overlap_versions import LIMIT, OverlapVersions
+from hypothesis import given
+from hypothesis import strategies as st
+
+from producer.overlap_versions import LIMIT, OverlapVersions, TableVersions
 from producer.watermark import DIGEST_SIZE
 from schemas.avro.record_writer import wall_micros
 
@@ -83,3 +87,50 @@ def test_in_a_zone_of_several_offsets_each_stamps_wall_time_is_kept() -> None:
     assert before.walls == [int((STAMP.replace(tzinfo=UTC)).timestamp() * 1_000_000)] * 3
     utc = _recorded("UTC").before("payments", frozenset(map(_digest, range(3))))
     assert utc is not None and utc.shift == 0 and utc.walls == []
+
+
+#: Key values as a driver might hand them over: integers (of any size, negative too),
+#: and the values that are no integers but look close (a bool is an int to Python).
+_KEY_VALUES = st.one_of(
+    st.integers(),
+    st.integers(),
+    st.booleans(),
+    st.text(alphabet="0123456789-, {}", max_size=4),
+    st.floats(allow_nan=False),
+    st.none(),
+)
+
+
+@given(
+    width=st.integers(1, 2),
+    keys=st.lists(st.lists(_KEY_VALUES, min_size=2, max_size=2), max_size=30),
+    zone=st.sampled_from(["UTC", "America/New_York"]),
+)
+def test_the_arrays_sent_are_the_keys_and_versions_and_only_integer_keys_are_sent(
+    width: int, keys: list[list[Any]], zone: str
+) -> None:
+    table = OverlapVersions(ZoneInfo(zone)).recording("order_details")
+    for n, key in enumerate(keys):
+        table.add(tuple(key[:width]), STAMP, wall_micros(STAMP, ZoneInfo(zone)) + n, _digest(n))
+    texts = table.arrays()
+    columns = [[key[i] for key in keys] for i in range(width)] if keys else []
+    if not all(type(v) is int for column in columns for v in column):
+        assert texts is None and not table.matchable()
+        return
+    assert table.matchable()
+    expected = {f"k{i}": "{" + ", ".join(map(str, c)) + "}" for i, c in enumerate(columns)}
+    expected["v"] = "{" + ", ".join(map(str, table.versions)) + "}"
+    if table.shift is None:
+        expected["n"] = "{" + ", ".join(map(str, table.walls)) + "}"
+    assert texts == expected
+    assert table.arrays() is texts  # made once
+
+
+def test_arrays_are_made_again_once_more_versions_are_held() -> None:
+    table = TableVersions(shift=0)
+    table.add((1,), STAMP, 1, _digest(1))
+    assert table.arrays() == {"k0": "{1}", "v": "{1}"}
+    table.add(("A-2",), STAMP, 2, _digest(2))
+    assert table.arrays() is None
+    table.drop()
+    assert table.arrays() is None
