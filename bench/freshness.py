@@ -466,6 +466,14 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{name}, median of each part: "
                 + ", ".join(f"{part} {s:.3f}s" for part, s in parts.items() if s is not None)
             )
+    for name, figures in report["targets"].items():
+        if figures["slowest"]:
+            worst = figures["slowest"][0]
+            out.print(
+                f"{name}, slowest refresh: {worst['latency']:.3f}s ({worst['rows']:,} rows; "
+                f"refresh {worst['refresh']:.3f}s, end_to_apply {worst['end_to_apply']:.3f}s, "
+                f"apply {worst['apply']:.3f}s)"
+            )
     out.print(environment_line(report["environment"], "Kafka options"))
     for name, figures in report["targets"].items():
         p99 = (figures["latency_seconds"] or {}).get("p99")

@@ -82,6 +82,24 @@ def test_latency_is_start_to_commit_weighted_by_rows() -> None:
     }
 
 
+def test_the_slowest_refreshes_are_listed_with_their_parts() -> None:
+    refreshes = [_refresh(_START + timedelta(seconds=i), 0.3, {"orders": 10}) for i in range(5)]
+    after = [0.8, 2.5, 0.9, 1.7, 0.7]  # seconds from the start to the commit
+    log = [_entry(r, 10, a, 200) for r, a in zip(refreshes, after, strict=True)]
+    figures = target_figures({r.refresh_id: r for r in refreshes}, log, commit_times=False)
+    slowest = figures["slowest"]
+    assert [s["refresh_id"] for s in slowest] == [refreshes[i].refresh_id for i in (1, 3, 2)]
+    assert slowest[0] == {
+        "refresh_id": refreshes[1].refresh_id,
+        "rows": 10,
+        "events": 10,
+        "latency": 2.5,
+        "refresh": 0.3,
+        "end_to_apply": 2.0,  # applied 2.5 s in, less 0.2 s of apply, less the END at 0.3 s
+        "apply": 0.2,
+    }
+
+
 def test_without_commit_times_applied_at_is_the_commit() -> None:
     refresh = _refresh(_START, 0.5, {"orders": 10})
     figures = target_figures({refresh.refresh_id: refresh}, [_entry(refresh, 10, 1.0, 100)], False)
