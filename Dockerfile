@@ -17,7 +17,11 @@ COPY producer ./producer
 COPY consumers ./consumers
 COPY schemas ./schemas
 # confluent-kafka and psycopg[binary] come as manylinux wheels (librdkafka and libpq inside).
-RUN pip install . \
+# gcc only while installing: it compiles the Avro readers' C extension (schemas/avro/_creader.c).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . \
+    && (cd / && python -c "from schemas.avro.compiled_reader import AVAILABLE; assert AVAILABLE") \
+    && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 queuestream
 
 USER queuestream

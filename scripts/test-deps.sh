@@ -2,7 +2,8 @@
 # Install the system packages that `make lint` and `make test` need and that are missing:
 # make, python3 with venv, Java 17+ (Kafka, its tools, the schema registry), Maven (builds
 # the registry), a PostgreSQL server (tests/services.py runs throwaway clusters) and
-# Debian's chromium (the monitor's web page is tested in it), and the two libraries
+# Debian's chromium (the monitor's web page is tested in it), a C compiler and Python's
+# headers (the Avro readers' C extension), and the two libraries
 # mssql-python loads (queuestream[mssql], whose unit tests import it). Used by `make test` and by
 # .ci/run, so that both install the same things the same way.
 #
@@ -46,6 +47,12 @@ java_ok || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 postgres_ok || missing+=(postgresql)
 [[ -x "${QUEUESTREAM_TEST_CHROMIUM:-/usr/bin/chromium}" ]] || missing+=(chromium)
+# The Avro readers' C extension (schemas/avro/_creader.c, built by `make venv`): a C compiler
+# and Python's headers (tests/unit/test_fast_reader.py fails under CI=true without it).
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+    missing+=(python3-dev)
+fi
 # queuestream[mssql]: mssql-python's bundled ODBC driver loads these (its unit tests import it).
 if command -v ldconfig >/dev/null 2>&1; then
     ldconfig -p | grep -q 'libltdl\.so\.7' || missing+=(libltdl7)

@@ -49,6 +49,7 @@ from fastavro.read import LOGICAL_READERS
 from queuestream.errors import SchemaError
 from schemas.avro import _read_parts as parts
 from schemas.avro._read_parts import ValueCache
+from schemas.avro.compiled_reader import compiled
 
 __all__ = ["Projection", "Reader", "ValueCache", "compile_reader", "project"]
 
@@ -94,7 +95,11 @@ def project(value: Any, fields: Projection | None) -> Any:
 
 
 def compile_reader(
-    schema: Any, fields: Projection | None = None, cache: ValueCache | None = None
+    schema: Any,
+    fields: Projection | None = None,
+    cache: ValueCache | None = None,
+    *,
+    python: bool = False,
 ) -> Reader | None:
     """A generated reader of ``schema`` (the .avsc JSON), or None where it falls to fastavro.
 
@@ -102,6 +107,9 @@ def compile_reader(
     that names a field the schema lacks, or asks for fields of what is not a record,
     raises SchemaError. Readers given the same ``cache`` share the datetimes and
     decimals they make (see :class:`._read_ValueCache`); without one, a new one.
+    Where the C extension is built (:mod:`.compiled_reader`) the reader is its compiled
+    form, which hands what it cannot read to the Python one; ``python``: the Python
+    reader in any case.
     """
     named: dict[str, Any] = {}
     parsed = fastavro.parse_schema(schema, named_schemas=named)
@@ -126,6 +134,10 @@ def compile_reader(
     namespace = dict(writer.consts)
     exec(compile("\n".join(lines), f"<avro reader {name}>", "exec"), namespace)
     reader: Reader = namespace["read"]
+    if not python:
+        fast = compiled(parsed, fields, _Writer(named, writer.cache).resolve, writer.cache, reader)
+        if fast is not None:
+            return fast
     return reader
 
 

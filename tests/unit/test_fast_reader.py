@@ -1,5 +1,9 @@
 """The generated Avro readers against fastavro, the reference: byte for byte, every schema.
 
+Both forms of a reader: the compiled one (:mod:`schemas.avro.compiled_reader`, the C
+extension, what the codec uses where it is built) and the generated Python one
+(which the compiled one hands malformed input to).
+
 Random records of every schema in schemas/avro/ (keys, change envelopes, the
 batches topic's key and marker) and of a schema with the types those do not use
 are written with fastavro; the generated reader must return what fastavro's
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
@@ -27,8 +32,8 @@ from hypothesis import strategies as st
 
 from consumers.changes import Change, decode_change, version_of
 from queuestream.errors import DecodeError, SchemaError
-from schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, load_schema, schema_names
-from schemas.avro.fast_reader import Projection, compile_reader, project
+from schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, compiled_reader, load_schema, schema_names
+from schemas.avro.fast_reader import Projection, Reader, compile_reader, project
 from tests.unit.test_codec import SOURCE
 
 #: The types and shapes the contract's schemas do not use, so that the generator's
@@ -139,10 +144,28 @@ def _fastavro(parsed: Any, data: bytes) -> Any:
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.fixture(params=["compiled", "python"])
+def make_reader(request: pytest.FixtureRequest) -> Any:
+    """``compile_reader`` giving the compiled reader, then the Python one."""
+    python = request.param == "python"
+    if not python and not compiled_reader.AVAILABLE:
+        if os.environ.get("CI"):  # CI builds the extension: its absence is a failure there
+            pytest.fail("schemas.avro._creader is not built (pip install -e . compiles it)")
+        pytest.skip("schemas.avro._creader is not built: no C compiler at install")
+
+    def make(schema: Any, fields: Projection | None = None) -> Reader | None:
+        reader = compile_reader(schema, fields, python=python)
+        if reader is not None:  # the form asked for, not the other
+            assert (type(reader).__name__ == "function") is python
+        return reader
+
+    return make
+
+
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
-def test_the_generated_reader_returns_what_fastavro_returns(name: str) -> None:
+def test_the_generated_reader_returns_what_fastavro_returns(name: str, make_reader: Any) -> None:
     parsed, named = _parsed(name)
-    reader = compile_reader(SCHEMAS[name])
+    reader = make_reader(SCHEMAS[name])
     assert reader is not None, f"{name}: no generated reader"
 
     @PROPERTY
@@ -161,9 +184,9 @@ CHANGE = Projection(
 
 
 @pytest.mark.parametrize("name", ENVELOPES)
-def test_a_projected_reader_returns_fastavros_record_cut_down(name: str) -> None:
+def test_a_projected_reader_returns_fastavros_record_cut_down(name: str, make_reader: Any) -> None:
     parsed, named = _parsed(name)
-    reader = compile_reader(SCHEMAS[name], CHANGE)
+    reader = make_reader(SCHEMAS[name], CHANGE)
     assert reader is not None
 
     @PROPERTY
@@ -178,9 +201,9 @@ def test_a_projected_reader_returns_fastavros_record_cut_down(name: str) -> None
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
-def test_every_nullable_field_null_and_every_field_set(name: str) -> None:
+def test_every_nullable_field_null_and_every_field_set(name: str, make_reader: Any) -> None:
     parsed, named = _parsed(name)
-    reader = compile_reader(SCHEMAS[name])
+    reader = make_reader(SCHEMAS[name])
     assert reader is not None
     for pick in (min, max):  # the first branch (null) everywhere, then the last
         record = _extreme(parsed, named, pick)
@@ -214,19 +237,48 @@ def _extreme(schema: Any, named: dict[str, Any], pick: Any) -> Any:
     return _extreme(kind, named, pick)
 
 
-@PROPERTY
-@given(st.binary(max_size=24), st.integers(1, 38), st.integers(0, 10))
-def test_decimal_bytes_of_any_length_round_as_fastavro_rounds(
-    unscaled: bytes, precision: int, scale: int
-) -> None:
+def test_decimal_bytes_of_any_length_round_as_fastavro_rounds(make_reader: Any) -> None:
     """Bytes another writer may send: more digits than the precision are rounded."""
-    scale = min(scale, precision)
-    schema = {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}
-    record = {"type": "record", "name": "D", "fields": [{"name": "d", "type": schema}]}
-    reader = compile_reader(record)
-    assert reader is not None
-    data = _write(fastavro.parse_schema("bytes"), unscaled)
-    same(reader(data, 0), _fastavro(fastavro.parse_schema(record), data))
+
+    @PROPERTY
+    @given(st.binary(max_size=24), st.integers(1, 38), st.integers(0, 10))
+    def check(unscaled: bytes, precision: int, scale: int) -> None:
+        scale = min(scale, precision)
+        schema = {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}
+        record = {"type": "record", "name": "D", "fields": [{"name": "d", "type": schema}]}
+        reader = make_reader(record)
+        assert reader is not None
+        data = _write(fastavro.parse_schema("bytes"), unscaled)
+        same(reader(data, 0), _fastavro(fastavro.parse_schema(record), data))
+
+    check()
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\x02\x04\xff\xfe", UnicodeDecodeError),  # a string that is not UTF-8
+        (b"\x02\x09", ValueError),  # a negative length
+        (b"\x02\x08ab", EOFError),  # the message ends inside the string
+        (b"\x06", ValueError),  # union branch 3 of 2
+        (b"\x02" + b"\x80" * 10 + b"\x00", None),  # a length of 0 in eleven bytes
+    ],
+)
+def test_the_compiled_reader_hands_what_it_cannot_read_to_the_python_one(
+    make_reader: Any, data: bytes, error: type[Exception] | None
+) -> None:
+    """Malformed input raises what the Python reader raises (the compiled one gives it
+    over); a varint longer than 64 bits, which only the Python reader reads, is read."""
+    schema = {"type": "record", "name": "S", "fields": [{"name": "s", "type": ["null", "string"]}]}
+    reader, python = make_reader(schema), compile_reader(schema, python=True)
+    assert reader is not None and python is not None
+    if error is None:
+        assert reader(data, 0) == python(data, 0) == {"s": ""}
+        return
+    with pytest.raises(error):
+        python(data, 0)
+    with pytest.raises(error):
+        reader(data, 0)
 
 
 codec = AvroCodec("exigo")
