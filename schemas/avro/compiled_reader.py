@@ -26,9 +26,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.avro._read_parts import ValueCache
+
+if TYPE_CHECKING:  # fast_reader imports this module
+    from schemas.avro.fast_reader import Projection
 
 __all__ = ["AVAILABLE", "compiled", "plan"]
 
@@ -47,8 +50,10 @@ Resolve = Callable[[Any], tuple[str, Any]]
 _PLAIN = frozenset({"null", "boolean", "float", "double", "string", "bytes"})
 
 
-def plan(schema: Any, fields: Any, resolve: Resolve, cache: ValueCache) -> tuple[Any, ...]:
-    """The walk of ``schema`` as the extension takes it; ``fields``: a Projection or None.
+def plan(
+    schema: Any, fields: Projection | None, resolve: Resolve, cache: ValueCache
+) -> tuple[Any, ...]:
+    """The walk of ``schema`` as the extension takes it, keeping ``fields`` of a record.
 
     Called only for a schema the Python reader was generated for (so every kind is one
     :func:`resolve` knows, and no record is recursive).
@@ -93,7 +98,7 @@ def plan(schema: Any, fields: Any, resolve: Resolve, cache: ValueCache) -> tuple
 
 def compiled(
     schema: Any,
-    fields: Any,
+    fields: Projection | None,
     resolve: Resolve,
     cache: ValueCache,
     fallback: Callable[[bytes, int], Any],

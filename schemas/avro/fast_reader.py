@@ -135,7 +135,7 @@ def compile_reader(
     exec(compile("\n".join(lines), f"<avro reader {name}>", "exec"), namespace)
     reader: Reader = namespace["read"]
     if not python:
-        fast = compiled(parsed, fields, _Writer(named, writer.cache).resolve, writer.cache, reader)
+        fast = compiled(parsed, fields, writer.resolve, writer.cache, reader)
         if fast is not None:
             return fast
     return reader
