@@ -157,6 +157,10 @@ static inline int read_long(Cur *c, long long *out)
         if (c->p >= c->end)
             return fail();
         unsigned char b = c->d[c->p++];
+        /* The tenth byte holds bit 63 only; more is a value past 64 bits, which the Python
+         * reader reads as the large int it is: left to it. */
+        if (shift == 63 && (b & 0x7E))
+            return fail();
         n |= (unsigned long long)(b & 0x7F) << shift;
         if (!(b & 0x80))
             break;

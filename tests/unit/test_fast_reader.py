@@ -254,6 +254,21 @@ def test_decimal_bytes_of_any_length_round_as_fastavro_rounds(make_reader: Any) 
     check()
 
 
+@pytest.mark.parametrize("tenth", [0, 1, 2, 0x7F])
+def test_a_long_of_ten_bytes_reads_as_the_python_reader_reads_it(
+    make_reader: Any, tenth: int
+) -> None:
+    """Within 64 bits, fastavro's value; past them (a tenth byte above 1, which no Avro
+    writer writes) the Python reader's large int, where fastavro wraps around."""
+    schema = {"type": "record", "name": "L", "fields": [{"name": "n", "type": "long"}]}
+    data = b"\xff" * 9 + bytes([tenth])
+    reader, python = make_reader(schema), compile_reader(schema, python=True)
+    assert reader is not None and python is not None
+    assert reader(data, 0) == python(data, 0)
+    if tenth <= 1:
+        assert reader(data, 0) == _fastavro(fastavro.parse_schema(schema), data)
+
+
 @pytest.mark.parametrize(
     ("data", "error"),
     [
