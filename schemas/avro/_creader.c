@@ -416,6 +416,10 @@ static PyObject *Program_read(Program *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "read(data, position)");
         return NULL;
     }
+    if (self->fallback == NULL) {  /* made by __new__ without __init__ */
+        PyErr_SetString(PyExc_TypeError, "Program(plan, fallback) was not initialised");
+        return NULL;
+    }
     PyObject *data = args[0];
     Py_ssize_t p = PyLong_AsSsize_t(args[1]);
     if (p == -1 && PyErr_Occurred())

@@ -269,6 +269,17 @@ def test_a_long_of_ten_bytes_reads_as_the_python_reader_reads_it(
         assert reader(data, 0) == _fastavro(fastavro.parse_schema(schema), data)
 
 
+def test_a_compiled_program_not_initialised_refuses_to_read() -> None:
+    if not compiled_reader.AVAILABLE:
+        pytest.skip("schemas.avro._creader is not built")
+    from schemas.avro import _creader
+
+    with pytest.raises(TypeError, match="not initialised"):
+        _creader.Program.__new__(_creader.Program).read(b"\x00", 0)
+    with pytest.raises(ValueError, match="not a reader plan"):
+        _creader.Program(("nothing",), print)
+
+
 @pytest.mark.parametrize(
     ("data", "error"),
     [
