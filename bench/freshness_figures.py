@@ -150,6 +150,8 @@ def target_figures(
         applied = entry["applied_at"].timestamp()
         committed = entry["committed_at"].timestamp() if commit_times else applied
         apply = entry["duration_ms"] / 1000
+        sent = refresh.end_ms / 1000 - start  # start -> END built
+        waited = applied - apply - refresh.end_ms / 1000  # END built -> the apply began
         latency.append((committed - start, rows))
         entries.append(
             {
@@ -157,19 +159,17 @@ def target_figures(
                 "rows": rows,
                 "events": refresh.events,
                 "latency": committed - start,
-                "refresh": refresh.end_ms / 1000 - start,
-                "end_to_apply": applied - apply - refresh.end_ms / 1000,
+                "refresh": sent,
+                "end_to_apply": waited,
                 "apply": apply,
             }
         )
         if refresh.window_end is not None:
             parts["bound_age"].append((start - refresh.window_end.timestamp(), rows))
-        parts["refresh"].append((refresh.end_ms / 1000 - start, rows))
+        parts["refresh"].append((sent, rows))
         if refresh.committed_after is not None:
-            parts["kafka_commit"].append(
-                (refresh.committed_after - (refresh.end_ms / 1000 - start), rows)
-            )
-        parts["end_to_apply"].append((applied - apply - refresh.end_ms / 1000, rows))
+            parts["kafka_commit"].append((refresh.committed_after - sent, rows))
+        parts["end_to_apply"].append((waited, rows))
         parts["apply"].append((apply, rows))
         if commit_times:
             parts["apply_to_commit"].append((committed - applied, rows))

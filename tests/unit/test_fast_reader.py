@@ -144,14 +144,22 @@ def _fastavro(parsed: Any, data: bytes) -> Any:
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _need_compiled() -> None:
+    """The compiled readers are built: a failure under CI (which builds them), else a skip
+    (a machine without a C compiler at install)."""
+    if compiled_reader.AVAILABLE:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("schemas.avro._creader is not built (pip install -e . compiles it)")
+    pytest.skip("schemas.avro._creader is not built: no C compiler at install")
+
+
 @pytest.fixture(params=["compiled", "python"])
 def make_reader(request: pytest.FixtureRequest) -> Any:
     """``compile_reader`` giving the compiled reader, then the Python one."""
     python = request.param == "python"
-    if not python and not compiled_reader.AVAILABLE:
-        if os.environ.get("CI"):  # CI builds the extension: its absence is a failure there
-            pytest.fail("schemas.avro._creader is not built (pip install -e . compiles it)")
-        pytest.skip("schemas.avro._creader is not built: no C compiler at install")
+    if not python:
+        _need_compiled()
 
     def make(schema: Any, fields: Projection | None = None) -> Reader | None:
         reader = compile_reader(schema, fields, python=python)
@@ -270,8 +278,7 @@ def test_a_long_of_ten_bytes_reads_as_the_python_reader_reads_it(
 
 
 def test_a_compiled_program_not_initialised_refuses_to_read() -> None:
-    if not compiled_reader.AVAILABLE:
-        pytest.skip("schemas.avro._creader is not built")
+    _need_compiled()
     from schemas.avro import _creader
 
     with pytest.raises(TypeError, match="not initialised"):
