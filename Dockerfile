@@ -17,10 +17,11 @@ COPY producer ./producer
 COPY consumers ./consumers
 COPY schemas ./schemas
 # confluent-kafka and psycopg[binary] come as manylinux wheels (librdkafka and libpq inside).
-# gcc only while installing: it compiles the Avro readers' C extension (schemas/avro/_creader.c).
+# gcc only while installing: it compiles the Avro readers' and writers' C extensions
+# (schemas/avro/_creader.c, _cwriter.c).
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install . \
-    && (cd / && python -c "from schemas.avro.compiled_reader import AVAILABLE; assert AVAILABLE") \
+    && (cd / && python -c "from schemas.avro import compiled_reader as r, compiled_writer as w; assert r.AVAILABLE and w.AVAILABLE") \
     && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 queuestream
 

@@ -60,7 +60,7 @@ help:
 	@echo "make distclean   clean + remove .venv and .cache"
 
 # Re-installs whenever pyproject.toml or the C extension it builds changes.
-$(VENV_STAMP): pyproject.toml schemas/avro/_creader.c
+$(VENV_STAMP): pyproject.toml $(wildcard schemas/avro/_c*.c schemas/avro/_*.h)
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install python3-venv (apt-get install -y python3-venv) or set PYTHON=python3.X" >&2; exit 1; }
 	$(VPY) -m pip install -q -e '.[test,dev,mssql]'
 	@touch $@

@@ -47,8 +47,9 @@ java_ok || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 postgres_ok || missing+=(postgresql)
 [[ -x "${QUEUESTREAM_TEST_CHROMIUM:-/usr/bin/chromium}" ]] || missing+=(chromium)
-# The Avro readers' C extension (schemas/avro/_creader.c, built by `make venv`): a C compiler
-# and Python's headers (tests/unit/test_fast_reader.py fails under CI=true without it).
+# The Avro readers' and writers' C extensions (schemas/avro/_creader.c, _cwriter.c, built by
+# `make venv`): a C compiler and Python's headers (tests/unit/test_fast_reader.py and
+# test_record_writer.py fail under CI=true without them).
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
     missing+=(python3-dev)

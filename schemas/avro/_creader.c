@@ -15,8 +15,7 @@
  * raises the error the Python readers raise. tests/unit/test_fast_reader.py checks
  * both against fastavro on random records.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_program.h"
 #include <string.h>
 
 enum {
@@ -376,38 +375,30 @@ static int skip(Node *node, Cur *c)
 /* -- the Program type ------------------------------------------------------------ */
 
 typedef struct {
-    PyObject_HEAD
+    PROGRAM_HEAD
     Node *root;
-    PyObject *plan;
-    PyObject *fallback;
 } Program;
 
 static void Program_dealloc(Program *self)
 {
     free_node(self->root);
-    Py_XDECREF(self->plan);
-    Py_XDECREF(self->fallback);
+    program_clear((PyObject *)self);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int build_root(PyObject *self, PyObject *plan)
+{
+    Node *root = build(plan);
+    if (root == NULL)
+        return -1;
+    free_node(((Program *)self)->root);
+    ((Program *)self)->root = root;
+    return 0;
 }
 
 static int Program_init(Program *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"plan", "fallback", NULL};
-    PyObject *plan, *fallback;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO", kwlist, &plan, &fallback))
-        return -1;
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
-        return -1;
-    }
-    Node *root = build(plan);
-    if (root == NULL)
-        return -1;
-    free_node(self->root);
-    self->root = root;
-    Py_XSETREF(self->plan, Py_NewRef(plan));
-    Py_XSETREF(self->fallback, Py_NewRef(fallback));
-    return 0;
+    return program_init((PyObject *)self, args, kwds, build_root);
 }
 
 static PyObject *Program_read(Program *self, PyObject *const *args, Py_ssize_t nargs)
@@ -416,10 +407,8 @@ static PyObject *Program_read(Program *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "read(data, position)");
         return NULL;
     }
-    if (self->fallback == NULL) {  /* made by __new__ without __init__ */
-        PyErr_SetString(PyExc_TypeError, "Program(plan, fallback) was not initialised");
+    if (program_ready((PyObject *)self) < 0)
         return NULL;
-    }
     PyObject *data = args[0];
     Py_ssize_t p = PyLong_AsSsize_t(args[1]);
     if (p == -1 && PyErr_Occurred())
@@ -442,17 +431,9 @@ static PyMethodDef Program_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject ProgramType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "schemas.avro._creader.Program",
-    .tp_basicsize = sizeof(Program),
-    .tp_dealloc = (destructor)Program_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Program(plan, fallback): a compiled Avro reader of one schema",
-    .tp_methods = Program_methods,
-    .tp_init = (initproc)Program_init,
-    .tp_new = PyType_GenericNew,
-};
+static PyTypeObject ProgramType = PROGRAM_TYPE(
+    "schemas.avro._creader.Program", Program, Program_dealloc, Program_init, Program_methods,
+    "Program(plan, fallback): a compiled Avro reader of one schema");
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
@@ -463,16 +444,5 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__creader(void)
 {
-    if (PyType_Ready(&ProgramType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&module);
-    if (m == NULL)
-        return NULL;
-    Unread = PyErr_NewException("schemas.avro._creader.Unread", NULL, NULL);
-    if (Unread == NULL || PyModule_AddObjectRef(m, "Unread", Unread) < 0
-        || PyModule_AddObjectRef(m, "Program", (PyObject *)&ProgramType) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return program_module(&module, &ProgramType, "Unread", &Unread);
 }

@@ -23,6 +23,7 @@ turns it off too (to compare the two).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -33,16 +34,24 @@ from schemas.avro._read_parts import ValueCache
 if TYPE_CHECKING:  # fast_reader imports this module
     from schemas.avro.fast_reader import Projection
 
-__all__ = ["AVAILABLE", "compiled", "plan"]
+__all__ = ["AVAILABLE", "ENABLED", "compiled", "extension", "plan"]
 
-_creader: ModuleType | None
-try:
-    from schemas.avro import _creader
-except ImportError:  # not built: the Python readers serve
-    _creader = None
 
+def extension(name: str) -> ModuleType | None:
+    """The C extension ``schemas.avro.<name>``, or None where it was not built (no C
+    compiler at install: the Python readers and writers serve)."""
+    try:
+        return importlib.import_module(f"schemas.avro.{name}")
+    except ImportError:
+        return None
+
+
+_creader = extension("_creader")
+
+#: Whether the compiled Avro code (readers and writers) may be used: not turned off.
+ENABLED = os.environ.get("QUEUESTREAM_AVRO_C", "1") != "0"
 #: Whether the compiled readers are built and not turned off.
-AVAILABLE = _creader is not None and os.environ.get("QUEUESTREAM_AVRO_C", "1") != "0"
+AVAILABLE = _creader is not None and ENABLED
 
 #: A schema part resolved: (kind, schema), as :meth:`fast_reader._Writer.resolve` gives it.
 Resolve = Callable[[Any], tuple[str, Any]]

@@ -39,6 +39,8 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, cast
 
+from schemas.avro import compiled_writer
+
 __all__ = [
     "POSITIVE_INLINE",
     "POSITIVE_VARINTS",
@@ -354,22 +356,36 @@ def record_writer(
             p1 = b'\\x00' if v is None else b'\\x02' + _string(v)
             return b''.join((p0, p1))
     """
-    return cast("RecordWriter | None", _generate(schema, wall_zone, None))
+    made = _generate(schema, wall_zone, None)
+    return None if made is None else cast("RecordWriter", made[0])
 
 
 def values_writer(
-    schema: Mapping[str, Any], columns: Sequence[str], wall_zone: tzinfo | None = None
+    schema: Mapping[str, Any],
+    columns: Sequence[str],
+    wall_zone: tzinfo | None = None,
+    *,
+    python: bool = False,
 ) -> ValuesWriter | None:
     """As :func:`record_writer`, for a record given as its values in the order of
     ``columns`` (a row as read, with no dict made of it): ``v = row[3]`` where the other
     reads ``v = get('Id')``. None also when a field is not one of ``columns``. A decimal
     field also takes its amount as text (a str: PostgreSQL's numeric as the producer
-    reads it), written as the Decimal it spells, kept by that text."""
+    reads it), written as the Decimal it spells, kept by that text.
+
+    The writer returned is the compiled one (:mod:`.compiled_writer`) where the extension
+    is built, which gives the generated Python writer what it does not write itself;
+    ``python``: the Python writer alone."""
     fields = [field["name"] for field in schema["fields"]]
     if not set(fields) <= set(columns):
         return None
     positions = {name: columns.index(name) for name in fields}
-    return cast("ValuesWriter | None", _generate(schema, wall_zone, positions))
+    made = _generate(schema, wall_zone, positions)
+    if made is None:
+        return None
+    writer, plan = made
+    fast = None if python else compiled_writer.compiled(plan, writer)
+    return cast("ValuesWriter", fast or writer)
 
 
 def _when_a(part: str, kind: str, nullable: bool) -> list[str]:
@@ -416,9 +432,32 @@ def _inline_decimal(part: str, name: str, nullable: bool, text: bool) -> list[st
     ]
 
 
+def _field_plan(
+    name: str,
+    function: Callable[[Any], bytes],
+    position: int,
+    nullable: bool,
+    wall_zone: tzinfo | None,
+) -> tuple[Any, ...]:
+    """The field's plan for the compiled writer (:mod:`.compiled_writer`), whose writer
+    here is ``name``: ``function``."""
+    if name.startswith("_decimal_"):
+        return ("decimal", position, nullable, function.kept, function, function.text)  # type: ignore[attr-defined]
+    if name.startswith("_wall_timestamp"):
+        assert wall_zone is not None  # a wall timestamp writer has its zone
+        fixed = fixed_offset(wall_zone)
+        offset = None if fixed is None else fixed // timedelta(microseconds=1)
+        return ("timestamp", position, nullable, wall_zone, offset)
+    if name.startswith("_timestamp"):
+        return ("timestamp", position, nullable, None, None)
+    return (name.removeprefix("_"), position, nullable)  # int, long, string
+
+
 def _generate(
     schema: Mapping[str, Any], wall_zone: tzinfo | None, positions: Mapping[str, int] | None
-) -> Callable[[Any], bytes] | None:
+) -> tuple[Callable[[Any], bytes], list[tuple[Any, ...]]] | None:
+    """The generated writer of ``schema`` and, given ``positions``, each field's plan for
+    the compiled writer (else an empty list); None when a field is not one it writes."""
     names: dict[str, Any] = {
         "Unhandled": Unhandled,
         "_POSITIVE": _POSITIVE,
@@ -431,6 +470,7 @@ def _generate(
     if positions is None:
         lines.append("    get = row.get")
     parts = []
+    plan: list[tuple[Any, ...]] = []
     last_stamp: list[tuple[Any, int, bytes]] = [(None, 0, b"")]
     for number, field in enumerate(schema["fields"]):
         ftype = field["type"]
@@ -450,9 +490,12 @@ def _generate(
         )
         if nullable:
             write = f"b'\\x00' if v is None else b'\\x02' + {write}"
-        read = (
-            f"get({field['name']!r})" if positions is None else f"row[{positions[field['name']]}]"
-        )
+        if positions is None:
+            read = f"get({field['name']!r})"
+        else:
+            position = positions[field["name"]]
+            read = f"row[{position}]"
+            plan.append(_field_plan(name, function, position, nullable, wall_zone))
         lines.append(f"    v = {read}")
         if name == "_string":
             lines += _inline_string(f"p{number}", nullable)
@@ -468,4 +511,4 @@ def _generate(
     code = compile(source, f"<record writer of {schema.get('name', 'record')}>", "exec")
     exec(code, names)
     writer: Callable[[Any], bytes] = names["write"]
-    return writer
+    return writer, plan

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
@@ -34,6 +33,7 @@ from consumers.changes import Change, decode_change, version_of
 from queuestream.errors import DecodeError, SchemaError
 from schemas.avro import SINGLE_OBJECT_MAGIC, AvroCodec, compiled_reader, load_schema, schema_names
 from schemas.avro.fast_reader import Projection, Reader, compile_reader, project
+from tests.unit.compiled_forms import need_built
 from tests.unit.test_codec import SOURCE
 
 #: The types and shapes the contract's schemas do not use, so that the generator's
@@ -145,13 +145,7 @@ PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 
 
 def _need_compiled() -> None:
-    """The compiled readers are built: a failure under CI (which builds them), else a skip
-    (a machine without a C compiler at install)."""
-    if compiled_reader.AVAILABLE:
-        return
-    if os.environ.get("CI"):
-        pytest.fail("schemas.avro._creader is not built (pip install -e . compiles it)")
-    pytest.skip("schemas.avro._creader is not built: no C compiler at install")
+    need_built(compiled_reader.AVAILABLE, "schemas.avro._creader")
 
 
 @pytest.fixture(params=["compiled", "python"])

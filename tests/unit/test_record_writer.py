@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from queuestream.errors import EncodingError
 from queuestream.tables import TABLES
-from schemas.avro import AvroCodec, row_schema
+from schemas.avro import AvroCodec, compiled_writer, row_schema
 from schemas.avro.envelope import EnvelopeEncoder, RowEncoder
 from schemas.avro.record_writer import (
     Unhandled,
@@ -36,6 +36,7 @@ from schemas.avro.record_writer import (
     wall_micros_in,
 )
 from schemas.avro.schema_files import load_schema
+from tests.unit.compiled_forms import need_built
 from tests.unit.test_codec import SOURCE as _SOURCE
 
 _codec = AvroCodec("exigo")
@@ -52,6 +53,41 @@ def _reference(table: str) -> EnvelopeEncoder:
 
 
 _FAST = {table: _codec.envelope_encoder(table, _SOURCE, 0, "r") for table in _TABLE_NAMES}
+
+
+@pytest.fixture(params=["compiled", "python"])
+def writer_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The values writers made in the test: the compiled ones (``_cwriter``, which hand the
+    Python writer what they leave), then the generated Python ones alone."""
+    if request.param == "compiled":
+        need_built(compiled_writer.AVAILABLE, "schemas.avro._cwriter")
+    else:
+        monkeypatch.setattr(compiled_writer, "AVAILABLE", False)
+    return str(request.param)
+
+
+#: A codec per writer form (a codec shares its row encoders, which keep their values
+#: writers by column order), and its envelope encoders, kept across examples.
+_CODECS: dict[str, AvroCodec] = {}
+_FAST_BY_FORM: dict[tuple[str, str], EnvelopeEncoder] = {}
+
+
+def _codec_of(form: str) -> AvroCodec:
+    return _CODECS.setdefault(form, AvroCodec("exigo"))
+
+
+def _fast(table: str, form: str) -> EnvelopeEncoder:
+    """The envelope encoder of ``table`` whose values writers are of ``form``: one per
+    table and form, across examples (what its writers keep is checked too)."""
+    key = (table, form)
+    if key not in _FAST_BY_FORM:
+        _FAST_BY_FORM[key] = _codec_of(form).envelope_encoder(table, _SOURCE, 0, "r")
+    return _FAST_BY_FORM[key]
+
+
+def _is_form(writer: Any, form: str) -> bool:
+    """Whether ``writer`` is of ``form``: a compiled Program's method, or a Python function."""
+    return (type(writer).__name__ == "function") is (form == "python")
 
 
 def _decimals(precision: int, scale: int) -> st.SearchStrategy[Decimal]:
@@ -102,7 +138,7 @@ def _plain(ftype: Any, odd: bool) -> st.SearchStrategy[Any]:
         odd_ints = st.sampled_from([2**31, -(2**31) - 1, -(2**63), 2**63 - 1, 2**63, True])
         return _INTS | odd_ints if odd else _INTS
     if ftype == "string":
-        return _TEXT
+        return _TEXT | st.sampled_from(["\udc80", "a\ud800b"]) if odd else _TEXT
     logical = ftype["logicalType"]
     if logical == "timestamp-micros":
         return _AWARE | _NAIVE if odd else _AWARE
@@ -140,17 +176,25 @@ def test_rows_encode_as_fastavro_encodes_them(table: str, data: st.DataObject) -
     assert _outcome(fast.encode_row, row) == _outcome(_reference(table).encode_row, row)
 
 
+_FIXTURE_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+
+
 @pytest.mark.parametrize("table", _TABLE_NAMES)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=_FIXTURE_HEALTH)
 @given(data=st.data())
-def test_rows_given_as_values_encode_as_the_row_does(table: str, data: st.DataObject) -> None:
+def test_rows_given_as_values_encode_as_the_row_does(
+    table: str, writer_form: str, data: st.DataObject
+) -> None:
     """A row as its values in any column order (a value more after them, as a snapshot
-    reads a row with its CustomerID): the bytes, or the refusal, of the row as a dict."""
+    reads a row with its CustomerID), as a tuple, a list or another sequence: the bytes,
+    or the refusal, of the row as a dict."""
     row = data.draw(_rows(table, odd=data.draw(st.booleans())))
     columns = data.draw(st.permutations(list(row)))
-    encode = _FAST[table].rows.values_encoder(columns)
+    encode = _fast(table, writer_form).rows.values_encoder(columns)
     values = [row[c] for c in columns] + [data.draw(st.integers())]
-    assert _outcome(encode, values) == _outcome(_reference(table).encode_row, row)
+    given_as = data.draw(st.sampled_from([tuple, list, _Values]))
+    expected = _outcome(_reference(table).encode_row, row)
+    assert _outcome(encode, given_as(values)) == expected
     # and what the generated writer writes from the dict, it writes from the values
     by_name, by_position = (
         record_writer(row_schema(table)),
@@ -158,11 +202,51 @@ def test_rows_given_as_values_encode_as_the_row_does(table: str, data: st.DataOb
     )
     assert by_name is not None
     assert by_position is not None
+    assert _is_form(by_position, writer_form)
     try:
         written = by_name(row)
-    except Unhandled:
+    except (Unhandled, UnicodeError):
+        with pytest.raises((Unhandled, UnicodeError)):
+            by_position(given_as(values))
         return
-    assert by_position(values) == written
+    assert by_position(given_as(values)) == written
+
+
+class _Values(Sequence[Any]):
+    """A row's values in a sequence that is neither a tuple nor a list."""
+
+    def __init__(self, values: list[Any]) -> None:
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._values[index]
+
+
+def test_a_row_shorter_than_its_columns_is_refused_alike_by_both_forms() -> None:
+    """Past the row's end the compiled writer writes nothing itself: the Python writer
+    raises what indexing the row raises."""
+    columns = [f["name"] for f in row_schema("payments")["fields"]]
+    row = _payment()
+    short = tuple(row[c] for c in columns)[:-1]
+    for python in (False, True):
+        writer = values_writer(row_schema("payments"), columns, UTC, python=python)
+        assert writer is not None
+        assert writer(tuple(row[c] for c in columns)) == _reference("payments").encode_row(row)
+        with pytest.raises(IndexError):
+            writer(short)
+
+
+def test_a_compiled_program_made_without_its_plan_refuses_to_write() -> None:
+    """``Program.__new__`` without ``__init__``: a TypeError, not a crash."""
+    need_built(compiled_writer.AVAILABLE, "schemas.avro._cwriter")
+    from schemas.avro import _cwriter
+
+    program = _cwriter.Program.__new__(_cwriter.Program)
+    with pytest.raises(TypeError, match="not initialised"):
+        program.write(())
 
 
 def _decimal_fields(table: str) -> set[str]:
@@ -175,10 +259,10 @@ def _decimal_fields(table: str) -> set[str]:
 
 
 @pytest.mark.parametrize("table", [t for t in _TABLE_NAMES if _decimal_fields(t)])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=_FIXTURE_HEALTH)
 @given(data=st.data())
 def test_amounts_given_as_their_text_encode_as_their_decimals_do(
-    table: str, data: st.DataObject
+    table: str, writer_form: str, data: st.DataObject
 ) -> None:
     """The producer reads PostgreSQL's amounts as the text the server sends (plain digits,
     never an exponent) and hands that on: a row's values with each amount as its text
@@ -194,7 +278,7 @@ def test_amounts_given_as_their_text_encode_as_their_decimals_do(
 
     values = [spell(row[c]) if c in amounts and row[c] is not None else row[c] for c in columns]
     assume(any(row[c] is not None for c in amounts))
-    got = _outcome(_FAST[table].rows.values_encoder(columns), values)  # shared: its kept bytes
+    got = _outcome(_fast(table, writer_form).rows.values_encoder(columns), values)  # its kept
     expected = _outcome(_reference(table).encode_row, row)
     assert got[0] == expected[0]
     if got[0] == "bytes":
@@ -203,11 +287,11 @@ def test_amounts_given_as_their_text_encode_as_their_decimals_do(
         assert got[1][0] == expected[1][0]  # the column (the reason shows the text read)
 
 
-def test_text_that_spells_no_amount_is_refused_naming_its_column() -> None:
+def test_text_that_spells_no_amount_is_refused_naming_its_column(writer_form: str) -> None:
     """Not a number's text in an amount: left to fastavro, refused as a str would be."""
     row = _payment(Amount="12,50")
     columns = list(row)
-    encode = _FAST["payments"].rows.values_encoder(columns)
+    encode = _fast("payments", writer_form).rows.values_encoder(columns)
     with pytest.raises(EncodingError) as refused:
         encode([row[c] for c in columns])
     assert refused.value.column == "Amount"
@@ -249,10 +333,10 @@ def test_the_generated_writer_writes_ordinary_rows_itself(table: str, data: st.D
 
 
 @pytest.mark.parametrize("table", _TABLE_NAMES)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=_FIXTURE_HEALTH)
 @given(data=st.data())
 def test_keys_given_as_a_rows_values_encode_as_fastavro_encodes_them(
-    table: str, data: st.DataObject
+    table: str, writer_form: str, data: st.DataObject
 ) -> None:
     """The key from a row's values by position (``AvroCodec.key_encoder``, what the
     producer publishes) is the key record's bytes as fastavro writes them, framing
@@ -267,18 +351,19 @@ def test_keys_given_as_a_rows_values_encode_as_fastavro_encodes_them(
     row.update(key)
     columns = data.draw(st.permutations(list(row)))
     values = [row[c] for c in columns] + [data.draw(st.integers())]  # CustomerID after
+    codec = _codec_of(writer_form)
     expected = io.BytesIO()
     try:
         fastavro.schemaless_writer(expected, fastavro.parse_schema(schema, named_schemas={}), key)
     except (ValueError, TypeError, OverflowError):
         with pytest.raises(EncodingError) as refused:
-            _codec.key_encoder(table, columns)(values)
+            codec.key_encoder(table, columns)(values)
         assert _outcome(_codec.encoder(table, "key"), key) == (
             "refused",
             (refused.value.column, refused.value.reason),
         )
         return
-    written = _codec.key_encoder(table, columns)(values)
+    written = codec.key_encoder(table, columns)(values)
     assert written == _codec.header(table, "key") + expected.getvalue()
     assert written == _codec.encoder(table, "key")(key)
 
@@ -338,11 +423,13 @@ def _payment(**changes: Any) -> dict[str, Any]:
     return {**row, **changes}
 
 
-def test_an_amount_equal_to_one_written_but_finer_is_refused_as_fastavro_refuses_it() -> None:
+def test_an_amount_equal_to_one_written_but_finer_is_refused_as_fastavro_refuses_it(
+    writer_form: str,
+) -> None:
     """The generated writer looks an amount up among those it wrote by its text: 1.500 is
     not 1.5, which was written (scale 2), but a finer scale, which fastavro refuses."""
     row = _payment()
-    fast = _codec.envelope_encoder("payments", _SOURCE, 0, "r")
+    fast = _codec_of(writer_form).envelope_encoder("payments", _SOURCE, 0, "r")
     columns = list(row)
     as_text = fast.rows.values_encoder(columns)  # the amount as PostgreSQL's text
     for amount in ("1.5", "1.500", "1.50", "-0.00", "0.000"):
@@ -433,10 +520,10 @@ _REPEATED = [
 
 
 @pytest.mark.parametrize("zone", [ZoneInfo("UTC"), ZoneInfo("America/New_York")], ids=str)
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=_FIXTURE_HEALTH)
 @given(data=st.data())
 def test_stamps_that_repeat_are_each_written_as_fastavro_writes_them(
-    zone: Any, data: st.DataObject
+    zone: Any, writer_form: str, data: st.DataObject
 ) -> None:
     """A writer keeps the last stamp it wrote for the next one equal to it (a new row's
     CreatedDate is its ModifiedDate; an order's lines share its stamps). Row after row
@@ -462,15 +549,20 @@ def test_stamps_that_repeat_are_each_written_as_fastavro_writes_them(
         assert _outcome(lambda r: by_values([r[c] for c in columns]), row) == expected
 
 
+#: Row encoders with a wall zone, by table, zone and writer form, kept across examples.
+_WALL_ROWS: dict[tuple[str, Any, str], RowEncoder] = {}
+
+
 @pytest.mark.parametrize("table", ["orders", "payments"])
 @pytest.mark.parametrize("zone", _WALL_ZONES, ids=str)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=_FIXTURE_HEALTH)
 @given(data=st.data())
 def test_naive_wall_times_encode_as_their_aware_selves(
-    table: str, zone: Any, data: st.DataObject
+    table: str, zone: Any, writer_form: str, data: st.DataObject
 ) -> None:
-    """A producer's rows carry the source's naive wall times: written with the zone, they are
-    byte for byte what fastavro writes of ``value.replace(tzinfo=zone)``."""
+    """A producer's rows carry the source's naive wall times: written with the zone, from
+    the row or from its values, they are byte for byte what fastavro writes of
+    ``value.replace(tzinfo=zone)``."""
     row = data.draw(_rows(table, odd=False))
     stamps = [f["name"] for f in row_schema(table)["fields"] if "timestamp" in str(f["type"])]
     for name in stamps:
@@ -481,7 +573,12 @@ def test_naive_wall_times_encode_as_their_aware_selves(
         for k, v in row.items()
     }
     wall = _codec.envelope_encoder(table, _SOURCE, 0, "r", wall_zone=zone)
-    assert _outcome(wall.encode_row, row) == _outcome(_reference(table).encode_row, aware)
+    expected = _outcome(_reference(table).encode_row, aware)
+    assert _outcome(wall.encode_row, row) == expected
+    columns = list(row)
+    rows = _WALL_ROWS.setdefault((table, zone, writer_form), RowEncoder(table, zone))
+    by_values = rows.values_encoder(columns)
+    assert _outcome(lambda r: by_values(tuple(r[c] for c in columns)), row) == expected
     for name in stamps:
         value = row[name]
         if value is not None:
