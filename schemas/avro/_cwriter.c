@@ -255,20 +255,16 @@ static int write_field(Out *o, Field *f, PyObject *v)
 
 static int write_row(Out *o, Field *fields, Py_ssize_t count, PyObject *row)
 {
-    int exact = PyTuple_CheckExact(row) || PyList_CheckExact(row);
-    Py_ssize_t length = exact ? Py_SIZE(row) : -1;
+    int tuple = PyTuple_CheckExact(row);
     for (Py_ssize_t i = 0; i < count; i++) {
         Field *f = &fields[i];
-        PyObject *v;
         int result;
-        if (exact) {
-            if (f->position >= length)
+        if (tuple) {  /* immutable, held by the caller: its items are borrowed */
+            if (f->position >= PyTuple_GET_SIZE(row))
                 return leave();
-            v = PyTuple_CheckExact(row) ? PyTuple_GET_ITEM(row, f->position)
-                                        : PyList_GET_ITEM(row, f->position);
-            result = write_field(o, f, v);
-        } else {
-            v = PySequence_GetItem(row, f->position);
+            result = write_field(o, f, PyTuple_GET_ITEM(row, f->position));
+        } else {  /* a list or another sequence: each item held while it is written */
+            PyObject *v = PySequence_GetItem(row, f->position);
             if (v == NULL)
                 return -1;
             result = write_field(o, f, v);
