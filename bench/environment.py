@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import libversion as librdkafka_version
 
 from bench.services import REPO_ROOT
+from schemas.avro import compiled_reader, compiled_writer
 
 __all__ = ["broker_jvm_flags", "environment", "environment_line", "git_describe"]
 
@@ -62,6 +63,11 @@ def environment(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
         "kafka_options": args.kafka,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "git": git_describe(),
+        # Whether the Avro readers and writers ran compiled (QUEUESTREAM_AVRO_C=0: not).
+        "avro_compiled": {
+            "readers": compiled_reader.AVAILABLE,
+            "writers": compiled_writer.AVAILABLE,
+        },
     }
 
 
@@ -71,6 +77,7 @@ def environment_line(env: dict[str, Any], kafka_label: str) -> str:
         f"{env['cpus']} CPUs (load {env['load_average'][0]:.2f}), Python {env['python']}, "
         f"librdkafka {env['librdkafka']}, {env['partitions']} partitions, "
         f"queuestream {env['git']}, broker {env['bootstrap_servers']}"
+        + ("" if all(env["avro_compiled"].values()) else ", Avro partly in Python")
         + (f" ({env['broker_jvm_flags']})" if env["broker_jvm_flags"] else "")
         + (f", {kafka_label} {env['kafka_options']}" if env["kafka_options"] else "")
     )
