@@ -194,7 +194,20 @@ static int write_timestamp(Out *o, Field *f, PyObject *v)
 
 static PyObject *DecimalType;
 
-/* A decimal's bytes (length first) as the Python writer keeps or writes them. */
+/* The bytes kept under ``key`` in ``kept``, else those ``writer(value)`` returns (a new
+ * reference, or NULL with an exception set). */
+static PyObject *kept_or_written(PyObject *kept, PyObject *key, PyObject *writer, PyObject *value)
+{
+    PyObject *found = PyDict_GetItemWithError(kept, key);  /* borrowed */
+    if (found != NULL)
+        return Py_NewRef(found);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallOneArg(writer, value);
+}
+
+/* A decimal's bytes (length first) as the Python writer keeps or writes them: a Decimal
+ * kept by its text, an amount's text by itself. */
 static int write_decimal(Out *o, Field *f, PyObject *v)
 {
     PyObject *found;
@@ -202,22 +215,10 @@ static int write_decimal(Out *o, Field *f, PyObject *v)
         PyObject *text = PyObject_Str(v);
         if (text == NULL)
             return -1;
-        found = PyDict_GetItemWithError(f->a, text);  /* borrowed */
+        found = kept_or_written(f->a, text, f->b, v);
         Py_DECREF(text);
-        if (found != NULL)
-            Py_INCREF(found);
-        else if (PyErr_Occurred())
-            return -1;
-        else
-            found = PyObject_CallOneArg(f->b, v);
     } else if (PyUnicode_CheckExact(v) && f->c != Py_None) {
-        found = PyDict_GetItemWithError(f->a, v);
-        if (found != NULL)
-            Py_INCREF(found);
-        else if (PyErr_Occurred())
-            return -1;
-        else
-            found = PyObject_CallOneArg(f->c, v);
+        found = kept_or_written(f->a, v, f->c, v);
     } else {
         return leave();
     }
