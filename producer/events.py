@@ -26,7 +26,7 @@ from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
 from schemas.avro import AvroCodec
-from schemas.avro.record_writer import wall_micros, wall_micros_in
+from schemas.avro.wall_time import wall_micros, wall_micros_in
 
 __all__ = [
     "STATE_KEY",

@@ -41,7 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from schemas.avro.record_writer import fixed_offset, wall_micros_in
+from schemas.avro.wall_time import fixed_offset, wall_micros_in
 
 __all__ = ["OverlapMatch", "OverlapVersions", "TableVersions", "match_overlap"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from producer.overlap_versions import OverlapVersions, TableVersions
-from schemas.avro.record_writer import fixed_offset, wall_micros
+from schemas.avro.wall_time import fixed_offset, wall_micros
 
 __all__ = [
     "DigestMemo",

@@ -32,7 +32,7 @@ from producer.source_reader import FrozenSnapshot
 from producer.watermark import DigestMemo, OverlapFilter, Window
 from queuestream.sync_schema import to_source_local
 from queuestream.tables import TableSpec
-from schemas.avro.record_writer import wall_micros_in
+from schemas.avro.wall_time import wall_micros_in
 
 __all__ = ["window_rows"]
 

@@ -21,8 +21,8 @@ A writer made with a ``wall_zone`` also takes a *naive* datetime, as the wall
 time it is in that zone: exactly what ``value.replace(tzinfo=wall_zone)`` would
 mean (fold 0 in a repeated hour). The sync database stamps rows in its local
 time; turning each of them into an aware datetime first costs more than the
-rest of the timestamp's writing (:func:`wall_micros`). In a zone of one offset
-forever (UTC, ``Etc/GMT+5``) the zone is not asked at all (:func:`wall_micros_in`).
+rest of the timestamp's writing (:mod:`.wall_time`). In a zone of one offset
+forever (UTC, ``Etc/GMT+5``) the zone is not asked at all (:func:`.wall_time.fixed_offset`).
 
 A refresh's timestamps lie close together, and a timestamp's varint is eight bytes
 whose last four change every 134 seconds: each writer keeps those of the last
@@ -35,11 +35,14 @@ the next one equal to it (:func:`_wall_timestamp_writer`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any, cast
 
 from schemas.avro import compiled_writer
+from schemas.avro.wall_time import EPOCH as _EPOCH
+from schemas.avro.wall_time import NAIVE_EPOCH as _NAIVE_EPOCH
+from schemas.avro.wall_time import fixed_offset
 
 __all__ = [
     "POSITIVE_INLINE",
@@ -47,13 +50,10 @@ __all__ = [
     "RecordWriter",
     "Unhandled",
     "ValuesWriter",
-    "fixed_offset",
     "record_writer",
     "timestamp_varint_writer",
     "values_writer",
     "varint",
-    "wall_micros",
-    "wall_micros_in",
 ]
 
 #: Writes the Avro binary body of one record given as a mapping of field name to value.
@@ -61,8 +61,6 @@ RecordWriter = Callable[[Mapping[str, Any]], bytes]
 #: Writes the Avro binary body of one record given as its values in a known order.
 ValuesWriter = Callable[[Sequence[Any]], bytes]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001  # the epoch as a wall time
 _LONG_MIN = -(1 << 63)
 _LONG_MAX = (1 << 63) - 1
 _INT_MIN = -(1 << 31)
@@ -228,49 +226,6 @@ def _timestamp_writer() -> Callable[[Any], bytes]:
         return write_varint((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
 
     return write
-
-
-def fixed_offset(zone: tzinfo) -> timedelta | None:
-    """The offset of a zone that has had one offset forever (a fixed ``timezone``, UTC,
-    ``Etc/*``), else None."""
-    if isinstance(zone, timezone):
-        return zone.utcoffset(None)
-    key = getattr(zone, "key", None)
-    if isinstance(key, str) and (key in ("UTC", "UCT", "Zulu", "GMT") or key.startswith("Etc/")):
-        return zone.utcoffset(_NAIVE_EPOCH)
-    return None
-
-
-def wall_micros_in(zone: tzinfo) -> Callable[[datetime], int]:
-    """:func:`wall_micros` in ``zone``, with a zone of one offset read once."""
-    fixed = fixed_offset(zone)
-    if fixed is None:
-        return lambda value: wall_micros(value, zone)
-    base = _NAIVE_EPOCH + fixed
-
-    def micros(value: datetime) -> int:
-        if value.tzinfo is not None:
-            delta = value - _EPOCH
-        else:
-            delta = value - base
-        return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-    return micros
-
-
-def wall_micros(value: datetime, zone: tzinfo) -> int:
-    """Microseconds since the epoch of ``value``: an aware datetime, or a naive one read as
-    the wall time it is in ``zone`` (as ``value.replace(tzinfo=zone)``: fold 0)."""
-    if value.tzinfo is not None:
-        delta = value - _EPOCH
-    else:
-        offset = zone.utcoffset(value)
-        if offset is None:
-            msg = f"the zone {zone} has no UTC offset at {value}"
-            raise ValueError(msg)
-        # Timedeltas only: no datetime near year 1 or 9999 is made out of range.
-        delta = (value - _NAIVE_EPOCH) - offset
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _wall_timestamp_writer(

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from producer.overlap_versions import LIMIT, OverlapVersions, TableVersions
 from producer.watermark import DIGEST_SIZE
-from schemas.avro.record_writer import wall_micros
+from schemas.avro.wall_time import wall_micros
 
 STAMP = datetime(2026, 12, 6, 9, 0, tzinfo=UTC).replace(tzinfo=None)  # as read: naive
 

@@ -32,10 +32,9 @@ from schemas.avro.record_writer import (
     timestamp_varint_writer,
     values_writer,
     varint,
-    wall_micros,
-    wall_micros_in,
 )
 from schemas.avro.schema_files import load_schema
+from schemas.avro.wall_time import wall_micros, wall_micros_in
 from tests.unit.compiled_forms import need_built
 from tests.unit.test_codec import SOURCE as _SOURCE
 
