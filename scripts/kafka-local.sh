@@ -21,6 +21,7 @@
 #   KAFKA_STOP_TIMEOUT       seconds to wait after SIGTERM before SIGKILL (default 30)
 #   KAFKA_HEAP_OPTS          default "-Xms128m -Xmx512m"
 #   KAFKA_JVM_OPTS           default "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 ..."
+#   KAFKA_INDEX_BYTES        log.index.size.max.bytes (default 1048576; Kafka's own 10485760)
 #   KAFKA_OWNER_PID          if set, `up` also starts a watchdog that stops the broker
 #                            once that process has exited (used by the test fixtures)
 #   KAFKA_BOOTSTRAP_SERVERS  if set, an external cluster is used: up/down do nothing
@@ -276,6 +277,12 @@ num.io.threads=4
 num.recovery.threads.per.data.dir=1
 # compacted topics (the producer's state and status) are cleaned within seconds
 log.cleaner.backoff.ms=2000
+# Index files of 1 MB (Kafka's default is 10 MB; a segment still holds 350 MB or more).
+# Kafka sizes a new segment's offset and time indexes to this, as sparse files, and
+# maps them: the first write into one faults, and the kernel reads around the fault
+# (the disk's read_ahead_kb, 8 MB on some VMs) and zero-fills that much page cache.
+# Every new partition pays it once; tests and benchmarks create topics all the time.
+log.index.size.max.bytes=${KAFKA_INDEX_BYTES:-1048576}
 EOF
     cat >"$LOG4J_CONF" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
