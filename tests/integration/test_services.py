@@ -122,7 +122,7 @@ def test_local_broker_maps_index_files_of_one_megabyte(kafka_bootstrap: str, uni
 
     Kafka creates them sparse at this size and maps them; the first write faults and the
     kernel zero-fills as much page cache as the disk reads ahead (8 MB on some VMs), which
-    made the broker's CPU an event 3-5 times its usual on topics a benchmark had just made.
+    took the broker's CPU an event up to ten times its usual on a benchmark's new topics.
     """
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     if not _written_by_kafka_local(admin):
