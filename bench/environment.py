@@ -18,21 +18,51 @@ from confluent_kafka import libversion as librdkafka_version
 from bench.services import REPO_ROOT
 from schemas.avro import compiled_reader, compiled_writer
 
-__all__ = ["broker_jvm_flags", "environment", "environment_line", "git_describe"]
+__all__ = [
+    "broker_index_bytes",
+    "broker_jvm_flags",
+    "environment",
+    "environment_line",
+    "git_describe",
+]
+
+
+def _local_broker_dir(bootstrap: str) -> Path | None:
+    """scripts/kafka-local.sh's state folder for the broker at ``bootstrap`` in this
+    checkout (its pid file and server.properties), or None for any other broker."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if host not in ("127.0.0.1", "localhost"):
+        return None
+    return REPO_ROOT / "var" / "kafka" / port
 
 
 def broker_jvm_flags(bootstrap: str) -> str | None:
     """The broker's JVM flags, when it runs from scripts/kafka-local.sh in this checkout."""
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    if host not in ("127.0.0.1", "localhost"):
+    state = _local_broker_dir(bootstrap)
+    if state is None:
         return None
-    pid_file = REPO_ROOT / "var" / "kafka" / port / "kafka.pid"
+    pid_file = state / "kafka.pid"
     try:
         cmdline = Path(f"/proc/{pid_file.read_text().strip()}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
     flags = [a.decode() for a in cmdline if a.startswith((b"-XX:", b"-Xm"))]
     return " ".join(flags)
+
+
+def broker_index_bytes(bootstrap: str) -> int | None:
+    """The local broker's ``log.index.size.max.bytes`` (scripts/kafka-local.sh: 1 MB, as
+    Kafka's 10 MB index files cost the broker CPU on a benchmark's new topics)."""
+    state = _local_broker_dir(bootstrap)
+    try:
+        lines = (state / "server.properties").read_text().splitlines() if state else []
+    except OSError:
+        return None
+    for line in lines:
+        name, _, value = line.partition("=")
+        if name.strip() == "log.index.size.max.bytes" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 def _git(*args: str) -> str:
@@ -59,6 +89,7 @@ def environment(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
         "librdkafka": librdkafka_version()[0],
         "bootstrap_servers": bootstrap,
         "broker_jvm_flags": broker_jvm_flags(bootstrap),
+        "broker_index_bytes": broker_index_bytes(bootstrap),
         "partitions": args.partitions,
         "kafka_options": args.kafka,
         "load_average": [round(x, 2) for x in os.getloadavg()],
