@@ -21,6 +21,7 @@ from schemas.avro import compiled_reader, compiled_writer
 __all__ = [
     "broker_index_bytes",
     "broker_jvm_flags",
+    "broker_uptime_seconds",
     "environment",
     "environment_line",
     "git_describe",
@@ -48,6 +49,23 @@ def broker_jvm_flags(bootstrap: str) -> str | None:
         return None
     flags = [a.decode() for a in cmdline if a.startswith((b"-XX:", b"-Xm"))]
     return " ".join(flags)
+
+
+def broker_uptime_seconds(bootstrap: str) -> float | None:
+    """How long the broker from scripts/kafka-local.sh in this checkout has run; None for
+    any other broker. Its JIT compiler takes about a tenth of a core over its first few
+    minutes under a benchmark's load, which a broker up for days no longer pays."""
+    state = _local_broker_dir(bootstrap)
+    if state is None:
+        return None
+    try:
+        pid = int((state / "kafka.pid").read_text().strip())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        booted = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime: ticks after boot
+    return round(booted - started, 1)
 
 
 def broker_index_bytes(bootstrap: str) -> int | None:
@@ -90,6 +108,7 @@ def environment(bootstrap: str, args: argparse.Namespace) -> dict[str, Any]:
         "bootstrap_servers": bootstrap,
         "broker_jvm_flags": broker_jvm_flags(bootstrap),
         "broker_index_bytes": broker_index_bytes(bootstrap),
+        "broker_uptime_seconds": broker_uptime_seconds(bootstrap),
         "partitions": args.partitions,
         "kafka_options": args.kafka,
         "load_average": [round(x, 2) for x in os.getloadavg()],

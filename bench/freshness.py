@@ -69,9 +69,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bench.autovacuum import AutovacuumWatch, overlapping
 from bench.commands import add_live_arguments, cli_command, running, stderr_tail, stop
 from bench.cpu import CpuSpan, child_pids, local_services
-from bench.environment import environment, environment_line
+from bench.environment import broker_uptime_seconds, environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.freshness_figures import (
     GOAL_P99_SECONDS,
@@ -309,6 +310,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"load: {args.rate:,.0f} rows/s = {actions_per_second:,.0f} actions/s "
             f"({per_action:.2f} rows per action) for {args.seconds:g}s"
         )
+        broker_uptime = broker_uptime_seconds(bootstrap)
+        watch = AutovacuumWatch({"source": source, **targets})
+        watch.start()
+        stack.callback(watch.halt)
         load_started = datetime.now(UTC)
         clock = time.monotonic()
         parts = _cpu_parts(bootstrap, server, pipeline)
@@ -369,6 +374,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             progress(f"  {len(measured)} refreshes of the load; {left:.0f}s left to drain")
         assert applied is not None  # _wait raises when the drain does not finish
+        maintenance = watch.stop(origin=load_started.timestamp())
+        maintained = watch.spans()
         for command in pipeline:
             command.sample()
         for command in pipeline:
@@ -384,6 +391,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for name, command in zip(targets, consumers, strict=True)
     }
+    for figures in per_target.values():
+        for entry in figures["slowest"]:
+            began = measured[entry["refresh_id"]].started.timestamp()
+            entry["autovacuum"] = overlapping(maintained, began, began + entry["latency"])
     carried = sum(r.events for r in measured.values())
     source_span = source_seconds(list(measured.values()))
     return {
@@ -404,6 +415,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": per_target,
         "producer_peak_rss_mb": producer.peak_mb,
         "cores_busy_during_load": cores_busy,
+        "autovacuum_during_run": maintenance,
+        "broker_uptime_at_load_seconds": broker_uptime,
         "goal_p99_seconds": GOAL_P99_SECONDS,
         "environment": environment(bootstrap, args),
     }
@@ -459,6 +472,19 @@ def print_table(report: dict[str, Any]) -> None:
         f"cores busy during the load, of {os.cpu_count()}: "
         + ", ".join(f"{name} {cores:.2f}" for name, cores in busy.items())
     )
+    maintained = report.get("autovacuum_during_run") or {}
+    if maintained:
+        out.print(
+            "autovacuum during the load and the drain: "
+            + ", ".join(
+                f"{db} {m['vacuums']} vacuums and {m['analyzes']} analyzes "
+                f"(seen running {m['seconds_seen']:.1f}s)"
+                for db, m in maintained.items()
+            )
+        )
+    uptime = report.get("broker_uptime_at_load_seconds")
+    if uptime is not None:
+        out.print(f"the local broker had run {uptime:,.0f}s when the load started")
     for name, figures in report["targets"].items():
         parts = figures["breakdown_p50_seconds"]
         if parts:
@@ -473,6 +499,11 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{name}, slowest refresh: {worst['latency']:.3f}s ({worst['rows']:,} rows; "
                 f"refresh {worst['refresh']:.3f}s, end_to_apply {worst['end_to_apply']:.3f}s, "
                 f"apply {worst['apply']:.3f}s)"
+                + (
+                    f"; autovacuum meanwhile in {', '.join(worst['autovacuum'])}"
+                    if worst.get("autovacuum")
+                    else ""
+                )
             )
     out.print(environment_line(report["environment"], "Kafka options"))
     for name, figures in report["targets"].items():
