@@ -78,6 +78,7 @@ from bench.freshness_figures import (
     GOAL_P99_SECONDS,
     Refresh,
     cycle_seconds,
+    sim_cpu_us_per_row,
     source_seconds,
     target_figures,
 )
@@ -407,6 +408,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sim_kept_up": simulated is not None,
         "sim_rows_written": simulated[1] if simulated else None,
         "sim_rows_per_second": round(simulated[1] / load_seconds, 1) if simulated else None,
+        "sim_cpu_us_per_row": sim_cpu_us_per_row(
+            cores_busy.get("simulators", 0.0), simulated[1] / load_seconds if simulated else None
+        ),
         "refreshes_measured": len(measured),
         "refresh_cycle_p50_seconds": cycle_seconds(measured.values()),
         "events_measured": carried,
@@ -472,6 +476,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"cores busy during the load, of {os.cpu_count()}: "
         + ", ".join(f"{name} {cores:.2f}" for name, cores in busy.items())
     )
+    if report.get("sim_cpu_us_per_row") is not None:
+        out.print(
+            f"the simulators took {report['sim_cpu_us_per_row']:.1f} µs of CPU a row written "
+            "(the same work in every run: more means a slower machine)"
+        )
     maintained = report.get("autovacuum_during_run") or {}
     if maintained:
         out.print(

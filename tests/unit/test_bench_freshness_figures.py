@@ -10,6 +10,7 @@ from bench.freshness_figures import (
     committed_seconds,
     cycle_seconds,
     decode_refreshes,
+    sim_cpu_us_per_row,
     source_seconds,
     target_figures,
 )
@@ -163,3 +164,11 @@ def test_the_source_time_covered_runs_from_the_first_window_to_the_last() -> Non
     )
     assert source_seconds([later, first]) == 3 + 10 - 1.25
     assert source_seconds([later]) == 0.0  # no window start known
+
+
+def test_the_simulators_cpu_a_row_tells_how_fast_the_machine_ran() -> None:
+    # 0.25 of a core writing 10,000 rows a second: 25 µs a row
+    assert sim_cpu_us_per_row(0.25, 10_000.0) == 25.0
+    assert sim_cpu_us_per_row(0.31, 10_053.6) == 30.8
+    assert sim_cpu_us_per_row(0.25, None) is None  # a simulator fell behind: no rate
+    assert sim_cpu_us_per_row(0.25, 0.0) is None
