@@ -42,6 +42,13 @@ before a refresh starts, the refresh cycle (reported beside it) and how far the
 window's end lies behind the start (``bound_age``: the producer's clock allowance
 for PostgreSQL writers). Goal (issue 10): p99 under 1.5 s.
 
+And what shared the machine with the pipeline: the cores each part took during the
+load, the simulators' CPU a row written (the same work in every run, so the machine's
+speed), how long the local broker had run (its JIT's first minutes), and when
+PostgreSQL's autovacuum worked on the source and on each target
+(:mod:`bench.autovacuum`), with the databases it was maintaining during each of the
+slowest refreshes.
+
     make bench-freshness                                   # 10,000 rows/s for 60 s
     .venv/bin/python -m bench.freshness --seconds 15 --rate 2000 --json
 
