@@ -28,7 +28,7 @@ from queuestream.errors import (
     RetriableError,
 )
 from queuestream.failures import broker_failure
-from queuestream.kafka_clients import transactional_producer
+from queuestream.kafka_clients import batches_topic, transactional_producer
 from queuestream.settings import Settings
 
 __all__ = ["Headers", "Send", "TransactionalPublisher"]
@@ -70,6 +70,7 @@ class TransactionalPublisher:
         self.settings = settings
         self.producer = producer or transactional_producer(settings)
         self._unpolled = 0
+        self._probe = batches_topic(settings)  # what check_reachable asks the broker about
         try:
             self.producer.init_transactions(_INIT_TIMEOUT)
         except KafkaException as exc:
@@ -106,9 +107,16 @@ class TransactionalPublisher:
         return failure
 
     def check_reachable(self) -> None:
-        """Raise BrokerUnavailableError unless the broker answers a metadata request now."""
+        """Raise BrokerUnavailableError unless the broker answers a metadata request now.
+
+        The request names one topic, the batches topic (made at start): metadata of
+        every topic grows with the cluster, not the refresh, and this runs once a
+        refresh. With 1,000 topics of 6 partitions in the cluster (``python -m
+        bench.metadata_probe``): 13.6 to 14.7 ms, 8.4 to 9.1 of them the producer's
+        CPU, a request for every topic; 0.3 to 0.4 ms, 0.1 of CPU, for one.
+        """
         try:
-            self.producer.list_topics(timeout=self.settings.broker_timeout_seconds)
+            self.producer.list_topics(self._probe, timeout=self.settings.broker_timeout_seconds)
         except KafkaException as exc:
             raise self._error(exc, "reach the broker") from None
 

@@ -47,12 +47,13 @@ class FakeProducer:
         self.abort_errors = abort
         self.produce_error = produce_error
         self.calls: list[tuple[str, float]] = []
+        self.asked_about: list[str | None] = []
 
     def init_transactions(self, _timeout: float) -> None:
         pass
 
-    def list_topics(self, timeout: float) -> None:
-        pass
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
+        self.asked_about.append(topic)
 
     def begin_transaction(self) -> None:
         pass
@@ -166,3 +167,14 @@ def test_a_transaction_that_must_be_aborted_is_aborted_and_retried(
     with pytest.raises(RetriableError, match="tried again: nothing was committed"):
         publisher.transaction(lambda send: send("exigo.orders", b"k", b"v", 0))
     assert fake.calls == [("abort", 2)]
+
+
+def test_before_each_transaction_the_broker_is_asked_about_one_topic_not_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check that the broker answers (before a snapshot is taken) asks for the
+    metadata of the batches topic only: that of every topic grows with the cluster."""
+    publisher, fake = _publisher(monkeypatch, [])
+    publisher.transaction(_no_messages)
+    publisher.transaction(_no_messages)
+    assert fake.asked_about == ["exigo.batches", "exigo.batches"]
