@@ -119,8 +119,8 @@ def cycle_seconds(refreshes: Iterable[Refresh]) -> float | None:
 
 def sim_cpu_us_per_row(sim_cores: float, rows_per_second: float | None) -> float | None:
     """The simulators' CPU (µs) a row written: the same work in every run, so it says how
-    fast the machine ran. On the 2-core machine of the README, in 24 runs of one night,
-    the 7 at 29.1 µs or more all missed the goal, and 14 of the 17 below it met it."""
+    fast the machine ran. On the 2-core machine of the README, in 30 runs of one night,
+    the 10 at 29.1 µs or more all missed the goal, and 17 of the 20 below it met it."""
     if not rows_per_second:
         return None
     return round(sim_cores / rows_per_second * 1e6, 1)
