@@ -194,5 +194,7 @@ def test_rebuild_of_a_long_history_keeps_the_markers_it_needs(
     thread.start()
     thread.join(timeout=120)
     assert not thread.is_alive(), "the rebuild did not finish"
-    assert outcome[0].refreshes == 6
-    assert _content(rebuilt) == captured
+    # The rows first: a failure then says whether a refresh is missing from the target
+    # or only from the count (once in CI, 5 of 6 refreshes counted, 60 events skipped).
+    assert _content(rebuilt) == captured, outcome[0]
+    assert outcome[0].refreshes == 6, outcome[0]
