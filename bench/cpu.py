@@ -22,6 +22,7 @@ __all__ = [
     "listening_pid",
     "local_services",
     "machine_cpu",
+    "proc_stat",
     "process_cpu_seconds",
     "services_cpu_seconds",
     "tree_cpu_seconds",
@@ -51,7 +52,7 @@ def machine_cpu() -> MachineCpu:
     return MachineCpu((user + nice + system + irq + softirq) / tick, steal / tick)
 
 
-def _stat(pid: int) -> list[str]:
+def proc_stat(pid: int) -> list[str]:
     """The fields of ``/proc/<pid>/stat`` after the command name (the state is [0])."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
@@ -60,7 +61,7 @@ def process_cpu_seconds(pid: int | None) -> float | None:
     """User and system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
     if pid is None:
         return None
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -72,7 +73,7 @@ def tree_cpu_seconds(pid: int) -> float | None:
     (PostgreSQL's postmaster does at once): nothing is lost."""
     tick = os.sysconf("SC_CLK_TCK")
     try:
-        own = _stat(pid)
+        own = proc_stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return None
     ticks = sum(int(v) for v in own[11:15])
@@ -80,7 +81,7 @@ def tree_cpu_seconds(pid: int) -> float | None:
         if not entry.name.isdigit() or entry.name == str(pid):
             continue
         try:
-            fields = _stat(int(entry.name))
+            fields = proc_stat(int(entry.name))
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue  # ended meanwhile
         if fields[1] == str(pid):
@@ -94,7 +95,7 @@ def child_pids(pid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if _stat(int(entry.name))[1] == str(pid):
+                if proc_stat(int(entry.name))[1] == str(pid):
                     found.append(int(entry.name))
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue  # ended meanwhile

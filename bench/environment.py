@@ -15,6 +15,7 @@ from typing import Any
 
 from confluent_kafka import libversion as librdkafka_version
 
+from bench.cpu import proc_stat
 from bench.services import REPO_ROOT
 from schemas.avro import compiled_reader, compiled_writer
 
@@ -37,15 +38,23 @@ def _local_broker_dir(bootstrap: str) -> Path | None:
     return REPO_ROOT / "var" / "kafka" / port
 
 
+def _local_broker_pid(bootstrap: str) -> int | None:
+    """The pid scripts/kafka-local.sh wrote for the broker at ``bootstrap``, if any."""
+    state = _local_broker_dir(bootstrap)
+    try:
+        return int((state / "kafka.pid").read_text().strip()) if state else None
+    except (OSError, ValueError):
+        return None
+
+
 def broker_jvm_flags(bootstrap: str) -> str | None:
     """The broker's JVM flags, when it runs from scripts/kafka-local.sh in this checkout."""
-    state = _local_broker_dir(bootstrap)
-    if state is None:
+    pid = _local_broker_pid(bootstrap)
+    if pid is None:
         return None
-    pid_file = state / "kafka.pid"
     try:
-        cmdline = Path(f"/proc/{pid_file.read_text().strip()}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
         return None
     flags = [a.decode() for a in cmdline if a.startswith((b"-XX:", b"-Xm"))]
     return " ".join(flags)
@@ -55,12 +64,11 @@ def broker_uptime_seconds(bootstrap: str) -> float | None:
     """How long the broker from scripts/kafka-local.sh in this checkout has run; None for
     any other broker. Its JIT compiler takes about a tenth of a core over its first few
     minutes under a benchmark's load, which a broker up for days no longer pays."""
-    state = _local_broker_dir(bootstrap)
-    if state is None:
+    pid = _local_broker_pid(bootstrap)
+    if pid is None:
         return None
     try:
-        pid = int((state / "kafka.pid").read_text().strip())
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = proc_stat(pid)
         booted = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
