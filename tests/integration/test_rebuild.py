@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from bench.rss import children
 from consumers import markers
 from consumers.rebuild import plan_rebuild, rebuild
 from consumers.runtime import RunStats
@@ -122,7 +123,7 @@ def test_a_rebuild_stopped_by_sigterm_stops_its_workers_and_says_so(
         assert process.stdout is not None
         first = process.stdout.readline()  # printed once SIGTERM is handled, before the workers
         assert "2 processes" in first, first
-        children = wait_for(
+        workers = wait_for(
             lambda: _workers_started(process.pid), timeout=30, message="the rebuild's workers"
         )
         assert stop_gracefully(process, 60), "the rebuild did not stop"
@@ -134,7 +135,7 @@ def test_a_rebuild_stopped_by_sigterm_stops_its_workers_and_says_so(
     assert "stopped before the end" in err
     assert "rebuild into a new, empty database" in err
     wait_for(
-        lambda: not [pid for pid in children if Path(f"/proc/{pid}").exists()],
+        lambda: not [pid for pid in workers if Path(f"/proc/{pid}").exists()],
         timeout=15,
         message="no worker outliving the rebuild",
     )
@@ -149,12 +150,9 @@ def _cmdline(pid: int) -> bytes:
 
 def _workers_started(pid: int) -> list[int]:
     """The processes ``pid`` started, once a worker is among them (beside
-    multiprocessing's resource tracker); none before."""
-    found = [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").glob("*")
-        for child in (task / "children").read_text().split()
-    ]
+    multiprocessing's resource tracker); none before. Threads and processes that end
+    while ``/proc`` is read are skipped by :func:`bench.rss.children`."""
+    found = children(pid)
     return found if any(b"spawn_main" in _cmdline(c) for c in found) else []
 
 
