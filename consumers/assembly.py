@@ -6,7 +6,12 @@ holds as many of the refresh's events as the marker counts there, or the
 partition has already moved on to a later refresh (a replay that started in the
 middle of one). Ready refreshes are applied in the order the producer committed
 them (the END markers' order) and never past one that is not ready, so the
-offsets stored with a batch never skip unapplied events.
+offsets stored with a batch never skip unapplied events. Nor past one whose END
+marker is not known yet: a refresh is taken only when no other refresh held has
+events before its own on one of its partitions. Markers are read apart from the
+events (:mod:`.markers`), so an earlier refresh's marker can be missing while a
+later one's is known: after the reader looks back for an old event, or when a
+long history holds more markers than are kept in memory.
 
 Tombstones (a key with a null value, written after each delete for compacted
 topics) are no events: END markers do not count them and nothing applies them.
@@ -27,7 +32,7 @@ stored.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -82,6 +87,14 @@ class _Held:
     def kept(self) -> bool:
         """Is anything of the refresh still held or taken out (uncommitted)?"""
         return bool(self.changes) or bool(self.streamed)
+
+
+def _starts(held: _Held) -> dict[Slot, int]:
+    """Per slot, the first offset of ``held``'s events there (read, or taken out)."""
+    starts = {slot: changes[0].offset for slot, changes in held.changes.items() if changes}
+    for slot, (start, _) in held.streamed_span.items():
+        starts[slot] = min(starts.get(slot, start), start)
+    return starts
 
 
 @dataclass
@@ -203,20 +216,12 @@ class Assembler:
         return {slot for h in self._held.values() for slot, v in h.changes.items() if v}
 
     def first_held(self) -> dict[Slot, int]:
-        """Per slot, the offset of the first event held (read, not applied yet).
-
-        Each list holds its slot's items in the order they were read: offsets ascend.
-        """
+        """Per slot, the offset of the first event held (read, not applied yet)."""
         first: dict[Slot, int] = {}
-        waiting: list[tuple[Slot, Sequence[Change | DeadLetter]]] = [
-            v for h in self._held.values() for v in h.changes.items()
-        ]
-        waiting += self._poison.items()
-        for slot, items in waiting:
-            if items:
-                first[slot] = min(first.get(slot, items[0].offset), items[0].offset)
-        for held in self._held.values():
-            for slot, (start, _) in held.streamed_span.items():
+        starts = [_starts(held) for held in self._held.values()]
+        starts += [{slot: items[0].offset} for slot, items in self._poison.items() if items]
+        for found in starts:
+            for slot, start in found.items():
                 first[slot] = min(first.get(slot, start), start)
         return first
 
@@ -273,13 +278,18 @@ class Assembler:
         refreshes: list[tuple[str, dict[Slot, list[Change]]]] = []
         tombstones: list[Tombstone] = []
         size = 0
+        firsts = self._firsts()
         for refresh_id in self._order(ends):
             end = ends.get(refresh_id)
             held = self._held[refresh_id]
             if end is None or not self._whole(held, end, owned, ends):
                 break
+            if self._behind(refresh_id, firsts):
+                break
             if refreshes and size + held.size > self.max_batch_events:
                 break
+            for slot in _starts(held):
+                firsts[slot].pop()  # in the batch: no longer before the next one
             refreshes.append((refresh_id, dict(held.changes)))
             tombstones.extend(t for items in held.tombstones.values() for t in items)
             size += held.size
@@ -295,6 +305,23 @@ class Assembler:
         if not refreshes and not poison and not loose:
             return None
         return Batch(refreshes, poison, tombstones + loose)
+
+    def _firsts(self) -> dict[Slot, list[tuple[int, str]]]:
+        """Per slot, each held refresh's first offset there (read, or taken out), the
+        lowest last."""
+        firsts: dict[Slot, dict[str, int]] = defaultdict(dict)
+        for refresh_id, held in self._held.items():
+            for slot, start in _starts(held).items():
+                firsts[slot][refresh_id] = start
+        return {
+            slot: sorted(((o, r) for r, o in starts.items()), reverse=True)
+            for slot, starts in firsts.items()
+        }
+
+    def _behind(self, refresh_id: str, firsts: dict[Slot, list[tuple[int, str]]]) -> bool:
+        """Does another refresh held, not in the batch, have events before ``refresh_id``'s
+        on one of its slots? Taking it would store offsets past them."""
+        return any(firsts[slot][-1][1] != refresh_id for slot in _starts(self._held[refresh_id]))
 
     def _poison_for(
         self, refreshes: list[tuple[str, dict[Slot, list[Change]]]], at_end: set[Slot]

@@ -70,7 +70,7 @@ class EndMarkers:
         while True:
             if len(self.ends) >= self.keep:
                 self._prune()
-                if len(self.ends) >= self.keep:
+                if len(self.ends) >= self.keep and self._all_needed_known():
                     return found  # all still needed: read on once some are applied
             ends = self._reader.read(500)
             if ends is None:
@@ -83,6 +83,14 @@ class EndMarkers:
                     found += 1
                 # The overlap digests are the producer's alone, and can be megabytes.
                 self.ends[end.refresh_id] = dataclasses.replace(end, overlap_seen=None)
+
+    def _all_needed_known(self) -> bool:
+        """Is the marker of every refresh held in memory? One that is not may be what
+        the refreshes held after it wait for (:mod:`.assembly` applies none of them
+        before it): reading stops only when none is missing, else nothing would ever
+        be applied. Its marker is ahead of the reader: :meth:`need` looked back for it.
+        """
+        return self.needed() <= self.ends.keys()
 
     def read_through(self, offset: int) -> bool:
         """Have the markers before ``offset`` of the batches topic been read?"""
@@ -100,8 +108,9 @@ class EndMarkers:
         A marker is needed while its refresh is held (``needed``); markers after the
         oldest held one belong to refreshes whose events are still to come: a rebuild
         reading a long history reads markers far ahead of the events. When all are
-        needed, :meth:`poll` stops reading until refreshes are applied. Needing a
-        forgotten one later seeks back for it.
+        needed, :meth:`poll` stops reading until refreshes are applied (unless a
+        refresh held has no marker in memory yet). Needing a forgotten one later
+        seeks back for it.
         """
         if len(self.ends) <= self.keep:
             return

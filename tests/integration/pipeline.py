@@ -153,6 +153,27 @@ def stored_offsets(url: str, target: str) -> dict[tuple[str, int], int]:
         engine.dispose()
 
 
+#: Bookkeeping that differs by nature between two runs (members, durations, times).
+_BOOKKEEPING = {"queuestream_sync_log", "queuestream_offsets"}
+
+
+def target_content(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table of a target (bookkeeping aside), in a stable order."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = sorted(set(sa.inspect(conn).get_table_names()) - _BOOKKEEPING)
+            return {
+                name: sorted(
+                    (tuple(row) for row in conn.execute(sa.text(f"SELECT * FROM {name}"))),
+                    key=repr,
+                )
+                for name in names
+            }
+    finally:
+        engine.dispose()
+
+
 def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
     engine = create_engine(url)
     try:

@@ -33,8 +33,7 @@ from queuestream.sync_schema import source_table
 from queuestream.tables import topic_for
 from tests.integration.hand_refresh import HandRefresh
 from tests.integration.kafka_readback import committed_messages
-from tests.integration.pipeline import Pipeline, stored_offsets
-from tests.integration.test_rebuild import _content
+from tests.integration.pipeline import Pipeline, stored_offsets, target_content
 from tests.source_changes import shrink_order
 
 SIM_ACTIONS = 400
@@ -145,7 +144,7 @@ def test_deletes_reach_both_targets_with_their_meaning_and_verify_is_equal(
     for name, url in urls.items():
         pipeline.consume(name, url)
         assert pipeline.verify(name, url).ok
-    before = {name: _content(url) for name, url in urls.items()}
+    before = {name: target_content(url) for name, url in urls.items()}
     time.sleep(0.05)
     t_before = datetime.now(UTC)
     time.sleep(0.05)
@@ -199,7 +198,7 @@ def test_deletes_reach_both_targets_with_their_meaning_and_verify_is_equal(
         )
         == 0
     )
-    after = {name: _content(url) for name, url in urls.items()}
+    after = {name: target_content(url) for name, url in urls.items()}
     time.sleep(0.05)
     t_after = datetime.now(UTC)
 
@@ -209,17 +208,17 @@ def test_deletes_reach_both_targets_with_their_meaning_and_verify_is_equal(
     for name in urls:
         settings = pipeline.settings(target_url=postgres_database(f"{name}_before"))
         rebuild(settings, plan_rebuild(settings, name, t_before))
-        assert _content(settings.target_url_for(name)) == before[name], f"{name} before"
+        assert target_content(settings.target_url_for(name)) == before[name], f"{name} before"
         settings = pipeline.settings(target_url=postgres_database(f"{name}_after"))
         rebuild(settings, plan_rebuild(settings, name, t_after))
-        assert _content(settings.target_url_for(name)) == after[name], f"{name} after"
+        assert target_content(settings.target_url_for(name)) == after[name], f"{name} after"
 
     # Replayed from the earliest offsets, the deletes and tombstones leave the targets as
     # they were. (A deleted row's create is applied again, and its delete after it: the
     # targets keep no tombstones, so the replay passes through the rows that were gone.)
     for name, url in urls.items():
         pipeline.consume(name, url)
-        held = _content(url)
+        held = target_content(url)
         settings = pipeline.settings(target_url=url)
         group = settings.group_for(name)
         plan = plan_replay(settings, group, ReplaySpec(to_earliest=True), target_url=url)
@@ -235,7 +234,7 @@ def test_deletes_reach_both_targets_with_their_meaning_and_verify_is_equal(
         )
         assert tombstones >= sum(picked["deletes"][t] for t in target_named(name).tables)
         assert stats.stale > 0 and stats.tombstones == tombstones, stats
-        assert _content(url) == held
+        assert target_content(url) == held
         assert pipeline.verify(name, url).ok
 
 

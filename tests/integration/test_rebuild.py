@@ -9,43 +9,16 @@ continues with the ordinary consumer and catches up with the source.
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from bench.rss import children
-from consumers import markers
-from consumers.rebuild import plan_rebuild, rebuild
-from consumers.runtime import RunStats
-from queuestream.databases import create_engine
 from tests.helpers import cli_env, run_cli, start_cli, stop_gracefully, wait_for
-from tests.integration.pipeline import Pipeline, stored_offsets
-
-#: Bookkeeping that differs by nature between two runs (members, durations, times).
-_BOOKKEEPING = {"queuestream_sync_log", "queuestream_offsets"}
-
-
-def _content(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table of a target (bookkeeping aside), in a stable order."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            names = sorted(set(sa.inspect(conn).get_table_names()) - _BOOKKEEPING)
-            return {
-                name: sorted(
-                    (tuple(row) for row in conn.execute(sa.text(f"SELECT * FROM {name}"))),
-                    key=repr,
-                )
-                for name in names
-            }
-    finally:
-        engine.dispose()
+from tests.integration.pipeline import Pipeline, stored_offsets, target_content
 
 
 def _rebuild(
@@ -82,7 +55,7 @@ def test_rebuild_as_of_equals_the_target_captured_then(
     pipeline.consume(target, live)
     time.sleep(0.05)
     t1 = datetime.now(UTC)
-    captured = _content(live)
+    captured = target_content(live)
     captured_offsets = stored_offsets(live, target)
     time.sleep(0.05)
 
@@ -90,7 +63,9 @@ def test_rebuild_as_of_equals_the_target_captured_then(
     pipeline.simulate(120)
     pipeline.refresh()
     pipeline.consume(target, live)
-    assert _content(live) != captured, "nothing changed after T1: the test would prove nothing"
+    assert target_content(live) != captured, (
+        "nothing changed after T1: the test would prove nothing"
+    )
 
     rebuilt = database("rebuilt")
     done = _rebuild(pipeline, target, rebuilt, t1.isoformat(), "--workers", str(workers))
@@ -99,13 +74,13 @@ def test_rebuild_as_of_equals_the_target_captured_then(
     assert "2 refreshes" in done.stdout  # each once, however many processes applied it
     # Each process applied its share, and wrote its own sync log rows.
     assert len({row["member"] for row in pipeline.sync_log(target, rebuilt)}) == workers
-    assert _content(rebuilt) == captured
+    assert target_content(rebuilt) == captured
     assert stored_offsets(rebuilt, target) == captured_offsets
 
     # Switching over: the ordinary consumer goes on from T1 and catches up.
     pipeline.consume(target, rebuilt)
     assert pipeline.verify(target, rebuilt).ok
-    assert _content(rebuilt) == _content(live)
+    assert target_content(rebuilt) == target_content(live)
 
 
 @pytest.mark.postgres
@@ -164,35 +139,3 @@ def test_rebuild_refuses_a_database_that_holds_a_target(pipeline: Pipeline, tmp_
     done = _rebuild(pipeline, "accounting", live, "2020-01-01T00:00Z")
     assert done.returncode == 1
     assert "new, empty database" in done.stderr
-
-
-@pytest.mark.slow
-def test_rebuild_of_a_long_history_keeps_the_markers_it_needs(
-    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """More refreshes than END markers kept in memory: the reader waits, nothing is lost."""
-    monkeypatch.setattr(markers, "_KEEP", 2)
-    live = f"sqlite:///{tmp_path / 'live.db'}"
-    for _ in range(6):
-        pipeline.simulate(25)
-        pipeline.refresh()
-    pipeline.consume("accounting", live)
-    time.sleep(0.05)
-    t1 = datetime.now(UTC)
-    captured = _content(live)
-    time.sleep(0.05)
-    pipeline.simulate(25)
-    pipeline.refresh()
-
-    rebuilt = f"sqlite:///{tmp_path / 'rebuilt.db'}"
-    settings = pipeline.settings(target_url=rebuilt)
-    plan = plan_rebuild(settings, "accounting", t1)
-    outcome: list[RunStats] = []
-    thread = threading.Thread(target=lambda: outcome.append(rebuild(settings, plan)), daemon=True)
-    thread.start()
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "the rebuild did not finish"
-    # The rows first: a failure then says whether a refresh is missing from the target
-    # or only from the count (once in CI, 5 of 6 refreshes counted, 60 events skipped).
-    assert _content(rebuilt) == captured, outcome[0]
-    assert outcome[0].refreshes == 6, outcome[0]

@@ -172,3 +172,31 @@ def test_a_partition_read_back_from_the_target_counts_as_done_up_to_its_refresh(
     batch = assembler.ready(ends, OWNED, set())
     assert batch is not None
     assert [r for r, _ in batch.refreshes] == ["r1"]
+
+
+def test_a_refresh_whose_end_is_not_known_yet_holds_back_later_ones_on_its_partitions() -> None:
+    # r1's END is not in memory (the marker reader looked back for it, or a long history
+    # holds more markers than are kept); r2's is. r2 is whole, but applying it first
+    # would store offsets past r1's events on orders[0]: r1 would be skipped as applied.
+    assembler = Assembler()
+    assembler.add(_change("r1", "orders", 0, 1, offset=0))
+    assembler.add(_change("r1", "orders", 0, 2, offset=1))
+    assembler.add(_change("r2", "orders", 0, 1, offset=2))
+    assembler.add(_change("r3", "orders", 1, 3, offset=0))  # a partition r1 does not touch
+    ends = {"r2": _end("r2", 20, orders_p0=1), "r3": _end("r3", 30, orders_p1=1)}
+    owned = {("orders", 0), ("orders", 1)}
+    assert assembler.ready(ends, owned, set()) is None  # r2 waits, and r3 behind it
+    ends["r1"] = _end("r1", 10, orders_p0=2)
+    batch = assembler.ready(ends, owned, set())
+    assert batch is not None
+    assert [r for r, _ in batch.refreshes] == ["r1", "r2", "r3"]
+
+
+def test_a_refresh_on_partitions_of_its_own_does_not_wait_for_an_unknown_end() -> None:
+    assembler = Assembler()
+    assembler.add(_change("r1", "orders", 0, 1, offset=0))
+    assembler.add(_change("r2", "orders", 1, 2, offset=0))
+    ends = {"r2": _end("r2", 20, orders_p1=1)}
+    batch = assembler.ready(ends, {("orders", 0), ("orders", 1)}, set())
+    assert batch is not None
+    assert [r for r, _ in batch.refreshes] == ["r2"]

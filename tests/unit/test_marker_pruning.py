@@ -44,3 +44,41 @@ def test_nothing_is_pruned_when_the_oldest_is_held(markers: EndMarkers) -> None:
     markers.needed = lambda: {"r0"}
     markers._prune()
     assert len(markers.ends) == 8
+
+
+class _Reader:
+    """The batches topic's reader: hands out ``markers`` a few at a time."""
+
+    def __init__(self, markers: list[EndMarker]) -> None:
+        self.markers = markers
+
+    def read(self, max_messages: int = 500) -> list[EndMarker] | None:
+        taken, self.markers = self.markers[:2], self.markers[2:]
+        return taken or None
+
+    def close(self) -> None:
+        pass
+
+
+def _marker(i: int) -> EndMarker:
+    return EndMarker(f"r{i}", "watermark", event_count=1, offset=i, timestamp_ms=1000 * i)
+
+
+def test_reading_stops_when_every_marker_kept_is_needed(markers: EndMarkers) -> None:
+    markers.needed = lambda: set(markers.ends)
+    markers._reader.close()
+    markers._reader = _Reader([_marker(i) for i in range(8, 12)])  # type: ignore[assignment]
+    assert markers.poll() == 0
+    assert len(markers.ends) == 8  # waits for refreshes to be applied
+
+
+def test_reading_goes_on_while_a_refresh_held_has_no_marker_in_memory(
+    markers: EndMarkers,
+) -> None:
+    # r9's events are held, its marker was not read yet (the reader looked back for it);
+    # the refreshes kept wait behind it: stopping here would apply nothing, ever.
+    markers.needed = lambda: set(markers.ends) | {"r9"}
+    markers._reader.close()
+    markers._reader = _Reader([_marker(i) for i in range(8, 12)])  # type: ignore[assignment]
+    markers.poll()
+    assert "r9" in markers.ends
