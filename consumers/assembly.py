@@ -32,7 +32,7 @@ stored.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -89,6 +89,33 @@ class _Held:
         return bool(self.changes) or bool(self.streamed)
 
 
+def _slots_held(held: _Held) -> list[Slot]:
+    """The slots where ``held`` has events (read, or taken out)."""
+    return [slot for slot, changes in held.changes.items() if changes] + [
+        slot for slot in held.streamed_span if not held.changes.get(slot)
+    ]
+
+
+class _Firsts:
+    """Per slot, the first refresh queued there that the batch being made has not taken
+    (refreshes are taken in order, so those taken are the first ones)."""
+
+    def __init__(self, queued: dict[Slot, dict[str, None]]) -> None:
+        self._queued = queued
+        self._rest: dict[Slot, Iterator[str]] = {}
+        self._first: dict[Slot, str | None] = {}
+
+    def first(self, slot: Slot) -> str | None:
+        if slot not in self._first:
+            rest = self._rest[slot] = iter(self._queued.get(slot, ()))
+            self._first[slot] = next(rest, None)
+        return self._first[slot]
+
+    def take(self, slot: Slot) -> None:
+        self.first(slot)
+        self._first[slot] = next(self._rest[slot], None)
+
+
 def _starts(held: _Held) -> dict[Slot, int]:
     """Per slot, the first offset of ``held``'s events there (read, or taken out)."""
     starts = {slot: changes[0].offset for slot, changes in held.changes.items() if changes}
@@ -141,6 +168,9 @@ class Assembler:
         self._loose: dict[Slot, list[Tombstone]] = defaultdict(list)
         #: Tombstones read so far (skipped: no event, no dead letter).
         self.tombstones_seen = 0
+        # Per slot, the refreshes held there (read or taken out) in the order their first
+        # event there was read: offset order. A refresh is taken into a batch only first.
+        self._queued: dict[Slot, dict[str, None]] = {}
 
     # -- intake -------------------------------------------------------------------
     def add(self, change: Change) -> None:
@@ -148,7 +178,10 @@ class Assembler:
         held = self._held.get(change.refresh_id)
         if held is None:
             held = self._held[change.refresh_id] = _Held(change.refresh_id)
-        held.changes[slot].append(change)
+        changes = held.changes[slot]
+        if not changes and slot not in held.streamed_span:
+            self._queued.setdefault(slot, {})[change.refresh_id] = None
+        changes.append(change)
         self._last[slot] = change.refresh_id
 
     def add_tombstone(self, tombstone: Tombstone) -> None:
@@ -183,6 +216,7 @@ class Assembler:
             if not held.kept:
                 del self._held[refresh_id]
         for slot in gone:
+            self._queued.pop(slot, None)
             self._poison.pop(slot, None)
             self._loose.pop(slot, None)
             self._last.pop(slot, None)
@@ -278,18 +312,19 @@ class Assembler:
         refreshes: list[tuple[str, dict[Slot, list[Change]]]] = []
         tombstones: list[Tombstone] = []
         size = 0
-        firsts = self._firsts()
+        firsts = _Firsts(self._queued)
         for refresh_id in self._order(ends):
             end = ends.get(refresh_id)
             held = self._held[refresh_id]
             if end is None or not self._whole(held, end, owned, ends):
                 break
-            if self._behind(refresh_id, firsts):
-                break
+            slots = _slots_held(held)
+            if any(firsts.first(slot) != refresh_id for slot in slots):
+                break  # events of a refresh not in the batch come before its own there
             if refreshes and size + held.size > self.max_batch_events:
                 break
-            for slot in _starts(held):
-                firsts[slot].pop()  # in the batch: no longer before the next one
+            for slot in slots:
+                firsts.take(slot)
             refreshes.append((refresh_id, dict(held.changes)))
             tombstones.extend(t for items in held.tombstones.values() for t in items)
             size += held.size
@@ -305,23 +340,6 @@ class Assembler:
         if not refreshes and not poison and not loose:
             return None
         return Batch(refreshes, poison, tombstones + loose)
-
-    def _firsts(self) -> dict[Slot, list[tuple[int, str]]]:
-        """Per slot, each held refresh's first offset there (read, or taken out), the
-        lowest last."""
-        firsts: dict[Slot, dict[str, int]] = defaultdict(dict)
-        for refresh_id, held in self._held.items():
-            for slot, start in _starts(held).items():
-                firsts[slot][refresh_id] = start
-        return {
-            slot: sorted(((o, r) for r, o in starts.items()), reverse=True)
-            for slot, starts in firsts.items()
-        }
-
-    def _behind(self, refresh_id: str, firsts: dict[Slot, list[tuple[int, str]]]) -> bool:
-        """Does another refresh held, not in the batch, have events before ``refresh_id``'s
-        on one of its slots? Taking it would store offsets past them."""
-        return any(firsts[slot][-1][1] != refresh_id for slot in _starts(self._held[refresh_id]))
 
     def _poison_for(
         self, refreshes: list[tuple[str, dict[Slot, list[Change]]]], at_end: set[Slot]
@@ -384,12 +402,19 @@ class Assembler:
                 # Read while the batch was applied: consumed by a later batch instead.
                 late = [t for t in held.tombstones.pop(slot, ()) if t not in taken]
                 self._loose[slot].extend(late)
-            for slot in list(held.streamed):
+            streamed = list(held.streamed)
+            for slot in streamed:
                 # Taken out and committed with the batch; tombstones read after the last
                 # take follow them: consumed by a later batch.
                 self._loose[slot].extend(t for t in held.tombstones.pop(slot, ()) if t not in taken)
             held.streamed.clear()
             held.streamed_span.clear()
+            for slot in {*slots, *streamed}:
+                queued = self._queued.get(slot)
+                if queued is not None and not held.changes.get(slot):
+                    queued.pop(refresh_id, None)
+                    if not queued:
+                        del self._queued[slot]
             if not held.kept:
                 del self._held[refresh_id]
         for slot in list(self._loose):

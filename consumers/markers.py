@@ -46,6 +46,8 @@ class EndMarkers:
         self.keep = _KEEP
         self.margin_ms = int(settings.marker_margin_seconds * 1000)
         self.ends: dict[str, EndMarker] = {}
+        self._newest = ""  # the latest refresh id among the markers read
+        self._warned = False
         self._from_ms: int | None = None  # markers from this time on are being read
         self._reader = BatchesReader.open(settings, codec, f"{group}.markers")
 
@@ -68,13 +70,15 @@ class EndMarkers:
             return 0
         found = 0
         while True:
-            if len(self.ends) >= self.keep:
+            if len(self.ends) >= self.keep and not self._looking_back():
                 self._prune()
-                if len(self.ends) >= self.keep and self._all_needed_known():
+                if len(self.ends) >= self.keep:
                     return found  # all still needed: read on once some are applied
             ends = self._reader.read(500)
             if ends is None:
-                self._prune()
+                if not self._looking_back():
+                    self._warned = False
+                    self._prune()
                 return found
             for end in ends:
                 if self.until_ms is not None and end.timestamp_ms > self.until_ms:
@@ -83,14 +87,35 @@ class EndMarkers:
                     found += 1
                 # The overlap digests are the producer's alone, and can be megabytes.
                 self.ends[end.refresh_id] = dataclasses.replace(end, overlap_seen=None)
+                self._newest = max(self._newest, end.refresh_id)
+            self._warn_when_far_back()
 
-    def _all_needed_known(self) -> bool:
-        """Is the marker of every refresh held in memory? One that is not may be what
-        the refreshes held after it wait for (:mod:`.assembly` applies none of them
-        before it): reading stops only when none is missing, else nothing would ever
-        be applied. Its marker is ahead of the reader: :meth:`need` looked back for it.
+    def _looking_back(self) -> bool:
+        """Is the marker of a refresh held missing while a later refresh's is in memory?
+
+        Then :meth:`need` looked back for it (its events came after its marker was
+        read and forgotten): the reader is on its way to it, and the refreshes held
+        after it wait for it (:mod:`.assembly` applies none of them before it). Until
+        it is read, nothing is pruned (pruning would move the reader's start past it,
+        and its next event would look back again) and reading does not stop at the
+        bound (nothing would ever be applied). Refresh ids start with their start
+        time, so they tell a marker behind the reader from one not written yet, such as
+        that of a refresh still running at a rebuild's moment.
         """
-        return self.needed() <= self.ends.keys()
+        missing = self.needed() - self.ends.keys()
+        return bool(missing) and min(missing) < self._newest
+
+    def _warn_when_far_back(self) -> None:
+        if len(self.ends) < 2 * self.keep or self._warned or not self._looking_back():
+            return
+        self._warned = True
+        missing = sorted(self.needed() - self.ends.keys())
+        log.warning(
+            "%d END markers in memory while looking for that of refresh %s, whose events "
+            "are held: nothing after it on its partitions is applied until it is read",
+            len(self.ends),
+            missing[0],
+        )
 
     def read_through(self, offset: int) -> bool:
         """Have the markers before ``offset`` of the batches topic been read?"""
@@ -108,9 +133,9 @@ class EndMarkers:
         A marker is needed while its refresh is held (``needed``); markers after the
         oldest held one belong to refreshes whose events are still to come: a rebuild
         reading a long history reads markers far ahead of the events. When all are
-        needed, :meth:`poll` stops reading until refreshes are applied (unless a
-        refresh held has no marker in memory yet). Needing a forgotten one later
-        seeks back for it.
+        needed, :meth:`poll` stops reading until refreshes are applied (unless it
+        is looking back for a marker: :meth:`_looking_back`). Needing a forgotten one
+        later seeks back for it.
         """
         if len(self.ends) <= self.keep:
             return

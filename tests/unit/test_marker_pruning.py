@@ -22,6 +22,7 @@ def markers() -> Iterator[EndMarkers]:
         f"r{i}": EndMarker(f"r{i}", "watermark", event_count=1, offset=i, timestamp_ms=1000 * i)
         for i in range(8)
     }
+    found._newest = "r7"
     try:
         yield found
     finally:
@@ -72,13 +73,26 @@ def test_reading_stops_when_every_marker_kept_is_needed(markers: EndMarkers) -> 
     assert len(markers.ends) == 8  # waits for refreshes to be applied
 
 
-def test_reading_goes_on_while_a_refresh_held_has_no_marker_in_memory(
+def test_reading_goes_on_while_looking_back_for_the_marker_of_a_refresh_held(
     markers: EndMarkers,
 ) -> None:
-    # r9's events are held, its marker was not read yet (the reader looked back for it);
-    # the refreshes kept wait behind it: stopping here would apply nothing, ever.
+    # r1 was pruned before its events came; they did, and the reader looked back for
+    # it. The refreshes kept wait behind it: stopping at the bound would apply nothing,
+    # ever, and pruning would move the reader's start past it (another look back).
+    del markers.ends["r1"]
+    markers.needed = lambda: set(markers.ends) | {"r1"}
+    markers._reader.close()
+    markers._reader = _Reader([_marker(0), _marker(1), _marker(2)])  # type: ignore[assignment]
+    markers.poll()
+    assert "r1" in markers.ends
+    assert markers._from_ms == 0  # not moved past it while it was missing
+
+
+def test_a_marker_not_written_yet_does_not_lift_the_bound(markers: EndMarkers) -> None:
+    # r9 is held, but its END is not written yet (a refresh running at a rebuild's
+    # moment, whose END the rebuild ignores): reading on would keep every marker.
     markers.needed = lambda: set(markers.ends) | {"r9"}
     markers._reader.close()
-    markers._reader = _Reader([_marker(i) for i in range(8, 12)])  # type: ignore[assignment]
+    markers._reader = _Reader([_marker(i) for i in range(10, 14)])  # type: ignore[assignment]
     markers.poll()
-    assert "r9" in markers.ends
+    assert len(markers.ends) == 8
