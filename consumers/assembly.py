@@ -169,7 +169,8 @@ class Assembler:
         #: Tombstones read so far (skipped: no event, no dead letter).
         self.tombstones_seen = 0
         # Per slot, the refreshes held there (read or taken out) in the order their first
-        # event there was read: offset order. A refresh is taken into a batch only first.
+        # event there was read: offset order. A refresh joins a batch only when it comes
+        # first on each of its slots.
         self._queued: dict[Slot, dict[str, None]] = {}
 
     # -- intake -------------------------------------------------------------------
