@@ -31,6 +31,7 @@ stored.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from consumers.markers import EndMarker
 from queuestream.tables import TABLES
 
 __all__ = ["Assembler", "Batch", "Poison", "Slot", "Tombstone"]
+
+log = logging.getLogger(__name__)
 
 Slot = tuple[str, int]  # (table, partition)
 UNDECODABLE = "-"
@@ -172,6 +175,7 @@ class Assembler:
         # event there was read: offset order. A refresh joins a batch only when it comes
         # first on each of its slots.
         self._queued: dict[Slot, dict[str, None]] = {}
+        self._warned_interleaved = False
 
     # -- intake -------------------------------------------------------------------
     def add(self, change: Change) -> None:
@@ -320,8 +324,11 @@ class Assembler:
             if end is None or not self._whole(held, end, owned, ends):
                 break
             slots = _slots_held(held)
-            if any(firsts.first(slot) != refresh_id for slot in slots):
-                break  # events of a refresh not in the batch come before its own there
+            before = next((f for f in map(firsts.first, slots) if f != refresh_id), None)
+            if before is not None:  # events of a refresh not in the batch come first there
+                if before in ends:
+                    self._interleaved(refresh_id, before)
+                break
             if refreshes and size + held.size > self.max_batch_events:
                 break
             for slot in slots:
@@ -341,6 +348,22 @@ class Assembler:
         if not refreshes and not poison and not loose:
             return None
         return Batch(refreshes, poison, tombstones + loose)
+
+    def _interleaved(self, refresh_id: str, before: str) -> None:
+        """``before`` committed after ``refresh_id`` (its END marker came later) but has
+        events before it on a partition: two producers write the same topics at once.
+        Their refreshes cannot be applied in commit order without skipping events, so
+        neither is applied; the log says why, once."""
+        if self._warned_interleaved:
+            return
+        self._warned_interleaved = True
+        log.error(
+            "refresh %s has events after those of refresh %s on a partition, but committed "
+            "first: two producers write these topics at once (one producer per topic "
+            "prefix; give each source its own topic_prefix). Nothing after them is applied.",
+            refresh_id,
+            before,
+        )
 
     def _poison_for(
         self, refreshes: list[tuple[str, dict[Slot, list[Change]]]], at_end: set[Slot]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
+
 from consumers.assembly import Assembler, Poison
 from consumers.changes import Change
 from consumers.markers import EndMarker
@@ -174,7 +176,9 @@ def test_a_partition_read_back_from_the_target_counts_as_done_up_to_its_refresh(
     assert [r for r, _ in batch.refreshes] == ["r1"]
 
 
-def test_a_refresh_whose_end_is_not_known_yet_holds_back_later_ones_on_its_partitions() -> None:
+def test_a_refresh_whose_end_is_not_known_yet_holds_back_later_ones_on_its_partitions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # r1's END is not in memory (the marker reader looked back for it, or a long history
     # holds more markers than are kept); r2's is. r2 is whole, but applying it first
     # would store offsets past r1's events on orders[0]: r1 would be skipped as applied.
@@ -186,6 +190,7 @@ def test_a_refresh_whose_end_is_not_known_yet_holds_back_later_ones_on_its_parti
     ends = {"r2": _end("r2", 20, orders_p0=1), "r3": _end("r3", 30, orders_p1=1)}
     owned = {("orders", 0), ("orders", 1)}
     assert assembler.ready(ends, owned, set()) is None  # r2 waits, and r3 behind it
+    assert not caplog.text  # waiting for a marker is no error
     ends["r1"] = _end("r1", 10, orders_p0=2)
     batch = assembler.ready(ends, owned, set())
     assert batch is not None
@@ -200,3 +205,16 @@ def test_a_refresh_on_partitions_of_its_own_does_not_wait_for_an_unknown_end() -
     batch = assembler.ready(ends, {("orders", 0), ("orders", 1)}, set())
     assert batch is not None
     assert [r for r, _ in batch.refreshes] == ["r2"]
+
+
+def test_two_producers_writing_at_once_stop_the_consumer_and_say_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # b's events come before and after a's on orders[0], and a committed first: no
+    # order of the two applies them without storing an offset past the other's events.
+    assembler = Assembler()
+    for refresh, offset in (("b", 5), ("a", 10), ("b", 12), ("a", 13)):
+        assembler.add(_change(refresh, "orders", 0, offset, offset=offset))
+    ends = {"a": _end("a", 1, orders_p0=2), "b": _end("b", 2, orders_p0=2)}
+    assert assembler.ready(ends, {("orders", 0)}, set()) is None
+    assert "two producers write these topics at once" in caplog.text
