@@ -87,7 +87,8 @@ class TransactionalPublisher:
             return FencedError(
                 f"another producer with transactional id "
                 f"{self.settings.effective_transactional_id!r} took over; stop one of them "
-                "(or give each its own transactional_id)"
+                "(one producer publishes a topic prefix: a second source needs its own "
+                "topic_prefix)"
             )
         if error.fatal():
             return FatalError(f"{where}: fatal error while trying to {doing}: {error.str()}")
