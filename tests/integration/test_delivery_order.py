@@ -31,6 +31,8 @@ from consumers import markers, runtime
 from consumers.rebuild import plan_rebuild, rebuild
 from consumers.runtime import RunStats
 from queuestream import kafka_clients
+from queuestream.batches import read_last_end
+from schemas.avro import AvroCodec
 from tests.integration.pipeline import Pipeline, target_content
 
 ConsumeArrived = Callable[[Consumer, int, float], list[Message]]
@@ -148,3 +150,42 @@ def test_a_consumer_reading_a_backlog_applies_every_refresh(
     assert target_content(fresh) == target_content(live), stats
     assert (stats.refreshes, stats.skipped_applied) == (_REFRESHES + 1, 0), stats
     assert pipeline.verify("accounting", fresh).ok
+
+
+@pytest.mark.slow
+def test_a_rebuild_as_of_a_moment_inside_a_refresh_leaves_that_refresh_out(
+    pipeline: Pipeline, tmp_path: Path, deliver: Callable[[], None]
+) -> None:
+    """T falls just before the last refresh's END: its events are before the stops, its
+    END (after T) is ignored, so it is held and never whole. The rebuild neither waits
+    for that marker nor applies the refresh, and the refreshes before it are all there."""
+    live = f"sqlite:///{tmp_path / 'live.db'}"
+    for _ in range(_REFRESHES):
+        pipeline.simulate(25)
+        pipeline.refresh()
+    pipeline.consume("accounting", live)
+    captured = target_content(live)
+    time.sleep(0.05)
+    before_it = datetime.now(UTC)
+    time.sleep(0.05)
+    pipeline.simulate(25)
+    pipeline.refresh()
+    settings = pipeline.settings()
+    last = read_last_end(settings, AvroCodec(settings.topic_prefix)).marker
+    assert last is not None
+    moment = datetime.fromtimestamp((last.timestamp_ms - 1) / 1000, UTC)
+
+    rebuilt = f"sqlite:///{tmp_path / 'rebuilt.db'}"
+    settings = pipeline.settings(target_url=rebuilt)
+    plan = plan_rebuild(settings, "accounting", moment)
+    # The last refresh's events lie before the stops: T is inside it, not before it.
+    assert plan.events > plan_rebuild(settings, "accounting", before_it).events
+    deliver()
+    outcome: list[RunStats] = []
+    thread = threading.Thread(target=lambda: outcome.append(rebuild(settings, plan)), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the rebuild did not finish (waiting for a marker?)"
+    (stats,) = outcome
+    assert target_content(rebuilt) == captured, stats
+    assert (stats.refreshes, stats.skipped_applied) == (_REFRESHES, 0), stats
