@@ -92,13 +92,6 @@ class _Held:
         return bool(self.changes) or bool(self.streamed)
 
 
-def _slots_held(held: _Held) -> list[Slot]:
-    """The slots where ``held`` has events (read, or taken out)."""
-    return [slot for slot, changes in held.changes.items() if changes] + [
-        slot for slot in held.streamed_span if not held.changes.get(slot)
-    ]
-
-
 class _Firsts:
     """Per slot, the first refresh queued there that the batch being made has not taken
     (refreshes are taken in order, so those taken are the first ones)."""
@@ -323,7 +316,7 @@ class Assembler:
             held = self._held[refresh_id]
             if end is None or not self._whole(held, end, owned, ends):
                 break
-            slots = _slots_held(held)
+            slots = list(_starts(held))
             before = next((f for f in map(firsts.first, slots) if f != refresh_id), None)
             if before is not None:  # events of a refresh not in the batch come first there
                 if before in ends:

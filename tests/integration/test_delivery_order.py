@@ -28,10 +28,11 @@ import pytest
 from confluent_kafka import Consumer, Message
 
 from consumers import markers, runtime
-from consumers.rebuild import plan_rebuild, rebuild
+from consumers.rebuild import RebuildPlan, plan_rebuild, rebuild
 from consumers.runtime import RunStats
 from queuestream import kafka_clients
 from queuestream.batches import read_last_end
+from queuestream.settings import Settings
 from schemas.avro import AvroCodec
 from tests.integration.pipeline import Pipeline, target_content
 
@@ -102,6 +103,17 @@ def _history(pipeline: Pipeline, live: str) -> tuple[datetime, dict[str, Any]]:
     return t1, captured
 
 
+def _rebuild_within(settings: Settings, plan: RebuildPlan, seconds: float = 120) -> RunStats:
+    """Run the rebuild in a thread; fail when it has not finished in ``seconds``."""
+    outcome: list[RunStats] = []
+    thread = threading.Thread(target=lambda: outcome.append(rebuild(settings, plan)), daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    assert not thread.is_alive(), "the rebuild did not finish (waiting for a marker?)"
+    (stats,) = outcome
+    return stats
+
+
 @pytest.fixture(params=["as fetched", "latest partitions first"])
 def deliver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """Two END markers kept in memory; called, it makes the next run read the messages
@@ -125,12 +137,7 @@ def test_a_rebuild_of_a_long_history_applies_every_refresh(
     settings = pipeline.settings(target_url=rebuilt)
     plan = plan_rebuild(settings, "accounting", t1)
     deliver()
-    outcome: list[RunStats] = []
-    thread = threading.Thread(target=lambda: outcome.append(rebuild(settings, plan)), daemon=True)
-    thread.start()
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "the rebuild did not finish (waiting for a marker?)"
-    (stats,) = outcome
+    stats = _rebuild_within(settings, plan)
     # The rows first: a failure then says whether a refresh is missing from the target
     # or only from the count.
     assert target_content(rebuilt) == captured, stats
@@ -181,11 +188,6 @@ def test_a_rebuild_as_of_a_moment_inside_a_refresh_leaves_that_refresh_out(
     # The last refresh's events lie before the stops: T is inside it, not before it.
     assert plan.events > plan_rebuild(settings, "accounting", before_it).events
     deliver()
-    outcome: list[RunStats] = []
-    thread = threading.Thread(target=lambda: outcome.append(rebuild(settings, plan)), daemon=True)
-    thread.start()
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "the rebuild did not finish (waiting for a marker?)"
-    (stats,) = outcome
+    stats = _rebuild_within(settings, plan)
     assert target_content(rebuilt) == captured, stats
     assert (stats.refreshes, stats.skipped_applied) == (_REFRESHES, 0), stats
