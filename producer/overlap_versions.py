@@ -159,6 +159,15 @@ class OverlapVersions:
     def next_refresh(self) -> None:
         self._previous, self._current = self._current, {}
 
+    def prepare_next(self) -> None:
+        """Make the arrays of what this refresh recorded (:meth:`TableVersions.arrays`)
+        now, for the next refresh to send: a reader process does it between refreshes,
+        while it waits, rather than in the next one (about 20,000 versions at 10,000
+        changed rows a second: 0.02 s of the 0.32 s the reader took a refresh under
+        ``make bench-freshness``)."""
+        for versions in self._current.values():
+            versions.matchable()
+
     def recording(self, table: str) -> TableVersions:
         """Where this refresh records ``table``'s versions."""
         versions = self._current.get(table)

@@ -382,6 +382,7 @@ class _Reader:
                 return
             if kind == "open":
                 self._job(message[1])
+                self.digests.versions.prepare_next()  # while the producer commits and waits
             elif kind in ("close", "cancel"):  # after an error: nothing is open
                 self.conn.send(("closed",))
 

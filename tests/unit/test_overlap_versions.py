@@ -134,3 +134,34 @@ def test_arrays_are_made_again_once_more_versions_are_held() -> None:
     assert table.arrays() is None
     table.drop()
     assert table.arrays() is None
+
+
+def test_the_arrays_prepared_between_refreshes_are_the_ones_the_next_refresh_sends(
+    monkeypatch: Any,
+) -> None:
+    """A reader process makes them while it waits (prepare_next); the next refresh, asking
+    for the same versions, makes nothing and gets what a refresh making them would."""
+    versions = OverlapVersions(ZoneInfo("UTC"))
+    table = versions.recording("payments")
+    for n in range(3):
+        table.add((n,), STAMP, n, _digest(n))
+    versions.recording("orders").add(("A-1",), STAMP, 0, _digest(9))  # not matchable
+    expected = TableVersions(shift=0, keys=list(table.keys), versions=list(table.versions))
+    versions.prepare_next()
+    made: list[TableVersions] = []
+    original = TableVersions._make_arrays
+
+    def making(self: TableVersions) -> dict[str, str] | None:
+        made.append(self)
+        return original(self)
+
+    monkeypatch.setattr(TableVersions, "_make_arrays", making)
+    versions.next_refresh()
+    seen = frozenset(_digest(n) for n in (0, 1, 2, 9))
+    before = versions.before("payments", seen)
+    assert before is not None and before.arrays() == expected.arrays() == {
+        "k0": "{0, 1, 2}",
+        "v": "{0, 1, 2}",
+    }
+    assert versions.before("orders", seen) is None
+    assert len(made) == 1 and made[0] is expected  # the comparison's own: none for the refresh
