@@ -20,10 +20,12 @@ A window reads rows with ``read_from <= ModifiedDate < end``:
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from producer.overlap_versions import OverlapVersions, TableVersions
+from queuestream.errors import ConfigurationError
 from schemas.avro.wall_time import fixed_offset, wall_micros
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "WindowPlanner",
     "change_digest",
 ]
+
+log = logging.getLogger(__name__)
 
 DIGEST_SIZE = 8
 _blake2b = hashlib.blake2b
@@ -147,9 +151,24 @@ class WindowPlanner:
             if since.tzinfo is None:
                 msg = "since must be timezone-aware"
                 raise ValueError(msg)
-            return Window(
-                start=since, end=max(safe_end, since), read_from=since, since_override=since
-            )
+            if since > safe_end:
+                # The window would be empty and its end, the next watermark, ``since``:
+                # nothing published until then, and what commits late before it lost.
+                msg = (
+                    f"--since {since.isoformat()} is after {safe_end.isoformat()}, the "
+                    "newest moment the source can be read up to now: a refresh from it "
+                    "would publish nothing and move the watermark ahead, so that changes "
+                    "until then would wait for it; give a moment in the past"
+                )
+                raise ConfigurationError(msg)
+            if progress.watermark is not None and since > progress.watermark:
+                log.warning(
+                    "--since %s is after the watermark %s: the changes stamped between them "
+                    "are not published by refreshes (a sweep finds them)",
+                    since.isoformat(),
+                    progress.watermark.isoformat(),
+                )
+            return Window(start=since, end=safe_end, read_from=since, since_override=since)
         if progress.watermark is None:
             start = safe_end - self.first_window
             return Window(start=start, end=safe_end, read_from=start)

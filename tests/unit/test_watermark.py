@@ -16,6 +16,7 @@ from producer.watermark import (
     WindowPlanner,
     change_digest,
 )
+from queuestream.errors import ConfigurationError
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 planner = WindowPlanner(first_window=timedelta(hours=24), overlap=timedelta(seconds=2))
@@ -42,6 +43,31 @@ def test_since_overrides_once_and_is_a_resync() -> None:
     after = planner.plan(Progress(watermark=window.end), safe_end=T0 + timedelta(seconds=30))
     assert after.start == window.end
     assert not after.resync
+
+
+def test_a_since_after_what_the_source_can_be_read_up_to_is_refused() -> None:
+    """A future --since (a mistyped year) would set the watermark ahead: nothing published
+    until then. It stops with what to do, and so does one a second past the safe bound."""
+    for since in (datetime(2099, 1, 1, tzinfo=UTC), T0 + timedelta(seconds=1)):
+        with pytest.raises(ConfigurationError, match="give a moment in the past"):
+            planner.plan(Progress(watermark=T0 - timedelta(hours=1)), safe_end=T0, since=since)
+    window = planner.plan(Progress(), safe_end=T0, since=T0)  # up to the bound: empty, allowed
+    assert (window.start, window.end) == (T0, T0)
+
+
+def test_a_since_after_the_watermark_warns_that_changes_between_are_left_to_a_sweep(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watermark = T0 - timedelta(hours=2)
+    with caplog.at_level("WARNING", logger="producer.watermark"):
+        window = planner.plan(
+            Progress(watermark=watermark), safe_end=T0, since=T0 - timedelta(hours=1)
+        )
+        assert window.start == T0 - timedelta(hours=1)
+        assert "a sweep finds them" in caplog.text
+        caplog.clear()
+        planner.plan(Progress(watermark=watermark), safe_end=T0, since=watermark)
+        assert caplog.text == ""
 
 
 def test_watermark_never_moves_backwards() -> None:
