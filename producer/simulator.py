@@ -86,6 +86,9 @@ class Simulator:
         on_progress: Callable[[int], None] | None = None,
     ) -> SimStats:
         """Perform ``actions`` actions, ``per_transaction`` a commit, ``rate`` a second at most."""
+        if per_transaction < 1:  # no action a transaction: it would never get anywhere
+            msg = f"per_transaction must be 1 or more, not {per_transaction}"
+            raise ValueError(msg)
         started = time.monotonic()
         done = 0
         while done < actions and not (stop and stop.is_set()):

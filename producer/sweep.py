@@ -166,7 +166,8 @@ class Sweeper:
         self.refresher = refresher
         self.tables = [t.name for t in TABLES if not tables or t.name in tables]
         self.chunk = chunk or settings.sweep_chunk
-        self.max_rows_per_second = max_rows_per_second or settings.sweep_max_rows_per_second
+        given = max_rows_per_second  # None: the setting's (0 is not "the default")
+        self.max_rows_per_second = settings.sweep_max_rows_per_second if given is None else given
         self.clock = clock
 
     # -- where the pass is ----------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from queuestream.cli.options import command_settings
+from queuestream.cli.options import check_at_least, command_settings
 from queuestream.cli.output import console
 
 __all__ = ["demo"]
@@ -23,4 +23,5 @@ def demo(
     """Simulate, refresh into Kafka, apply to both sample targets, verify them."""
     from queuestream.demo import run_demo
 
+    check_at_least(actions, 1, "--actions")
     run_demo(command_settings(), actions=actions, seed=seed, console=console)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from queuestream.cli.options import command_settings
+from queuestream.cli.options import check_above, check_at_least, command_settings
 from queuestream.cli.output import console, err_console, print_json
 from queuestream.cli.signals import on_stop_signals
 from queuestream.errors import ConfigurationError
@@ -75,6 +75,9 @@ def monitor(
     from queuestream.monitor.terminal import live, render
     from queuestream.monitor.web import MonitorServer, parse_address
 
+    check_above(interval, 0, "--interval")
+    check_at_least(max_lag, 0, "--max-lag")
+    check_at_least(max_lag_seconds, 0, "--max-lag-seconds")
     if http_token_file is not None and http is None:
         msg = "--http-token-file protects the web page: give --http HOST:PORT too"
         raise ConfigurationError(msg)

@@ -30,6 +30,8 @@ __all__ = [
     "MetricsPortOpt",
     "TargetArg",
     "TargetUrlOpt",
+    "check_above",
+    "check_at_least",
     "command_settings",
     "global_options",
     "parse_since",
@@ -157,3 +159,18 @@ def parse_time(text: str, zone: tzinfo | None, option: str) -> datetime:
 def parse_since(text: str | None, settings: Settings) -> datetime | None:
     """``--since``: a time in the source's zone (the one its ModifiedDate is stamped in)."""
     return None if text is None else parse_time(text, settings.zone, "--since")
+
+
+def check_at_least(value: float | None, least: float, option: str) -> None:
+    """A number option (given) below ``least`` stops before anything connects: a negative
+    interval would refresh without a pause, a zero per-transaction would never finish."""
+    if value is not None and value < least:
+        msg = f"{option} {value:g}: give {least:g} or more"
+        raise ConfigurationError(msg)
+
+
+def check_above(value: float | None, bound: float, option: str) -> None:
+    """A number option (given) at or below ``bound`` stops before anything connects."""
+    if value is not None and value <= bound:
+        msg = f"{option} {value:g}: give more than {bound:g}"
+        raise ConfigurationError(msg)

@@ -11,7 +11,13 @@ from typing import Annotated
 
 import typer
 
-from queuestream.cli.options import MetricsPortOpt, command_settings, parse_since
+from queuestream.cli.options import (
+    MetricsPortOpt,
+    check_above,
+    check_at_least,
+    command_settings,
+    parse_since,
+)
 from queuestream.cli.output import console, progress_bar
 from queuestream.cli.signals import on_stop_signals
 from queuestream.errors import ConfigurationError
@@ -52,6 +58,14 @@ def sim(
     from producer.simulator import Simulator
     from queuestream.databases import create_engine
 
+    check_at_least(actions, 0, "--actions")
+    check_above(rate, 0, "--rate")
+    check_at_least(per_transaction, 1, "--per-transaction")
+    check_at_least(id_stride, 1, "--id-stride")
+    check_at_least(id_offset, 0, "--id-offset")
+    if id_offset >= id_stride:
+        msg = f"--id-offset {id_offset}: give 0 to --id-stride - 1 ({id_stride - 1})"
+        raise ConfigurationError(msg)
     settings = command_settings()
     engine = create_engine(settings.source_url, writer=True)
     simulator = Simulator(
@@ -135,6 +149,8 @@ def produce(
     from producer.refresh import Refresher
     from queuestream.metrics import metrics_server
 
+    check_at_least(interval, 0, "--interval")  # 0: each refresh at once after the last
+    check_at_least(max_refreshes, 1, "--max-refreshes")
     settings = command_settings(metrics_port=metrics_port, max_errors=max_errors)
     start = parse_since(since, settings)  # a bad date stops before anything connects
     every = None
@@ -190,10 +206,9 @@ def sweep(
     from queuestream.cli.render_refresh import print_sweep_report
     from queuestream.tables import TABLES_BY_NAME
 
+    check_at_least(chunk, 1, "--chunk")
+    check_above(max_rows_per_second, 0, "--max-rows-per-second")
     settings = command_settings()
-    if chunk is not None and chunk < 1:
-        msg = f"--chunk {chunk}: give at least 1"
-        raise ConfigurationError(msg)
     named = [t.strip() for arg in tables or () for t in arg.split(",") if t.strip()]
     unknown = sorted(set(named) - set(TABLES_BY_NAME))
     if unknown:  # before anything connects
