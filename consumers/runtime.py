@@ -56,7 +56,12 @@ from consumers.streaming import Streaming
 from consumers.target import Target
 from queuestream.databases import create_engine, describe_url
 from queuestream.errors import RetriableError
-from queuestream.kafka_clients import consume_arrived, consumer_config, ensure_topics
+from queuestream.kafka_clients import (
+    batches_topic,
+    consume_arrived,
+    consumer_config,
+    ensure_topics,
+)
 from queuestream.retry import Outage, retry
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
@@ -205,10 +210,20 @@ class ConsumerRuntime:
             return self.stats
         # A bounded run's plan (consumers/rebuild.py) has made sure of the topics: another
         # admin client here would only add a connection (50 ms) to the rebuild.
+        created: list[str] = []
         if self.stop_at is None and not self._retrying(
-            "Kafka", lambda: ensure_topics(self.settings)
+            "Kafka", lambda: ensure_topics(self.settings, created=created)
         ):
             return self.stats
+        if batches_topic(self.settings) in created:
+            # No producer has written here: a topic prefix mistyped reads nothing, silently.
+            log.warning(
+                "no producer has published to the topic prefix %r yet (its batches topic did "
+                "not exist): its topics were created with %d partitions, and this consumer "
+                "waits for events; check topic_prefix if you expected some",
+                self.settings.topic_prefix,
+                self.settings.partitions,
+            )
         self._start_reading()
         try:
             self._loop()

@@ -169,6 +169,14 @@ class Refresher:
         self.partitions = ensure_topics(
             settings, internal=(status_topic(prefix), state_topic(prefix))
         )
+        if self.partitions != settings.partitions:  # topics another process made first
+            log.warning(
+                "the change topics %s.* have %d partitions, and events are placed by them; "
+                "the partitions setting (%d) applies only to topics this producer creates",
+                prefix,
+                self.partitions,
+                settings.partitions,
+            )
         self.budget = ErrorBudget(settings.max_errors)
         if settings.max_errors:
             ensure_dlq_topics(settings, set(change_topics(settings)))

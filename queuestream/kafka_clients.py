@@ -377,9 +377,14 @@ def create_topics(admin: AdminClient, topics: list[NewTopic], where: str | None 
 
 
 def ensure_topics(
-    settings: Settings, admin: AdminClient | None = None, internal: Iterable[str] = ()
+    settings: Settings,
+    admin: AdminClient | None = None,
+    internal: Iterable[str] = (),
+    *,
+    created: list[str] | None = None,
 ) -> int:
-    """Create the change topics, the batches topic and the ``internal`` topics where missing.
+    """Create the change topics, the batches topic and the ``internal`` topics where missing
+    (their names added to ``created``, when given).
 
     Change topics get ``settings.partitions`` partitions and keep history
     (``retention.ms`` -1 by default); the batches topic has one partition so that
@@ -423,6 +428,8 @@ def ensure_topics(
     missing = [new for topic, new in wanted.items() if topic not in existing]
     if missing:
         create_topics(admin, missing, settings.kafka_bootstrap_servers)
+        if created is not None:
+            created.extend(new.topic for new in missing)
         existing = _describe(admin, settings)
     counts = {topic: existing.get(topic) for topic in change_topics(settings)}
     if len(set(counts.values())) > 1:

@@ -185,3 +185,23 @@ def test_refresh_never_writes_the_source_and_names_what_is_missing(tmp_path: Pat
     assert last.startswith("SourceSchemaError: table Orders of the sync database")
     assert "has no column CustomerID" in last
     assert "Traceback" not in result.stderr
+
+
+def test_a_consumer_of_a_prefix_no_producer_wrote_says_so_and_the_producer_names_the_count(
+    sqlite_url: str, kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    """A mistyped topic prefix read nothing without a word; a producer finding topics a
+    consumer made with another partition count used it without one."""
+    env = {**_env(sqlite_url, kafka_bootstrap, unique), "QUEUESTREAM_IDLE_SECONDS": "0.5"}
+    target = f"sqlite:///{tmp_path / 'shipping.db'}"
+    first = _run(["consume", "shipping", "--target", target, "--until-idle"], env)
+    assert first.returncode == 0, first.stderr
+    assert f"no producer has published to the topic prefix '{unique}' yet" in first.stderr
+    again = _run(["consume", "shipping", "--target", target, "--until-idle"], env)
+    assert again.returncode == 0 and "no producer has published" not in again.stderr
+
+    assert _run(["sim", "--actions", "20"], env).returncode == 0
+    produced = _run(["refresh"], {**env, "QUEUESTREAM_PARTITIONS": "6"})
+    assert produced.returncode == 0, produced.stderr
+    assert f"the change topics {unique}.* have 3 partitions" in produced.stderr
+    assert "the partitions setting (6)" in produced.stderr
