@@ -166,8 +166,19 @@ def render(
 
 
 def live(feed: SnapshotFeed, console: Console, limits: LagLimits, stop: threading.Event) -> None:
-    """Show the feed's snapshots as they come, until ``stop`` is set."""
+    """Show the feed's snapshots as they come, until ``stop`` is set: redrawn in place on
+    a terminal; elsewhere (a file, a pipe, a service's log), where rich's Live draws
+    nothing until it ends, each printed below the last as it comes."""
     state = feed.current()
+    if not console.is_terminal:
+        console.print(render(state.snapshot, limits, state.error))
+        while not stop.is_set():
+            new = feed.wait_for_update(state.version, timeout=0.5)
+            if new.version != state.version:
+                state = new
+                console.print(render(state.snapshot, limits, state.error))
+                console.file.flush()
+        return
     with Live(
         render(state.snapshot, limits, state.error),
         console=console,

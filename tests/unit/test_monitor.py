@@ -344,3 +344,50 @@ def test_stopping_does_not_wait_out_a_round_stuck_on_the_broker() -> None:
         collector.release.set()
     # The round, once over, closes its collector and collects no more.
     wait_for(lambda: collector.closed, timeout=10, message="the collector closed")
+
+
+class _Feed:
+    """A feed whose snapshots come when the test says."""
+
+    def __init__(self) -> None:
+        self.state = FeedState(None, "collecting the first snapshot", 0)
+        self.changed = threading.Condition()
+
+    def current(self) -> FeedState:
+        return self.state
+
+    def wait_for_update(self, after: int, timeout: float) -> FeedState:
+        with self.changed:
+            self.changed.wait_for(lambda: self.state.version > after, timeout)
+            return self.state
+
+    def publish(self, error: str) -> None:
+        with self.changed:
+            self.state = FeedState(None, error, self.state.version + 1)
+            self.changed.notify_all()
+
+
+def test_the_live_view_into_a_file_or_pipe_writes_each_snapshot_as_it_comes() -> None:
+    """rich's Live draws nothing until it ends where the output is not a terminal: a
+    monitor logging to a file showed nothing while it ran."""
+    import io
+
+    from queuestream.monitor.terminal import live
+
+    out = io.StringIO()
+    console = Console(file=out, width=120)
+    assert not console.is_terminal
+    feed, stop = _Feed(), threading.Event()
+    thread = threading.Thread(target=live, args=(feed, console, LagLimits(), stop))
+    thread.start()
+    try:
+        wait_for(lambda: "collecting the first snapshot" in out.getvalue(), timeout=5)
+        feed.publish("broker unreachable at 10:00")
+        wait_for(lambda: "broker unreachable at 10:00" in out.getvalue(), timeout=5)
+        feed.publish("broker unreachable at 10:05")
+        wait_for(lambda: "broker unreachable at 10:05" in out.getvalue(), timeout=5)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert out.getvalue().index("10:00") < out.getvalue().index("10:05")
