@@ -118,7 +118,7 @@ def _alter_group(admin: AdminClient, plan: ReplayPlan, members: list[str]) -> No
 def _move_target(plan: ReplayPlan) -> None:
     """Write the new offsets into the target's ``queuestream_offsets``, one transaction."""
     assert plan.target_url is not None
-    engine = create_engine(plan.target_url, writer=True)
+    engine = create_engine(plan.target_url, writer=True, existing="the target")
     now = datetime.now(UTC)
     rows = [
         {

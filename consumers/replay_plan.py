@@ -93,7 +93,7 @@ def _target_offsets(
     settings: Settings, url: str, group: str
 ) -> tuple[list[str], dict[Partition, int]]:
     """The sample targets in ``url`` that ``group`` applies, and their stored offsets."""
-    engine = create_engine(url)
+    engine = create_engine(url, existing="the target")
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table(offsets.OFFSETS.name):

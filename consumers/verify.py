@@ -16,8 +16,10 @@ __all__ = ["verify"]
 def verify(settings: Settings, target_name: str) -> Reconciliation:
     """Compare what ``target_name`` holds with what the source says it should hold."""
     target = target_named(target_name)
-    source = create_engine(settings.source_url)
-    destination = create_engine(settings.target_url_for(target_name))
+    source = create_engine(settings.source_url, existing="the sync database")
+    destination = create_engine(
+        settings.target_url_for(target_name), existing=f"the {target_name} target"
+    )
     try:
         with source.connect() as src:
             expected = target.expected(src, settings.zone)

@@ -152,7 +152,7 @@ class Refresher:
 
     def __init__(self, settings: Settings, engine: sa.Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine or create_engine(settings.source_url)
+        self.engine = engine or create_engine(settings.source_url, existing="the sync database")
         self.publisher: TransactionalPublisher | None = None
         try:
             self._start(settings)

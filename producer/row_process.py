@@ -368,7 +368,8 @@ class _Reader:
     def __init__(self, conn: Connection, settings: Settings, partitions: int) -> None:
         self.conn = conn
         self.settings = settings
-        self.source = SourceReader(create_engine(settings.source_url), settings)
+        engine = create_engine(settings.source_url, existing="the sync database")
+        self.source = SourceReader(engine, settings)
         self.codec = AvroCodec.from_url(settings.topic_prefix, settings.schema_registry_url)
         self.policy = column_policy(settings)
         self.partitioner = CustomerPartitioner(partitions)

@@ -48,15 +48,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from queuestream.errors import ConfigurationError, DatabaseUnavailableError, QueuestreamError
-from queuestream.failures import database_failure, database_unreachable
+from queuestream.failures import database_failure, database_unreachable, hide_logins
 from queuestream.sqlserver import create_sqlserver_engine
 
 __all__ = [
+    "check_url",
     "create_engine",
     "describe_url",
     "driver_errors",
     "is_outage",
     "is_postgres",
+    "parse_url",
     "retriable_outages",
     "setting_where_known",
     "transaction_note",
@@ -88,21 +90,144 @@ def transaction_note(connection: sa.Connection, name: str) -> set[Any] | None:
 
 
 def describe_url(url: str | sa.URL) -> str:
-    """The URL without its password, for messages."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL without its password, for messages (nor a password given as a query
+    option, ``?password=`` or ``?sslpassword=``)."""
+    parsed = make_url(url)
+    hidden = {k: "***" for k in parsed.query if "password" in k.lower()}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
+    return parsed.render_as_string(hide_password=True)
 
 
-def create_engine(url: str, *, writer: bool = False, **kwargs: Any) -> sa.Engine:
-    """An engine for ``url``; creates a SQLite file's folder if needed."""
+def parse_url(url: str) -> sa.URL:
+    """``url`` parsed and checked (:func:`check_url`), for a command to refuse a bad URL
+    before anything connects. Raises ConfigurationError, without the password."""
     try:
         parsed = make_url(url)
-    except sa.exc.ArgumentError as exc:
-        msg = f"invalid database URL {url!r}: {exc}"
+    except (sa.exc.ArgumentError, ValueError):
+        msg = (
+            f"invalid database URL {hide_logins(url)!r}: use sqlite:///PATH or "
+            "postgresql://USER@HOST:PORT/DATABASE"
+        )
         raise ConfigurationError(msg) from None
+    check_url(parsed)
+    return parsed
+
+
+def check_url(url: sa.URL) -> None:
+    """Refuse what no database could accept in ``url`` before anything connects: a
+    SQLite URL with two slashes (SQLAlchemy's own error is a traceback), a port outside
+    1-65535 and a PostgreSQL connection option that libpq rejects (it says so only when
+    asked to connect, which a retry loop would take for an outage).
+
+    Raises ConfigurationError naming the URL without its password.
+    """
+    backend = url.get_backend_name()
+    if backend == "sqlite" and (url.host or url.username or url.password or url.port):
+        path = "/".join(part for part in (url.host, url.database) if part) or "PATH"
+        msg = (
+            f"{describe_url(url)}: a SQLite URL has three slashes before a relative path "
+            f"(sqlite:///{path}) and four before an absolute one (sqlite:////data/x.db)"
+        )
+        raise ConfigurationError(msg)
+    if backend == "postgresql":
+        problem = _postgres_problem(url)
+        if problem is not None:
+            msg = f"{describe_url(url)}: {problem}"
+            raise ConfigurationError(msg)
+
+
+#: libpq's connection options that take one of a few words, and those words.
+_POSTGRES_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "sslnegotiation": ("postgres", "direct"),
+    "load_balance_hosts": ("disable", "random"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+}
+#: libpq's connection options that take a whole number.
+_POSTGRES_INTEGERS = (
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+
+
+def _postgres_problem(url: sa.URL) -> str | None:
+    """What libpq would refuse in ``url`` when connecting, checked without connecting:
+    the port, the names of the query's options (psycopg's own parser, as libpq knows
+    them) and the values of the options that take a word or a number. None: nothing.
+    Option values are named only for options that cannot hold a secret."""
+    from psycopg import ProgrammingError  # here: the settings check URLs at every start
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    ports: list[str] = [] if url.port is None else [str(url.port)]
+    options: dict[str, str] = {}
+    for name, given in url.query.items():
+        values = [given] if isinstance(given, str) else list(given)
+        if name == "host":  # SQLAlchemy's multi-host form, ?host=HOST:PORT&host=...
+            ports += [v.rpartition(":")[2] for v in values if ":" in v.lstrip("[")]
+            continue
+        if name == "port":
+            ports += [p for v in values for p in v.split(",")]
+            continue
+        options[name] = ",".join(values)
+    for port in ports:
+        if not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+            return f"port {port!r} is not a port number: give one from 1 to 65535"
+    try:
+        conninfo_to_dict(make_conninfo("", **options))
+    except ProgrammingError as exc:
+        reason = str(exc).strip().partition("\n")[0]
+        return (
+            f"{reason}: fix or remove it (PostgreSQL's documentation lists libpq's "
+            "connection parameters)"
+        )
+    for name, choices in _POSTGRES_CHOICES.items():
+        if name in options and options[name] not in choices:
+            return (
+                f"{name} {options[name]!r} is not one of {', '.join(choices)}: "
+                f"fix ?{name}= in the URL"
+            )
+    for name in _POSTGRES_INTEGERS:
+        if name in options and not options[name].strip().lstrip("-").isdigit():
+            return f"{name} {options[name]!r} is not a whole number: fix ?{name}= in the URL"
+    return None
+
+
+def create_engine(
+    url: str, *, writer: bool = False, existing: str | None = None, **kwargs: Any
+) -> sa.Engine:
+    """An engine for ``url``; creates a SQLite file's folder if needed.
+
+    ``existing`` names a database the command only reads or expects to be there ("the
+    sync database"): a SQLite file that does not exist is then a ConfigurationError,
+    where SQLite would create an empty one (and the command would blame a missing table).
+    """
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        file = _sqlite_file(parsed)
+        if file is not None and existing is not None and not file.exists():
+            msg = (
+                f"no such file: {file} ({existing} {describe_url(parsed)}): check the path "
+                "(a database this command reads is never created)"
+            )
+            raise ConfigurationError(msg)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         timeout = _busy_timeout(parsed)
         engine = sa.create_engine(parsed, connect_args={"timeout": timeout}, **kwargs)
         _sqlite_snapshot_transactions(engine, "BEGIN IMMEDIATE" if writer else "BEGIN", timeout)
@@ -121,6 +246,16 @@ def create_engine(url: str, *, writer: bool = False, **kwargs: Any) -> sa.Engine
         "postgresql:// or (a source only) mssql://"
     )
     raise ConfigurationError(msg)
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    """The file a SQLite URL names; None for an in-memory database or a ``file:`` URI
+    (``?uri=true``), whose path SQLite reads itself."""
+    if not url.database or url.database == ":memory:":
+        return None
+    if str(url.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return Path(url.database)
 
 
 def _busy_timeout(url: sa.URL) -> float:

@@ -100,7 +100,7 @@ def run_demo(settings: Settings, *, actions: int, seed: int, console: Console) -
     _simulate(settings, actions, seed, console)
 
     console.rule("2. refresh: freeze the changes and publish them in one Kafka transaction")
-    engine = create_engine(settings.source_url)
+    engine = create_engine(settings.source_url, existing="the sync database")
     refresher = Refresher(settings, engine)
     try:
         results: list[RefreshResult] = refresher.refresh()

@@ -4,7 +4,8 @@ A failure of a database or of the broker is either *transient* (connection
 refused or reset, a timeout, the server starting or shutting down, a lock held
 by another SQLite connection, a Kafka transport error or leader change) or
 *permanent* (authentication failed, the database or a table missing, permission
-denied, a SQLite path that cannot be opened, a setting the client rejects, a topic
+denied, a SQLite path that cannot be opened, a setting the client rejects (a
+connection option libpq refuses before connecting, such as an unknown sslmode), a topic
 the broker refuses to create as asked, such as a replication factor above its
 number of brokers).
 Transient failures become :class:`~queuestream.errors.RetriableError` subclasses,
@@ -18,8 +19,9 @@ The codes decide wherever the driver gives one: PostgreSQL's SQLSTATE (psycopg's
 which it is found back: it raises OperationalError for a wrong password as for a lost
 server), SQLite's result code (``sqlite_errorname``), librdkafka's error code and the
 schema registry's HTTP status. Two places give no code, and there the message is
-read: libpq reports a failed connection attempt (wrong password, database missing)
-as text only, and SQLite reports a missing table as a generic SQLITE_ERROR.
+read: libpq reports a failed connection attempt (wrong password, database missing, a
+connection option it refuses) as text only, and SQLite reports a missing table as a
+generic SQLITE_ERROR.
 
 Anything else a database raises is the database refusing the data (a constraint, a
 value that does not fit): :func:`database_failure` returns None for it, and the
@@ -109,6 +111,21 @@ _CONNECT_MESSAGES = (
     (re.compile(r"permission denied for database"), "42501"),
 )
 
+#: libpq's (and psycopg's) words for a connection option it refuses before trying to
+#: connect: a port outside 1-65535, a word sslmode does not know, an option that does not
+#: exist, a malformed conninfo. They come as a failed connection, with no SQLSTATE.
+_BAD_CONNECTION_OPTION = re.compile(
+    r"invalid (connection option|port number|integer value|[\w.]+ value)\b"
+    r"|bad value for \w+:"
+    r"|missing \"=\" after"
+    r"|unterminated quoted string in connection info"
+    r"|could not match \d+ port numbers to \d+ hosts"
+)
+_BAD_CONNECTION_OPTION_ADVICE = (
+    "a connection option in the URL is invalid: fix the URL (PostgreSQL's documentation "
+    "lists libpq's connection parameters and their values)"
+)
+
 #: SQLite result codes (sqlite3's ``sqlite_errorname``) that no retry can fix.
 _SQLITE_PERMANENT = {
     "SQLITE_CANTOPEN": "the database file cannot be opened: the path must name a file in a "
@@ -195,6 +212,8 @@ def database_failure(exc: BaseException, where: str) -> QueuestreamError | None:
     """
     orig: Any = getattr(exc, "orig", None) or exc
     reason = _reason(exc)
+    if _bad_connection_option(orig):
+        return _access(where, reason, _BAD_CONNECTION_OPTION_ADVICE)
     state = sqlstate_of(exc)
     if state is not None:
         if state == _ODBC_LOGIN and _is_odbc(orig):
@@ -221,6 +240,14 @@ def database_failure(exc: BaseException, where: str) -> QueuestreamError | None:
     if _connection_lost(exc):
         return _unavailable(where, reason)
     return None
+
+
+def _bad_connection_option(orig: BaseException) -> bool:
+    """Did psycopg (libpq) refuse a connection option before trying to connect? Such an
+    error has no SQLSTATE (the server never spoke) and libpq's words for it."""
+    if not type(orig).__module__.startswith("psycopg") or getattr(orig, "sqlstate", None):
+        return False
+    return _BAD_CONNECTION_OPTION.search(str(orig)) is not None
 
 
 def _connection_lost(exc: BaseException) -> bool:

@@ -50,6 +50,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from queuestream.databases import check_url
 from queuestream.errors import ConfigurationError, SettingsFileError
 from queuestream.retry import Backoff
 from queuestream.secrets import hide_secrets, read_secret, with_password
@@ -336,6 +337,10 @@ class Settings(BaseSettings):
         if backend not in ("sqlite", "postgresql"):
             msg = f"unsupported database {backend!r}: use sqlite:///, postgresql:// or mssql://"
             raise ValueError(msg)
+        try:
+            check_url(url)  # names the URL with its password masked
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="before")

@@ -86,8 +86,11 @@ def replay(
         read_offsets_file,
     )
     from queuestream.cli.render_replay import print_replay_plan
+    from queuestream.databases import parse_url
 
     settings = command_settings()
+    if target_url is not None:
+        parse_url(target_url)  # a bad URL stops before the broker is asked
     moment = None if to_datetime is None else parse_time(to_datetime, None, "--to-datetime")
     spec = ReplaySpec(
         to_datetime=moment,

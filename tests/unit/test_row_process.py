@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -183,7 +184,9 @@ def test_a_body_that_fails_releases_the_snapshot_and_the_reader_serves_the_next(
 
 
 def test_an_error_in_the_reader_is_raised_here_as_itself(tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere" / "sync.db"
+    missing = tmp_path / "nowhere" / "sync.db"  # an empty database: its tables are missing
+    missing.parent.mkdir()
+    sqlite3.connect(missing).close()
     settings = load_settings(None, source_url=f"sqlite:///{missing}", source_timezone=ZONE)
     reader = RowReader(settings, PARTITIONS)
     window = Window(

@@ -1,0 +1,207 @@
+"""Mistakes in what the user gives (URLs, variables, dates, files) stop a command at once
+with one line that says what is wrong, before anything connects: no traceback, no
+retry, no file created, no password repeated."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from queuestream import databases
+from queuestream.databases import create_engine, describe_url
+from queuestream.errors import ConfigurationError, DatabaseAccessError
+from queuestream.failures import database_failure
+from queuestream.settings import load_settings
+from tests.helpers import run_cli
+
+#: Nothing listens here: a command that asked the broker would wait, then fail otherwise.
+NO_BROKER = "127.0.0.1:1"
+
+
+def _one_line(args: list[str], tmp_path: Path, **env: str) -> str:
+    """Run ``queuestream ARGS`` in ``tmp_path``; it must stop with status 1 and one
+    line, no traceback. That line."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("QUEUESTREAM_")}
+    clean |= {"KAFKA_BOOTSTRAP_SERVERS": NO_BROKER, "QUEUESTREAM_BROKER_TIMEOUT_SECONDS": "30"}
+    result = subprocess_in(tmp_path, args, {**clean, **env})
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def subprocess_in(
+    cwd: Path, args: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    here = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return run_cli(args, env, timeout=60)
+    finally:
+        os.chdir(here)
+
+
+# --- A: PostgreSQL URLs libpq would refuse --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://u:pw@127.0.0.1:55432/db?sslmode=bogus", "sslmode 'bogus' is not one of"),
+        ("postgresql://u:pw@127.0.0.1:99999/db", "port '99999' is not a port number"),
+        ("postgresql://u:pw@127.0.0.1:0/db", "port '0' is not a port number"),
+        ("postgresql://u:pw@/db?host=h1:5432&host=h2:70000", "port '70000'"),
+        ("postgresql://u:pw@h/db?nosuchoption=1", 'invalid connection option "nosuchoption"'),
+        ("postgresql://u:pw@h/db?connect_timeout=soon", "connect_timeout 'soon' is not a whole"),
+        ("postgresql://u:pw@h/db?target_session_attrs=rw", "target_session_attrs 'rw'"),
+    ],
+)
+@pytest.mark.parametrize("setting", ["source_url", "target_url"])
+def test_postgresql_urls_libpq_refuses_are_settings_errors(
+    url: str, says: str, setting: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(None, **{setting: url})
+    message = str(caught.value)
+    assert f"{setting}:" in message
+    assert says in message
+    assert ":pw@" not in message
+    with pytest.raises(ConfigurationError, match=says):
+        create_engine(url)  # the same check for a URL that is not a setting
+
+
+def test_a_password_given_as_a_query_option_is_not_shown() -> None:
+    url = "postgresql://u@h/db?password=hunter2&sslmode=bogus"
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(source_url=url)
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in describe_url(url)
+
+
+def test_good_postgresql_urls_pass() -> None:
+    for url in (
+        "postgresql://u:pw@127.0.0.1:5432/db?sslmode=verify-full&sslrootcert=/ca.pem",
+        "postgresql://u@/db?host=/run/postgresql",
+        "postgresql://u@/db?host=h1:5432&host=h2:5433&target_session_attrs=read-write",
+        "postgresql+psycopg://u@h/db?connect_timeout=5&application_name=queuestream",
+    ):
+        assert load_settings(source_url=url).source_url == url
+        databases.parse_url(url)
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "host=127.0.0.1 port=99999",
+        "host=127.0.0.1 port=1 sslmode=bogus",
+        "host=127.0.0.1 port=1 nosuchoption=1",
+        "host=127.0.0.1 port=1 keepalives=x",
+    ],
+)
+def test_connection_options_libpq_refuses_are_not_outages(conninfo: str) -> None:
+    """Should such a URL reach libpq anyway, its refusal stops the command: it is not
+    the database being away, which a retry would wait for."""
+    with pytest.raises(psycopg.Error) as caught:
+        psycopg.connect(conninfo, connect_timeout=1)
+    failure = database_failure(caught.value, "postgresql://u:***@127.0.0.1/db")
+    assert isinstance(failure, DatabaseAccessError), failure
+    assert "a connection option in the URL is invalid" in str(failure)
+
+
+def test_a_bad_postgresql_url_stops_produce_at_once(tmp_path: Path) -> None:
+    line = _one_line(
+        ["--source", "postgresql://u:pw@127.0.0.1:55432/db?sslmode=bogus", "produce"], tmp_path
+    )
+    assert line.startswith("ConfigurationError: invalid settings: source_url: "), line
+    assert "sslmode 'bogus'" in line
+    line = _one_line(
+        ["consume", "accounting", "--target", "postgresql://u:pw@127.0.0.1:99999/db"], tmp_path
+    )
+    assert line.startswith("ConfigurationError: invalid settings: target_url: "), line
+    assert "port '99999' is not a port number: give one from 1 to 65535" in line
+
+
+# --- B: a SQLite URL with two slashes ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "meant"),
+    [
+        ("sqlite://var/exigo-sync.db", "sqlite://var/exigo-sync.db", "sqlite:///var/exigo-sync.db"),
+        ("sqlite://u:pw@/x.db", "sqlite://u:***@/x.db", "sqlite:///x.db"),
+    ],
+)
+def test_a_sqlite_url_with_two_slashes_says_how_many(url: str, shown: str, meant: str) -> None:
+    expected = (
+        f"{shown}: a SQLite URL has three slashes before a relative path ({meant}) and "
+        "four before an absolute one (sqlite:////data/x.db)"
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(source_url=url)
+    assert expected in str(caught.value)
+    with pytest.raises(ConfigurationError) as caught:
+        create_engine(url)
+    assert str(caught.value) == expected
+
+
+def test_a_sqlite_url_with_two_slashes_stops_commands_in_one_line(tmp_path: Path) -> None:
+    line = _one_line(["--source", "sqlite://var/exigo-sync.db", "refresh"], tmp_path)
+    assert line.startswith("ConfigurationError: invalid settings: source_url: "), line
+    assert "(sqlite:///var/exigo-sync.db)" in line
+    line = _one_line(["verify", "accounting", "--target", "sqlite://var/accounting.db"], tmp_path)
+    assert "target_url: " in line and "(sqlite:///var/accounting.db)" in line
+    line = _one_line(["--source", "sqlite://u:pw@/x.db", "refresh"], tmp_path)
+    assert "sqlite://u:***@/x.db" in line and ":pw@" not in line
+    line = _one_line(
+        ["replay", "--group", "g", "--to-earliest", "--target", "sqlite://u:pw@/x.db"], tmp_path
+    )
+    assert "sqlite://u:***@/x.db: a SQLite URL has three slashes" in line, line
+    assert not list(tmp_path.iterdir())
+
+
+# --- D: a database the command reads is never created -----------------------------------
+
+
+def test_a_missing_sqlite_database_that_should_exist_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "nonexistent" / "dir" / "x.db"
+    with pytest.raises(ConfigurationError) as caught:
+        create_engine(f"sqlite:///{path}", existing="the sync database")
+    assert str(caught.value).startswith(
+        f"no such file: {path} (the sync database sqlite:///{path}): check the path"
+    )
+    assert not (tmp_path / "nonexistent").exists()
+    # A target that is written may still be made, folder and all.
+    engine = create_engine(f"sqlite:///{path}", writer=True)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER)")
+    engine.dispose()
+    create_engine(f"sqlite:///{path}", existing="the sync database").dispose()
+
+
+def test_commands_that_read_a_missing_sqlite_file_stop_and_create_nothing(
+    tmp_path: Path,
+) -> None:
+    line = _one_line(["--source", "sqlite:///nonexistent/dir/x.db", "refresh"], tmp_path)
+    assert line == (
+        "ConfigurationError: no such file: nonexistent/dir/x.db (the sync database "
+        "sqlite:///nonexistent/dir/x.db): check the path (a database this command reads "
+        "is never created)"
+    )
+    line = _one_line(["--source", "sqlite:///nonexistent/x.db", "produce"], tmp_path)
+    assert "no such file: nonexistent/x.db (the sync database" in line
+    line = _one_line(["verify", "accounting", "--source", "sqlite:///missing.db"], tmp_path)
+    assert "no such file: missing.db (the sync database sqlite:///missing.db)" in line
+    source = tmp_path / "sync.db"
+    sqlite3.connect(source).close()
+    line = _one_line(
+        ["verify", "accounting", "--source", f"sqlite:///{source}", "--target", "sqlite:///t.db"],
+        tmp_path,
+    )
+    assert "no such file: t.db (the accounting target sqlite:///t.db)" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sync.db"]
