@@ -23,6 +23,7 @@ each with its default, validation and description: it reads better whole.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 from sqlalchemy.engine import make_url
@@ -467,6 +469,29 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+_UNPARSABLE_FIELD = re.compile(r'error parsing value for field "(\w+)"')
+#: What each setting that the environment gives as JSON looks like, for its error.
+_JSON_EXAMPLES = {
+    "kafka": '{"linger.ms": "20"}',
+    "kafka_secret_files": '{"sasl.password": "/run/secrets/kafka-password"}',
+    "sensitive_columns": '{"customer_accounts": {"BankAccountNumber": "mask"}}',
+}
+
+
+def _unparsable_variable(exc: SettingsError) -> str:
+    """The line for a settings variable that is not JSON (``QUEUESTREAM_KAFKA='{"a":'``):
+    its name and the place of the mistake, never its value (it may hold a password)."""
+    found = _UNPARSABLE_FIELD.search(str(exc))
+    field = found.group(1) if found else ""
+    name = f"QUEUESTREAM_{field.upper()}" if field else "a QUEUESTREAM_ variable"
+    cause = exc.__cause__
+    where = ""
+    if isinstance(cause, json.JSONDecodeError):
+        where = f" ({cause.msg} at character {cause.pos + 1})"
+    example = _JSON_EXAMPLES.get(field, '{"key": "value"}')
+    return f"{name} is not valid JSON{where}: give a JSON object, e.g. {name}='{example}'"
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings; flags (``overrides`` that are not None) win over everything.
 
@@ -481,6 +506,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         os.environ["QUEUESTREAM_CONFIG"] = str(config_file)
     try:
         settings = Settings(**flags)
+    except SettingsError as exc:
+        raise ConfigurationError(_unparsable_variable(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         path = os.environ.get("QUEUESTREAM_CONFIG")
         msg = f"config file {path} is not valid TOML: {exc}; fix it there"

@@ -205,3 +205,32 @@ def test_commands_that_read_a_missing_sqlite_file_stop_and_create_nothing(
     )
     assert "no such file: t.db (the accounting target sqlite:///t.db)" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sync.db"]
+
+
+# --- C: a settings variable that is not JSON ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("QUEUESTREAM_KAFKA", '{"sasl.password": "hunter2",'),
+        ("QUEUESTREAM_KAFKA_SECRET_FILES", "{hunter2"),
+        ("QUEUESTREAM_SENSITIVE_COLUMNS", "hunter2"),
+    ],
+)
+def test_a_variable_that_is_not_json_is_named_not_shown(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"{variable} is not valid JSON ("), message
+    assert "give a JSON object" in message
+    assert "hunter2" not in message
+
+
+def test_a_variable_that_is_not_json_stops_a_command_in_one_line(tmp_path: Path) -> None:
+    line = _one_line(["refresh"], tmp_path, QUEUESTREAM_KAFKA='{"sasl.password": "hunter2",')
+    assert line.startswith("ConfigurationError: QUEUESTREAM_KAFKA is not valid JSON"), line
+    assert "hunter2" not in line
