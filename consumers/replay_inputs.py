@@ -71,8 +71,27 @@ _ISO_DURATION = re.compile(
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
+#: Kafka's timestamps are milliseconds since this moment: no duration reaches before it.
+_KAFKA_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parse_duration(text: str, option: str = "--by-duration") -> timedelta:
-    """``PT2H30M`` (ISO 8601, as kafka-consumer-groups takes it), or ``2h30m``, ``90s``, ``1d``."""
+    """``PT2H30M`` (ISO 8601, as kafka-consumer-groups takes it), or ``2h30m``, ``90s``, ``1d``;
+    no longer than back to 1970, where Kafka's timestamps begin."""
+    try:
+        duration = _duration(text, option)
+    except (OverflowError, ValueError):  # more days than a timedelta holds
+        duration = None
+    if duration is None or duration > datetime.now(UTC) - _KAFKA_EPOCH:
+        msg = (
+            f"{option} {text!r} reaches back before 1970-01-01, where Kafka's timestamps "
+            "begin: give a shorter one, or --to-earliest for the oldest offsets"
+        )
+        raise ConfigurationError(msg)
+    return duration
+
+
+def _duration(text: str, option: str) -> timedelta:
     value = text.strip()
     iso = _ISO_DURATION.fullmatch(value)
     if iso is not None and any(iso.groupdict().values()):

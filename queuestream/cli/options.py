@@ -134,8 +134,23 @@ MaxErrorsOpt = Annotated[
 TIME_HELP = "ISO date-time; without a zone, this machine's local time (as kafka-consumer-groups)."
 
 
-def parse_time(text: str, zone: tzinfo | None, option: str) -> datetime:
-    """An ISO date-time (or 1/1/2017 [08:00]); without a zone it is in ``zone`` (None: local)."""
+#: The times a command takes: a day inside the calendar's ends, so that turning one into
+#: another zone or stepping a margin from it stays in the calendar.
+EARLIEST_TIME = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 12, 30, 23, 59, 59, tzinfo=UTC)
+#: Kafka's timestamps are milliseconds since this moment; none is before it.
+KAFKA_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_time(
+    text: str, zone: tzinfo | None, option: str, *, kafka_time: bool = False
+) -> datetime:
+    """An ISO date-time (or 1/1/2017 [08:00]); without a zone it is in ``zone`` (None: local).
+
+    ``kafka_time``: the time is looked up in Kafka's timestamps, which begin in 1970
+    (an earlier one would reach the broker as a negative number, which means something
+    else there), so it is refused too.
+    """
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
@@ -151,9 +166,20 @@ def parse_time(text: str, zone: tzinfo | None, option: str) -> datetime:
                 "2017-01-01T08:00:00+02:00 or 1/1/2017"
             )
             raise ConfigurationError(msg) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zone) if zone is not None else value.astimezone()
-    return value.astimezone(UTC)
+    moment: datetime | None
+    try:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=zone) if zone is not None else value.astimezone()
+        moment = value.astimezone(UTC)
+    except (OverflowError, ValueError):  # past the calendar's ends in UTC
+        moment = None
+    earliest = KAFKA_EPOCH if kafka_time else EARLIEST_TIME
+    if moment is None or not earliest <= moment <= LATEST_TIME:
+        why = " (Kafka's timestamps begin there)" if kafka_time else ""
+        first, last = earliest.date().isoformat(), LATEST_TIME.date().isoformat()
+        msg = f"{option} {text!r} is out of range: give a time from {first}{why} to {last}"
+        raise ConfigurationError(msg)
+    return moment
 
 
 def parse_since(text: str | None, settings: Settings) -> datetime | None:

@@ -91,7 +91,11 @@ def replay(
     settings = command_settings()
     if target_url is not None:
         parse_url(target_url)  # a bad URL stops before the broker is asked
-    moment = None if to_datetime is None else parse_time(to_datetime, None, "--to-datetime")
+    moment = (
+        None
+        if to_datetime is None
+        else parse_time(to_datetime, None, "--to-datetime", kafka_time=True)
+    )
     spec = ReplaySpec(
         to_datetime=moment,
         by_duration=None if by_duration is None else parse_duration(by_duration),
@@ -136,7 +140,7 @@ def rebuild(
     from queuestream.databases import describe_url
 
     settings = command_settings(target_url=target_url, max_errors=max_errors)
-    moment = parse_time(as_of, None, "--as-of")
+    moment = parse_time(as_of, None, "--as-of", kafka_time=True)
     if moment > datetime.now(UTC):
         err_console.print(
             f"note: --as-of {moment.isoformat()} is in the future: the rebuild stops at what "

@@ -234,3 +234,39 @@ def test_a_variable_that_is_not_json_stops_a_command_in_one_line(tmp_path: Path)
     line = _one_line(["refresh"], tmp_path, QUEUESTREAM_KAFKA='{"sasl.password": "hunter2",')
     assert line.startswith("ConfigurationError: QUEUESTREAM_KAFKA is not valid JSON"), line
     assert "hunter2" not in line
+
+
+# --- E: times and durations at the calendar's ends ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["replay", "--group", "g", "--by-duration", "1000000d"],
+            "--by-duration '1000000d' reaches back before 1970-01-01",
+        ),
+        (
+            ["replay", "--group", "g", "--by-duration", "99999999999d"],
+            "--by-duration '99999999999d' reaches back before 1970-01-01",
+        ),
+        (
+            ["rebuild", "accounting", "--target", "sqlite:///x.db", "--as-of", "0001-01-01"],
+            "--as-of '0001-01-01' is out of range: give a time from 1970-01-01",
+        ),
+        (
+            ["replay", "--group", "g", "--to-datetime", "9999-12-31T23:59:59-05:00"],
+            "--to-datetime '9999-12-31T23:59:59-05:00' is out of range",
+        ),
+        (
+            ["refresh", "--since", "9999-12-31T23:59:59-05:00"],
+            "--since '9999-12-31T23:59:59-05:00' is out of range: give a time from 0001-01-02 "
+            "to 9999-12-30",
+        ),
+    ],
+)
+def test_times_past_the_ends_stop_in_one_line(args: list[str], says: str, tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    sqlite3.connect(tmp_path / "var" / "exigo-sync.db").close()
+    line = _one_line(args, tmp_path)
+    assert line.startswith(f"ConfigurationError: {says}"), line
