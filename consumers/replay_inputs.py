@@ -39,11 +39,13 @@ class ReplaySpec:
             self.to_earliest,
             self.to_offsets is not None,
         ]
+        options = ("--to-datetime", "--by-duration", "--to-earliest", "--to-offsets")
+        if sum(chosen) > 1:
+            given = " and ".join(o for o, c in zip(options, chosen, strict=True) if c)
+            msg = f"{given} were given: say where to move with only one of them"
+            raise ConfigurationError(msg)
         if sum(chosen) != 1:
-            msg = (
-                "say where to move: one of --to-datetime, --by-duration, --to-earliest, "
-                "--to-offsets"
-            )
+            msg = f"say where to move: one of {', '.join(options)}"
             raise ConfigurationError(msg)
 
     def moment(self, now: datetime) -> datetime | None:
@@ -109,17 +111,25 @@ def _duration(text: str, option: str) -> timedelta:
     raise ConfigurationError(msg)
 
 
+_HEADER = ("topic", "partition", "offset")
+
+
 def read_offsets_file(path: Path) -> dict[Partition, int]:
     """``topic,partition,offset`` lines (the format of ``kafka-consumer-groups --export``)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no topic's
     except OSError as exc:
         msg = f"cannot read offsets file {path}: {exc.strerror}"
+        raise ConfigurationError(msg) from None
+    except UnicodeDecodeError:
+        msg = f"offsets file {path} is not UTF-8 text: save it as UTF-8"
         raise ConfigurationError(msg) from None
     found: dict[Partition, int] = {}
     for number, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
+        if not found and [cell.strip().lower() for cell in row] == list(_HEADER):
+            continue  # a header row, as a spreadsheet writes one
         try:
             topic, partition, offset = (cell.strip() for cell in row)
             key, value = (topic, int(partition)), int(offset)

@@ -465,7 +465,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get("QUEUESTREAM_CONFIG")
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            sources.append(_TomlFile(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 
 
@@ -492,6 +492,20 @@ def _unparsable_variable(exc: SettingsError) -> str:
     return f"{name} is not valid JSON{where}: give a JSON object, e.g. {name}='{example}'"
 
 
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML settings file, read as UTF-8 with or without a byte-order mark (Windows
+    editors write one, which TOML itself refuses); a file in another encoding stops with
+    one line naming it."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            text = Path(file_path).read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            msg = f"config file {file_path} is not UTF-8 text: save it as UTF-8"
+            raise SettingsFileError(msg) from None
+        return tomllib.loads(text)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings; flags (``overrides`` that are not None) win over everything.
 
@@ -500,6 +514,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     flags = {k: v for k, v in overrides.items() if v is not None}
     previous = os.environ.get("QUEUESTREAM_CONFIG")
     if config_file is not None:
+        if config_file.is_dir():
+            msg = f"config file {config_file} is a directory: give the TOML file in it"
+            raise ConfigurationError(msg)
         if not config_file.is_file():
             msg = f"config file {config_file} does not exist"
             raise ConfigurationError(msg)

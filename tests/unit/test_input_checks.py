@@ -14,7 +14,7 @@ import pytest
 
 from queuestream import databases
 from queuestream.databases import create_engine, describe_url
-from queuestream.errors import ConfigurationError, DatabaseAccessError
+from queuestream.errors import ConfigurationError, DatabaseAccessError, SettingsFileError
 from queuestream.failures import database_failure
 from queuestream.settings import load_settings
 from tests.helpers import run_cli
@@ -270,3 +270,62 @@ def test_times_past_the_ends_stop_in_one_line(args: list[str], says: str, tmp_pa
     sqlite3.connect(tmp_path / "var" / "exigo-sync.db").close()
     line = _one_line(args, tmp_path)
     assert line.startswith(f"ConfigurationError: {says}"), line
+
+
+# --- F: files that are not UTF-8, or begin with a byte-order mark ----------------------------
+
+
+def test_an_offsets_file_with_a_byte_order_mark_or_a_header_reads(tmp_path: Path) -> None:
+    from consumers.replay_inputs import read_offsets_file
+
+    path = tmp_path / "offsets.csv"
+    path.write_bytes(b"\xef\xbb\xbfexigo.orders,0,5\r\nexigo.orders,1,7\r\n")
+    assert read_offsets_file(path) == {("exigo.orders", 0): 5, ("exigo.orders", 1): 7}
+    path.write_text("topic,partition,offset\nexigo.orders,0,5\n", encoding="utf-8-sig")
+    assert read_offsets_file(path) == {("exigo.orders", 0): 5}
+
+
+def test_files_that_are_not_utf8_are_named(tmp_path: Path) -> None:
+    from consumers.replay_inputs import read_offsets_file
+
+    offsets = tmp_path / "offsets.csv"
+    offsets.write_text("exigo.orders,0,5\n", encoding="utf-16")
+    with pytest.raises(ConfigurationError, match=f"offsets file {offsets} is not UTF-8 text"):
+        read_offsets_file(offsets)
+    config = tmp_path / "queuestream.toml"
+    config.write_text('topic_prefix = "shop"\n', encoding="utf-16")
+    with pytest.raises(SettingsFileError, match=f"config file {config} is not UTF-8 text"):
+        load_settings(config)
+    line = _one_line(["--config", str(config), "refresh"], tmp_path)
+    assert line == f"SettingsFileError: config file {config} is not UTF-8 text: save it as UTF-8"
+
+
+def test_a_config_file_with_a_byte_order_mark_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "queuestream.toml"
+    config.write_text('topic_prefix = "shop"\n', encoding="utf-8-sig")
+    assert load_settings(config).topic_prefix == "shop"
+    monkeypatch.setenv("QUEUESTREAM_CONFIG", str(config))
+    assert load_settings().topic_prefix == "shop"
+
+
+# --- G: wording ------------------------------------------------------------------------------
+
+
+def test_two_destinations_are_told_to_be_one() -> None:
+    from consumers.replay_inputs import ReplaySpec, parse_duration
+
+    with pytest.raises(ConfigurationError) as caught:
+        ReplaySpec(to_earliest=True, by_duration=parse_duration("1h"))
+    assert str(caught.value) == (
+        "--by-duration and --to-earliest were given: say where to move with only one of them"
+    )
+    with pytest.raises(ConfigurationError, match="say where to move: one of --to-datetime"):
+        ReplaySpec()
+
+
+def test_a_config_file_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(tmp_path)
+    assert str(caught.value) == f"config file {tmp_path} is a directory: give the TOML file in it"
