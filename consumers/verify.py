@@ -18,7 +18,9 @@ def verify(settings: Settings, target_name: str) -> Reconciliation:
     target = target_named(target_name)
     source = create_engine(settings.source_url, existing="the sync database")
     destination = create_engine(
-        settings.target_url_for(target_name), existing=f"the {target_name} target"
+        settings.target_url_for(target_name),
+        existing=f"the {target_name} target",
+        absent=f"run 'queuestream consume {target_name} --target URL' first, or check the path",
     )
     try:
         with source.connect() as src:

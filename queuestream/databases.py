@@ -208,23 +208,26 @@ def _postgres_problem(url: sa.URL) -> str | None:
 
 
 def create_engine(
-    url: str, *, writer: bool = False, existing: str | None = None, **kwargs: Any
+    url: str,
+    *,
+    writer: bool = False,
+    existing: str | None = None,
+    absent: str = "check the path (a database this command reads is never created)",
+    **kwargs: Any,
 ) -> sa.Engine:
     """An engine for ``url``; creates a SQLite file's folder if needed.
 
     ``existing`` names a database the command only reads or expects to be there ("the
-    sync database"): a SQLite file that does not exist is then a ConfigurationError,
-    where SQLite would create an empty one (and the command would blame a missing table).
+    sync database"): a SQLite file that does not exist is then a ConfigurationError
+    saying ``absent`` (what to do), where SQLite would create an empty one (and the
+    command would blame a missing table).
     """
     parsed = parse_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         file = _sqlite_file(parsed)
         if file is not None and existing is not None and not file.exists():
-            msg = (
-                f"no such file: {file} ({existing} {describe_url(parsed)}): check the path "
-                "(a database this command reads is never created)"
-            )
+            msg = f"no such file: {file} ({existing} {describe_url(parsed)}): {absent}"
             raise ConfigurationError(msg)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
