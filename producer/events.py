@@ -150,6 +150,13 @@ class RowPreparer:
         # Masked before anything can fail: a row that cannot be encoded goes to a
         # dead-letter topic as it is here.
         values = self._masked(changed)
+        # Encoded before its dates are read: a date the source could not read (SQLite's
+        # text in a date column, an Unreadable) is refused here, naming its column.
+        try:
+            key = self._encode_key(values)
+            row_bytes = self._encode_values(values)
+        except EncodingError as exc:
+            return self._refused(values, self._key_values(values), exc)
         micros = self._micros(values[layout.modified])
         if op is None:
             if self._resync:
@@ -161,11 +168,6 @@ class RowPreparer:
                 op = "c"
             else:
                 op = "u"
-        try:
-            key = self._encode_key(values)
-            row_bytes = self._encode_values(values)
-        except EncodingError as exc:
-            return self._refused(values, self._key_values(values), exc)
         return (
             key,
             row_bytes,

@@ -20,6 +20,14 @@ amounts kept (:func:`_kept`).
 
 sqlite3's errors are raised as SQLAlchemy's, so a locked database is still waited out
 (:func:`queuestream.databases.retriable_outages`).
+
+SQLite keeps any type in any column: text in an amount or a date, which SQLAlchemy's
+processors refuse with a TypeError or ValueError that names nothing. A chunk whose
+conversion fails is converted again a row and a value at a time (:func:`_careful`),
+each value a processor refuses given as :class:`~schemas.avro.misfit.Unreadable`: the
+row reaches :class:`~producer.events.RowPreparer`, which refuses it as it refuses any
+row that cannot be encoded, naming table, key and column (a dead letter within
+``--max-errors``, else the row ``produce`` waits on). Only such a chunk pays.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from sqlalchemy.engine.cursor import CursorFetchStrategy
 
 from producer.changed_rows import ChangedRow, RowLayout, check_columns
 from queuestream.databases import driver_errors
+from schemas.avro.misfit import Unreadable
 
 __all__ = ["read"]
 
@@ -48,7 +57,10 @@ def read(
 ) -> Iterator[ChangedRow]:
     """The rows of ``query`` (a snapshot's select: the layout's columns, then CustomerID),
     ``fetch`` at a time."""
-    convert = _converter(_processors(conn.dialect, query), layout)
+    processors = _processors(conn.dialect, query)
+    convert = _guarded(
+        _converter(processors, layout), _careful(processors, _holdings(query), layout)
+    )
     given = 0
     try:
         for chunk in _chunks(conn, query, layout, fetch, strict=True):
@@ -101,6 +113,9 @@ def _chunks(
 #: A column's result processor (None: nothing), and whether what it makes repeats (an
 #: amount) and may be kept by the value it was made of.
 Processor = tuple[Callable[[Any], Any] | None, bool]
+#: What SQLAlchemy's processors raise for a value of another type (text in an amount: a
+#: TypeError; text that is no date: a ValueError).
+_REFUSED = (TypeError, ValueError, ArithmeticError)
 #: Amounts kept per column, at most (then forgotten all at once).
 _AMOUNTS_KEPT = 4096
 
@@ -113,6 +128,25 @@ def _processors(dialect: sa.Dialect, query: sa.Select[Any]) -> list[Processor]:
         amount = isinstance(column.type, sa.Numeric) and not isinstance(column.type, sa.Float)
         found.append((kind.result_processor(dialect, None), amount))
     return found
+
+
+def _holdings(query: sa.Select[Any]) -> list[str]:
+    """What each column of ``query`` holds, in words (:class:`~schemas.avro.misfit.Unreadable`'s
+    kind: "a decimal")."""
+    return [_holds(column.type) for column in query.selected_columns]
+
+
+def _holds(kind: Any) -> str:
+    """What a column of SQLAlchemy type ``kind`` holds, in words."""
+    if isinstance(kind, sa.Numeric):
+        return "a number" if isinstance(kind, sa.Float) else "a decimal"
+    if isinstance(kind, sa.DateTime):
+        return "a date and time"
+    if isinstance(kind, sa.Date):
+        return "a date"
+    if isinstance(kind, sa.Integer):
+        return "an integer"
+    return f"a value of type {kind}"
 
 
 def _kept(processor: Callable[[Any], Any]) -> tuple[dict[Any, Any], Callable[[Any], Any]]:
@@ -166,3 +200,55 @@ def _converter(processors: list[Processor], layout: RowLayout) -> Converter:
     exec(compile(source, "<sqlite rows>", "exec"), names)
     converter: Converter = names["convert"]
     return converter
+
+
+def _guarded(convert: Converter, careful: Converter) -> Converter:
+    """``convert``, or ``careful`` for a chunk it fails on (a value of another type than
+    its column's): the fast path stays one comprehension a chunk, with no check a value."""
+
+    def guarded(chunk: Sequence[tuple[Any, ...]]) -> list[ChangedRow]:
+        try:
+            return convert(chunk)
+        except _REFUSED:
+            return careful(chunk)
+
+    return guarded
+
+
+def _careful(processors: list[Processor], holdings: list[str], layout: RowLayout) -> Converter:
+    """What :func:`_converter` makes of a chunk, a value at a time: a value its processor
+    refuses is given as :class:`~schemas.avro.misfit.Unreadable` (the row is refused when
+    it is encoded, naming the column), and a CustomerID that is not a number as 0, as a
+    NULL one (the row's own CustomerID column, where it has one, is refused when
+    encoded; an order line takes its order's and is published on CustomerID 0's
+    partition, as a line whose order is gone). Every other value is the one
+    :func:`_converter` makes."""
+
+    def value(processor: Callable[[Any], Any] | None, holds: str, stored: Any) -> Any:
+        if processor is None:
+            return stored
+        try:
+            return processor(stored)
+        except _REFUSED:
+            return Unreadable(stored, holds)
+
+    def customer(stored: Any) -> int:
+        if stored is None:
+            return 0
+        try:
+            return int(stored)
+        except _REFUSED:
+            return 0
+
+    columns = [
+        (processor, holds) for (processor, _amount), holds in zip(processors, holdings, strict=True)
+    ]
+
+    def careful(chunk: Sequence[tuple[Any, ...]]) -> list[ChangedRow]:
+        made = []
+        for r in chunk:
+            values = tuple(value(p, holds, v) for (p, holds), v in zip(columns, r, strict=True))
+            made.append(ChangedRow(values, customer(values[-1]), layout))
+        return made
+
+    return careful

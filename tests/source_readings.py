@@ -6,6 +6,7 @@ to compare a driver's own cursor with SQLAlchemy's reading of the same snapshot
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,7 +16,7 @@ from producer.changed_rows import ChangedRow
 from producer.simulator import Simulator
 from producer.source_reader import FrozenSnapshot, SourceReader
 from queuestream.databases import create_engine
-from queuestream.settings import Settings
+from queuestream.settings import Settings, load_settings
 from queuestream.sync_schema import Base
 from queuestream.tables import TABLES
 
@@ -66,3 +67,37 @@ def typed(rows: list[ChangedRow]) -> list[tuple[Any, ...]]:
         (changed.customer_id, tuple((k, type(v), v) for k, v in changed.row.items()))
         for changed in rows
     ]
+
+
+#: Values of another type than their column's, as SQLite keeps them: (table, key column,
+#: column, value, why it is refused).
+WRONG_TYPES = [
+    ("Orders", "OrderID", "Total", "not-a-number", "'not-a-number' is not a decimal"),
+    ("Orders", "OrderID", "OrderDate", "garbage", "'garbage' is not a date and time"),
+    ("Orders", "OrderID", "CustomerID", "x", "'x' is not an integer"),
+    ("Payments", "PaymentID", "ModifiedDate", "garbage", "'garbage' is not a date and time"),
+]
+
+
+def wrong_typed_source(path: Path, zone: str) -> tuple[Settings, dict[str, int]]:
+    """A simulated SQLite source with each of :data:`WRONG_TYPES` in a row of its own:
+    the settings, and each column's row's key. ModifiedDate's row is read in procedure
+    mode (a window's range of dates, compared as text, leaves 'garbage' out)."""
+    url = f"sqlite:///{path}"
+    settings = load_settings(None, source_url=url, source_timezone=zone)
+    engine = create_engine(url, writer=True)
+    keys: dict[str, int] = {}
+    try:
+        Simulator(engine, settings.zone, seed=3).run(300, per_transaction=50)
+        with engine.begin() as conn:
+            for number, (table, key, column, value, _why) in enumerate(WRONG_TYPES):
+                found = conn.exec_driver_sql(
+                    f'SELECT "{key}" FROM "{table}" ORDER BY "{key}" LIMIT 1 OFFSET {number}'
+                ).scalar_one()
+                conn.exec_driver_sql(
+                    f'UPDATE "{table}" SET "{column}" = ? WHERE "{key}" = ?', (value, found)
+                )
+                keys[column] = found
+    finally:
+        engine.dispose()
+    return settings, keys

@@ -4,6 +4,11 @@ fastavro says that a record cannot be written, not which field is at fault (and
 a change event nests the row inside an envelope). When an encoder fails, it asks
 :func:`find_misfit`, which writes the fields one by one, descending into nested
 records, and names the first that fails and why. Only the failure path pays.
+
+A value the source holds but its column's type cannot read (SQLite keeps any type in
+any column: text in an amount or a date) reaches the writers as an :class:`Unreadable`,
+which every writer refuses and :func:`find_misfit` names with why: the row is then
+refused as any row that cannot be encoded is, naming its table, key and column.
 """
 
 from __future__ import annotations
@@ -14,10 +19,45 @@ from typing import Any
 
 import fastavro
 
-__all__ = ["WRITE_ERRORS", "find_misfit", "not_a_number"]
+__all__ = ["WRITE_ERRORS", "Unreadable", "find_misfit", "not_a_number"]
 
 #: What fastavro raises for a value that does not fit its schema.
 WRITE_ERRORS = (ValueError, TypeError, UnicodeError, AttributeError, KeyError, OverflowError)
+
+
+class Unreadable:
+    """A value as the source holds it, in place of the one its column's type could not
+    make of it (``kind``: what the column holds, "a decimal"). No writer takes it (it is
+    none of the types they write), so the row fails to encode at this column, and
+    :func:`find_misfit` gives :attr:`reason`; a dead letter's JSON shows the value as
+    stored (``str``)."""
+
+    __slots__ = ("kind", "value")
+
+    def __init__(self, value: Any, kind: str) -> None:
+        self.value = value
+        self.kind = kind
+
+    @property
+    def reason(self) -> str:
+        return f"{self.value!r} is not {self.kind}: fix the value in the source"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.value!r}, {self.kind!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Unreadable)
+            and type(self.value) is type(other.value)
+            and self.value == other.value
+            and self.kind == other.kind
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.value, self.kind))
 
 
 def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -31,6 +71,23 @@ def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, d
         for field in schema["fields"]:
             _named_records(field["type"], found)
     return found
+
+
+def _kind(ftype: Any) -> str | None:
+    """What a field of type ``ftype`` holds, as :class:`Unreadable` says it, for the types
+    a source may hold text in (SQLite: any type in any column); None for the others."""
+    for branch in ftype if isinstance(ftype, list) else [ftype]:
+        if branch == "null":
+            continue
+        logical = branch.get("logicalType") if isinstance(branch, dict) else None
+        base = branch.get("type") if isinstance(branch, dict) else branch
+        if logical == "decimal":
+            return "a decimal"
+        if logical is not None and logical.startswith("timestamp"):
+            return "a date and time"
+        if logical is None and base in ("int", "long"):
+            return "an integer"
+    return None
 
 
 def not_a_number(value: Any) -> str | None:
@@ -69,6 +126,8 @@ def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[st
                     continue
                 if item is None and isinstance(field["type"], list):
                     continue
+            if isinstance(item, Unreadable):
+                return name, item.reason
             nan = not_a_number(item)
             if nan is not None:
                 return name, nan
@@ -78,6 +137,9 @@ def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[st
             except WRITE_ERRORS as exc:
                 if item is None:
                     return name, "NULL in a column that is not nullable"
+                kind = _kind(field["type"])
+                if kind is not None and isinstance(item, str | bytes):
+                    return name, Unreadable(item, kind).reason  # text where a number was
                 return name, f"{exc} (value {item!r})"
         return None, "the record does not match its schema"
 

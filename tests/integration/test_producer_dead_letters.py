@@ -215,3 +215,68 @@ def test_without_a_budget_produce_waits_for_the_row_and_says_which(
     assert "Traceback" not in err
     assert "the feed waits for this row" in err
     assert "--max-errors" in err
+
+
+def _spoil_order(engine: sa.Engine, key: int, column: str, value: str) -> None:
+    """Give the order ``key`` a value of another type than ``column``'s (SQLite keeps any
+    type in any column), stamped now."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f'UPDATE "Orders" SET "{column}" = :value, "ModifiedDate" = :stamp '
+                'WHERE "OrderID" = :key'
+            ),
+            {"value": value, "stamp": datetime.now(UTC).replace(tzinfo=None), "key": key},
+        )
+
+
+def test_a_value_of_another_type_is_a_dead_letter_or_the_named_error_of_refresh(
+    sqlite_url: str, kafka_bootstrap: str, unique: str
+) -> None:
+    """Text in an amount or a date column, which SQLAlchemy cannot read: within the budget
+    its row goes to ``<topic>.dlq`` naming the column; without one, ``refresh`` fails
+    naming table, key and column (exit 1), with no traceback."""
+    engine = create_engine(sqlite_url, writer=True)
+    Simulator(engine, ZoneInfo("UTC"), seed=5).run(150, per_transaction=50)
+    settings = producer_settings(
+        sqlite_url, kafka_bootstrap, unique, settle_seconds=0, max_errors=2
+    )
+    orders = topic_for(unique, "orders")
+    with engine.connect() as conn:
+        keys = list(
+            conn.exec_driver_sql('SELECT "OrderID" FROM "Orders" ORDER BY 1 LIMIT 3').scalars()
+        )
+    refresher = Refresher(settings)
+    try:
+        refresher.refresh()
+        _spoil_order(engine, keys[0], "Total", "not-a-number")
+        _spoil_order(engine, keys[1], "OrderDate", "garbage")
+        [result] = refresher.refresh()
+        assert result.dead_letters == {"orders": 2}
+        letters = committed_messages(kafka_bootstrap, [dlq_topic(orders)])
+        found = {json.loads(m.key() or b"")["OrderID"]: message_headers(m) for m in letters}
+        assert found.keys() == set(keys[:2])
+        assert found[keys[0]]["queuestream.errors.column"] == "Total"
+        assert found[keys[1]]["queuestream.errors.column"] == "OrderDate"
+        assert (
+            "'not-a-number' is not a decimal"
+            in found[keys[0]]["__connect.errors.exception.message"]
+        )
+    finally:
+        refresher.close()
+
+    _spoil_order(engine, keys[2], "CustomerID", "x")
+    env = cli_env(
+        kafka_bootstrap,
+        unique,
+        QUEUESTREAM_SOURCE_URL=sqlite_url,
+        QUEUESTREAM_TRANSACTIONAL_ID=f"{unique}-producer",
+        QUEUESTREAM_SETTLE_SECONDS="0",
+    )
+    done = run_cli(["refresh"], env=env, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert (
+        f"table orders, key {{'OrderID': {keys[2]}}}, column CustomerID: 'x' is not an integer"
+        in done.stderr
+    )

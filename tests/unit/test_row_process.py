@@ -35,6 +35,7 @@ from queuestream.settings import Settings, load_settings
 from queuestream.sync_schema import Base
 from queuestream.tables import TABLES, TABLES_BY_NAME, TableSpec
 from schemas.avro import AvroCodec
+from tests.source_readings import ALL_TIME, WRONG_TYPES, wrong_typed_source
 
 PARTITIONS = 6
 ZONE = "America/New_York"
@@ -353,3 +354,32 @@ def test_the_reader_of_a_sqlite_source_loads_no_postgresql_driver() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_value_of_another_type_is_refused_by_the_reader_as_here(tmp_path: Path) -> None:
+    """Text in an amount, a date or an integer column of a SQLite source: the reader
+    process refuses the row as this process does (the same dead letter, naming table, key
+    and column), and every other row is prepared."""
+    settings, keys = wrong_typed_source(tmp_path / "sync.db", ZONE)
+    window = Window(start=ALL_TIME[0], end=ALL_TIME[1], read_from=ALL_TIME[0])
+    expected = _local(
+        settings, window, OverlapFilter(window=window, seen=frozenset(), keep_from=window.start)
+    )
+    reader = RowReader(settings, PARTITIONS)
+    try:
+        with reader.snapshot(
+            _job(window, OverlapFilter(window=window, seen=frozenset(), keep_from=window.start))
+        ) as rows:
+            got = {spec.name: _flat(rows, spec) for spec in TABLES}
+    finally:
+        reader.close()
+    assert got == {spec.name: expected[spec.name] for spec in TABLES}
+    refused = {r.column: r for r in got["orders"] if isinstance(r, RefusedRow)}
+    for table, key, column, _value, why in WRONG_TYPES:
+        if table != "Orders":
+            continue  # ModifiedDate's row is outside any window
+        error = refused[column].error("orders")
+        assert (error.key, error.column) == ({key: keys[column]}, column)
+        assert why in error.reason
+    assert set(refused) == {"Total", "OrderDate", "CustomerID"}
+    assert len(got["orders"]) > 10

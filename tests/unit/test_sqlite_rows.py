@@ -10,6 +10,7 @@ still an outage to wait out.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
@@ -24,16 +25,22 @@ from sqlalchemy.dialects import sqlite
 
 from producer import source_reader, sqlite_rows
 from producer.changed_rows import RowLayout
+from producer.events import PreparedRow, RefusedRow, RowPreparer
+from producer.partitioning import CustomerPartitioner
+from producer.sensitive import column_policy
 from producer.source_reader import SourceReader
 from queuestream.databases import create_engine
-from queuestream.errors import DatabaseUnavailableError
+from queuestream.errors import DatabaseUnavailableError, EncodingError
 from queuestream.settings import Settings, load_settings
-from queuestream.tables import TABLES_BY_NAME
+from queuestream.tables import TABLES, TABLES_BY_NAME
+from schemas.avro import AvroCodec
 from tests.source_readings import (
     ALL_TIME,
+    WRONG_TYPES,
     both_readings,
     simulate_with_an_orphaned_line,
     typed,
+    wrong_typed_source,
 )
 
 
@@ -156,3 +163,57 @@ def test_amounts_kept_by_their_stored_value_are_what_sqlalchemy_makes_of_them(
     expected = [process(value) for value in stored + stored]
     shown = [(type(v), str(v)) for v in got]
     assert shown == [(type(v), str(v)) for v in expected]
+
+
+def _prepared(settings: Settings, table: str, column: str) -> list[PreparedRow | RefusedRow]:
+    """``table``'s rows read from the source here and prepared (every row of the table:
+    a window over all time, or the table as it is for ModifiedDate's row)."""
+    spec = next(s for s in TABLES if s.source == table)
+    preparer = RowPreparer(
+        spec,
+        AvroCodec.from_url(settings.topic_prefix, None),
+        column_policy(settings),
+        CustomerPartitioner(6),
+        settings.zone,
+        ALL_TIME[0],
+        False,
+    )
+    reader = SourceReader(create_engine(settings.source_url), settings)
+    try:
+        with reader.frozen() as snapshot:
+            if column == "ModifiedDate":  # as procedure mode reads its queue tables
+                query = snapshot._select(spec, snapshot._base(spec))
+                rows = list(snapshot._stream(spec, query))
+            else:
+                rows = list(snapshot.changed_rows(spec, *ALL_TIME))
+    finally:
+        reader.engine.dispose()
+    return [preparer.prepare(changed) for changed in rows]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "column", "value", "why"), WRONG_TYPES, ids=[w[2] for w in WRONG_TYPES]
+)
+def test_a_value_of_another_type_than_its_column_is_a_refused_row_naming_it(
+    tmp_path: Path, table: str, key: str, column: str, value: str, why: str
+) -> None:
+    """SQLite keeps any type in any column; what SQLAlchemy's processors cannot read (text
+    in an amount or a date), or what is not an integer, makes its row refused as a row
+    that cannot be encoded is (a dead letter, or the error a refresh waits on), naming
+    table, key and column; every other row is prepared."""
+    settings, keys = wrong_typed_source(tmp_path / "sync.db", "America/Chicago")
+    prepared = _prepared(settings, table, column)
+    everything_refused = [p for p in prepared if isinstance(p, RefusedRow)]
+    # The table's other wrong values are refused too, each in its own row.
+    assert {r.column for r in everything_refused} <= {w[2] for w in WRONG_TYPES if w[0] == table}
+    refused = [r for r in everything_refused if r.column == column]
+    assert len(refused) == 1, refused
+    assert len(prepared) > 10
+    spec_name = next(s.name for s in TABLES if s.source == table)
+    error = refused[0].error(spec_name)
+    assert isinstance(error, EncodingError)
+    assert (error.table, error.key, error.column) == (spec_name, {key: keys[column]}, column)
+    assert why in error.reason
+    assert f"table {spec_name}, key {{'{key}': {keys[column]}}}, column {column}: " in str(error)
+    # The dead letter shows the value as the source holds it.
+    assert json.loads(refused[0].value)[column] == value
