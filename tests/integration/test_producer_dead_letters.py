@@ -169,12 +169,10 @@ def test_without_a_budget_produce_waits_for_the_row_and_says_which(
     [bad] = _customer_keys(engine, 1)
     _spoil(engine, [bad])
     [metrics_port] = free_ports(1)
-    env = cli_env(
+    env = _producer_env(
         kafka_bootstrap,
         unique,
-        QUEUESTREAM_SOURCE_URL=sqlite_url,
-        QUEUESTREAM_TRANSACTIONAL_ID=f"{unique}-producer",
-        QUEUESTREAM_SETTLE_SECONDS="0",
+        sqlite_url,
         QUEUESTREAM_RETRY_BACKOFF_SECONDS="0.5",
         QUEUESTREAM_TARGET_RETRY_MAX_SECONDS="2",
     )
@@ -266,17 +264,23 @@ def test_a_value_of_another_type_is_a_dead_letter_or_the_named_error_of_refresh(
         refresher.close()
 
     _spoil_order(engine, keys[2], "CustomerID", "x")
-    env = cli_env(
-        kafka_bootstrap,
-        unique,
-        QUEUESTREAM_SOURCE_URL=sqlite_url,
-        QUEUESTREAM_TRANSACTIONAL_ID=f"{unique}-producer",
-        QUEUESTREAM_SETTLE_SECONDS="0",
-    )
+    env = _producer_env(kafka_bootstrap, unique, sqlite_url)
     done = run_cli(["refresh"], env=env, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert (
         f"table orders, key {{'OrderID': {keys[2]}}}, column CustomerID: 'x' is not an integer"
         in done.stderr
+    )
+
+
+def _producer_env(bootstrap: str, prefix: str, source_url: str, **more: str) -> dict[str, str]:
+    """The environment of a ``queuestream`` producer command on ``source_url``."""
+    return cli_env(
+        bootstrap,
+        prefix,
+        QUEUESTREAM_SOURCE_URL=source_url,
+        QUEUESTREAM_TRANSACTIONAL_ID=f"{prefix}-producer",
+        QUEUESTREAM_SETTLE_SECONDS="0",
+        **more,
     )
