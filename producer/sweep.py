@@ -239,7 +239,14 @@ class Sweeper:
         for changed in rows:
             key = preparer.state_key(changed)
             published = held.pop(key, None)
-            stamp = changed.values[modified].replace(tzinfo=zone)
+            stamp = changed.values[modified]
+            if not isinstance(stamp, datetime):
+                # Unreadable (SQLite's text in ModifiedDate, which no refresh's window of
+                # dates selects): published here, where it is refused naming its column.
+                found["late"] += 1
+                upserts.append(changed)
+                continue
+            stamp = stamp.replace(tzinfo=zone)
             if stamp >= horizon:
                 continue  # the refreshes publish it
             version = version_micros(stamp)

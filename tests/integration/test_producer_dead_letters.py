@@ -284,3 +284,36 @@ def _producer_env(bootstrap: str, prefix: str, source_url: str, **more: str) -> 
         QUEUESTREAM_SETTLE_SECONDS="0",
         **more,
     )
+
+
+def test_a_modified_date_that_is_no_date_is_found_by_the_sweep_and_refused_by_name(
+    sqlite_url: str, kafka_bootstrap: str, unique: str
+) -> None:
+    """SQLite compares dates as text, so no refresh's window selects a ModifiedDate of
+    'garbage': only the sweep reads that row. It crashed there; the row is now refused as
+    any row that cannot be encoded: a dead letter within the budget, else one line."""
+    engine = create_engine(sqlite_url, writer=True)
+    Simulator(engine, ZoneInfo("UTC"), seed=6).run(150, per_transaction=50)
+    env = _producer_env(kafka_bootstrap, unique, sqlite_url)
+    assert run_cli(["refresh"], env=env, timeout=120).returncode == 0
+    with engine.begin() as conn:
+        key = conn.exec_driver_sql('SELECT min("PaymentID") FROM "Payments"').scalar_one()
+        conn.exec_driver_sql(
+            'UPDATE "Payments" SET "ModifiedDate" = \'garbage\' WHERE "PaymentID" = ?', (key,)
+        )
+    engine.dispose()
+    assert run_cli(["refresh"], env=env, timeout=120).returncode == 0  # not in its window
+
+    refused = run_cli(["sweep"], env=env, timeout=120)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert (
+        f"table payments, key {{'PaymentID': {key}}}, column ModifiedDate: 'garbage' is not "
+        "a date and time" in refused.stderr
+    )
+    swept = run_cli(["sweep", "--json"], env={**env, "QUEUESTREAM_MAX_ERRORS": "1"}, timeout=120)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    payments = topic_for(unique, "payments")
+    letters = committed_messages(kafka_bootstrap, [dlq_topic(payments)])
+    assert [json.loads(m.key() or b"")["PaymentID"] for m in letters] == [key]
+    assert message_headers(letters[0])["queuestream.errors.column"] == "ModifiedDate"
