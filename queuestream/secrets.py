@@ -20,12 +20,16 @@ _SECRET_WORDS = ("password", "secret", "token", ".pem", "jaas")
 
 
 def read_secret(setting: str, path: Path) -> str:
-    """The content of a secret file, without the trailing newline editors add."""
+    """The content of a secret file, without the trailing newline editors add nor the
+    byte-order mark some write first (it would become the password's first character)."""
     try:
-        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        value = path.read_bytes().decode("utf-8-sig").rstrip("\r\n")
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         msg = f"{setting}: cannot read {path} ({reason}): check the path"
+        raise ValueError(msg) from None
+    except UnicodeDecodeError:
+        msg = f"{setting}: {path} is not UTF-8 text: save it as UTF-8"
         raise ValueError(msg) from None
     if not value:
         msg = f"{setting}: {path} is empty: it should hold the secret"

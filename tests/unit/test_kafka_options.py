@@ -101,6 +101,21 @@ def test_a_missing_or_empty_secret_file_is_named(tmp_path: Path) -> None:
         load_settings(target_password_file=empty)
 
 
+def test_a_secret_file_with_a_byte_order_mark_gives_the_password_without_it(
+    tmp_path: Path,
+) -> None:
+    """Some Windows editors write a byte-order mark first: it is no part of the secret."""
+    marked = tmp_path / "marked"
+    marked.write_bytes(b"\xef\xbb\xbfbom-pw\r\n")
+    settings = load_settings(kafka=SASL, kafka_secret_files={"sasl.password": marked})
+    assert client_options(settings, "admin")["sasl.password"] == "bom-pw"
+    other = tmp_path / "utf16"
+    other.write_bytes("pw".encode("utf-16"))
+    refused = r"kafka_secret_files.sasl.password: .*utf16 is not UTF-8"
+    with pytest.raises(ConfigurationError, match=refused):
+        load_settings(kafka_secret_files={"sasl.password": other})
+
+
 def test_a_refusal_is_a_configuration_error_without_the_password() -> None:
     settings = _settings()
     errors = kafka_clients.ClientErrors(settings)
