@@ -92,8 +92,13 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_SESSION_TIMEOUT_MS = 6000
 DEFAULT_HEARTBEAT_INTERVAL_MS = 1000
 
-#: One bootstrap server: [PROTOCOL://]HOST[:PORT], HOST a name, an IPv4 or a [IPv6] address.
-_BOOTSTRAP_SERVER = re.compile(r"([A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s,/:\[\]]+)(:\d{1,5})?")
+#: One bootstrap server: [PROTOCOL://]HOST[:PORT], HOST a name, an IPv4 or a [IPv6] address,
+#: PROTOCOL one of Kafka's listener protocols (librdkafka takes no other: http:// waited
+#: for a broker that could never answer).
+_BOOTSTRAP_SERVER = re.compile(
+    r"((?i:plaintext|ssl|sasl_plaintext|sasl_ssl)://)?"
+    r"(\[[0-9A-Fa-f:.]+\]|[^\s,/:\[\]]+)(:(?P<port>\d{1,5}))?"
+)
 
 ColumnAction = Literal["exclude", "mask", "hash"]
 
@@ -360,7 +365,12 @@ class Settings(BaseSettings):
     @classmethod
     def _bootstrap(cls, value: str) -> str:
         servers = [s.strip() for s in value.split(",")]
-        bad = [s for s in servers if not _BOOTSTRAP_SERVER.fullmatch(s)]
+        found = {s: _BOOTSTRAP_SERVER.fullmatch(s) for s in servers}
+        bad = [
+            s
+            for s, match in found.items()
+            if match is None or not 1 <= int(match.group("port") or 9092) <= 65535
+        ]
         if bad or not value.strip():
             msg = f"bad server {(bad or [value])[0]!r}: give HOST:PORT[,HOST:PORT...]"
             raise ValueError(msg)

@@ -416,6 +416,8 @@ def test_a_malformed_toml_file_is_named_with_line_and_column(tmp_path: Path) -> 
         ("target_url", "mysql://app:hunter2@db/t", "unsupported database 'mysql'"),
         ("kafka_bootstrap_servers", "broker one:9092", "bad server 'broker one:9092'"),
         ("kafka_bootstrap_servers", "a:9092,,b:9092", "bad server ''"),
+        ("kafka_bootstrap_servers", "127.0.0.1:99999", "bad server '127.0.0.1:99999'"),
+        ("kafka_bootstrap_servers", "a:9092,http://b:9092", "bad server 'http://b:9092'"),
     ],
 )
 def test_malformed_urls_and_servers_are_settings_errors(
