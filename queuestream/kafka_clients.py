@@ -335,9 +335,20 @@ def admin_client(settings: Settings) -> AdminClient:
         admin.poll(0)  # serves error_cb, which raises once the refusals have lasted
         if time.monotonic() >= deadline:
             raise_if_refused(errors, settings.kafka_bootstrap_servers)
-            return admin
+            return _unanswered(admin, settings)
         if errors.down and errors.refused is None:
-            return admin
+            return _unanswered(admin, settings)
+
+
+def _unanswered(admin: AdminClient, settings: Settings) -> AdminClient:
+    """``admin``, of a broker that has not answered yet: said, since the caller's request
+    may now wait ``broker_timeout_seconds`` before it says the broker is unreachable."""
+    log.info(
+        "Kafka at %s does not answer yet: waiting up to %.0fs (broker_timeout_seconds)",
+        settings.kafka_bootstrap_servers,
+        settings.broker_timeout_seconds,
+    )
+    return admin
 
 
 def transactional_producer(settings: Settings) -> Producer:

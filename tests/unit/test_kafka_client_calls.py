@@ -142,3 +142,14 @@ def test_no_more_than_asked_for() -> None:
     consumer = _Batching([(0.1, str(i)) for i in range(5)])
     assert _arrived(consumer, 3, 1.0) == ["0", "1", "2"]
     assert _arrived(consumer, 1, 1.0) == ["3"]
+
+
+def test_an_admin_client_of_a_broker_that_does_not_answer_says_it_waits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing was printed for the 15 s (broker_timeout_seconds) a command then waited
+    before it said the broker was unreachable. Nothing listens at port 1."""
+    settings = load_settings(None, kafka_bootstrap_servers="127.0.0.1:1", broker_timeout_seconds=1)
+    with caplog.at_level("INFO", logger="queuestream.kafka_clients"):
+        kafka_clients.admin_client(settings)
+    assert "Kafka at 127.0.0.1:1 does not answer yet: waiting up to 1s" in caplog.text
