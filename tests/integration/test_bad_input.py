@@ -239,8 +239,14 @@ def test_unreachable_broker_through_the_command(
     assert done.returncode == 1, done.stderr[-2000:]
     assert elapsed < ADMIN_TIMEOUT + 20, f"took {elapsed:.1f}s to give up"
     assert "Traceback" not in done.stderr
-    # librdkafka's own connection-refused lines go through logging (shown with --verbose).
-    assert done.stderr.startswith("BrokerUnavailableError: "), done.stderr[-2000:]
-    [line] = done.stderr.strip().splitlines()  # one line, not wrapped
+    # librdkafka's own connection-refused lines go through logging (shown with --verbose);
+    # what is printed is the note that it waits (no 15 s of silence), then one line, not
+    # wrapped, saying what is wrong.
+    *notes, line = done.stderr.strip().splitlines()
+    assert [n.split(": ", 1)[-1] for n in notes] == [
+        f"Kafka at 127.0.0.1:{port} does not answer yet: waiting up to {ADMIN_TIMEOUT:.0f}s "
+        "(broker_timeout_seconds)"
+    ], done.stderr[-2000:]
+    assert line.startswith("BrokerUnavailableError: "), done.stderr[-2000:]
     assert f"Kafka at 127.0.0.1:{port} is unreachable" in line
     assert done.stdout == ""
