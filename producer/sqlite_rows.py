@@ -58,9 +58,7 @@ def read(
     """The rows of ``query`` (a snapshot's select: the layout's columns, then CustomerID),
     ``fetch`` at a time."""
     processors = _processors(conn.dialect, query)
-    convert = _guarded(
-        _converter(processors, layout), _careful(processors, _holdings(query), layout)
-    )
+    convert = _guarded(_converter(processors, layout), _careful(processors, layout))
     given = 0
     try:
         for chunk in _chunks(conn, query, layout, fetch, strict=True):
@@ -130,25 +128,6 @@ def _processors(dialect: sa.Dialect, query: sa.Select[Any]) -> list[Processor]:
     return found
 
 
-def _holdings(query: sa.Select[Any]) -> list[str]:
-    """What each column of ``query`` holds, in words (:class:`~schemas.avro.misfit.Unreadable`'s
-    kind: "a decimal")."""
-    return [_holds(column.type) for column in query.selected_columns]
-
-
-def _holds(kind: Any) -> str:
-    """What a column of SQLAlchemy type ``kind`` holds, in words."""
-    if isinstance(kind, sa.Numeric):
-        return "a number" if isinstance(kind, sa.Float) else "a decimal"
-    if isinstance(kind, sa.DateTime):
-        return "a date and time"
-    if isinstance(kind, sa.Date):
-        return "a date"
-    if isinstance(kind, sa.Integer):
-        return "an integer"
-    return f"a value of type {kind}"
-
-
 def _kept(processor: Callable[[Any], Any]) -> tuple[dict[Any, Any], Callable[[Any], Any]]:
     """A dict of the values ``processor`` made, and ``processor`` filling it.
 
@@ -215,7 +194,7 @@ def _guarded(convert: Converter, careful: Converter) -> Converter:
     return guarded
 
 
-def _careful(processors: list[Processor], holdings: list[str], layout: RowLayout) -> Converter:
+def _careful(processors: list[Processor], layout: RowLayout) -> Converter:
     """What :func:`_converter` makes of a chunk, a value at a time: a value its processor
     refuses is given as :class:`~schemas.avro.misfit.Unreadable` (the row is refused when
     it is encoded, naming the column), and a CustomerID that is not a number as 0, as a
@@ -224,13 +203,13 @@ def _careful(processors: list[Processor], holdings: list[str], layout: RowLayout
     partition, as a line whose order is gone). Every other value is the one
     :func:`_converter` makes."""
 
-    def value(processor: Callable[[Any], Any] | None, holds: str, stored: Any) -> Any:
+    def value(processor: Callable[[Any], Any] | None, stored: Any) -> Any:
         if processor is None:
             return stored
         try:
             return processor(stored)
         except _REFUSED:
-            return Unreadable(stored, holds)
+            return Unreadable(stored)
 
     def customer(stored: Any) -> int:
         if stored is None:
@@ -240,14 +219,12 @@ def _careful(processors: list[Processor], holdings: list[str], layout: RowLayout
         except _REFUSED:
             return 0
 
-    columns = [
-        (processor, holds) for (processor, _amount), holds in zip(processors, holdings, strict=True)
-    ]
+    columns = [processor for processor, _amount in processors]
 
     def careful(chunk: Sequence[tuple[Any, ...]]) -> list[ChangedRow]:
         made = []
         for r in chunk:
-            values = tuple(value(p, holds, v) for (p, holds), v in zip(columns, r, strict=True))
+            values = tuple(value(p, v) for p, v in zip(columns, r, strict=True))
             made.append(ChangedRow(values, customer(values[-1]), layout))
         return made
 

@@ -27,37 +27,30 @@ WRITE_ERRORS = (ValueError, TypeError, UnicodeError, AttributeError, KeyError, O
 
 class Unreadable:
     """A value as the source holds it, in place of the one its column's type could not
-    make of it (``kind``: what the column holds, "a decimal"). No writer takes it (it is
-    none of the types they write), so the row fails to encode at this column, and
-    :func:`find_misfit` gives :attr:`reason`; a dead letter's JSON shows the value as
-    stored (``str``)."""
+    make of it. No writer takes it (it is none of the types they write), so the row fails
+    to encode at this column, and :func:`find_misfit` says why, by what the field holds;
+    a dead letter's JSON shows the value as stored (``str``)."""
 
-    __slots__ = ("kind", "value")
+    __slots__ = ("value",)
 
-    def __init__(self, value: Any, kind: str) -> None:
+    def __init__(self, value: Any) -> None:
         self.value = value
-        self.kind = kind
-
-    @property
-    def reason(self) -> str:
-        return f"{self.value!r} is not {self.kind}: fix the value in the source"
 
     def __str__(self) -> str:
         return str(self.value)
 
     def __repr__(self) -> str:
-        return f"Unreadable({self.value!r}, {self.kind!r})"
+        return f"Unreadable({self.value!r})"
 
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Unreadable)
             and type(self.value) is type(other.value)
             and self.value == other.value
-            and self.kind == other.kind
         )
 
     def __hash__(self) -> int:
-        return hash((self.value, self.kind))
+        return hash(self.value)
 
 
 def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -74,8 +67,8 @@ def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, d
 
 
 def _kind(ftype: Any) -> str | None:
-    """What a field of type ``ftype`` holds, as :class:`Unreadable` says it, for the types
-    a source may hold text in (SQLite: any type in any column); None for the others."""
+    """What a field of type ``ftype`` holds, in words ("a decimal"), for the types a source
+    may hold text in (SQLite: any type in any column); None for the others."""
     for branch in ftype if isinstance(ftype, list) else [ftype]:
         if branch == "null":
             continue
@@ -88,6 +81,12 @@ def _kind(ftype: Any) -> str | None:
         if logical is None and base in ("int", "long"):
             return "an integer"
     return None
+
+
+def _unreadable(value: Any, ftype: Any) -> str:
+    """Why ``value`` (as the source holds it) cannot be written to a field of ``ftype``."""
+    kind = _kind(ftype) or "what its column holds"
+    return f"{value!r} is not {kind}: fix the value in the source"
 
 
 def not_a_number(value: Any) -> str | None:
@@ -127,7 +126,7 @@ def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[st
                 if item is None and isinstance(field["type"], list):
                     continue
             if isinstance(item, Unreadable):
-                return name, item.reason
+                return name, _unreadable(item.value, field["type"])
             nan = not_a_number(item)
             if nan is not None:
                 return name, nan
@@ -137,9 +136,8 @@ def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[st
             except WRITE_ERRORS as exc:
                 if item is None:
                     return name, "NULL in a column that is not nullable"
-                kind = _kind(field["type"])
-                if kind is not None and isinstance(item, str | bytes):
-                    return name, Unreadable(item, kind).reason  # text where a number was
+                if _kind(field["type"]) is not None and isinstance(item, str | bytes):
+                    return name, _unreadable(item, field["type"])  # text where a number was
                 return name, f"{exc} (value {item!r})"
         return None, "the record does not match its schema"
 
