@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
 
 from rich.console import Console, Group, RenderableType
@@ -18,7 +19,7 @@ from queuestream.monitor._text import (
     partition_list,
 )
 from queuestream.monitor.alerts import LagLimits
-from queuestream.monitor.feed import SnapshotFeed
+from queuestream.monitor.feed import FeedState, SnapshotFeed
 from queuestream.monitor.snapshot import Snapshot
 
 __all__ = ["live", "render"]
@@ -170,24 +171,35 @@ def live(feed: SnapshotFeed, console: Console, limits: LagLimits, stop: threadin
     a terminal; elsewhere (a file, a pipe, a service's log), where rich's Live draws
     nothing until it ends, each printed below the last as it comes."""
     state = feed.current()
-    if not console.is_terminal:
-        console.print(render(state.snapshot, limits, state.error))
-        while not stop.is_set():
-            new = feed.wait_for_update(state.version, timeout=0.5)
-            if new.version != state.version:
-                state = new
-                console.print(render(state.snapshot, limits, state.error))
-                console.file.flush()
+    if console.is_terminal:
+        with Live(
+            render(state.snapshot, limits, state.error),
+            console=console,
+            auto_refresh=False,
+            screen=False,
+            transient=False,
+        ) as view:
+            _follow(feed, state, stop, lambda view_of: view.update(view_of, refresh=True), limits)
         return
-    with Live(
-        render(state.snapshot, limits, state.error),
-        console=console,
-        auto_refresh=False,
-        screen=False,
-        transient=False,
-    ) as view:
-        while not stop.is_set():
-            new = feed.wait_for_update(state.version, timeout=0.5)
-            if new.version != state.version:
-                state = new
-                view.update(render(state.snapshot, limits, state.error), refresh=True)
+
+    def below(view_of: RenderableType) -> None:
+        console.print(view_of)
+        console.file.flush()
+
+    below(render(state.snapshot, limits, state.error))
+    _follow(feed, state, stop, below, limits)
+
+
+def _follow(
+    feed: SnapshotFeed,
+    state: FeedState,
+    stop: threading.Event,
+    show: Callable[[RenderableType], None],
+    limits: LagLimits,
+) -> None:
+    """``show`` the view of each snapshot after ``state`` as it comes, until ``stop``."""
+    while not stop.is_set():
+        new = feed.wait_for_update(state.version, timeout=0.5)
+        if new.version != state.version:
+            state = new
+            show(render(state.snapshot, limits, state.error))
