@@ -340,14 +340,22 @@ def admin_client(settings: Settings) -> AdminClient:
             return _unanswered(admin, settings)
 
 
+#: The brokers :func:`_unanswered` has said it waits for, in this process.
+_SAID_WAITING: set[str] = set()
+
+
 def _unanswered(admin: AdminClient, settings: Settings) -> AdminClient:
-    """``admin``, of a broker that has not answered yet: said, since the caller's request
-    may now wait ``broker_timeout_seconds`` before it says the broker is unreachable."""
-    log.info(
-        "Kafka at %s does not answer yet: waiting up to %.0fs (broker_timeout_seconds)",
-        settings.kafka_bootstrap_servers,
-        settings.broker_timeout_seconds,
-    )
+    """``admin``, of a broker that has not answered yet: said, once a process (a retry loop
+    logs each attempt after it; a live monitor collects every few seconds), since the
+    caller's request may now wait ``broker_timeout_seconds`` before it gives up."""
+    servers = settings.kafka_bootstrap_servers
+    if servers not in _SAID_WAITING:
+        _SAID_WAITING.add(servers)
+        log.info(
+            "Kafka at %s does not answer yet: waiting up to %.0fs (broker_timeout_seconds)",
+            servers,
+            settings.broker_timeout_seconds,
+        )
     return admin
 
 

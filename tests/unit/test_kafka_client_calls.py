@@ -145,10 +145,11 @@ def test_no_more_than_asked_for() -> None:
 
 
 def test_an_admin_client_of_a_broker_that_does_not_answer_says_it_waits(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nothing was printed for the 15 s (broker_timeout_seconds) a command then waited
     before it said the broker was unreachable. Nothing listens at port 1."""
+    monkeypatch.setattr(kafka_clients, "_SAID_WAITING", set())  # said once a process
     settings = load_settings(None, kafka_bootstrap_servers="127.0.0.1:1", broker_timeout_seconds=1)
     with caplog.at_level("INFO", logger="queuestream.kafka_clients"):
         kafka_clients.admin_client(settings)
