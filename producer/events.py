@@ -86,7 +86,9 @@ class RefusedRow(NamedTuple):
     reason: str
     column: str | None
     key_values: dict[str, Any]
-    state_key: Key  # at STATE_KEY, as in a PreparedRow
+    #: At STATE_KEY, as in a PreparedRow; None when a key column holds no integer (text
+    #: in a SQLite key column): such a row has no place in the state.
+    state_key: Key | None
 
     def error(self, table: str) -> EncodingError:
         return EncodingError(self.reason, table=table, key=self.key_values, column=self.column)
@@ -157,6 +159,9 @@ class RowPreparer:
             row_bytes = self._encode_values(values)
         except EncodingError as exc:
             return self._refused(values, self._key_values(values), exc)
+        state_key = self._state_key(values)
+        if state_key is None:  # a key Avro writes but the state cannot hold (SQLite's 2.5)
+            return self._refused(values, self._key_values(values), self.key_misfit(values))
         micros = self._micros(values[layout.modified])
         if op is None:
             if self._resync:
@@ -174,19 +179,38 @@ class RowPreparer:
             op,
             micros,
             self.partitioner(changed.customer_id),
-            self._state_key(values),
+            state_key,
             changed.customer_id,
         )
 
-    def state_key(self, changed: ChangedRow) -> Key:
-        """The state's key of a row: its key columns, the second 0 when there is one."""
+    def state_key(self, changed: ChangedRow) -> Key | None:
+        """The state's key of a row: its key columns, the second 0 when there is none;
+        None when a key column holds anything but an integer (SQLite keeps any type in any
+        column), which :meth:`prepare` refuses naming the column."""
         return self._state_key(changed.values)
 
-    def _state_key(self, values: Sequence[Any]) -> Key:
+    def _state_key(self, values: Sequence[Any]) -> Key | None:
         key = self.layout.key
-        if len(key) == 1:
-            return (int(values[key[0]]), 0)
-        return (int(values[key[0]]), int(values[key[1]]))
+        first = values[key[0]]
+        second = values[key[1]] if len(key) > 1 else 0
+        if type(first) is not int or type(second) is not int:
+            return None
+        return (first, second)
+
+    def key_misfit(self, values: Sequence[Any]) -> EncodingError:
+        """Why a row whose key :meth:`_state_key` cannot make is refused: its first key
+        column that holds no integer (fastavro writes 2.5 or True to an int as 2 or 1, so
+        the row would overwrite another's)."""
+        for name, i in zip(self._key_columns, self.layout.key, strict=True):
+            if type(values[i]) is not int:
+                return EncodingError(
+                    f"{values[i]!r} is not an integer: fix the value in the source",
+                    table=self.spec.name,
+                    key=self._key_values(values),
+                    column=name,
+                )
+        msg = "every key column holds an integer"
+        raise AssertionError(msg)
 
     def _refused(
         self, values: Sequence[Any], key_values: dict[str, Any], error: EncodingError

@@ -397,10 +397,13 @@ class Refresher:
                     # the overlap's duplicates left out; prepared here or by the row reader
                     for chunk in source.chunks(spec, writer):
                         written = writer.publish_all(spec, chunk)
+                        # (a row refused for a key that is no integer has no state key)
                         if name in parents:
-                            parents[name].update([p[STATE_KEY][0] for p in chunk])
+                            parents[name].update([p[STATE_KEY][0] for p in chunk if p[STATE_KEY]])
                         elif name in CHILDREN:
-                            parents[CHILDREN[name]].update([p[STATE_KEY][0] for p in chunk])
+                            parents[CHILDREN[name]].update(
+                                [p[STATE_KEY][0] for p in chunk if p[STATE_KEY]]
+                            )
                             if source.rows_in_snapshot:
                                 sent[name].update([w[0] for w in written])
                     if spec.name in CHILDREN:

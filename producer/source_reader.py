@@ -363,7 +363,9 @@ class FrozenSnapshot:
 
     def keys_under(self, spec: TableSpec, parents: set[int]) -> set[tuple[int, int]]:
         """The keys of ``spec``'s rows whose first key column is one of ``parents`` (an
-        order's lines), as the state keys them; read from the sync table in this snapshot."""
+        order's lines), as the state keys them; read from the sync table in this snapshot.
+        A key that is no integer (text in a SQLite key column) is left out: the state holds
+        none such, and the refresh refuses its row by name."""
         table = self._base(spec)
         columns = [table.c[k] for k in spec.key]
         query = sa.select(*columns).where(among(columns[0], self.conn.dialect.name))
@@ -371,7 +373,9 @@ class FrozenSnapshot:
         with retriable_outages(self.conn.engine):
             for chunk in key_chunks(self.conn, parents):
                 for values in self.conn.execute(query, {KEYS: chunk}):
-                    found.add((int(values[0]), int(values[1]) if len(values) > 1 else 0))
+                    first, second = values[0], values[1] if len(values) > 1 else 0
+                    if type(first) is int and type(second) is int:
+                        found.add((first, second))
         return found
 
     def rows_after(

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from producer.batch_writer import BatchWriter
 from producer.changed_rows import ChangedRow
-from producer.events import RefreshContext, version_micros
+from producer.events import RefreshContext, RowPreparer, version_micros
 from producer.ids import new_refresh_id
 from producer.state_changelog import SWEEP_KEY, Key, Published
 from queuestream.batches import BeginMarker
@@ -127,6 +127,25 @@ class _Position:
         )
         after = data["after"]
         return cls(report, data["table"], None if after is None else (after[0], after[1]))
+
+
+def _up_to_last_key(
+    spec: TableSpec, preparer: RowPreparer, rows: list[ChangedRow], keys: list[Key | None]
+) -> tuple[list[ChangedRow], list[Key | None], Key]:
+    """A full chunk's rows up to its last with a key the state can hold, and that key:
+    where the step's comparison ends and the next step starts. The rows after it (keys
+    that are no integers, which SQLite sorts after the numbers) are read again by the next
+    step, so each is refused once. A chunk without one such key cannot be walked past."""
+    for last in range(len(keys) - 1, -1, -1):
+        key = keys[last]
+        if key is not None:
+            return rows[: last + 1], keys[: last + 1], key
+    error = preparer.key_misfit(rows[0].values)
+    msg = (
+        f"{error}; the sweep cannot walk past {len(rows)} rows of {spec.source} whose keys "
+        "are no integers: fix the keys in the source"
+    )
+    raise ConfigurationError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,19 +249,22 @@ class Sweeper:
         with refresher.reader.frozen() as snapshot:
             rows = snapshot.rows_after(spec, position.after, self.chunk)
         preparer = refresher.parts.builder(spec, _context(refresher)).preparer
-        upto = preparer.state_key(rows[-1]) if len(rows) == self.chunk else None
+        keys = [preparer.state_key(changed) for changed in rows]
+        upto = None
+        if len(rows) == self.chunk:
+            rows, keys, upto = _up_to_last_key(spec, preparer, rows, keys)
         held = dict(refresher.state.between(spec.name, position.after, upto))
         found: Counter[str] = Counter(checked=len(rows))
         upserts: list[ChangedRow] = []
         zone = refresher.settings.zone
         modified = preparer.layout.modified
-        for changed in rows:
-            key = preparer.state_key(changed)
-            published = held.pop(key, None)
+        for changed, key in zip(rows, keys, strict=True):
+            published = None if key is None else held.pop(key, None)
             stamp = changed.values[modified]
-            if not isinstance(stamp, datetime):
-                # Unreadable (SQLite's text in ModifiedDate, which no refresh's window of
-                # dates selects): published here, where it is refused naming its column.
+            if key is None or not isinstance(stamp, datetime):
+                # A key column or ModifiedDate that SQLite holds as something else (text;
+                # no refresh's window of dates selects the latter): published here, where
+                # the row is refused naming its column.
                 found["late"] += 1
                 upserts.append(changed)
                 continue

@@ -317,3 +317,54 @@ def test_a_modified_date_that_is_no_date_is_found_by_the_sweep_and_refused_by_na
     letters = committed_messages(kafka_bootstrap, [dlq_topic(payments)])
     assert [json.loads(m.key() or b"")["PaymentID"] for m in letters] == [key]
     assert message_headers(letters[0])["queuestream.errors.column"] == "ModifiedDate"
+
+
+def test_a_key_that_is_no_integer_is_refused_by_name_in_a_refresh_and_in_the_sweep(
+    sqlite_url: str, kafka_bootstrap: str, unique: str
+) -> None:
+    """Text in a key column of a SQLite OrderDetails row ended the refresh and the sweep in
+    a traceback (the state keys rows by integers). Its row is now refused as any row that
+    cannot be encoded: a dead letter within the budget, otherwise one line naming it; the
+    order's other lines are published."""
+    engine = create_engine(sqlite_url, writer=True)
+    Simulator(engine, ZoneInfo("UTC"), seed=7).run(150, per_transaction=50)
+    env = _producer_env(kafka_bootstrap, unique, sqlite_url)
+    assert run_cli(["refresh"], env=env, timeout=120).returncode == 0
+    with engine.begin() as conn:
+        order, line = conn.exec_driver_sql(
+            'SELECT "OrderID", min("OrderLine") FROM "OrderDetails" GROUP BY 1 '
+            "HAVING count(*) > 1 ORDER BY 1 LIMIT 1"
+        ).one()
+        conn.exec_driver_sql(
+            'UPDATE "OrderDetails" SET "OrderLine" = \'x\', "ModifiedDate" = ? '
+            'WHERE "OrderID" = ? AND "OrderLine" = ?',
+            (datetime.now(UTC).replace(tzinfo=None), order, line),
+        )
+        conn.exec_driver_sql(
+            'UPDATE "OrderDetails" SET "Quantity" = "Quantity" + 1, "ModifiedDate" = ? '
+            'WHERE "OrderID" = ? AND "OrderLine" != \'x\'',
+            (datetime.now(UTC).replace(tzinfo=None), order),
+        )
+    engine.dispose()
+    named = f"table order_details, key {{'OrderID': {order}, 'OrderLine': 'x'}}, column OrderLine"
+
+    stopped = run_cli(["refresh"], env=env, timeout=120)
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert f"{named}: 'x' is not an integer" in stopped.stderr
+
+    budget = {**env, "QUEUESTREAM_MAX_ERRORS": "1"}
+    done = run_cli(["refresh", "--json"], env=budget, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [result] = json.loads(done.stdout)
+    assert result["dead_letters"] == {"order_details": 1}
+    assert result["counts"]["order_details"] >= 1  # the order's other lines
+    details = topic_for(unique, "order_details")
+    letters = committed_messages(kafka_bootstrap, [dlq_topic(details)])
+    assert [json.loads(m.key() or b"") for m in letters] == [{"OrderID": order, "OrderLine": "x"}]
+    assert message_headers(letters[0])["queuestream.errors.column"] == "OrderLine"
+
+    refused = run_cli(["sweep"], env=env, timeout=120)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert f"{named}: 'x' is not an integer" in refused.stderr

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import sqlite
 
 from producer import source_reader, sqlite_rows
 from producer.changed_rows import RowLayout
-from producer.events import PreparedRow, RefusedRow, RowPreparer
+from producer.events import STATE_KEY, PreparedRow, RefusedRow, RowPreparer
 from producer.partitioning import CustomerPartitioner
 from producer.sensitive import column_policy
 from producer.source_reader import SourceReader
@@ -217,3 +217,50 @@ def test_a_value_of_another_type_than_its_column_is_a_refused_row_naming_it(
     assert f"table {spec_name}, key {{'{key}': {keys[column]}}}, column {column}: " in str(error)
     # The dead letter shows the value as the source holds it.
     assert json.loads(refused[0].value)[column] == value
+
+
+def test_a_key_that_is_no_integer_is_a_refused_row_with_no_place_in_the_state(
+    tmp_path: Path,
+) -> None:
+    """Text, a fraction or bytes in a SQLite key column: fastavro would write 2.5 to the
+    key's int as 2 (the row then overwriting line 2), and the state
+    keys rows by integers. Each such row is refused naming its key column, with no state
+    key; the order's other lines are still asked about, without it."""
+    settings = load_settings(None, source_url=f"sqlite:///{tmp_path / 'sync.db'}")
+    engine = create_engine(settings.source_url, writer=True)
+    try:
+        simulate_with_an_orphaned_line(engine, settings.zone, 200)
+        with engine.begin() as conn:
+            lines = conn.exec_driver_sql(
+                'SELECT "OrderID", "OrderLine" FROM "OrderDetails" ORDER BY 1, 2 LIMIT 3'
+            ).all()
+            spoiled = {"'x'": lines[0], "2.5": lines[1], "X'01'": lines[2]}
+            for value, (order, line) in spoiled.items():
+                conn.exec_driver_sql(
+                    f'UPDATE "OrderDetails" SET "OrderLine" = {value} '
+                    'WHERE "OrderID" = ? AND "OrderLine" = ?',
+                    (order, line),
+                )
+    finally:
+        engine.dispose()
+    prepared = _prepared(settings, "OrderDetails", "OrderLine")
+    refused = [p for p in prepared if isinstance(p, RefusedRow)]
+    assert sorted(r.reason for r in refused) == sorted(
+        f"{v} is not an integer: fix the value in the source" for v in ("'x'", "2.5", r"b'\x01'")
+    )
+    assert {r.column for r in refused} == {"OrderLine"}
+    assert [r.state_key for r in refused] == [None, None, None]
+    assert {r.key_values["OrderID"] for r in refused} == {order for order, _ in spoiled.values()}
+    kept = [p for p in prepared if not isinstance(p, RefusedRow)]
+    assert len(kept) > 10
+    assert all(type(k) is int for p in kept for k in p[STATE_KEY])
+
+    reader = SourceReader(create_engine(settings.source_url), settings)
+    try:
+        with reader.frozen() as snapshot:
+            spec = TABLES_BY_NAME["order_details"]
+            found = snapshot.keys_under(spec, {order for order, _ in spoiled.values()})
+    finally:
+        reader.engine.dispose()
+    assert found
+    assert all(type(line) is int for _order, line in found)
