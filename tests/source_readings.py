@@ -75,6 +75,7 @@ WRONG_TYPES = [
     ("Orders", "OrderID", "Total", "not-a-number", "'not-a-number' is not a decimal"),
     ("Orders", "OrderID", "OrderDate", "garbage", "'garbage' is not a date and time"),
     ("Orders", "OrderID", "CustomerID", "x", "'x' is not an integer"),
+    ("Orders", "OrderID", "WarehouseID", 2.5, "2.5 is not an integer"),
     ("Payments", "PaymentID", "ModifiedDate", "garbage", "'garbage' is not a date and time"),
 ]
 

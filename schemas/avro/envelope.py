@@ -113,9 +113,13 @@ class RowEncoder:
 
     def _check_ranges(self, row: dict[str, Any]) -> None:
         """What fastavro does not check: a decimal's magnitude (1E+30 passes its digit
-        count) and an ``int`` field's 32 bits (it writes any long there)."""
+        count), an ``int`` field's 32 bits (it writes any long there) and that it holds an
+        integer (it writes 2.5, which SQLite keeps in an integer column, as 2)."""
         for name in self._ints:
             value = row.get(name)
+            if isinstance(value, float):
+                reason = f"{value!r} is not an integer: fix the value in the source"
+                raise EncodingError(reason, table=self.table, column=name)
             if isinstance(value, int) and not -(1 << 31) <= value < 1 << 31:
                 reason = f"{value} does not fit the contract's int (32 bits)"
                 raise EncodingError(reason, table=self.table, column=name)

@@ -381,5 +381,5 @@ def test_a_value_of_another_type_is_refused_by_the_reader_as_here(tmp_path: Path
         error = refused[column].error("orders")
         assert (error.key, error.column) == ({key: keys[column]}, column)
         assert why in error.reason
-    assert set(refused) == {"Total", "OrderDate", "CustomerID"}
+    assert set(refused) == {"Total", "OrderDate", "CustomerID", "WarehouseID"}
     assert len(got["orders"]) > 10
