@@ -39,6 +39,7 @@ classifies it; any other error in the cleanup is logged as SQLAlchemy logs it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +60,7 @@ __all__ = [
     "is_outage",
     "is_postgres",
     "parse_url",
+    "postgresql_scheme",
     "retriable_outages",
     "setting_where_known",
     "transaction_note",
@@ -68,6 +70,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a statement waits for another connection's lock
+#: libpq's other scheme (postgres://), which SQLAlchemy no longer takes.
+_POSTGRES_ALIAS = re.compile(r"^postgres(?=[+:])", re.IGNORECASE)
 
 
 def is_postgres(engine: sa.Engine) -> bool:
@@ -99,11 +103,17 @@ def describe_url(url: str | sa.URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def postgresql_scheme(url: str) -> str:
+    """``url`` with libpq's ``postgres://`` spelled ``postgresql://``, as SQLAlchemy
+    takes it (libpq, psql and most hosting providers give either)."""
+    return _POSTGRES_ALIAS.sub("postgresql", url)
+
+
 def parse_url(url: str) -> sa.URL:
     """``url`` parsed and checked (:func:`check_url`), for a command to refuse a bad URL
     before anything connects. Raises ConfigurationError, without the password."""
     try:
-        parsed = make_url(url)
+        parsed = make_url(postgresql_scheme(url))
     except (sa.exc.ArgumentError, ValueError):
         msg = (
             f"invalid database URL {hide_logins(url)!r}: use sqlite:///PATH or "

@@ -52,7 +52,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from queuestream.databases import check_url
+from queuestream.databases import check_url, postgresql_scheme
 from queuestream.errors import ConfigurationError, SettingsFileError
 from queuestream.retry import Backoff
 from queuestream.secrets import hide_secrets, read_secret, with_password
@@ -329,6 +329,7 @@ class Settings(BaseSettings):
         # The value is not repeated: it may hold a password.
         if value is None:
             return value
+        value = postgresql_scheme(value)
         try:
             url = make_url(value)
             backend = url.get_backend_name()

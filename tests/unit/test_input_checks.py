@@ -329,3 +329,25 @@ def test_a_config_file_that_is_a_directory_is_called_one(tmp_path: Path) -> None
     with pytest.raises(ConfigurationError) as caught:
         load_settings(tmp_path)
     assert str(caught.value) == f"config file {tmp_path} is a directory: give the TOML file in it"
+
+
+@pytest.mark.parametrize(
+    ("given", "taken"),
+    [
+        ("postgres://app@db.example:5432/sync", "postgresql://app@db.example:5432/sync"),
+        ("POSTGRES+psycopg://app@db/sync", "postgresql+psycopg://app@db/sync"),
+        ("postgresql://app@db/sync", "postgresql://app@db/sync"),
+    ],
+)
+def test_libpqs_postgres_scheme_is_taken_as_postgresql(given: str, taken: str) -> None:
+    """libpq, psql and hosting providers give ``postgres://``, which SQLAlchemy refuses;
+    a setting and a command's URL option take it as ``postgresql://``."""
+    assert load_settings(None, source_url=given, target_url=given).source_url == taken
+    assert load_settings(None, target_url=given).target_url == taken
+    assert databases.parse_url(given).get_backend_name() == "postgresql"
+    assert databases.parse_url(given).drivername == taken.split(":")[0]
+
+
+def test_a_scheme_that_only_starts_like_postgres_is_still_refused() -> None:
+    with pytest.raises(ConfigurationError, match="unsupported database 'postgresx'"):
+        load_settings(None, source_url="postgresx://app@db/sync")
