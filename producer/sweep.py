@@ -44,7 +44,7 @@ from producer.events import RefreshContext, RowPreparer, version_micros
 from producer.ids import new_refresh_id
 from producer.state_changelog import SWEEP_KEY, Key, Published
 from queuestream.batches import BeginMarker
-from queuestream.errors import ConfigurationError
+from queuestream.errors import ConfigurationError, EncodingError
 from queuestream.tables import TABLES, TABLES_BY_NAME, TableSpec
 
 if TYPE_CHECKING:
@@ -127,6 +127,17 @@ class _Position:
         )
         after = data["after"]
         return cls(report, data["table"], None if after is None else (after[0], after[1]))
+
+
+def _differs(preparer: RowPreparer, changed: ChangedRow, published: bytes) -> bool:
+    """Does the row differ from what was published of it? A row that can no longer be
+    encoded (a value changed under the same ModifiedDate to one its column cannot hold)
+    does: it is published, where it is refused naming its column, a dead letter within
+    the error budget."""
+    try:
+        return preparer.row_bytes(changed) != published
+    except EncodingError:
+        return True
 
 
 def _up_to_last_key(
@@ -274,7 +285,7 @@ class Sweeper:
             version = version_micros(stamp)
             if published is None or version > published.version:
                 found["late"] += 1
-            elif version < published.version or preparer.row_bytes(changed) != published.row:
+            elif version < published.version or _differs(preparer, changed, published.row):
                 found["repaired"] += 1
             else:
                 continue

@@ -368,3 +368,34 @@ def test_a_key_that_is_no_integer_is_refused_by_name_in_a_refresh_and_in_the_swe
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr
     assert f"{named}: 'x' is not an integer" in refused.stderr
+
+
+def test_a_value_spoiled_under_its_published_version_is_a_dead_letter_of_the_sweep(
+    sqlite_url: str, kafka_bootstrap: str, unique: str
+) -> None:
+    """A published row whose value is changed, with its ModifiedDate kept, to one its
+    column cannot hold: the sweep compares it with what was published and could not
+    encode it, which ended the pass whatever the budget. It now publishes the row, so it
+    is refused as any row is: a dead letter within the budget, else the named error."""
+    engine = create_engine(sqlite_url, writer=True)
+    Simulator(engine, ZoneInfo("UTC"), seed=8).run(150, per_transaction=50)
+    env = _producer_env(kafka_bootstrap, unique, sqlite_url, QUEUESTREAM_OVERLAP_SECONDS="0")
+    assert run_cli(["refresh"], env=env, timeout=120).returncode == 0
+    with engine.begin() as conn:
+        key = conn.exec_driver_sql('SELECT min("OrderID") FROM "Orders"').scalar_one()
+        conn.exec_driver_sql(
+            'UPDATE "Orders" SET "Total" = \'garbage\' WHERE "OrderID" = ?', (key,)
+        )
+    engine.dispose()
+    assert run_cli(["refresh"], env=env, timeout=120).returncode == 0  # not in its window
+
+    refused = run_cli(["sweep"], env=env, timeout=120)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    named = f"table orders, key {{'OrderID': {key}}}, column Total: 'garbage' is not a decimal"
+    assert named in refused.stderr
+    swept = run_cli(["sweep", "--json"], env={**env, "QUEUESTREAM_MAX_ERRORS": "1"}, timeout=120)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    letters = committed_messages(kafka_bootstrap, [dlq_topic(topic_for(unique, "orders"))])
+    assert [json.loads(m.key() or b"")["OrderID"] for m in letters] == [key]
+    assert message_headers(letters[0])["queuestream.errors.column"] == "Total"
