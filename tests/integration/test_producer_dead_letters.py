@@ -27,7 +27,7 @@ from queuestream.dead_letters import dlq_topic
 from queuestream.errors import EncodingError
 from queuestream.producer_status import read_statuses
 from queuestream.sync_schema import Base
-from queuestream.tables import topic_for
+from queuestream.tables import TABLES, topic_for
 from schemas.avro import AvroCodec
 from tests.helpers import (
     cli_env,
@@ -286,20 +286,38 @@ def _producer_env(bootstrap: str, prefix: str, source_url: str, **more: str) -> 
     )
 
 
-def test_a_modified_date_that_is_no_date_is_found_by_the_sweep_and_refused_by_name(
-    sqlite_url: str, kafka_bootstrap: str, unique: str
+#: Rows only the sweep reads, each refused by it: (table, key column, column, value,
+#: why). SQLite compares dates as text, so no refresh's window selects a ModifiedDate of
+#: 'garbage' (the sweep crashed on it). A value changed to one its column cannot hold,
+#: with the published ModifiedDate kept, differs from what was published; the sweep could
+#: not encode it to compare, which ended the pass whatever the budget.
+_SWEPT = [
+    ("Payments", "PaymentID", "ModifiedDate", "'garbage' is not a date and time"),
+    ("Orders", "OrderID", "Total", "'garbage' is not a decimal"),
+]
+
+
+@pytest.mark.parametrize(("table", "key_column", "column", "why"), _SWEPT, ids=["stamp", "value"])
+def test_a_row_only_the_sweep_reads_is_refused_by_name_and_a_dead_letter_within_the_budget(
+    sqlite_url: str,
+    kafka_bootstrap: str,
+    unique: str,
+    table: str,
+    key_column: str,
+    column: str,
+    why: str,
 ) -> None:
-    """SQLite compares dates as text, so no refresh's window selects a ModifiedDate of
-    'garbage': only the sweep reads that row. It crashed there; the row is now refused as
-    any row that cannot be encoded: a dead letter within the budget, else one line."""
+    """The sweep publishes such a row, so it is refused as any row that cannot be encoded:
+    a dead letter within the budget, else one line naming table, key and column."""
     engine = create_engine(sqlite_url, writer=True)
     Simulator(engine, ZoneInfo("UTC"), seed=6).run(150, per_transaction=50)
-    env = _producer_env(kafka_bootstrap, unique, sqlite_url)
+    # No overlap: the spoiled row's stamp lies behind the second refresh's window.
+    env = _producer_env(kafka_bootstrap, unique, sqlite_url, QUEUESTREAM_OVERLAP_SECONDS="0")
     assert run_cli(["refresh"], env=env, timeout=120).returncode == 0
     with engine.begin() as conn:
-        key = conn.exec_driver_sql('SELECT min("PaymentID") FROM "Payments"').scalar_one()
+        key = conn.exec_driver_sql(f'SELECT min("{key_column}") FROM "{table}"').scalar_one()
         conn.exec_driver_sql(
-            'UPDATE "Payments" SET "ModifiedDate" = \'garbage\' WHERE "PaymentID" = ?', (key,)
+            f'UPDATE "{table}" SET "{column}" = \'garbage\' WHERE "{key_column}" = ?', (key,)
         )
     engine.dispose()
     assert run_cli(["refresh"], env=env, timeout=120).returncode == 0  # not in its window
@@ -307,16 +325,13 @@ def test_a_modified_date_that_is_no_date_is_found_by_the_sweep_and_refused_by_na
     refused = run_cli(["sweep"], env=env, timeout=120)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr
-    assert (
-        f"table payments, key {{'PaymentID': {key}}}, column ModifiedDate: 'garbage' is not "
-        "a date and time" in refused.stderr
-    )
+    name = next(spec.name for spec in TABLES if spec.source == table)
+    assert f"table {name}, key {{'{key_column}': {key}}}, column {column}: {why}" in refused.stderr
     swept = run_cli(["sweep", "--json"], env={**env, "QUEUESTREAM_MAX_ERRORS": "1"}, timeout=120)
     assert swept.returncode == 0, swept.stdout + swept.stderr
-    payments = topic_for(unique, "payments")
-    letters = committed_messages(kafka_bootstrap, [dlq_topic(payments)])
-    assert [json.loads(m.key() or b"")["PaymentID"] for m in letters] == [key]
-    assert message_headers(letters[0])["queuestream.errors.column"] == "ModifiedDate"
+    letters = committed_messages(kafka_bootstrap, [dlq_topic(topic_for(unique, name))])
+    assert [json.loads(m.key() or b"")[key_column] for m in letters] == [key]
+    assert message_headers(letters[0])["queuestream.errors.column"] == column
 
 
 def test_a_key_that_is_no_integer_is_refused_by_name_in_a_refresh_and_in_the_sweep(
@@ -368,34 +383,3 @@ def test_a_key_that_is_no_integer_is_refused_by_name_in_a_refresh_and_in_the_swe
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr
     assert f"{named}: 'x' is not an integer" in refused.stderr
-
-
-def test_a_value_spoiled_under_its_published_version_is_a_dead_letter_of_the_sweep(
-    sqlite_url: str, kafka_bootstrap: str, unique: str
-) -> None:
-    """A published row whose value is changed, with its ModifiedDate kept, to one its
-    column cannot hold: the sweep compares it with what was published and could not
-    encode it, which ended the pass whatever the budget. It now publishes the row, so it
-    is refused as any row is: a dead letter within the budget, else the named error."""
-    engine = create_engine(sqlite_url, writer=True)
-    Simulator(engine, ZoneInfo("UTC"), seed=8).run(150, per_transaction=50)
-    env = _producer_env(kafka_bootstrap, unique, sqlite_url, QUEUESTREAM_OVERLAP_SECONDS="0")
-    assert run_cli(["refresh"], env=env, timeout=120).returncode == 0
-    with engine.begin() as conn:
-        key = conn.exec_driver_sql('SELECT min("OrderID") FROM "Orders"').scalar_one()
-        conn.exec_driver_sql(
-            'UPDATE "Orders" SET "Total" = \'garbage\' WHERE "OrderID" = ?', (key,)
-        )
-    engine.dispose()
-    assert run_cli(["refresh"], env=env, timeout=120).returncode == 0  # not in its window
-
-    refused = run_cli(["sweep"], env=env, timeout=120)
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "Traceback" not in refused.stderr
-    named = f"table orders, key {{'OrderID': {key}}}, column Total: 'garbage' is not a decimal"
-    assert named in refused.stderr
-    swept = run_cli(["sweep", "--json"], env={**env, "QUEUESTREAM_MAX_ERRORS": "1"}, timeout=120)
-    assert swept.returncode == 0, swept.stdout + swept.stderr
-    letters = committed_messages(kafka_bootstrap, [dlq_topic(topic_for(unique, "orders"))])
-    assert [json.loads(m.key() or b"")["OrderID"] for m in letters] == [key]
-    assert message_headers(letters[0])["queuestream.errors.column"] == "Total"
