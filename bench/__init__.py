@@ -19,8 +19,9 @@ Their parts: ``producer_ceiling``, ``producer_breakdown`` (Kafka-free and profil
 passes), ``consuming`` (one timed consumer run, its target counted and verified),
 ``consumer_ceiling``, ``consumer_breakdown``, ``freshness_records`` (markers and sync
 logs read back), ``freshness_figures`` (row-weighted latency and its parts),
-``sweep_phases``. What every benchmark shares, about
-running a measurement and nothing about what is measured:
+``cycle_cpu`` (the machine's busy cores through the refresh cycle), ``sweep_phases``.
+What every benchmark shares, about running a measurement and nothing about what is
+measured:
 
 =======================  ===================================================================
 ``options``              the options every benchmark takes

@@ -43,7 +43,9 @@ window's end lies behind the start (``bound_age``: the producer's clock allowanc
 for PostgreSQL writers). Goal (issue 10): p99 under 1.5 s.
 
 And what shared the machine with the pipeline: the cores each part took during the
-load, the simulators' CPU a row written (the same work in every run, so the machine's
+load, the machine's busy cores in each tenth of a second after a refresh started
+(:mod:`bench.cycle_cpu`: which steps of the cycle leave no core to spare), the
+simulators' CPU a row written (the same work in every run, so the machine's
 speed), how long the local broker had run (its JIT's first minutes), and when
 PostgreSQL's autovacuum worked on the source and on each target
 (:mod:`bench.autovacuum`), with the databases it was maintaining during each of the
@@ -79,6 +81,7 @@ import sqlalchemy as sa
 from bench.autovacuum import AutovacuumWatch, overlapping
 from bench.commands import add_live_arguments, cli_command, running, stderr_tail, stop
 from bench.cpu import CpuSpan, child_pids, local_services
+from bench.cycle_cpu import MachineTrace, busy_by_phase
 from bench.environment import broker_uptime_seconds, environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.freshness_figures import (
@@ -327,6 +330,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         parts = _cpu_parts(bootstrap, server, pipeline)
         cpu = CpuSpan()
         cpu.start(parts)
+        trace = MachineTrace()
+        trace.start()
+        stack.callback(trace.stop)
         n = args.simulators
         sims = []
         for i in range(n):
@@ -350,6 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu.sample(simulators)  # they end before the span does; the rest live on
             time.sleep(0.25)
         cores_busy = _by_part(cpu.stop(parts), [s.name for s in sims])
+        traced = trace.stop()
         for sim in sims:
             stop(sim.popen)
         load_seconds = time.monotonic() - clock
@@ -426,6 +433,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": per_target,
         "producer_peak_rss_mb": producer.peak_mb,
         "cores_busy_during_load": cores_busy,
+        "cores_busy_by_refresh_phase": busy_by_phase(
+            traced, sorted(r.started.timestamp() for r in measured.values()), args.interval
+        ),
         "autovacuum_during_run": maintenance,
         "broker_uptime_at_load_seconds": broker_uptime,
         "goal_p99_seconds": GOAL_P99_SECONDS,
@@ -483,6 +493,12 @@ def print_table(report: dict[str, Any]) -> None:
         f"cores busy during the load, of {os.cpu_count()}: "
         + ", ".join(f"{name} {cores:.2f}" for name, cores in busy.items())
     )
+    phases = report.get("cores_busy_by_refresh_phase") or {}
+    if phases:
+        out.print(
+            "the machine's busy cores by seconds after a refresh started: "
+            + ", ".join(f"{phase} {cores:.2f}" for phase, cores in phases.items())
+        )
     if report.get("sim_cpu_us_per_row") is not None:
         out.print(
             f"the simulators took {report['sim_cpu_us_per_row']:.1f} µs of CPU a row written "
