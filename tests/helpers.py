@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
@@ -140,6 +140,65 @@ def start_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+class LoggedCommand:
+    """``queuestream ARGS`` in a process of its own; its log goes to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log: IO[str] = log.open("w")
+        self.process = subprocess.Popen(
+            [*CLI, *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def assert_running(self) -> None:
+        assert self.process.poll() is None, f"exited early:\n{self.output()[-3000:]}"
+
+    def wait_logged(self, text: str, timeout: float = 60.0) -> None:
+        """Until the command has logged ``text`` (it must still be running)."""
+
+        def logged() -> bool:
+            self.assert_running()
+            return text in self.output()
+
+        wait_for(logged, timeout=timeout, interval=0.1, message=f"{text!r} logged")
+
+    def stop(self, bound: float) -> tuple[int | None, float]:
+        """SIGTERM; the exit status (None: still running ``bound`` s later, then killed)
+        and the seconds it took."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            status: int | None = self.process.wait(timeout=bound)
+        except subprocess.TimeoutExpired:
+            status = None
+            self.process.kill()
+            self.process.wait()
+        finally:
+            self._log.close()
+        return status, time.monotonic() - started
+
+    def assert_stops_within(self, bound: float) -> float:
+        status, took = self.stop(bound)
+        assert status == 0, (
+            f"exit status {status} ({took:.1f}s after SIGTERM; None: still running after "
+            f"{bound}s):\n{self.output()[-3000:]}"
+        )
+        return took
+
+    def close(self, bound: float = 5.0) -> None:
+        """Stop the command if it still runs (killed after ``bound`` seconds)."""
+        if self.process.poll() is None:
+            self.stop(bound)
 
 
 def scrape_metrics(port: int, timeout: float = 5.0) -> Samples:

@@ -84,6 +84,12 @@ class Service:
             stop()
 
 
+def control(service: Service, command: str) -> None:
+    """Run ``command`` ("down", "up") of a service started with a control (an outage test's)."""
+    assert service.control is not None, f"{service.description} cannot be stopped and started"
+    service.control(command)
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports that are free on 127.0.0.1 right now."""
     sockets = []

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests import services
 from tests.integration.pipeline import Pipeline
 
 
@@ -17,3 +18,26 @@ def pipeline(sqlite_url: str, kafka_bootstrap: str, unique: str) -> Iterator[Pip
         yield pipe
     finally:
         pipe.close()
+
+
+def _own(start: Callable[[], services.Service], what: str) -> Iterator[services.Service]:
+    """A service of the test module's own, stopped at the end: an outage test stops and
+    starts it (``services.control``), which the shared session services never are."""
+    try:
+        service = start()
+    except services.ServiceError as exc:
+        pytest.fail(f"no {what} of the module's own: {exc}", pytrace=False)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[services.Service]:
+    yield from _own(services.start_local_postgres, "PostgreSQL server")
+
+
+@pytest.fixture(scope="module")
+def own_kafka() -> Iterator[services.Service]:
+    yield from _own(services.start_local_kafka, "Kafka broker")

@@ -11,6 +11,7 @@ until idle right after it finds them; its idle grace is then short.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from itertools import pairwise
 from typing import Any
@@ -33,7 +34,7 @@ from queuestream.sync_schema import create_source_schema
 from tests.helpers import producer_settings
 from tests.integration.kafka_readback import wait_until_readable
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "assert_each_refresh_once"]
 
 
 class Pipeline:
@@ -193,3 +194,19 @@ def assert_ranges_disjoint(entries: list[dict[str, Any]]) -> None:
     for where, ranges in spans.items():
         for a, b in pairwise(sorted(ranges)):
             assert a[1] < b[0], f"{where}: offset ranges {a} and {b} overlap"
+
+
+def assert_each_refresh_once(
+    pipeline: Pipeline, target: str, url: str, published: list[str]
+) -> list[dict[str, Any]]:
+    """Each refresh ``published`` for ``target`` is in its sync log once, and nothing else;
+    the logged offset ranges never overlap. Returns the sync log."""
+    entries = pipeline.sync_log(target, url)
+    applied = Counter(e["refresh_id"] for e in entries)
+    assert published, "the producer published nothing for the target"
+    assert {r: applied[r] for r in published} == dict.fromkeys(published, 1), (
+        f"refreshes not applied exactly once: {applied}"
+    )
+    assert set(applied) == set(published), "the sync log names refreshes never published"
+    assert_ranges_disjoint(entries)
+    return entries

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,7 @@ from tests import services
 from tests.helpers import wait_for
 from tests.integration.pipeline import (
     Pipeline,
-    assert_ranges_disjoint,
+    assert_each_refresh_once,
     group_offsets,
     run_in_thread,
     stored_offsets,
@@ -51,16 +50,10 @@ DOWN_SECONDS = 4.0
 
 
 @pytest.fixture(scope="module")
-def target_server() -> Iterator[services.Service]:
-    """A PostgreSQL server of the module's own, so that it can be stopped and started."""
-    try:
-        server = services.start_local_postgres()
-    except services.ServiceError as exc:
-        pytest.fail(f"no PostgreSQL server for the outage tests: {exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+def target_server(own_postgres: services.Service) -> services.Service:
+    """The module's own PostgreSQL server (tests/integration/conftest.py), so that it can
+    be stopped and started."""
+    return own_postgres
 
 
 class Target:
@@ -176,20 +169,6 @@ def _wait_verified(pipeline: Pipeline, target: str, url: str, consumer: Consumer
         raise
 
 
-def _assert_each_refresh_once(
-    pipeline: Pipeline, target: str, url: str, published: list[str]
-) -> list[dict[str, Any]]:
-    entries = pipeline.sync_log(target, url)
-    applied = Counter(e["refresh_id"] for e in entries)
-    assert published, "the producer published nothing for the target"
-    assert {r: applied[r] for r in published} == dict.fromkeys(published, 1), (
-        f"refreshes not applied exactly once: {applied}"
-    )
-    assert set(applied) == set(published), "the sync log names refreshes never published"
-    assert_ranges_disjoint(entries)
-    return entries
-
-
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.slow
 def test_the_target_going_down_mid_stream_loses_and_repeats_nothing(
@@ -249,7 +228,7 @@ def test_the_target_going_down_mid_stream_loses_and_repeats_nothing(
 
     stats = consumer.runtime.stats
     assert stats.batches > batches
-    _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
+    assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
     assert _group_offsets(consumer.runtime) == stored_offsets(target_db.url, target)
     print(f"{target}: {len(rounds.published)} refreshes, {stats}; timings {timings}")
 
@@ -284,7 +263,7 @@ def test_a_consumer_started_while_the_target_is_down_catches_up(
 
     stats = consumer.runtime.stats
     assert stats.batches >= 1
-    _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
+    assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
     assert _group_offsets(consumer.runtime) == stored_offsets(target_db.url, target)
     print(f"{target}: {len(rounds.published)} refreshes, {stats}; timings {timings}")
 
@@ -325,5 +304,5 @@ def test_the_target_going_down_mid_refresh_rolls_the_parts_back_and_repeats_noth
         consumer.finish()
     consumer.assert_finished()
     assert len(parts) > 2, "the refresh was read and applied again after the outage"
-    _assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
+    assert_each_refresh_once(pipeline, target, target_db.url, rounds.published)
     assert _group_offsets(consumer.runtime) == stored_offsets(target_db.url, target)

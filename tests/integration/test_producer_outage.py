@@ -24,13 +24,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -44,7 +41,7 @@ from queuestream.databases import create_engine
 from queuestream.kafka_clients import ensure_topics
 from queuestream.sync_schema import create_source_schema
 from tests import services
-from tests.helpers import CLI, cli_env, producer_settings, wait_for
+from tests.helpers import LoggedCommand, cli_env, producer_settings, wait_for
 from tests.integration.kafka_readback import committed_changes, committed_messages
 from tests.integration.source_versions import (
     assert_exactly_once,
@@ -63,33 +60,6 @@ STOP_TIMEOUT = 60
 BROKER_DOWN_SECONDS = 8.0
 #: A transaction of the producer older than this counts as held open.
 HELD_SECONDS = 3.0
-
-
-def _own(start: Callable[[], services.Service], what: str) -> Iterator[services.Service]:
-    """A service of this module's own, stopped at the end."""
-    try:
-        service = start()
-    except services.ServiceError as exc:
-        pytest.fail(f"no {what} for the producer outage tests: {exc}", pytrace=False)
-    try:
-        yield service
-    finally:
-        service.stop()
-
-
-@pytest.fixture(scope="module")
-def own_postgres() -> Iterator[services.Service]:
-    yield from _own(services.start_local_postgres, "PostgreSQL server")
-
-
-@pytest.fixture(scope="module")
-def own_kafka() -> Iterator[services.Service]:
-    yield from _own(services.start_local_kafka, "Kafka broker")
-
-
-def _control(service: services.Service, command: str) -> None:
-    assert service.control is not None
-    service.control(command)
 
 
 class Source:
@@ -181,15 +151,8 @@ class Produce:
             QUEUESTREAM_BROKER_TIMEOUT_SECONDS="2",
             **more,
         )
-        self._log: IO[str] = log.open("w")
-        self.process = subprocess.Popen(
-            [*CLI, "produce", "--interval", str(INTERVAL)],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
+        self.command = LoggedCommand(["produce", "--interval", str(INTERVAL)], env, log)
+        self.process = self.command.process
 
     def __enter__(self) -> Produce:
         return self
@@ -199,12 +162,10 @@ class Produce:
             self.stop()
 
     def output(self) -> str:
-        return self.log_path.read_text()
+        return self.command.output()
 
     def assert_running(self) -> None:
-        assert self.process.poll() is None, (
-            f"produce exited ({self.process.returncode}):\n{self.output()[-3000:]}"
-        )
+        self.command.assert_running()
 
     def failed_attempts(self, what: str = "") -> int:
         """Failed attempts logged so far (lines that also hold ``what``); the process
@@ -241,26 +202,20 @@ class Produce:
         for noise in ("Traceback", "Error closing cursor"):
             assert noise not in output, f"{noise!r} in the producer's output:\n{output[-5000:]}"
 
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=STOP_TIMEOUT)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self._log.close()
+    def stop(self) -> int | None:
+        """SIGTERM; the exit status (None: still running after STOP_TIMEOUT, then killed)."""
+        return self.command.stop(STOP_TIMEOUT)[0]
 
 
 @pytest.fixture
 def source(own_postgres: services.Service, unique: str) -> Iterator[Source]:
-    _control(own_postgres, "up")
+    services.control(own_postgres, "up")
     found = Source(own_postgres, f"qs_{unique}_source")
     try:
         yield found
     finally:
         found.close()
-        _control(own_postgres, "up")  # for the next test, whatever happened in this one
+        services.control(own_postgres, "up")  # for the next test, whatever happened in this one
 
 
 def _back_up(server: services.Service, produce: Produce, failures_before: int) -> None:
@@ -271,7 +226,7 @@ def _back_up(server: services.Service, produce: Produce, failures_before: int) -
         interval=0.2,
         message="a failed attempt logged while the source is down",
     )
-    _control(server, "up")
+    services.control(server, "up")
 
 
 def _is_select(query: str) -> bool:
@@ -308,7 +263,7 @@ def _restart_while_blocked(
             if reading(waiting):
                 meanwhile()
                 before = produce.failed_attempts()
-                _control(server, "down")
+                services.control(server, "down")
                 break
         time.sleep(0.2)  # held in another statement: let it pass, then lock again
     _back_up(server, produce, before)
@@ -321,7 +276,7 @@ def test_broker_outage_releases_the_snapshot_and_loses_nothing(
     source.simulate(200)
     with Produce(source, bootstrap, unique, tmp_path / "produce.log") as produce:
         produce.wait_caught_up()
-        _control(own_kafka, "down")
+        services.control(own_kafka, "down")
         try:
             source.simulate(100)  # changes made while Kafka is down
             held: list[tuple[str | None, float]] = []
@@ -340,7 +295,7 @@ def test_broker_outage_releases_the_snapshot_and_loses_nothing(
                 f"the outage was not logged:\n{produce.output()[-3000:]}"
             )
         finally:
-            _control(own_kafka, "up")
+            services.control(own_kafka, "up")
         source.simulate(50)
         produce.finish()
     output = produce.output()
@@ -356,7 +311,7 @@ def test_source_down_at_start_and_restarted_while_producing(
 ) -> None:
     bootstrap = own_kafka.address
     source.simulate(150)
-    _control(own_postgres, "down")
+    services.control(own_postgres, "down")
     with Produce(source, bootstrap, unique, tmp_path / "produce.log") as produce:
         # Started while the source is down: it keeps running and logs each attempt.
         wait_for(
@@ -365,7 +320,7 @@ def test_source_down_at_start_and_restarted_while_producing(
             interval=0.2,
             message="two failed attempts logged while the source is down",
         )
-        _control(own_postgres, "up")
+        services.control(own_postgres, "up")
         produce.wait_caught_up()
 
         # Restarted while producing, at whatever point the refresh is ...
@@ -373,7 +328,7 @@ def test_source_down_at_start_and_restarted_while_producing(
             source.simulate(60)
             before = produce.failed_attempts()
             time.sleep(0.4 * round_)
-            _control(own_postgres, "down")
+            services.control(own_postgres, "down")
             _back_up(own_postgres, produce, before)
         # ... and while it reads rows inside its snapshot.
         source.simulate(60)
@@ -469,7 +424,7 @@ def test_a_commit_the_broker_stops_under_waits_logged_and_completes_once_it_is_b
     def body(send: Send) -> None:
         for n in range(messages):
             send(topic, str(n).encode(), f"value {n}".encode(), n % 3)
-        _control(own_kafka, "down")  # the sends are queued or in flight, not committed
+        services.control(own_kafka, "down")  # the sends are queued or in flight, not committed
         # Back after several of the commit's steps, from another thread: the commit
         # below runs meanwhile.
         threading.Thread(target=_up_later, args=(own_kafka, restarted), daemon=True).start()
@@ -479,7 +434,7 @@ def test_a_commit_the_broker_stops_under_waits_logged_and_completes_once_it_is_b
             publisher.transaction(body)
     finally:
         restarted.wait(KAFKA_BACK_TIMEOUT)
-        _control(own_kafka, "up")  # for the next test, whatever happened in this one
+        services.control(own_kafka, "up")  # for the next test, whatever happened in this one
         publisher.close()
     waits = [r.getMessage() for r in caplog.records if "not acknowledged yet" in r.getMessage()]
     assert len(waits) >= 2, f"the commit's waits were not logged: {waits}"
@@ -496,6 +451,6 @@ KAFKA_BACK_TIMEOUT = 120.0
 def _up_later(kafka: services.Service, done: threading.Event) -> None:
     try:
         time.sleep(COMMIT_OUTAGE_SECONDS)
-        _control(kafka, "up")
+        services.control(kafka, "up")
     finally:
         done.set()
