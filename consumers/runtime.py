@@ -212,7 +212,7 @@ class ConsumerRuntime:
         # admin client here would only add a connection (50 ms) to the rebuild.
         created: list[str] = []
         if self.stop_at is None and not self._retrying(
-            "Kafka", lambda: ensure_topics(self.settings, created=created)
+            "Kafka", lambda: ensure_topics(self.settings, created=created, stop=self.stop)
         ):
             return self.stats
         if batches_topic(self.settings) in created:

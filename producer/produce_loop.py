@@ -79,7 +79,9 @@ class ProduceLoop:
     The refresher is built inside the loop, so a broker or database that is down
     at start-up is waited for like an outage later on: retried with backoff.
     ``stop()`` (wired to SIGTERM/SIGINT by the CLI) lets the refresh in hand
-    finish and commit, then the loop exits.
+    finish and commit, then the loop exits. A refresh that cannot commit (the broker is
+    down) is not retried once stopped: nothing of it is committed, the watermark has not
+    moved, and the next start publishes its changes.
     """
 
     def __init__(
@@ -89,7 +91,10 @@ class ProduceLoop:
         backoff: Backoff = _LOOP_BACKOFF,
         observer: RefreshObserver | None = None,
         sweep_every: float | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        """``stop``: the event ``stop()`` sets, when the refreshers are to see it too (a
+        refresher made with it gives up waiting for a broker that is down once it is set)."""
         self.make_refresher = make_refresher
         self.sweep_every = sweep_every
         self._sweeper: Sweeper | None = None
@@ -98,7 +103,7 @@ class ProduceLoop:
         self.refresher: Refresher | None = None
         self.interval = interval
         self.backoff = backoff
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._reported: tuple[object, ...] | None = None  # the last status written
 
     def stop(self) -> None:
@@ -133,6 +138,9 @@ class ProduceLoop:
                     if self.observer is not None:
                         self.observer.failed(exc)
                     self._discard()
+                    if self._stop.is_set():
+                        log.info("stopped; the refresh in hand did not commit: %s", exc)
+                        break
                     wait = outage.failed(exc)
                 except EncodingError as exc:
                     # Nothing committed, the snapshot is released: the refresher stays.

@@ -14,6 +14,7 @@ caller's retries) comes after the body has returned, its snapshot released.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -28,7 +29,11 @@ from queuestream.errors import (
     RetriableError,
 )
 from queuestream.failures import broker_failure
-from queuestream.kafka_clients import batches_topic, transactional_producer
+from queuestream.kafka_clients import (
+    answer_unless_stopped,
+    batches_topic,
+    transactional_producer,
+)
 from queuestream.settings import Settings
 
 __all__ = ["Headers", "Send", "TransactionalPublisher"]
@@ -61,13 +66,24 @@ _STUCK_SECONDS = 2.0
 _POLL_EVERY = 1000
 #: The longest wait in ``poll`` for a report when the local queue is full.
 _FULL_WAIT = 0.5
+#: With a stop event, the longest single wait of a commit or abort for the broker.
+_STOP_STEP = 0.5
 
 
 class TransactionalPublisher:
     """Runs a function that sends messages inside one Kafka transaction."""
 
-    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: Producer | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """``stop`` (the command's SIGTERM): once set, a wait for a broker that is down
+        ends at once (:meth:`check_reachable`, :meth:`_wait_for_broker`) and what the
+        transaction sent is dropped; nothing of it commits."""
         self.settings = settings
+        self.stop = stop
         self.producer = producer or transactional_producer(settings)
         self._unpolled = 0
         self._probe = batches_topic(settings)  # what check_reachable asks the broker about
@@ -117,7 +133,11 @@ class TransactionalPublisher:
         CPU, a request for every topic; 0.3 to 0.4 ms, 0.1 of CPU, for one.
         """
         try:
-            self.producer.list_topics(self._probe, timeout=self.settings.broker_timeout_seconds)
+            answer_unless_stopped(
+                lambda seconds: self.producer.list_topics(self._probe, timeout=seconds),
+                self.settings.broker_timeout_seconds,
+                self.stop,
+            )
         except KafkaException as exc:
             raise self._error(exc, "reach the broker") from None
 
@@ -223,19 +243,26 @@ class TransactionalPublisher:
         A broker that goes away between the body and its end (a rolling restart, an
         outage) leaves the call waiting: each step says so in the log at once, rather
         than after a minute of silence. Raises the last KafkaException when it is not
-        retriable or the patience is spent.
+        retriable or the patience is spent, or once ``stop`` is set: the steps are then
+        :data:`_STOP_STEP` long (librdkafka goes on with the commit between them), and a
+        commit given up on is settled by the next producer's ``init_transactions``.
         """
         step = self.settings.broker_timeout_seconds
-        started = time.monotonic()
+        started = said = time.monotonic()
         while True:
             try:
-                finish(step)
+                finish(step if self.stop is None else min(step, _STOP_STEP))
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                waited = time.monotonic() - started
-                if not error.retriable() or waited >= _FINISH_PATIENCE:
+                now = time.monotonic()
+                waited = now - started
+                stopping = self.stop is not None and self.stop.is_set()
+                if not error.retriable() or waited >= _FINISH_PATIENCE or stopping:
                     raise
+                if self.stop is not None and now - said < step:
+                    continue  # said once a broker_timeout_seconds, as without stop
+                said = now
                 log.warning(
                     "%s not acknowledged yet after %.0f s (%s); retrying, for up to %.0f s "
                     "before the producer restarts and reads back what committed",
@@ -253,4 +280,8 @@ class TransactionalPublisher:
         )
 
     def close(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            # Stopped: what is still queued belongs to a transaction that does not commit,
+            # and waiting to deliver it to a broker that is down held the exit for 10 s.
+            self.producer.purge()
         self.producer.flush(10)

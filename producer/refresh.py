@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -59,7 +60,7 @@ from queuestream.dead_letters import (
     ErrorBudget,
     ensure_dlq_topics,
 )
-from queuestream.errors import CommitOutcomeUnknownError, EncodingError
+from queuestream.errors import CommitOutcomeUnknownError, EncodingError, RetriableError
 from queuestream.kafka_clients import batches_topic, change_topics, ensure_topics
 from queuestream.producer_status import ProducerStatus, status_topic
 from queuestream.retry import Outage, retry
@@ -150,8 +151,16 @@ class RefreshResult:
 class Refresher:
     """Publishes refreshes of one sync database to one topic prefix."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: sa.Engine | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """``stop`` (``produce``'s SIGTERM): once set, waits for a broker that is down end
+        at once, and a refresh that cannot commit is not tried again (RetriableError)."""
         self.settings = settings
+        self.stop = stop
         self.engine = engine or create_engine(settings.source_url, existing="the sync database")
         self.publisher: TransactionalPublisher | None = None
         try:
@@ -167,7 +176,7 @@ class Refresher:
         self.policy = column_policy(settings)
         prefix = settings.topic_prefix
         self.partitions = ensure_topics(
-            settings, internal=(status_topic(prefix), state_topic(prefix))
+            settings, internal=(status_topic(prefix), state_topic(prefix)), stop=self.stop
         )
         if self.partitions != settings.partitions:  # topics another process made first
             log.warning(
@@ -182,7 +191,7 @@ class Refresher:
             ensure_dlq_topics(settings, set(change_topics(settings)))
         # Started before the rest, so that it is up by the first refresh.
         self.row_reader = RowReader(settings, self.partitions) if settings.reader_process else None
-        self.publisher = TransactionalPublisher(settings)
+        self.publisher = TransactionalPublisher(settings, stop=self.stop)
         # After init_transactions (in the publisher): nothing of ours is left open.
         self.progress: Progress = read_progress(settings, self.codec)
         self.state = PublishedState.open(settings, self.progress.refresh_id)
@@ -336,8 +345,10 @@ class Refresher:
     # -- publishing -------------------------------------------------------------------
     def _publish_with_retries(self, attempt: Callable[[], RefreshResult]) -> RefreshResult:
         def pause(seconds: float) -> bool:
-            time.sleep(seconds)
-            return True
+            if self.stop is None:
+                time.sleep(seconds)
+                return True
+            return not self.stop.wait(seconds)
 
         outage = Outage("publishing the refresh", self.settings.backoff)
         result = retry(
@@ -348,7 +359,12 @@ class Refresher:
             unless=(CommitOutcomeUnknownError,),
             max_attempts=self.settings.publish_attempts,
         )
-        assert result is not None  # pause never stops
+        if result is None:  # stopped
+            msg = (
+                "stopped before the refresh could be published: nothing was committed and "
+                "the watermark did not move"
+            )
+            raise RetriableError(msg)
         return result
 
     def _publish(

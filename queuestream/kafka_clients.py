@@ -23,9 +23,10 @@ may not know their leaders yet, :func:`consume_arrived` to read what has arrived
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -42,6 +43,7 @@ __all__ = [
     "PRODUCER_ONLY",
     "ClientErrors",
     "admin_client",
+    "answer_unless_stopped",
     "assign_at_once",
     "batches_topic",
     "change_topics",
@@ -58,11 +60,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: The END marker can carry many overlap digests; allow it to be large.
 BATCH_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 _ADMIN_TIMEOUT = 15.0
 _PROBE_SECONDS = 5.0  # longest wait of admin_client for a first answer or a refusal
 _PROBE_STEP = 0.5
+#: The longest single wait of :func:`answer_unless_stopped` while no broker is up.
+_STOP_STEP = 0.5
 
 
 #: librdkafka's own log lines go here instead of straight to stderr.
@@ -371,9 +377,43 @@ def batches_topic(settings: Settings) -> str:
     return topic_for(settings.topic_prefix, BATCHES)
 
 
-def _describe(admin: AdminClient, settings: Settings) -> dict[str, int]:
+def answer_unless_stopped(
+    ask: Callable[[float], T], timeout: float, stop: threading.Event | None
+) -> T:
+    """``ask(timeout)``: a request librdkafka waits for (metadata), which ``stop`` can end.
+
+    librdkafka cannot cancel a request, and a Python signal handler runs only once the
+    call returns: a command told to stop (SIGTERM, Ctrl-C) while the broker was down
+    waited out the rest of ``broker_timeout_seconds`` (15 s) first, in every such call.
+    With ``stop``, while no broker is up (librdkafka answers ``_TRANSPORT`` at the end
+    of each step: nothing was sent) the request is asked again in steps of
+    :data:`_STOP_STEP`, and its failure is raised as soon as ``stop`` is set or the time
+    is up. Any other failure (a broker that is up and slow to answer) gets the rest of
+    the time in one request, as without ``stop``.
+    """
+    if stop is None:
+        return ask(timeout)
+    deadline = time.monotonic() + timeout
+    step = _STOP_STEP
+    while True:
+        try:
+            return ask(max(0.0, min(step, deadline - time.monotonic())))
+        except KafkaException as exc:
+            if stop.is_set() or time.monotonic() >= deadline:
+                raise
+            if exc.args[0].code() != KafkaError._TRANSPORT:
+                step = timeout
+
+
+def _describe(
+    admin: AdminClient, settings: Settings, stop: threading.Event | None = None
+) -> dict[str, int]:
     try:
-        metadata = admin.list_topics(timeout=settings.broker_timeout_seconds)
+        metadata = answer_unless_stopped(
+            lambda seconds: admin.list_topics(timeout=seconds),
+            settings.broker_timeout_seconds,
+            stop,
+        )
     except KafkaException as exc:
         raise broker_failure(exc.args[0], settings.kafka_bootstrap_servers) from None
     return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
@@ -401,9 +441,11 @@ def ensure_topics(
     internal: Iterable[str] = (),
     *,
     created: list[str] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Create the change topics, the batches topic and the ``internal`` topics where missing
-    (their names added to ``created``, when given).
+    (their names added to ``created``, when given). ``stop`` set ends a wait for a broker
+    that is down (:func:`answer_unless_stopped`).
 
     Change topics get ``settings.partitions`` partitions and keep history
     (``retention.ms`` -1 by default); the batches topic has one partition so that
@@ -414,7 +456,7 @@ def ensure_topics(
     """
     if admin is None:  # not `admin or ...`: an AdminClient with nothing queued is falsy
         admin = admin_client(settings)
-    existing = _describe(admin, settings)
+    existing = _describe(admin, settings, stop)
     retention = str(settings.retention_ms)
     wanted = {
         topic: NewTopic(
@@ -449,7 +491,7 @@ def ensure_topics(
         create_topics(admin, missing, settings.kafka_bootstrap_servers)
         if created is not None:
             created.extend(new.topic for new in missing)
-        existing = _describe(admin, settings)
+        existing = _describe(admin, settings, stop)
     counts = {topic: existing.get(topic) for topic in change_topics(settings)}
     if len(set(counts.values())) > 1:
         listing = ", ".join(f"{t}={n}" for t, n in counts.items())

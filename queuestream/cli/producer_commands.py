@@ -7,6 +7,7 @@ imported inside the commands so that ``queuestream --help`` starts at once.
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 import typer
@@ -162,12 +163,14 @@ def produce(
             msg = "--sweep-every: the sweep runs in watermark mode only (refresh_mode)"
             raise ConfigurationError(msg)
     metrics = ProducerMetrics()
+    stop = threading.Event()  # SIGTERM: also ends a refresher's wait for a broker that is down
     loop = ProduceLoop(
-        lambda: Refresher(settings),
+        lambda: Refresher(settings, stop=stop),
         interval,
         backoff=settings.backoff,
         observer=metrics,
         sweep_every=every,
+        stop=stop,
     )
 
     on_stop_signals(loop.stop, "finishing the refresh in hand")

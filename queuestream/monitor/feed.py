@@ -21,7 +21,7 @@ __all__ = ["FeedState", "SnapshotFeed"]
 log = logging.getLogger(__name__)
 
 #: How long stopping waits for a snapshot being collected (:meth:`SnapshotFeed.stop`).
-STOP_WAIT_SECONDS = 3.0
+STOP_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)

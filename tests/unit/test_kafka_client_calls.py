@@ -10,6 +10,7 @@ returned after 0.2 s.
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from queuestream import kafka_clients
 from queuestream.kafka_clients import (
+    answer_unless_stopped,
     assign_at_once,
     batches_topic,
     change_topics,
@@ -154,3 +156,46 @@ def test_an_admin_client_of_a_broker_that_does_not_answer_says_it_waits(
     with caplog.at_level("INFO", logger="queuestream.kafka_clients"):
         kafka_clients.admin_client(settings)
     assert "Kafka at 127.0.0.1:1 does not answer yet: waiting up to 1s" in caplog.text
+
+
+class _Unanswered:
+    """A metadata request to a broker that is down (``_TRANSPORT``), or up and slow
+    (``_TIMED_OUT``): each call notes its timeout; the stop is set at the ``stop_at``-th."""
+
+    def __init__(self, code: int, stop: threading.Event, stop_at: int) -> None:
+        self.code = code
+        self.stop = stop
+        self.stop_at = stop_at
+        self.timeouts: list[float] = []
+
+    def __call__(self, timeout: float) -> Any:
+        self.timeouts.append(timeout)
+        if len(self.timeouts) == self.stop_at:
+            self.stop.set()  # as SIGTERM's handler does, once the call returns
+        raise KafkaException(KafkaError(self.code))
+
+
+def test_a_wait_for_a_broker_that_is_down_ends_once_stopped() -> None:
+    stop = threading.Event()
+    ask = _Unanswered(KafkaError._TRANSPORT, stop, stop_at=3)
+    with pytest.raises(KafkaException):
+        answer_unless_stopped(ask, 15.0, stop)
+    # Steps of half a second, not the whole 15 s in one call; none after the stop.
+    assert len(ask.timeouts) == 3
+    assert all(0 < t <= 0.5 for t in ask.timeouts)
+
+
+def test_a_broker_that_is_up_and_slow_gets_the_rest_of_the_time_in_one_request() -> None:
+    stop = threading.Event()
+    ask = _Unanswered(KafkaError._TIMED_OUT, stop, stop_at=2)
+    with pytest.raises(KafkaException):
+        answer_unless_stopped(ask, 15.0, stop)
+    assert ask.timeouts[0] <= 0.5
+    assert 14.0 < ask.timeouts[1] <= 15.0
+
+
+def test_without_a_stop_event_the_request_waits_as_before() -> None:
+    ask = _Unanswered(KafkaError._TRANSPORT, threading.Event(), stop_at=0)
+    with pytest.raises(KafkaException):
+        answer_unless_stopped(ask, 15.0, None)
+    assert ask.timeouts == [15.0]
