@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from consumers import offsets, target_named
 from consumers.rebuild_workers import run_shares, shares_of
 from consumers.runtime import BatchOutcome, ConsumerRuntime, RunStats, StopAt
-from queuestream.databases import create_engine, describe_url
+from queuestream.databases import create_engine, describe_url, retriable_outages
 from queuestream.errors import ConfigurationError
 from queuestream.kafka_clients import admin_client, batches_topic, ensure_topics
 from queuestream.kafka_offsets import log_bounds, offsets_at, partitions_of, to_ms
@@ -109,7 +109,7 @@ def _check_fresh(url: str, target: str) -> None:
     """A rebuild fills a new database: refuse one that already holds applied offsets."""
     engine = create_engine(url)
     try:
-        with engine.connect() as conn:
+        with retriable_outages(engine), engine.connect() as conn:
             if not sa.inspect(conn).has_table(offsets.OFFSETS.name):
                 return
             held = offsets.stored_offsets(conn, target)

@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from consumers import TARGET_NAMES, offsets
 from consumers.replay_inputs import ReplaySpec
-from queuestream.databases import create_engine, describe_url
+from queuestream.databases import create_engine, describe_url, retriable_outages
 from queuestream.errors import ConfigurationError
 from queuestream.kafka_clients import admin_client
 from queuestream.kafka_offsets import (
@@ -95,7 +95,7 @@ def _target_offsets(
     """The sample targets in ``url`` that ``group`` applies, and their stored offsets."""
     engine = create_engine(url, existing="the target")
     try:
-        with engine.connect() as conn:
+        with retriable_outages(engine), engine.connect() as conn:
             if not sa.inspect(conn).has_table(offsets.OFFSETS.name):
                 msg = (
                     f"{describe_url(url)} has no {offsets.OFFSETS.name} table: it is not a "

@@ -57,7 +57,7 @@ def sim(
 ) -> None:
     """Generate customers, orders, payments, shipping and cancellations in the sync database."""
     from producer.simulator import Simulator
-    from queuestream.databases import create_engine
+    from queuestream.databases import create_engine, retriable_outages
 
     check_at_least(actions, 0, "--actions")
     check_above(rate, 0, "--rate")
@@ -69,21 +69,22 @@ def sim(
         raise ConfigurationError(msg)
     settings = command_settings()
     engine = create_engine(settings.source_url, writer=True)
-    simulator = Simulator(
-        engine, settings.zone, seed=seed, deletes=deletes, stride=id_stride, offset=id_offset
-    )
-    if with_queue_procedure:
-        from producer.queue_procedure import install_queue_procedure
-
-        install_queue_procedure(engine, settings.queue_schema)
-    with progress_bar() as bar:
-        task = bar.add_task("simulating", total=actions)
-        stats = simulator.run(
-            actions,
-            rate=rate,
-            per_transaction=per_transaction,
-            on_progress=lambda n: bar.advance(task, n),
+    with retriable_outages(engine):  # a failure names the sync database
+        simulator = Simulator(
+            engine, settings.zone, seed=seed, deletes=deletes, stride=id_stride, offset=id_offset
         )
+        if with_queue_procedure:
+            from producer.queue_procedure import install_queue_procedure
+
+            install_queue_procedure(engine, settings.queue_schema)
+        with progress_bar() as bar:
+            task = bar.add_task("simulating", total=actions)
+            stats = simulator.run(
+                actions,
+                rate=rate,
+                per_transaction=per_transaction,
+                on_progress=lambda n: bar.advance(task, n),
+            )
     engine.dispose()
     done = ", ".join(f"{n} {a.replace('_', ' ')}" for a, n in stats.actions.items() if n)
     console.print(f"simulated {stats.total} actions ({done}); {stats.rows_written} rows written")

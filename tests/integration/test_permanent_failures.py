@@ -155,9 +155,17 @@ def test_a_database_that_does_not_exist(
     missing = f"qs_missing_{unique}".lower()
     url = _url(_postgres_admin, database=missing)
     env = _env(kafka_bootstrap, unique, QUEUESTREAM_SOURCE_URL=url)
-    for args in (["refresh"], ["consume", "shipping", "--target", url, "--until-idle"]):
+    for args in (
+        ["refresh"],
+        ["consume", "shipping", "--target", url, "--until-idle"],
+        # These three named it "(this command's database)", the CLI's catch-all.
+        ["sim", "--actions", "1"],
+        ["rebuild", "accounting", "--target", url, "--as-of", "2026-01-01T00:00:00+00:00"],
+        ["replay", "--group", f"{unique}-group", "--to-earliest", "--target", url],
+    ):
         line = _fails_at_once(args, env)
-        assert line.startswith("DatabaseAccessError: "), line
+        assert line.startswith("DatabaseAccessError: database postgresql+psycopg://"), line
+        assert f"/{missing}: " in line, line  # the database is named by its URL
         assert f'database "{missing}" does not exist' in line
         assert "create it or fix the database name in the URL" in line
 
