@@ -25,7 +25,7 @@ from consumers import TARGET_NAMES, offsets
 from consumers.replay_inputs import ReplaySpec
 from queuestream.databases import create_engine, describe_url, retriable_outages
 from queuestream.errors import ConfigurationError
-from queuestream.kafka_clients import admin_client
+from queuestream.kafka_clients import admin_client, topic_partition_counts
 from queuestream.kafka_offsets import (
     LogBounds,
     Partition,
@@ -177,6 +177,7 @@ def plan_replay(
     """Current and new offsets of every partition to move; changes nothing."""
     now = now or datetime.now(UTC)
     admin = admin_client(settings)
+    topic_partition_counts(admin, settings)  # an unreachable broker: broker_timeout_seconds
     described = describe_groups(admin, [group])[group]
     committed = group_offsets(admin, [group])[group]
     names: list[str] = []

@@ -55,6 +55,7 @@ __all__ = [
     "idempotent_producer",
     "producer_config",
     "raise_if_refused",
+    "topic_partition_counts",
     "transactional_producer",
 ]
 
@@ -405,9 +406,12 @@ def answer_unless_stopped(
                 step = timeout
 
 
-def _describe(
+def topic_partition_counts(
     admin: AdminClient, settings: Settings, stop: threading.Event | None = None
 ) -> dict[str, int]:
+    """Every topic and its partition count: a metadata request, which a broker that does
+    not answer within ``broker_timeout_seconds`` fails with BrokerUnavailableError
+    (sooner once ``stop`` is set: :func:`answer_unless_stopped`)."""
     try:
         metadata = answer_unless_stopped(
             lambda seconds: admin.list_topics(timeout=seconds),
@@ -456,7 +460,7 @@ def ensure_topics(
     """
     if admin is None:  # not `admin or ...`: an AdminClient with nothing queued is falsy
         admin = admin_client(settings)
-    existing = _describe(admin, settings, stop)
+    existing = topic_partition_counts(admin, settings, stop)
     retention = str(settings.retention_ms)
     wanted = {
         topic: NewTopic(
@@ -491,7 +495,7 @@ def ensure_topics(
         create_topics(admin, missing, settings.kafka_bootstrap_servers)
         if created is not None:
             created.extend(new.topic for new in missing)
-        existing = _describe(admin, settings, stop)
+        existing = topic_partition_counts(admin, settings, stop)
     counts = {topic: existing.get(topic) for topic in change_topics(settings)}
     if len(set(counts.values())) > 1:
         listing = ", ".join(f"{t}={n}" for t, n in counts.items())

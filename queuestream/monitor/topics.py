@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from queuestream.failures import broker_failure
 from queuestream.kafka_clients import batches_topic, change_topics
-from queuestream.kafka_offsets import ADMIN_TIMEOUT, from_ms, list_offsets
+from queuestream.kafka_offsets import from_ms, list_offsets
 from queuestream.monitor.snapshot import (
     RATE_WINDOW_SECONDS,
     DeadLetterInfo,
@@ -75,7 +75,7 @@ def dead_letters(topics: tuple[TopicInfo, ...]) -> tuple[DeadLetterInfo, ...]:
 
 def _topic_partitions(admin: AdminClient, settings: Settings) -> dict[str, int]:
     try:
-        metadata = admin.list_topics(timeout=ADMIN_TIMEOUT)
+        metadata = admin.list_topics(timeout=settings.broker_timeout_seconds)
     except KafkaException as exc:
         where = settings.kafka_bootstrap_servers
         raise broker_failure(exc.args[0], where, "list the topics") from None

@@ -11,7 +11,9 @@ tests/integration/test_permanent_failures.py.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import time
 import tomllib
 from concurrent.futures import Future
 from pathlib import Path
@@ -47,6 +49,7 @@ from queuestream.failures import (
 )
 from queuestream.kafka_clients import create_topics
 from queuestream.settings import load_settings
+from tests.helpers import run_cli
 from tests.services import free_ports
 
 WHERE = "postgresql://app:***@db/sync"
@@ -550,3 +553,27 @@ def test_passwords_in_urls_are_hidden_wherever_they_are_in_a_text() -> None:
         hide_logins(text)
         == 'POST http://qs:***@registry:8081/subjects "200", then https://a:***@h/x'
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "--group", "nobody", "--to-earliest"],
+        ["monitor", "--once"],
+        ["monitor", "--check", "--max-lag", "10"],
+    ],
+)
+def test_an_unreachable_broker_stops_replay_and_monitor_within_broker_timeout_seconds(
+    args: list[str],
+) -> None:
+    # They waited a fixed 15 s while logging "waiting up to 1s (broker_timeout_seconds)".
+    (port,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUESTREAM_")}
+    env |= {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+    env |= {"QUEUESTREAM_BROKER_TIMEOUT_SECONDS": "1"}
+    started = time.monotonic()
+    done = run_cli(args, env, timeout=60)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert "BrokerUnavailableError: Kafka at 127.0.0.1:" in done.stderr, done.stderr
+    assert elapsed < 10, f"stopped after {elapsed:.1f}s"
