@@ -2,7 +2,8 @@
 
 ``GET /`` is the HTML page of the feed's latest snapshot
 (:mod:`queuestream.monitor.page`: every value escaped, no script, it reloads
-itself every ``refresh_seconds``); ``GET /snapshot.json`` is the snapshot's ``as_dict()``.
+itself every ``refresh_seconds``); ``GET /snapshot.json`` is ``{"snapshot": ..., "error": ...}``:
+the snapshot's ``as_dict()`` (null before the first) and the last collection's error.
 The server is bound where told (``--http 127.0.0.1:8080``; loopback by default)
 and stopped by ``stop()``; its connections are bounded and timed out by
 :mod:`queuestream.monitor._connections` (no thread per idle client), requests are
