@@ -317,7 +317,8 @@ class Settings(BaseSettings):
     # --- sensitive columns -----------------------------------------------------
     sensitive_columns: dict[str, dict[str, ColumnAction]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SENSITIVE_COLUMNS.items()},
-        description="Per table, column -> exclude | mask | hash, applied before publishing.",
+        description="Per table, column -> exclude | mask | hash, applied before publishing. "
+        "A value given replaces the default (customer_accounts' account numbers masked) whole.",
     )
     hash_key: SecretStr | None = Field(
         None, description="Key for HMAC-SHA256 of hashed columns (recommended)."
