@@ -188,9 +188,11 @@ class Settings(BaseSettings):
     # --- kafka ----------------------------------------------------------------
     kafka_bootstrap_servers: str = Field(
         DEFAULT_BOOTSTRAP_SERVERS,
+        # QUEUESTREAM_ first: names match the environment without case, so the field's
+        # own name would take KAFKA_BOOTSTRAP_SERVERS before the more specific variable.
         validation_alias=AliasChoices(
-            "kafka_bootstrap_servers",
             "QUEUESTREAM_KAFKA_BOOTSTRAP_SERVERS",
+            "kafka_bootstrap_servers",
             "KAFKA_BOOTSTRAP_SERVERS",
         ),
         description="Kafka bootstrap servers.",
@@ -220,8 +222,8 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(300_000, ge=1000)
     schema_registry_url: str | None = Field(
         None,
-        validation_alias=AliasChoices(
-            "schema_registry_url", "QUEUESTREAM_SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_URL"
+        validation_alias=AliasChoices(  # QUEUESTREAM_ first, as kafka_bootstrap_servers
+            "QUEUESTREAM_SCHEMA_REGISTRY_URL", "schema_registry_url", "SCHEMA_REGISTRY_URL"
         ),
         description="Confluent-compatible schema registry; unset: Avro single-object encoding.",
     )

@@ -61,3 +61,22 @@ def test_a_kafka_option_confluent_kafka_reads_as_a_bool_may_be_given_as_text() -
 def test_kafka_options_that_take_python_objects_are_refused_by_name(key: str) -> None:
     with pytest.raises(ConfigurationError, match=f"{key}.*cannot be set from settings"):
         load_settings(None, kafka={key: "anything"})
+
+
+@pytest.mark.parametrize(
+    ("field", "generic", "values"),
+    [
+        ("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", ["a:9092", "b:9092", "c:9092"]),
+        ("schema_registry_url", "SCHEMA_REGISTRY_URL", ["http://a", "http://b", "http://c"]),
+    ],
+)
+def test_the_queuestream_variable_wins_over_the_generic_one(
+    monkeypatch: pytest.MonkeyPatch, field: str, generic: str, values: list[str]
+) -> None:
+    # The generic variable won: the field's own name matched it, case aside.
+    generic_value, ours, flag = values
+    monkeypatch.setenv(generic, generic_value)
+    assert getattr(load_settings(), field) == generic_value
+    monkeypatch.setenv(f"QUEUESTREAM_{generic}", ours)
+    assert getattr(load_settings(), field) == ours
+    assert getattr(load_settings(None, **{field: flag}), field) == flag  # a flag beats both
