@@ -176,14 +176,14 @@ def plan_replay(
 ) -> ReplayPlan:
     """Current and new offsets of every partition to move; changes nothing."""
     now = now or datetime.now(UTC)
+    names: list[str] = []
+    stored: dict[Partition, int] = {}
+    if target_url is not None:  # read first: a target that cannot be read stops at once
+        names, stored = _target_offsets(settings, target_url, group)
     admin = admin_client(settings)
     topic_partition_counts(admin, settings)  # an unreachable broker: broker_timeout_seconds
     described = describe_groups(admin, [group])[group]
     committed = group_offsets(admin, [group])[group]
-    names: list[str] = []
-    stored: dict[Partition, int] = {}
-    if target_url is not None:
-        names, stored = _target_offsets(settings, target_url, group)
     chosen = _topics(settings, topics, spec, committed, stored, group)
     partitions = partitions_of(admin, chosen)
     bounds = log_bounds(admin, partitions)
