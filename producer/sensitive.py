@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from queuestream.errors import ConfigurationError
+from queuestream.settings import DEFAULT_SENSITIVE_COLUMNS
 from queuestream.tables import TABLES_BY_NAME
 from schemas.avro import row_schema
 
@@ -135,6 +136,24 @@ class ColumnPolicy:
 
 
 def column_policy(settings: Settings) -> ColumnPolicy:
-    """The policy ``sensitive_columns`` and ``hash_key`` configure."""
+    """The policy ``sensitive_columns`` and ``hash_key`` configure.
+
+    A ``sensitive_columns`` setting replaces the default whole: one that names other
+    tables only (``[sensitive_columns.customers]``) publishes the account numbers the
+    default masks as the source holds them. That is logged as a warning, naming them.
+    """
+    rules = settings.sensitive_columns
+    exposed = [
+        f"{table}.{column}"
+        for table, columns in DEFAULT_SENSITIVE_COLUMNS.items()
+        for column in columns
+        if column not in rules.get(table, {})
+    ]
+    if exposed:
+        log.warning(
+            "sensitive_columns replaces the default, and leaves out %s: they are published "
+            "as the source holds them; list them (mask, hash or exclude) to keep them hidden",
+            ", ".join(exposed),
+        )
     key = settings.hash_key.get_secret_value().encode() if settings.hash_key else None
-    return ColumnPolicy(settings.sensitive_columns, key)
+    return ColumnPolicy(rules, key)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 
 import pytest
 
-from producer.sensitive import ColumnPolicy, mask
+from producer.sensitive import ColumnPolicy, column_policy, mask
 from queuestream.errors import ConfigurationError
-from queuestream.settings import DEFAULT_SENSITIVE_COLUMNS
+from queuestream.settings import DEFAULT_SENSITIVE_COLUMNS, load_settings
 from schemas.avro import row_schema
 
 
@@ -92,3 +93,31 @@ def test_a_row_given_as_its_values_is_handled_as_the_row(table: str, rules: dict
     assert handled == [*row.values(), 42]
     assert values[: len(columns)] != handled[: len(columns)]  # a copy: the values as read
     assert policy.for_values("orders", columns) is None
+
+
+def test_a_setting_that_leaves_out_the_defaults_columns_says_they_are_published(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``sensitive_columns`` replaces the default whole: naming another table only
+    publishes the account numbers in clear, which the producer says at start."""
+    with caplog.at_level(logging.WARNING, logger="producer.sensitive"):
+        column_policy(load_settings(None))
+    assert not caplog.records
+    settings = load_settings(
+        None,
+        sensitive_columns={
+            "customers": {"Email": "mask"},
+            "customer_accounts": {"BankAccountNumber": "exclude"},
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="producer.sensitive"):
+        apply = column_policy(settings).for_table("customer_accounts")
+    [record] = caplog.records
+    assert (
+        "leaves out customer_accounts.PrimaryCreditCardNumberDisplay, "
+        "customer_accounts.BankRoutingNumber: they are published" in record.getMessage()
+    )
+    assert apply is not None
+    row = {"BankAccountNumber": "1234567890", "BankRoutingNumber": "021000021"}
+    apply(row)
+    assert row == {"BankAccountNumber": None, "BankRoutingNumber": "021000021"}
