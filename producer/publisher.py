@@ -66,8 +66,12 @@ _STUCK_SECONDS = 2.0
 _POLL_EVERY = 1000
 #: The longest wait in ``poll`` for a report when the local queue is full.
 _FULL_WAIT = 0.5
-#: With a stop event, the longest single wait of a commit or abort for the broker.
-_STOP_STEP = 0.5
+#: With a stop event, the longest single wait of a commit or abort for the broker: how
+#: soon a stop is seen while the broker does not answer. librdkafka resumes a commit timed
+#: out when called again, but advises the whole remaining time in one call (state may go
+#: out of step when a request fails meanwhile), so the step is not shorter: a commit
+#: takes 30-100 ms, and only one that takes longer is resumed.
+_STOP_STEP = 2.0
 
 
 class TransactionalPublisher:
