@@ -413,7 +413,7 @@ class ConsumerRuntime:
             return True
 
         outage = Outage("applying a batch", self.settings.backoff)
-        applied = retry(lambda: self.applier.apply(pending), outage, wait)
+        applied = retry(lambda: self.applier.apply(pending), outage, wait, stopped=self.stop.is_set)
         if applied is None:
             if not self.stop.is_set():
                 self.ownership.pause(False)  # nothing of ours is left to apply
@@ -473,7 +473,7 @@ class ConsumerRuntime:
                 self._outage()
             return self._wait(seconds)
 
-        return retry(once, outage, wait) is not None
+        return retry(once, outage, wait, stopped=self.stop.is_set) is not None
 
     def _wait(self, seconds: float) -> bool:
         """Wait while serving the Kafka session; False once asked to stop.

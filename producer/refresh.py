@@ -358,6 +358,7 @@ class Refresher:
             # Only a new producer can tell what committed: that is the produce loop's work.
             unless=(CommitOutcomeUnknownError,),
             max_attempts=self.settings.publish_attempts,
+            stopped=None if self.stop is None else self.stop.is_set,
         )
         if result is None:  # stopped
             msg = (

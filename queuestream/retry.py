@@ -82,6 +82,10 @@ class Outage:
         )
         return wait
 
+    def given_up(self, error: BaseException) -> None:
+        """A failure met once the caller was asked to stop: logged as not retried."""
+        log.warning("%s failed: %s; not retried, stopping", self.what, error)
+
     def succeeded(self) -> None:
         """The thing works again: log how long it did not, and start over."""
         if self.since is not None:
@@ -103,11 +107,14 @@ def retry(
     retriable: tuple[type[BaseException], ...] = (RetriableError,),
     unless: tuple[type[BaseException], ...] = (),
     max_attempts: int | None = None,
+    stopped: Callable[[], bool] | None = None,
 ) -> T | None:
     """Call ``attempt`` until it returns, waiting out retriable failures.
 
     ``wait(seconds)`` returns False when the caller has been asked to stop; then
-    ``retry`` returns None without another attempt. After ``max_attempts`` attempts
+    ``retry`` returns None without another attempt. ``stopped()`` true after a failure
+    (the stop came during the attempt) returns None at once, logged as not retried
+    rather than with a next wait that will not come. After ``max_attempts`` attempts
     the last error is raised. Errors that are not ``retriable``, or are ``unless``, pass
     through at once.
     """
@@ -119,6 +126,9 @@ def retry(
                 raise
             if max_attempts is not None and outage.failures + 1 >= max_attempts:
                 raise
+            if stopped is not None and stopped():
+                outage.given_up(exc)
+                return None
             if not wait(outage.failed(exc)):
                 return None
         else:

@@ -104,3 +104,31 @@ def test_max_attempts_raises_the_last_error() -> None:
     with pytest.raises(BrokerUnavailableError, match="down 3"):
         retry(attempt, Outage("x", Backoff(0, 0)), lambda _s: True, max_attempts=3)
     assert len(calls) == 3
+
+
+def test_a_failure_met_once_stopped_is_not_retried_nor_said_to_be(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A command told to stop during an attempt (SIGTERM while the broker is down) gives
+    up at its failure: no wait, no other attempt, and no "retrying in" that will not
+    come, but one line saying it is not retried."""
+    calls: list[int] = []
+    waits: list[float] = []
+
+    def attempt() -> None:
+        calls.append(1)
+        msg = "the broker does not answer"
+        raise BrokerUnavailableError(msg)
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return True
+
+    with caplog.at_level(logging.INFO, logger="queuestream.retry"):
+        result = retry(attempt, Outage("publishing", Backoff(1, 1)), wait, stopped=lambda: True)
+    assert result is None
+    assert calls == [1]
+    assert waits == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "publishing failed: the broker does not answer; not retried, stopping"
+    ]
