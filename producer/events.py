@@ -21,11 +21,12 @@ from zoneinfo import ZoneInfo
 from producer.changed_rows import ChangedRow, row_layout
 from producer.partitioning import CustomerPartitioner
 from producer.sensitive import ColumnPolicy
-from producer.state_changelog import Key, Published
+from producer.state_changelog import Key, Published, state_key_of
 from queuestream import __version__
 from queuestream.errors import EncodingError
 from queuestream.tables import TableSpec
 from schemas.avro import AvroCodec
+from schemas.avro.misfit import unreadable
 from schemas.avro.wall_time import wall_micros, wall_micros_in
 
 __all__ = [
@@ -191,11 +192,7 @@ class RowPreparer:
 
     def _state_key(self, values: Sequence[Any]) -> Key | None:
         key = self.layout.key
-        first = values[key[0]]
-        second = values[key[1]] if len(key) > 1 else 0
-        if type(first) is not int or type(second) is not int:
-            return None
-        return (first, second)
+        return state_key_of(values[key[0]], values[key[1]] if len(key) > 1 else 0)
 
     def key_misfit(self, values: Sequence[Any]) -> EncodingError:
         """Why a row whose key :meth:`_state_key` cannot make is refused: its first key
@@ -204,7 +201,7 @@ class RowPreparer:
         for name, i in zip(self._key_columns, self.layout.key, strict=True):
             if type(values[i]) is not int:
                 return EncodingError(
-                    f"{values[i]!r} is not an integer: fix the value in the source",
+                    unreadable(values[i], "int"),
                     table=self.spec.name,
                     key=self._key_values(values),
                     column=name,

@@ -40,6 +40,7 @@ from producer.sqlserver_source import (
     key_after,
     run_procedure,
 )
+from producer.state_changelog import state_key_of
 from queuestream.databases import (
     describe_url,
     is_postgres,
@@ -373,9 +374,9 @@ class FrozenSnapshot:
         with retriable_outages(self.conn.engine):
             for chunk in key_chunks(self.conn, parents):
                 for values in self.conn.execute(query, {KEYS: chunk}):
-                    first, second = values[0], values[1] if len(values) > 1 else 0
-                    if type(first) is int and type(second) is int:
-                        found.add((first, second))
+                    key = state_key_of(*values)
+                    if key is not None:
+                        found.add(key)
         return found
 
     def rows_after(

@@ -46,6 +46,7 @@ __all__ = [
     "read_changelog",
     "record_key",
     "record_key_format",
+    "state_key_of",
     "state_topic",
     "unpacked_key",
 ]
@@ -56,6 +57,14 @@ log = logging.getLogger(__name__)
 Key = tuple[int, int]
 #: The second column's offset in a packed key: it runs from -2**31.
 _SECOND = 1 << 31
+
+
+def state_key_of(first: object, second: object = 0) -> Key | None:
+    """A row's key columns as the state keys them; None unless both are integers (SQLite
+    keeps any type in any column), which the state cannot hold."""
+    if type(first) is int and type(second) is int:
+        return (first, second)
+    return None
 
 
 def packed_key(key: Key) -> int:

@@ -407,11 +407,15 @@ def answer_unless_stopped(
 
 
 def topic_partition_counts(
-    admin: AdminClient, settings: Settings, stop: threading.Event | None = None
+    admin: AdminClient,
+    settings: Settings,
+    stop: threading.Event | None = None,
+    doing: str | None = None,
 ) -> dict[str, int]:
     """Every topic and its partition count: a metadata request, which a broker that does
     not answer within ``broker_timeout_seconds`` fails with BrokerUnavailableError
-    (sooner once ``stop`` is set: :func:`answer_unless_stopped`)."""
+    (sooner once ``stop`` is set: :func:`answer_unless_stopped`); ``doing`` names the
+    request in the error (:func:`~queuestream.failures.broker_failure`)."""
     try:
         metadata = answer_unless_stopped(
             lambda seconds: admin.list_topics(timeout=seconds),
@@ -419,7 +423,7 @@ def topic_partition_counts(
             stop,
         )
     except KafkaException as exc:
-        raise broker_failure(exc.args[0], settings.kafka_bootstrap_servers) from None
+        raise broker_failure(exc.args[0], settings.kafka_bootstrap_servers, doing) from None
     return {name: len(t.partitions) for name, t in metadata.topics.items() if not t.error}
 
 

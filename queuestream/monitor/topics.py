@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import IsolationLevel, KafkaException
+from confluent_kafka import IsolationLevel
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from queuestream.failures import broker_failure
-from queuestream.kafka_clients import batches_topic, change_topics
+from queuestream.kafka_clients import batches_topic, change_topics, topic_partition_counts
 from queuestream.kafka_offsets import from_ms, list_offsets
 from queuestream.monitor.snapshot import (
     RATE_WINDOW_SECONDS,
@@ -74,16 +73,8 @@ def dead_letters(topics: tuple[TopicInfo, ...]) -> tuple[DeadLetterInfo, ...]:
 
 
 def _topic_partitions(admin: AdminClient, settings: Settings) -> dict[str, int]:
-    try:
-        metadata = admin.list_topics(timeout=settings.broker_timeout_seconds)
-    except KafkaException as exc:
-        where = settings.kafka_bootstrap_servers
-        raise broker_failure(exc.args[0], where, "list the topics") from None
-    return {
-        name: len(t.partitions)
-        for name, t in metadata.topics.items()
-        if not t.error and t.partitions
-    }
+    counts = topic_partition_counts(admin, settings, doing="list the topics")
+    return {name: n for name, n in counts.items() if n}
 
 
 def _partition_figures(

@@ -19,7 +19,7 @@ from typing import Any
 import fastavro
 
 from queuestream.errors import EncodingError, SchemaError
-from schemas.avro.misfit import WRITE_ERRORS, find_misfit, not_a_number
+from schemas.avro.misfit import WRITE_ERRORS, find_misfit, not_a_number, unreadable
 from schemas.avro.record_writer import (
     POSITIVE_INLINE,
     POSITIVE_VARINTS,
@@ -118,8 +118,7 @@ class RowEncoder:
         for name in self._ints:
             value = row.get(name)
             if isinstance(value, float):
-                reason = f"{value!r} is not an integer: fix the value in the source"
-                raise EncodingError(reason, table=self.table, column=name)
+                raise EncodingError(unreadable(value, "int"), table=self.table, column=name)
             if isinstance(value, int) and not -(1 << 31) <= value < 1 << 31:
                 reason = f"{value} does not fit the contract's int (32 bits)"
                 raise EncodingError(reason, table=self.table, column=name)

@@ -19,7 +19,7 @@ from typing import Any
 
 import fastavro
 
-__all__ = ["WRITE_ERRORS", "Unreadable", "find_misfit", "not_a_number"]
+__all__ = ["WRITE_ERRORS", "Unreadable", "find_misfit", "not_a_number", "unreadable"]
 
 #: What fastavro raises for a value that does not fit its schema.
 WRITE_ERRORS = (ValueError, TypeError, UnicodeError, AttributeError, KeyError, OverflowError)
@@ -83,7 +83,7 @@ def _kind(ftype: Any) -> str | None:
     return None
 
 
-def _unreadable(value: Any, ftype: Any) -> str:
+def unreadable(value: Any, ftype: Any) -> str:
     """Why ``value`` (as the source holds it) cannot be written to a field of ``ftype``."""
     kind = _kind(ftype) or "what its column holds"
     return f"{value!r} is not {kind}: fix the value in the source"
@@ -126,7 +126,7 @@ def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[st
                 if item is None and isinstance(field["type"], list):
                     continue
             if isinstance(item, Unreadable):
-                return name, _unreadable(item.value, field["type"])
+                return name, unreadable(item.value, field["type"])
             nan = not_a_number(item)
             if nan is not None:
                 return name, nan
@@ -137,7 +137,7 @@ def find_misfit(schema_json: dict[str, Any], record: dict[str, Any]) -> tuple[st
                 if item is None:
                     return name, "NULL in a column that is not nullable"
                 if _kind(field["type"]) is not None and isinstance(item, str | bytes):
-                    return name, _unreadable(item, field["type"])  # text where a number was
+                    return name, unreadable(item, field["type"])  # text where a number was
                 return name, f"{exc} (value {item!r})"
         return None, "the record does not match its schema"
 
