@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer
 
 from consumers import target_db
 from consumers.assembly import Assembler, Batch, Slot
@@ -58,6 +58,7 @@ from queuestream.databases import create_engine, describe_url
 from queuestream.errors import RetriableError
 from queuestream.kafka_clients import (
     batches_topic,
+    close_consumer,
     consume_arrived,
     consumer_config,
     ensure_topics,
@@ -519,10 +520,9 @@ class ConsumerRuntime:
 
     def _close(self) -> None:
         if self._consumer is not None:
-            try:
-                self._consumer.close()  # leaves the group at once
-            except (KafkaException, RuntimeError) as exc:
-                log.warning("closing the consumer: %s", exc)
+            # Leaves the group at once; bounded, as a commit in flight to a broker gone
+            # away would hold it forever.
+            close_consumer(self._consumer, f"the consumer of group {self.group}")
         if self._markers is not None:
             self._markers.close()
         self.dead_letters.close()

@@ -312,6 +312,48 @@ def consume_arrived(consumer: Consumer, max_messages: int, timeout: float) -> li
     return first + consumer.consume(num_messages=max_messages - 1, timeout=0)
 
 
+#: How long closing a consumer may take before the command goes on without it (seconds).
+#: A close on a reachable broker takes milliseconds (a LeaveGroup round trip).
+CLOSE_SECONDS = 2.0
+
+
+def close_consumer(consumer: Consumer, what: str, within: float = CLOSE_SECONDS) -> None:
+    """``consumer.close()``, given up after ``within`` seconds.
+
+    librdkafka's close has no time limit: it waits until every offset commit in flight
+    has an answer (librdkafka issue 3740). A group member whose coordinator went away
+    with a commit outstanding (the broker down, say) never finished closing, so a
+    ``consume`` stopped during a broker outage never exited (seen in CI: still running
+    90 s after SIGTERM). The close runs in a thread of its own. Should it not return in
+    time, the command goes on without it and exits; the group hands the member's
+    partitions on after ``session_timeout_ms``, and the offsets that rule are those in
+    the target, so nothing is lost. Nothing is closed twice: the thread keeps the
+    consumer.
+    """
+    failed: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            consumer.close()
+        except BaseException as exc:  # raised in the caller's thread below
+            failed.append(exc)
+
+    closing = threading.Thread(target=close, name=f"close {what}", daemon=True)
+    closing.start()
+    closing.join(within)
+    if closing.is_alive():
+        log.warning(
+            "closing %s: Kafka did not answer within %gs; going on without it (a group "
+            "hands this member's partitions on after session_timeout_ms)",
+            what,
+            within,
+        )
+    elif failed:
+        if not isinstance(failed[0], KafkaException | RuntimeError):
+            raise failed[0]  # a rebalance callback's own failure
+        log.warning("closing %s: %s", what, failed[0])
+
+
 def idempotent_producer(settings: Settings) -> Producer:
     """A plain (non-transactional) producer that writes each message once, e.g. dead letters."""
     config: dict[str, Any] = {"linger.ms": 5, **client_options(settings, "producer")}

@@ -105,11 +105,12 @@ def stop_gracefully(process: subprocess.Popen[Any], timeout: float) -> bool:
 
 
 def thread_stacks(pid: int) -> str:
-    """What each thread of a Python process is doing (``py-spy dump``), or why it is unknown."""
+    """What each thread of a Python process is doing, in Python and in native code such as
+    librdkafka's (``py-spy dump --native``), or why it is unknown."""
     spy = Path(sys.executable).with_name("py-spy")
     try:
         done = subprocess.run(
-            [str(spy), "dump", "--pid", str(pid)],
+            [str(spy), "dump", "--native", "--pid", str(pid)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -148,6 +149,7 @@ class LoggedCommand:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log_path = log
         self._log: IO[str] = log.open("w")
+        self.stacks = ""  # where its threads were, if it outlived a stop's bound
         self.process = subprocess.Popen(
             [*CLI, *args],
             env=env,
@@ -181,6 +183,7 @@ class LoggedCommand:
             status: int | None = self.process.wait(timeout=bound)
         except subprocess.TimeoutExpired:
             status = None
+            self.stacks = thread_stacks(self.process.pid)
             self.process.kill()
             self.process.wait()
         finally:
@@ -191,7 +194,7 @@ class LoggedCommand:
         status, took = self.stop(bound)
         assert status == 0, (
             f"exit status {status} ({took:.1f}s after SIGTERM; None: still running after "
-            f"{bound}s):\n{self.output()[-3000:]}"
+            f"{bound}s):\n{self.output()[-3000:]}\n{self.stacks}"
         )
         return took
 

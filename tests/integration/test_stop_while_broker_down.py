@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumers import target_named
 from producer.publisher import Send, TransactionalPublisher
 from queuestream.errors import CommitOutcomeUnknownError, ConfigurationError
-from queuestream.kafka_clients import ensure_topics
+from queuestream.kafka_clients import CLOSE_SECONDS, close_consumer, consumer_config, ensure_topics
 from tests import services
 from tests.helpers import LoggedCommand, cli_env, producer_settings, wait_for
 from tests.integration.kafka_readback import committed_changes, committed_messages
@@ -231,3 +232,37 @@ def test_a_commit_the_broker_stops_under_gives_up_once_stopped_and_commits_nothi
     keys = sorted(int(m.key() or b"-1") for m in committed_messages(kafka.address, [topic]))
     assert keys in ([], list(range(messages))), f"half a transaction committed: {keys}"
     print(f"seconds from the stop to the publisher closed: {took:.1f}")
+
+
+def test_a_group_member_with_a_commit_waiting_for_the_broker_closes_within_its_bound(
+    kafka: services.Service, unique: str
+) -> None:
+    """librdkafka's close waits for every offset commit in flight to be answered: one
+    waiting for a coordinator that went away holds it for ``session_timeout_ms``, and a
+    commit sent just as the broker went down held a stopped ``consume`` for good (CI,
+    0.9.7). ``close_consumer`` goes on without it after :data:`CLOSE_SECONDS`."""
+    settings = producer_settings("sqlite://", kafka.address, unique)
+    assert settings.session_timeout_ms / 1000 > CLOSE_SECONDS + 2, "no wait to cut short"
+    ensure_topics(settings)
+    topic = f"{unique}.orders"
+    producer = Producer({"bootstrap.servers": kafka.address})
+    for n in range(3):
+        producer.produce(topic, str(n).encode(), partition=0)
+    assert producer.flush(30) == 0
+    consumer = Consumer(consumer_config(settings, f"{unique}-close"))
+    assigned = threading.Event()
+    consumer.subscribe([topic], on_assign=lambda _c, _p: assigned.set())
+
+    def joined() -> bool:
+        consumer.poll(0.1)
+        return assigned.is_set()
+
+    wait_for(joined, timeout=LOGGED_TIMEOUT, interval=0.0, message="the partitions assigned")
+    consumer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    services.control(kafka, "down")
+    consumer.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=True)
+    started = time.monotonic()
+    close_consumer(consumer, "a member of the group")
+    took = time.monotonic() - started
+    assert took < CLOSE_SECONDS + 1.0, f"closing took {took:.1f}s"
+    print(f"seconds to close: {took:.1f}")

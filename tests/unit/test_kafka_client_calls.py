@@ -11,6 +11,7 @@ returned after 0.2 s.
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -199,3 +200,52 @@ def test_without_a_stop_event_the_request_waits_as_before() -> None:
     with pytest.raises(KafkaException):
         answer_unless_stopped(ask, 15.0, None)
     assert ask.timeouts == [15.0]
+
+
+class _Closing:
+    """A consumer whose close waits until ``release`` is set, or raises ``error``."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.release = threading.Event()
+        self.error = error
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+        if self.error is not None:
+            raise self.error
+        self.release.wait(30)
+
+
+def test_a_close_kafka_never_answers_is_given_up_after_its_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = _Closing()
+    started = time.monotonic()
+    try:
+        kafka_clients.close_consumer(consumer, "the consumer of group g", within=0.2)  # type: ignore[arg-type]
+        took = time.monotonic() - started
+    finally:
+        consumer.release.set()
+    assert 0.2 <= took < 2.0
+    assert consumer.closed == 1
+    assert "closing the consumer of group g: Kafka did not answer within 0.2s" in caplog.text
+
+
+def test_a_close_that_answers_is_waited_for_and_its_kafka_error_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = _Closing()
+    consumer.release.set()
+    kafka_clients.close_consumer(consumer, "c", within=5)  # type: ignore[arg-type]
+    assert consumer.closed == 1 and "did not answer" not in caplog.text
+
+    failing = _Closing(KafkaException(KafkaError(KafkaError._TRANSPORT, "broker down")))
+    kafka_clients.close_consumer(failing, "c", within=5)  # type: ignore[arg-type]
+    assert "closing c:" in caplog.text and "broker down" in caplog.text
+
+
+def test_a_rebalance_callback_failing_in_close_is_raised_to_the_caller() -> None:
+    consumer = _Closing(ValueError("the revoke callback failed"))
+    with pytest.raises(ValueError, match="the revoke callback failed"):
+        kafka_clients.close_consumer(consumer, "c", within=5)  # type: ignore[arg-type]
