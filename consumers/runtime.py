@@ -204,18 +204,29 @@ class ConsumerRuntime:
 
     # -- the story ------------------------------------------------------------------------
     def run(self) -> RunStats:
-        """Apply until stopped (or idle with ``until_idle``, or at a bounded run's stop)."""
+        """Apply until stopped (or idle with ``until_idle``, or at a bounded run's stop).
+
+        ``seconds`` is the whole run's, whichever way it ends: a run stopped while it
+        waited for its target database or for Kafka has taken that time too.
+        """
         started = time.monotonic()
+        try:
+            self._run()
+        finally:
+            self.stats.seconds = time.monotonic() - started
+        return self.stats
+
+    def _run(self) -> None:
         target = f"the target database {describe_url(self.engine.url)}"
         if not self._retrying(target, lambda: target_db.prepare(self.engine, self.target)):
-            return self.stats
+            return
         # A bounded run's plan (consumers/rebuild.py) has made sure of the topics: another
         # admin client here would only add a connection (50 ms) to the rebuild.
         created: list[str] = []
         if self.stop_at is None and not self._retrying(
             "Kafka", lambda: ensure_topics(self.settings, created=created, stop=self.stop)
         ):
-            return self.stats
+            return
         if batches_topic(self.settings) in created:
             # No producer has written here: a topic prefix mistyped reads nothing, silently.
             log.warning(
@@ -230,10 +241,8 @@ class ConsumerRuntime:
             self._loop()
         finally:
             self.streaming.abandon()  # stopped with a refresh applied in part: not committed
-            self.stats.seconds = time.monotonic() - started
             self.stats.tombstones = self.assembler.tombstones_seen
             self._close()
-        return self.stats
 
     def _loop(self) -> None:
         """Read, hold refreshes until they are whole, apply them: until stopped or finished."""
