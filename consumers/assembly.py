@@ -47,7 +47,6 @@ __all__ = ["Assembler", "Batch", "Poison", "Slot", "Tombstone"]
 log = logging.getLogger(__name__)
 
 Slot = tuple[str, int]  # (table, partition)
-UNDECODABLE = "-"
 
 _ORDER = {t.name: i for i, t in enumerate(TABLES)}
 

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from consumers import sync_log
-from consumers.assembly import UNDECODABLE, Batch, Poison, Slot, Tombstone
+from consumers.assembly import Batch, Poison, Slot, Tombstone
 from consumers.changes import Change
 from consumers.dead_letters import DeadLetter, ErrorBudget
 from consumers.offsets import OffsetStore, TopicPartition
-from consumers.sync_log import SyncEntry
+from consumers.sync_log import UNDECODABLE, SyncEntry
 from consumers.target import ApplyReport, Target
 from consumers.target_db import is_outage, retriable_outages
 from queuestream.errors import RecordError
@@ -385,8 +385,8 @@ def _fold_undecodable(entries: list[SyncEntry]) -> list[SyncEntry]:
     :func:`write_batch` does so within one part; a last part without events of its own
     leaves them in an entry of their own (refresh ``-``), folded here.
     """
-    lone = [e for e in entries if e.refresh_id == UNDECODABLE]
-    rest = [e for e in entries if e.refresh_id != UNDECODABLE]
+    lone = [e for e in entries if not e.is_refresh]
+    rest = [e for e in entries if e.is_refresh]
     if not lone or not rest:
         return entries
     rest[-1].errors += sum(e.errors for e in lone)

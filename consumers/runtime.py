@@ -445,15 +445,15 @@ class ConsumerRuntime:
         self.stats.batches += 1
         self.stats.skipped_applied += applied.skipped
         for entry in outcome.entries:
-            self.stats.refreshes += 1
+            self.stats.refreshes += entry.is_refresh
             self.stats.rows += entry.rows_applied
             self.stats.stale += entry.events_stale
             self.stats.errors += entry.errors
             for name, n in entry.counts.items():
                 self.stats.counts[name] = self.stats.counts.get(name, 0) + n
             log.info(
-                "refresh %s: %s (%d stale) in %d ms",
-                entry.refresh_id,
+                "%s: %s (%d stale) in %d ms",
+                entry.heading(),
                 entry.summary(),
                 entry.events_stale,
                 entry.duration_ms,

@@ -18,7 +18,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["SYNC_LOG", "SyncEntry", "create", "read", "write"]
+__all__ = ["SYNC_LOG", "UNDECODABLE", "SyncEntry", "create", "read", "write"]
+
+#: The refresh id of an entry for undecodable events alone, outside any refresh.
+UNDECODABLE = "-"
 
 _metadata = sa.MetaData()
 
@@ -67,6 +70,18 @@ class SyncEntry:
     counts: dict[str, int] = field(default_factory=dict)
     offsets: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     duration_ms: int = 0
+
+    @property
+    def is_refresh(self) -> bool:
+        """False for an entry of undecodable events alone (refresh ``-``)."""
+        return self.refresh_id != UNDECODABLE
+
+    def heading(self) -> str:
+        """What the entry is about, to start the line that reports it."""
+        if self.is_refresh:
+            return f"refresh {self.refresh_id}"
+        s = "" if self.errors == 1 else "s"
+        return f"{self.errors} undecodable event{s} outside any refresh (dead letter{s})"
 
     def summary(self) -> str:
         return f"synchronized {self.rows_applied} rows, {self.errors} errors"

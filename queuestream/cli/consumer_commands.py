@@ -65,7 +65,7 @@ def consume(
 
     def _batch(outcome: BatchOutcome) -> None:
         for entry in outcome.entries:
-            console.print(f"refresh {entry.refresh_id}: {entry.summary()}", highlight=False)
+            console.print(f"{entry.heading()}: {entry.summary()}", highlight=False)
 
     runtime = ConsumerRuntime(
         settings,

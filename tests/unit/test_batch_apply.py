@@ -170,6 +170,30 @@ def test_undecodable_messages_are_dead_letters_counted_in_the_sync_log(
     assert len(rig.letters) == 2
 
 
+def test_a_batch_of_undecodable_events_alone_is_reported_as_what_it_held(
+    make_rig: Callable[..., _Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was reported as ``refresh -: synchronized 0 rows, 1 errors`` and counted as a
+    refresh in the run's figures."""
+    from consumers.runtime import ConsumerRuntime, RunStats
+
+    rig = make_rig(max_errors=2)
+    alone = rig.apply(poison=(_undecodable(0),))
+    with_refresh = rig.apply(_customer(1, 2), poison=(_undecodable(1),))
+    assert [e.heading() for e in alone.outcome.entries] == [
+        "1 undecodable event outside any refresh (dead letter)"
+    ]
+    assert [e.heading() for e in with_refresh.outcome.entries] == ["refresh r1"]
+    runtime = ConsumerRuntime.__new__(ConsumerRuntime)
+    runtime.stats, runtime.metrics, runtime.on_batch = RunStats(), None, None
+    with caplog.at_level("INFO", logger="consumers.runtime"):
+        runtime._report(alone)
+        runtime._report(with_refresh)
+    assert (runtime.stats.batches, runtime.stats.refreshes, runtime.stats.errors) == (2, 1, 2)
+    assert "refresh -" not in caplog.text
+    assert "1 undecodable event outside any refresh (dead letter): synchronized" in caplog.text
+
+
 def test_unapplied_and_next_offsets_need_no_database() -> None:
     batch = _batch(_customer(1, 4, refresh="r1"), _customer(2, 5, refresh="r2"))
     fresh, skipped = unapplied(batch, {(TOPIC, 0): 5})
