@@ -38,8 +38,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from consumers import offsets
 from consumers.replay_inputs import ReplaySpec, parse_duration, read_offsets_file
 from consumers.replay_plan import OffsetMove, ReplayPlan, plan_replay
-from queuestream.databases import create_engine, describe_url
-from queuestream.errors import ConfigurationError, DatabaseUnavailableError
+from queuestream.databases import create_engine, describe_url, unavailable
+from queuestream.errors import ConfigurationError
 from queuestream.kafka_clients import admin_client
 from queuestream.kafka_offsets import describe_groups
 from queuestream.settings import Settings
@@ -148,17 +148,14 @@ def _move_target(plan: ReplayPlan) -> None:
                 rows,
             )
     except sa.exc.DBAPIError as exc:
+        # An outage (retry later) or a mistake to fix (a refused password, a user that
+        # may not write): the one classification every command makes.
+        failure = unavailable(exc, engine)
         lines = " ".join(f"{m.topic},{m.partition},{m.new_offset}" for m in plan.moves)
         msg = (
-            f"cannot move the offsets stored in {describe_url(plan.target_url)} "
-            f"({_first_line(exc)}); once the target is back, replay again with --to-offsets "
-            f"of a file holding these lines: {lines}"
+            f"cannot move the offsets stored in the target: {failure}; then replay again "
+            f"with --to-offsets of a file holding these lines: {lines}"
         )
-        raise DatabaseUnavailableError(msg) from None
+        raise type(failure)(msg) from None
     finally:
         engine.dispose()
-
-
-def _first_line(exc: sa.exc.DBAPIError) -> str:
-    text = str(exc.orig if exc.orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -144,9 +144,13 @@ def test_a_wrong_target_password_stops_the_consumer(
 ) -> None:
     target = _url(_postgres_admin, username=password_role, password=WRONG)
     env = _env(kafka_bootstrap, unique)
-    line = _fails_at_once(["consume", "accounting", "--target", target, "--until-idle"], env)
-    assert line.startswith("DatabaseAccessError: database postgresql+psycopg://"), line
-    assert "password authentication failed" in line
+    for args in (
+        ["consume", "accounting", "--target", target, "--until-idle"],
+        ["replay", "--group", f"{unique}-group", "--to-earliest", "--target", target, "--execute"],
+    ):
+        line = _fails_at_once(args, env)
+        assert line.startswith("DatabaseAccessError: database postgresql+psycopg://"), line
+        assert "password authentication failed" in line
 
 
 def test_a_database_that_does_not_exist(
