@@ -351,7 +351,9 @@ def broker_failure(
     replication factor above the number of brokers, a policy, an invalid config);
     BrokerUnavailableError (wait and retry) for everything else: "unreachable" for
     transport errors and timeouts, "could not ..." for leader and coordinator changes
-    and whatever else may pass.
+    and whatever else may pass. The message does not say the request is tried again:
+    a command that runs until stopped does so (its retry says when), a one-shot command
+    stops (``replay``, ``rebuild``, ``refresh``) and the line tells the operator to.
     """
     code = error.code()
     reason = error.str()
@@ -370,7 +372,7 @@ def broker_failure(
         )
     return BrokerUnavailableError(
         f"{kafka}: could not {doing} ({reason}); this passes when the broker has moved a "
-        "leader or coordinator, so it is tried again"
+        "leader or coordinator: retry in a moment"
     )
 
 
