@@ -556,9 +556,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 os.environ.pop("QUEUESTREAM_CONFIG", None)
             else:
                 os.environ["QUEUESTREAM_CONFIG"] = previous
-    from_env = sorted(
-        name for name in Settings.model_fields if f"QUEUESTREAM_{name.upper()}" in os.environ
-    )
+    from_env = _from_environment()
     if from_env:
         log.info("settings from the environment: %s", ", ".join(from_env))
     from_files = [f"kafka {key} <- {path}" for key, path in settings.kafka_secret_files.items()]
@@ -570,3 +568,25 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if from_files:
         log.info("secrets from files: %s", ", ".join(from_files))
     return settings
+
+
+def _from_environment() -> list[str]:
+    """The settings the environment holds, by name, never by value: a setting read from a
+    variable other than its ``QUEUESTREAM_<NAME>`` (``KAFKA_BOOTSTRAP_SERVERS``,
+    ``SCHEMA_REGISTRY_URL``) names the variable too. The variables a setting is read from,
+    and in which order, are its ``validation_alias``; names match without case, as
+    pydantic-settings matches them."""
+    present = {variable.lower(): variable for variable in os.environ}
+    found = []
+    for name, field in Settings.model_fields.items():
+        own = f"QUEUESTREAM_{name.upper()}"
+        alias = field.validation_alias
+        choices = (
+            [c for c in alias.choices if isinstance(c, str)]
+            if isinstance(alias, AliasChoices)
+            else [own]
+        )
+        variable = next((present[c.lower()] for c in choices if c.lower() in present), None)
+        if variable is not None:
+            found.append(name if variable == own else f"{name} ({variable})")
+    return sorted(found)

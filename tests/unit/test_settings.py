@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,28 @@ def test_the_queuestream_variable_wins_over_the_generic_one(
     monkeypatch.setenv(f"QUEUESTREAM_{generic}", ours)
     assert getattr(load_settings(), field) == ours
     assert getattr(load_settings(None, **{field: flag}), field) == flag  # a flag beats both
+
+
+def test_the_settings_from_the_environment_are_listed_generic_variables_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """KAFKA_BOOTSTRAP_SERVERS and SCHEMA_REGISTRY_URL were used but left out of the line;
+    the line names settings and variables, never their values."""
+    for name in [n for n in os.environ if n.upper().startswith("QUEUESTREAM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "10.0.0.9:9092")
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "http://user:secret@registry.internal:8081")
+    monkeypatch.setenv("QUEUESTREAM_PARTITIONS", "4")
+    with caplog.at_level("INFO", logger="queuestream.settings"):
+        load_settings()
+    [line] = [r.getMessage() for r in caplog.records if "from the environment" in r.getMessage()]
+    assert line == (
+        "settings from the environment: kafka_bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS), "
+        "partitions, schema_registry_url (SCHEMA_REGISTRY_URL)"
+    )
+    caplog.clear()
+    monkeypatch.setenv("QUEUESTREAM_KAFKA_BOOTSTRAP_SERVERS", "10.0.0.8:9092")  # it wins
+    with caplog.at_level("INFO", logger="queuestream.settings"):
+        settings = load_settings()
+    assert settings.kafka_bootstrap_servers == "10.0.0.8:9092"
+    assert "kafka_bootstrap_servers, partitions, schema_registry_url (" in caplog.text
