@@ -19,7 +19,8 @@ them at ``http://<metrics_host>:P/metrics`` through :func:`queuestream.metrics.m
                                                 feed (no budget left), else 0
 ``queuestream_producer_stuck_row_info``         that row: ``table``, ``key`` and ``column``
 ``queuestream_sweep_rows_total``                rows of finished sweep passes, by ``table`` and
-                                                ``result``: checked, deleted, late, repaired
+                                                ``result``: checked, deleted, late, repaired,
+                                                refused
 ``queuestream_sweep_passes_total``              sweep passes finished
 ``queuestream_sweep_last_finished_seconds``     when the last pass finished (Unix time)
 ==============================================  =============================================
@@ -97,7 +98,8 @@ class ProducerMetrics:
             "queuestream_sweep_rows",
             "Rows of finished sweep passes, by table and result (checked, deleted, late: "
             "stamped before the watermark but never published, repaired: changed without "
-            "a new ModifiedDate).",
+            "a new ModifiedDate, refused: a late or repaired row that cannot be encoded, a "
+            "dead letter).",
             ["table", "result"],
             registry=self.registry,
         )

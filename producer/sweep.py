@@ -12,7 +12,9 @@ published (:mod:`producer.published_state`):
   after its window had passed); published as op ``r``;
 * a row whose version the state holds but whose content differs, or whose
   version went back: **repaired** (changed without a new ModifiedDate);
-  published as op ``r``, which consumers apply at an equal version.
+  published as op ``r``, which consumers apply at an equal version;
+* a late or repaired row that cannot be encoded: **refused**, a dead letter within the
+  error budget (counted instead of late or repaired: it was not published).
 
 The horizon is the watermark minus ``overlap_seconds``: rows at or after it
 belong to the refreshes (the next one re-reads the overlap), so the sweep and a
@@ -55,7 +57,9 @@ __all__ = ["KINDS", "SweepReport", "SweepStep", "Sweeper"]
 log = logging.getLogger(__name__)
 
 #: What a sweep counts per table.
-KINDS = ("checked", "deleted", "late", "repaired")
+KINDS = ("checked", "deleted", "late", "repaired", "refused")
+#: How a kind reads in a summary, where its name alone would not say it.
+_SAID = {"refused": "refused (dead letter)"}
 
 
 @dataclass
@@ -70,7 +74,7 @@ class SweepReport:
     def add(self, table: str, found: Counter[str]) -> None:
         mine = self.findings.setdefault(table, dict.fromkeys(KINDS, 0))
         for kind, count in found.items():
-            mine[kind] += count
+            mine[kind] = mine.get(kind, 0) + count  # a pass resumed from before "refused"
 
     def total(self, kind: str) -> int:
         return sum(f.get(kind, 0) for f in self.findings.values())
@@ -88,13 +92,19 @@ class SweepReport:
 
     def describe(self) -> str:
         found = "; ".join(
-            f"{table}: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n and k != "checked")
-            for table, counts in self.findings.items()
-            if any(n for k, n in counts.items() if k != "checked")
+            f"{table}: {said}" for table in self.findings if (said := self.found_in(table))
         )
         return (
             f"sweep checked {self.total('checked')} rows of {len(self.tables)} tables: "
             f"{found or 'nothing to publish'}"
+        )
+
+    def found_in(self, table: str) -> str:
+        """What the pass found in ``table`` ("1 deleted, 1 refused (dead letter)"; "" for
+        nothing), each kind in :data:`KINDS` order."""
+        counts = self.findings.get(table, {})
+        return ", ".join(
+            f"{counts[k]} {_SAID.get(k, k)}" for k in KINDS if k != "checked" and counts.get(k)
         )
 
 
@@ -266,7 +276,7 @@ class Sweeper:
             rows, keys, upto = _up_to_last_key(spec, preparer, rows, keys)
         held = dict(refresher.state.between(spec.name, position.after, upto))
         found: Counter[str] = Counter(checked=len(rows))
-        upserts: list[ChangedRow] = []
+        upserts: list[tuple[ChangedRow, str]] = []  # and what it was found to be
         zone = refresher.settings.zone
         modified = preparer.layout.modified
         for changed, key in zip(rows, keys, strict=True):
@@ -277,19 +287,20 @@ class Sweeper:
                 # no refresh's window of dates selects the latter): published here, where
                 # the row is refused naming its column.
                 found["late"] += 1
-                upserts.append(changed)
+                upserts.append((changed, "late"))
                 continue
             stamp = stamp.replace(tzinfo=zone)
             if stamp >= horizon:
                 continue  # the refreshes publish it
             version = version_micros(stamp)
             if published is None or version > published.version:
-                found["late"] += 1
+                kind = "late"
             elif version < published.version or _differs(preparer, changed, published.row):
-                found["repaired"] += 1
+                kind = "repaired"
             else:
                 continue
-            upserts.append(changed)
+            found[kind] += 1
+            upserts.append((changed, kind))
         deletes: list[tuple[Key, Published]] = sorted(held.items())
         found["deleted"] += len(deletes)
         # Where the pass goes next.
@@ -321,7 +332,7 @@ class Sweeper:
     def _publish(
         self,
         spec: TableSpec,
-        upserts: list[ChangedRow],
+        upserts: list[tuple[ChangedRow, str]],
         deletes: list[tuple[Key, Published]],
         found: Counter[str],
         following: _Position,
@@ -335,13 +346,25 @@ class Sweeper:
             writer.begin(begin)
             for key, published in deletes:
                 writer.delete(spec, key, published)
-            for changed in upserts:
-                writer.upsert(spec, changed, "r")
+            refused: Counter[str] = Counter()
+            for changed, kind in upserts:
+                if not writer.upsert(spec, changed, "r"):  # a dead letter
+                    refused[kind] += 1
+            if refused:
+                # Not published: refused, not late or repaired, in the report (which the
+                # state record below carries) and in the END, which counts dead letters
+                # aside as it does events.
+                moved = Counter({"refused": refused.total()})
+                moved.subtract(refused)
+                found.update(moved)
+                following.report.add(spec.name, moved)
             writer.state_record(SWEEP_KEY, following.encode().encode())
             writer.end(
                 begin,
                 extra_counts={
-                    f"{spec.name}.sweep.{kind}": n for kind, n in found.items() if kind != "checked"
+                    f"{spec.name}.sweep.{kind}": n
+                    for kind, n in found.items()
+                    if kind not in ("checked", "refused")
                 },
                 snapshot_fingerprint=progress.snapshot_fingerprint,
                 overlap_seen=b"".join(sorted(progress.overlap_seen)),

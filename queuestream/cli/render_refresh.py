@@ -49,7 +49,7 @@ def print_sweep_report(report: SweepReport, as_json: bool) -> None:
         return
     console.print(report.describe())
     for table, found in report.findings.items():
+        said = report.found_in(table)
         console.print(
-            f"  {table:<18} {found['checked']:>8} checked"
-            + "".join(f", {found[k]} {k}" for k in ("deleted", "late", "repaired") if found[k])
+            f"  {table:<18} {found['checked']:>8} checked" + (f", {said}" if said else "")
         )

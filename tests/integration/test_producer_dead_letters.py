@@ -308,7 +308,8 @@ def test_a_row_only_the_sweep_reads_is_refused_by_name_and_a_dead_letter_within_
     why: str,
 ) -> None:
     """The sweep publishes such a row, so it is refused as any row that cannot be encoded:
-    a dead letter within the budget, else one line naming table, key and column."""
+    a dead letter within the budget, else one line naming table, key and column. Its
+    summary counts it as refused (it counted it late or repaired, as if published)."""
     engine = create_engine(sqlite_url, writer=True)
     Simulator(engine, ZoneInfo("UTC"), seed=6).run(150, per_transaction=50)
     # No overlap: the spoiled row's stamp lies behind the second refresh's window.
@@ -329,6 +330,8 @@ def test_a_row_only_the_sweep_reads_is_refused_by_name_and_a_dead_letter_within_
     assert f"table {name}, key {{'{key_column}': {key}}}, column {column}: {why}" in refused.stderr
     swept = run_cli(["sweep", "--json"], env={**env, "QUEUESTREAM_MAX_ERRORS": "1"}, timeout=120)
     assert swept.returncode == 0, swept.stdout + swept.stderr
+    found = json.loads(swept.stdout)["findings"][name]
+    assert (found["late"], found["repaired"], found.get("refused")) == (0, 0, 1), found
     letters = committed_messages(kafka_bootstrap, [dlq_topic(topic_for(unique, name))])
     assert [json.loads(m.key() or b"")[key_column] for m in letters] == [key]
     assert message_headers(letters[0])["queuestream.errors.column"] == column
