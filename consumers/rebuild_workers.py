@@ -175,7 +175,7 @@ class _Supervisor:
     def batch(self, outcome: BatchOutcome) -> None:
         """A batch committed by any share: counted, then shown (the progress bar)."""
         with self._lock:
-            self.refresh_ids.update(entry.refresh_id for entry in outcome.entries)
+            self.refresh_ids.update(e.refresh_id for e in outcome.entries if e.is_refresh)
         if self.on_batch is not None:
             self.on_batch(outcome)
 

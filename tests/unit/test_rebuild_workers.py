@@ -26,7 +26,7 @@ from consumers.batch_apply import BatchOutcome
 from consumers.rebuild import RebuildPlan, usable_cores, workers_for
 from consumers.rebuild_workers import run_shares, shares_of
 from consumers.runtime import RunStats, StopAt
-from consumers.sync_log import SyncEntry
+from consumers.sync_log import UNDECODABLE, SyncEntry
 from queuestream.errors import ConfigurationError, QueuestreamError
 from queuestream.settings import Settings, load_settings
 
@@ -114,10 +114,11 @@ def applies_its_share(
     logging.getLogger("consumers.test").warning(
         "share of partitions %s in %d", numbers, os.getpid()
     )
+    assert on_batch is not None
     for refresh_id in ("r1", "r2"):
         for p in numbers:
-            assert on_batch is not None
             on_batch(_outcome(refresh_id, p))
+    on_batch(BatchOutcome([SyncEntry(UNDECODABLE, errors=1)], 0.01))  # no refresh: a dead letter
     return RunStats(batches=2, rows=len(numbers), counts={f"p{p}": 1 for p in numbers})
 
 
@@ -213,12 +214,14 @@ def test_the_shares_run_in_processes_and_report_back(caplog: pytest.LogCaptureFi
     stats = run_shares(
         _settings(), shares_of(_stop(), 3), applies_its_share, on_batch=batches.append
     )
-    # Every share ran, two of them elsewhere; a refresh counts once, however many applied it.
+    # Every share ran, two of them elsewhere; a refresh counts once, however many applied it,
+    # and a batch of undecodable events alone is no refresh.
     assert stats.rows == 6
     assert stats.batches == 6
     assert stats.refreshes == 2
     assert stats.counts == {f"p{p}": 1 for p in range(6)}
-    assert sorted((o.entries[0].refresh_id, o.entries[0].rows_applied) for o in batches) == sorted(
+    refreshes = [o.entries[0] for o in batches if o.entries[0].is_refresh]
+    assert sorted((e.refresh_id, e.rows_applied) for e in refreshes) == sorted(
         (r, p + 1) for r in ("r1", "r2") for p in range(6)
     )
     # Each share's log line reached this process's handlers, with its logger's name.
