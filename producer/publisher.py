@@ -114,11 +114,12 @@ class TransactionalPublisher:
             return FatalError(f"{where}: fatal error while trying to {doing}: {error.str()}")
         if error.txn_requires_abort():
             # e.g. the epoch bump librdkafka needs after an abort that raced its own
-            # produce requests: the transaction is aborted, the refresh is tried again.
+            # produce requests: the transaction is aborted; ``produce`` tries the refresh
+            # again (its retry says when), ``refresh`` gives up after its attempts.
             return RetriableError(
                 f"{where}: the transaction failed while trying to {doing} ({error.str()}); "
-                "it is aborted and the refresh tried again: nothing was committed and the "
-                "watermark did not move"
+                "it is aborted: nothing was committed and the watermark did not move, so the "
+                "refresh can run again at once"
             )
         failure = broker_failure(error, self.settings.kafka_bootstrap_servers, doing)
         if isinstance(failure, BrokerUnavailableError):
