@@ -91,10 +91,30 @@ class TransactionalPublisher:
         self.producer = producer or transactional_producer(settings)
         self._unpolled = 0
         self._probe = batches_topic(settings)  # what check_reachable asks the broker about
-        try:
-            self.producer.init_transactions(_INIT_TIMEOUT)
-        except KafkaException as exc:
-            raise self._error(exc, "initialise transactions") from None
+        self._init_transactions()
+
+    def _init_transactions(self) -> None:
+        """``init_transactions`` (which settles what an earlier producer left open), for up
+        to :data:`_INIT_TIMEOUT`; with ``stop``, in steps of :data:`_STOP_STEP`.
+
+        librdkafka resumes an init that timed out when it is called again, and a Python
+        signal handler runs only once the call returns: a ``produce`` whose broker went
+        away as it started (a restart after a commit with an unknown outcome, during the
+        outage) sat in one call for a minute, whatever SIGTERM said.
+        """
+        deadline = time.monotonic() + _INIT_TIMEOUT
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                self.producer.init_transactions(
+                    left if self.stop is None else min(left, _STOP_STEP)
+                )
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                once = self.stop is None or self.stop.is_set() or not error.retriable()
+                if once or time.monotonic() >= deadline:
+                    raise self._error(exc, "initialise transactions") from None
 
     def _error(self, exc: KafkaException, doing: str) -> Exception:
         error: KafkaError = exc.args[0]

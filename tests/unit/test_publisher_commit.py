@@ -11,6 +11,7 @@ then restarts the producer, which reads back what committed).
 from __future__ import annotations
 
 import logging
+import threading
 import types
 from typing import Any
 
@@ -19,7 +20,12 @@ from confluent_kafka import KafkaError, KafkaException
 
 from producer import publisher as publisher_module
 from producer.publisher import TransactionalPublisher
-from queuestream.errors import CommitOutcomeUnknownError, FatalError, RetriableError
+from queuestream.errors import (
+    BrokerUnavailableError,
+    CommitOutcomeUnknownError,
+    FatalError,
+    RetriableError,
+)
 from queuestream.settings import Settings
 from tests.helpers import FakeClock
 
@@ -41,16 +47,26 @@ class FakeProducer:
         commit: list[KafkaError],
         abort: list[KafkaError],
         produce_error: KafkaError | None = None,
+        init: list[KafkaError] | None = None,
+        stop_at_init: tuple[int, threading.Event] | None = None,
     ) -> None:
         self.clock = clock
         self.commit_errors = commit
         self.abort_errors = abort
         self.produce_error = produce_error
+        self.init_errors = init or []
+        self.stop_at_init = stop_at_init  # SIGTERM during the init call of that number
         self.calls: list[tuple[str, float]] = []
+        self.inits: list[float] = []  # the timeouts init_transactions was given
         self.asked_about: list[str | None] = []
 
-    def init_transactions(self, _timeout: float) -> None:
-        pass
+    def init_transactions(self, timeout: float) -> None:
+        self.inits.append(timeout)
+        if self.stop_at_init is not None and self.stop_at_init[0] == len(self.inits):
+            self.stop_at_init[1].set()
+        if self.init_errors:
+            self.clock.sleep(timeout)
+            raise KafkaException(self.init_errors.pop(0))
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
         self.asked_about.append(topic)
@@ -167,6 +183,38 @@ def test_a_transaction_that_must_be_aborted_is_aborted_and_retried(
     with pytest.raises(RetriableError, match="it is aborted: nothing was committed"):
         publisher.transaction(lambda send: send("exigo.orders", b"k", b"v", 0))
     assert fake.calls == [("abort", 2)]
+
+
+def _initialising(
+    monkeypatch: pytest.MonkeyPatch, init: list[KafkaError], stop: threading.Event | None
+) -> tuple[FakeProducer, Settings]:
+    clock = FakeClock(1000.0)
+    monkeypatch.setattr(publisher_module, "time", types.SimpleNamespace(monotonic=clock))
+    at = None if stop is None else (2, stop)
+    fake = FakeProducer(clock, [], [], init=init, stop_at_init=at)
+    return fake, Settings(kafka_bootstrap_servers="127.0.0.1:1", transactional_id="t")
+
+
+def test_init_transactions_waits_in_steps_a_stop_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker gone as the producer starts: the init, resumable after a timeout, is
+    asked in 2 s steps, and a SIGTERM during the second ends it with the broker's error
+    (it waited a whole minute in one call)."""
+    stop = threading.Event()
+    fake, settings = _initialising(monkeypatch, [TIMED_OUT] * 40, stop)
+    with pytest.raises(BrokerUnavailableError):
+        TransactionalPublisher(settings, producer=fake, stop=stop)  # type: ignore[arg-type]
+    assert fake.inits == [publisher_module._STOP_STEP] * 2
+
+    # Not stopped: resumed until the broker answers, within the minute.
+    fake, settings = _initialising(monkeypatch, [TIMED_OUT] * 3, threading.Event())
+    TransactionalPublisher(settings, producer=fake, stop=threading.Event())  # type: ignore[arg-type]
+    assert fake.inits == [publisher_module._STOP_STEP] * 4
+
+    # Without a stop event: one call with the whole time, as librdkafka advises.
+    fake, settings = _initialising(monkeypatch, [TIMED_OUT], None)
+    with pytest.raises(BrokerUnavailableError):
+        TransactionalPublisher(settings, producer=fake)  # type: ignore[arg-type]
+    assert fake.inits == [publisher_module._INIT_TIMEOUT]
 
 
 def test_before_each_transaction_the_broker_is_asked_about_one_topic_not_all(
