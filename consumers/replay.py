@@ -39,7 +39,7 @@ from consumers import offsets
 from consumers.replay_inputs import ReplaySpec, parse_duration, read_offsets_file
 from consumers.replay_plan import OffsetMove, ReplayPlan, plan_replay
 from queuestream.databases import create_engine, describe_url, unavailable
-from queuestream.errors import ConfigurationError
+from queuestream.errors import ConfigurationError, QueuestreamError
 from queuestream.kafka_clients import admin_client
 from queuestream.kafka_offsets import describe_groups
 from queuestream.settings import Settings
@@ -86,7 +86,12 @@ def execute_replay(settings: Settings, plan: ReplayPlan, *, force: bool = False)
         # With live members (--force) Kafka likely refuses: then nothing has moved.
         _alter_group(admin, plan, members)
         if plan.target_url is not None:
-            _move_target(plan)
+            try:
+                _move_target(plan)
+            except QueuestreamError as exc:
+                # Its "nothing was committed" is the target's: the group's offsets moved.
+                msg = f"{exc} (the group's offsets in Kafka did move; only the target's did not)"
+                raise type(exc)(msg) from None
     plan.state, plan.members, plan.executed = described.state, members, True
     log.info("moved %d partitions of group %s %s", len(plan.moves), plan.group, plan.destination)
     return plan

@@ -200,6 +200,7 @@ class ConsumerRuntime:
         self._markers: EndMarkers | None = None
         self._intake: Intake | None = None
         self._idle_since: float | None = None
+        self._closing = False  # set once the run closes its clients
         self._lag_observed = -_LAG_EVERY  # monotonic time of the last lag update (metrics)
 
     # -- the story ------------------------------------------------------------------------
@@ -360,6 +361,8 @@ class ConsumerRuntime:
         An open transaction cannot commit without them: it is rolled back, and the
         partitions still owned are read again from the target's offsets.
         """
+        if self._closing:
+            return  # the run is over: a close given up on may still call back, later
         if self.streaming.active:
             self._abandon()
         self.assembler.revoke(slots)
@@ -528,10 +531,13 @@ class ConsumerRuntime:
         self.metrics.observe_lag(self._consumer, self.ownership.reading(), held)
 
     def _close(self) -> None:
-        if self._consumer is not None:
-            # Leaves the group at once; bounded, as a commit in flight to a broker gone
-            # away would hold it forever.
-            close_consumer(self._consumer, f"the consumer of group {self.group}")
-        if self._markers is not None:
-            self._markers.close()
-        self.dead_letters.close()
+        self._closing = True
+        try:
+            if self._consumer is not None:
+                # Leaves the group at once; bounded, as a commit in flight to a broker
+                # gone away would hold it forever.
+                close_consumer(self._consumer, f"the consumer of group {self.group}")
+        finally:
+            if self._markers is not None:
+                self._markers.close()
+            self.dead_letters.close()

@@ -331,17 +331,25 @@ def close_consumer(consumer: Consumer, what: str, within: float = CLOSE_SECONDS)
     consumer.
     """
     failed: list[BaseException] = []
+    given_up = False
+    lock = threading.Lock()  # the caller gives up, or takes the failure: one of the two
 
     def close() -> None:
         try:
             consumer.close()
         except BaseException as exc:  # raised in the caller's thread below
-            failed.append(exc)
+            with lock:
+                failed.append(exc)
+                late = given_up
+            if late:  # the caller has gone on: said here
+                log.warning("closing %s, after it was given up: %s", what, exc)
 
     closing = threading.Thread(target=close, name=f"close {what}", daemon=True)
     closing.start()
     closing.join(within)
-    if closing.is_alive():
+    with lock:
+        given_up = closing.is_alive() and not failed
+    if given_up:
         log.warning(
             "closing %s: Kafka did not answer within %gs; going on without it (a group "
             "hands this member's partitions on after session_timeout_ms)",
@@ -350,7 +358,7 @@ def close_consumer(consumer: Consumer, what: str, within: float = CLOSE_SECONDS)
         )
     elif failed:
         if not isinstance(failed[0], KafkaException | RuntimeError):
-            raise failed[0]  # a rebalance callback's own failure
+            raise failed[0]  # a callback's own failure (rebalance, error)
         log.warning("closing %s: %s", what, failed[0])
 
 

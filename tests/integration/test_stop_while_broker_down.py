@@ -235,7 +235,7 @@ def test_a_commit_the_broker_stops_under_gives_up_once_stopped_and_commits_nothi
 
 
 def test_a_group_member_with_a_commit_waiting_for_the_broker_closes_within_its_bound(
-    kafka: services.Service, unique: str
+    kafka: services.Service, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """librdkafka's close waits for every offset commit in flight to be answered: one
     waiting for a coordinator that went away holds it for ``session_timeout_ms``, and a
@@ -265,4 +265,6 @@ def test_a_group_member_with_a_commit_waiting_for_the_broker_closes_within_its_b
     close_consumer(consumer, "a member of the group")
     took = time.monotonic() - started
     assert took < CLOSE_SECONDS + 1.0, f"closing took {took:.1f}s"
+    # Given up, not finished in time: librdkafka still waited for the commit.
+    assert "closing a member of the group: Kafka did not answer within" in caplog.text
     print(f"seconds to close: {took:.1f}")

@@ -249,3 +249,24 @@ def test_a_rebalance_callback_failing_in_close_is_raised_to_the_caller() -> None
     consumer = _Closing(ValueError("the revoke callback failed"))
     with pytest.raises(ValueError, match="the revoke callback failed"):
         kafka_clients.close_consumer(consumer, "c", within=5)  # type: ignore[arg-type]
+
+
+def test_a_close_that_fails_after_it_was_given_up_is_still_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = _Closing()
+    late = KafkaException(KafkaError(KafkaError._TRANSPORT, "the coordinator went away"))
+
+    def close() -> None:
+        consumer.release.wait(30)
+        raise late
+
+    consumer.close = close  # type: ignore[method-assign]
+    kafka_clients.close_consumer(consumer, "c", within=0.1)  # type: ignore[arg-type]
+    assert "did not answer within 0.1s" in caplog.text
+    consumer.release.set()
+    wait_until = time.monotonic() + 5
+    while "after it was given up" not in caplog.text and time.monotonic() < wait_until:
+        time.sleep(0.01)
+    assert "closing c, after it was given up: " in caplog.text
+    assert "the coordinator went away" in caplog.text
