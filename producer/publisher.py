@@ -99,8 +99,8 @@ class TransactionalPublisher:
 
         librdkafka resumes an init that timed out when it is called again, and a Python
         signal handler runs only once the call returns: a ``produce`` whose broker went
-        away as it started (a restart after a commit with an unknown outcome, during the
-        outage) sat in one call for a minute, whatever SIGTERM said.
+        away as it started (after its topic check had an answer) sat in one call for a
+        minute, whatever SIGTERM said.
         """
         deadline = time.monotonic() + _INIT_TIMEOUT
         while True:
