@@ -165,14 +165,16 @@ class LoggedCommand:
     def assert_running(self) -> None:
         assert self.process.poll() is None, f"exited early:\n{self.output()[-3000:]}"
 
-    def wait_logged(self, text: str, timeout: float = 60.0) -> None:
-        """Until the command has logged ``text`` (it must still be running)."""
+    def wait_logged(self, *texts: str, timeout: float = 60.0) -> str:
+        """Until the command has logged one of ``texts`` (it must still be running); which."""
 
-        def logged() -> bool:
+        def logged() -> str:
             self.assert_running()
-            return text in self.output()
+            output = self.output()
+            return next((text for text in texts if text in output), "")
 
-        wait_for(logged, timeout=timeout, interval=0.1, message=f"{text!r} logged")
+        message = " or ".join(map(repr, texts)) + " logged"
+        return wait_for(logged, timeout=timeout, interval=0.1, message=message)
 
     def stop(self, bound: float) -> tuple[int | None, float]:
         """SIGTERM; the exit status (None: still running ``bound`` s later, then killed)

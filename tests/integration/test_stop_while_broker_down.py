@@ -81,7 +81,7 @@ def _stopped_waiting(
     and stopped as it waits for the broker: the seconds from SIGTERM to its exit 0."""
     waiting = LoggedCommand(args, env, tmp_path / f"{args[0]}-started-while-down.log")
     commands.append(waiting)
-    waiting.wait_logged("does not answer yet", LOGGED_TIMEOUT)
+    waiting.wait_logged("does not answer yet", timeout=LOGGED_TIMEOUT)
     return waiting.assert_stops_within(STOP_BOUND)
 
 
@@ -151,8 +151,12 @@ def test_produce_stopped_while_the_broker_is_down_exits_at_once_and_loses_nothin
         wait_all_published(pipeline.source, kafka.address, unique, running.assert_running)
         services.control(kafka, "down")
         pipeline.simulate(50)  # changes the refresh in hand cannot publish
-        # Stopped between two attempts at the refresh (the first one waited 15 s).
-        running.wait_logged("publishing the refresh failed", LOGGED_TIMEOUT)
+        # Stopped while it waits for the broker: between two attempts at the refresh
+        # (the first one waited 15 s) or, when the broker went as a refresh (one a
+        # second, empty ones too) was committing, in the commit's wait for an answer.
+        running.wait_logged(
+            "publishing the refresh failed", "commit not acknowledged yet", timeout=LOGGED_TIMEOUT
+        )
         took["running"] = running.assert_stops_within(STOP_BOUND)
 
         took["started while down"] = _stopped_waiting(produce, env, tmp_path, commands)
@@ -182,7 +186,7 @@ def test_the_live_monitor_stopped_while_the_broker_is_down_exits_at_once(
         args = ["monitor", "--interval", "1"]
         monitor = LoggedCommand(args, _env(pipeline), tmp_path / "monitor.log")
         try:
-            monitor.wait_logged("Last batch", LOGGED_TIMEOUT)
+            monitor.wait_logged("Last batch", timeout=LOGGED_TIMEOUT)
             services.control(kafka, "down")
             took = monitor.assert_stops_within(MONITOR_STOP_BOUND)
         finally:
