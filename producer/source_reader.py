@@ -369,7 +369,7 @@ class FrozenSnapshot:
         none such, and the refresh refuses its row by name."""
         table = self._base(spec)
         columns = [table.c[k] for k in spec.key]
-        query = sa.select(*columns).where(among(columns[0], self.conn.dialect.name))
+        query = sa.select(*columns).where(among(columns[0], self.conn.dialect.name, probe=True))
         found: set[tuple[int, int]] = set()
         with retriable_outages(self.conn.engine):
             for chunk in key_chunks(self.conn, parents):

@@ -30,9 +30,11 @@ _COUNT = 5000  # more keys than one chunk on SQLite
 _BIG = 2**40
 
 
-def _select(connection: sa.Connection, column: sa.Column[Any], values: list[Any]) -> list[int]:
+def _select(
+    connection: sa.Connection, column: sa.Column[Any], values: list[Any], probe: bool
+) -> list[int]:
     """The ids of the rows whose ``column`` is among ``values``, over every chunk."""
-    query = sa.select(_ROWS.c.id).where(among(column, connection.dialect.name))
+    query = sa.select(_ROWS.c.id).where(among(column, connection.dialect.name, probe=probe))
     found: list[int] = []
     for chunk in key_chunks(connection, values):
         found.extend(i for (i,) in connection.execute(query, {KEYS: chunk}))
@@ -50,29 +52,35 @@ def check_key_filter(url: str) -> None:
                 [{"id": i, "code": f"{i % 1000:03d}", "big": _BIG + i} for i in range(_COUNT)],
             )
         with engine.connect() as conn:
-            wanted = list(range(1, _COUNT, 2))  # unsorted and repeated keys: each row once
-            assert _select(conn, _ROWS.c.id, [*reversed(wanted), *wanted[:10]]) == wanted
-            assert _select(conn, _ROWS.c.id, [-1, _COUNT]) == []
-            assert not list(key_chunks(conn, []))
-
-            # A text key matches the rows that hold it, and only those: a value longer
-            # than the column is not cut to its length.
-            assert _select(conn, _ROWS.c.code, ["007"]) == [7, 1007, 2007, 3007, 4007]
-            assert _select(conn, _ROWS.c.code, ["0071", "007 "]) == []
-
-            # A BIGINT key past 2**31 is a key like any other.
-            assert _select(conn, _ROWS.c.big, [_BIG + 3, _BIG]) == [0, 3]
-
-            # One statement may use the filter twice: both take the same keys (no id
-            # matches a BIGINT value, and no row is left unfiltered).
-            both = sa.union_all(
-                sa.select(_ROWS.c.id).where(among(_ROWS.c.id, conn.dialect.name)),
-                sa.select(_ROWS.c.id).where(among(_ROWS.c.big, conn.dialect.name)),
-            )
-            found = sorted(i for (i,) in conn.execute(both, {KEYS: [2, 3]}))
-            assert found == [2, 3]
+            for probe in (False, True):
+                _check_selects(conn, probe)
     finally:
         engine.dispose()
+
+
+def _check_selects(conn: sa.Connection, probe: bool) -> None:
+    """The filter's answers through ``conn``, as a scan (``= ANY``) or as index probes."""
+    wanted = list(range(1, _COUNT, 2))  # unsorted and repeated keys: each row once
+    assert _select(conn, _ROWS.c.id, [*reversed(wanted), *wanted[:10]], probe) == wanted
+    assert _select(conn, _ROWS.c.id, [-1, _COUNT], probe) == []
+    assert not list(key_chunks(conn, []))
+
+    # A text key matches the rows that hold it, and only those: a value longer
+    # than the column is not cut to its length.
+    assert _select(conn, _ROWS.c.code, ["007"], probe) == [7, 1007, 2007, 3007, 4007]
+    assert _select(conn, _ROWS.c.code, ["0071", "007 "], probe) == []
+
+    # A BIGINT key past 2**31 is a key like any other.
+    assert _select(conn, _ROWS.c.big, [_BIG + 3, _BIG], probe) == [0, 3]
+
+    # One statement may use the filter twice: both take the same keys (no id
+    # matches a BIGINT value, and no row is left unfiltered).
+    both = sa.union_all(
+        sa.select(_ROWS.c.id).where(among(_ROWS.c.id, conn.dialect.name, probe=probe)),
+        sa.select(_ROWS.c.id).where(among(_ROWS.c.big, conn.dialect.name, probe=probe)),
+    )
+    found = sorted(i for (i,) in conn.execute(both, {KEYS: [2, 3]}))
+    assert found == [2, 3]
 
 
 def test_the_key_filter_selects_exactly_its_keys_on_sqlite(tmp_path: Path) -> None:
