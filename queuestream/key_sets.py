@@ -72,9 +72,10 @@ def among(
     where the table is large beside them, so the cost follows the keys and not the table.
     With ``= ANY`` it chose a parallel scan of the whole table for the producer's
     question about the lines of a refresh's orders (in the freshness benchmark: 14.7 ms a
-    refresh, and two more processes on the machine's cores, against 6.9 ms probing).
+    refresh, and two more processes on the machine's cores, against 5.5 ms probing).
     The targets' questions, about a larger share of smaller tables that their statements
-    then join on, measured slower as a semi-join (1.5 to 2 times): ``= ANY`` there.
+    then join on, took 1.3 to 2.1 times as long as semi-joins (in a run where the
+    statements left alone took 1.1 to 1.35 times as long): ``= ANY`` there.
     """
     if dialect == "postgresql":
         array = postgresql.ARRAY(element_type(column.type))
