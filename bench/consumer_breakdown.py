@@ -1,7 +1,8 @@
 """The consumer benchmark's breakdown (``--breakdown``): fetch, decode and apply, apart.
 
 The target's committed messages are read back from Kafka (timed: fetch),
-decoded with ``decode_change`` (timed: decode) and applied with ``Target.apply``
+decoded with ``decode_change`` as the runtime does, only the columns the target
+reads (timed: decode), and applied with ``Target.apply``
 in one transaction to another fresh database (timed: target apply, i.e. mapping
 in Python plus SQL), without the runtime: a PostgreSQL database on the server, or a
 SQLite file without one.
@@ -16,7 +17,7 @@ from bench.errors import BenchError, Deadline
 from bench.readback import read_committed
 from bench.scratch import postgres_database, sqlite_database, writer_engine
 from consumers.assembly import Batch, Slot
-from consumers.changes import Change, decode_change
+from consumers.changes import Change, decode_change, projection
 from consumers.target import ApplyReport, Target
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
@@ -38,9 +39,18 @@ def breakdown(
     codec = AvroCodec.from_url(prefix, settings.schema_registry_url)
     started = time.perf_counter()
     slots: dict[Slot, list[Change]] = {}
+    # The columns the target reads, as the runtime decodes them (one projection a table).
+    fields = {t: projection(t, (target.reads or {}).get(t)) for t in target.tables}
     for (topic, partition), records in found.items():
         table = tables[topic]
-        decode = functools.partial(decode_change, codec, table, topic=topic, partition=partition)
+        decode = functools.partial(
+            decode_change,
+            codec,
+            table,
+            topic=topic,
+            partition=partition,
+            fields=fields[table],
+        )
         slots[(table, partition)] = [
             decode(offset=offset, timestamp_ms=ms, raw_key=key, raw_value=value)
             for offset, ms, key, value in records

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from confluent_kafka import KafkaError, Message
 
 from consumers.assembly import Assembler, Tombstone
-from consumers.changes import decode_change
+from consumers.changes import decode_change, projection
 from consumers.dead_letters import DeadLetter
 from consumers.markers import EndMarkers
 from consumers.ownership import Ownership
@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 
 
 class Intake:
-    """Takes the messages of the change topics ``tables`` (topic -> table)."""
+    """Takes the messages of the change topics ``tables`` (topic -> table).
+
+    ``reads``: the source columns the target reads of each table's rows
+    (:attr:`Target.reads <consumers.target.Target.reads>`); only those are decoded.
+    """
 
     def __init__(
         self,
@@ -48,12 +52,16 @@ class Intake:
         ownership: Ownership,
         assembler: Assembler,
         markers: EndMarkers,
+        reads: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.codec = codec
         self.tables = tables
         self.ownership = ownership
         self.assembler = assembler
         self.markers = markers
+        self._fields = {
+            topic: projection(table, (reads or {}).get(table)) for topic, table in tables.items()
+        }
 
     def take(self, message: Message) -> None:
         topic = message.topic() or ""
@@ -91,6 +99,7 @@ class Intake:
                 timestamp_ms=timestamp_ms,
                 raw_key=key,
                 raw_value=value,
+                fields=self._fields[topic],
             )
         except DecodeError as exc:
             if not read_back:  # else: applied (or dead-lettered) before

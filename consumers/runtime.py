@@ -275,7 +275,12 @@ class ConsumerRuntime:
         self._markers = EndMarkers(self.settings, self.codec, self.group, until_ms=until_ms)
         self._markers.needed = self.assembler.needed_refreshes
         self._intake = Intake(
-            self.codec, self.tables, self.ownership, self.assembler, self._markers
+            self.codec,
+            self.tables,
+            self.ownership,
+            self.assembler,
+            self._markers,
+            self.target.reads,
         )
         self._consumer = Consumer(
             consumer_config(

@@ -84,6 +84,10 @@ class Target(ABC):
     tables: ClassVar[tuple[str, ...]]
     #: The target's own tables.
     metadata: ClassVar[sa.MetaData]
+    #: The source columns :meth:`apply` reads of each table's rows (``Change.row``), by
+    #: table: the consumer decodes only these, the key and ModifiedDate, and skips the
+    #: rest of each event. None (the default), or a table left out: whole rows.
+    reads: ClassVar[Mapping[str, tuple[str, ...]] | None] = None
 
     def create_schema(self, connection: sa.Connection) -> None:
         """Create the target's tables and views where missing (idempotent)."""

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.9.9"
+__version__ = "0.9.10"
 
 __all__ = ["__version__"]

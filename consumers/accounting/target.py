@@ -240,6 +240,7 @@ class _Route:
     target: sa.Table
     columns: tuple[str, ...]  # of the rows ``to_row`` gives
     to_row: Callable[[Change], Row]
+    reads: tuple[str, ...]  # the source columns ``to_row`` reads (Target.reads)
     #: Columns read before writing, to recompute what a moved or deleted row left:
     #: (customer column, invoice column or None). None: the table feeds no balance.
     owners: tuple[str, str | None] | None = None
@@ -252,17 +253,60 @@ class _Route:
 
 
 _ROUTES: dict[str, _Route] = {
-    "customers": _Route(LEDGER_ACCOUNTS, _LEDGER_ACCOUNT, _ledger_account),
+    "customers": _Route(
+        LEDGER_ACCOUNTS,
+        _LEDGER_ACCOUNT,
+        _ledger_account,
+        ("CustomerID", "FirstName", "LastName", "Company", "CurrencyCode", "Email"),
+    ),
     "orders": _Route(
         INVOICES,
         _INVOICE,
         _invoice,
+        (
+            "OrderID",
+            "CustomerID",
+            "OrderStatusID",
+            "CurrencyCode",
+            "OrderDate",
+            "SubTotal",
+            "TaxTotal",
+            "ShippingTotal",
+            "Total",
+        ),
         ("customer_id", "order_id"),
         Archive(VOID_INVOICES, {"status": STATUS_VOID, "balance_due": Decimal(0)}),
     ),
-    "order_details": _Route(INVOICE_LINES, _INVOICE_LINE, _invoice_line),
+    "order_details": _Route(
+        INVOICE_LINES,
+        _INVOICE_LINE,
+        _invoice_line,
+        (
+            "OrderID",
+            "OrderLine",
+            "ItemCode",
+            "ItemDescription",
+            "Quantity",
+            "PriceEach",
+            "PriceTotal",
+            "Tax",
+        ),
+    ),
     "payments": _Route(
-        PAYMENTS, _PAYMENT, _payment, ("customer_id", "order_id"), Archive(UNAPPLIED_PAYMENTS)
+        PAYMENTS,
+        _PAYMENT,
+        _payment,
+        (
+            "PaymentID",
+            "CustomerID",
+            "OrderID",
+            "PaymentDate",
+            "Amount",
+            "CurrencyCode",
+            "AuthorizationCode",
+        ),
+        ("customer_id", "order_id"),
+        Archive(UNAPPLIED_PAYMENTS),
     ),
 }
 
@@ -355,6 +399,9 @@ class AccountingTarget(Target):
     name: ClassVar[str] = "accounting"
     tables: ClassVar[tuple[str, ...]] = ("customers", "orders", "order_details", "payments")
     metadata: ClassVar[sa.MetaData] = METADATA
+    reads: ClassVar[Mapping[str, tuple[str, ...]] | None] = {
+        table: route.reads for table, route in _ROUTES.items()
+    }
 
     def apply(
         self,

@@ -142,6 +142,11 @@ def _named(integers: _Integers, texts: _Texts, name: str, *rest: str) -> tuple[s
     return (*(t for t, _ in integers), name, *(t for t, _, _ in texts[2:]), *rest)
 
 
+def _reads(integers: _Integers, texts: _Texts, *rest: str) -> tuple[str, ...]:
+    """The source columns a mapping of :func:`_columns` and ``rest`` reads (Target.reads)."""
+    return (*(s for _, s in integers), *(s for _, s, _ in texts), *rest)
+
+
 def _columns(change: Change, integers: _Integers, texts: _Texts) -> list[Any]:
     """Required integers, then texts that fit, in order; else a RecordError.
 
@@ -301,6 +306,11 @@ class ShippingTarget(Target):
     name: ClassVar[str] = "shipping"
     tables: ClassVar[tuple[str, ...]] = ("customer_sites", "orders", "order_details")
     metadata: ClassVar[sa.MetaData] = METADATA
+    reads: ClassVar[Mapping[str, tuple[str, ...]] | None] = {
+        "customer_sites": _reads(_SITE_INTEGERS, _SITE_TEXTS),
+        "orders": _reads(_ORDER_INTEGERS, _ORDER_TEXTS, "ShippedDate"),
+        "order_details": _reads(_LINE_INTEGERS, _LINE_TEXTS, "Quantity", "WeightEach"),
+    }
 
     def apply(
         self,
