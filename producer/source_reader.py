@@ -279,9 +279,9 @@ class FrozenSnapshot:
         """The rows of ``query`` (a :meth:`_select` of ``spec``'s table)."""
         layout = row_layout(spec)
         if self._psycopg:
-            cursor = postgres_rows.open_cursor(self.conn, query)
+            cursor = postgres_rows.open_cursor(self.conn, query, _FETCH)
             if cursor is not None:
-                yield from postgres_rows.read(self.conn, cursor, layout, _FETCH)
+                yield from postgres_rows.read(self.conn, cursor, layout)
                 return
         if self._sqlite:
             yield from sqlite_rows.read(self.conn, query, layout, _FETCH)
@@ -323,9 +323,9 @@ class FrozenSnapshot:
         )
         with retriable_outages(self.conn.engine):
             if self._psycopg:
-                cursor = postgres_rows.open_cursor(self.conn, query)
+                cursor = postgres_rows.open_cursor(self.conn, query, _FETCH)
                 if cursor is not None:
-                    for values in postgres_rows.read_tuples(self.conn, cursor, _FETCH):
+                    for values in postgres_rows.read_tuples(self.conn, cursor):
                         yield values[:-1], values[-1]
                     return
             result = self.conn.execution_options(yield_per=_FETCH).execute(query)

@@ -1,4 +1,4 @@
-"""Reading a server-side cursor in chunks (producer.postgres_rows): every row, in order,
+"""Reading a declared cursor in chunks (producer.postgres_rows): every row, in order,
 and no FETCH sent past one that came back short (each is a round trip to the server)."""
 
 from __future__ import annotations
@@ -8,25 +8,29 @@ from typing import Any
 
 import pytest
 
-from producer.postgres_rows import read_tuples
+from producer.postgres_rows import DeclaredCursor, read_tuples
 
 
 class _Cursor:
-    """psycopg's server-side cursor as read_tuples uses it: fetchmany and close."""
+    """A psycopg cursor as DeclaredCursor uses it: FETCH statements, then fetchall."""
 
     def __init__(self, rows: int) -> None:
         self.rows = [(n,) for n in range(rows)]
-        self.fetches = 0
-        self.closed = False
+        self.sent: list[str] = []
+        self.last: list[tuple[Any, ...]] = []
 
-    def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
-        assert not self.closed
-        self.fetches += 1
+    def fetch(self, size: int) -> list[tuple[Any, ...]]:
         chunk, self.rows = self.rows[:size], self.rows[size:]
         return chunk
 
-    def close(self) -> None:
-        self.closed = True
+    def execute(self, statement: str, *, prepare: bool) -> None:
+        assert not prepare
+        self.sent.append(statement)
+        size = int(statement.split()[2])  # FETCH FORWARD <size> FROM <name>
+        self.last = self.fetch(size)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.last
 
 
 _CONN: Any = SimpleNamespace(dialect=SimpleNamespace(loaded_dbapi=SimpleNamespace(Error=OSError)))
@@ -37,6 +41,7 @@ _CONN: Any = SimpleNamespace(dialect=SimpleNamespace(loaded_dbapi=SimpleNamespac
 )
 def test_every_row_is_read_and_no_fetch_follows_a_short_one(rows: int, fetches: int) -> None:
     cursor = _Cursor(rows)
-    assert list(read_tuples(_CONN, cursor, 4)) == [(n,) for n in range(rows)]
-    assert cursor.fetches == fetches
-    assert cursor.closed
+    declared = DeclaredCursor(cursor, "rows_1", 4, cursor.fetch(4))  # the first, with DECLARE
+    assert list(read_tuples(_CONN, declared)) == [(n,) for n in range(rows)]
+    assert 1 + len(cursor.sent) == fetches
+    assert set(cursor.sent) <= {"FETCH FORWARD 4 FROM rows_1"}
