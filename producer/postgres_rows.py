@@ -17,7 +17,8 @@ amounts, takes half the time.
 The cursor is declared by hand rather than through psycopg's ``ServerCursor``, to
 spend fewer round trips on cores the load keeps busy: ``DECLARE`` and the first
 ``FETCH`` go out together (a pipeline: one round trip, where ``ServerCursor`` takes
-three, with a ``Describe`` of the portal between), the first ``FETCH`` says what the
+three, with a ``Describe`` of the portal between; two where libpq is older than 14
+and has no pipelines), the first ``FETCH`` says what the
 columns are, and no ``CLOSE`` is sent: a cursor ends with the snapshot's
 transaction, which ends when the refresh has read its last row.
 """
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from contextlib import nullcontext
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,7 +36,7 @@ import sqlalchemy as sa
 from producer.changed_rows import ChangedRow, RowLayout, check_columns
 from queuestream.databases import driver_errors
 
-__all__ = ["open_cursor", "read", "read_tuples"]
+__all__ = ["DeclaredCursor", "open_cursor", "read", "read_tuples"]
 
 #: PostgreSQL types (OIDs) whose values psycopg returns as SQLAlchemy would hand them on
 #: for the sync schema's columns: int2, int4, int8, numeric, text, bpchar, varchar,
@@ -83,6 +86,14 @@ class DeclaredCursor:
             chunk = self.cursor.fetchall()
 
 
+@cache
+def _pipelined() -> bool:
+    """Can the driver send statements in a pipeline (psycopg on libpq 14 or later)?"""
+    from psycopg import Pipeline
+
+    return Pipeline.is_supported()
+
+
 def _plain_postgres_columns(cursor: Any) -> bool:
     """Are all of the cursor's columns of the types in :data:`_PLAIN_OIDS`?"""
     description = cursor.description
@@ -101,7 +112,8 @@ def open_cursor(conn: sa.Connection, query: sa.Select[Any], fetch: int) -> Decla
     with driver_errors(conn, statement):
         cursor = driver.cursor()
         cursor.adapters.register_loader("numeric", _text_loader())  # amounts as their text
-        with driver.pipeline():
+        # One round trip for both, where libpq can (else two).
+        with driver.pipeline() if _pipelined() else nullcontext():
             driver.execute(
                 f"DECLARE {name} NO SCROLL CURSOR FOR {statement}", compiled.params, prepare=False
             )

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from producer import source_reader
+from producer import postgres_rows, source_reader
 from producer.changed_rows import ChangedRow
 from producer.events import RowPreparer
 from producer.partitioning import CustomerPartitioner
@@ -79,9 +79,21 @@ def _amounts_made_decimal(rows: list[ChangedRow], amounts: set[str]) -> list[Cha
     return made
 
 
-def test_the_driver_reads_what_sqlalchemy_reads_amounts_as_their_text(source: Settings) -> None:
+@pytest.mark.parametrize(
+    ("pipelined", "fetch"),
+    [(True, None), (False, None), (True, 7)],
+    ids=["pipelined", "without-pipelines", "fetched-by-7"],
+)
+def test_the_driver_reads_what_sqlalchemy_reads_amounts_as_their_text(
+    source: Settings, monkeypatch: pytest.MonkeyPatch, pipelined: bool, fetch: int | None
+) -> None:
     """Every value and its type as SQLAlchemy reads it, but amounts: those are the text
-    PostgreSQL sent, spelling the very Decimal SQLAlchemy reads (sign, digits, exponent)."""
+    PostgreSQL sent, spelling the very Decimal SQLAlchemy reads (sign, digits, exponent);
+    the cursor declared with its first FETCH in a pipeline or without (libpq before
+    14), and its rows in one FETCH or in many."""
+    monkeypatch.setattr(postgres_rows, "_pipelined", lambda: pipelined)
+    if fetch is not None:
+        monkeypatch.setattr(source_reader, "_FETCH", fetch)
     driver, alchemy = _both(source)
     assert driver.keys() == alchemy.keys()
     for name in driver:
