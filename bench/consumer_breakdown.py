@@ -17,7 +17,7 @@ from bench.errors import BenchError, Deadline
 from bench.readback import read_committed
 from bench.scratch import postgres_database, sqlite_database, writer_engine
 from consumers.assembly import Batch, Slot
-from consumers.changes import Change, decode_change, projection
+from consumers.changes import Change, decode_change, projections
 from consumers.target import ApplyReport, Target
 from queuestream.settings import Settings
 from queuestream.tables import topic_for
@@ -40,7 +40,7 @@ def breakdown(
     started = time.perf_counter()
     slots: dict[Slot, list[Change]] = {}
     # The columns the target reads, as the runtime decodes them (one projection a table).
-    fields = {t: projection(t, (target.reads or {}).get(t)) for t in target.tables}
+    fields = projections(target.tables, target.reads)
     for (topic, partition), records in found.items():
         table = tables[topic]
         decode = functools.partial(

@@ -13,7 +13,7 @@ letter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from queuestream.errors import DecodeError
 from queuestream.tables import TABLES
 from schemas.avro import AvroCodec, Projection
 
-__all__ = ["Change", "decode_change", "projection", "version_of"]
+__all__ = ["Change", "decode_change", "projection", "projections", "version_of"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OPS = frozenset("cudr")
@@ -83,15 +83,24 @@ def _constructor() -> Callable[..., Change]:
 _change = _constructor()
 #: The key columns of each table, to check a row against its key.
 _KEYS = {t.name: t.key for t in TABLES}
-#: What a Change needs of an envelope: the rest (the source block's constant strings and
-#: window, the published time, the transaction's order) is skipped, never built.
-_NEEDED = Projection(
-    "op",
-    "after",
-    before=Projection("ModifiedDate"),
-    source=Projection("ts_ms", "refresh_id"),
-    transaction=Projection("id"),
-)
+
+
+def _envelope(after: Projection | None) -> Projection:
+    """What a Change needs of an envelope, ``after`` cut to a part (None: whole). The rest
+    (the source block's constant strings and window, the published time, the
+    transaction's order) is skipped, never built."""
+    parts = {
+        "before": Projection("ModifiedDate"),
+        "source": Projection("ts_ms", "refresh_id"),
+        "transaction": Projection("id"),
+    }
+    if after is None:
+        return Projection("op", "after", **parts)
+    return Projection("op", after=after, **parts)
+
+
+#: Whole rows: for a target that does not say what it reads.
+_NEEDED = _envelope(None)
 
 
 def projection(table: str, reads: Sequence[str] | None) -> Projection:
@@ -103,14 +112,15 @@ def projection(table: str, reads: Sequence[str] | None) -> Projection:
     """
     if reads is None:
         return _NEEDED
-    kept = dict.fromkeys([*_KEYS[table], "ModifiedDate", *reads])
-    return Projection(
-        "op",
-        after=Projection(*kept),
-        before=Projection("ModifiedDate"),
-        source=Projection("ts_ms", "refresh_id"),
-        transaction=Projection("id"),
-    )
+    return _envelope(Projection(*dict.fromkeys([*_KEYS[table], "ModifiedDate", *reads])))
+
+
+def projections(
+    tables: Iterable[str], reads: Mapping[str, Sequence[str]] | None
+) -> dict[str, Projection]:
+    """One :func:`projection` for each of ``tables``, by table, for a target's ``reads``
+    (:attr:`Target.reads <consumers.target.Target.reads>`; a table left out: whole)."""
+    return {table: projection(table, (reads or {}).get(table)) for table in tables}
 
 
 def decode_change(

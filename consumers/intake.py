@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from confluent_kafka import KafkaError, Message
 
 from consumers.assembly import Assembler, Tombstone
-from consumers.changes import decode_change, projection
+from consumers.changes import decode_change, projections
 from consumers.dead_letters import DeadLetter
 from consumers.markers import EndMarkers
 from consumers.ownership import Ownership
@@ -59,9 +59,7 @@ class Intake:
         self.ownership = ownership
         self.assembler = assembler
         self.markers = markers
-        self._fields = {
-            topic: projection(table, (reads or {}).get(table)) for topic, table in tables.items()
-        }
+        self._fields = projections(tables.values(), reads)
 
     def take(self, message: Message) -> None:
         topic = message.topic() or ""
@@ -89,17 +87,18 @@ class Intake:
                     Tombstone(self.tables[topic], topic, partition, offset)
                 )
             return
+        table = self.tables[topic]
         try:
             change = decode_change(
                 self.codec,
-                self.tables[topic],
+                table,
                 topic=topic,
                 partition=partition,
                 offset=offset,
                 timestamp_ms=timestamp_ms,
                 raw_key=key,
                 raw_value=value,
-                fields=self._fields[topic],
+                fields=self._fields[table],
             )
         except DecodeError as exc:
             if not read_back:  # else: applied (or dead-lettered) before

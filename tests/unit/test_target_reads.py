@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.accounting import AccountingTarget
-from consumers.changes import Change, decode_change, projection, version_of
+from consumers.changes import Change, decode_change, projection, projections, version_of
 from consumers.shipping import ShippingTarget
 from consumers.target import ApplyReport, Target
 from producer.simulator import Simulator
@@ -91,7 +91,7 @@ def _decoded(
     found: dict[str, list[Change]] = {}
     for table, values in events.items():
         spec = TABLES_BY_NAME[table]
-        fields = projection(table, (reads or {}).get(table))  # one a table, as the Intake
+        fields = projections([table], reads)[table]  # one a table, as the Intake
         changes = []
         for offset, value in enumerate(values):
             envelope = codec.decode(table, "value", value)
