@@ -122,7 +122,16 @@ class DecodeError(RecordError):
 
 
 class RetriableError(QueuestreamError):
-    """A dependency is unavailable for now; nothing was committed, try again later."""
+    """A dependency is unavailable for now; nothing was committed, try again later.
+
+    ``advice`` is what an operator should do when a command stops on it ("retry in a
+    moment"), shown after the situation. A command that retries by itself logs the
+    situation alone (:attr:`situation`), with when it tries again.
+    """
+
+    def __init__(self, situation: str, *, advice: str | None = None) -> None:
+        super().__init__(situation if advice is None else f"{situation}: {advice}")
+        self.situation = situation
 
 
 class BrokerUnavailableError(RetriableError):

@@ -352,8 +352,9 @@ def broker_failure(
     BrokerUnavailableError (wait and retry) for everything else: "unreachable" for
     transport errors and timeouts, "could not ..." for leader and coordinator changes
     and whatever else may pass. The message does not say the request is tried again:
-    a command that runs until stopped does so (its retry says when), a one-shot command
-    stops (``replay``, ``rebuild``, ``refresh``) and the line tells the operator to.
+    a command that runs until stopped does so (its retry says when, and leaves out the
+    error's ``advice``), a one-shot command stops (``replay``, ``rebuild``, ``refresh``)
+    and the line tells the operator to.
     """
     code = error.code()
     reason = error.str()
@@ -372,7 +373,8 @@ def broker_failure(
         )
     return BrokerUnavailableError(
         f"{kafka}: could not {doing} ({reason}); this passes when the broker has moved a "
-        "leader or coordinator: retry in a moment"
+        "leader or coordinator",
+        advice="retry in a moment",
     )
 
 

@@ -77,7 +77,7 @@ class Outage:
             self.what,
             self.failures,
             now - self.since,
-            error,
+            error.situation if isinstance(error, RetriableError) else error,
             wait,
         )
         return wait

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+from confluent_kafka import KafkaError
 
 from queuestream.errors import BrokerUnavailableError, CommitOutcomeUnknownError, ConfigurationError
+from queuestream.failures import broker_failure
 from queuestream.retry import Backoff, Outage, retry
 
 
@@ -22,6 +24,24 @@ def test_backoff_doubles_up_to_the_maximum() -> None:
     backoff = Backoff(first=2.0, maximum=30.0)
     assert [backoff.delay(n) for n in range(1, 7)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     assert backoff.delay(10_000) == 30.0  # no overflow after a long night
+
+
+def test_a_retried_failure_is_logged_without_the_advice_to_retry_that_a_stop_gives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A leader moving tells the operator of a one-shot command (replay, refresh) to retry
+    in a moment; a command that retries by itself logged "...: retry in a moment;
+    retrying in 2.0s". Its line now says the situation and when it tries again."""
+    moved = broker_failure(KafkaError(KafkaError.NOT_COORDINATOR), None, "commit offsets")
+    assert isinstance(moved, BrokerUnavailableError)
+    assert str(moved).endswith("has moved a leader or coordinator: retry in a moment")
+    outage = Outage("Kafka", Backoff(2.0, 10.0), clock=FakeClock())
+    with caplog.at_level(logging.WARNING, logger="queuestream.retry"):
+        assert outage.failed(moved) == 2.0
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("Kafka failed (attempt 1, failing for 0s): Kafka: could not commit")
+    assert line.endswith("has moved a leader or coordinator; retrying in 2.0s")
+    assert "retry in a moment" not in line
 
 
 def test_a_zero_first_wait_still_waits_a_little() -> None:
