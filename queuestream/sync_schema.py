@@ -9,18 +9,19 @@ Dates are stored naive, in the source's local time zone, as Exigo does; the
 ``source_timezone`` setting says which zone that is. On SQL Server the money
 columns are read through :func:`queuestream.sqlserver.contract_decimal` (MONEY's
 four decimals brought to the contract's scale when exact); the other databases
-read the same types as before.
+read the same types as before. The values' conventions (naive local stamps, the
+order status codes) are :mod:`queuestream.source_values`', re-exported here.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from queuestream.source_values import ORDER_STATUS, to_aware, to_source_local
 from queuestream.sqlserver import contract_decimal
 from queuestream.tables import TABLES
 
@@ -38,20 +39,6 @@ __all__ = [
     "to_aware",
     "to_source_local",
 ]
-
-#: Exigo's OrderStatusID values.
-ORDER_STATUS = {
-    1: "Incomplete",
-    2: "Pending",
-    3: "CCDeclined",
-    4: "ACHDeclined",
-    5: "Canceled",
-    6: "CCPending",
-    7: "ACHPending",
-    8: "Accepted",
-    9: "Printed",
-    10: "Shipped",
-}
 
 Money = contract_decimal(16, 2)
 Price = contract_decimal(16, 4)
@@ -181,16 +168,6 @@ def source_table(name: str) -> sa.Table:
     spec = next(t for t in TABLES if t.name == name)
     table = Base.metadata.tables[spec.source]
     return table
-
-
-def to_aware(value: datetime, zone: ZoneInfo) -> datetime:
-    """A naive source timestamp (local to ``zone``) as an aware UTC datetime."""
-    return value.replace(tzinfo=zone).astimezone(UTC)
-
-
-def to_source_local(value: datetime, zone: ZoneInfo) -> datetime:
-    """An aware datetime as the naive local time the source stamps with."""
-    return value.astimezone(zone).replace(tzinfo=None)
 
 
 def create_source_schema(engine: sa.Engine) -> None:

@@ -31,8 +31,7 @@ from consumers.accounting.schema import (
     STATUS_OPEN,
     STATUS_VOID,
 )
-from consumers.reconcile import TableImage, source_instant, source_version
-from queuestream.sync_schema import source_table
+from consumers.reconcile import TableImage, source_instant, source_table, source_version
 
 __all__ = ["actual_images", "expected_images"]
 

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from consumers.reconcile import TableImage, source_instant, source_version
+from consumers.reconcile import TableImage, source_instant, source_table, source_version
 from consumers.shipping.schema import (
     OPEN_STATUSES,
     ORDER_HEADERS,
@@ -51,7 +51,6 @@ from consumers.shipping.schema import (
     full_name,
 )
 from consumers.shipping.shipments import source_shipment
-from queuestream.sync_schema import source_table
 
 __all__ = ["actual_images", "expected_images"]
 

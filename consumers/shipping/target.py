@@ -99,7 +99,7 @@ from consumers.target_rows import (
 )
 from consumers.target_write import upsert_rows, write_rows
 from queuestream.key_sets import KEYS, among, key_chunks
-from queuestream.sync_schema import ORDER_STATUS
+from queuestream.source_values import ORDER_STATUS
 
 __all__ = ["ShippingTarget"]
 
