@@ -10,7 +10,7 @@ Dates are stored naive, in the source's local time zone, as Exigo does; the
 columns are read through :func:`queuestream.sqlserver.contract_decimal` (MONEY's
 four decimals brought to the contract's scale when exact); the other databases
 read the same types as before. The values' conventions (naive local stamps, the
-order status codes) are :mod:`queuestream.source_values`', re-exported here.
+order status codes) live in :mod:`queuestream.source_values`, re-exported here.
 """
 
 from __future__ import annotations
