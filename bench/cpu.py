@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ __all__ = [
     "CpuSpan",
     "MachineCpu",
     "child_pids",
+    "children_by_parent",
     "listening_pid",
     "local_services",
     "machine_cpu",
@@ -65,40 +67,45 @@ def process_cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(pid: int) -> float | None:
+def tree_cpu_seconds(pid: int, children: Iterable[int] | None = None) -> float | None:
     """CPU seconds of ``pid`` and its children so far: its own, those of the children it
     has waited for (``cutime``, ``cstime``), and those of each child still running.
     None when ``pid`` is gone. A child that ends between two readings moves its time
     from the live sum to its parent's waited-for sum once the parent has waited for it
-    (PostgreSQL's postmaster does at once): nothing is lost."""
+    (PostgreSQL's postmaster does at once): nothing is lost. ``children``: the children
+    to read, when the caller knows them (:func:`child_pids`, read a moment before);
+    by default every process is looked at."""
     tick = os.sysconf("SC_CLK_TCK")
     try:
         own = proc_stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return None
     ticks = sum(int(v) for v in own[11:15])
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or entry.name == str(pid):
-            continue
+    for child in child_pids(pid) if children is None else children:
         try:
-            fields = proc_stat(int(entry.name))
+            fields = proc_stat(child)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue  # ended meanwhile
-        if fields[1] == str(pid):
+        if fields[1] == str(pid):  # still the child it was (a pid is reused)
             ticks += sum(int(v) for v in fields[11:15])
     return ticks / tick
 
 
 def child_pids(pid: int) -> list[int]:
     """The processes ``pid`` started that are still running."""
-    found = []
+    return children_by_parent().get(pid, [])
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Every running process's pid, under its parent's: one look at ``/proc``."""
+    found: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if proc_stat(int(entry.name))[1] == str(pid):
-                    found.append(int(entry.name))
+                parent = int(proc_stat(int(entry.name))[1])
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue  # ended meanwhile
+            found.setdefault(parent, []).append(int(entry.name))
     return found
 
 

@@ -9,6 +9,13 @@ folds it onto the cycle: the cores busy in each tenth of a second after a refres
 started. A step that runs the machine near its cores has no core to spare for more
 parallel work, and waits for a core whenever anything else runs.
 
+The same trace reads the parts given to it (a process and its children: the
+producer, PostgreSQL and its backends, the broker, each consumer, each simulator),
+less often (:data:`_PARTS_PERIOD`), so that each step's cores are told apart by who
+took them: which part to make cheaper for the step to end sooner. Children are looked
+for twice a second; one that starts and ends between two looks is counted only once
+its parent has waited for it (PostgreSQL's postmaster does at once).
+
 Nothing here is queuestream's code path: only what the benchmark reports.
 """
 
@@ -20,23 +27,41 @@ import threading
 import time
 from collections.abc import Sequence
 
-from bench.cpu import machine_cpu
+from bench.cpu import children_by_parent, machine_cpu, tree_cpu_seconds
 
-__all__ = ["MachineTrace", "busy_by_phase"]
+__all__ = ["MachineTrace", "busy_by_phase", "parts_by_phase"]
 
 #: Seconds between two readings of ``/proc/stat`` (its clock ticks are 10 ms).
 _PERIOD = 0.02
+#: Seconds between two readings of the parts (a file of ``/proc`` a process each: the
+#: trace's own CPU stays near 1% of a core), and between two looks for their children.
+_PARTS_PERIOD = 0.05
+_CHILDREN_PERIOD = 0.5
 
 
 class MachineTrace:
     """Reads the machine's busy CPU seconds every :data:`_PERIOD`, in a thread, from
-    :meth:`start` to :meth:`stop`: ``(wall time, busy seconds)`` pairs."""
+    :meth:`start` to :meth:`stop`: ``(wall time, busy seconds)`` pairs; and each part
+    :meth:`add`-ed (a name and the pid of a process read with its children) every
+    ``parts_period``, into :attr:`parts`."""
 
-    def __init__(self, period: float = _PERIOD) -> None:
+    def __init__(self, period: float = _PERIOD, parts_period: float = _PARTS_PERIOD) -> None:
         self.period = period
+        self.parts_period = parts_period
         self.samples: list[tuple[float, float]] = []
+        #: Per part, ``(wall time, CPU seconds)`` pairs while the part ran.
+        self.parts: dict[str, list[tuple[float, float]]] = {}
+        self._pids: dict[str, int] = {}
+        self._children: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name="machine-trace", daemon=True)
+
+    def add(self, name: str, pid: int) -> None:
+        """Trace ``pid`` and its children as ``name`` from now on."""
+        with self._lock:
+            self._pids[name] = pid
+            self.parts.setdefault(name, [])
 
     def start(self) -> None:
         self._thread.start()
@@ -47,9 +72,32 @@ class MachineTrace:
         return self.samples
 
     def _run(self) -> None:
+        next_parts = next_children = 0.0
         while not self._halt.is_set():
-            self.samples.append((time.time(), machine_cpu().busy))
+            now = time.time()
+            self.samples.append((now, machine_cpu().busy))
+            if now >= next_parts:
+                if now >= next_children:
+                    self._find_children()
+                    next_children = now + _CHILDREN_PERIOD
+                self._read_parts(now)
+                next_parts = now + self.parts_period
             self._halt.wait(self.period)
+
+    def _find_children(self) -> None:
+        with self._lock:
+            pids = dict(self._pids)
+        children = children_by_parent()
+        for name, pid in pids.items():
+            self._children[name] = children.get(pid, [])
+
+    def _read_parts(self, now: float) -> None:
+        with self._lock:
+            pids = dict(self._pids)
+        for name, pid in pids.items():
+            seconds = tree_cpu_seconds(pid, self._children.get(name, []))
+            if seconds is not None:  # None: it ended
+                self.parts[name].append((now, seconds))
 
 
 def busy_by_phase(
@@ -78,3 +126,18 @@ def busy_by_phase(
     names = [f"{i * width:.1f}-{(i + 1) * width:.1f}" for i in range(bins)]
     names.append(f">={interval:g}")
     return {name: round(busy[i] / spent[i], 2) for i, name in enumerate(names) if spent[i] > 0}
+
+
+def parts_by_phase(
+    parts: dict[str, list[tuple[float, float]]],
+    starts: Sequence[float],
+    interval: float,
+    bins: int = 10,
+) -> dict[str, dict[str, float]]:
+    """:func:`busy_by_phase` of each part's samples, by phase: ``{phase: {part: cores}}``
+    (a part with no sample in a phase is left out of it)."""
+    found: dict[str, dict[str, float]] = {}
+    for name, samples in parts.items():
+        for phase, cores in busy_by_phase(samples, starts, interval, bins).items():
+            found.setdefault(phase, {})[name] = cores
+    return found

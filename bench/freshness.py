@@ -44,7 +44,8 @@ for PostgreSQL writers). Goal (issue 10): p99 under 1.5 s.
 
 And what shared the machine with the pipeline: the cores each part took during the
 load, the machine's busy cores in each tenth of a second after a refresh started
-(:mod:`bench.cycle_cpu`: which steps of the cycle leave no core to spare), the
+and each part's share of them (:mod:`bench.cycle_cpu`: which steps of the cycle
+leave no core to spare, and who takes the cores then), the
 simulators' CPU a row written (the same work in every run, so the machine's
 speed), how long the local broker had run (its JIT's first minutes), and when
 PostgreSQL's autovacuum worked on the source and on each target
@@ -81,7 +82,7 @@ import sqlalchemy as sa
 from bench.autovacuum import AutovacuumWatch, overlapping
 from bench.commands import add_live_arguments, cli_command, running, stderr_tail, stop
 from bench.cpu import CpuSpan, child_pids, local_services
-from bench.cycle_cpu import MachineTrace, busy_by_phase
+from bench.cycle_cpu import MachineTrace, busy_by_phase, parts_by_phase
 from bench.environment import broker_uptime_seconds, environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.freshness_figures import (
@@ -261,8 +262,9 @@ def _cpu_parts(bootstrap: str, server: str, pipeline: list[_Command]) -> dict[st
 
 
 def _by_part(busy: dict[str, float], sims: list[str]) -> dict[str, float]:
-    """:meth:`CpuSpan.stop`'s figures with the simulators added up and the producer's
-    own process told apart from its row reader (read with it, as its child)."""
+    """:meth:`CpuSpan.stop`'s figures (or a phase's of the trace) with the simulators
+    added up and the producer's own process told apart from its row reader (read with
+    it, as its child)."""
     found = dict(busy)
     found["simulators"] = round(sum(found.pop(name, 0.0) for name in sims), 3)
     if "row_reader" in found and "producer" in found:
@@ -331,6 +333,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu = CpuSpan()
         cpu.start(parts)
         trace = MachineTrace()
+        for name, pid in parts.items():
+            trace.add(name, pid)
         trace.start()
         stack.callback(trace.stop)
         n = args.simulators
@@ -345,6 +349,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sims.append(start(f"sim{i}", sim_args))
         simulators = {s.name: s.popen.pid for s in sims}
         parts.update(simulators)
+        for name, pid in simulators.items():
+            trace.add(name, pid)
         # The simulator's start-up (imports, connecting) is no load: it gets that long
         # again to finish its actions; past it, it fell behind and the load ends anyway.
         until = clock + args.seconds + _SIM_START_UP
@@ -411,6 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             began = measured[entry["refresh_id"]].started.timestamp()
             entry["autovacuum"] = overlapping(maintained, began, began + entry["latency"])
     carried = sum(r.events for r in measured.values())
+    starts = sorted(r.started.timestamp() for r in measured.values())
     source_span = source_seconds(list(measured.values()))
     return {
         "rate_requested_rows_per_second": args.rate,
@@ -433,9 +440,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": per_target,
         "producer_peak_rss_mb": producer.peak_mb,
         "cores_busy_during_load": cores_busy,
-        "cores_busy_by_refresh_phase": busy_by_phase(
-            traced, sorted(r.started.timestamp() for r in measured.values()), args.interval
-        ),
+        "cores_busy_by_refresh_phase": busy_by_phase(traced, starts, args.interval),
+        "cores_busy_by_refresh_phase_and_part": {
+            phase: _by_part(busy, [s.name for s in sims])
+            for phase, busy in parts_by_phase(trace.parts, starts, args.interval).items()
+        },
         "autovacuum_during_run": maintenance,
         "broker_uptime_at_load_seconds": broker_uptime,
         "goal_p99_seconds": GOAL_P99_SECONDS,
@@ -499,6 +508,14 @@ def print_table(report: dict[str, Any]) -> None:
             "the machine's busy cores by seconds after a refresh started: "
             + ", ".join(f"{phase} {cores:.2f}" for phase, cores in phases.items())
         )
+    by_part = report.get("cores_busy_by_refresh_phase_and_part") or {}
+    if by_part:
+        out.print("the cores each part took in each tenth of a second after a refresh started:")
+        for phase, busy in by_part.items():
+            out.print(
+                f"  {phase}: "
+                + ", ".join(f"{name} {cores:.2f}" for name, cores in busy.items() if cores)
+            )
     if report.get("sim_cpu_us_per_row") is not None:
         out.print(
             f"the simulators took {report['sim_cpu_us_per_row']:.1f} µs of CPU a row written "

@@ -88,6 +88,12 @@ def test_a_process_tree_counts_its_children_running_and_ended() -> None:
         assert own is not None and own < 0.3  # the parent itself only waited
         [child] = child_pids(parent.pid)  # the ended one is gone
         assert tree_cpu_seconds(child) is not None
+        # Told its children, it reads only them; a process that is not its child (a
+        # pid since reused) is not counted.
+        known = tree_cpu_seconds(parent.pid, [child])
+        assert known is not None and abs(known - after) < 0.05
+        stranger = tree_cpu_seconds(parent.pid, [os.getpid()])
+        assert stranger is not None and stranger < after - 0.4
         assert after - before >= 0.9  # 0.5 s of the ended child and 0.5 of the live one
     finally:
         parent.stdin.close()
