@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from bench.cpu import children_by_parent, machine_cpu, tree_cpu_seconds
 
-__all__ = ["MachineTrace", "busy_by_phase", "parts_by_phase"]
+__all__ = ["MachineTrace", "busy_between", "busy_by_phase", "parts_by_phase"]
 
 #: Seconds between two readings of ``/proc/stat`` (its clock ticks are 10 ms).
 _PERIOD = 0.02
@@ -141,3 +141,14 @@ def parts_by_phase(
         for phase, cores in busy_by_phase(samples, starts, interval, bins).items():
             found.setdefault(phase, {})[name] = cores
     return found
+
+
+def busy_between(samples: Sequence[tuple[float, float]], begin: float, end: float) -> float | None:
+    """The cores busy from ``begin`` to ``end`` by the ``samples`` (wall time, CPU
+    seconds) taken within it: from the first to the last of them; None when fewer than
+    two fall within it."""
+    inside = [(t, cpu) for t, cpu in samples if begin <= t <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    (t0, cpu0), (t1, cpu1) = inside[0], inside[-1]
+    return round((cpu1 - cpu0) / (t1 - t0), 2)

@@ -82,7 +82,7 @@ import sqlalchemy as sa
 from bench.autovacuum import AutovacuumWatch, overlapping
 from bench.commands import add_live_arguments, cli_command, running, stderr_tail, stop
 from bench.cpu import CpuSpan, child_pids, local_services
-from bench.cycle_cpu import MachineTrace, busy_by_phase, parts_by_phase
+from bench.cycle_cpu import MachineTrace, busy_between, busy_by_phase, parts_by_phase
 from bench.environment import broker_uptime_seconds, environment, environment_line
 from bench.errors import BenchError, Deadline
 from bench.freshness_figures import (
@@ -272,6 +272,25 @@ def _by_part(busy: dict[str, float], sims: list[str]) -> dict[str, float]:
     return found
 
 
+def _cores_during(
+    trace: MachineTrace, begin: float, end: float, sims: list[_Command]
+) -> dict[str, float]:
+    """The cores each part took from ``begin`` to ``end`` (a slow refresh's span), the
+    machine's, and ``other``: what no part took (processes outside the run's)."""
+    during = {}
+    for name, samples in trace.parts.items():
+        cores = busy_between(samples, begin, end)
+        if cores is not None:
+            during[name] = cores
+    found = _by_part(during, [s.name for s in sims])
+    parts = sum(found.values())
+    machine = busy_between(trace.samples, begin, end)
+    if machine is not None:
+        found["machine"] = machine
+        found["other"] = round(machine - parts, 2)
+    return found
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = progress_printer(args.json)
     bootstrap = resolve_bootstrap(args)
@@ -416,6 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for entry in figures["slowest"]:
             began = measured[entry["refresh_id"]].started.timestamp()
             entry["autovacuum"] = overlapping(maintained, began, began + entry["latency"])
+            entry["cores_busy"] = _cores_during(trace, began, began + entry["latency"], sims)
     carried = sum(r.events for r in measured.values())
     starts = sorted(r.started.timestamp() for r in measured.values())
     source_span = source_seconds(list(measured.values()))
@@ -551,6 +571,12 @@ def print_table(report: dict[str, Any]) -> None:
                 + (
                     f"; autovacuum meanwhile in {', '.join(worst['autovacuum'])}"
                     if worst.get("autovacuum")
+                    else ""
+                )
+                + (
+                    "; cores meanwhile: "
+                    + ", ".join(f"{part} {n:.2f}" for part, n in worst["cores_busy"].items())
+                    if worst.get("cores_busy")
                     else ""
                 )
             )

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.cycle_cpu import MachineTrace, busy_by_phase, parts_by_phase
+from bench.cycle_cpu import MachineTrace, busy_between, busy_by_phase, parts_by_phase
 
 
 def test_busy_time_is_folded_onto_the_tenth_of_a_second_after_the_last_start() -> None:
@@ -89,3 +89,10 @@ def test_the_trace_reads_a_part_with_its_children() -> None:
     assert len(samples) >= 10
     assert samples[-1][1] - samples[0][1] >= 0.25  # the child's burn, not the parent's wait
     assert all(c1 >= c0 for (_, c0), (_, c1) in itertools.pairwise(samples))
+
+
+def test_the_cores_of_a_span_come_from_the_samples_within_it() -> None:
+    samples = [(100.0, 0.0), (100.5, 0.25), (101.0, 1.25), (101.5, 1.5)]
+    assert busy_between(samples, 100.4, 101.1) == 2.0  # 100.5 -> 101.0
+    assert busy_between(samples, 100.0, 101.5) == 1.0
+    assert busy_between(samples, 100.6, 100.9) is None  # no two samples within it
