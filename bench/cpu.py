@@ -157,10 +157,12 @@ def local_services(services: dict[str, str]) -> dict[str, int]:
 
 
 def services_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """:func:`tree_cpu_seconds` of each service still running."""
+    """:func:`tree_cpu_seconds` of each service still running (one look at ``/proc`` for
+    the children of all of them)."""
+    children = children_by_parent()
     found: dict[str, float] = {}
     for name, pid in pids.items():
-        seconds = tree_cpu_seconds(pid)
+        seconds = tree_cpu_seconds(pid, children.get(pid, []))
         if seconds is not None:
             found[name] = seconds
     return found
