@@ -49,7 +49,7 @@ from bench.errors import BenchError, Deadline
 from bench.options import add_common_arguments, check_common_arguments
 from bench.output import out, print_runs
 from bench.rss import FamilyPeak
-from bench.scratch import postgres_database, sqlite_database, writer_engine
+from bench.scratch import STATE_DIR_VARIABLE, postgres_database, sqlite_database, writer_engine
 from bench.services import resolve_postgres
 from bench.session import main_with, session
 from bench.source import copy_rows, count_rows, simulate
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         prefix = started.prefixes.new("postgres", "memory")
         env = _environment(args, source, started.bootstrap, prefix)
-        env["QUEUESTREAM_STATE_DIR"] = str(logs / "state")
+        env[STATE_DIR_VARIABLE] = str(logs / "state")
 
         deadline.check("refreshing")
         progress(f"queuestream refresh ({prefix})")

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.errors import BenchError, Deadline
 from bench.output import Progress, err, progress_printer
-from bench.scratch import Prefixes, delete_topics
+from bench.scratch import Prefixes, delete_topics, scratch_state_dir
 from bench.services import check_kafka, resolve_bootstrap
 from queuestream.gc_tuning import tune_for_streaming
 
@@ -55,7 +55,9 @@ def main_with(
     run: Callable[[argparse.Namespace], dict[str, Any]],
     print_table: Callable[[dict[str, Any]], None],
 ) -> int:
-    """Log to stderr, ``run``, then print the report as JSON or a table; 1 on BenchError."""
+    """Log to stderr, ``run`` (its producers' state in a throwaway folder:
+    :func:`~bench.scratch.scratch_state_dir`), then print the report as JSON or a table;
+    1 on BenchError."""
     tune_for_streaming()  # as the commands measured do (queuestream.cli.main)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -63,7 +65,8 @@ def main_with(
         stream=sys.stderr,
     )
     try:
-        report = run(args)
+        with scratch_state_dir():
+            report = run(args)
     except BenchError as exc:
         err.print(f"[bold red]bench failed[/]: {exc}", highlight=False)
         return 1

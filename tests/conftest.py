@@ -29,6 +29,7 @@ session fixtures find them in the environment (``services.start_shared``).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -53,6 +54,8 @@ POSTGRES_FIXTURES = {"postgres_server_url", "postgres_url"}
 UNIT_TESTS = Path(__file__).resolve().parent / "unit"
 CONNECT_TESTS = Path(__file__).resolve().parent / "integration" / "test_debezium_sink.py"
 _SHARED = pytest.StashKey[list[services.Service]]()
+#: The state folder this session made (removed at its end).
+_STATE_DIR = pytest.StashKey[str]()
 
 
 def _starts_workers(config: pytest.Config) -> bool:
@@ -78,16 +81,22 @@ def _shared_services(config: pytest.Config) -> tuple[str, ...]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Producers cache what they published under state_dir: a throwaway folder, not var/.
-    os.environ.setdefault(
-        "QUEUESTREAM_STATE_DIR", tempfile.mkdtemp(prefix="queuestream-test-state-")
-    )
+    # Producers cache what they published under state_dir: a throwaway folder, not var/,
+    # made by the process that starts the session (xdist's workers inherit it) and
+    # removed when that session ends.
+    if "QUEUESTREAM_STATE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="queuestream-test-state-")
+        os.environ["QUEUESTREAM_STATE_DIR"] = folder
+        config.stash[_STATE_DIR] = folder
     if _starts_workers(config):
         config.stash[_SHARED] = services.start_shared(_shared_services(config))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     services.stop_all(config.stash.get(_SHARED, []))
+    folder = config.stash.get(_STATE_DIR, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
