@@ -19,14 +19,15 @@ deleting a customer's ledger account leaves them.
 
 Members of a consumer group own a customer's rows by partition, but a row moved to
 a customer on another member's partitions makes that member recompute the first
-customer's balance too, maybe while its owner does. Each replaces the customer's
-rows (DELETE, then INSERT ... SELECT the sums). Under READ COMMITTED a statement
-that waits for another transaction's rows still works from the snapshot it started
-with, so a DELETE that waited for the other member's would leave the rows that one
-inserted, summed without this transaction's change. So on PostgreSQL
-:func:`recompute_balances` first locks the customers' balance rows (SELECT ... FOR
-UPDATE, in key order, in chunks of sorted ids): the second member waits there, and
-its DELETE and INSERT start after the first has committed, seeing what it committed.
+customer's balance too, maybe while its owner does. Each brings the customer's rows
+to the sums in one statement (updating the rows that stay, deleting those with
+nothing left to sum, inserting new ones). Under READ COMMITTED a statement that
+waits for another transaction's rows still works from the snapshot it started with,
+so a statement that waited for the other member's rows would write sums made without
+what that one committed. So on PostgreSQL :func:`recompute_balances` first locks the
+customers' balance rows (SELECT ... FOR UPDATE, in key order, in chunks of sorted
+ids): the second member waits there, and its statement starts after the first has
+committed, seeing what it committed.
 A customer with no balance row yet has nothing to lock: two members inserting the
 same new key collide on it, and the one that comes second replaces its rows again,
 in a savepoint, once the first has committed. Whichever commits last has summed
@@ -292,13 +293,37 @@ def order_unseen_invoices(connection: sa.Connection) -> None:
 
 
 def recompute_balances(connection: sa.Connection, customer_ids: Iterable[int]) -> None:
-    """Replace the balances of these customers with SUMs over invoices and payments.
+    """Bring the balances of these customers to the SUMs over their invoices and payments.
 
-    Money columns hold the same scale (2) everywhere, so on SQLite the integer minor
-    units add up exactly and are copied as they are.
+    On PostgreSQL one statement a chunk (:func:`_replacement`) updates the rows that
+    stay in place, inserts the new ones and deletes those with nothing left to sum; on
+    SQLite the chunk's rows are deleted and inserted again. Money columns hold the same
+    scale (2) everywhere, so on SQLite the integer minor units add up exactly and are
+    copied as they are.
     """
     dialect = connection.dialect.name
-    i, p, b = INVOICES.c, PAYMENTS.c, CUSTOMER_BALANCES.c
+    sums = _sums(dialect)
+    if dialect == "postgresql":
+        replace = _replacement(sums)
+        for chunk in key_chunks(connection, customer_ids):
+            _replace_concurrently(connection, replace, chunk)
+        return
+    # SQLite: one writer at a time
+    delete = sa.delete(CUSTOMER_BALANCES).where(among(CUSTOMER_BALANCES.c.customer_id, dialect))
+    insert = sa.insert(CUSTOMER_BALANCES).from_select(list(_BALANCE_COLUMNS), sums)
+    for chunk in key_chunks(connection, customer_ids):
+        connection.execute(delete, {KEYS: chunk})
+        connection.execute(insert, {KEYS: chunk})
+
+
+#: The columns of a balance, in the order :func:`_sums` gives them.
+_BALANCE_COLUMNS = ("customer_id", "currency", "invoiced", "paid", "open_balance", "source_version")
+
+
+def _sums(dialect: str) -> sa.Select[Any]:
+    """The balances of the customers among :data:`KEYS`, from their invoices and payments
+    (:data:`_BALANCE_COLUMNS`)."""
+    i, p = INVOICES.c, PAYMENTS.c
     invoiced = sa.select(
         i.customer_id,
         i.currency,
@@ -312,38 +337,73 @@ def recompute_balances(connection: sa.Connection, customer_ids: Iterable[int]) -
     both = sa.union_all(invoiced, paid).subquery()
     total_invoiced = sa.func.sum(both.c.invoiced)
     total_paid = sa.func.sum(both.c.paid)
-    sums = sa.select(
+    columns = (
         both.c.customer_id,
         both.c.currency,
         total_invoiced,
         total_paid,
         total_invoiced - total_paid,
         sa.func.max(both.c.source_version),
-    ).group_by(both.c.customer_id, both.c.currency)
-    delete = sa.delete(CUSTOMER_BALANCES).where(among(b.customer_id, dialect))
-    insert = sa.insert(CUSTOMER_BALANCES).from_select(
-        ["customer_id", "currency", "invoiced", "paid", "open_balance", "source_version"], sums
     )
-    for chunk in key_chunks(connection, customer_ids):
-        if dialect == "postgresql":
-            _replace_concurrently(connection, delete, insert, chunk)
-        else:  # SQLite: one writer at a time
-            connection.execute(delete, {KEYS: chunk})
-            connection.execute(insert, {KEYS: chunk})
+    return sa.select(
+        *(c.label(name) for c, name in zip(columns, _BALANCE_COLUMNS, strict=True))
+    ).group_by(both.c.customer_id, both.c.currency)
 
 
-def _replace_concurrently(
-    connection: sa.Connection, delete: sa.Delete, insert: sa.Insert, chunk: list[Any]
-) -> None:
-    """Lock a chunk of balances, DELETE and INSERT them, in a savepoint; again while a
-    transaction that committed meanwhile (another member) inserted rows under new keys
-    of the same customers."""
+def _replacement(sums: sa.Select[Any]) -> sa.Insert:
+    """One statement (PostgreSQL) that makes the balances of the customers among
+    :data:`KEYS` what ``sums`` says: an UPDATE of the rows whose figures changed, a
+    DELETE of those no invoice or payment is left for, and an INSERT of the new ones.
+
+    Updated in place, a balance stays on its page (a HOT update: no index entry, and the
+    page's old versions pruned as it goes) where replacing every row (DELETE, INSERT)
+    left all of them dead each time: in ``make bench-freshness`` the table held twice
+    as many dead rows as live ones between vacuums, and every statement that reads it
+    read those too.
+    """
+    b = CUSTOMER_BALANCES
+    found = sums.cte("sums")
+    same_key = sa.and_(b.c.customer_id == found.c.customer_id, b.c.currency == found.c.currency)
+    figures = [c for c in _BALANCE_COLUMNS if c not in ("customer_id", "currency")]
+    changed = (
+        sa.update(b)
+        .where(
+            same_key,
+            sa.tuple_(*(b.c[c] for c in figures)).is_distinct_from(
+                sa.tuple_(*(found.c[c] for c in figures))
+            ),
+        )
+        .values({c: found.c[c] for c in figures})
+        .returning(b.c.customer_id)
+        .cte("changed")
+    )
+    gone = (
+        sa.delete(b)
+        .where(among(b.c.customer_id, "postgresql"), ~sa.exists().where(same_key))
+        .returning(b.c.customer_id)
+        .cte("gone")
+    )
+    new = sa.select(*(found.c[c] for c in _BALANCE_COLUMNS)).where(~sa.exists().where(same_key))
+    return sa.insert(b).from_select(list(_BALANCE_COLUMNS), new).add_cte(changed, gone)
+
+
+def _replace_concurrently(connection: sa.Connection, replace: sa.Insert, chunk: list[Any]) -> None:
+    """Lock a chunk of balances and replace them (:func:`_replacement`), in a savepoint;
+    again while a transaction that committed meanwhile (another member) inserted rows
+    under new keys of the same customers.
+
+    The replacement is one statement after the lock, so its snapshot holds what the
+    members that held the locked rows committed. The rows it changes are those it
+    locked, and those another member committed under new keys of the same customers
+    before it began (that member held no row of the customer this one locks, or it
+    would have waited, so those rows are already summed here). A key another member
+    inserts and commits while it runs makes its INSERT fail on the key, and the
+    savepoint is replaced again, seeing that commit."""
     for attempt in range(1, _REPLACE_ATTEMPTS + 1):
         try:
             with connection.begin_nested():
                 connection.execute(_LOCK, {KEYS: chunk}).all()
-                connection.execute(delete, {KEYS: chunk})
-                connection.execute(insert, {KEYS: chunk})
+                connection.execute(replace, {KEYS: chunk})
         except sa.exc.IntegrityError as exc:
             if not _balance_key_taken(exc):
                 raise
