@@ -194,9 +194,23 @@ def refresh_invoices(
 
 
 def _recompute_invoices(connection: sa.Connection, order_ids: Iterable[int]) -> None:
+    """amount_paid and balance_due of these invoices from the payments applied to them.
+
+    The payments are picked by the chunk's order ids too (``among`` on their order id),
+    not only by the join to the chunk's invoices: the planner then reads them through
+    their index, so the cost follows the chunk and not the payments table. Joined
+    only, it scanned the whole table and probed every payment against the chunk: with
+    a history of 40 invoices and 20 payments a customer (1,152,278 invoices, 559,403
+    payments), 67.7 ms for one refresh's 2,800 invoices against 15.5 ms picked, where at
+    the freshness benchmark's size (78,000 invoices) it is 18.6 against 20.2 ms.
+    """
     i, p = INVOICES.c, PAYMENTS.c
     invoice = INVOICES.alias("invoice")
-    applied = sa.and_(p.order_id == invoice.c.order_id, p.currency == invoice.c.currency)
+    applied = sa.and_(
+        p.order_id == invoice.c.order_id,
+        p.currency == invoice.c.currency,
+        among(p.order_id, connection.dialect.name),
+    )
     sums = (
         sa.select(invoice.c.order_id, sa.func.coalesce(sa.func.sum(p.amount), _ZERO).label("paid"))
         .select_from(invoice.outerjoin(PAYMENTS, applied))
