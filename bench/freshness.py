@@ -53,7 +53,12 @@ PostgreSQL's autovacuum worked on the source and on each target
 slowest refreshes.
 
     make bench-freshness                                   # 10,000 rows/s for 60 s
+    make bench-freshness BENCH_ARGS="--history 40"         # a target with years of history
     .venv/bin/python -m bench.freshness --seconds 15 --rate 2000 --json
+
+``--history N`` first gives the accounting target N old invoices and N/2 old payments a
+customer (:mod:`bench.target_history`): the targets start empty, and the accounting
+target's balances are recomputed from each customer's whole history.
 
 Ctrl-C or SIGTERM stops every process the run started; every wait is bounded.
 Linux only (RSS from /proc).
@@ -99,7 +104,9 @@ from bench.rss import FamilyPeak
 from bench.scratch import Prefixes, delete_topics, postgres_database
 from bench.services import check_kafka, resolve_bootstrap, resolve_postgres
 from bench.session import main_with
+from bench.target_history import add_accounting_history
 from consumers import TARGET_NAMES, target_named
+from producer.simulator import ACTIONS
 
 __all__ = ["main", "parse_args", "print_table", "run"]
 
@@ -148,6 +155,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="at most this long for the load's refreshes to reach the targets (%(default)s)",
     )
     p.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before the load, give every customer of the accounting target, and those the "
+        "load will create, N old invoices and N/2 old payments (bench/target_history.py): a "
+        "target that has run for years (%(default)s: none)",
+    )
+    p.add_argument(
         "--logs",
         type=Path,
         help="keep each process's log (producer, consumers, simulators) in this folder; "
@@ -156,6 +172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_live_arguments(p)
     args = p.parse_args(argv)
     positive = (args.rate, args.seconds, args.interval, args.seed_actions, args.per_transaction)
+    if args.history < 0:
+        p.error("--history: 0 or more")
     if min(*positive, args.simulators) <= 0:
         p.error(
             "--rate, --seconds, --interval, --seed-actions, --per-transaction, --simulators: "
@@ -338,6 +356,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         actions_per_second = args.rate / per_action
         actions = int(actions_per_second * args.seconds) + 1
+        history = None
+        if args.history:
+            # and the customers the load will create (a fifth more than it should)
+            created = int(actions * ACTIONS["new_customer"] / sum(ACTIONS.values()) * 1.2)
+            progress(
+                f"giving each customer of the accounting target, and the {created:,} the "
+                f"load will create, {args.history} old invoices and {args.history // 2} old "
+                "payments"
+            )
+            history = add_accounting_history(
+                targets["accounting"], args.history, args.history // 2, created
+            ).as_dict()
+            progress(
+                f"the accounting target holds {history['invoices']:,} invoices and "
+                f"{history['payments']:,} payments ({history['seconds']}s)"
+            )
         progress(
             f"load: {args.rate:,.0f} rows/s = {actions_per_second:,.0f} actions/s "
             f"({per_action:.2f} rows per action) for {args.seconds:g}s"
@@ -446,6 +480,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "interval_seconds": args.interval,
         "rows_per_action": round(per_action, 3),
         "simulators": args.simulators,
+        "accounting_history": history,
         "sim_kept_up": simulated is not None,
         "sim_rows_written": simulated[1] if simulated else None,
         "sim_rows_per_second": round(simulated[1] / load_seconds, 1) if simulated else None,
@@ -511,6 +546,14 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['refreshes_measured']} refreshes"
         + (f" ({changed:,.0f} changed rows per second of source time)" if changed else "")
     )
+    history = report.get("accounting_history")
+    if history:
+        out.print(
+            f"accounting target given a history before the load: "
+            f"{history['invoices_per_customer']} invoices and "
+            f"{history['payments_per_customer']} payments a customer, "
+            f"{history['invoices']:,} invoices and {history['payments']:,} payments in all"
+        )
     cycle = report["refresh_cycle_p50_seconds"]
     out.print(
         f"producer (produce --interval {report['interval_seconds']:g}): peak RSS "
