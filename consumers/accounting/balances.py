@@ -1,13 +1,19 @@
 """What the accounting target maintains: invoice figures and customer balances.
 
 ``invoices.amount_paid`` / ``balance_due`` and the whole of ``customer_balances``
-are derived from several source rows. At the end of a batch they are recomputed
-with set-based SQL (no per-row statements) for what the batch touched
-(:class:`Touched`): the invoices whose order or payments changed, and the customers
-whose invoices or payments changed, before and after the change. A row that moved
-to another customer or order (or was deleted) leaves the one it belonged to
-changed too, so :func:`owners` reads, before a table is written, whom its rows
-that may move belonged to.
+are derived from several source rows, and brought up to date at the end of a batch
+for what it touched (:class:`Touched`), with set-based SQL (no per-row statements).
+The invoices whose order or payments changed are recomputed from their payments.
+A balance is kept by deltas (:func:`add_deltas`): :func:`owners` reads, before a
+table is written, whom each of its rows belonged to and what it added to that
+balance; a row that stays with its customer and currency adds what it adds now less
+what it added before, a new row what it adds. Only a customer a row left (moved to
+another customer or currency, or deleted) is recomputed from all its invoices and
+payments (:func:`recompute_balances`): its newest version may fall, and nothing may
+be left to sum. So a refresh's cost follows what it changed, not the customers'
+history (with 40 invoices and 20 payments a customer, recomputing one refresh's
+2,677 customers took 186 ms against 24 ms without that history; ``make
+bench-freshness --history``).
 
 Accounting rules: a void invoice (a cancelled order) owes nothing (``balance_due``
 0) and is not invoiced in the balance, but payments made on it still count as paid
@@ -41,9 +47,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from consumers.accounting.schema import (
     CUSTOMER_BALANCES,
@@ -52,12 +60,22 @@ from consumers.accounting.schema import (
     STATUS_OPEN,
     STATUS_VOID,
 )
+from consumers.target_sql import dialect_insert, staged
+from consumers.target_stage import copy_into_stage, render, stage_table
 from queuestream.databases import transaction_note
 from queuestream.errors import RetriableError
 from queuestream.failures import sqlstate_of
-from queuestream.key_sets import KEYS, among, key_chunks
+from queuestream.key_sets import KEYS, among, element_type, key_chunks
 
-__all__ = ["Touched", "inserted_meanwhile", "owners", "recompute_balances", "refresh_invoices"]
+__all__ = [
+    "Touched",
+    "add_deltas",
+    "contribution",
+    "inserted_meanwhile",
+    "owners",
+    "recompute_balances",
+    "refresh_invoices",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +112,13 @@ _UNSEEN = "queuestream.unseen_invoices"
 class Touched:
     """The customers and invoices whose maintained figures a batch must recompute."""
 
+    #: Customers whose balances are recomputed from their invoices and payments: those a
+    #: row left (moved to another customer or currency, or deleted).
     customers: set[int] = field(default_factory=set)
+    #: What rows that stayed with their customer and currency, or are new, changed of
+    #: each balance: (customer, currency) -> [invoiced, paid, newest version]
+    #: (:func:`add_deltas`; not for the customers recomputed, whose sums hold them).
+    deltas: dict[tuple[int, str], list[Any]] = field(default_factory=dict)
     invoices: set[int] = field(default_factory=set)
     #: Customers whose ledger account a delete removed (checked for what remains).
     deleted_customers: set[int] = field(default_factory=set)
@@ -111,10 +135,25 @@ class Touched:
             if by_payment:
                 self.paid.add(invoice)
 
+    def invoice(self, invoice: int | None, *, by_payment: bool = False) -> None:
+        """An invoice whose figures are recomputed (``by_payment``: a payment on it)."""
+        self.add(None, invoice, by_payment=by_payment)
+
+    def change(self, customer: int, currency: str, invoiced: Any, paid: Any, version: int) -> None:
+        """Add to the balance of ``customer`` in ``currency`` what a row changed of it."""
+        held = self.deltas.get((customer, currency))
+        if held is None:
+            self.deltas[(customer, currency)] = [invoiced, paid, version]
+        else:
+            held[0] += invoiced
+            held[1] += paid
+            held[2] = max(held[2], version)
+
     def recompute(self, connection: sa.Connection) -> None:
         """Bring the invoices' figures, then the customers' balances, up to date."""
         refresh_invoices(connection, self.invoices, self.inserted, self.paid)
         recompute_balances(connection, self.customers)
+        add_deltas(connection, {k: v for k, v in self.deltas.items() if k[0] not in self.customers})
 
 
 def owners(
@@ -123,8 +162,10 @@ def owners(
     key: tuple[str, ...],
     columns: tuple[str, str | None],
     keys: Sequence[tuple[Any, ...]],
-) -> dict[tuple[Any, ...], tuple[Any, Any]]:
-    """key -> (customer, invoice) of the stored rows among ``keys`` (single-column keys).
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """key -> (customer, invoice, currency, invoiced, paid) of the stored rows among
+    ``keys`` (single-column keys): whom each belongs to, and what it adds to that
+    customer's balance in its currency (:func:`contribution`).
 
     ``columns`` names the customer column and the invoice column (None: no invoice).
     On PostgreSQL the rows are locked as they are read (``FOR UPDATE``, in key order):
@@ -138,16 +179,105 @@ def owners(
     customer_column, invoice_column = columns
     invoice = table.c[invoice_column] if invoice_column else sa.null()
     dialect = connection.dialect.name
-    query = sa.select(table.c[column], table.c[customer_column], invoice).where(
-        among(table.c[column], dialect)
-    )
+    invoiced, paid = _CONTRIBUTIONS[table.name]
+    query = sa.select(
+        table.c[column], table.c[customer_column], invoice, table.c.currency, invoiced, paid
+    ).where(among(table.c[column], dialect))
     if dialect == "postgresql":
         query = query.order_by(table.c[column]).with_for_update()
-    found: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+    found: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for chunk in key_chunks(connection, (k for (k,) in keys)):
-        for k, customer, inv in connection.execute(query, {KEYS: chunk}):
-            found[(k,)] = (customer, inv)
+        for k, *owner in connection.execute(query, {KEYS: chunk}):
+            found[(k,)] = tuple(owner)
     return found
+
+
+#: What a stored row adds to its customer's balance, by table: (invoiced, paid), in SQL.
+#: An open invoice is invoiced its total; a payment is paid its amount. The same rule
+#: as :func:`contribution` (a row about to be written) and :func:`_sums` (all of them).
+_CONTRIBUTIONS: dict[str, tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]] = {
+    INVOICES.name: (
+        sa.case((INVOICES.c.status == STATUS_OPEN, INVOICES.c.total), else_=_ZERO),
+        _ZERO,
+    ),
+    PAYMENTS.name: (_ZERO, PAYMENTS.c.amount),
+}
+
+
+def contribution(table: str, status: Any, amount: Any) -> tuple[Any, Any]:
+    """(invoiced, paid) a row of ``table`` adds to its balance: an invoice its ``amount``
+    (the total) when its ``status`` is open, a payment its ``amount`` paid."""
+    if table == INVOICES.name:
+        return (amount if status == STATUS_OPEN else _NOTHING), _NOTHING
+    return _NOTHING, amount
+
+
+_NOTHING = Decimal(0)  # what a row adds where it adds nothing (amounts are Decimals)
+
+
+def add_deltas(connection: sa.Connection, deltas: dict[tuple[int, str], list[Any]]) -> None:
+    """Add ``deltas`` ((customer, currency) -> [invoiced, paid, version]) to the balances,
+    inserting those not there yet, in key order, one statement.
+
+    A delta is what rows that stayed with their customer and currency changed, and rows
+    that are new: each sum moves by exactly that, and the newest version can only rise
+    (a row is written only when its version is newer than the stored one, which counts in
+    the balance's). Two members adding to one balance at once add up: the second waits
+    for the first's row and adds to what it committed. One recomputing the customer
+    (:func:`recompute_balances`) locks the rows first and sums what is committed, so
+    whichever comes second counts the other's change. Rows that left a balance (moved
+    or deleted) are not deltas: their customer is recomputed, as the newest version may
+    fall and nothing may be left to sum.
+    """
+    if not deltas:
+        return
+    rows = [
+        (customer, currency, invoiced, paid, invoiced - paid, version)
+        for (customer, currency), (invoiced, paid, version) in sorted(deltas.items())
+    ]
+    dialect = connection.dialect.name
+    if staged(connection):  # PostgreSQL: by COPY into a staging table, one merge
+        copy_into_stage(connection, _DELTA_STAGE, rows, [_ADD_STAGED_DELTAS])
+        return
+    if dialect == "postgresql":  # one array a column (the reference of the staged path)
+        columns = zip(_BALANCE_COLUMNS, zip(*rows, strict=True), strict=True)
+        connection.execute(_ADD_DELTAS, {name: list(values) for name, values in columns})
+        return
+    insert = dialect_insert(dialect)(CUSTOMER_BALANCES)
+    statement = insert.on_conflict_do_update(
+        index_elements=["customer_id", "currency"], set_=_added(insert.excluded, sa.func.max)
+    )
+    connection.execute(statement, [dict(zip(_BALANCE_COLUMNS, row, strict=True)) for row in rows])
+
+
+def _added(new: Any, newest: Any) -> dict[str, sa.ColumnElement[Any]]:
+    """A balance's columns plus a delta's (``new``), its version the newest of the two."""
+    b = CUSTOMER_BALANCES.c
+    return {
+        "invoiced": b.invoiced + new.invoiced,
+        "paid": b.paid + new.paid,
+        "open_balance": b.open_balance + new.open_balance,
+        "source_version": newest(b.source_version, new.source_version),
+    }
+
+
+def _add_deltas_from(rows: sa.FromClause) -> sa.Insert:
+    """:func:`add_deltas` on PostgreSQL, the deltas read from ``rows``."""
+    insert = postgresql.insert(CUSTOMER_BALANCES).from_select(
+        list(_BALANCE_COLUMNS), sa.select(*(rows.c[name] for name in _BALANCE_COLUMNS))
+    )
+    return insert.on_conflict_do_update(
+        index_elements=["customer_id", "currency"], set_=_added(insert.excluded, sa.func.greatest)
+    )
+
+
+def _from_arrays() -> sa.FromClause:
+    """The deltas as one array parameter a column, ``unnest``."""
+    arrays = [
+        sa.bindparam(name, type_=postgresql.ARRAY(element_type(CUSTOMER_BALANCES.c[name].type)))
+        for name in _BALANCE_COLUMNS
+    ]
+    return sa.func.unnest(*arrays).table_valued(*_BALANCE_COLUMNS).render_derived(name="d")
 
 
 def inserted_meanwhile(
@@ -444,3 +574,9 @@ def _balance_key_taken(exc: sa.exc.IntegrityError) -> bool:
         sqlstate_of(exc) == _UNIQUE_VIOLATION
         and getattr(diag, "table_name", None) == CUSTOMER_BALANCES.name
     )
+
+
+_ADD_DELTAS = _add_deltas_from(_from_arrays())
+#: The staging table of the deltas, and their merge from it (:mod:`consumers.target_stage`).
+_DELTA_STAGE = stage_table(CUSTOMER_BALANCES, _BALANCE_COLUMNS, "add")
+_ADD_STAGED_DELTAS = render(_add_deltas_from(_DELTA_STAGE))

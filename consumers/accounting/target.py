@@ -26,14 +26,14 @@ foreign-key order:
 2. One change per key survives; the upserts of a table go out as one statement
    (:func:`~consumers.target_sql.upsert_versioned`): equal or older versions change
    nothing. Deletes go through :func:`~consumers.target_sql.delete_versioned`.
-3. Before writing orders and payments, one batched SELECT per table reads who
-   owned the rows that may move (updates, re-syncs and deletes; a create is a
-   row's first version, so it cannot move): the customer (and invoice) it
-   belonged to before must be recomputed too.
+3. Before writing orders and payments, one batched SELECT per table reads the
+   stored rows of the batch's keys: the customer (and invoice) each belonged to,
+   and what it added to that customer's balance.
 4. At the end, ``invoices.amount_paid`` / ``balance_due`` are refreshed for the
-   invoices touched by order or payment changes, and ``customer_balances`` is
-   recomputed with SQL SUMs for the customers touched, both with set-based SQL
-   (no per-row statements).
+   invoices touched by order or payment changes; ``customer_balances`` takes what
+   each written row changed of its balance (a delta), and the customers a row left
+   (moved or deleted) are recomputed with SQL SUMs, all with set-based SQL (no
+   per-row statements; :mod:`consumers.accounting.balances`).
 
 Counting: ``report.applied["<target table>.<op>"]`` counts rows the batch changed
 (inserted, updated or deleted), by the op of the event that changed them;
@@ -79,6 +79,7 @@ import sqlalchemy as sa
 from consumers.accounting import reconcile
 from consumers.accounting.balances import (
     Touched,
+    contribution,
     inserted_meanwhile,
     order_unseen_invoices,
     owners,
@@ -110,7 +111,7 @@ from consumers.target_rows import (
     validate,
 )
 from consumers.target_sql import Archive, Money
-from consumers.target_write import write_rows
+from consumers.target_write import Written, write_rows
 from queuestream.errors import RetriableError
 from queuestream.key_sets import KEYS, among, key_chunks
 from queuestream.tables import TABLES_BY_NAME
@@ -328,26 +329,61 @@ def _apply_table(
         elif table == "customers":
             touched.deleted_customers.update(k for (k,) in written.removed)
         return
-    # Where rows that may move or vanish belonged before this batch.
-    movable = [w.key_tuple(TABLES_BY_NAME[table].key) for w in found.winners if w.op != "c"]
-    before = owners(connection, route.target, route.key, route.owners, movable)
+    # Where the rows stood before this batch (whom they belonged to, what they added to
+    # that balance): every key, creates too (a create over a row still there is an update).
+    source_key = TABLES_BY_NAME[table].key
+    every = [w.key_tuple(source_key) for w in found.winners]
+    movable = {w.key_tuple(source_key) for w in found.winners if w.op != "c"}
+    before = owners(connection, route.target, route.key, route.owners, every)
     written = write_rows(connection, found, route.target, report, log, archive=route.archive)
     (key_column,) = route.key
     keys = written.values(key_column)
     unread = {k for (k,) in movable if (k,) not in before}
     if unread:
         _refuse_owners_unread(connection, route, [k for k in keys if k in unread])
-    customer_column, invoice_column = route.owners
-    customers = written.values(customer_column)
-    invoices = written.values(invoice_column) if invoice_column else [None] * len(customers)
-    by_payment = table == "payments"
-    for customer, invoice, k in zip(customers, invoices, keys, strict=True):
-        touched.add(customer, invoice, by_payment=by_payment)
-        touched.add(*before.get((k,), (None, None)), by_payment=by_payment)
-    for values in written.deleted:
-        touched.add(*before.get(values, (None, None)), by_payment=by_payment)
-    if table == "orders":  # no owner read before: invoices it inserted
+    _note_balances(route, written, before, touched)
+    if table == "orders":  # no stored row read before: invoices it inserted
         touched.inserted.update(k for k in keys if (k,) not in before)
+
+
+def _note_balances(
+    route: _Route, written: Written, before: dict[tuple[Any, ...], tuple[Any, ...]],
+    touched: Touched,
+) -> None:  # fmt: skip
+    """What the rows ``written`` changed of their customers' balances and invoices.
+
+    A row that stayed with its customer and currency changes that balance by what it
+    adds now less what it added before (:meth:`Touched.change`), a new row by what it
+    adds; a row that left a customer or currency (moved, deleted) has that customer's
+    balance recomputed."""
+    assert route.owners is not None
+    customer_column, invoice_column = route.owners
+    at = written.columns.index
+    (key,) = (at(k) for k in route.key)
+    customer_at, currency_at, version_at = at(customer_column), at("currency"), at("source_version")
+    invoice_at = at(invoice_column) if invoice_column else None
+    table = route.target.name
+    status_at = at("status") if "status" in written.columns else None
+    amount_at = at("total") if table == INVOICES.name else at("amount")
+    by_payment = table == PAYMENTS.name
+    for row in written.changed:
+        customer, currency = row[customer_at], row[currency_at]
+        touched.invoice(None if invoice_at is None else row[invoice_at], by_payment=by_payment)
+        status = None if status_at is None else row[status_at]
+        invoiced, paid = contribution(table, status, row[amount_at])
+        held = before.get((row[key],))
+        if held is not None:
+            held_customer, held_invoice, held_currency, held_invoiced, held_paid = held
+            touched.invoice(held_invoice, by_payment=by_payment)
+            if (held_customer, held_currency) == (customer, currency):
+                invoiced, paid = invoiced - held_invoiced, paid - held_paid
+            else:
+                touched.customers.add(held_customer)
+        touched.change(customer, currency, invoiced, paid, row[version_at])
+    for values in written.deleted:
+        held = before.get(values)
+        if held is not None:
+            touched.add(held[0], held[1], by_payment=by_payment)
 
 
 def _refuse_owners_unread(connection: sa.Connection, route: _Route, keys: list[Any]) -> None:
