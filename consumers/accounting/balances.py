@@ -110,10 +110,12 @@ _UNSEEN = "queuestream.unseen_invoices"
 
 @dataclass
 class Touched:
-    """The customers and invoices whose maintained figures a batch must recompute."""
+    """What a batch changed of the maintained figures: balances and invoices to bring
+    up to date at its end (:meth:`recompute`)."""
 
     #: Customers whose balances are recomputed from their invoices and payments: those a
-    #: row left (moved to another customer or currency, or deleted).
+    #: row left (moved to another customer or currency, or deleted), and those whose
+    #: invoices lost a line.
     customers: set[int] = field(default_factory=set)
     #: What rows that stayed with their customer and currency, or are new, changed of
     #: each balance: (customer, currency) -> [invoiced, paid, newest version]
