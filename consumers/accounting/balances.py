@@ -65,7 +65,7 @@ from consumers.target_stage import copy_into_stage, render, stage_table
 from queuestream.databases import transaction_note
 from queuestream.errors import RetriableError
 from queuestream.failures import sqlstate_of
-from queuestream.key_sets import KEYS, among, element_type, key_chunks
+from queuestream.key_sets import KEYS, among, key_chunks
 
 __all__ = [
     "Touched",
@@ -237,49 +237,32 @@ def add_deltas(connection: sa.Connection, deltas: dict[tuple[int, str], list[Any
         (customer, currency, invoiced, paid, invoiced - paid, version)
         for (customer, currency), (invoiced, paid, version) in sorted(deltas.items())
     ]
-    dialect = connection.dialect.name
     if staged(connection):  # PostgreSQL: by COPY into a staging table, one merge
         copy_into_stage(connection, _DELTA_STAGE, rows, [_ADD_STAGED_DELTAS])
         return
-    if dialect == "postgresql":  # one array a column (the reference of the staged path)
-        columns = zip(_BALANCE_COLUMNS, zip(*rows, strict=True), strict=True)
-        connection.execute(_ADD_DELTAS, {name: list(values) for name, values in columns})
-        return
-    insert = dialect_insert(dialect)(CUSTOMER_BALANCES)
-    statement = insert.on_conflict_do_update(
-        index_elements=["customer_id", "currency"], set_=_added(insert.excluded, sa.func.max)
+    # SQLite, and PostgreSQL with staged writes off (the staged path's reference)
+    insert = dialect_insert(connection.dialect.name)(CUSTOMER_BALANCES)
+    connection.execute(
+        _adding(insert), [dict(zip(_BALANCE_COLUMNS, row, strict=True)) for row in rows]
     )
-    connection.execute(statement, [dict(zip(_BALANCE_COLUMNS, row, strict=True)) for row in rows])
 
 
-def _added(new: Any, newest: Any) -> dict[str, sa.ColumnElement[Any]]:
-    """A balance's columns plus a delta's (``new``), its version the newest of the two."""
-    b = CUSTOMER_BALANCES.c
-    return {
-        "invoiced": b.invoiced + new.invoiced,
-        "paid": b.paid + new.paid,
-        "open_balance": b.open_balance + new.open_balance,
-        "source_version": newest(b.source_version, new.source_version),
-    }
-
-
-def _add_deltas_from(rows: sa.FromClause) -> sa.Insert:
-    """:func:`add_deltas` on PostgreSQL, the deltas read from ``rows``."""
-    insert = postgresql.insert(CUSTOMER_BALANCES).from_select(
-        list(_BALANCE_COLUMNS), sa.select(*(rows.c[name] for name in _BALANCE_COLUMNS))
-    )
+def _adding(insert: Any) -> Any:
+    """``insert`` (of balances, PostgreSQL's or SQLite's) ON CONFLICT adding its row to
+    the stored one, the version the newer of the two."""
+    b, new = CUSTOMER_BALANCES.c, insert.excluded
     return insert.on_conflict_do_update(
-        index_elements=["customer_id", "currency"], set_=_added(insert.excluded, sa.func.greatest)
+        index_elements=["customer_id", "currency"],
+        set_={
+            "invoiced": b.invoiced + new.invoiced,
+            "paid": b.paid + new.paid,
+            "open_balance": b.open_balance + new.open_balance,
+            "source_version": sa.case(  # the newer (in either dialect)
+                (b.source_version >= new.source_version, b.source_version),
+                else_=new.source_version,
+            ),
+        },
     )
-
-
-def _from_arrays() -> sa.FromClause:
-    """The deltas as one array parameter a column, ``unnest``."""
-    arrays = [
-        sa.bindparam(name, type_=postgresql.ARRAY(element_type(CUSTOMER_BALANCES.c[name].type)))
-        for name in _BALANCE_COLUMNS
-    ]
-    return sa.func.unnest(*arrays).table_valued(*_BALANCE_COLUMNS).render_derived(name="d")
 
 
 def inserted_meanwhile(
@@ -469,18 +452,18 @@ _BALANCE_COLUMNS = ("customer_id", "currency", "invoiced", "paid", "open_balance
 def _sums(dialect: str) -> sa.Select[Any]:
     """The balances of the customers among :data:`KEYS`, from their invoices and payments
     (:data:`_BALANCE_COLUMNS`)."""
-    i, p = INVOICES.c, PAYMENTS.c
-    invoiced = sa.select(
-        i.customer_id,
-        i.currency,
-        sa.case((i.status == STATUS_OPEN, i.total), else_=_ZERO).label("invoiced"),
-        _ZERO.label("paid"),
-        i.source_version,
-    ).where(among(i.customer_id, dialect))
-    paid = sa.select(p.customer_id, p.currency, _ZERO, p.amount, p.source_version).where(
-        among(p.customer_id, dialect)
-    )
-    both = sa.union_all(invoiced, paid).subquery()
+    each = [
+        sa.select(
+            t.c.customer_id,
+            t.c.currency,
+            invoiced.label("invoiced"),
+            paid.label("paid"),
+            t.c.source_version,
+        ).where(among(t.c.customer_id, dialect))
+        for t in (INVOICES, PAYMENTS)
+        for invoiced, paid in [_CONTRIBUTIONS[t.name]]
+    ]
+    both = sa.union_all(*each).subquery()
     total_invoiced = sa.func.sum(both.c.invoiced)
     total_paid = sa.func.sum(both.c.paid)
     columns = (
@@ -578,7 +561,12 @@ def _balance_key_taken(exc: sa.exc.IntegrityError) -> bool:
     )
 
 
-_ADD_DELTAS = _add_deltas_from(_from_arrays())
 #: The staging table of the deltas, and their merge from it (:mod:`consumers.target_stage`).
 _DELTA_STAGE = stage_table(CUSTOMER_BALANCES, _BALANCE_COLUMNS, "add")
-_ADD_STAGED_DELTAS = render(_add_deltas_from(_DELTA_STAGE))
+_ADD_STAGED_DELTAS = render(
+    _adding(
+        postgresql.insert(CUSTOMER_BALANCES).from_select(
+            list(_BALANCE_COLUMNS), sa.select(*_DELTA_STAGE.columns)
+        )
+    )
+)

@@ -144,5 +144,5 @@ def test_balances_are_the_sums_of_their_rows_on_postgresql(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("seed", [6, 7])
-def test_the_same_with_parameter_arrays_instead_of_copy(postgres_database: Any, seed: int) -> None:
+def test_the_same_with_parameters_instead_of_copy(postgres_database: Any, seed: int) -> None:
     _check(postgres_database(f"arrays{seed}"), seed, 60, staged=False)
