@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import make_url
 
+from bench.scratch import STATE_DIR_VARIABLE
 from tests import services
 
 # Property tests assert what the code does, never how fast: on 2 cores busy with a
@@ -84,9 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Producers cache what they published under state_dir: a throwaway folder, not var/,
     # made by the process that starts the session (xdist's workers inherit it) and
     # removed when that session ends.
-    if "QUEUESTREAM_STATE_DIR" not in os.environ:
+    if STATE_DIR_VARIABLE not in os.environ:
         folder = tempfile.mkdtemp(prefix="queuestream-test-state-")
-        os.environ["QUEUESTREAM_STATE_DIR"] = folder
+        os.environ[STATE_DIR_VARIABLE] = folder
         config.stash[_STATE_DIR] = folder
     if _starts_workers(config):
         config.stash[_SHARED] = services.start_shared(_shared_services(config))
