@@ -59,7 +59,12 @@ class Change:
         return self.op == "d"
 
     def key_tuple(self, columns: tuple[str, ...]) -> tuple[Any, ...]:
-        return tuple(self.key[c] for c in columns)
+        """The key's values of ``columns``, in that order (a key of one column at a third
+        of the general case's cost: a call for every row a batch writes)."""
+        key = self.key
+        if len(columns) == 1:
+            return (key[columns[0]],)
+        return tuple([key[c] for c in columns])
 
 
 def _constructor() -> Callable[..., Change]:

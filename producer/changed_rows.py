@@ -9,8 +9,9 @@ the event's preparation, the sweep) reads them there.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from queuestream.sync_schema import Base
@@ -28,6 +29,21 @@ class RowLayout:
     modified: int  # ModifiedDate
     created: int  # CreatedDate
     key: tuple[int, ...]  # the key columns, in the key's order
+    #: A row's values to its key's: a tuple of the values at ``key``.
+    key_of: Callable[[Sequence[Any]], tuple[Any, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_of", _key_getter(self.key))
+
+
+def _key_getter(positions: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The values at ``positions`` as a tuple, made without a generator: once for each row
+    of the overlap the filter tests (at a refresh a second, every row of a window), where
+    ``tuple(values[i] for i in positions)`` was 2.5% of the row reader's CPU."""
+    if len(positions) == 1:
+        (at,) = positions
+        return lambda values: (values[at],)
+    return itemgetter(*positions)
 
 
 @functools.cache

@@ -49,7 +49,7 @@ def _filtered(
     alone (no key or digest made). What the filter records is noted in ``recording``
     (where the server can use it)."""
     layout = row_layout(spec)
-    modified, key_at, name = layout.modified, layout.key, spec.name
+    modified, key_of, name = layout.modified, layout.key_of, spec.name
     micros = wall_micros_in(zone)
     # A change the filter wants digested is new unless the last refresh published it
     # (admit); recorded for the next refresh either way.
@@ -61,7 +61,7 @@ def _filtered(
         if not needs_digest_at(version_us):
             yield changed
             continue
-        key = tuple(values[i] for i in key_at)
+        key = key_of(values)
         if admit(digest(name, key, stamp), version_us, key, stamp, recording):
             yield changed
 
@@ -140,7 +140,7 @@ def _overlap_rows(
         ):
             unseen.add(key)
     if unseen:  # committed late: read whole, and published
-        key_at = row_layout(spec).key
+        key_of = row_layout(spec).key_of
         for changed in snapshot.changed_rows(spec, window.read_from, window.start):
-            if tuple(changed.values[i] for i in key_at) in unseen:
+            if key_of(changed.values) in unseen:
                 yield changed

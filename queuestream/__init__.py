@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.9.15"
+__version__ = "0.9.16"
 
 __all__ = ["__version__"]

@@ -333,7 +333,7 @@ def _apply_table(
     # that balance): every key, creates too (a create over a row still there is an update).
     source_key = TABLES_BY_NAME[table].key
     every = [w.key_tuple(source_key) for w in found.winners]
-    movable = {w.key_tuple(source_key) for w in found.winners if w.op != "c"}
+    movable = {k for k, w in zip(every, found.winners, strict=True) if w.op != "c"}
     before = owners(connection, route.target, route.key, route.owners, every)
     written = write_rows(connection, found, route.target, report, log, archive=route.archive)
     (key_column,) = route.key

@@ -35,7 +35,19 @@ pytestmark = pytest.mark.postgres
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 
 _versions = st.integers(0, 2).map(lambda m: T0 + timedelta(minutes=m))
-_amounts = st.sampled_from([Decimal("1.00"), Decimal("2.50"), Decimal("40.00")])
+# Decimals spelt with an exponent, a negative zero and the largest that fits numeric(16, 2)
+# among them: the staging COPY and the parameter arrays must read them alike.
+_amounts = st.sampled_from(
+    [
+        Decimal("1.00"),
+        Decimal("2.50"),
+        Decimal("40.00"),
+        Decimal("4E+1"),
+        Decimal("-0.00"),
+        Decimal("-0.01"),
+        Decimal("99999999999999.99"),
+    ]
+)
 _names = st.sampled_from([None, "Ann", "Bo"])
 _ops = st.sampled_from("cudr")
 
