@@ -41,6 +41,7 @@ __all__ = [
     "DELETED_VERSION",
     "INSERTED_AS",
     "STAGED_WRITES",
+    "UPDATED_AS",
     "Archive",
     "Money",
     "delete_versioned",
@@ -63,6 +64,12 @@ DELETED_VERSION = "deleted_version"
 #: (a maintained figure): the other paths insert the default, and the recomputation
 #: brings both to the same row; the bulk path only spares it a write.
 INSERTED_AS = "queuestream_inserted_as"
+#: A column's ``info`` key: what an update of a stored row sets this column to where the
+#: incoming rows do not set it (a function of the incoming row's columns and the stored
+#: row's, giving an expression), on every path. For a maintained figure that follows
+#: both: the row's write brings it up to date, and no recomputation has to read the row
+#: again for it.
+UPDATED_AS = "queuestream_updated_as"
 
 
 class Money(sa.types.TypeDecorator[Decimal]):
@@ -228,16 +235,23 @@ def _on_conflict(
     version_column: str,
     repair: bool,
 ) -> Any:
-    """``insert`` ON CONFLICT (key) DO UPDATE where the version rule allows, RETURNING key."""
+    """``insert`` ON CONFLICT (key) DO UPDATE where the version rule allows, RETURNING key.
+
+    The update sets the incoming columns, and those the rows do not set that follow
+    them (:data:`UPDATED_AS`)."""
     values = [c for c in columns if c not in key]
     if repair:
         newer = newer_or_repair(table, insert.excluded, values, version_column)
     else:
         newer = table.c[version_column] < insert.excluded[version_column]
+    updated: dict[str, Any] = {c: insert.excluded[c] for c in values}
+    updated.update(
+        (c.name, c.info[UPDATED_AS](insert.excluded, table.c))
+        for c in table.columns
+        if c.name not in columns and UPDATED_AS in c.info
+    )
     return insert.on_conflict_do_update(
-        index_elements=[table.c[k] for k in key],
-        set_={c: insert.excluded[c] for c in values},
-        where=newer,
+        index_elements=[table.c[k] for k in key], set_=updated, where=newer
     ).returning(*(table.c[k] for k in key))
 
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from consumers.target_sql import DELETED_VERSION, INSERTED_AS, Money, version_column
+from consumers.target_sql import DELETED_VERSION, INSERTED_AS, UPDATED_AS, Money, version_column
 
 __all__ = [
     "CANCELED",
@@ -75,6 +75,17 @@ _ZERO = Decimal(0)
 def _owing_total(row: sa.ColumnCollection[str, sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:
     """What a new invoice ``row`` (its incoming columns) owes before any payment."""
     return sa.case((row["status"] == STATUS_VOID, sa.literal_column("0")), else_=row["total"])
+
+
+def _owing_now(
+    row: sa.ColumnCollection[str, sa.ColumnElement[Any]],
+    stored: sa.ColumnCollection[str, sa.ColumnElement[Any]],
+) -> sa.ColumnElement[Any]:
+    """What an invoice updated to ``row`` (its incoming columns) owes, paid what the
+    ``stored`` row says: right unless its currency changed (then the payments counted
+    change, and the batch recomputes it)."""
+    owing = row["total"] - stored["amount_paid"]
+    return sa.case((row["status"] == STATUS_VOID, sa.literal_column("0")), else_=owing)
 
 
 LEDGER_ACCOUNTS = sa.Table(
@@ -133,7 +144,9 @@ INVOICES = sa.Table(
         # A new invoice is inserted owing its total (nothing paid yet, as amount_paid's
         # default says): where no payment came before it, the recomputation at the end
         # of the batch finds it right and does not write it again (consumers.target_sql).
-        info={INSERTED_AS: _owing_total},
+        # An invoice updated owes its new total less what the stored row says was paid:
+        # the batch recomputes only the invoices whose payments or currency changed.
+        info={INSERTED_AS: _owing_total, UPDATED_AS: _owing_now},
     ),
     version_column(),
     comment="One invoice per order (from Orders).",

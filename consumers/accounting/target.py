@@ -355,7 +355,13 @@ def _note_balances(
     A row that stayed with its customer and currency changes that balance by what it
     adds now less what it added before (:meth:`Touched.change`), a new row by what it
     adds; a row that left a customer or currency (moved, deleted) has that customer's
-    balance recomputed."""
+    balance recomputed.
+
+    A payment written has the invoices it is applied to (now, and before) recomputed.
+    An invoice written over a stored one in the same currency is not: its write set
+    what it owes from the payments the stored row counted (``balance_due``'s
+    ``UPDATED_AS``). A new invoice is (payments may have come before it), and one whose
+    currency changed (the payments it counts are others)."""
     assert route.owners is not None
     customer_column, invoice_column = route.owners
     at = written.columns.index
@@ -368,13 +374,15 @@ def _note_balances(
     by_payment = table == PAYMENTS.name
     for row in written.changed:
         customer, currency = row[customer_at], row[currency_at]
-        touched.invoice(None if invoice_at is None else row[invoice_at], by_payment=by_payment)
+        held = before.get((row[key],))
+        if by_payment or held is None or held[2] != currency:
+            touched.invoice(None if invoice_at is None else row[invoice_at], by_payment=by_payment)
         status = None if status_at is None else row[status_at]
         invoiced, paid = contribution(table, status, row[amount_at])
-        held = before.get((row[key],))
         if held is not None:
             held_customer, held_invoice, held_currency, held_invoiced, held_paid = held
-            touched.invoice(held_invoice, by_payment=by_payment)
+            if by_payment:
+                touched.invoice(held_invoice, by_payment=by_payment)
             if (held_customer, held_currency) == (customer, currency):
                 invoiced, paid = invoiced - held_invoiced, paid - held_paid
             else:

@@ -255,6 +255,44 @@ def test_updates_that_move_rows_and_deletes_recompute_both_sides(run: _Run) -> N
     _assert_ok(run.reconcile())  # balances of old and new customers, amount_paid of both invoices
 
 
+def test_a_paid_invoice_updated_owes_its_new_total_less_the_payments_in_its_currency(
+    run: _Run,
+) -> None:
+    """An invoice's write sets what it owes from what its stored row says was paid; one
+    whose currency changes counts other payments, and is recomputed from them."""
+    paid_on: defaultdict[int, Decimal] = defaultdict(Decimal)
+    for payment in _source_rows(run, "payments"):
+        paid_on[payment["OrderID"]] += Decimal(payment["Amount"])
+    source = {o["OrderID"]: o for o in _source_rows(run, "orders")}
+    order_id = next(k for k, v in paid_on.items() if v and source[k]["OrderStatusID"] != CANCELED)
+    orders = source_table("orders")
+    currency = source[order_id]["CurrencyCode"]
+
+    def update(**values: Any) -> dict[str, Any]:
+        with run.source.begin() as conn:
+            conn.execute(
+                sa.update(orders)
+                .where(orders.c.OrderID == order_id)
+                .values(ModifiedDate=_later(run), **values)
+            )
+        latest = max(c.version for rows in run.batches for cs in rows.values() for c in cs)
+        batch = _changed_since(_all_changes(run), latest)
+        run.batches.append(batch)
+        assert run.apply(batch).applied["invoices.u"] == 1
+        _assert_ok(run.reconcile())
+        return run.rows(INVOICES)[(order_id,)]
+
+    invoice = update(Total=Decimal("1234.50"))  # paid as before: owes the rest
+    assert invoice["amount_paid"] == paid_on[order_id]
+    assert invoice["balance_due"] == Decimal("1234.50") - paid_on[order_id]
+    other = "EUR" if currency.upper() != "EUR" else "USD"
+    invoice = update(CurrencyCode=other)  # its payments are in another currency now
+    assert (invoice["amount_paid"], invoice["balance_due"]) == (0, Decimal("1234.50"))
+    invoice = update(CurrencyCode=currency)  # and back
+    assert invoice["amount_paid"] == paid_on[order_id]
+    assert invoice["balance_due"] == Decimal("1234.50") - paid_on[order_id]
+
+
 def test_compare_detects_a_tampered_invoice(run: _Run) -> None:
     _assert_ok(run.reconcile())
     order_id = min(k for (k,) in run.rows(INVOICES))
