@@ -30,10 +30,17 @@ class RowLayout:
     created: int  # CreatedDate
     key: tuple[int, ...]  # the key columns, in the key's order
     #: A row's values to its key's: a tuple of the values at ``key``.
-    key_of: Callable[[Sequence[Any]], tuple[Any, ...]] = field(init=False, repr=False)
+    key_of: Callable[[Sequence[Any]], tuple[Any, ...]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key_of", _key_getter(self.key))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as what it is made of (``key_of`` is made again): a row crosses the row
+        reader's pipe in the error that names it."""
+        return (RowLayout, (self.columns, self.modified, self.created, self.key))
 
 
 def _key_getter(positions: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:

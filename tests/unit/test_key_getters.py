@@ -3,6 +3,7 @@ values in the key's order, as the generator expressions they replaced made them.
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,3 +37,12 @@ def test_a_changes_key_tuple_follows_the_columns_asked(first: int, second: int) 
     assert line.key_tuple(("OrderID",)) == (first,)
     assert line.key_tuple(("OrderID", "OrderLine")) == (first, second)
     assert line.key_tuple(("OrderLine", "OrderID")) == (second, first)
+
+
+@pytest.mark.parametrize("spec", TABLES, ids=lambda s: s.name)
+def test_a_layout_pickles_with_its_key_getter(spec: Any) -> None:
+    layout = row_layout(spec)
+    again = pickle.loads(pickle.dumps(layout))
+    assert again == layout
+    values = list(range(len(layout.columns)))
+    assert again.key_of(values) == layout.key_of(values)
