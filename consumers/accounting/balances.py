@@ -58,7 +58,7 @@ from consumers.accounting.schema import (
     INVOICES,
     PAYMENTS,
     STATUS_OPEN,
-    STATUS_VOID,
+    owing,
 )
 from consumers.target_sql import dialect_insert, staged
 from consumers.target_stage import copy_into_stage, render, stage_table
@@ -333,7 +333,7 @@ def _recompute_invoices(connection: sa.Connection, order_ids: Iterable[int]) -> 
         .group_by(invoice.c.order_id)
         .subquery("sums")
     )
-    due = sa.case((i.status == STATUS_VOID, _ZERO), else_=i.total - sums.c.paid)
+    due = owing(i, sums.c.paid)
     statement = (
         sa.update(INVOICES)
         .where(

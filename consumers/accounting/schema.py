@@ -58,6 +58,7 @@ __all__ = [
     "STATUS_VOID",
     "UNAPPLIED_PAYMENTS",
     "VOID_INVOICES",
+    "owing",
 ]
 
 METADATA = sa.MetaData()
@@ -72,9 +73,12 @@ STATUS_VOID = "void"
 _ZERO = Decimal(0)
 
 
-def _owing_total(row: sa.ColumnCollection[str, sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:
-    """What a new invoice ``row`` (its incoming columns) owes before any payment."""
-    return sa.case((row["status"] == STATUS_VOID, sa.literal_column("0")), else_=row["total"])
+def owing(
+    row: sa.ColumnCollection[str, sa.ColumnElement[Any]], paid: sa.ColumnElement[Any] | None = None
+) -> sa.ColumnElement[Any]:
+    """What an invoice ``row`` owes once ``paid`` is paid (None: nothing yet): 0 when void."""
+    due = row["total"] if paid is None else row["total"] - paid
+    return sa.case((row["status"] == STATUS_VOID, sa.literal_column("0")), else_=due)
 
 
 def _owing_now(
@@ -84,8 +88,7 @@ def _owing_now(
     """What an invoice updated to ``row`` (its incoming columns) owes, paid what the
     ``stored`` row says: right unless its currency changed (then the payments counted
     change, and the batch recomputes it)."""
-    owing = row["total"] - stored["amount_paid"]
-    return sa.case((row["status"] == STATUS_VOID, sa.literal_column("0")), else_=owing)
+    return owing(row, stored["amount_paid"])
 
 
 LEDGER_ACCOUNTS = sa.Table(
@@ -146,7 +149,7 @@ INVOICES = sa.Table(
         # of the batch finds it right and does not write it again (consumers.target_sql).
         # An invoice updated owes its new total less what the stored row says was paid:
         # the batch recomputes only the invoices whose payments or currency changed.
-        info={INSERTED_AS: _owing_total, UPDATED_AS: _owing_now},
+        info={INSERTED_AS: owing, UPDATED_AS: _owing_now},
     ),
     version_column(),
     comment="One invoice per order (from Orders).",

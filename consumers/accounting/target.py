@@ -374,15 +374,19 @@ def _note_balances(
     by_payment = table == PAYMENTS.name
     for row in written.changed:
         customer, currency = row[customer_at], row[currency_at]
-        held = before.get((row[key],))
-        if by_payment or held is None or held[2] != currency:
-            touched.invoice(None if invoice_at is None else row[invoice_at], by_payment=by_payment)
+        invoice = None if invoice_at is None else row[invoice_at]
         status = None if status_at is None else row[status_at]
         invoiced, paid = contribution(table, status, row[amount_at])
-        if held is not None:
+        held = before.get((row[key],))
+        if held is None:
+            touched.invoice(invoice, by_payment=by_payment)
+        else:
             held_customer, held_invoice, held_currency, held_invoiced, held_paid = held
             if by_payment:
-                touched.invoice(held_invoice, by_payment=by_payment)
+                touched.invoice(invoice, by_payment=True)
+                touched.invoice(held_invoice, by_payment=True)
+            elif held_currency != currency:
+                touched.invoice(invoice)
             if (held_customer, held_currency) == (customer, currency):
                 invoiced, paid = invoiced - held_invoiced, paid - held_paid
             else:
