@@ -324,17 +324,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = progress_printer(args.json)
     bootstrap = resolve_bootstrap(args)
     check_kafka(bootstrap)
-    warmup = _warm_up(args, broker_uptime_seconds(bootstrap), progress)
-    return {**_measure(args), "broker_warmup": warmup}
+    warmup = _warm_up(args, bootstrap, progress)
+    return {**_measure(args, bootstrap, progress), "broker_warmup": warmup}
 
 
 #: The least load of a warm-up run, when one is made.
 _WARMUP_LOAD_SECONDS = 30.0
 
 
-def _warm_up(
-    args: argparse.Namespace, uptime: float | None, progress: Progress
-) -> dict[str, Any] | None:
+def _warm_up(args: argparse.Namespace, bootstrap: str, progress: Progress) -> dict[str, Any] | None:
     """When the local broker has run less than ``--broker-warmup-seconds``, one run of the
     same pipeline and load, not measured, for long enough that it has; what it was.
 
@@ -350,6 +348,7 @@ def _warm_up(
     traffic warms it, over about four minutes. A broker of unknown age (not this
     checkout's) is left as it is.
     """
+    uptime = broker_uptime_seconds(bootstrap)
     if uptime is None or uptime >= args.broker_warmup_seconds:
         return None
     load = max(args.broker_warmup_seconds - uptime, _WARMUP_LOAD_SECONDS)
@@ -360,7 +359,7 @@ def _warm_up(
     )
     started = time.monotonic()
     warm = argparse.Namespace(**{**vars(args), "seconds": load, "history": 0, "logs": None})
-    report = _measure(warm)
+    report = _measure(warm, bootstrap, progress)
     accounting = report["targets"]["accounting"]["latency_seconds"] or {}
     return {
         "broker_uptime_before_seconds": uptime,
@@ -370,9 +369,7 @@ def _warm_up(
     }
 
 
-def _measure(args: argparse.Namespace) -> dict[str, Any]:
-    progress = progress_printer(args.json)
-    bootstrap = resolve_bootstrap(args)
+def _measure(args: argparse.Namespace, bootstrap: str, progress: Progress) -> dict[str, Any]:
     server = resolve_postgres(args)
     # The bound of the whole run: every wait below has its own bound within it.
     deadline = Deadline(args.warmup_seconds + args.seconds * 3 + args.drain_seconds + 4 * 60 + 600)

@@ -23,7 +23,7 @@ def _run(
 ) -> tuple[dict[str, Any], list[argparse.Namespace]]:
     measured: list[argparse.Namespace] = []
 
-    def measure(args: argparse.Namespace) -> dict[str, Any]:
+    def measure(args: argparse.Namespace, _bootstrap: str, _progress: Any) -> dict[str, Any]:
         measured.append(args)
         return _fake_report(args)
 
